@@ -1,0 +1,98 @@
+"""Job configuration: frozen dataclasses, validated on construction, no hardware probing.
+
+Resource defaults are chosen to work on a 2-core laptop with no GPU *and* to be the shape
+of a GPU cluster configuration: every actor pool takes a fraction of a CPU so that read
+and decode tasks always have a CPU left (on Ray 2.60 a pool that takes every CPU leaves
+reads "backpressured" forever). On a GPU cluster pass --device cuda and raise max_actors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from fashion_ray.storage import StorageOptions
+
+STAGE_ORDER = ("person", "clothing", "parts")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the valid choices."""
+
+
+@dataclass(frozen=True)
+class StageResources:
+    device: str = "cpu"  # "cpu" | "cuda"
+    batch_size: int = 4  # images (person) or person crops (clothing, parts) per model call
+    min_actors: int = 1
+    max_actors: int = 1  # > min_actors lets Ray Data autoscale the pool
+    num_cpus: float = 0.3  # three stages at 0.3 leave > 1 CPU of a 2-core node for reads
+    num_gpus: float = 0.0  # fractions share one GPU between stages
+    torch_threads: int = 1  # intra-op threads per actor; Ray would otherwise pick from num_cpus
+    amp: bool = True  # fp16 autocast, applied on CUDA only
+
+    def __post_init__(self):
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device {self.device!r} is not one of: cpu, cuda")
+        if self.batch_size < 1 or self.min_actors < 1 or self.max_actors < self.min_actors:
+            raise ConfigError("batch_size >= 1 and 1 <= min_actors <= max_actors are required")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError("num_cpus and num_gpus must be >= 0")
+        if self.device == "cuda" and self.num_gpus == 0:
+            raise ConfigError("device 'cuda' needs num_gpus > 0 (fractions such as 0.5 share a GPU)")
+
+
+# One actor of each stage fits on one GPU (0.3 x 3); scale out with max_actors.
+GPU_STAGE = StageResources(device="cuda", batch_size=8, num_cpus=1.0, num_gpus=0.3, torch_threads=2)
+
+
+@dataclass(frozen=True)
+class LabelJobConfig:
+    inputs: tuple[str, ...]
+    output: str
+    bundle: str = "bootstrap"
+    stages: tuple[str, ...] = STAGE_ORDER
+    resources: dict[str, StageResources] = field(default_factory=lambda: {s: StageResources() for s in STAGE_ORDER})
+    read_batch_size: int = 16  # objects fetched and decoded per task
+    decode_num_cpus: float = 0.5
+    rows_per_shard: int = 256
+    max_pixels: int = 64_000_000  # decompression-bomb guard, checked from the header
+    max_bytes: int = 200 * 1024 * 1024
+    work_max_side: int = 1280  # models see at most this long side; labels are in original pixels
+    storage: StorageOptions = StorageOptions()
+
+    def __post_init__(self):
+        unknown = [s for s in self.stages if s not in STAGE_ORDER]
+        if unknown or not self.stages:
+            raise ConfigError(f"unknown stages {unknown} (valid: {', '.join(STAGE_ORDER)})")
+        if "person" not in self.stages:
+            raise ConfigError("the person stage is required: clothing and parts run on person crops")
+        # keep the cascade order whatever order the user typed
+        object.__setattr__(self, "stages", tuple(s for s in STAGE_ORDER if s in self.stages))
+        if self.rows_per_shard < 1 or self.read_batch_size < 1:
+            raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["storage"] = {"endpoint_url": self.storage.endpoint_url, "anon": self.storage.anon}  # never credentials
+        return out
+
+
+def apply_overrides(resources: dict[str, StageResources], overrides: list[str]) -> dict[str, StageResources]:
+    """Apply "stage.field=value" overrides ("all.field=value" for every stage)."""
+    fields = {f.name: f.type for f in dataclasses.fields(StageResources)}
+    out = dict(resources)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not sep or not dot or name not in fields or stage not in (*STAGE_ORDER, "all"):
+            raise ConfigError(f"bad override {item!r}: use STAGE.FIELD=VALUE with STAGE in "
+                              f"{', '.join((*STAGE_ORDER, 'all'))} and FIELD in {', '.join(fields)}")
+        kind = fields[name]
+        try:
+            parsed = value if kind == "str" else (value.lower() in ("1", "true", "yes") if kind == "bool" else (int(value) if kind == "int" else float(value)))
+        except ValueError:
+            raise ConfigError(f"bad override {item!r}: {name} takes a {kind}") from None
+        for s in (STAGE_ORDER if stage == "all" else (stage,)):
+            out[s] = dataclasses.replace(out[s], **{name: parsed})
+    return out

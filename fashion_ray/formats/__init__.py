@@ -1,0 +1,1 @@
+"""Output formats: the Arrow schema, Parquet/COCO shards, RLE masks."""

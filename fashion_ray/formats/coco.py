@@ -1,0 +1,75 @@
+"""COCO JSON shards from label rows (the Arrow-schema dicts of formats/schema.py).
+
+Category ids are taxonomy.COCO_CATEGORIES. Image ids are the rows' stable ids. Annotation
+ids are stable too (hash of image id, kind and index) so shards from different runs and
+workers never collide. Garment and part annotations carry `parent_person_id`, the id of
+their person annotation. Masks are RLE with string counts; every annotation has a score.
+Error rows are not COCO images (they are in Parquet with their reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from fashion_ray import taxonomy
+from fashion_ray.formats import masks as rle
+
+
+def annotation_id(image_id: int, *path) -> int:
+    key = ":".join(str(p) for p in (image_id, *path))
+    return int(hashlib.sha1(key.encode()).hexdigest()[:13], 16)
+
+
+def _xywh(box) -> list[float]:
+    x0, y0, x1, y1 = box
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def _ann(ann_id, image_id, category_id, box, mask, score, **extra) -> dict:
+    ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": _xywh(box),
+           "score": float(score), "iscrowd": 0, **extra}
+    if mask is not None:
+        ann["segmentation"] = {"size": list(mask["size"]), "counts": mask["counts"]}
+        ann["area"] = float(rle.area(mask))
+    else:
+        ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    return ann
+
+
+def image_record(row: dict) -> dict:
+    record = {"id": row["id"], "file_name": row["uri"], "width": row["width"], "height": row["height"]}
+    if row.get("frame_index") is not None:
+        record.update(frame_index=row["frame_index"], timestamp_s=row["timestamp_s"])
+    return record
+
+
+def annotations(row: dict) -> list[dict]:
+    out = []
+    image_id = row["id"]
+    for person in row["persons"] or []:
+        pid = annotation_id(image_id, "person", person["person_id"])
+        extra = {}
+        if person.get("keypoints"):
+            kp = person["keypoints"]
+            extra = {"keypoints": kp, "num_keypoints": int(sum(1 for v in kp[2::3] if v > 0))}
+        out.append(_ann(pid, image_id, taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON], person["box"], person.get("mask"),
+                        person["score"], **extra))
+        for g in person.get("garments") or []:
+            out.append(_ann(annotation_id(image_id, "garment", person["person_id"], g["garment_id"]), image_id,
+                            g["category_id"], g["box"], g.get("mask"), g["score"],
+                            parent_person_id=pid, attributes=list(g.get("attributes") or [])))
+        for k, part in enumerate(person.get("parts") or []):
+            out.append(_ann(annotation_id(image_id, "part", person["person_id"], k), image_id,
+                            taxonomy.COCO_CATEGORY_ID[part["part"]], part["box"], part["mask"], 1.0,
+                            parent_person_id=pid, side=part.get("side")))
+    return out
+
+
+def coco_document(rows: list[dict], info: dict | None = None) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {
+        "info": info or {},
+        "images": [image_record(r) for r in ok],
+        "annotations": [a for r in ok for a in annotations(r)],
+        "categories": taxonomy.COCO_CATEGORIES,
+    }

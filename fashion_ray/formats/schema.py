@@ -1,0 +1,73 @@
+"""The Arrow schema of label rows: the one definition Parquet readers rely on.
+
+One row per image (or sampled video frame). Nested: persons -> garments, parts.
+Boxes are [x1, y1, x2, y2] in original image pixels; masks are COCO RLE at original size.
+Bump SCHEMA_VERSION on any change; it is stored in the Parquet metadata and the manifest.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
+BOX = pa.list_(pa.float32())
+
+GARMENT = pa.struct(
+    [
+        ("garment_id", pa.int32()),
+        ("category", pa.string()),
+        ("category_id", pa.int32()),  # COCO category id (taxonomy.COCO_CATEGORY_ID)
+        ("score", pa.float32()),
+        ("box", BOX),
+        ("mask", RLE),
+        ("attributes", pa.list_(pa.string())),  # e.g. sleeve/leg length cues
+    ]
+)
+
+PART = pa.struct(
+    [
+        ("part", pa.string()),  # head, torso, upper_arm, lower_arm, upper_leg, lower_leg
+        ("part_id", pa.int32()),  # 1..6, Pascal-Person-Part order
+        ("side", pa.string()),  # left / right / null where unknown
+        ("area", pa.int64()),
+        ("box", BOX),
+        ("mask", RLE),
+    ]
+)
+
+PERSON = pa.struct(
+    [
+        ("person_id", pa.int32()),  # index within the image; COCO ann ids derive from it
+        ("track_id", pa.int64()),  # filled for video frames (later), null for photos
+        ("score", pa.float32()),
+        ("box", BOX),
+        ("mask", RLE),
+        ("keypoints", pa.list_(pa.float32())),  # flattened x, y, visibility
+        ("garments", pa.list_(GARMENT)),
+        ("parts", pa.list_(PART)),
+    ]
+)
+
+LABEL_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("uri", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),
+        ("mtime", pa.timestamp("us", tz="UTC")),
+        ("frame_index", pa.int64()),  # null for photos; video frames later
+        ("timestamp_s", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("status", pa.string()),  # "ok" | "error"
+        ("error", pa.string()),  # reason: media.ERROR_REASONS or "model_error"
+        ("error_detail", pa.string()),
+        ("bundle_name", pa.string()),
+        ("bundle_version", pa.string()),
+        ("stages", pa.list_(pa.string())),
+        ("persons", pa.list_(PERSON)),
+    ],
+    metadata={"fashion_ray.schema_version": str(SCHEMA_VERSION)},
+)

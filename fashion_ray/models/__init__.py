@@ -1,0 +1,44 @@
+"""Model bundles and the predictors built from them.
+
+Two families of architectures share one predictor interface (predictors.py):
+torchvision detectors/segmenters with bundle weights, and the bootstrap models
+(bootstrap.py) built from pretrained files that registry packages ship.
+"""
+
+from __future__ import annotations
+
+from fashion_ray.models import bootstrap, torchvision_models
+from fashion_ray.models.bundle import Bundle, BundleError, load_bundle, load_state_dict
+from fashion_ray.models.predictors import Device, Predictor
+
+
+def _merge(*registries: dict) -> dict:
+    merged: dict = {}
+    for registry in registries:
+        for name in registry:
+            if name in merged:
+                raise ValueError(f"architecture {name!r} is defined twice")
+            merged[name] = registry[name]
+    return merged
+
+
+ARCHITECTURES = _merge(torchvision_models.ARCHITECTURES, bootstrap.ARCHITECTURES)
+
+
+def validate_bundle(bundle: Bundle) -> None:
+    for stage, spec in bundle.stages.items():
+        if spec.architecture not in ARCHITECTURES:
+            raise BundleError(f"bundle {bundle.label}, stage {stage!r}: unknown architecture {spec.architecture!r} "
+                              f"(valid: {', '.join(sorted(ARCHITECTURES))})")
+
+
+def build_stage_predictor(bundle: Bundle, stage: str, device: Device, options=None) -> Predictor:
+    """Load one stage's model from its bundle (weights checked and loaded weights_only)."""
+    spec = bundle.stages[stage]
+    if spec.architecture in bootstrap.ARCHITECTURES:
+        return bootstrap.build_predictor(bundle, spec, device, options)
+    state_dict = load_state_dict(bundle, spec, options) if spec.weights else None
+    return torchvision_models.build_predictor(spec, state_dict, device)
+
+
+__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Device", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle"]

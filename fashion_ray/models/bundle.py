@@ -1,0 +1,153 @@
+"""Model bundles: a bundle.json manifest plus weight files, loadable from any fsspec URI.
+
+    bundle.json = {
+      "format": "fashion-ray-bundle/1", "name": "fashion-v1", "version": "2026.11.1",
+      "stages": {
+        "person":   {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "classes": ["person"],
+                     "input_size": 320, "score_threshold": 0.5, "mask_threshold": 0.5,
+                     "weights": "person.pt", "sha256": "<hex>", "options": {}},
+        "clothing": {...}, "parts": {...}
+      }
+    }
+
+"weights" is relative to the bundle folder or an absolute URI. Weight files are state
+dicts read with torch.load(weights_only=True) after their sha256 is checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+from fashion_ray import storage
+
+BUNDLE_FORMAT = "fashion-ray-bundle/1"
+STAGES = ("person", "clothing", "parts")
+BUILTIN_BUNDLES_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "bundles")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: missing, malformed, or weights that fail their checksum."""
+
+
+@dataclass(frozen=True)
+class StageModel:
+    architecture: str
+    classes: tuple[str, ...]
+    input_size: int = 320
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    weights: str | None = None  # relative to the bundle, absolute URI, or None (random init)
+    sha256: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, stage: str, raw: dict) -> "StageModel":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise BundleError(f"stage {stage!r}: unknown keys {unknown} (valid: {sorted(known)})")
+        if "architecture" not in raw or "classes" not in raw:
+            raise BundleError(f"stage {stage!r}: 'architecture' and 'classes' are required")
+        return cls(**{**raw, "classes": tuple(raw["classes"]), "options": dict(raw.get("options") or {})})
+
+
+@dataclass(frozen=True)
+class Bundle:
+    name: str
+    version: str
+    uri: str  # folder the manifest was read from; relative weight paths resolve against it
+    stages: dict[str, StageModel]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict:
+        return {
+            "format": BUNDLE_FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "stages": {k: dataclasses.asdict(v) | {"classes": list(v.classes)} for k, v in self.stages.items()},
+        }
+
+    def resolve(self, relative: str) -> str:
+        return relative if "://" in relative or os.path.isabs(relative) else storage.join(self.uri, relative)
+
+
+def builtin_bundles() -> list[str]:
+    if not os.path.isdir(BUILTIN_BUNDLES_DIR):
+        return []
+    return sorted(d for d in os.listdir(BUILTIN_BUNDLES_DIR) if os.path.isfile(os.path.join(BUILTIN_BUNDLES_DIR, d, "bundle.json")))
+
+
+def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bundle:
+    """Read a bundle manifest from a folder URI (or the name of a built-in bundle)."""
+    if "://" not in uri and not os.path.exists(uri) and uri in builtin_bundles():
+        uri = os.path.join(BUILTIN_BUNDLES_DIR, uri)
+    manifest_uri = uri if uri.endswith(".json") else storage.join(uri, "bundle.json")
+    folder = manifest_uri.rsplit("/", 1)[0] if "://" in manifest_uri else os.path.dirname(manifest_uri)
+    fs, path = storage.filesystem(manifest_uri, options)
+    try:
+        raw = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        raise BundleError(f"no bundle at {uri!r}: expected {manifest_uri} (built-in bundles: {', '.join(builtin_bundles()) or 'none'})") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_uri}: not valid JSON ({exc})") from None
+    if raw.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_uri}: format {raw.get('format')!r} is not {BUNDLE_FORMAT!r}")
+    unknown = sorted(set(raw) - {"format", "name", "version", "stages"})
+    if unknown:
+        raise BundleError(f"{manifest_uri}: unknown keys {unknown}")
+    bad_stages = sorted(set(raw.get("stages", {})) - set(STAGES))
+    if bad_stages:
+        raise BundleError(f"{manifest_uri}: unknown stages {bad_stages} (valid: {', '.join(STAGES)})")
+    stages = {name: StageModel.from_dict(name, spec) for name, spec in raw["stages"].items()}
+    return Bundle(name=str(raw["name"]), version=str(raw["version"]), uri=folder, stages=stages)
+
+
+def read_checked(bundle: Bundle, relative: str, sha256: str | None, options: storage.StorageOptions | None = None) -> bytes:
+    """Fetch a file of the bundle and verify its sha256 (required for every weight file)."""
+    uri = bundle.resolve(relative)
+    fs, path = storage.filesystem(uri, options)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise BundleError(f"bundle {bundle.label}: file {uri} is missing") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if not sha256:
+        raise BundleError(f"bundle {bundle.label}: {relative} has no sha256 in the manifest")
+    if digest != sha256:
+        raise BundleError(f"bundle {bundle.label}: sha256 mismatch for {uri}: manifest {sha256[:12]}..., file {digest[:12]}...")
+    return data
+
+
+def load_state_dict(bundle: Bundle, stage: StageModel, options: storage.StorageOptions | None = None) -> dict:
+    import torch
+
+    data = read_checked(bundle, stage.weights, stage.sha256, options)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def save_bundle(uri: str, name: str, version: str, stages: dict[str, tuple[StageModel, dict | None]],
+                options: storage.StorageOptions | None = None) -> Bundle:
+    """Write weights (state dicts) and bundle.json; the manifest is written last."""
+    import torch
+
+    written: dict[str, StageModel] = {}
+    for stage_name, (spec, state_dict) in stages.items():
+        if state_dict is not None:
+            buf = io.BytesIO()
+            torch.save(state_dict, buf)
+            data = buf.getvalue()
+            filename = f"{stage_name}.pt"
+            storage.write_bytes_atomic(storage.join(uri, filename), data, options)
+            spec = dataclasses.replace(spec, weights=filename, sha256=hashlib.sha256(data).hexdigest())
+        written[stage_name] = spec
+    bundle = Bundle(name=name, version=version, uri=uri, stages=written)
+    storage.write_bytes_atomic(storage.join(uri, "bundle.json"), json.dumps(bundle.to_json(), indent=2).encode(), options)
+    return bundle

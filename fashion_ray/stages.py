@@ -1,0 +1,184 @@
+"""Ray Data stages: callable classes, model loaded once per actor in __init__, work in __call__.
+
+Rows flow as numpy batches with these columns (see pipeline.load_images):
+    id, uri, size, etag, mtime, status, error, error_detail, width, height, scale,
+    image (HxWx3 uint8 at working resolution), persons (JSON text, working coordinates)
+
+Stages only add to `persons`. A row whose status is "error" passes through untouched, and
+an image with no person costs the clothing and parts stages nothing. A model failure on
+one image becomes an error row ("model_error") instead of failing the block.
+Resources (actors, CPUs, GPUs, batch size) are not chosen here: see pipeline.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from fashion_ray import taxonomy
+from fashion_ray.formats import masks as rle
+from fashion_ray.models import Device, build_stage_predictor, load_bundle
+
+log = logging.getLogger(__name__)
+
+CROP_PAD = 0.1  # fraction of the person box added on each side before clothing/parts run
+
+
+def _crop_box(box, width: int, height: int, pad: float = CROP_PAD) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * pad, (y1 - y0) * pad
+    return (max(0, int(x0 - dx)), max(0, int(y0 - dy)), min(width, int(np.ceil(x1 + dx))), min(height, int(np.ceil(y1 + dy))))
+
+
+class _Stage:
+    stage_name = ""
+
+    def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None):
+        self.bundle = load_bundle(bundle_uri, storage_options)
+        self.predictor = build_stage_predictor(self.bundle, self.stage_name, device, storage_options)
+        self.batch_size = max(1, batch_size)
+
+    def _predict(self, images: list[np.ndarray], context: list[dict]) -> list[dict | Exception]:
+        """Predict in model-sized chunks; if a chunk fails, retry image by image to isolate it."""
+        out: list = []
+        for start in range(0, len(images), self.batch_size):
+            chunk, ctx = images[start:start + self.batch_size], context[start:start + self.batch_size]
+            try:
+                out.extend(self.predictor.predict(chunk, ctx))
+            except Exception:
+                for img, c in zip(chunk, ctx):
+                    try:
+                        out.extend(self.predictor.predict([img], [c]))
+                    except Exception as exc:  # one bad image must not fail its neighbours
+                        log.warning("%s model failed on an image: %s", self.stage_name, exc)
+                        out.append(exc)
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        persons = [json.loads(p) for p in batch["persons"]]
+        self.label(batch, persons)
+        batch["persons"] = np.array([json.dumps(p) for p in persons], dtype=object)
+        return batch
+
+    @staticmethod
+    def _fail(batch, i: int, exc: Exception, persons: list, stage: str) -> None:
+        batch["status"][i] = "error"
+        batch["error"][i] = "model_error"
+        batch["error_detail"][i] = f"{stage}: {type(exc).__name__}: {exc}"[:300]
+        persons[i] = []
+
+
+class PersonStage(_Stage):
+    """Person detection on whole images: boxes, scores, masks and keypoints where the model has them."""
+
+    stage_name = "person"
+
+    def label(self, batch, persons) -> None:
+        rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
+        results = self._predict([batch["image"][i] for i in rows], [{} for _ in rows])
+        for i, det in zip(rows, results):
+            if isinstance(det, Exception):
+                self._fail(batch, i, det, persons, self.stage_name)
+                continue
+            found = []
+            for j, label in enumerate(det["labels"]):
+                if label != taxonomy.PERSON:
+                    continue
+                person = {"person_id": len(found), "score": float(det["scores"][j]),
+                          "box": [float(v) for v in det["boxes"][j]], "mask": None, "keypoints": None,
+                          "garments": [], "parts": []}
+                if det.get("masks") is not None:
+                    person["mask"] = rle.encode(det["masks"][j])
+                if det.get("keypoints") is not None:
+                    person["keypoints"] = [float(v) for v in np.asarray(det["keypoints"][j]).reshape(-1)]
+                found.append(person)
+            persons[i] = found
+
+
+class _PersonCropStage(_Stage):
+    """Runs its model on a padded crop of every person found; subclasses map results back."""
+
+    def label(self, batch, persons) -> None:
+        jobs, crops, context = [], [], []
+        for i, status in enumerate(batch["status"]):
+            if status != "ok":
+                continue
+            image = batch["image"][i]
+            h, w = image.shape[:2]
+            for k, person in enumerate(persons[i]):
+                box = _crop_box(person["box"], w, h)
+                if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                    continue
+                x0, y0, x1, y1 = box
+                ctx = {"box": box}
+                if person.get("mask"):
+                    ctx["mask"] = rle.decode(person["mask"])[y0:y1, x0:x1]
+                if person.get("keypoints"):
+                    kp = np.asarray(person["keypoints"], np.float32).reshape(-1, 3).copy()
+                    kp[:, 0] -= x0
+                    kp[:, 1] -= y0
+                    ctx["keypoints"] = kp
+                jobs.append((i, k, box))
+                crops.append(np.ascontiguousarray(image[y0:y1, x0:x1]))
+                context.append(ctx)
+        results = self._predict(crops, context)
+        failed = set()
+        for (i, k, box), result in zip(jobs, results):
+            if i in failed:
+                continue
+            if isinstance(result, Exception):
+                self._fail(batch, i, result, persons, self.stage_name)
+                failed.add(i)
+                continue
+            h, w = batch["image"][i].shape[:2]
+            self.attach(persons[i][k], result, box, h, w)
+
+
+class ClothingStage(_PersonCropStage):
+    """Garment instances (category, score, box, mask) on each person crop, in image coordinates."""
+
+    stage_name = "clothing"
+
+    def attach(self, person: dict, det: dict, box, height: int, width: int) -> None:
+        x0, y0 = box[0], box[1]
+        for j, category in enumerate(det["labels"]):
+            gbox = det["boxes"][j]
+            garment = {"garment_id": len(person["garments"]), "category": category,
+                       "category_id": taxonomy.COCO_CATEGORY_ID.get(category, 0),
+                       "score": float(det["scores"][j]),
+                       "box": [float(gbox[0] + x0), float(gbox[1] + y0), float(gbox[2] + x0), float(gbox[3] + y0)],
+                       "mask": None, "attributes": list(det.get("attributes", [[]] * len(det["labels"]))[j])}
+            if det.get("masks") is not None:
+                garment["mask"] = rle.encode(rle.paste(det["masks"][j], box, height, width))
+            person["garments"].append(garment)
+
+
+class PartsStage(_PersonCropStage):
+    """Body-part segmentation of each person crop: one mask per part (and side, where known)."""
+
+    stage_name = "parts"
+
+    def attach(self, person: dict, seg: dict, box, height: int, width: int) -> None:
+        part_map = seg["parts"]
+        sides = seg.get("sides")
+        if person.get("mask"):
+            # parts never leave the person: clip to the person mask where the detector gave one
+            x0, y0, x1, y1 = box
+            part_map = np.where(rle.decode(person["mask"])[y0:y1, x0:x1], part_map, 0)
+        for part_id, name in enumerate(taxonomy.PARTS, start=1):
+            in_part = part_map == part_id
+            if not in_part.any():
+                continue
+            side_values = [(None, in_part)] if sides is None else [
+                (side, in_part & (sides == code)) for code, side in ((0, None), (1, "left"), (2, "right"))]
+            for side, mask in side_values:
+                if not mask.any():
+                    continue
+                full = rle.paste(mask, box, height, width)
+                person["parts"].append({"part": name, "part_id": part_id, "side": side, "area": int(full.sum()),
+                                        "box": rle.bbox_xyxy(full), "mask": rle.encode(full)})
+
+
+STAGE_CLASSES = {"person": PersonStage, "clothing": ClothingStage, "parts": PartsStage}

@@ -1,0 +1,182 @@
+"""Filesystems from URIs, input listing and atomic writes.
+
+Every path the project touches is a URI (local path, file://, s3://, gs://, ...). S3
+endpoint and credentials come from the standard AWS environment variables
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or explicit options; they are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import fsspec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# Listed so they become "unsupported" error rows instead of vanishing from the run.
+KNOWN_UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".mp4", ".mov", ".avi", ".mkv", ".webm")
+MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv")
+
+
+class StorageError(ValueError):
+    """A URI that cannot be used; the message names what is wrong and what is valid."""
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Connection options for object stores; None means "take it from the environment"."""
+
+    endpoint_url: str | None = None
+    anon: bool = False
+
+    def for_protocol(self, protocol: str) -> dict:
+        if protocol in ("s3", "s3a"):
+            options: dict = {"anon": self.anon}
+            endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint:
+                options["client_kwargs"] = {"endpoint_url": endpoint}
+            # Retries on throttling and transient 5xx are botocore's "standard" mode.
+            options["config_kwargs"] = {"retries": {"max_attempts": 8, "mode": "standard"}}
+            return options
+        return {}
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """Return (protocol, path-without-protocol); bare paths are local and made absolute."""
+    if "://" not in uri:
+        return "file", os.path.abspath(os.path.expanduser(uri))
+    protocol, rest = uri.split("://", 1)
+    if protocol == "file":
+        return "file", os.path.abspath(rest)
+    return protocol, rest
+
+
+def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return (fsspec filesystem, path within it) for a URI."""
+    protocol, path = split_uri(uri)
+    try:
+        fs = fsspec.filesystem(protocol, **(options or StorageOptions()).for_protocol(protocol))
+    except (ImportError, ValueError) as exc:
+        known = ", ".join(sorted(p for p in ("file", "s3", "gs", "az", "memory")))
+        raise StorageError(f"cannot open {uri!r}: {exc} (supported schemes include {known})") from None
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    if "://" in uri:
+        protocol, rest = uri.split("://", 1)
+        return f"{protocol}://" + posixpath.join(rest.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def to_uri(protocol: str, path: str) -> str:
+    return path if protocol == "file" else f"{protocol}://{path}"
+
+
+def stable_id(uri: str, frame_index: int | None = None) -> int:
+    """A 52-bit id (exact in JSON doubles) from the URI and frame, identical in Parquet and COCO and across runs."""
+    key = uri if frame_index is None else f"{uri}#{frame_index}"
+    return int(hashlib.sha1(key.encode()).hexdigest()[:13], 16)
+
+
+def _entry(protocol: str, info: dict) -> dict:
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+    if isinstance(mtime, (int, float)):
+        mtime = datetime.fromtimestamp(mtime, tz=timezone.utc)
+    uri = to_uri(protocol, info["name"])
+    return {
+        "id": stable_id(uri),
+        "uri": uri,
+        "size": int(info.get("size") or 0),
+        "etag": str(info.get("ETag") or info.get("etag") or "").strip('"'),
+        "mtime": mtime if isinstance(mtime, datetime) else None,
+    }
+
+
+def _is_candidate(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS + KNOWN_UNSUPPORTED_EXTENSIONS)
+
+
+def list_inputs(uris: list[str], options: StorageOptions | None = None) -> list[dict]:
+    """List every input object once, with size/etag/mtime, from prefixes, objects or manifests.
+
+    A manifest is a text file with one URI per line. Listing happens once on the driver;
+    later stages fetch bytes by path and never list again.
+    """
+    entries: dict[str, dict] = {}
+    for uri in uris:
+        fs, path = filesystem(uri, options)
+        protocol = split_uri(uri)[0]
+        if not fs.exists(path):
+            raise StorageError(f"input {uri!r} does not exist (give a folder/prefix, an image, or a .txt manifest of URIs)")
+        if fs.isdir(path):
+            for name, info in sorted(fs.find(path, detail=True).items()):
+                if info.get("type") == "file" and _is_candidate(name) and not posixpath.basename(name).startswith("."):
+                    entry = _entry(protocol, info)
+                    entries[entry["uri"]] = entry
+        elif path.lower().endswith(MANIFEST_EXTENSIONS):
+            listed = [line.strip().split(",")[0] for line in fs.cat_file(path).decode().splitlines()]
+            listed = [u for u in listed if u and not u.startswith("#")]
+            for item in list_inputs_objects(listed, options):
+                entries[item["uri"]] = item
+        else:
+            entry = _entry(protocol, fs.info(path))
+            entries[entry["uri"]] = entry
+    return list(entries.values())
+
+
+def list_inputs_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
+    """Stat objects named in a manifest; a missing object still yields an entry (-> error row)."""
+    out = []
+    for uri in uris:
+        fs, path = filesystem(uri, options)
+        protocol = split_uri(uri)[0]
+        try:
+            out.append(_entry(protocol, fs.info(path)))
+        except FileNotFoundError:
+            out.append({"id": stable_id(to_uri(protocol, path)), "uri": to_uri(protocol, path), "size": 0, "etag": "", "mtime": None})
+    return out
+
+
+def fetch_many(uris: list[str], options: StorageOptions | None = None) -> list[bytes | Exception]:
+    """Fetch whole objects, concurrently where the filesystem supports it (s3fs batches `cat`)."""
+    by_fs: dict[int, tuple] = {}
+    for i, uri in enumerate(uris):
+        fs, path = filesystem(uri, options)
+        by_fs.setdefault(id(fs), (fs, []))[1].append((i, path))
+    out: list = [None] * len(uris)
+    for fs, items in by_fs.values():
+        got = fs.cat([p for _, p in items], on_error="return")
+        for i, path in items:
+            out[i] = got.get(path, FileNotFoundError(path)) if isinstance(got, dict) else got
+    return out
+
+
+def write_bytes_atomic(uri: str, data: bytes, options: StorageOptions | None = None) -> None:
+    """Write so readers never see a partial file: temp + rename locally, one PUT on object stores."""
+    fs, path = filesystem(uri, options)
+    if split_uri(uri)[0] == "file":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def remove_unlisted(folder_uri: str, keep: set[str], options: StorageOptions | None = None) -> int:
+    """Delete files under folder_uri whose basename is not in keep (leftovers of crashed runs)."""
+    fs, path = filesystem(folder_uri, options)
+    if not fs.exists(path):
+        return 0
+    removed = 0
+    for name in fs.find(path):
+        if posixpath.basename(name) not in keep:
+            fs.rm_file(name)
+            removed += 1
+    return removed

@@ -75,10 +75,14 @@ class PosePersonDetector:
 
     def __init__(self, pose_task: bytes, face_models: list[bytes], *, score_threshold: float, mask_threshold: float,
                  use_hog: bool = True):
+        import atexit
+
         import cv2
 
         self.pose = _pose_landmarker(pose_task, 0.5)
         self.faces = [_face_detector(m, 0.6) for m in face_models]
+        # MediaPipe's own __del__ fails noisily at interpreter teardown; close while modules live
+        atexit.register(self.close)
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.hog = None
@@ -88,6 +92,11 @@ class PosePersonDetector:
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
         return [self._detect(img) for img in images]
+
+    def close(self) -> None:
+        for task in (self.pose, *self.faces):
+            task.close()
+        self.faces = []
 
     # candidate regions -------------------------------------------------------------------
     def _face_boxes(self, img: np.ndarray) -> list[tuple[float, float, float, float]]:

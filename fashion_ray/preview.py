@@ -1,0 +1,98 @@
+"""Overlays of labelled images (PNG) and a static HTML page, to look at labels instead of JSON.
+
+Parts are painted in a fixed colour legend, garments outlined, persons boxed with their
+score, keypoints dotted. Reads only what a run's manifest lists.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from fashion_ray import media, storage, taxonomy
+from fashion_ray.formats import masks as rle
+
+PART_COLOURS = {  # fixed legend, RGB
+    "head": (230, 25, 75), "torso": (60, 180, 75), "upper_arm": (255, 225, 25),
+    "lower_arm": (245, 130, 48), "upper_leg": (0, 130, 200), "lower_leg": (145, 30, 180),
+}
+GARMENT_COLOUR = (255, 255, 255)
+PERSON_COLOUR = (0, 255, 255)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+def render(image: np.ndarray, row: dict) -> Image.Image:
+    canvas = image.astype(np.float32)
+    for person in row["persons"]:
+        for part in person["parts"]:
+            m = rle.decode(part["mask"])
+            canvas[m] = canvas[m] * 0.45 + np.array(PART_COLOURS[part["part"]]) * 0.55
+        for garment in person["garments"]:
+            if garment["mask"]:
+                edge = _outline(rle.decode(garment["mask"]))
+                canvas[edge] = GARMENT_COLOUR
+    out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for person in row["persons"]:
+        x0, y0, x1, y1 = person["box"]
+        draw.rectangle([x0, y0, x1, y1], outline=PERSON_COLOUR, width=2)
+        track = f" track {person['track_id']}" if person.get("track_id") is not None else ""
+        draw.text((x0 + 3, y0 + 3), f"person {person['score']:.2f}{track}", fill=PERSON_COLOUR)
+        for k, garment in enumerate(person["garments"]):
+            gx0, gy0 = garment["box"][:2]
+            label = garment["category"] + (" " + ",".join(garment["attributes"]) if garment["attributes"] else "")
+            draw.text((gx0 + 3, gy0 + 14 + 11 * k), label, fill=GARMENT_COLOUR)
+        kp = person.get("keypoints") or []
+        for x, y, v in zip(kp[0::3], kp[1::3], kp[2::3]):
+            if v >= 0.5:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 0, 255))
+    return out
+
+
+def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, options=None) -> str:
+    """Render up to `limit` labelled images of a run; returns the URI of index.html."""
+    out_uri = out_uri or storage.join(labels_uri, "preview")
+    fs, path = storage.filesystem(storage.join(labels_uri, "manifest.json"), options)
+    manifest = json.loads(fs.cat_file(path))
+    rows = []
+    for shard in manifest["shards"]:
+        sfs, spath = storage.filesystem(storage.join(labels_uri, shard["parquet"]), options)
+        rows += [r for r in pq.read_table(io.BytesIO(sfs.cat_file(spath))).to_pylist() if r["status"] == "ok"]
+        if len(rows) >= limit:
+            break
+    cards = []
+    for row in rows[:limit]:
+        data = storage.fetch_many([row["uri"]], options)[0]
+        decoded = media.decode_image(data, max_pixels=manifest["config"]["max_pixels"], max_side=None) if isinstance(data, bytes) else None
+        if decoded is None or decoded.image is None:
+            continue
+        name = f"{row['id']}.png"
+        buf = io.BytesIO()
+        render(decoded.image, row).save(buf, format="PNG")
+        storage.write_bytes_atomic(storage.join(out_uri, name), buf.getvalue(), options)
+        garments = sum(len(p["garments"]) for p in row["persons"])
+        cards.append(f'<figure><img src="{name}" width="360"><figcaption>{html.escape(row["uri"].rsplit("/", 1)[-1])}: '
+                     f'{len(row["persons"])} persons, {garments} garments</figcaption></figure>')
+    legend = "".join(f'<span style="background:rgb{c};padding:2px 8px;margin:2px">{n}</span>' for n, c in PART_COLOURS.items())
+    page = (f"<!doctype html><meta charset=utf-8><title>fashion-ray preview</title>"
+            f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"
+            f"<h1>fashion-ray preview</h1><p>bundle {html.escape(manifest['bundle']['name'])}@"
+            f"{html.escape(manifest['bundle']['version'])}; {manifest['counts']['inputs']} images, "
+            f"{manifest['counts']['error']} errors. Parts: {legend} garments: white outline, persons: cyan box.</p>"
+            + "".join(cards))
+    index = storage.join(out_uri, "index.html")
+    storage.write_bytes_atomic(index, page.encode(), options)
+    return index
+
+
+assert set(PART_COLOURS) == set(taxonomy.PARTS)

@@ -39,17 +39,20 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # "local" always starts a fresh Ray, never a stray `ray start` cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_label_job(cfg: LabelJobConfig, progress=sys.stderr) -> dict:
-    """Run the labelling pipeline and commit its manifest; returns the manifest."""
-    import ray
+def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cpus: int | None = None,
+                  progress=sys.stderr) -> dict:
+    """Run the labelling pipeline and commit its manifest; returns the manifest.
 
+    Bundle and inputs are checked before Ray starts, so a bad flag fails in a second.
+    """
     started, t0 = _now(), time.perf_counter()
     bundle = load_bundle(cfg.bundle, cfg.storage)
     validate_bundle(bundle)
@@ -59,6 +62,7 @@ def run_label_job(cfg: LabelJobConfig, progress=sys.stderr) -> dict:
     listing = storage.list_inputs(list(cfg.inputs), cfg.storage)
     expected = {e["id"]: e["uri"] for e in listing}
     print(f"[fashion-ray] {len(listing)} inputs, bundle {bundle.label}, stages {'+'.join(cfg.stages)}", file=progress, flush=True)
+    init_ray(ray_address, num_cpus)
 
     from fashion_ray.pipeline import build_plan
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fashion_ray import config, storage  # noqa: E402
 from fashion_ray.models import BundleError  # noqa: E402
-from fashion_ray.run import RunIntegrityError, format_summary, init_ray, run_label_job  # noqa: E402
+from fashion_ray.run import RunIntegrityError, format_summary, run_label_job  # noqa: E402
 
 SAMPLE_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fashion_ray", "assets", "sample_corpus")
 
@@ -59,8 +59,7 @@ def make_config(args) -> config.LabelJobConfig:
 def main(args) -> int:
     try:
         cfg = make_config(args)
-        init_ray(args.ray_address, args.num_cpus)
-        manifest = run_label_job(cfg)
+        manifest = run_label_job(cfg, ray_address=args.ray_address, num_cpus=args.num_cpus)
     except (config.ConfigError, storage.StorageError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,171 @@
+"""Shared fixtures: one real local Ray per session, a real S3 server (moto over HTTP), a
+plumbing bundle (random torchvision weights: for tests of the pipeline, never of labels),
+and a catalogue of bad files."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_CORPUS = os.path.join(ROOT, "fashion_ray", "assets", "sample_corpus")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=None)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=endpoint)
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def plumbing_bundle(tmp_path_factory):
+    """Random-weight torchvision bundle: exercises loading, shapes and the cascade, not accuracy."""
+    import torch
+
+    from fashion_ray import taxonomy
+    from fashion_ray.models.bundle import StageModel, save_bundle
+    from fashion_ray.models.torchvision_models import build_model
+
+    torch.manual_seed(0)
+    specs = {
+        # score threshold 0 so that random weights still yield a few persons/garments to carry
+        "person": StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 160, 0.0, 0.5,
+                             options={"box_detections_per_img": 2}),
+        "clothing": StageModel("maskrcnn_mobilenet_v3_large_fpn", taxonomy.DEEPFASHION2, 128, 0.0, 0.5,
+                               options={"box_detections_per_img": 2}),
+        "parts": StageModel("lraspp_mobilenet_v3_large", taxonomy.PARTS, 96),
+    }
+    path = str(tmp_path_factory.mktemp("bundle") / "plumbing-v1")
+    save_bundle(path, "plumbing", "1.2.3", {
+        name: (spec, build_model(spec.architecture, num_classes=len(spec.classes) + 1, input_size=spec.input_size).state_dict())
+        for name, spec in specs.items()})
+    return path
+
+
+def _png_16bit(width: int, height: int) -> bytes:
+    ramp = (np.arange(width) * (65535 // (width - 1))).astype(">u2")  # 0 .. 65535 left to right
+    raw = b"".join(b"\x00" + ramp.tobytes() for _ in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny file declaring a huge 1-bit image (the classic decompression bomb shape)."""
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    comp = zlib.compressobj(9)
+    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def bad_file_catalogue() -> dict[str, tuple[bytes, str | None]]:
+    """name -> (bytes, expected error reason or None when it must decode fine)."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    jpeg = _encode(photo, "JPEG", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 64x48 becomes 48x64 upright
+    frames = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    rgba = Image.new("RGBA", (32, 24), (255, 0, 0, 0))
+    return {
+        "zero_bytes.jpg": (b"", "undecodable"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        "text_named.jpg": (b"this is not an image, it is a text file\n" * 4, "undecodable"),
+        "huge_declared.png": (_bomb_png(20000, 20000), "too_large"),
+        "animated.gif": (gif.getvalue(), "unsupported"),
+        "gray16.png": (_png_16bit(40, 30), None),
+        "cmyk.jpg": (_encode(photo.convert("CMYK"), "JPEG"), None),
+        "exif_rotated.jpg": (_encode(photo, "JPEG", exif=exif.tobytes()), None),
+        "alpha.png": (_encode(rgba, "PNG"), None),
+        "palette.png": (_encode(photo.convert("P"), "PNG"), None),
+    }
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The labelling job run as a user runs it: CLI, default (bootstrap) bundle, on the real
+    sample photos plus the bad-file catalogue. Returns (corpus folder, output folder, process)."""
+    base = tmp_path_factory.mktemp("default_run")
+    corpus = base / "corpus"
+    shutil.copytree(SAMPLE_CORPUS, corpus)
+    for name, (data, _) in bad_file_catalogue().items():
+        (corpus / name).write_bytes(data)
+    out = base / "labels"
+    proc = run_cli("--input", str(corpus), "--output", str(out), "--num-cpus", "2", "--rows-per-shard", "6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return corpus, out, proc
+
+
+def read_rows(out) -> list[dict]:
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    return [r for s in manifest["shards"] for r in pq.read_table(out / s["parquet"]).to_pylist()]

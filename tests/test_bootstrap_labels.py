@@ -1,0 +1,95 @@
+"""The default (bootstrap) bundle on real photos: the labels themselves must be right.
+
+Hand-checked person boxes were read off the photos on a 50 px grid (x1, y1, x2, y2).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import read_rows
+
+from fashion_ray import taxonomy
+from fashion_ray.formats import masks as rle
+from fashion_ray.models.bootstrap import box_iou
+
+HAND_BOXES = {
+    "astronaut.jpg": [(20, 15, 365, 512)],
+    "camera.jpg": [(0, 62, 330, 512)],
+    "grace_hopper.jpg": [(15, 20, 512, 600)],
+    # astronaut (left half) and camera man (right half, shifted by 512)
+    "two_people.jpg": [(20, 15, 365, 512), (512, 62, 842, 512)],
+}
+
+
+@pytest.fixture(scope="module")
+def photos(default_run):
+    _, out, _ = default_run
+    return {os.path.basename(r["uri"]): r for r in read_rows(out) if os.path.basename(r["uri"]) in HAND_BOXES}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_BOXES))
+def test_every_person_found_with_a_matching_box(photos, name):
+    persons = photos[name]["persons"]
+    assert len(persons) == len(HAND_BOXES[name])
+    for hand in HAND_BOXES[name]:
+        best = max(box_iou(hand, p["box"]) for p in persons)
+        assert best >= 0.5, (name, hand, [p["box"] for p in persons])
+    for p in persons:
+        assert p["score"] >= 0.5 and len(p["keypoints"]) == 33 * 3 and p["mask"] is not None
+
+
+def _centroid_y(mask: np.ndarray) -> float:
+    return float(np.nonzero(mask)[0].mean())
+
+
+@pytest.mark.parametrize("name", sorted(HAND_BOXES))
+def test_parts_are_inside_the_person_and_disjoint(photos, name):
+    for person in photos[name]["persons"]:
+        body = rle.decode(person["mask"])
+        union = np.zeros_like(body, dtype=np.int32)
+        for part in person["parts"]:
+            m = rle.decode(part["mask"])
+            assert m.sum() == part["area"] > 0
+            assert not (m & ~body).any(), f"{part['part']} leaves the person mask"
+            union += m
+        assert union.max() == 1, "a pixel belongs to two parts"
+        assert {"head", "torso"} <= {p["part"] for p in person["parts"]}
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "camera.jpg", "grace_hopper.jpg"])
+def test_head_above_torso_above_legs(photos, name):
+    person = photos[name]["persons"][0]
+    by_part: dict[str, np.ndarray] = {}
+    for part in person["parts"]:
+        m = rle.decode(part["mask"])
+        by_part[part["part"]] = by_part.get(part["part"], np.zeros_like(m)) | m
+    head, torso = _centroid_y(by_part["head"]), _centroid_y(by_part["torso"])
+    assert head < torso
+    for leg in ("upper_leg", "lower_leg"):
+        if leg in by_part:
+            assert torso < _centroid_y(by_part[leg])
+    assert ("upper_leg" in by_part) == (name == "camera.jpg")  # only the camera man shows legs
+    sides = {p["side"] for p in person["parts"] if p["part"] in ("upper_arm", "lower_arm", "upper_leg", "lower_leg")}
+    assert sides <= {"left", "right"}
+    assert bool(sides) == (name != "grace_hopper.jpg")  # a head-and-shoulders portrait shows no limbs
+
+
+def test_garment_regions_on_the_clothes(photos):
+    cats = {name: [g["category"] for p in photos[name]["persons"] for g in p["garments"]] for name in HAND_BOXES}
+    assert cats["grace_hopper.jpg"] == ["upper_body_garment"]  # uniform jacket; head and face are not cloth
+    assert cats["astronaut.jpg"] == ["upper_body_garment"]  # orange suit, waist up
+    assert cats["camera.jpg"] and set(cats["camera.jpg"]) <= set(taxonomy.GARMENT_REGIONS)
+    for name in HAND_BOXES:
+        for person in photos[name]["persons"]:
+            body = rle.decode(person["mask"])
+            head = np.zeros_like(body)
+            for part in person["parts"]:
+                if part["part"] == "head":
+                    head |= rle.decode(part["mask"])
+            for g in person["garments"]:
+                m = rle.decode(g["mask"])
+                assert not (m & ~body).any() and not (m & head).any()
+                assert g["category_id"] == taxonomy.COCO_CATEGORY_ID[g["category"]]

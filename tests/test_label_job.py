@@ -1,0 +1,139 @@
+"""The labelling job run through its CLI with the default bundle: the output contracts."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import bad_file_catalogue, read_rows, run_cli
+
+from fashion_ray import taxonomy
+from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
+from fashion_ray.storage import stable_id
+
+
+def test_every_input_out_exactly_once(default_run):
+    corpus, out, proc = default_run
+    ids_in = {stable_id(str(p)) for p in corpus.iterdir() if p.suffix != ".md"}
+    ids_out = [r["id"] for r in read_rows(out)]
+    assert len(ids_out) == len(set(ids_out)) == len(ids_in) == 14
+    assert set(ids_out) == ids_in
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["inputs"] == c["ok"] + c["error"] == 14
+    assert "14 in = 9 ok + 5 error" in proc.stdout
+
+
+def test_bad_files_become_error_rows_with_reasons(default_run):
+    _, out, _ = default_run
+    by_name = {os.path.basename(r["uri"]): r for r in read_rows(out)}
+    for name, (_, reason) in bad_file_catalogue().items():
+        row = by_name[name]
+        if reason is None:
+            assert row["status"] == "ok" and row["error"] is None, (name, row["error_detail"])
+        else:
+            assert (row["status"], row["error"]) == ("error", reason), name
+            assert row["error_detail"] and row["persons"] == []
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["errors_by_reason"] == {"too_large": 1, "truncated": 1, "undecodable": 2, "unsupported": 1}
+
+
+def test_parquet_schema_and_readers_without_our_code(default_run):
+    import duckdb
+    import polars as pl
+
+    _, out, _ = default_run
+    files = sorted(glob.glob(str(out / "parquet" / "*.parquet")))
+    table = pq.read_table(files[0])
+    assert table.schema.remove_metadata() == LABEL_SCHEMA.remove_metadata()
+    assert table.schema.metadata[b"fashion_ray.schema_version"] == str(SCHEMA_VERSION).encode()
+    pattern = str(out / "parquet" / "*.parquet")
+    n, persons = duckdb.sql(f"select count(*), sum(len(persons)) from read_parquet('{pattern}')").fetchall()[0]
+    assert n == 14 and persons >= 5
+    parts = duckdb.sql(f"""select p.part from (select unnest(persons) as person from read_parquet('{pattern}')) t,
+                           unnest(t.person.parts) as u(p)""").fetchall()
+    assert {"head", "torso", "upper_arm"} <= {row[0] for row in parts}
+    frame = pl.read_parquet(pattern)
+    assert frame.height == 14 and set(frame["bundle_name"].unique()) == {"bootstrap"}
+    assert frame.filter(pl.col("status") == "ok")["bundle_version"].to_list() == ["0.1.0"] * 9
+
+
+def test_coco_shards_load_and_evaluate_with_pycocotools(default_run):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    _, out, _ = default_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    images, anns = 0, []
+    for shard in manifest["shards"]:
+        gt = COCO(str(out / shard["coco"]))
+        images += len(gt.getImgIds())
+        shard_anns = gt.loadAnns(gt.getAnnIds())
+        anns += shard_anns
+        assert [c["id"] for c in gt.loadCats(gt.getCatIds())] == [c["id"] for c in taxonomy.COCO_CATEGORIES]
+        persons = {a["id"] for a in shard_anns if a["category_id"] == 1}
+        for a in shard_anns:
+            if a["category_id"] != 1:
+                assert a["parent_person_id"] in persons
+            if "segmentation" in a:
+                assert gt.annToMask(a).sum() == a["area"] > 0
+        if not shard_anns:
+            continue
+        # predictions evaluated against themselves must score AP 1.0: ids, boxes and masks consistent
+        dt = gt.loadRes([{k: a[k] for k in ("image_id", "category_id", "bbox", "score", "segmentation")} for a in shard_anns])
+        for iou_type in ("bbox", "segm"):
+            ev = COCOeval(gt, dt, iou_type)
+            ev.params.catIds = [1]
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+            assert ev.stats[0] == pytest.approx(1.0)
+    assert images == 9
+    assert sum(a["category_id"] == 1 for a in anns) == manifest["counts"]["persons"]
+
+
+def test_manifest_lists_exactly_the_files_written(default_run):
+    _, out, _ = default_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    listed = {s["parquet"] for s in manifest["shards"]} | {s["coco"] for s in manifest["shards"]}
+    on_disk = {os.path.relpath(p, out) for p in glob.glob(str(out / "*" / "*"))}
+    assert listed == on_disk
+    assert sum(s["rows"] for s in manifest["shards"]) == 14 and len(manifest["shards"]) >= 3  # 6 rows per shard
+    assert manifest["bundle"]["name"] == "bootstrap" and manifest["schema_version"] == SCHEMA_VERSION
+    assert "secret" not in json.dumps(manifest["config"]).lower()
+
+
+def test_stage_subset_and_rerun_replaces_without_duplicates(default_run, tmp_path):
+    corpus, out, _ = default_run
+    target = tmp_path / "labels"
+    first = run_cli("--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target),
+                    "--stages", "person", "--num-cpus", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (target / "parquet" / "part-stale.parquet").write_bytes(b"left by a crashed run")
+    again = run_cli("--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target),
+                    "--stages", "person", "--num-cpus", "2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = read_rows(target)
+    assert sorted(os.path.basename(r["uri"]) for r in rows) == ["two_people.jpg", "zero_bytes.jpg"]
+    assert not (target / "parquet" / "part-stale.parquet").exists()
+    ok = next(r for r in rows if r["status"] == "ok")
+    assert ok["stages"] == ["person"] and len(ok["persons"]) == 2
+    assert all(p["garments"] == [] and p["parts"] == [] for p in ok["persons"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stages", "person,shoes"], "unknown stages ['shoes'] (valid: person, clothing, parts)"),
+    (["--stages", "clothing"], "the person stage is required"),
+    (["--input", "/nonexistent/uploads"], "does not exist"),
+    (["--bundle", "/nonexistent/bundle"], "no bundle at '/nonexistent/bundle'"),
+    (["--set", "person.gpus=1"], "bad override 'person.gpus=1'"),
+    (["--set", "person.device=tpu"], "device 'tpu' is not one of: cpu, cuda"),
+    (["--input", "nosuchscheme://bucket/x"], "cannot open 'nosuchscheme://bucket/x'"),
+])
+def test_bad_flags_give_one_line_errors(args, message, tmp_path):
+    proc = run_cli(*args, "--output", str(tmp_path / "o"), "--num-cpus", "1")
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

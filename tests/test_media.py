@@ -1,0 +1,54 @@
+"""Decoding: every odd file of real corpora becomes RGB or a reason, never an exception."""
+
+import numpy as np
+import pytest
+from conftest import bad_file_catalogue
+
+from fashion_ray.media import ERROR_REASONS, decode_image
+
+CATALOGUE = bad_file_catalogue()
+
+
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
+def test_catalogue_decodes_or_names_reason(name):
+    data, expected = CATALOGUE[name]
+    out = decode_image(data, max_pixels=50_000_000, max_side=None)
+    assert out.error == expected, out.detail
+    if expected is None:
+        assert out.image.dtype == np.uint8 and out.image.ndim == 3 and out.image.shape[2] == 3
+    else:
+        assert out.error in ERROR_REASONS and out.detail and out.image is None
+
+
+def test_exif_orientation_applied():
+    out = decode_image(CATALOGUE["exif_rotated.jpg"][0], max_pixels=10**8, max_side=None)
+    assert (out.width, out.height) == (48, 64)
+    assert out.image.shape == (64, 48, 3)
+
+
+def test_16bit_gray_keeps_its_gradient():
+    img = decode_image(CATALOGUE["gray16.png"][0], max_pixels=10**8, max_side=None).image
+    # the file holds a 0..65535 ramp: it must come out as a full 0..255 gray ramp, not clipped
+    row = img[0, :, 0].astype(int)
+    assert np.array_equal(img[..., 0], img[..., 2])
+    assert row[0] == 0 and row[-1] >= 254 and (np.diff(row) >= 0).all()
+
+
+def test_transparent_png_composited_on_white():
+    img = decode_image(CATALOGUE["alpha.png"][0], max_pixels=10**8, max_side=None).image
+    assert (img == 255).all()
+
+
+def test_working_resolution_and_scale():
+    from PIL import Image
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 200), (10, 20, 30)).save(buf, format="PNG")
+    out = decode_image(buf.getvalue(), max_pixels=10**8, max_side=100)
+    assert out.image.shape == (50, 100, 3) and (out.width, out.height) == (400, 200) and out.scale == 0.25
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    out = decode_image(CATALOGUE["exif_rotated.jpg"][0], max_pixels=1000, max_side=None)
+    assert out.error == "too_large" and "3072" in out.detail

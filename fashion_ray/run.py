@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from fashion_ray import __version__, storage
 from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.formats.schema import SCHEMA_VERSION
-from fashion_ray.models import load_bundle, validate_bundle
+from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
 
 log = logging.getLogger("fashion_ray")
 
@@ -59,6 +59,7 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     missing = [s for s in cfg.stages if s not in bundle.stages]
     if missing:
         raise ConfigError(f"bundle {bundle.label} has no model for stages {missing} (it has: {', '.join(bundle.stages)})")
+    verify_bundle(bundle, cfg.stages, cfg.storage)
     listing = storage.list_inputs(list(cfg.inputs), cfg.storage)
     expected = {e["id"]: e["uri"] for e in listing}
     print(f"[fashion-ray] {len(listing)} inputs, bundle {bundle.label}, stages {'+'.join(cfg.stages)}", file=progress, flush=True)

@@ -30,10 +30,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_server):
+    """Started after the S3 server so its workers inherit the endpoint and credentials."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=None)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
 

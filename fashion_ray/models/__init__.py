@@ -8,7 +8,7 @@ torchvision detectors/segmenters with bundle weights, and the bootstrap models
 from __future__ import annotations
 
 from fashion_ray.models import bootstrap, torchvision_models
-from fashion_ray.models.bundle import Bundle, BundleError, load_bundle, load_state_dict
+from fashion_ray.models.bundle import Bundle, BundleError, load_bundle, load_state_dict, verify_bundle
 from fashion_ray.models.predictors import Device, Predictor
 
 
@@ -41,4 +41,4 @@ def build_stage_predictor(bundle: Bundle, stage: str, device: Device, options=No
     return torchvision_models.build_predictor(spec, state_dict, device)
 
 
-__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Device", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle"]
+__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Device", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle", "verify_bundle"]

@@ -126,6 +126,19 @@ def read_checked(bundle: Bundle, relative: str, sha256: str | None, options: sto
     return data
 
 
+def bundle_files(stage: StageModel) -> list[tuple[str, str | None]]:
+    """(relative path, sha256) of every file a stage needs: its weights and any model files."""
+    files = [(stage.weights, stage.sha256)] if stage.weights else []
+    return files + [(f["path"], f.get("sha256")) for f in stage.options.get("files", {}).values()]
+
+
+def verify_bundle(bundle: Bundle, stages, options: storage.StorageOptions | None = None) -> None:
+    """Check every file of the stages in use against its sha256 before any worker starts."""
+    for name in stages:
+        for relative, sha256 in bundle_files(bundle.stages[name]):
+            read_checked(bundle, relative, sha256, options)
+
+
 def load_state_dict(bundle: Bundle, stage: StageModel, options: storage.StorageOptions | None = None) -> dict:
     import torch
 

@@ -1,0 +1,105 @@
+"""The pipeline in-process on the session's Ray: bundles from object storage, S3 in and out,
+torchvision bundles end to end, coordinates mapped back to original pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from conftest import SAMPLE_CORPUS, bad_file_catalogue
+
+from fashion_ray import config, taxonomy
+from fashion_ray.formats import masks as rle
+from fashion_ray.models import BundleError, load_bundle, verify_bundle
+from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
+from fashion_ray.run import run_label_job
+from fashion_ray.storage import StorageOptions, stable_id
+
+
+def _fs(endpoint):
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+
+
+def test_s3_corpus_and_bundle_to_s3_labels(ray_session, s3_server):
+    fs = _fs(s3_server)
+    fs.mkdir("uploads-bucket")
+    names = []
+    for name in sorted(os.listdir(SAMPLE_CORPUS)):
+        if name.endswith(".jpg"):
+            fs.put_file(os.path.join(SAMPLE_CORPUS, name), f"uploads-bucket/2026/11/{name}")
+            names.append(name)
+    for name in ("truncated.jpg", "text_named.jpg"):
+        fs.pipe_file(f"uploads-bucket/2026/11/{name}", bad_file_catalogue()[name][0])
+        names.append(name)
+    fs.put(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap"), "models/bootstrap-v1", recursive=True)
+
+    cfg = config.LabelJobConfig(inputs=("s3://uploads-bucket/2026/",), output="s3://uploads-bucket/labels/run1",
+                                bundle="s3://models/bootstrap-v1", storage=StorageOptions(endpoint_url=s3_server))
+    manifest = run_label_job(cfg)
+    assert manifest["counts"]["inputs"] == 6 and manifest["counts"]["error"] == 2
+    rows = [r for s in manifest["shards"]
+            for r in pq.read_table(io.BytesIO(fs.cat_file(f"uploads-bucket/labels/run1/{s['parquet']}"))).to_pylist()]
+    assert sorted(r["id"] for r in rows) == sorted(stable_id(f"s3://uploads-bucket/2026/11/{n}") for n in names)
+    assert all(r["etag"] for r in rows) and all(r["mtime"] is not None for r in rows)
+    assert json.loads(fs.cat_file("uploads-bucket/labels/run1/manifest.json"))["run_id"] == manifest["run_id"]
+    # writes stay under the output prefix
+    assert sorted(fs.ls("uploads-bucket/labels/run1")) == ["uploads-bucket/labels/run1/coco", "uploads-bucket/labels/run1/manifest.json",
+                                                         "uploads-bucket/labels/run1/parquet"]
+    assert "testing" not in json.dumps(manifest)  # no credentials in what we write
+
+
+def test_torchvision_bundle_end_to_end_in_original_pixels(ray_session, plumbing_bundle, tmp_path):
+    # work at 256 px on 512-600 px photos: labels must still come out at the original size
+    res = config.apply_overrides({s: config.StageResources() for s in config.STAGE_ORDER}, ["all.batch_size=2"])
+    cfg = config.LabelJobConfig(inputs=(SAMPLE_CORPUS,), output=str(tmp_path / "labels"), bundle=plumbing_bundle,
+                                resources=res, work_max_side=256)
+    manifest = run_label_job(cfg)
+    assert manifest["bundle"]["name"] == "plumbing" and manifest["counts"]["ok"] == 4
+    rows = [r for s in manifest["shards"] for r in pq.read_table(tmp_path / "labels" / s["parquet"]).to_pylist()]
+    assert {r["bundle_version"] for r in rows} == {"1.2.3"}
+    garments = parts = 0
+    for row in rows:
+        for person in row["persons"]:
+            x0, y0, x1, y1 = person["box"]
+            assert 0 <= x0 <= x1 <= row["width"] and 0 <= y0 <= y1 <= row["height"]
+            for g in person["garments"]:
+                garments += 1
+                assert g["category"] in taxonomy.DEEPFASHION2
+                assert g["mask"]["size"] == [row["height"], row["width"]]
+            for p in person["parts"]:
+                parts += 1
+                assert p["mask"]["size"] == [row["height"], row["width"]] and rle.area(p["mask"]) == p["area"]
+    assert garments > 0 and parts > 0  # random weights still exercise every stage
+
+
+def test_weights_sha_mismatch_is_a_clear_error(plumbing_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(plumbing_bundle, broken)
+    with open(broken / "parts.pt", "ab") as fh:
+        fh.write(b"tampered")
+    bundle = load_bundle(str(broken))
+    verify_bundle(bundle, ["person", "clothing"])  # untouched stages still verify
+    with pytest.raises(BundleError, match=r"sha256 mismatch for .*parts\.pt"):
+        verify_bundle(bundle, ["parts"])
+
+
+def test_bundle_manifest_rejects_unknown_keys(tmp_path):
+    raw = json.loads(open(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap", "bundle.json")).read())
+    raw["stages"]["person"]["score_treshold"] = 0.3
+    (tmp_path / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="unknown keys \\['score_treshold'\\]"):
+        load_bundle(str(tmp_path))
+
+
+def test_builtin_bundle_files_match_their_checksums():
+    bundle = load_bundle("bootstrap")
+    for spec in bundle.stages.values():
+        for entry in spec.options.get("files", {}).values():
+            data = open(os.path.join(bundle.uri, entry["path"]), "rb").read()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]

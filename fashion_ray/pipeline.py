@@ -65,13 +65,14 @@ def build_plan(cfg: LabelJobConfig, listing: list[dict], bundle: Bundle) -> ray.
         ds = ds.map_batches(
             STAGE_CLASSES[stage],
             fn_constructor_kwargs={"bundle_uri": bundle.uri, "device": device, "batch_size": res.batch_size,
-                                   "storage_options": cfg.storage},
+                                   "storage_options": cfg.storage,
+                                   # pixels stop at the last model stage; the writer needs labels only
+                                   "emit_image": stage != cfg.stages[-1]},
             batch_size=res.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus,
         )
-    ds = ds.drop_columns(["image"])  # pixels stop here; the writer needs labels only
-    return ds.map_batches(write_shard, batch_size=cfg.rows_per_shard, num_cpus=cfg.decode_num_cpus,
+    return ds.map_batches(write_shard, batch_size=cfg.rows_per_shard, num_cpus=cfg.write_num_cpus,
                           fn_kwargs={"output": cfg.output, "bundle_name": bundle.name, "bundle_version": bundle.version,
                                      "stages": list(cfg.stages), "storage_options": cfg.storage})

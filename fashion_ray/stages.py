@@ -35,10 +35,11 @@ def _crop_box(box, width: int, height: int, pad: float = CROP_PAD) -> tuple[int,
 class _Stage:
     stage_name = ""
 
-    def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None):
+    def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None, emit_image: bool = True):
         self.bundle = load_bundle(bundle_uri, storage_options)
         self.predictor = build_stage_predictor(self.bundle, self.stage_name, device, storage_options)
         self.batch_size = max(1, batch_size)
+        self.emit_image = emit_image
 
     def _predict(self, images: list[np.ndarray], context: list[dict]) -> list[dict | Exception]:
         """Predict in model-sized chunks; if a chunk fails, retry image by image to isolate it."""
@@ -60,6 +61,8 @@ class _Stage:
         persons = [json.loads(p) for p in batch["persons"]]
         self.label(batch, persons)
         batch["persons"] = np.array([json.dumps(p) for p in persons], dtype=object)
+        if not self.emit_image:
+            del batch["image"]
         return batch
 
     @staticmethod

@@ -1,0 +1,109 @@
+"""Pipeline efficiency and memory: the Ray Data pipeline against a plain loop, in one run.
+
+- baseline: one process, the same predictor, decode + predict image by image;
+- pipeline: run_label_job on the same files (reads, decode tasks, actor pool, shard writes);
+- efficiency = pipeline images/s / baseline images/s, end to end (start-up included) and
+  marginal (extra images / extra seconds between two corpus sizes: start-up cancels out);
+- memory: peak RSS summed over the driver and every Ray worker, sampled every 0.2 s, at two
+  corpus sizes: streaming keeps it flat as the corpus grows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+from fashion_ray import config, media
+from fashion_ray.models import Device, build_stage_predictor, load_bundle
+from fashion_ray.run import run_label_job
+
+
+def make_corpus(folder: str, n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[str]:
+    """Smooth random photos-like JPEGs (noise compresses badly and decodes unrealistically slowly)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+        path = os.path.join(folder, f"img_{i:06d}.jpg")
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def make_person_bundle(path: str, architecture: str = "fasterrcnn_mobilenet_v3_large_320_fpn", input_size: int = 320) -> str:
+    """A person-only torchvision bundle with random weights: speed does not depend on training."""
+    import torch
+
+    from fashion_ray.models.bundle import StageModel, save_bundle
+    from fashion_ray.models.torchvision_models import build_model
+
+    torch.manual_seed(0)
+    spec = StageModel(architecture, ("person",), input_size, 0.5, 0.5)
+    save_bundle(path, "bench", "0", {"person": (spec, build_model(architecture, num_classes=2, input_size=input_size).state_dict())})
+    return path
+
+
+def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int) -> dict:
+    import torch
+
+    t0 = time.perf_counter()
+    predictor = build_stage_predictor(load_bundle(bundle_uri), "person", Device(torch_threads=threads))
+    t_ready = time.perf_counter()
+    for path in paths:
+        with open(path, "rb") as fh:
+            decoded = media.decode_image(fh.read(), max_pixels=64_000_000, max_side=work_max_side)
+        predictor.predict([decoded.image], [{}])
+    end = time.perf_counter()
+    torch.set_num_threads(threads)
+    return {"images": len(paths), "seconds": end - t0, "images_per_s": len(paths) / (end - t0),
+            "images_per_s_after_load": len(paths) / (end - t_ready)}
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all its descendants (Ray workers included)."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self.proc, self.interval, self.peak, self._stop = psutil.Process(), interval, 0, threading.Event()
+
+    def _total(self) -> int:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a worker exiting between listing and reading
+                pass
+        return total
+
+    def __enter__(self):
+        def loop():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._total())
+                time.sleep(self.interval)
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, threads: int, work_max_side: int,
+                 rows_per_shard: int) -> dict:
+    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.5, torch_threads=threads, batch_size=1)
+    cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=("person",),
+                                resources={s: res for s in config.STAGE_ORDER}, work_max_side=work_max_side,
+                                rows_per_shard=rows_per_shard, read_batch_size=8)
+    t0 = time.perf_counter()
+    manifest = run_label_job(cfg, progress=io.StringIO())
+    total = time.perf_counter() - t0
+    return {"images": manifest["counts"]["inputs"], "seconds": total, "images_per_s": manifest["counts"]["inputs"] / total}

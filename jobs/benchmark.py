@@ -1,0 +1,81 @@
+"""Benchmark the labelling pipeline against a plain loop on the same images, in one run.
+
+    python jobs/benchmark.py --images 200 --memory-sizes 100,400
+
+Prints one JSON object: baseline and pipeline images/s, their ratio (pipeline efficiency,
+end to end and marginal), and peak RSS at two corpus sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from fashion_ray import benchmark  # noqa: E402
+from fashion_ray.run import init_ray  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=200, help="corpus size for the throughput comparison")
+    p.add_argument("--memory-sizes", default="100,400", help="two corpus sizes for the peak-memory check")
+    p.add_argument("--bundle", default=None, help="bundle with a person stage (default: random-weight fasterrcnn_mobilenet_v3_large_320_fpn)")
+    p.add_argument("--actors", type=int, default=2, help="person-stage actors in the pipeline")
+    p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--baseline-threads", type=int, default=2, help="torch threads of the plain loop")
+    p.add_argument("--work-max-side", type=int, default=640)
+    p.add_argument("--rows-per-shard", type=int, default=16)
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
+    return p
+
+
+def main(args) -> int:
+    work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
+    small, large = (int(v) for v in args.memory_sizes.split(","))
+    n = max(args.images, large)
+    paths = benchmark.make_corpus(os.path.join(work, "corpus"), n)
+    bundle = args.bundle or benchmark.make_person_bundle(os.path.join(work, "bundle"))
+    init_ray(None, args.num_cpus)
+
+    def folder_of(count: int) -> list[str]:
+        manifest = os.path.join(work, f"list_{count}.txt")
+        with open(manifest, "w") as fh:
+            fh.write("\n".join(paths[:count]))
+        return [manifest]
+
+    base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side)
+    pipe = benchmark.pipeline_run(folder_of(args.images), os.path.join(work, "out_main"), bundle, args.actors,
+                                  args.threads_per_actor, args.work_max_side, args.rows_per_shard)
+    memory, seconds = {}, {}
+    for count in (small, large):
+        with benchmark.PeakRSS() as peak:
+            seconds[count] = benchmark.pipeline_run(folder_of(count), os.path.join(work, f"out_{count}"), bundle, args.actors,
+                                                    args.threads_per_actor, args.work_max_side, args.rows_per_shard)["seconds"]
+        memory[str(count)] = round(peak.peak / 2**20, 1)
+    marginal = (large - small) / (seconds[large] - seconds[small])
+    result = {
+        "images": args.images,
+        "bundle": bundle if args.bundle else "random fasterrcnn_mobilenet_v3_large_320_fpn (person only)",
+        "baseline": {k: round(v, 3) for k, v in base.items()},
+        "pipeline": {k: round(v, 3) for k, v in pipe.items()},
+        "pipeline_seconds_by_size": {str(k): round(v, 3) for k, v in seconds.items()},
+        "pipeline_marginal_images_per_s": round(marginal, 3),
+        "efficiency_end_to_end": round(pipe["images_per_s"] / base["images_per_s"], 3),
+        "efficiency_marginal": round(marginal / base["images_per_s_after_load"], 3),
+        "peak_rss_mib": memory,
+        "peak_rss_growth": round(memory[str(large)] / memory[str(small)], 3),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

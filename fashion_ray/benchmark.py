@@ -51,8 +51,6 @@ def make_person_bundle(path: str, architecture: str = "fasterrcnn_mobilenet_v3_l
 
 
 def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int) -> dict:
-    import torch
-
     t0 = time.perf_counter()
     predictor = build_stage_predictor(load_bundle(bundle_uri), "person", Device(torch_threads=threads))
     t_ready = time.perf_counter()
@@ -61,7 +59,6 @@ def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side
             decoded = media.decode_image(fh.read(), max_pixels=64_000_000, max_side=work_max_side)
         predictor.predict([decoded.image], [{}])
     end = time.perf_counter()
-    torch.set_num_threads(threads)
     return {"images": len(paths), "seconds": end - t0, "images_per_s": len(paths) / (end - t0),
             "images_per_s_after_load": len(paths) / (end - t_ready)}
 

@@ -146,13 +146,14 @@ class ClothingStage(_PersonCropStage):
 
     def attach(self, person: dict, det: dict, box, height: int, width: int) -> None:
         x0, y0 = box[0], box[1]
+        attributes = det.get("attributes") or [[] for _ in det["labels"]]  # only some models give them
         for j, category in enumerate(det["labels"]):
             gbox = det["boxes"][j]
             garment = {"garment_id": len(person["garments"]), "category": category,
                        "category_id": taxonomy.COCO_CATEGORY_ID.get(category, 0),
                        "score": float(det["scores"][j]),
                        "box": [float(gbox[0] + x0), float(gbox[1] + y0), float(gbox[2] + x0), float(gbox[3] + y0)],
-                       "mask": None, "attributes": list(det.get("attributes", [[]] * len(det["labels"]))[j])}
+                       "mask": None, "attributes": list(attributes[j])}
             if det.get("masks") is not None:
                 garment["mask"] = rle.encode(rle.paste(det["masks"][j], box, height, width))
             person["garments"].append(garment)

@@ -137,3 +137,25 @@ def test_bad_flags_give_one_line_errors(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_preview_renders_every_labelled_photo(default_run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import ROOT
+
+    _, out, _ = default_run
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "preview.py"), "--labels", str(out), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 9  # every ok row; error rows have no pixels to show
+    page = (tmp_path / "index.html").read_text()
+    assert all(p.name in page for p in pngs) and "upper_arm" in page
+    ok = {r["id"]: r for r in read_rows(out) if r["status"] == "ok"}
+    for png in pngs:
+        row = ok[int(png.stem)]
+        assert Image.open(png).size == (row["width"], row["height"])

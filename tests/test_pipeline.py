@@ -37,6 +37,7 @@ def test_s3_corpus_and_bundle_to_s3_labels(ray_session, s3_server):
     for name in ("truncated.jpg", "text_named.jpg"):
         fs.pipe_file(f"uploads-bucket/2026/11/{name}", bad_file_catalogue()[name][0])
         names.append(name)
+    fs.mkdir("models")
     fs.put(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap"), "models/bootstrap-v1", recursive=True)
 
     cfg = config.LabelJobConfig(inputs=("s3://uploads-bucket/2026/",), output="s3://uploads-bucket/labels/run1",

@@ -75,14 +75,16 @@ class PosePersonDetector:
 
     def __init__(self, pose_task: bytes, face_models: list[bytes], *, score_threshold: float, mask_threshold: float,
                  use_hog: bool = True):
-        import atexit
+        import threading
 
         import cv2
 
         self.pose = _pose_landmarker(pose_task, 0.5)
         self.faces = [_face_detector(m, 0.6) for m in face_models]
-        # MediaPipe's own __del__ fails noisily at interpreter teardown; close while modules live
-        atexit.register(self.close)
+        # MediaPipe closes its tasks through a thread pool; at interpreter exit its __del__ runs
+        # after that pool is gone and prints tracebacks into every log. Closing from a
+        # threading-exit hook (LIFO, so before the pool's own) keeps logs clean.
+        threading._register_atexit(self.close)
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.hog = None

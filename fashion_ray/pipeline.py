@@ -64,7 +64,7 @@ def build_plan(cfg: LabelJobConfig, listing: list[dict], bundle: Bundle) -> ray.
         device = Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads)
         ds = ds.map_batches(
             STAGE_CLASSES[stage],
-            fn_constructor_kwargs={"bundle_uri": bundle.uri, "device": device, "batch_size": res.batch_size,
+            fn_constructor_kwargs={"bundle_uri": bundle.ref, "device": device, "batch_size": res.batch_size,
                                    "storage_options": cfg.storage,
                                    # pixels stop at the last model stage; the writer needs labels only
                                    "emit_image": stage != cfg.stages[-1]},

@@ -62,6 +62,9 @@ class Bundle:
     version: str
     uri: str  # folder the manifest was read from; relative weight paths resolve against it
     stages: dict[str, StageModel]
+    # what workers pass to load_bundle: a built-in's name (its folder differs per node and
+    # per runtime_env working dir) or the URI
+    ref: str = ""
 
     @property
     def label(self) -> str:
@@ -87,8 +90,11 @@ def builtin_bundles() -> list[str]:
 
 def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bundle:
     """Read a bundle manifest from a folder URI (or the name of a built-in bundle)."""
+    ref = uri
     if "://" not in uri and not os.path.exists(uri) and uri in builtin_bundles():
         uri = os.path.join(BUILTIN_BUNDLES_DIR, uri)
+    else:
+        ref = uri if "://" in uri else os.path.abspath(uri)
     manifest_uri = uri if uri.endswith(".json") else storage.join(uri, "bundle.json")
     folder = manifest_uri.rsplit("/", 1)[0] if "://" in manifest_uri else os.path.dirname(manifest_uri)
     fs, path = storage.filesystem(manifest_uri, options)
@@ -107,7 +113,7 @@ def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bund
     if bad_stages:
         raise BundleError(f"{manifest_uri}: unknown stages {bad_stages} (valid: {', '.join(STAGES)})")
     stages = {name: StageModel.from_dict(name, spec) for name, spec in raw["stages"].items()}
-    return Bundle(name=str(raw["name"]), version=str(raw["version"]), uri=folder, stages=stages)
+    return Bundle(name=str(raw["name"]), version=str(raw["version"]), uri=folder, stages=stages, ref=ref)
 
 
 def read_checked(bundle: Bundle, relative: str, sha256: str | None, options: storage.StorageOptions | None = None) -> bytes:

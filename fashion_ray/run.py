@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from fashion_ray import __version__, storage
 from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.formats.schema import SCHEMA_VERSION
+from fashion_ray.formats.shards import shard_entry
 from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
 
 log = logging.getLogger("fashion_ray")
@@ -73,9 +74,7 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
         for row in build_plan(cfg, listing, bundle).iter_rows():
             ids = json.loads(row["ids"])
             seen.update(ids)
-            shards.append({"name": row["shard"], "parquet": f"parquet/{row['shard']}.parquet", "coco": f"coco/{row['shard']}.json",
-                           "rows": int(row["rows"]), "ok": int(row["ok"]), "persons": int(row["persons"]),
-                           "garments": int(row["garments"]), "parts": int(row["parts"]), "errors": json.loads(row["errors"])})
+            shards.append(shard_entry(row))
             done += len(ids)
             rate = done / (time.perf_counter() - t0)
             print(f"[fashion-ray] {done}/{len(listing)} images ({100 * done // len(listing)}%), {rate:.1f} img/s",

@@ -20,10 +20,11 @@ def area(rle: dict) -> int:
 
 
 def bbox_xyxy(mask: np.ndarray) -> list[float] | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    """Tight [x1, y1, x2, y2) box of a mask (row/column projections: no per-pixel index arrays)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
         return None
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
 
 
 def resize_rle(rle: dict, height: int, width: int) -> dict:

@@ -75,16 +75,13 @@ def shard_name(ids) -> str:
     return "part-" + hashlib.sha1(",".join(str(i) for i in sorted(int(v) for v in ids)).encode()).hexdigest()[:20]
 
 
-def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
-                stages: list[str], storage_options=None) -> dict[str, np.ndarray]:
-    """Ray Data map_batches function: write one Parquet + one COCO shard, return its summary."""
-    rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
-    name = shard_name(batch["id"])
+def write_rows(rows: list[dict], *, output: str, info: dict, storage_options=None) -> dict[str, np.ndarray]:
+    """Write rows as one Parquet + one COCO shard named after their ids; return a summary row."""
+    name = shard_name(r["id"] for r in rows)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), buf, compression="zstd")
     storage.write_bytes_atomic(storage.join(output, "parquet", f"{name}.parquet"), buf.getvalue(), storage_options)
-    doc = coco.coco_document(rows, info={"description": "fashion-ray labels", "schema_version": SCHEMA_VERSION,
-                                         "bundle": f"{bundle_name}@{bundle_version}"})
+    doc = coco.coco_document(rows, info={**info, "schema_version": SCHEMA_VERSION})
     storage.write_bytes_atomic(storage.join(output, "coco", f"{name}.json"), json.dumps(doc).encode(), storage_options)
     errors = collections.Counter(r["error"] for r in rows if r["status"] == "error")
     persons = [p for r in rows for p in r["persons"]]
@@ -98,3 +95,18 @@ def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, 
         "parts": np.array([sum(len(p["parts"]) for p in persons)]),
         "errors": np.array([json.dumps(dict(errors))]),
     }
+
+
+def shard_entry(row: dict) -> dict:
+    """The manifest's record of a shard, from the summary row write_rows returned."""
+    return {"name": row["shard"], "parquet": f"parquet/{row['shard']}.parquet", "coco": f"coco/{row['shard']}.json",
+            "rows": int(row["rows"]), "ok": int(row["ok"]), "persons": int(row["persons"]),
+            "garments": int(row["garments"]), "parts": int(row["parts"]), "errors": json.loads(row["errors"])}
+
+
+def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
+                stages: list[str], storage_options=None) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function: write one Parquet + one COCO shard, return its summary."""
+    rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
+    return write_rows(rows, output=output, info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"},
+                      storage_options=storage_options)

@@ -73,7 +73,7 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
     cards = []
     for row in rows[:limit]:
         data = storage.fetch_many([row["uri"]], options)[0]
-        decoded = media.decode_image(data, max_pixels=manifest["config"]["max_pixels"], max_side=None) if isinstance(data, bytes) else None
+        decoded = media.decode_image(data, max_pixels=manifest["config"].get("max_pixels", 64_000_000), max_side=None) if isinstance(data, bytes) else None
         if decoded is None or decoded.image is None:
             continue
         name = f"{row['id']}.png"

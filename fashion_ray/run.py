@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import os
 import sys
 import time
@@ -22,9 +21,6 @@ from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.formats.schema import SCHEMA_VERSION
 from fashion_ray.formats.shards import shard_entry
 from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
-
-log = logging.getLogger("fashion_ray")
-
 
 class RunIntegrityError(RuntimeError):
     """Outputs do not account for every input exactly once; nothing was committed."""
@@ -42,6 +38,16 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     else:
         # "local" always starts a fresh Ray, never a stray `ray start` cluster on this machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+
+
+def _warn_if_resources_missing(cfg: LabelJobConfig, progress) -> None:
+    """GPU stages on a cluster with no GPU wait for one forever (or until an autoscaler adds one)."""
+    import ray
+
+    wants_gpu = [s for s in cfg.stages if cfg.resources[s].num_gpus > 0]
+    if wants_gpu and not ray.cluster_resources().get("GPU"):
+        print(f"[fashion-ray] warning: stages {wants_gpu} ask for GPUs and this Ray cluster has none yet; "
+              "they start when an autoscaler adds GPU nodes (use --device cpu to run on CPUs)", file=progress, flush=True)
 
 
 def _now() -> str:
@@ -65,6 +71,7 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     expected = {e["id"]: e["uri"] for e in listing}
     print(f"[fashion-ray] {len(listing)} inputs, bundle {bundle.label}, stages {'+'.join(cfg.stages)}", file=progress, flush=True)
     init_ray(ray_address, num_cpus)
+    _warn_if_resources_missing(cfg, progress)
 
     from fashion_ray.pipeline import build_plan
 

@@ -121,7 +121,7 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None) -> list[
         elif path.lower().endswith(MANIFEST_EXTENSIONS):
             listed = [line.strip().split(",")[0] for line in fs.cat_file(path).decode().splitlines()]
             listed = [u for u in listed if u and not u.startswith("#")]
-            for item in list_inputs_objects(listed, options):
+            for item in _stat_objects(listed, options):
                 entries[item["uri"]] = item
         else:
             entry = _entry(protocol, fs.info(path))
@@ -129,7 +129,7 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None) -> list[
     return list(entries.values())
 
 
-def list_inputs_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
+def _stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
     """Stat objects named in a manifest; a missing object still yields an entry (-> error row)."""
     out = []
     for uri in uris:

@@ -104,3 +104,15 @@ def test_builtin_bundle_files_match_their_checksums():
         for entry in spec.options.get("files", {}).values():
             data = open(os.path.join(bundle.uri, entry["path"]), "rb").read()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+def test_manifest_of_uris_with_a_missing_object(ray_session, tmp_path):
+    listing = tmp_path / "batch.txt"
+    listing.write_text(f"# uploads of 2026-11-22\n{SAMPLE_CORPUS}/grace_hopper.jpg\n{tmp_path}/deleted-before-the-run.jpg\n")
+    cfg = config.LabelJobConfig(inputs=(str(listing),), output=str(tmp_path / "labels"), stages=("person",))
+    manifest = run_label_job(cfg)
+    rows = {os.path.basename(r["uri"]): r for s in manifest["shards"]
+            for r in pq.read_table(tmp_path / "labels" / s["parquet"]).to_pylist()}
+    assert set(rows) == {"grace_hopper.jpg", "deleted-before-the-run.jpg"}
+    assert rows["grace_hopper.jpg"]["status"] == "ok" and len(rows["grace_hopper.jpg"]["persons"]) == 1
+    assert (rows["deleted-before-the-run.jpg"]["status"], rows["deleted-before-the-run.jpg"]["error"]) == ("error", "unreadable")

@@ -41,117 +41,166 @@ STAT_LINES = [  # the 12 lines COCOeval.summarize prints, in its order
 ]
 
 
-# loading --------------------------------------------------------------------------------------
+# loading ----------------------------------------------------------------------------------------
 
 def _read_json(uri: str, options=None):
     fs, path = storage.filesystem(uri, options)
     return json.loads(fs.cat_file(path))
 
 
-def _merge(docs) -> dict:
-    images, anns = {}, []
-    for doc in docs:
-        for img in doc.get("images", []):
-            images[img["id"]] = img
-        anns += doc.get("annotations", [])
-    return {"images": list(images.values()), "annotations": anns, "categories": taxonomy.COCO_CATEGORIES}
+def iter_coco_chunks(uri: str, options=None):
+    """Yield (images, annotations, error rows) one shard at a time.
 
-
-def load_coco(uri: str, options=None) -> tuple[dict, int]:
-    """(COCO dict, error rows) from a run/synthetic folder, a folder of COCO shards or a COCO file.
-
-    A run folder is read from its Parquet shards (the source of truth, error rows included),
-    one shard at a time.
+    A run or synthetic folder (manifest.json) is read from its Parquet shards, the source of
+    truth (error rows included); otherwise a folder of COCO shards, a COCO file, or a COCO
+    results list (annotations only).
     """
     fs, path = storage.filesystem(uri, options)
     if fs.isdir(path):
         manifest_uri = storage.join(uri, "manifest.json")
         if fs.exists(storage.filesystem(manifest_uri, options)[1]):
-            manifest = _read_json(manifest_uri, options)
-            errors, docs = 0, []
-            for shard in manifest["shards"]:
+            for shard in _read_json(manifest_uri, options)["shards"]:
                 sfs, spath = storage.filesystem(storage.join(uri, shard["parquet"]), options)
                 rows = pq.read_table(io.BytesIO(sfs.cat_file(spath))).to_pylist()
-                errors += sum(r["status"] == "error" for r in rows)
-                docs.append(coco_format.coco_document(rows))
-            return _merge(docs), errors
-        names = sorted(n for n in fs.find(path) if n.endswith(".json"))
+                doc = coco_format.coco_document(rows)
+                yield doc["images"], doc["annotations"], sum(r["status"] == "error" for r in rows)
+            return
         protocol = storage.split_uri(uri)[0]
-        return _merge(_read_json(storage.to_uri(protocol, n), options) for n in names), 0
+        for name in sorted(n for n in fs.find(path) if n.endswith(".json")):
+            doc = _read_json(storage.to_uri(protocol, name), options)
+            yield doc.get("images", []), doc.get("annotations", []), 0
+        return
     doc = _read_json(uri, options)
-    if isinstance(doc, list):  # a COCO results file: annotations only
-        return {"images": [], "annotations": doc, "categories": taxonomy.COCO_CATEGORIES}, 0
-    return _merge([doc]), 0
+    if isinstance(doc, list):
+        yield [], doc, 0
+    else:
+        yield doc.get("images", []), doc.get("annotations", []), 0
 
 
-def align_images(gt: dict, dt: dict) -> dict:
-    """Give predictions the ground truth's image ids (by id, else by file name); drop the rest."""
-    gt_ids = {img["id"] for img in gt["images"]}
-    by_name = {os.path.basename(img["file_name"]): img["id"] for img in gt["images"]}
-    remap = {}
-    for img in dt["images"]:
-        if img["id"] in gt_ids:
-            remap[img["id"]] = img["id"]
-        elif os.path.basename(img.get("file_name", "")) in by_name:
-            remap[img["id"]] = by_name[os.path.basename(img["file_name"])]
-    if not dt["images"]:  # a results list: ids as given, and every ground-truth image is scored
-        anns = [a for a in dt["annotations"] if a["image_id"] in gt_ids]
-        return {"images": list(gt["images"]), "annotations": anns, "categories": dt["categories"]}
-    anns = [{**a, "image_id": remap[a["image_id"]]} for a in dt["annotations"] if a["image_id"] in remap]
-    covered = set(remap.values())
-    return {"images": [i for i in gt["images"] if i["id"] in covered], "annotations": anns, "categories": dt["categories"]}
+def load_coco(uri: str, options=None) -> tuple[dict, int]:
+    """The whole set as one COCO dict (small sets, tests); evaluate_uris streams instead."""
+    images, anns, errors = {}, [], 0
+    for chunk_images, chunk_anns, chunk_errors in iter_coco_chunks(uri, options):
+        images.update({i["id"]: i for i in chunk_images})
+        anns += chunk_anns
+        errors += chunk_errors
+    return {"images": list(images.values()), "annotations": anns, "categories": taxonomy.COCO_CATEGORIES}, errors
 
 
 # COCO AP/AR -----------------------------------------------------------------------------------
 
-def _subset(doc: dict, cat_ids, merge_to: int | None = None, need_mask: bool = False) -> dict:
-    anns = []
-    for a in doc["annotations"]:
-        if a["category_id"] in cat_ids and (not need_mask or "segmentation" in a):
-            a = dict(a)
-            if merge_to is not None:
-                a["category_id"] = merge_to
-            anns.append(a)
-    categories = [{"id": merge_to, "name": "garment"}] if merge_to is not None else \
-        [c for c in taxonomy.COCO_CATEGORIES if c["id"] in cat_ids]
-    return {"images": doc["images"], "annotations": anns, "categories": categories}
+TASKS = {  # name -> (iou type, categories, merged category for class-agnostic tables)
+    "person_bbox": ("bbox", [PERSON_ID], None),
+    "garment_bbox": ("bbox", DF2_IDS, None),
+    "garment_segm": ("segm", DF2_IDS, None),
+    "any_garment_bbox": ("bbox", sorted(GARMENT_IDS), ANY_GARMENT_ID),
+    "any_garment_segm": ("segm", sorted(GARMENT_IDS), ANY_GARMENT_ID),
+}
 
 
-def coco_table(gt: dict, dt: dict, iou_type: str, cat_ids, merge_to: int | None = None) -> dict:
-    """The 12 COCO stats (None where the ground truth has nothing to find) + per-category AP."""
+def _coco(images: list[dict], anns: list[dict], categories: list[dict], iou_type: str):
+    """A pycocotools COCO object built in memory; areas as loadRes would compute them."""
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
-    need_mask = iou_type == "segm"
-    gt_sub = _subset(gt, set(cat_ids), merge_to, need_mask)
-    dt_sub = _subset(dt, set(cat_ids), merge_to, need_mask)
-    for i, a in enumerate(gt_sub["annotations"]):  # COCO() wants unique ids, and iscrowd/area present
-        gt_sub["annotations"][i] = {**a, "id": i + 1, "iscrowd": a.get("iscrowd", 0)}
-    if not gt_sub["annotations"]:
-        return {"stats": [None] * 12, "per_category": {}, "gt": 0, "dt": len(dt_sub["annotations"])}
-    if not dt_sub["annotations"]:
-        return {"stats": [0.0] * 12, "per_category": {}, "gt": len(gt_sub["annotations"]), "dt": 0}
+    ready = []
+    for k, a in enumerate(anns, start=1):
+        a = {**a, "id": k, "iscrowd": a.get("iscrowd", 0)}
+        if iou_type == "bbox":
+            a.pop("segmentation", None)
+        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]) if "bbox" in a else float(rle.area(a["segmentation"])))
+        ready.append(a)
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": ready, "categories": categories}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt_sub)
-        coco_gt.createIndex()
-        # results in the standard shape: boxes for bbox, masks for segm (so areas are mask areas)
-        keep = ("image_id", "category_id", "score", "bbox" if iou_type == "bbox" else "segmentation")
-        coco_dt = coco_gt.loadRes([{k: a.get(k, 1.0) for k in keep} for a in dt_sub["annotations"]])
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
-        ev.params.imgIds = sorted(coco_gt.getImgIds())
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = [None if s < 0 else float(s) for s in ev.stats]
-    per_category = {}
-    precision = ev.eval["precision"]  # [T, R, K, A, M]
-    names = {c["id"]: c["name"] for c in gt_sub["categories"]}
-    for k, cat in enumerate(ev.params.catIds):
-        p = precision[:, :, k, 0, -1]
-        p = p[p > -1]
-        per_category[names.get(cat, str(cat))] = float(p.mean()) if p.size else None
-    return {"stats": stats, "per_category": per_category, "gt": len(gt_sub["annotations"]), "dt": len(dt_sub["annotations"])}
+        coco.createIndex()
+    return coco
+
+
+class CocoTable:
+    """COCO AP/AR for one task, computed bucket by bucket and accumulated once.
+
+    COCOeval.evaluate works per image; its per-(category, area, image) results from every
+    bucket are laid out in the order accumulate() expects, so the tables equal one COCOeval
+    over the whole set while only one bucket of masks is in memory at a time.
+    """
+
+    def __init__(self, iou_type: str, cat_ids, merge_to: int | None = None):
+        self.iou_type, self.cat_ids, self.merge_to = iou_type, list(cat_ids), merge_to
+        self.results: dict[tuple, dict] = {}
+        self.img_ids: list[int] = []
+        self.gt_count = self.dt_count = 0
+
+    def _select(self, anns: list[dict], is_dt: bool) -> list[dict]:
+        keep = set(self.cat_ids)
+        out = []
+        for a in anns:
+            if a["category_id"] not in keep or (self.iou_type == "segm" and "segmentation" not in a):
+                continue
+            a = dict(a)
+            if self.merge_to is not None:
+                a["category_id"] = self.merge_to
+            if is_dt:  # results in the standard shape: boxes for bbox, masks for segm
+                a = {k: a[k] for k in ("image_id", "category_id", "bbox" if self.iou_type == "bbox" else "segmentation")} | {
+                    "score": a.get("score", 1.0)}
+            out.append(a)
+        return out
+
+    def _categories(self) -> list[dict]:
+        if self.merge_to is not None:
+            return [{"id": self.merge_to, "name": "garment"}]
+        return [c for c in taxonomy.COCO_CATEGORIES if c["id"] in set(self.cat_ids)]
+
+    def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
+        from pycocotools.cocoeval import COCOeval
+
+        gt, dt = self._select(gt_anns, False), self._select(dt_anns, True)
+        self.gt_count += len(gt)
+        self.dt_count += len(dt)
+        img_ids = sorted(i["id"] for i in images)
+        self.img_ids += img_ids
+        if not gt and not dt:
+            return
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(_coco(images, gt, self._categories(), self.iou_type),
+                          _coco(images, dt, self._categories(), self.iou_type), self.iou_type)
+            ev.params.imgIds = img_ids
+            ev.params.catIds = self._cat_list()
+            ev.evaluate()
+        n_img, n_area = len(img_ids), len(ev.params.areaRng)
+        for k, cat in enumerate(ev.params.catIds):
+            for a in range(n_area):
+                for i, img in enumerate(img_ids):
+                    entry = ev.evalImgs[k * n_area * n_img + a * n_img + i]
+                    if entry is not None:
+                        self.results[(cat, a, img)] = entry
+
+    def _cat_list(self) -> list[int]:
+        return [self.merge_to] if self.merge_to is not None else self.cat_ids
+
+    def summarize(self) -> dict:
+        from pycocotools.cocoeval import COCOeval
+
+        if not self.gt_count:
+            return {"stats": [None] * 12, "per_category": {}, "gt": 0, "dt": self.dt_count}
+        ev = COCOeval(iouType=self.iou_type)
+        ev.params.imgIds = sorted(set(self.img_ids))
+        ev.params.catIds = self._cat_list()
+        ev._paramsEval = copy.deepcopy(ev.params)
+        n_area = len(ev.params.areaRng)
+        ev.evalImgs = [self.results.get((cat, a, img)) for cat in ev.params.catIds for a in range(n_area)
+                       for img in ev.params.imgIds]
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.accumulate()
+            ev.summarize()
+        names = {c["id"]: c["name"] for c in self._categories()}
+        per_category = {}
+        for k, cat in enumerate(ev.params.catIds):
+            p = ev.eval["precision"][:, :, k, 0, -1]  # [T, R, K, A, M]: all areas, most detections
+            p = p[p > -1]
+            if p.size:
+                per_category[names[cat]] = float(p.mean())
+        return {"stats": [None if v < 0 else float(v) for v in ev.stats], "per_category": per_category,
+                "gt": self.gt_count, "dt": self.dt_count}
 
 
 # parts IoU ------------------------------------------------------------------------------------
@@ -197,61 +246,132 @@ class PartsEvaluator:
         }
 
 
-def person_counts(gt: dict, dt: dict, threshold: float = 0.5) -> dict:
-    """Greedy one-to-one matching of person boxes per image, highest score first."""
+def _person_matches(gt_anns: list[dict], dt_anns: list[dict], threshold: float = 0.5) -> tuple[int, int, int]:
+    """Greedy one-to-one matching of one image's person boxes, highest score first."""
     from pycocotools import mask as mask_utils
 
-    by_image: dict[int, tuple[list, list]] = {img["id"]: ([], []) for img in gt["images"]}
-    for a in gt["annotations"]:
-        if a["category_id"] == PERSON_ID and a["image_id"] in by_image:
-            by_image[a["image_id"]][0].append(a)
-    for a in dt["annotations"]:
-        if a["category_id"] == PERSON_ID and a["image_id"] in by_image:
-            by_image[a["image_id"]][1].append(a)
-    matched = missed = extra = 0
-    for g, d in by_image.values():
-        d = sorted(d, key=lambda a: -a.get("score", 1.0))
-        if g and d:
-            ious = mask_utils.iou([a["bbox"] for a in d], [a["bbox"] for a in g], [0] * len(g))
-            used = set()
-            for i in range(len(d)):
-                j = max((j for j in range(len(g)) if j not in used), key=lambda j: ious[i, j], default=None)
-                if j is not None and ious[i, j] >= threshold:
-                    used.add(j)
-            matched += len(used)
-            missed += len(g) - len(used)
-            extra += len(d) - len(used)
-        else:
-            missed += len(g)
-            extra += len(d)
-    return {"persons_gt": matched + missed, "persons_matched": matched, "persons_missed": missed, "persons_extra": extra}
+    g = [a for a in gt_anns if a["category_id"] == PERSON_ID]
+    d = sorted((a for a in dt_anns if a["category_id"] == PERSON_ID), key=lambda a: -a.get("score", 1.0))
+    if not g or not d:
+        return 0, len(g), len(d)
+    ious = mask_utils.iou([a["bbox"] for a in d], [a["bbox"] for a in g], [0] * len(g))
+    used: set[int] = set()
+    for i in range(len(d)):
+        j = max((j for j in range(len(g)) if j not in used), key=lambda j: ious[i, j], default=None)
+        if j is not None and ious[i, j] >= threshold:
+            used.add(j)
+    return len(used), len(g) - len(used), len(d) - len(used)
+
+
+class Evaluator:
+    """Every table of the report, fed one bucket of images (with their gt and dt annotations) at a time."""
+
+    def __init__(self):
+        self.tables = {name: CocoTable(*spec) for name, spec in TASKS.items()}
+        self.parts = PartsEvaluator()
+        self.counts = {"images": 0, "error_rows": 0, "persons_gt": 0, "persons_matched": 0, "persons_missed": 0,
+                       "persons_extra": 0}
+
+    def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
+        for table in self.tables.values():
+            table.process(images, gt_anns, dt_anns)
+        gt_by, dt_by = {}, {}
+        for a in gt_anns:
+            gt_by.setdefault(a["image_id"], []).append(a)
+        for a in dt_anns:
+            dt_by.setdefault(a["image_id"], []).append(a)
+        for img in images:
+            g, d = gt_by.get(img["id"], []), dt_by.get(img["id"], [])
+            self.parts.process(_part_map(g, img["height"], img["width"]), _part_map(d, img["height"], img["width"]))
+            matched, missed, extra = _person_matches(g, d)
+            self.counts["persons_matched"] += matched
+            self.counts["persons_missed"] += missed
+            self.counts["persons_extra"] += extra
+            self.counts["persons_gt"] += matched + missed
+        self.counts["images"] += len(images)
+
+    def evaluate(self) -> dict:
+        return {"counts": dict(self.counts), **{name: t.summarize() for name, t in self.tables.items()},
+                "parts": self.parts.evaluate()}
+
+
+def _remap_ids(dt_images: list[dict], gt_ids, by_name: dict[str, int]) -> dict[int, int]:
+    """Prediction image id -> ground-truth image id: same id, else same file name. A results
+    list (no images) is taken as covering every ground-truth image."""
+    if not dt_images:
+        return {i: i for i in gt_ids}
+    remap = {}
+    for img in dt_images:
+        target = img["id"] if img["id"] in gt_ids else by_name.get(os.path.basename(img.get("file_name", "")))
+        if target is not None:
+            remap[img["id"]] = target
+    return remap
 
 
 def evaluate(gt: dict, dt: dict, errors: int = 0) -> dict:
-    """All tables for predictions `dt` against ground truth `gt` (both COCO dicts, aligned)."""
-    dt = align_images(gt, dt)
-    evaluated = {img["id"] for img in dt["images"]}
-    # only images the predictions cover are scored (a partial run is not penalised for the rest)
-    gt = {**gt, "images": [i for i in gt["images"] if i["id"] in evaluated],
-          "annotations": [a for a in gt["annotations"] if a["image_id"] in evaluated]}
-    parts = PartsEvaluator()
-    gt_parts, dt_parts = {}, {}
-    for a in gt["annotations"]:
-        gt_parts.setdefault(a["image_id"], []).append(a)
-    for a in dt["annotations"]:
-        dt_parts.setdefault(a["image_id"], []).append(a)
-    for img in gt["images"]:
-        h, w = img["height"], img["width"]
-        parts.process(_part_map(gt_parts.get(img["id"], []), h, w), _part_map(dt_parts.get(img["id"], []), h, w))
-    return {
-        "counts": {"images": len(gt["images"]), "error_rows": errors, **person_counts(gt, dt)},
-        "person_bbox": coco_table(gt, dt, "bbox", [PERSON_ID]),
-        "garment_bbox": coco_table(gt, dt, "bbox", DF2_IDS),
-        "garment_segm": coco_table(gt, dt, "segm", DF2_IDS),
-        "any_garment_bbox": coco_table(gt, dt, "bbox", GARMENT_IDS, merge_to=ANY_GARMENT_ID),
-        "any_garment_segm": coco_table(gt, dt, "segm", GARMENT_IDS, merge_to=ANY_GARMENT_ID),
-        "parts": parts.evaluate(),
-    }
+    """All tables for predictions `dt` against ground truth `gt` (COCO dicts held in memory).
+
+    Only images the predictions cover are scored: a partial run is not penalised for the rest.
+    """
+    gt_images = {img["id"]: img for img in gt["images"]}
+    remap = _remap_ids(dt["images"], gt_images, {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]})
+    covered = set(remap.values())
+    ev = Evaluator()
+    ev.process([gt_images[i] for i in sorted(covered)], [a for a in gt["annotations"] if a["image_id"] in covered],
+               [{**a, "image_id": remap[a["image_id"]]} for a in dt["annotations"] if a["image_id"] in remap])
+    ev.counts["error_rows"] = errors
+    return ev.evaluate()
+
+
+def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int = 2000) -> dict:
+    """Evaluate sets of any size: both sides are spilled to local buckets by image id, then
+    evaluated a bucket at a time, so memory holds one bucket's masks, not the whole set."""
+    import pickle
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fashion-ray-eval-") as work:
+        gt_images: dict[int, dict] = {}  # id -> image record (small: no masks)
+        by_name: dict[str, int] = {}
+        gt_files = []
+        for k, (images, anns, _) in enumerate(iter_coco_chunks(gt_uri, options)):
+            for img in images:
+                gt_images[img["id"]] = img
+                by_name[os.path.basename(img["file_name"])] = img["id"]
+            gt_files.append(os.path.join(work, f"gt-{k}.pkl"))
+            with open(gt_files[-1], "wb") as fh:
+                pickle.dump(anns, fh)
+        buckets = max(1, -(-len(gt_images) // images_per_bucket))
+        spill = [open(os.path.join(work, f"bucket-{b}.pkl"), "ab") for b in range(buckets)]
+        covered, errors = set(), 0
+        for images, anns, chunk_errors in iter_coco_chunks(dt_uri, options):
+            errors += chunk_errors
+            remap = _remap_ids(images, gt_images, by_name)
+            covered.update(remap.values())
+            for a in anns:
+                if a["image_id"] in remap:
+                    a = {**a, "image_id": remap[a["image_id"]]}
+                    pickle.dump(("dt", a), spill[a["image_id"] % buckets])
+        for path in gt_files:  # ground truth of covered images only, into the same buckets
+            with open(path, "rb") as fh:
+                for a in pickle.load(fh):
+                    if a["image_id"] in covered:
+                        pickle.dump(("gt", a), spill[a["image_id"] % buckets])
+        for fh in spill:
+            fh.close()
+        ev = Evaluator()
+        for b in range(buckets):
+            gt_anns, dt_anns = [], []
+            with open(os.path.join(work, f"bucket-{b}.pkl"), "rb") as fh:
+                while True:
+                    try:
+                        side, a = pickle.load(fh)
+                    except EOFError:
+                        break
+                    (gt_anns if side == "gt" else dt_anns).append(a)
+            images = [gt_images[i] for i in sorted(covered) if i % buckets == b]
+            ev.process(images, gt_anns, dt_anns)
+        ev.counts["error_rows"] = errors
+        return ev.evaluate()
 
 
 # report ---------------------------------------------------------------------------------------

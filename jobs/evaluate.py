@@ -28,12 +28,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> int:
     options = storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
     try:
-        gt, _ = evaluation.load_coco(args.ground_truth, options)
-        dt, errors = evaluation.load_coco(args.predictions, options)
+        report = evaluation.evaluate_uris(args.ground_truth, args.predictions, options)
     except (FileNotFoundError, json.JSONDecodeError, storage.StorageError) as exc:
         print(f"error: cannot read {exc}", file=sys.stderr)
         return 2
-    report = evaluation.evaluate(gt, dt, errors)
     markdown = evaluation.to_markdown(report)
     out = args.out or (storage.join(args.predictions, "eval") if not args.predictions.endswith(".json")
                        else os.path.splitext(args.predictions)[0] + "_eval")

@@ -64,7 +64,9 @@ def test_shifted_box_gives_the_hand_computed_iou():
 def test_empty_predictions_ground_truth_and_missing_categories():
     gt = _doc([_box_ann(PERSON, 0, 0, 10, 10)])
     report = evaluation.evaluate(gt, _doc([]))
-    assert report["person_bbox"]["stats"] == [0.0] * 12
+    stats = report["person_bbox"]["stats"]
+    assert stats[0] == stats[1] == stats[3] == stats[8] == 0.0  # AP, AP50, AP small, AR@100
+    assert stats[4] is None and stats[5] is None  # no medium or large person to find
     assert report["counts"]["persons_missed"] == 1
     assert report["garment_bbox"]["stats"] == [None] * 12  # nothing to find: undefined
     shorts, skirt = taxonomy.COCO_CATEGORY_ID["shorts"], taxonomy.COCO_CATEGORY_ID["skirt"]
@@ -110,3 +112,29 @@ def test_matches_raw_pycocotools():
         ev.evaluate(), ev.accumulate(), ev.summarize()
     assert ours == pytest.approx([None if s < 0 else s for s in ev.stats])
     assert 0.2 < ours[0] < 1.0  # a real, non-trivial case
+
+
+def test_streaming_buckets_equal_one_pass(tmp_path):
+    """evaluate_uris spills to buckets by image id; tables must equal the single in-memory pass."""
+    import json
+
+    rng = np.random.default_rng(1)
+    gt_anns, dt_anns = [], []
+    for image_id in range(1, 13):
+        for _ in range(2):
+            body = np.zeros((60, 60), bool)
+            x, y = rng.integers(0, 30, 2)
+            body[y:y + rng.integers(10, 30), x:x + rng.integers(10, 30)] = True
+            gt_anns.append(_mask_ann(PERSON, body, image_id))
+            shifted = np.roll(body, int(rng.integers(-3, 4)), axis=1)
+            dt_anns.append(_mask_ann(PERSON, shifted, image_id, float(rng.random())))
+    gt, dt = _doc(gt_anns, (60, 60), 12), _doc(dt_anns, (60, 60), 12)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dt))
+    one = evaluation.evaluate(gt, dt)
+    streamed = evaluation.evaluate_uris(str(tmp_path / "gt.json"), str(tmp_path / "dt.json"), images_per_bucket=5)
+    for table in ("person_bbox", "any_garment_bbox"):
+        assert streamed[table]["stats"] == pytest.approx(one[table]["stats"])
+    assert streamed["counts"] == one["counts"] and streamed["counts"]["images"] == 12
+    assert streamed["parts"] == one["parts"]
+    assert 0.3 < one["person_bbox"]["stats"][0] < 1.0

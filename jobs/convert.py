@@ -1,0 +1,54 @@
+"""Convert a dataset into fashion-ray's canonical training format (one COCO file, images by URI).
+
+    python jobs/convert.py --format deepfashion2 --input s3://datasets/deepfashion2/validation --output s3://datasets/df2-val.json
+    python jobs/convert.py --format labels --input out/labels --output out/teacher-labels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fashion_ray import storage  # noqa: E402
+from fashion_ray.formats import converters  # noqa: E402
+
+FORMATS = {
+    "deepfashion2": lambda a, o: converters.convert_deepfashion2(a.input, o),
+    "fashionpedia": lambda a, o: converters.convert_fashionpedia(a.input, a.image_root, o),
+    "pascal-part": lambda a, o: converters.convert_pascal_part(a.input, o),
+    "seed004": lambda a, o: converters.convert_seed004(a.input, o),
+    "penn-fudan": lambda a, o: converters.convert_penn_fudan(a.input, o),
+    "labels": lambda a, o: converters.convert_labels(a.input, o),
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Convert a dataset to COCO with fashion-ray's categories.")
+    p.add_argument("--format", required=True, choices=sorted(FORMATS))
+    p.add_argument("--input", required=True, help="dataset root (or Fashionpedia's instances JSON)")
+    p.add_argument("--image-root", default=None, help="Fashionpedia only: folder of its images")
+    p.add_argument("--output", required=True, help="URI of the COCO file to write")
+    p.add_argument("--s3-endpoint-url", default=None)
+    return p
+
+
+def main(args) -> int:
+    if args.format == "fashionpedia" and not args.image_root:
+        print("error: --format fashionpedia needs --image-root", file=sys.stderr)
+        return 2
+    options = storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
+    try:
+        doc = FORMATS[args.format](args, options)
+    except FileNotFoundError as exc:
+        print(f"error: {args.input!r} is not a {args.format} dataset: {exc}", file=sys.stderr)
+        return 2
+    converters.write_coco(doc, args.output, options)
+    print(f"{args.format}: {len(doc['images'])} images, {len(doc['annotations'])} annotations -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

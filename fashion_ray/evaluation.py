@@ -21,11 +21,11 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from fashion_ray import storage, taxonomy
 from fashion_ray.formats import coco as coco_format
 from fashion_ray.formats import masks as rle
+from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 
 PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
 DF2_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.DEEPFASHION2]
@@ -57,11 +57,8 @@ def iter_coco_chunks(uri: str, options=None):
     """
     fs, path = storage.filesystem(uri, options)
     if fs.isdir(path):
-        manifest_uri = storage.join(uri, "manifest.json")
-        if fs.exists(storage.filesystem(manifest_uri, options)[1]):
-            for shard in _read_json(manifest_uri, options)["shards"]:
-                sfs, spath = storage.filesystem(storage.join(uri, shard["parquet"]), options)
-                rows = pq.read_table(io.BytesIO(sfs.cat_file(spath))).to_pylist()
+        if fs.exists(storage.filesystem(storage.join(uri, "manifest.json"), options)[1]):
+            for rows in iter_shard_rows(uri, read_manifest(uri, options), options):
                 doc = coco_format.coco_document(rows)
                 yield doc["images"], doc["annotations"], sum(r["status"] == "error" for r in rows)
             return

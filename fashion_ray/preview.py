@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import html
 import io
-import json
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from fashion_ray import media, storage, taxonomy
 from fashion_ray.formats import masks as rle
+from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 
 PART_COLOURS = {  # fixed legend, RGB
     "head": (230, 25, 75), "torso": (60, 180, 75), "upper_arm": (255, 225, 25),
@@ -62,12 +61,10 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
 def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, options=None) -> str:
     """Render up to `limit` labelled images of a run; returns the URI of index.html."""
     out_uri = out_uri or storage.join(labels_uri, "preview")
-    fs, path = storage.filesystem(storage.join(labels_uri, "manifest.json"), options)
-    manifest = json.loads(fs.cat_file(path))
+    manifest = read_manifest(labels_uri, options)
     rows = []
-    for shard in manifest["shards"]:
-        sfs, spath = storage.filesystem(storage.join(labels_uri, shard["parquet"]), options)
-        rows += [r for r in pq.read_table(io.BytesIO(sfs.cat_file(spath))).to_pylist() if r["status"] == "ok"]
+    for shard_rows in iter_shard_rows(labels_uri, manifest, options):
+        rows += [r for r in shard_rows if r["status"] == "ok"]
         if len(rows) >= limit:
             break
     cards = []

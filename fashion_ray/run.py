@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from fashion_ray import __version__, storage
 from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.formats.schema import SCHEMA_VERSION
-from fashion_ray.formats.shards import shard_entry
+from fashion_ray.formats.shards import shard_entry, shard_totals
 from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
 
 class RunIntegrityError(RuntimeError):
@@ -99,7 +99,7 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     for s in shards:
         errors.update(s["errors"])
     elapsed = time.perf_counter() - t0
-    ok = sum(s["ok"] for s in shards)
+    totals = shard_totals(shards)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "fashion_ray_version": __version__,
@@ -110,9 +110,8 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
         "config": cfg.to_json(),
         "bundle": bundle.to_json() | {"uri": bundle.uri},
         "counts": {
-            "inputs": len(listing), "ok": ok, "error": len(listing) - ok,
-            "persons": sum(s["persons"] for s in shards), "garments": sum(s["garments"] for s in shards),
-            "parts": sum(s["parts"] for s in shards),
+            "inputs": len(listing), "ok": totals["ok"], "error": len(listing) - totals["ok"],
+            "persons": totals["persons"], "garments": totals["garments"], "parts": totals["parts"],
         },
         "errors_by_reason": dict(sorted(errors.items())),
         "elapsed_s": round(elapsed, 3),

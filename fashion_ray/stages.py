@@ -128,7 +128,7 @@ class _PersonCropStage(_Stage):
                 context.append(ctx)
         results = self._predict(crops, context)
         failed = set()
-        for (i, k, box), result in zip(jobs, results):
+        for (i, k, box), result, ctx in zip(jobs, results, context):
             if i in failed:
                 continue
             if isinstance(result, Exception):
@@ -136,7 +136,7 @@ class _PersonCropStage(_Stage):
                 failed.add(i)
                 continue
             h, w = batch["image"][i].shape[:2]
-            self.attach(persons[i][k], result, box, h, w)
+            self.attach(persons[i][k], result, box, h, w, ctx)
 
 
 class ClothingStage(_PersonCropStage):
@@ -144,7 +144,7 @@ class ClothingStage(_PersonCropStage):
 
     stage_name = "clothing"
 
-    def attach(self, person: dict, det: dict, box, height: int, width: int) -> None:
+    def attach(self, person: dict, det: dict, box, height: int, width: int, ctx: dict) -> None:
         x0, y0 = box[0], box[1]
         attributes = det.get("attributes") or [[] for _ in det["labels"]]  # only some models give them
         for j, category in enumerate(det["labels"]):
@@ -164,13 +164,12 @@ class PartsStage(_PersonCropStage):
 
     stage_name = "parts"
 
-    def attach(self, person: dict, seg: dict, box, height: int, width: int) -> None:
+    def attach(self, person: dict, seg: dict, box, height: int, width: int, ctx: dict) -> None:
         part_map = seg["parts"]
         sides = seg.get("sides")
-        if person.get("mask"):
+        if ctx.get("mask") is not None:
             # parts never leave the person: clip to the person mask where the detector gave one
-            x0, y0, x1, y1 = box
-            part_map = np.where(rle.decode(person["mask"])[y0:y1, x0:x1], part_map, 0)
+            part_map = np.where(ctx["mask"], part_map, 0)
         for part_id, name in enumerate(taxonomy.PARTS, start=1):
             in_part = part_map == part_id
             if not in_part.any():

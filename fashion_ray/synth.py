@@ -298,7 +298,7 @@ def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, 
 
     from fashion_ray import storage
     from fashion_ray.formats.schema import SCHEMA_VERSION
-    from fashion_ray.formats.shards import shard_entry
+    from fashion_ray.formats.shards import shard_entry, shard_totals
 
     t0 = time.perf_counter()
     ds = ray.data.range(count, override_num_blocks=max(1, math.ceil(count / rows_per_shard)))
@@ -310,8 +310,7 @@ def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, 
         "schema_version": SCHEMA_VERSION, "kind": "synthetic", "output": output,
         "config": {"count": count, "seed": seed, "width": width, "height": height, "rows_per_shard": rows_per_shard},
         "bundle": {"name": "synthetic", "version": f"seed-{seed}"},
-        "counts": {"inputs": count, "ok": count, "error": 0, "persons": sum(s["persons"] for s in shards),
-                   "garments": sum(s["garments"] for s in shards), "parts": sum(s["parts"] for s in shards)},
+        "counts": {"inputs": count, "error": 0, **shard_totals(shards)},
         "errors_by_reason": {}, "elapsed_s": round(elapsed, 3), "images_per_s": round(count / elapsed, 2),
         "shards": shards,
     }

@@ -104,6 +104,23 @@ def shard_entry(row: dict) -> dict:
             "garments": int(row["garments"]), "parts": int(row["parts"]), "errors": json.loads(row["errors"])}
 
 
+def shard_totals(shards: list[dict]) -> dict:
+    """Label counts over a manifest's shard records."""
+    return {key: sum(s[key] for s in shards) for key in ("ok", "persons", "garments", "parts")}
+
+
+def read_manifest(uri: str, options=None) -> dict:
+    fs, path = storage.filesystem(storage.join(uri, "manifest.json"), options)
+    return json.loads(fs.cat_file(path))
+
+
+def iter_shard_rows(uri: str, manifest: dict, options=None):
+    """Yield the rows of each Parquet shard a manifest lists, one shard at a time."""
+    for shard in manifest["shards"]:
+        fs, path = storage.filesystem(storage.join(uri, shard["parquet"]), options)
+        yield pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+
+
 def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
                 stages: list[str], storage_options=None) -> dict[str, np.ndarray]:
     """Ray Data map_batches function: write one Parquet + one COCO shard, return its summary."""

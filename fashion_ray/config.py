@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fashion_ray.storage import StorageOptions
 
 STAGE_ORDER = ("person", "clothing", "parts")
+RELABEL_CHOICES = ("changed", "outdated", "all")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,13 @@ class LabelJobConfig:
     max_bytes: int = 200 * 1024 * 1024
     work_max_side: int = 1280  # models see at most this long side; labels are in original pixels
     storage: StorageOptions = StorageOptions()
+    # Incremental runs label only inputs the output's ledger has not seen (or saw change),
+    # and commit every commit_every_s so that a killed run loses at most that much work.
+    incremental: bool = False
+    relabel: str = "changed"  # changed | outdated (also inputs labelled by another bundle) | all
+    commit_every_s: float = 60.0
+    lease_ttl_s: float = 120.0  # a crashed run's lease blocks the output at most this long
+    max_attempts: int = 2  # passes over inputs a fault lost before the run reports them unlabelled
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGE_ORDER]
@@ -72,6 +80,10 @@ class LabelJobConfig:
         object.__setattr__(self, "stages", tuple(s for s in STAGE_ORDER if s in self.stages))
         if self.rows_per_shard < 1 or self.read_batch_size < 1:
             raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
+        if self.relabel not in RELABEL_CHOICES:
+            raise ConfigError(f"relabel {self.relabel!r} is not one of: {', '.join(RELABEL_CHOICES)}")
+        if self.commit_every_s < 0 or self.lease_ttl_s < 5 or self.max_attempts < 1:
+            raise ConfigError("commit_every_s >= 0, lease_ttl_s >= 5 and max_attempts >= 1 are required")
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from fashion_ray import media, storage
@@ -51,11 +53,12 @@ def load_images(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int
     return out
 
 
-def build_plan(cfg: LabelJobConfig, listing: list[dict], bundle: Bundle) -> ray.data.Dataset:
+def build_plan(cfg: LabelJobConfig, listing: pa.Table, bundle: Bundle, run_id: str) -> ray.data.Dataset:
     """Assemble the lazy Ray Data plan; executing it writes shards and yields one row per shard."""
-    items = [{**e, "mtime": e["mtime"].timestamp() if e["mtime"] else float("nan")} for e in listing]
+    seconds = pc.divide(pc.cast(pc.cast(listing["mtime"], pa.int64()), pa.float64()), 1e6)
+    listing = listing.set_column(listing.schema.get_field_index("mtime"), "mtime", pc.fill_null(seconds, math.nan))
     # One block per read batch, so fetching/decoding overlaps with the model stages from the start.
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), math.ceil(len(items) / cfg.read_batch_size))))
+    ds = ray.data.from_arrow([listing.slice(i, cfg.read_batch_size) for i in range(0, listing.num_rows, cfg.read_batch_size)])
     ds = ds.map_batches(load_images, batch_size=cfg.read_batch_size, num_cpus=cfg.decode_num_cpus,
                         fn_kwargs={"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,
                                    "max_side": cfg.work_max_side, "storage_options": cfg.storage})
@@ -75,4 +78,5 @@ def build_plan(cfg: LabelJobConfig, listing: list[dict], bundle: Bundle) -> ray.
         )
     return ds.map_batches(write_shard, batch_size=cfg.rows_per_shard, num_cpus=cfg.write_num_cpus,
                           fn_kwargs={"output": cfg.output, "bundle_name": bundle.name, "bundle_version": bundle.version,
-                                     "stages": list(cfg.stages), "storage_options": cfg.storage})
+                                     "stages": list(cfg.stages), "run_id": run_id,
+                                     "storage_options": cfg.storage})

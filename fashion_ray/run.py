@@ -1,14 +1,18 @@
-"""A labelling run from start to commit: list, execute the plan, verify, write the manifest.
+"""A labelling run from start to commit: lease, list, classify, label, verify, commit.
 
-The manifest is written last and lists every shard of the run; readers trust only what it
-lists. Before it is written, the run checks that every listed input came out exactly
-once (ids in == ids out); a run that cannot prove that fails and commits nothing.
-Shard files left by earlier or crashed runs are removed after the commit.
+A full run (the default) replaces the output's contents with one commit at the end; if it
+cannot account for every input exactly once (ids in == ids out) it commits nothing. An
+incremental run labels only inputs the output's ledger has not seen, or saw change, and
+commits every `commit_every_s`: killed at any point, the next run starts from the last
+commit and labels the rest (ledger.py says what a commit writes).
+
+Every shard the pipeline returns is checked against the ids the run was given: each
+input is accepted once (a copy Ray re-ran after a fault is dropped), and inputs a fault
+lost go round again, up to `max_attempts` passes.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import sys
@@ -16,14 +20,24 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from fashion_ray import __version__, storage
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fashion_ray import ledger, storage
 from fashion_ray.config import ConfigError, LabelJobConfig
-from fashion_ray.formats.schema import SCHEMA_VERSION
-from fashion_ray.formats.shards import shard_entry, shard_totals
+from fashion_ray.formats.shards import shard_entry
+from fashion_ray.lease import acquire_lease
 from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
+
+MAX_LEDGER_FILES = 8  # past this many, a run's last commit folds the ledger into one file
+
 
 class RunIntegrityError(RuntimeError):
     """Outputs do not account for every input exactly once; nothing was committed."""
+
+
+class RunIncompleteError(RunIntegrityError):
+    """Some inputs could not be labelled in this run; what was labelled is committed."""
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -55,88 +69,142 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cpus: int | None = None,
-                  progress=sys.stderr) -> dict:
-    """Run the labelling pipeline and commit its manifest; returns the manifest.
-
-    Bundle and inputs are checked before Ray starts, so a bad flag fails in a second.
-    """
-    started, t0 = _now(), time.perf_counter()
+def _checked_bundle(cfg: LabelJobConfig):
     bundle = load_bundle(cfg.bundle, cfg.storage)
     validate_bundle(bundle)
     missing = [s for s in cfg.stages if s not in bundle.stages]
     if missing:
         raise ConfigError(f"bundle {bundle.label} has no model for stages {missing} (it has: {', '.join(bundle.stages)})")
     verify_bundle(bundle, cfg.stages, cfg.storage)
-    listing = storage.list_inputs(list(cfg.inputs), cfg.storage)
-    expected = {e["id"]: e["uri"] for e in listing}
-    print(f"[fashion-ray] {len(listing)} inputs, bundle {bundle.label}, stages {'+'.join(cfg.stages)}", file=progress, flush=True)
-    init_ray(ray_address, num_cpus)
-    _warn_if_resources_missing(cfg, progress)
+    return bundle
 
+
+def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cpus: int | None = None,
+                  progress=sys.stderr) -> dict:
+    """Label what the run has to label and commit it; returns the committed manifest.
+
+    Bundle and inputs are checked before Ray starts, so a bad flag fails in a second. The
+    whole run holds the output's lease: a second run on the same output stops at once.
+    """
+    bundle = _checked_bundle(cfg)
+    run_id = uuid.uuid4().hex
+    lease = acquire_lease(cfg.output, cfg.lease_ttl_s, cfg.storage, run_id)
+    try:
+        return _run_holding_lease(cfg, bundle, run_id, lease, ray_address, num_cpus, progress)
+    finally:
+        lease.release()
+
+
+def _run_holding_lease(cfg, bundle, run_id, lease, ray_address, num_cpus, progress) -> dict:
+    started, t0 = _now(), time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[fashion-ray] {message}", file=progress, flush=True)
+
+    committed = ledger.load_state(cfg.output, cfg.storage)
+    removed = ledger.remove_garbage(committed)
+    if removed:
+        say(f"removed {removed} uncommitted files left by an interrupted run")
+    listing = storage.list_inputs(list(cfg.inputs), cfg.storage)
+    # a full run replaces the output's contents; an incremental one builds on what is committed
+    state = committed if cfg.incremental else ledger.empty_state(cfg.output, cfg.storage)
+    todo, counts = ledger.classify(listing, state.ledger, bundle.label, cfg.relabel if cfg.incremental else "all")
+    say(f"{counts['listed']} inputs listed: {counts['new']} new, {counts['changed']} changed, "
+        f"{counts['outdated']} outdated, {counts['unchanged']} unchanged; labelling {counts['to_label']} "
+        f"with bundle {bundle.label}, stages {'+'.join(cfg.stages)}")
+
+    accepted: dict[str, list[int]] = {}  # shard name -> ids, accepted this run
+    uncommitted: list[dict] = []  # shard entries accepted since the last commit
+
+    def run_info(complete: bool) -> dict:
+        elapsed = time.perf_counter() - t0
+        done = sum(len(ids) for ids in accepted.values())
+        return {"config": cfg.to_json(), "bundle": bundle.to_json() | {"uri": bundle.uri},
+                "last_run": {"run_id": run_id, "mode": "incremental" if cfg.incremental else "full",
+                             "relabel": cfg.relabel if cfg.incremental else "all", "started_at": started,
+                             "finished_at": _now() if complete else None, "complete": complete, **counts,
+                             "labelled": done, "elapsed_s": round(elapsed, 3),
+                             "images_per_s": round(done / elapsed, 3) if elapsed else 0.0}}
+
+    def commit_accepted(complete: bool) -> None:
+        nonlocal state
+        names = {e["name"] for e in uncommitted}
+        rows = ledger.ledger_rows(todo, {n: ids for n, ids in accepted.items() if n in names}, bundle.label)
+        state = ledger.commit(state, uncommitted, rows, run_id=run_id, run_info=run_info(complete),
+                              before_write=lease.renew)
+        uncommitted.clear()
+
+    if todo.num_rows == 0 and committed.manifest is not None and cfg.incremental:
+        say("nothing new to label; the output is up to date")
+        return committed.manifest | run_info(complete=True) | {"noop": True}
+
+    expected = set(todo["id"].to_pylist())
+    remaining = set(expected)
+    if remaining:
+        init_ray(ray_address, num_cpus)
+        _warn_if_resources_missing(cfg, progress)
     from fashion_ray.pipeline import build_plan
 
-    shards, seen = [], collections.Counter()
-    if listing:
-        done = 0
-        for row in build_plan(cfg, listing, bundle).iter_rows():
+    last_commit = time.perf_counter()
+    for attempt in range(1, cfg.max_attempts + 1):
+        if not remaining:
+            break
+        if attempt > 1:
+            say(f"pass {attempt}: {len(remaining)} inputs whose rows a fault lost are labelled again")
+        work = todo.filter(pc.is_in(todo["id"], pa.array(sorted(remaining), pa.int64())))
+        for row in build_plan(cfg, work, bundle, run_id).iter_rows():
             ids = json.loads(row["ids"])
-            seen.update(ids)
-            shards.append(shard_entry(row))
-            done += len(ids)
-            rate = done / (time.perf_counter() - t0)
-            print(f"[fashion-ray] {done}/{len(listing)} images ({100 * done // len(listing)}%), {rate:.1f} img/s",
-                  file=progress, flush=True)
+            if not expected.issuperset(ids):
+                raise RunIntegrityError(f"a shard holds inputs this run was not given (e.g. id {sorted(set(ids) - expected)[0]}); "
+                                        "nothing more is committed")
+            if not remaining.issuperset(ids):
+                # Ray re-ran a write after a fault and some of these rows are already accepted:
+                # this copy is dropped (its file is removed at the end); its other rows go round again
+                say(f"shard {row['shard']} repeats rows already written; dropped")
+                continue
+            remaining.difference_update(ids)
+            entry = shard_entry(row)
+            accepted[entry["name"]] = ids
+            uncommitted.append(entry)
+            done = len(expected) - len(remaining)
+            say(f"{done}/{len(expected)} images ({100 * done // len(expected)}%), "
+                f"{done / (time.perf_counter() - t0):.1f} img/s")
+            if cfg.incremental and time.perf_counter() - last_commit >= cfg.commit_every_s:
+                commit_accepted(complete=False)
+                last_commit = time.perf_counter()
 
-    lost = sorted(set(expected) - set(seen))
-    extra = sorted(set(seen) - set(expected))
-    twice = sorted(i for i, c in seen.items() if c > 1)
-    if lost or extra or twice:
-        raise RunIntegrityError(f"ids in != ids out: {len(lost)} lost, {len(extra)} unexpected, {len(twice)} duplicated "
-                                f"(e.g. {[expected.get(i, i) for i in (lost + extra + twice)[:3]]}); no manifest written")
-
-    errors = collections.Counter()
-    for s in shards:
-        errors.update(s["errors"])
-    elapsed = time.perf_counter() - t0
-    totals = shard_totals(shards)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "fashion_ray_version": __version__,
-        "run_id": uuid.uuid4().hex,
-        "started_at": started,
-        "finished_at": _now(),
-        "output": cfg.output,
-        "config": cfg.to_json(),
-        "bundle": bundle.to_json() | {"uri": bundle.uri},
-        "counts": {
-            "inputs": len(listing), "ok": totals["ok"], "error": len(listing) - totals["ok"],
-            "persons": totals["persons"], "garments": totals["garments"], "parts": totals["parts"],
-        },
-        "errors_by_reason": dict(sorted(errors.items())),
-        "elapsed_s": round(elapsed, 3),
-        "images_per_s": round(len(listing) / elapsed, 3) if elapsed else 0.0,
-        "shards": sorted(shards, key=lambda s: s["name"]),
-    }
-    storage.write_bytes_atomic(storage.join(cfg.output, "manifest.json"), json.dumps(manifest, indent=2).encode(), cfg.storage)
-    for folder, key in (("parquet", "parquet"), ("coco", "coco")):
-        keep = {os.path.basename(s[key]) for s in shards}
-        storage.remove_unlisted(storage.join(cfg.output, folder), keep, cfg.storage)
-    return manifest
+    if remaining and not cfg.incremental:
+        lost = sorted(remaining)
+        raise RunIntegrityError(f"ids in != ids out: {len(lost)} inputs have no row after {cfg.max_attempts} passes "
+                                f"(e.g. {todo.filter(pc.is_in(todo['id'], pa.array(lost[:3], pa.int64())))['uri'].to_pylist()}); "
+                                "no manifest written")
+    commit_accepted(complete=not remaining)
+    ledger.remove_garbage(state)
+    if len(state.ledger_files) > MAX_LEDGER_FILES:
+        state = ledger.compact(state, run_id, before_write=lease.renew)
+        ledger.remove_garbage(state)
+    if remaining:
+        raise RunIncompleteError(f"{len(remaining)} of {len(expected)} inputs could not be labelled after "
+                                 f"{cfg.max_attempts} passes; {len(expected) - len(remaining)} were committed. "
+                                 "Run again to label the rest.")
+    return state.manifest
 
 
 def format_summary(manifest: dict) -> str:
-    c = manifest["counts"]
+    c, run = manifest["counts"], manifest["last_run"]
     lines = [
-        "fashion-ray labelling run",
+        f"fashion-ray labelling run ({run['mode']}{', nothing to do' if manifest.get('noop') else ''})",
         f"  bundle     {manifest['bundle']['name']}@{manifest['bundle']['version']}",
+        f"  listed     {run['listed']} inputs: {run['new']} new, {run['changed']} changed, {run['outdated']} outdated, "
+        f"{run['unchanged']} unchanged",
+        f"  labelled   {run['labelled']} this run",
         f"  images     {c['inputs']} in = {c['ok']} ok + {c['error']} error",
         f"  labels     {c['persons']} persons, {c['garments']} garments, {c['parts']} parts",
     ]
     if manifest["errors_by_reason"]:
         lines.append("  errors     " + ", ".join(f"{k}: {v}" for k, v in manifest["errors_by_reason"].items()))
     lines += [
-        f"  speed      {manifest['images_per_s']:.2f} images/s ({manifest['elapsed_s']:.1f} s incl. start-up)",
+        f"  speed      {run['images_per_s']:.2f} images/s ({run['elapsed_s']:.1f} s incl. start-up)",
         f"  output     {storage.join(manifest['output'], 'manifest.json')} ({len(manifest['shards'])} shards: parquet/, coco/)",
     ]
     return "\n".join(lines)

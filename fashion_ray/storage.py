@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import fsspec
+import pyarrow as pa
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Listed so they become "unsupported" error rows instead of vanishing from the run.
@@ -98,48 +99,71 @@ def _entry(protocol: str, info: dict) -> dict:
 
 
 def _is_candidate(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS + KNOWN_UNSUPPORTED_EXTENSIONS)
+    name = posixpath.basename(path)
+    return name.lower().endswith(IMAGE_EXTENSIONS + KNOWN_UNSUPPORTED_EXTENSIONS) and not name.startswith(".")
 
 
-def list_inputs(uris: list[str], options: StorageOptions | None = None) -> list[dict]:
+def iter_objects(fs: fsspec.AbstractFileSystem, protocol: str, path: str):
+    """Yield the info dict of every object under a prefix, one listing page at a time.
+
+    On S3 this is ListObjectsV2 paginated by continuation token (1,000 keys a request, each
+    page through s3fs's retrying call): a million keys cost a thousand requests and never a
+    million-entry dict. Other filesystems are walked folder by folder.
+    """
+    if protocol in ("s3", "s3a") and hasattr(fs, "call_s3"):
+        bucket, _, prefix = path.partition("/")
+        request = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else ""}
+        while True:
+            page = fs.call_s3("list_objects_v2", **request)
+            for obj in page.get("Contents", []):
+                yield {"name": f"{bucket}/{obj['Key']}", "size": obj["Size"], "ETag": obj.get("ETag"),
+                       "LastModified": obj.get("LastModified"), "type": "file"}
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+    for _root, _dirs, files in fs.walk(path, detail=True):
+        for _name, info in sorted(files.items()):
+            yield info
+
+
+LISTING_SCHEMA = pa.schema([("id", pa.int64()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
+                            ("mtime", pa.timestamp("us", tz="UTC"))])
+
+
+def list_inputs(uris: list[str], options: StorageOptions | None = None, page_rows: int = 100_000) -> pa.Table:
     """List every input object once, with size/etag/mtime, from prefixes, objects or manifests.
 
     A manifest is a text file with one URI per line. Listing happens once on the driver;
-    later stages fetch bytes by path and never list again.
+    later stages fetch bytes by path and never list again. The result is an Arrow table
+    (LISTING_SCHEMA, one row per distinct URI, in listing order), built a page at a time.
     """
-    entries: dict[str, dict] = {}
+    pages, rows, seen = [], [], set()
+
+    def add(entry: dict) -> None:
+        if entry["id"] not in seen:
+            seen.add(entry["id"])
+            rows.append(entry)
+            if len(rows) >= page_rows:
+                pages.append(pa.Table.from_pylist(rows, schema=LISTING_SCHEMA))
+                rows.clear()
+
     for uri in uris:
         fs, path = filesystem(uri, options)
         protocol = split_uri(uri)[0]
         if not fs.exists(path):
             raise StorageError(f"input {uri!r} does not exist (give a folder/prefix, an image, or a .txt manifest of URIs)")
         if fs.isdir(path):
-            for name, info in sorted(fs.find(path, detail=True).items()):
-                if info.get("type") == "file" and _is_candidate(name) and not posixpath.basename(name).startswith("."):
-                    entry = _entry(protocol, info)
-                    entries[entry["uri"]] = entry
+            for info in iter_objects(fs, protocol, path):
+                if info.get("type") == "file" and _is_candidate(info["name"]):
+                    add(_entry(protocol, info))
         elif path.lower().endswith(MANIFEST_EXTENSIONS):
             listed = [line.strip().split(",")[0] for line in fs.cat_file(path).decode().splitlines()]
-            listed = [u for u in listed if u and not u.startswith("#")]
-            for item in _stat_objects(listed, options):
-                entries[item["uri"]] = item
+            for item in _stat_objects([u for u in listed if u and not u.startswith("#")], options):
+                add(item)
         else:
-            entry = _entry(protocol, fs.info(path))
-            entries[entry["uri"]] = entry
-    return list(entries.values())
-
-
-def _stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
-    """Stat objects named in a manifest; a missing object still yields an entry (-> error row)."""
-    out = []
-    for uri in uris:
-        fs, path = filesystem(uri, options)
-        protocol = split_uri(uri)[0]
-        try:
-            out.append(_entry(protocol, fs.info(path)))
-        except FileNotFoundError:
-            out.append({"id": stable_id(to_uri(protocol, path)), "uri": to_uri(protocol, path), "size": 0, "etag": "", "mtime": None})
-    return out
+            add(_entry(protocol, fs.info(path)))
+    pages.append(pa.Table.from_pylist(rows, schema=LISTING_SCHEMA))
+    return pa.concat_tables(pages)
 
 
 def fetch_many(uris: list[str], options: StorageOptions | None = None) -> list[bytes | Exception]:

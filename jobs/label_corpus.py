@@ -3,6 +3,9 @@
 On a laptop (local Ray, the built-in sample corpus and bootstrap bundle):
     python jobs/label_corpus.py
 
+Every hour, only what is new (a ledger in the output; a killed run resumes):
+    python jobs/label_corpus.py --input s3://bucket/uploads/ --output s3://bucket/labels/ --incremental
+
 On a cluster:
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
         python jobs/label_corpus.py --input s3://bucket/uploads/ --output s3://bucket/labels/ \
@@ -18,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fashion_ray import config, storage  # noqa: E402
+from fashion_ray.lease import LeaseHeldError, LeaseLostError  # noqa: E402
 from fashion_ray.models import BundleError  # noqa: E402
 from fashion_ray.run import RunIntegrityError, format_summary, run_label_job  # noqa: E402
 
@@ -39,6 +43,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-batch-size", type=int, default=16)
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
     p.add_argument("--work-max-side", type=int, default=1280, help="longest side the models see")
+    p.add_argument("--incremental", action="store_true",
+                   help="label only inputs the output's ledger has not seen or saw change; commit as it goes")
+    p.add_argument("--relabel", default="changed", choices=config.RELABEL_CHOICES,
+                   help="with --incremental, also relabel: changed inputs only, inputs labelled by another bundle "
+                        "(outdated), or all")
+    p.add_argument("--commit-every", type=float, default=60.0, metavar="SECONDS",
+                   help="with --incremental, commit accepted shards this often (the most work a crash can cost)")
+    p.add_argument("--lease-ttl", type=float, default=120.0, metavar="SECONDS",
+                   help="lease on the output, renewed while running; a crashed run's lease expires after this")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--anon", action="store_true", help="anonymous object-store access")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -53,7 +66,8 @@ def make_config(args) -> config.LabelJobConfig:
         inputs=tuple(args.input), output=args.output, bundle=args.bundle,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), resources=resources,
         read_batch_size=args.read_batch_size, rows_per_shard=args.rows_per_shard, max_pixels=args.max_pixels,
-        work_max_side=args.work_max_side, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
+        work_max_side=args.work_max_side, incremental=args.incremental, relabel=args.relabel,
+        commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
 
 
 def main(args) -> int:
@@ -63,7 +77,10 @@ def main(args) -> int:
     except (config.ConfigError, storage.StorageError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RunIntegrityError as exc:
+    except LeaseHeldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (RunIntegrityError, LeaseLostError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_summary(manifest))

@@ -50,7 +50,7 @@ def test_s3_corpus_and_bundle_to_s3_labels(ray_session, s3_server):
     assert all(r["etag"] for r in rows) and all(r["mtime"] is not None for r in rows)
     assert json.loads(fs.cat_file("uploads-bucket/labels/run1/manifest.json"))["run_id"] == manifest["run_id"]
     # writes stay under the output prefix
-    assert sorted(fs.ls("uploads-bucket/labels/run1")) == ["uploads-bucket/labels/run1/coco", "uploads-bucket/labels/run1/manifest.json",
+    assert sorted(fs.ls("uploads-bucket/labels/run1")) == ["uploads-bucket/labels/run1/coco", "uploads-bucket/labels/run1/ledger", "uploads-bucket/labels/run1/manifest.json",
                                                          "uploads-bucket/labels/run1/parquet"]
     assert "testing" not in json.dumps(manifest)  # no credentials in what we write
 

@@ -71,13 +71,15 @@ def assemble_rows(batch: dict[str, np.ndarray], *, bundle_name: str, bundle_vers
     return rows
 
 
-def shard_name(ids) -> str:
-    return "part-" + hashlib.sha1(",".join(str(i) for i in sorted(int(v) for v in ids)).encode()).hexdigest()[:20]
+def shard_name(ids, salt: str = "") -> str:
+    """Named by its ids (a retried write replaces itself) and the run (no run overwrites another's file)."""
+    key = salt + ":" + ",".join(str(i) for i in sorted(int(v) for v in ids))
+    return "part-" + hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
-def write_rows(rows: list[dict], *, output: str, info: dict, storage_options=None) -> dict[str, np.ndarray]:
+def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", storage_options=None) -> dict[str, np.ndarray]:
     """Write rows as one Parquet + one COCO shard named after their ids; return a summary row."""
-    name = shard_name(r["id"] for r in rows)
+    name = shard_name((r["id"] for r in rows), salt)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), buf, compression="zstd")
     storage.write_bytes_atomic(storage.join(output, "parquet", f"{name}.parquet"), buf.getvalue(), storage_options)
@@ -122,8 +124,8 @@ def iter_shard_rows(uri: str, manifest: dict, options=None):
 
 
 def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
-                stages: list[str], storage_options=None) -> dict[str, np.ndarray]:
+                stages: list[str], run_id: str = "", storage_options=None) -> dict[str, np.ndarray]:
     """Ray Data map_batches function: write one Parquet + one COCO shard, return its summary."""
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
     return write_rows(rows, output=output, info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"},
-                      storage_options=storage_options)
+                      salt=run_id, storage_options=storage_options)

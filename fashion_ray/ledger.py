@@ -1,0 +1,250 @@
+"""What an output location holds: the committed manifest, the ledger, and commits.
+
+Layout under the output URI:
+
+    manifest.json   the commit point; lists the live shards and ledger files. Readers trust only it.
+    parquet/ coco/  shards, named part-<hash of run id and ids> (a run never overwrites a live file)
+    ledger/         Parquet, one row per labelled input: id, uri, etag, size, mtime, fingerprint,
+                    bundle (name@version) and the shard that holds its row
+    _lease.json     the lease of the run writing here (lease.py)
+
+A commit writes its ledger rows as a new ledger file, then manifest.json in one atomic
+write. A crash before the manifest leaves only unlisted files, which the next run removes.
+An input relabelled because it changed (or for a new bundle) supersedes its old row: the
+old shard is rewritten without it in the same commit, so every input has exactly one row.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fashion_ray import __version__, storage
+from fashion_ray.config import RELABEL_CHOICES
+from fashion_ray.formats.schema import SCHEMA_VERSION
+from fashion_ray.formats.shards import shard_entry, shard_totals, write_rows
+
+LEDGER_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
+    ("mtime", pa.timestamp("us", tz="UTC")), ("fingerprint", pa.string()), ("bundle", pa.string()),
+    ("shard", pa.string()),
+])
+RUN_INFO_KEYS = ("config", "bundle", "last_run")  # what a commit records about the run that made it
+
+
+def fingerprint(listing: pa.Table) -> pa.Array:
+    """What identifies an object's content: its ETag, or size + mtime where the store has no ETag."""
+    fallback = pc.binary_join_element_wise(pc.cast(listing["size"], pa.string()),
+                                           pc.fill_null(pc.cast(listing["mtime"], pa.string()), ""), ":")
+    return pc.if_else(pc.equal(listing["etag"], ""), fallback, listing["etag"])
+
+
+def ledger_rows(listing: pa.Table, ids_by_shard: dict[str, list[int]], bundle: str) -> pa.Table:
+    """Ledger rows for freshly written shards, from the run's listing."""
+    shard_of = {i: name for name, ids in ids_by_shard.items() for i in ids}
+    picked = listing.filter(pc.is_in(listing["id"], pa.array(list(shard_of), pa.int64())))
+    return pa.table({
+        **{name: picked[name] for name in ("id", "uri", "size", "etag", "mtime")},
+        "fingerprint": fingerprint(picked),
+        "bundle": pa.array([bundle] * picked.num_rows, pa.string()),
+        "shard": pa.array([shard_of[i] for i in picked["id"].to_pylist()], pa.string()),
+    }, schema=LEDGER_SCHEMA)
+
+
+def latest_per_id(table: pa.Table) -> pa.Table:
+    """Keep the last row of each id (ledger files are concatenated in commit order)."""
+    if table.num_rows == 0:
+        return table
+    indexed = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    last = indexed.group_by("id").aggregate([("_row", "max")])["_row_max"]
+    return table.take(pc.take(last, pc.sort_indices(last)))
+
+
+def classify(listing: pa.Table, ledger: pa.Table, bundle: str, relabel: str) -> tuple[pa.Table, dict]:
+    """Split a listing into what to label now and counts per reason.
+
+    new: not in the ledger; changed: its fingerprint differs; outdated: labelled by another
+    bundle; unchanged: the rest. New and changed inputs are always labelled; outdated ones
+    with relabel="outdated" or "all"; everything with relabel="all".
+    """
+    if relabel not in RELABEL_CHOICES:
+        raise ValueError(f"relabel {relabel!r} is not one of: {', '.join(RELABEL_CHOICES)}")
+    prior = ledger.select(["id", "fingerprint", "bundle"]).rename_columns(["id", "prior_fingerprint", "prior_bundle"])
+    joined = listing.append_column("fingerprint", fingerprint(listing)).join(prior, "id", join_type="left outer")
+    new = pc.is_null(joined["prior_fingerprint"])
+    # comparisons with a missing prior are null; those rows are new, not changed or outdated
+    changed = pc.fill_null(pc.not_equal(joined["fingerprint"], joined["prior_fingerprint"]), False)
+    outdated = pc.and_(pc.invert(pc.or_(new, changed)), pc.fill_null(pc.not_equal(joined["prior_bundle"], bundle), False))
+    todo = pc.or_(new, changed)
+    if relabel in ("outdated", "all"):
+        todo = pc.or_(todo, outdated)
+    if relabel == "all":
+        todo = pa.array([True] * joined.num_rows, pa.bool_())
+    counts = {"listed": listing.num_rows, "new": pc.sum(new).as_py() or 0, "changed": pc.sum(changed).as_py() or 0,
+              "outdated": pc.sum(outdated).as_py() or 0}
+    counts["unchanged"] = counts["listed"] - counts["new"] - counts["changed"] - counts["outdated"]
+    counts["to_label"] = pc.sum(todo).as_py() or 0
+    return joined.filter(todo).select(listing.column_names), counts
+
+
+@dataclass
+class OutputState:
+    """The committed state of an output location (empty for a fresh one)."""
+
+    output: str
+    manifest: dict | None
+    ledger: pa.Table
+    options: storage.StorageOptions | None = None
+
+    @property
+    def shards(self) -> list[dict]:
+        return list((self.manifest or {}).get("shards", []))
+
+    @property
+    def ledger_files(self) -> list[str]:
+        return list((self.manifest or {}).get("ledger", []))
+
+    def live_files(self) -> set[str]:
+        """Relative paths the manifest keeps alive."""
+        return {s[k] for s in self.shards for k in ("parquet", "coco")} | set(self.ledger_files)
+
+
+def _read_parquet(uri: str, options, columns=None) -> pa.Table:
+    fs, path = storage.filesystem(uri, options)
+    return pq.read_table(io.BytesIO(fs.cat_file(path)), columns=columns)
+
+
+def empty_state(output: str, options=None) -> OutputState:
+    return OutputState(output, None, LEDGER_SCHEMA.empty_table(), options)
+
+
+def load_state(output: str, options=None) -> OutputState:
+    fs, path = storage.filesystem(storage.join(output, "manifest.json"), options)
+    if not fs.exists(path):
+        return empty_state(output, options)
+    manifest = json.loads(fs.cat_file(path))
+    if "ledger" in manifest:
+        parts = [_read_parquet(storage.join(output, f), options).cast(LEDGER_SCHEMA) for f in manifest["ledger"]]
+        ledger = latest_per_id(pa.concat_tables(parts)) if parts else LEDGER_SCHEMA.empty_table()
+    else:  # written before the ledger existed: rebuild it from the shards themselves
+        ledger = _ledger_from_shards(output, manifest["shards"], options)
+    return OutputState(output, manifest, ledger, options)
+
+
+def _ledger_from_shards(output: str, shards: list[dict], options) -> pa.Table:
+    parts = []
+    for shard in shards:
+        t = _read_parquet(storage.join(output, shard["parquet"]), options,
+                          ["id", "uri", "size", "etag", "mtime", "bundle_name", "bundle_version"])
+        bundle = pc.binary_join_element_wise(t["bundle_name"], t["bundle_version"], "@")
+        parts.append(pa.table({**{n: t[n] for n in ("id", "uri", "size", "etag", "mtime")},
+                               "fingerprint": fingerprint(t), "bundle": bundle,
+                               "shard": pa.array([shard["name"]] * t.num_rows, pa.string())}, schema=LEDGER_SCHEMA))
+    return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
+
+
+def _rewrite_without(state: OutputState, shard: dict, drop: set[int], run_id: str) -> tuple[dict | None, list[int]]:
+    """Rewrite a live shard without the rows in `drop`; returns (new entry or None, kept ids)."""
+    rows = [r for r in _read_parquet(storage.join(state.output, shard["parquet"]), state.options).to_pylist()
+            if r["id"] not in drop]
+    if not rows:
+        return None, []
+    summary = write_rows(rows, output=state.output, salt=run_id, storage_options=state.options,
+                         info={"description": "fashion-ray labels (rewritten without superseded rows)"})
+    return shard_entry({k: v[0] for k, v in summary.items()}), [r["id"] for r in rows]
+
+
+def commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, *, run_id: str, run_info: dict,
+           before_write=None) -> OutputState:
+    """Commit new shards (and their ledger rows) on top of `state`; returns the new state.
+
+    Rows of inputs that already had a row are superseded: their old shards are rewritten
+    without them. `before_write` runs just before manifest.json is written (the lease check).
+    """
+    fresh = set(new_ledger["id"].to_pylist())
+    shards = {s["name"]: s for s in state.shards}
+    ledger_parts = [new_ledger]
+    old = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(list(fresh), pa.int64())))
+    for name in sorted(set(old["shard"].to_pylist())):
+        rewritten, kept = _rewrite_without(state, shards.pop(name), fresh, run_id)
+        if rewritten:
+            shards[rewritten["name"]] = rewritten
+            moved = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(kept, pa.int64())))
+            ledger_parts.append(moved.set_column(moved.schema.get_field_index("shard"), "shard",
+                                                 pa.array([rewritten["name"]] * moved.num_rows, pa.string())))
+    delta = pa.concat_tables(ledger_parts)
+    seq = _next_seq(state)
+    ledger_file = f"ledger/{seq:06d}-{run_id[:12]}.parquet"
+    buf = io.BytesIO()
+    pq.write_table(delta, buf, compression="zstd")
+    storage.write_bytes_atomic(storage.join(state.output, ledger_file), buf.getvalue(), state.options)
+    ledger = pa.concat_tables([state.ledger.filter(pc.invert(pc.is_in(state.ledger["id"], delta["id"]))), delta])
+    return write_manifest(state, list(shards.values()) + new_shards, state.ledger_files + [ledger_file], ledger,
+                          run_id=run_id, seq=seq, extra=run_info, before_write=before_write)
+
+
+def _next_seq(state: OutputState) -> int:
+    return int(((state.manifest or {}).get("commit") or {}).get("seq", 0)) + 1
+
+
+def compact(state: OutputState, run_id: str, before_write=None) -> OutputState:
+    """Replace many ledger files by one holding the current ledger (keeps loading cheap)."""
+    seq = _next_seq(state)
+    ledger_file = f"ledger/{seq:06d}-{run_id[:12]}-compact.parquet"
+    buf = io.BytesIO()
+    pq.write_table(state.ledger, buf, compression="zstd")
+    storage.write_bytes_atomic(storage.join(state.output, ledger_file), buf.getvalue(), state.options)
+    extra = {k: v for k, v in state.manifest.items() if k in RUN_INFO_KEYS}
+    return write_manifest(state, state.shards, [ledger_file], state.ledger, run_id=run_id, seq=seq, extra=extra,
+                          before_write=before_write)
+
+
+def write_manifest(state: OutputState, shards: list[dict], ledger_files: list[str], ledger: pa.Table, *, run_id: str,
+                   seq: int, extra: dict, before_write=None) -> OutputState:
+    errors: dict[str, int] = {}
+    for s in shards:
+        for reason, n in s["errors"].items():
+            errors[reason] = errors.get(reason, 0) + n
+    totals = shard_totals(shards)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "fashion_ray_version": __version__,
+        "run_id": run_id,
+        "output": state.output,
+        "commit": {"seq": seq, "run_id": run_id},
+        **extra,
+        "counts": {"inputs": ledger.num_rows, "ok": totals["ok"], "error": ledger.num_rows - totals["ok"],
+                   "persons": totals["persons"], "garments": totals["garments"], "parts": totals["parts"]},
+        "errors_by_reason": dict(sorted(errors.items())),
+        "shards": sorted(shards, key=lambda s: s["name"]),
+        "ledger": ledger_files,
+    }
+    if before_write:
+        before_write()
+    storage.write_bytes_atomic(storage.join(state.output, "manifest.json"), json.dumps(manifest, indent=2).encode(),
+                               state.options)
+    return OutputState(state.output, manifest, ledger, state.options)
+
+
+def remove_garbage(state: OutputState) -> int:
+    """Delete shard and ledger files the manifest does not list (left by crashed or superseded runs).
+
+    Only safe while holding the lease: a running writer's uncommitted shards are unlisted too.
+    """
+    live = state.live_files()
+    removed = 0
+    for folder in ("parquet", "coco", "ledger"):
+        fs, path = storage.filesystem(storage.join(state.output, folder), state.options)
+        fs.invalidate_cache(path)
+        if not fs.exists(path):
+            continue
+        for name in fs.find(path):
+            if f"{folder}/{name[len(path.rstrip('/')) + 1:]}" not in live:
+                fs.rm_file(name)
+                removed += 1
+    return removed

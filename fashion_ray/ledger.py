@@ -125,6 +125,7 @@ def empty_state(output: str, options=None) -> OutputState:
 
 def load_state(output: str, options=None) -> OutputState:
     fs, path = storage.filesystem(storage.join(output, "manifest.json"), options)
+    fs.invalidate_cache()  # filesystems are cached per process; another run may have committed since
     if not fs.exists(path):
         return empty_state(output, options)
     manifest = json.loads(fs.cat_file(path))
@@ -154,7 +155,8 @@ def _rewrite_without(state: OutputState, shard: dict, drop: set[int], run_id: st
             if r["id"] not in drop]
     if not rows:
         return None, []
-    summary = write_rows(rows, output=state.output, salt=run_id, storage_options=state.options,
+    # a salt of its own: the run's new shards may hold exactly the kept ids, and are written concurrently
+    summary = write_rows(rows, output=state.output, salt=f"{run_id}:rewrite", storage_options=state.options,
                          info={"description": "fashion-ray labels (rewritten without superseded rows)"})
     return shard_entry({k: v[0] for k, v in summary.items()}), [r["id"] for r in rows]
 
@@ -179,13 +181,19 @@ def commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, *, 
                                                  pa.array([rewritten["name"]] * moved.num_rows, pa.string())))
     delta = pa.concat_tables(ledger_parts)
     seq = _next_seq(state)
-    ledger_file = f"ledger/{seq:06d}-{run_id[:12]}.parquet"
-    buf = io.BytesIO()
-    pq.write_table(delta, buf, compression="zstd")
-    storage.write_bytes_atomic(storage.join(state.output, ledger_file), buf.getvalue(), state.options)
+    ledger_files = state.ledger_files
+    if delta.num_rows:
+        ledger_files = ledger_files + [f"ledger/{seq:06d}-{run_id[:12]}.parquet"]
+        _write_parquet(state, ledger_files[-1], delta)
     ledger = pa.concat_tables([state.ledger.filter(pc.invert(pc.is_in(state.ledger["id"], delta["id"]))), delta])
-    return write_manifest(state, list(shards.values()) + new_shards, state.ledger_files + [ledger_file], ledger,
+    return write_manifest(state, list(shards.values()) + new_shards, ledger_files, ledger,
                           run_id=run_id, seq=seq, extra=run_info, before_write=before_write)
+
+
+def _write_parquet(state: OutputState, relative: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes_atomic(storage.join(state.output, relative), buf.getvalue(), state.options)
 
 
 def _next_seq(state: OutputState) -> int:
@@ -196,9 +204,7 @@ def compact(state: OutputState, run_id: str, before_write=None) -> OutputState:
     """Replace many ledger files by one holding the current ledger (keeps loading cheap)."""
     seq = _next_seq(state)
     ledger_file = f"ledger/{seq:06d}-{run_id[:12]}-compact.parquet"
-    buf = io.BytesIO()
-    pq.write_table(state.ledger, buf, compression="zstd")
-    storage.write_bytes_atomic(storage.join(state.output, ledger_file), buf.getvalue(), state.options)
+    _write_parquet(state, ledger_file, state.ledger)
     extra = {k: v for k, v in state.manifest.items() if k in RUN_INFO_KEYS}
     return write_manifest(state, state.shards, [ledger_file], state.ledger, run_id=run_id, seq=seq, extra=extra,
                           before_write=before_write)

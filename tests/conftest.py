@@ -170,3 +170,72 @@ def read_rows(out) -> list[dict]:
 
     manifest = json.loads((out / "manifest.json").read_text())
     return [r for s in manifest["shards"] for r in pq.read_table(out / s["parquet"]).to_pylist()]
+
+
+class FaultyS3Proxy:
+    """A real HTTP proxy in front of the S3 server that answers every `every`-th request
+    with 503 SlowDown (what S3 sends when it throttles) without forwarding it, and counts
+    the requests it saw. Point a client's endpoint at `.endpoint`."""
+
+    def __init__(self, upstream: str, every: int = 0):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.every, self.requests, self.faults = every, [], 0
+        lock = threading.Lock()
+        host, port = urlsplit(upstream).hostname, urlsplit(upstream).port
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    proxy.requests.append((self.command, self.path))
+                    fault = proxy.every and len(proxy.requests) % proxy.every == 0
+                    proxy.faults += bool(fault)
+                if fault:
+                    payload = b"" if self.command == "HEAD" else (
+                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                        b"<Message>Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+                resp = conn.getresponse()
+                payload = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def jpeg_bytes(seed: int, size=(64, 48)) -> bytes:
+    """A small distinct JPEG per seed."""
+    rng = np.random.default_rng(seed)
+    return _encode(Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)), "JPEG", quality=80)

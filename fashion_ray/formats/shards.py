@@ -101,7 +101,8 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
 
 def shard_entry(row: dict) -> dict:
     """The manifest's record of a shard, from the summary row write_rows returned."""
-    return {"name": row["shard"], "parquet": f"parquet/{row['shard']}.parquet", "coco": f"coco/{row['shard']}.json",
+    name = str(row["shard"])
+    return {"name": name, "parquet": f"parquet/{name}.parquet", "coco": f"coco/{name}.json",
             "rows": int(row["rows"]), "ok": int(row["ok"]), "persons": int(row["persons"]),
             "garments": int(row["garments"]), "parts": int(row["parts"]), "errors": json.loads(row["errors"])}
 

@@ -86,18 +86,18 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     Bundle and inputs are checked before Ray starts, so a bad flag fails in a second. The
     whole run holds the output's lease: a second run on the same output stops at once.
     """
+    started, t0 = _now(), time.perf_counter()
     bundle = _checked_bundle(cfg)
+    listing = storage.list_inputs(list(cfg.inputs), cfg.storage)  # bad inputs fail before the output is touched
     run_id = uuid.uuid4().hex
     lease = acquire_lease(cfg.output, cfg.lease_ttl_s, cfg.storage, run_id)
     try:
-        return _run_holding_lease(cfg, bundle, run_id, lease, ray_address, num_cpus, progress)
+        return _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpus, progress, started, t0)
     finally:
         lease.release()
 
 
-def _run_holding_lease(cfg, bundle, run_id, lease, ray_address, num_cpus, progress) -> dict:
-    started, t0 = _now(), time.perf_counter()
-
+def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpus, progress, started, t0) -> dict:
     def say(message: str) -> None:
         print(f"[fashion-ray] {message}", file=progress, flush=True)
 
@@ -105,7 +105,6 @@ def _run_holding_lease(cfg, bundle, run_id, lease, ray_address, num_cpus, progre
     removed = ledger.remove_garbage(committed)
     if removed:
         say(f"removed {removed} uncommitted files left by an interrupted run")
-    listing = storage.list_inputs(list(cfg.inputs), cfg.storage)
     # a full run replaces the output's contents; an incremental one builds on what is committed
     state = committed if cfg.incremental else ledger.empty_state(cfg.output, cfg.storage)
     todo, counts = ledger.classify(listing, state.ledger, bundle.label, cfg.relabel if cfg.incremental else "all")

@@ -166,6 +166,19 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
     return pa.concat_tables(pages)
 
 
+def _stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
+    """Stat objects named in a manifest; a missing object still yields an entry (-> error row)."""
+    out = []
+    for uri in uris:
+        fs, path = filesystem(uri, options)
+        protocol = split_uri(uri)[0]
+        try:
+            out.append(_entry(protocol, fs.info(path)))
+        except FileNotFoundError:
+            out.append({"id": stable_id(to_uri(protocol, path)), "uri": to_uri(protocol, path), "size": 0, "etag": "", "mtime": None})
+    return out
+
+
 def fetch_many(uris: list[str], options: StorageOptions | None = None) -> list[bytes | Exception]:
     """Fetch whole objects, concurrently where the filesystem supports it (s3fs batches `cat`)."""
     by_fs: dict[int, tuple] = {}
@@ -191,16 +204,3 @@ def write_bytes_atomic(uri: str, data: bytes, options: StorageOptions | None = N
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, data)
-
-
-def remove_unlisted(folder_uri: str, keep: set[str], options: StorageOptions | None = None) -> int:
-    """Delete files under folder_uri whose basename is not in keep (leftovers of crashed runs)."""
-    fs, path = filesystem(folder_uri, options)
-    if not fs.exists(path):
-        return 0
-    removed = 0
-    for name in fs.find(path):
-        if posixpath.basename(name) not in keep:
-            fs.rm_file(name)
-            removed += 1
-    return removed

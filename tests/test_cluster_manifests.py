@@ -34,3 +34,52 @@ def test_runtime_env_lists_project_dependencies():
     pyproject = open(os.path.join(ROOT, "pyproject.toml")).read()
     for requirement in env["pip"]:
         assert f'"{requirement}"' in pyproject, requirement
+
+
+def _readme_command(marker: str) -> list[str]:
+    """The README's `python jobs/label_corpus.py` command (continuations joined) that contains marker."""
+    commands, current = [], []
+    for line in open(os.path.join(ROOT, "README.md")).read().splitlines():
+        text = line.strip()
+        if current or text.startswith("python jobs/label_corpus.py"):
+            current.append(text.rstrip("\\").strip())
+            if not text.endswith("\\"):
+                commands.append(shlex.split(" ".join(current)))
+                current = []
+    [command] = [c for c in commands if marker in c]
+    return command
+
+
+def test_hourly_rayjob_runs_the_readme_incremental_command():
+    docs = list(yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml"))))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob"}
+    cron = kinds["CronJob"]["spec"]
+    assert cron["schedule"] == "0 * * * *" and cron["concurrencyPolicy"] == "Forbid"
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == kinds["ServiceAccount"]["metadata"]["name"]
+    assert pod["volumes"][0]["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
+    job = yaml.safe_load(kinds["ConfigMap"]["data"]["rayjob.yaml"])
+    assert job["kind"] == "RayJob" and job["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv == _readme_command("--incremental")
+    module = _label_corpus_module()
+    cfg = module.make_config(module.get_args_parser().parse_args(argv[2:]))
+    assert cfg.incremental and cfg.output == "s3://bucket/labels/"
+
+    crontab = [line for line in open(os.path.join(ROOT, "cluster", "crontab")) if line.strip() and not line.startswith("#")]
+    [entry] = crontab
+    assert entry.split()[:5] == ["0", "*", "*", "*", "*"]
+    assert shlex.split(entry.split(" -- ", 1)[1].split(">>")[0]) == argv
+
+
+def test_raycluster_and_launcher_autoscale_gpu_workers():
+    cluster = yaml.safe_load(open(os.path.join(ROOT, "cluster", "raycluster.yaml")))
+    assert cluster["kind"] == "RayCluster" and cluster["spec"]["enableInTreeAutoscaling"] is True
+    gpu = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["minReplicas"] == 0 < gpu["maxReplicas"]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))
+    assert launcher["head_node_type"] in launcher["available_node_types"]
+    workers = launcher["available_node_types"]["gpu_worker"]
+    assert workers["min_workers"] == 0 < workers["max_workers"] <= launcher["max_workers"]

@@ -97,7 +97,7 @@ def test_coco_shards_load_and_evaluate_with_pycocotools(default_run):
 def test_manifest_lists_exactly_the_files_written(default_run):
     _, out, _ = default_run
     manifest = json.loads((out / "manifest.json").read_text())
-    listed = {s["parquet"] for s in manifest["shards"]} | {s["coco"] for s in manifest["shards"]}
+    listed = {s["parquet"] for s in manifest["shards"]} | {s["coco"] for s in manifest["shards"]} | set(manifest["ledger"])
     on_disk = {os.path.relpath(p, out) for p in glob.glob(str(out / "*" / "*"))}
     assert listed == on_disk
     assert sum(s["rows"] for s in manifest["shards"]) == 14 and len(manifest["shards"]) >= 3  # 6 rows per shard

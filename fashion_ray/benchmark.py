@@ -106,13 +106,32 @@ def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, t
     return {"images": manifest["counts"]["inputs"], "seconds": total, "images_per_s": manifest["counts"]["inputs"] / total}
 
 
+_LISTING_SERVER = """
+import sys
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+server.start()
+backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+backend.create_bucket("bench-listing", "us-east-1")
+for i in range(int(sys.argv[1])):
+    backend.put_object("bench-listing", f"uploads/{i // 1000:04d}/img{i:07d}.jpg", b"")
+print("PORT", server._server.server_address[1], flush=True)
+sys.stdin.read()
+"""
+
+
 def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
     """Time and memory of listing `keys` objects: our paged listing vs fsspec's find(), same run.
 
-    Without `uri`, an S3 server (moto, over HTTP on loopback) is started and filled with
-    `keys` empty .jpg objects (written straight into its store: we measure listing, not
-    uploads). Also times the incremental diff of that listing against a ledger of it.
+    Without `uri`, an S3 server (moto, over HTTP on loopback, in its own process so that it
+    does not count in our memory) is started and filled with `keys` empty .jpg objects
+    (written straight into its store: we measure listing, not uploads). Also times the
+    incremental diff of that listing against a ledger of the same objects.
     """
+    import subprocess
+    import sys
     import tracemalloc
 
     import pyarrow as pa
@@ -121,21 +140,12 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
 
     server = None
     if uri is None:
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.s3.models import s3_backends
-        from moto.server import ThreadedMotoServer
-
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-        server.start()
-        port = server._server.server_address[1]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+        server = subprocess.Popen([sys.executable, "-c", _LISTING_SERVER, str(keys)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        port = next(int(line.split()[1]) for line in server.stdout if line.startswith("PORT "))
         options = storage.StorageOptions(endpoint_url=f"http://127.0.0.1:{port}")
-        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-        backend.create_bucket("bench-listing", "us-east-1")
-        for i in range(keys):
-            backend.put_object("bench-listing", f"uploads/{i // 1000:04d}/img{i:07d}.jpg", b"")
         uri = "s3://bench-listing/uploads/"
 
     def find_baseline():
@@ -148,24 +158,27 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
         return storage.list_inputs([uri], options)
 
     result = {"keys": keys, "uri": uri}
-    for name, fn in (("fsspec_find", find_baseline), ("paged_listing", ours)):
-        t0 = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - t0
-        tracemalloc.start()
-        fn()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        count = out.num_rows if isinstance(out, pa.Table) else len(out)
-        result[name] = {"objects": count, "seconds": round(seconds, 3), "keys_per_s": round(count / seconds, 1),
-                        "peak_python_mib": round(peak / 2**20, 1)}
-    listing = ours()
+    try:
+        for name, fn in (("fsspec_find", find_baseline), ("paged_listing", ours)):
+            t0 = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t0
+            tracemalloc.start()
+            fn()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            count = out.num_rows if isinstance(out, pa.Table) else len(out)
+            result[name] = {"objects": count, "seconds": round(seconds, 3), "keys_per_s": round(count / seconds, 1),
+                            "peak_python_mib": round(peak / 2**20, 1)}
+    finally:
+        if server:
+            server.stdin.close()
+            server.wait(timeout=60)
+    listing = ours() if server is None else out
     prior = ledger.ledger_rows(listing, {"bench": listing["id"].to_pylist()}, "bench@1")
     t0 = time.perf_counter()
     _todo, counts = ledger.classify(listing, prior, "bench@1", "changed")
     result["incremental_diff"] = {"seconds": round(time.perf_counter() - t0, 3), **counts}
     result["speed_ratio_vs_find"] = round(result["fsspec_find"]["seconds"] / result["paged_listing"]["seconds"], 3)
     result["memory_ratio_vs_find"] = round(result["paged_listing"]["peak_python_mib"] / result["fsspec_find"]["peak_python_mib"], 3)
-    if server:
-        server.stop()
     return result

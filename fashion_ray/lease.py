@@ -67,6 +67,7 @@ class Lease:
     _etag: str | None = None
     _lost: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _renewing: threading.Lock = field(default_factory=threading.Lock)  # heartbeat and commits both renew
     _thread: threading.Thread | None = None
 
     @property
@@ -155,6 +156,10 @@ class Lease:
 
     def renew(self) -> None:
         """Extend the lease; raises LeaseLostError if another run holds it now."""
+        with self._renewing:
+            self._renew()
+
+    def _renew(self) -> None:
         if self._lost:
             raise LeaseLostError(self._lost)
         record, etag = self._read()

@@ -173,6 +173,8 @@ def commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, *, 
     ledger_parts = [new_ledger]
     old = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(list(fresh), pa.int64())))
     for name in sorted(set(old["shard"].to_pylist())):
+        if name not in shards:
+            continue  # a manifest edited by hand, or a shard already gone: nothing to supersede
         rewritten, kept = _rewrite_without(state, shards.pop(name), fresh, run_id)
         if rewritten:
             shards[rewritten["name"]] = rewritten

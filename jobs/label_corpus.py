@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,6 +72,8 @@ def make_config(args) -> config.LabelJobConfig:
 
 
 def main(args) -> int:
+    # a scheduler stops jobs with SIGTERM: exit through the normal path so the lease is released
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cfg = make_config(args)
         manifest = run_label_job(cfg, ray_address=args.ray_address, num_cpus=args.num_cpus)

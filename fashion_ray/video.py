@@ -1,0 +1,193 @@
+"""Video inputs: probe, frame sampling by true presentation times, streamed segment decode.
+
+A video becomes one row per sampled frame. A probe task demuxes (does not decode) the
+video stream to learn every frame's presentation time; sampling picks frames by those
+times, so variable frame rate videos get true timestamps. The picked frames are cut into
+segments of `frames_per_task`, and each segment is decoded by its own task, which seeks to
+the keyframe before its first frame and decodes forward. Bytes are read through fsspec file
+objects (ranged reads on object stores): no task holds a whole video, and one long video
+spreads over many tasks. PyAV bundles FFmpeg, so nothing is needed from the system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fashion_ray import storage
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+
+
+class VideoConfigError(ValueError):
+    """Sampling options that cannot work; the message names the valid ones."""
+
+
+@dataclass(frozen=True)
+class VideoSampling:
+    fps: float | None = 1.0  # frames per second of video time (AVA annotates at 1 Hz)
+    every_n: int | None = None  # or every Nth frame (then fps is ignored)
+    start_s: float = 0.0  # window [start_s, end_s) in seconds of video time
+    end_s: float | None = None
+    max_frames: int | None = None  # cap per video
+    frames_per_task: int = 16  # sampled frames decoded by one task
+
+    def __post_init__(self):
+        if self.every_n is None and (self.fps is None or self.fps <= 0):
+            raise VideoConfigError("give --video-fps > 0 or --video-every-n >= 1")
+        if self.every_n is not None and self.every_n < 1:
+            raise VideoConfigError("--video-every-n must be >= 1")
+        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
+            raise VideoConfigError("the window needs 0 <= --video-start < --video-end")
+        if (self.max_frames is not None and self.max_frames < 1) or self.frames_per_task < 1:
+            raise VideoConfigError("--video-max-frames and frames_per_task must be >= 1")
+
+
+def is_video(uri: str) -> bool:
+    return uri.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def select_frames(times: list[float], sampling: VideoSampling) -> list[int]:
+    """Indexes (presentation order) of the frames to keep.
+
+    With fps: for each target time start, start + 1/fps, ... the first frame at or after it
+    (a frame is kept once even if several targets fall before the next frame).
+    """
+    eps = 1e-6
+    window = [i for i, t in enumerate(times)
+              if t >= sampling.start_s - eps and (sampling.end_s is None or t < sampling.end_s - eps)]
+    if sampling.every_n:
+        picked = window[:: sampling.every_n]
+    else:
+        picked, k = [], 0
+        for i in window:
+            target = sampling.start_s + k / sampling.fps
+            if times[i] >= target - eps:
+                picked.append(i)
+                while sampling.start_s + k / sampling.fps <= times[i] + eps:
+                    k += 1
+    return picked[: sampling.max_frames] if sampling.max_frames else picked
+
+
+def _open(uri: str, options):
+    import av
+
+    fs, path = storage.filesystem(uri, options)
+    handle = fs.open(path, "rb")
+    try:
+        return handle, av.open(handle, mode="r", metadata_errors="ignore")
+    except Exception:
+        handle.close()
+        raise
+
+
+def _error(reason: str, detail: str) -> dict:
+    return {"error": reason, "detail": detail[:300], "frames": []}
+
+
+def probe(uri: str, sampling: VideoSampling, options=None) -> dict:
+    """Plan a video: sampled frames as (index, pts, seconds), or an error reason.
+
+    Returns {"error", "detail", "frames", "width", "height"}; a video that stops mid-stream
+    keeps the frames before the break and reports "truncated" as well.
+    """
+    import av
+
+    try:
+        handle, container = _open(uri, options)
+    except FileNotFoundError as exc:
+        return _error("unreadable", f"{type(exc).__name__}: {exc}")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        return _error("undecodable", f"not a readable video: {exc}")
+    error, detail, pts = None, "", []
+    try:
+        with handle, container:
+            if not container.streams.video:
+                return _error("undecodable", "the file has no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context
+            if codec is None or codec.name in (None, "", "none"):
+                tag = getattr(stream.codec_context, "codec_tag", "") if codec else ""
+                return _error("unsupported", f"video codec {tag or 'unknown'} cannot be decoded")
+            width, height, base = codec.width, codec.height, stream.time_base
+            start = stream.start_time or 0
+            try:
+                for packet in container.demux(stream):
+                    value = packet.pts if packet.pts is not None else packet.dts
+                    if packet.size and value is not None:
+                        pts.append(value)
+            except (av.FFmpegError, OSError) as exc:
+                error, detail = "truncated", f"the stream breaks after {len(pts)} frames: {exc}"
+    except (av.FFmpegError, OSError) as exc:
+        return _error("undecodable", f"{type(exc).__name__}: {exc}")
+    if not pts:
+        return _error(error or "undecodable", detail or "the video stream holds no frames")
+    pts.sort()
+    times = [float((p - start) * base) for p in pts]
+    picked = select_frames(times, sampling)
+    if not picked and error is None:
+        window = f"[{sampling.start_s}, {sampling.end_s if sampling.end_s is not None else 'end'})"
+        return _error("no_frames_in_window", f"no frame in the window {window} s (the video spans 0-{times[-1]:.3f} s)")
+    return {"error": error, "detail": detail, "width": width, "height": height,
+            "frames": [(i, pts[i], round(times[i], 6)) for i in picked]}
+
+
+def decode_segment(uri: str, pts_wanted: list[int], options=None):
+    """Decode the frames with these presentation timestamps; yields (pts, RGB array | None, error, detail)."""
+    import av
+
+    wanted = sorted(pts_wanted)
+    got: dict[int, np.ndarray] = {}
+    failure = ("truncated", "the stream ended before this frame")
+    try:
+        handle, container = _open(uri, options)
+        with handle, container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            container.seek(wanted[0], stream=stream, backward=True, any_frame=False)
+            for attempt in range(2):
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    if attempt == 0 and not got and frame.pts > wanted[0]:
+                        break  # the seek landed past the first frame (some containers): decode from the start
+                    if frame.pts in pts_wanted:
+                        got[frame.pts] = frame.to_ndarray(format="rgb24")
+                    if frame.pts >= wanted[-1]:
+                        break
+                if got or attempt == 1:
+                    break
+                container.seek(0, stream=stream, backward=True, any_frame=False)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        failure = ("truncated" if got else "undecodable", f"{type(exc).__name__}: {exc}"[:300])
+    for p in wanted:
+        image = got.get(p)
+        yield (p, image, None, "") if image is not None else (p, None, *failure)
+
+
+def encode_video(path: str, frames: list[np.ndarray], times_s: list[float], codec: str = "libx264") -> None:
+    """Write frames at the given presentation times (variable frame rate allowed).
+
+    For tests and benchmarks: videos with known content and known timestamps.
+    """
+    import fractions
+
+    import av
+
+    height, width = frames[0].shape[:2]
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p" if codec != "ffv1" else "yuv444p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)  # pts in milliseconds
+        if codec == "libx264":
+            stream.options = {"g": "8", "bf": "2"}  # keyframes every 8 frames, B-frames: seeks and reordering get exercised
+        for image, t in zip(frames, times_s):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = round(t * 1000)
+            frame.time_base = stream.codec_context.time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

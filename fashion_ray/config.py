@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fashion_ray.storage import StorageOptions
+from fashion_ray.video import VideoSampling
 
 STAGE_ORDER = ("person", "clothing", "parts")
 RELABEL_CHOICES = ("changed", "outdated", "all")
@@ -62,6 +63,7 @@ class LabelJobConfig:
     max_bytes: int = 200 * 1024 * 1024
     work_max_side: int = 1280  # models see at most this long side; labels are in original pixels
     storage: StorageOptions = StorageOptions()
+    video: VideoSampling = VideoSampling()  # which frames of video inputs become rows
     # Incremental runs label only inputs the output's ledger has not seen (or saw change),
     # and commit every commit_every_s so that a killed run loses at most that much work.
     incremental: bool = False

@@ -4,18 +4,21 @@ Layout under the output URI:
 
     manifest.json   the commit point; lists the live shards and ledger files. Readers trust only it.
     parquet/ coco/  shards, named part-<hash of run id and ids> (a run never overwrites a live file)
-    ledger/         Parquet, one row per labelled input: id, uri, etag, size, mtime, fingerprint,
-                    bundle (name@version) and the shard that holds its row
+    ava/            AVA-style CSV of the tracked persons of a shard's video frames
+    ledger/         Parquet, one row per label row: its id, the input it came from (source: the
+                    image itself, or the video of a frame) with uri, etag, size, mtime and
+                    fingerprint, the bundle (name@version), the run and the shard holding the row
     _lease.json     the lease of the run writing here (lease.py)
 
 A commit writes its ledger rows as a new ledger file, then manifest.json in one atomic
 write. A crash before the manifest leaves only unlisted files, which the next run removes.
-An input relabelled because it changed (or for a new bundle) supersedes its old row: the
-old shard is rewritten without it in the same commit, so every input has exactly one row.
+An input relabelled because it changed (or for a new bundle) supersedes its old rows: the
+old shards are rewritten without them in the same commit, so every row exists once.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -28,11 +31,12 @@ from fashion_ray import __version__, storage
 from fashion_ray.config import RELABEL_CHOICES
 from fashion_ray.formats.schema import SCHEMA_VERSION
 from fashion_ray.formats.shards import shard_entry, shard_totals, write_rows
+from fashion_ray.storage import VIDEO_EXTENSIONS, stable_id
 
 LEDGER_SCHEMA = pa.schema([
-    ("id", pa.int64()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
+    ("id", pa.int64()), ("source", pa.int64()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
     ("mtime", pa.timestamp("us", tz="UTC")), ("fingerprint", pa.string()), ("bundle", pa.string()),
-    ("shard", pa.string()),
+    ("run", pa.string()), ("shard", pa.string()),
 ])
 RUN_INFO_KEYS = ("config", "bundle", "last_run")  # what a commit records about the run that made it
 
@@ -44,24 +48,27 @@ def fingerprint(listing: pa.Table) -> pa.Array:
     return pc.if_else(pc.equal(listing["etag"], ""), fallback, listing["etag"])
 
 
-def ledger_rows(listing: pa.Table, ids_by_shard: dict[str, list[int]], bundle: str) -> pa.Table:
-    """Ledger rows for freshly written shards, from the run's listing."""
-    shard_of = {i: name for name, ids in ids_by_shard.items() for i in ids}
-    picked = listing.filter(pc.is_in(listing["id"], pa.array(list(shard_of), pa.int64())))
-    return pa.table({
-        **{name: picked[name] for name in ("id", "uri", "size", "etag", "mtime")},
-        "fingerprint": fingerprint(picked),
-        "bundle": pa.array([bundle] * picked.num_rows, pa.string()),
-        "shard": pa.array([shard_of[i] for i in picked["id"].to_pylist()], pa.string()),
-    }, schema=LEDGER_SCHEMA)
+def ledger_rows(listing: pa.Table, ids_by_shard: dict[str, list[int]], bundle: str, run_id: str = "",
+                source_of: dict[int, int] | None = None) -> pa.Table:
+    """Ledger rows for freshly written shards, from the run's listing (source_of: row id -> input id, default itself)."""
+    ids = [i for name, shard_ids in ids_by_shard.items() for i in shard_ids]
+    rows = pa.table({"id": pa.array(ids, pa.int64()),
+                     "source": pa.array([(source_of or {}).get(i, i) for i in ids], pa.int64()),
+                     "shard": pa.array([name for name, shard_ids in ids_by_shard.items() for _ in shard_ids], pa.string())})
+    inputs = listing.append_column("fingerprint", fingerprint(listing)).rename_columns(
+        ["source", "uri", "size", "etag", "mtime", "fingerprint"])
+    joined = rows.join(inputs, "source", join_type="inner")
+    n = joined.num_rows
+    return joined.append_column("bundle", pa.array([bundle] * n, pa.string())).append_column(
+        "run", pa.array([run_id] * n, pa.string())).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
 
 
-def latest_per_id(table: pa.Table) -> pa.Table:
-    """Keep the last row of each id (ledger files are concatenated in commit order)."""
+def latest_per_id(table: pa.Table, key: str = "id") -> pa.Table:
+    """Keep the last row of each key (ledger files are concatenated in commit order)."""
     if table.num_rows == 0:
         return table
     indexed = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-    last = indexed.group_by("id").aggregate([("_row", "max")])["_row_max"]
+    last = indexed.group_by(key).aggregate([("_row", "max")])["_row_max"]
     return table.take(pc.take(last, pc.sort_indices(last)))
 
 
@@ -74,7 +81,8 @@ def classify(listing: pa.Table, ledger: pa.Table, bundle: str, relabel: str) -> 
     """
     if relabel not in RELABEL_CHOICES:
         raise ValueError(f"relabel {relabel!r} is not one of: {', '.join(RELABEL_CHOICES)}")
-    prior = ledger.select(["id", "fingerprint", "bundle"]).rename_columns(["id", "prior_fingerprint", "prior_bundle"])
+    prior = latest_per_id(ledger, "source").select(["source", "fingerprint", "bundle"]).rename_columns(
+        ["id", "prior_fingerprint", "prior_bundle"])
     joined = listing.append_column("fingerprint", fingerprint(listing)).join(prior, "id", join_type="left outer")
     new = pc.is_null(joined["prior_fingerprint"])
     # comparisons with a missing prior are null; those rows are new, not changed or outdated
@@ -111,7 +119,7 @@ class OutputState:
 
     def live_files(self) -> set[str]:
         """Relative paths the manifest keeps alive."""
-        return {s[k] for s in self.shards for k in ("parquet", "coco")} | set(self.ledger_files)
+        return {s[k] for s in self.shards for k in ("parquet", "coco", "ava") if k in s} | set(self.ledger_files)
 
 
 def _read_parquet(uri: str, options, columns=None) -> pa.Table:
@@ -143,8 +151,10 @@ def _ledger_from_shards(output: str, shards: list[dict], options) -> pa.Table:
         t = _read_parquet(storage.join(output, shard["parquet"]), options,
                           ["id", "uri", "size", "etag", "mtime", "bundle_name", "bundle_version"])
         bundle = pc.binary_join_element_wise(t["bundle_name"], t["bundle_version"], "@")
-        parts.append(pa.table({**{n: t[n] for n in ("id", "uri", "size", "etag", "mtime")},
+        parts.append(pa.table({"id": t["id"], "source": pa.array([stable_id(u) for u in t["uri"].to_pylist()], pa.int64()),
+                               **{n: t[n] for n in ("uri", "size", "etag", "mtime")},
                                "fingerprint": fingerprint(t), "bundle": bundle,
+                               "run": pa.array([""] * t.num_rows, pa.string()),
                                "shard": pa.array([shard["name"]] * t.num_rows, pa.string())}, schema=LEDGER_SCHEMA))
     return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
 
@@ -165,17 +175,18 @@ def commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, *, 
            before_write=None) -> OutputState:
     """Commit new shards (and their ledger rows) on top of `state`; returns the new state.
 
-    Rows of inputs that already had a row are superseded: their old shards are rewritten
-    without them. `before_write` runs just before manifest.json is written (the lease check).
+    Rows that earlier runs made from the same inputs are superseded: their old shards are
+    rewritten without them. `before_write` runs just before manifest.json is written (the lease check).
     """
-    fresh = set(new_ledger["id"].to_pylist())
     shards = {s["name"]: s for s in state.shards}
     ledger_parts = [new_ledger]
-    old = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(list(fresh), pa.int64())))
+    old = state.ledger.filter(pc.and_(pc.is_in(state.ledger["source"], new_ledger["source"]),
+                                      pc.not_equal(state.ledger["run"], run_id)))
+    superseded = set(old["id"].to_pylist())
     for name in sorted(set(old["shard"].to_pylist())):
         if name not in shards:
             continue  # a manifest edited by hand, or a shard already gone: nothing to supersede
-        rewritten, kept = _rewrite_without(state, shards.pop(name), fresh, run_id)
+        rewritten, kept = _rewrite_without(state, shards.pop(name), superseded, run_id)
         if rewritten:
             shards[rewritten["name"]] = rewritten
             moved = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(kept, pa.int64())))
@@ -187,7 +198,8 @@ def commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, *, 
     if delta.num_rows:
         ledger_files = ledger_files + [f"ledger/{seq:06d}-{run_id[:12]}.parquet"]
         _write_parquet(state, ledger_files[-1], delta)
-    ledger = pa.concat_tables([state.ledger.filter(pc.invert(pc.is_in(state.ledger["id"], delta["id"]))), delta])
+    gone = pc.is_in(state.ledger["id"], pa.array(list(superseded | set(delta["id"].to_pylist())), pa.int64()))
+    ledger = pa.concat_tables([state.ledger.filter(pc.invert(gone)), delta])
     return write_manifest(state, list(shards.values()) + new_shards, ledger_files, ledger,
                           run_id=run_id, seq=seq, extra=run_info, before_write=before_write)
 
@@ -226,7 +238,8 @@ def write_manifest(state: OutputState, shards: list[dict], ledger_files: list[st
         "output": state.output,
         "commit": {"seq": seq, "run_id": run_id},
         **extra,
-        "counts": {"inputs": ledger.num_rows, "ok": totals["ok"], "error": ledger.num_rows - totals["ok"],
+        "counts": {"inputs": pc.count_distinct(ledger["source"]).as_py(), "rows": ledger.num_rows, "ok": totals["ok"],
+                   "error": ledger.num_rows - totals["ok"], "videos": _count_videos(ledger), "frames": totals["frames"],
                    "persons": totals["persons"], "garments": totals["garments"], "parts": totals["parts"]},
         "errors_by_reason": dict(sorted(errors.items())),
         "shards": sorted(shards, key=lambda s: s["name"]),
@@ -239,6 +252,12 @@ def write_manifest(state: OutputState, shards: list[dict], ledger_files: list[st
     return OutputState(state.output, manifest, ledger, state.options)
 
 
+def _count_videos(ledger: pa.Table) -> int:
+    lower = pc.utf8_lower(ledger["uri"])
+    is_video = functools.reduce(pc.or_, [pc.ends_with(lower, ext) for ext in VIDEO_EXTENSIONS])
+    return pc.count_distinct(ledger.filter(is_video)["source"]).as_py()
+
+
 def remove_garbage(state: OutputState) -> int:
     """Delete shard and ledger files the manifest does not list (left by crashed or superseded runs).
 
@@ -246,7 +265,7 @@ def remove_garbage(state: OutputState) -> int:
     """
     live = state.live_files()
     removed = 0
-    for folder in ("parquet", "coco", "ledger"):
+    for folder in ("parquet", "coco", "ava", "ledger"):
         fs, path = storage.filesystem(storage.join(state.output, folder), state.options)
         fs.invalidate_cache(path)
         if not fs.exists(path):

@@ -80,6 +80,13 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
         return DecodedImage(None, width=w, height=h, error=reason, detail=str(exc)[:300])
     except Exception as exc:
         return DecodedImage(None, width=w, height=h, error="undecodable", detail=f"{type(exc).__name__}: {exc}"[:300])
+    return fit(rgb, max_side)
+
+
+def fit(rgb: Image.Image | np.ndarray, max_side: int | None) -> DecodedImage:
+    """Scale an RGB image (PIL or HxWx3 array) so its longest side is at most max_side."""
+    if isinstance(rgb, np.ndarray):
+        rgb = Image.fromarray(rgb)
     width, height = rgb.size
     scale = 1.0
     if max_side and max(width, height) > max_side:

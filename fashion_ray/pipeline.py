@@ -1,65 +1,156 @@
 """The Ray Data plan of a labelling run; the only place Ray resources are set.
 
-    listing (driver, once) -> load_images (CPU tasks: fetch bytes + decode)
+    videos -> probe_videos (CPU tasks: demux, sample) -> work items (driver)
+    work items -> load_media (CPU tasks: fetch + decode images, decode video segments)
       -> PersonStage -> ClothingStage -> PartsStage (actor pools, per-stage resources)
       -> write_shard (CPU tasks: Parquet + COCO shard per batch, summary row back)
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
-from fashion_ray import media, storage
+from fashion_ray import media, storage, video
 from fashion_ray.config import LabelJobConfig
 from fashion_ray.formats.shards import write_shard
 from fashion_ray.models import Device, Bundle
 from fashion_ray.stages import STAGE_CLASSES
+from fashion_ray.tracking import track_shards
 
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)  # error rows carry no pixels
+WORK_SCHEMA = pa.schema([("id", pa.int64()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
+                         ("mtime", pa.float64()), ("source", pa.int64()), ("kind", pa.string()), ("frames", pa.string()),
+                         ("error", pa.string()), ("error_detail", pa.string())])
 
 
-def load_images(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int, max_side: int,
-                storage_options=None) -> dict[str, np.ndarray]:
-    """Fetch a batch of objects in one call and decode them; failures become error rows."""
-    n = len(batch["uri"])
-    status, error, detail = ["ok"] * n, [""] * n, [""] * n
-    width, height, scale, images = [0] * n, [0] * n, [1.0] * n, [PLACEHOLDER_IMAGE] * n
-    fetch = [i for i in range(n) if int(batch["size"][i]) <= max_bytes]
-    for i in set(range(n)) - set(fetch):
-        status[i], error[i], detail[i] = "error", "too_large", f"{int(batch['size'][i])} bytes exceeds the limit of {max_bytes}"
-    payloads = storage.fetch_many([str(batch["uri"][i]) for i in fetch], storage_options) if fetch else []
-    for i, data in zip(fetch, payloads):
+def _error_row(item: dict, reason: str, detail: str, **extra) -> dict:
+    return {**item, "status": "error", "error": reason, "error_detail": detail, **extra}
+
+
+def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side: int, storage_options) -> list[dict]:
+    rows = {}
+    fetch = [it for it in items if it["size"] <= max_bytes]
+    for it in items:
+        if it["size"] > max_bytes:
+            rows[it["id"]] = _error_row(it, "too_large", f"{it['size']} bytes exceeds the limit of {max_bytes}")
+    payloads = storage.fetch_many([it["uri"] for it in fetch], storage_options) if fetch else []
+    for it, data in zip(fetch, payloads):
         if isinstance(data, Exception):
-            status[i], error[i], detail[i] = "error", "unreadable", f"{type(data).__name__}: {data}"[:300]
+            rows[it["id"]] = _error_row(it, "unreadable", f"{type(data).__name__}: {data}"[:300])
             continue
         decoded = media.decode_image(data, max_pixels=max_pixels, max_side=max_side)
-        width[i], height[i] = decoded.width, decoded.height
-        if decoded.error:
-            status[i], error[i], detail[i] = "error", decoded.error, decoded.detail
+        size = {"width": decoded.width, "height": decoded.height}
+        rows[it["id"]] = (_error_row(it, decoded.error, decoded.detail, **size) if decoded.error
+                          else {**it, **size, "image": decoded.image, "scale": decoded.scale})
+    return [rows[it["id"]] for it in items]
+
+
+def _frame_rows(item: dict, *, max_side: int, storage_options) -> list[dict]:
+    frames = json.loads(item["frames"])
+    rows = []
+    decoded = video.decode_segment(item["uri"], [pts for _, pts, _ in frames], storage_options)
+    for (index, _, seconds), (_, image, reason, detail) in zip(frames, decoded):
+        frame = {**item, "id": storage.stable_id(item["uri"], index), "frame_index": index, "timestamp_s": seconds}
+        if image is None:
+            rows.append(_error_row(frame, reason, detail))
         else:
-            images[i], scale[i] = decoded.image, decoded.scale
-    out = dict(batch)
-    image_column = np.empty(n, dtype=object)
-    image_column[:] = images
-    out.update(status=np.array(status, dtype=object), error=np.array(error, dtype=object),
-               error_detail=np.array(detail, dtype=object), width=np.array(width, np.int32),
-               height=np.array(height, np.int32), scale=np.array(scale, np.float64), image=image_column,
-               persons=np.array(["[]"] * n, dtype=object))
+            fitted = media.fit(image, max_side)
+            rows.append({**frame, "image": fitted.image, "scale": fitted.scale, "width": fitted.width, "height": fitted.height})
+    return rows
+
+
+ROW_DEFAULTS = {"status": "ok", "error": "", "error_detail": "", "width": 0, "height": 0, "scale": 1.0,
+                "frame_index": -1, "timestamp_s": math.nan}
+
+
+def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int, max_side: int,
+               storage_options=None) -> dict[str, np.ndarray]:
+    """Fetch and decode a batch of work items into rows; failures become error rows.
+
+    An item is an image (one row), a segment of a video's sampled frames (one row per
+    frame), or a video the probe refused (one error row with its reason).
+    """
+    items = [{k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in batch.items()}
+             for i in range(len(batch["id"]))]
+    images = [it for it in items if it["kind"] == "image"]
+    by_image = iter(_image_rows(images, max_pixels=max_pixels, max_bytes=max_bytes, max_side=max_side,
+                                storage_options=storage_options) if images else [])
+    rows = []
+    for it in items:
+        if it["kind"] == "image":
+            rows.append(next(by_image))
+        elif it["kind"] == "frames":
+            rows += _frame_rows(it, max_side=max_side, storage_options=storage_options)
+        else:
+            rows.append(_error_row(it, it["error"], it["error_detail"]))
+    rows = [{**ROW_DEFAULTS, **r} for r in rows]
+    out = {k: np.array([r[k] for r in rows]) for k in ("id", "source", "size", "mtime", "width", "height", "scale",
+                                                        "frame_index", "timestamp_s")}
+    out.update({k: np.array([str(r[k]) for r in rows], dtype=object)
+                for k in ("uri", "etag", "status", "error", "error_detail")})
+    out["image"] = np.empty(len(rows), dtype=object)
+    out["image"][:] = [r.get("image", PLACEHOLDER_IMAGE) for r in rows]
+    out["persons"] = np.array(["[]"] * len(rows), dtype=object)
     return out
 
 
-def build_plan(cfg: LabelJobConfig, listing: pa.Table, bundle: Bundle, run_id: str) -> ray.data.Dataset:
+def _probe(batch: dict[str, np.ndarray], *, sampling: video.VideoSampling, storage_options=None) -> dict[str, np.ndarray]:
+    plans = [json.dumps(video.probe(str(uri), sampling, storage_options)) for uri in batch["uri"]]
+    return {"id": batch["id"], "plan": np.array(plans, dtype=object)}
+
+
+def probe_videos(cfg: LabelJobConfig, videos: pa.Table) -> dict[int, dict]:
+    """Plan every video in parallel tasks (demux only); returns {video id: plan} (video.probe)."""
+    if videos.num_rows == 0:
+        return {}
+    ds = ray.data.from_arrow([videos.slice(i, 1) for i in range(videos.num_rows)])
+    ds = ds.map_batches(_probe, batch_size=None, num_cpus=cfg.decode_num_cpus,
+                        fn_kwargs={"sampling": cfg.video, "storage_options": cfg.storage})
+    return {int(row["id"]): json.loads(row["plan"]) for row in ds.iter_rows()}
+
+
+def work_items(cfg: LabelJobConfig, todo: pa.Table, plans: dict[int, dict]) -> tuple[list[pa.Table], dict[int, int]]:
+    """Blocks of work for the plan and the ids of the rows they will produce -> their input's id.
+
+    Images: blocks of read_batch_size. A video: a block per segment of frames_per_task
+    sampled frames (one long video spreads over many tasks), plus an error item when the
+    probe refused it or the stream broke.
+    """
+    blocks, rows_of = [], {}
+    images, items = [], []
+    for entry in todo.to_pylist():
+        base = {**entry, "mtime": entry["mtime"].timestamp() if entry["mtime"] else math.nan, "source": entry["id"],
+                "kind": "image", "frames": "", "error": "", "error_detail": ""}
+        plan = plans.get(entry["id"])
+        if plan is None:
+            images.append(base)
+            rows_of[entry["id"]] = entry["id"]
+            continue
+        frames = plan["frames"]
+        for start in range(0, len(frames), cfg.video.frames_per_task):
+            chunk = frames[start:start + cfg.video.frames_per_task]
+            items.append(base | {"id": storage.stable_id(entry["uri"], chunk[0][0]), "kind": "frames", "frames": json.dumps(chunk)})
+            rows_of.update({storage.stable_id(entry["uri"], index): entry["id"] for index, _, _ in chunk})
+        if plan["error"]:
+            items.append(base | {"kind": "error", "error": plan["error"], "error_detail": plan["detail"]})
+            rows_of[entry["id"]] = entry["id"]
+    for start in range(0, len(images), cfg.read_batch_size):
+        blocks.append(pa.Table.from_pylist(images[start:start + cfg.read_batch_size], schema=WORK_SCHEMA))
+    blocks += [pa.Table.from_pylist([item], schema=WORK_SCHEMA) for item in items]
+    return blocks, rows_of
+
+
+def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_id: str) -> ray.data.Dataset:
     """Assemble the lazy Ray Data plan; executing it writes shards and yields one row per shard."""
-    seconds = pc.divide(pc.cast(pc.cast(listing["mtime"], pa.int64()), pa.float64()), 1e6)
-    listing = listing.set_column(listing.schema.get_field_index("mtime"), "mtime", pc.fill_null(seconds, math.nan))
-    # One block per read batch, so fetching/decoding overlaps with the model stages from the start.
-    ds = ray.data.from_arrow([listing.slice(i, cfg.read_batch_size) for i in range(0, listing.num_rows, cfg.read_batch_size)])
-    ds = ds.map_batches(load_images, batch_size=cfg.read_batch_size, num_cpus=cfg.decode_num_cpus,
+    # A block per read batch or video segment, and a task per block (batch_size=None), so
+    # fetching and decoding overlap with the model stages from the start.
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(load_media, batch_size=None, num_cpus=cfg.decode_num_cpus,
                         fn_kwargs={"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,
                                    "max_side": cfg.work_max_side, "storage_options": cfg.storage})
     for stage in cfg.stages:
@@ -80,3 +171,9 @@ def build_plan(cfg: LabelJobConfig, listing: pa.Table, bundle: Bundle, run_id: s
                           fn_kwargs={"output": cfg.output, "bundle_name": bundle.name, "bundle_version": bundle.version,
                                      "stages": list(cfg.stages), "run_id": run_id,
                                      "storage_options": cfg.storage})
+
+
+def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str) -> dict[str, dict]:
+    """Person tracks over every video's frames, in one Ray task (tracking.track_shards)."""
+    task = ray.remote(track_shards).options(num_cpus=cfg.write_num_cpus)
+    return ray.get(task.remote(cfg.output, shards, run_id, cfg.storage))

@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fashion_ray import media, storage, taxonomy
+from fashion_ray import media, storage, taxonomy, video
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 
@@ -58,6 +58,20 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
     return out
 
 
+def _pixels(row: dict, manifest: dict, options) -> np.ndarray | None:
+    """The row's image at original size: the photo, or the video frame decoded again."""
+    if row["frame_index"] is not None:
+        t = row["timestamp_s"]
+        window = video.VideoSampling(every_n=1, start_s=max(0.0, t - 1e-3), end_s=t + 1e-3)
+        pts = [p for i, p, _ in video.probe(row["uri"], window, options)["frames"] if i == row["frame_index"]]
+        frame = next(video.decode_segment(row["uri"], pts, options), None) if pts else None
+        return frame[1] if frame else None
+    data = storage.fetch_many([row["uri"]], options)[0]
+    if not isinstance(data, bytes):
+        return None
+    return media.decode_image(data, max_pixels=manifest["config"].get("max_pixels", 64_000_000), max_side=None).image
+
+
 def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, options=None) -> str:
     """Render up to `limit` labelled images of a run; returns the URI of index.html."""
     out_uri = out_uri or storage.join(labels_uri, "preview")
@@ -69,17 +83,19 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
             break
     cards = []
     for row in rows[:limit]:
-        data = storage.fetch_many([row["uri"]], options)[0]
-        decoded = media.decode_image(data, max_pixels=manifest["config"].get("max_pixels", 64_000_000), max_side=None) if isinstance(data, bytes) else None
-        if decoded is None or decoded.image is None:
+        image = _pixels(row, manifest, options)
+        if image is None:
             continue
         name = f"{row['id']}.png"
         buf = io.BytesIO()
-        render(decoded.image, row).save(buf, format="PNG")
+        render(image, row).save(buf, format="PNG")
         storage.write_bytes_atomic(storage.join(out_uri, name), buf.getvalue(), options)
         garments = sum(len(p["garments"]) for p in row["persons"])
-        cards.append(f'<figure><img src="{name}" width="360"><figcaption>{html.escape(row["uri"].rsplit("/", 1)[-1])}: '
-                     f'{len(row["persons"])} persons, {garments} garments</figcaption></figure>')
+        where = "" if row["frame_index"] is None else f" frame {row['frame_index']} at {row['timestamp_s']:.2f} s"
+        tracks = sorted(p["track_id"] for p in row["persons"] if p.get("track_id") is not None)
+        cards.append(f'<figure><img src="{name}" width="360"><figcaption>{html.escape(row["uri"].rsplit("/", 1)[-1])}{where}: '
+                     f'{len(row["persons"])} persons{f" (tracks {tracks})" if tracks else ""}, {garments} garments'
+                     f'</figcaption></figure>')
     legend = "".join(f'<span style="background:rgb{c};padding:2px 8px;margin:2px">{n}</span>' for n, c in PART_COLOURS.items())
     page = (f"<!doctype html><meta charset=utf-8><title>fashion-ray preview</title>"
             f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fashion_ray import ledger, storage
+from fashion_ray import ledger, storage, video
 from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.formats.shards import shard_entry
 from fashion_ray.lease import acquire_lease
@@ -112,8 +112,9 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
         f"{counts['outdated']} outdated, {counts['unchanged']} unchanged; labelling {counts['to_label']} "
         f"with bundle {bundle.label}, stages {'+'.join(cfg.stages)}")
 
-    accepted: dict[str, list[int]] = {}  # shard name -> ids, accepted this run
+    accepted: dict[str, list[int]] = {}  # shard name -> row ids, accepted this run
     uncommitted: list[dict] = []  # shard entries accepted since the last commit
+    source_of: dict[int, int] = {}  # row id -> input id, for every row this run must produce
 
     def run_info(complete: bool) -> dict:
         elapsed = time.perf_counter() - t0
@@ -125,36 +126,44 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
                              "labelled": done, "elapsed_s": round(elapsed, 3),
                              "images_per_s": round(done / elapsed, 3) if elapsed else 0.0}}
 
-    def commit_accepted(complete: bool) -> None:
+    def commit(entries: list[dict], complete: bool) -> None:
         nonlocal state
-        names = {e["name"] for e in uncommitted}
-        rows = ledger.ledger_rows(todo, {n: ids for n, ids in accepted.items() if n in names}, bundle.label)
-        state = ledger.commit(state, uncommitted, rows, run_id=run_id, run_info=run_info(complete),
-                              before_write=lease.renew)
-        uncommitted.clear()
+        rows = ledger.ledger_rows(todo, {e["name"]: accepted[e["name"]] for e in entries}, bundle.label, run_id, source_of)
+        state = ledger.commit(state, entries, rows, run_id=run_id, run_info=run_info(complete), before_write=lease.renew)
 
     if todo.num_rows == 0 and committed.manifest is not None and cfg.incremental:
         say("nothing new to label; the output is up to date")
         return committed.manifest | run_info(complete=True) | {"noop": True}
 
-    expected = set(todo["id"].to_pylist())
-    remaining = set(expected)
-    if remaining:
+    if todo.num_rows:
         init_ray(ray_address, num_cpus)
         _warn_if_resources_missing(cfg, progress)
-    from fashion_ray.pipeline import build_plan
+    from fashion_ray.pipeline import build_plan, probe_videos, track_videos, work_items
 
+    todo_uri = dict(zip(todo["id"].to_pylist(), todo["uri"].to_pylist()))
+    video_ids = [i for i, uri in todo_uri.items() if video.is_video(uri)]
+    plans = probe_videos(cfg, todo.filter(pc.is_in(todo["id"], pa.array(video_ids, pa.int64()))))
+    if plans:
+        say(f"{len(plans)} videos: {sum(len(p['frames']) for p in plans.values())} frames sampled")
+    _, source_of = work_items(cfg, todo, plans)
+    expected = set(source_of)
+    remaining = set(expected)
     last_commit = time.perf_counter()
     for attempt in range(1, cfg.max_attempts + 1):
         if not remaining:
             break
         if attempt > 1:
-            say(f"pass {attempt}: {len(remaining)} inputs whose rows a fault lost are labelled again")
-        work = todo.filter(pc.is_in(todo["id"], pa.array(sorted(remaining), pa.int64())))
-        for row in build_plan(cfg, work, bundle, run_id).iter_rows():
+            say(f"pass {attempt}: {len(remaining)} rows a fault lost are labelled again")
+        # a retry takes every input with a row still missing (a video: only its missing frames)
+        retry_plans = {vid: plan | {"frames": [f for f in plan["frames"] if storage.stable_id(todo_uri[vid], f[0]) in remaining],
+                                    "error": plan["error"] if vid in remaining else None}
+                       for vid, plan in plans.items()} if attempt > 1 else plans
+        work = todo.filter(pc.is_in(todo["id"], pa.array(sorted({source_of[i] for i in remaining}), pa.int64())))
+        blocks, _ = work_items(cfg, work, retry_plans)
+        for row in build_plan(cfg, blocks, bundle, run_id).iter_rows():
             ids = json.loads(row["ids"])
             if not expected.issuperset(ids):
-                raise RunIntegrityError(f"a shard holds inputs this run was not given (e.g. id {sorted(set(ids) - expected)[0]}); "
+                raise RunIntegrityError(f"a shard holds rows this run was not given (e.g. id {sorted(set(ids) - expected)[0]}); "
                                         "nothing more is committed")
             if not remaining.issuperset(ids):
                 # Ray re-ran a write after a fault and some of these rows are already accepted:
@@ -166,24 +175,32 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
             accepted[entry["name"]] = ids
             uncommitted.append(entry)
             done = len(expected) - len(remaining)
-            say(f"{done}/{len(expected)} images ({100 * done // len(expected)}%), "
-                f"{done / (time.perf_counter() - t0):.1f} img/s")
+            say(f"{done}/{len(expected)} rows ({100 * done // len(expected)}%), {done / (time.perf_counter() - t0):.1f} rows/s")
             if cfg.incremental and time.perf_counter() - last_commit >= cfg.commit_every_s:
-                commit_accepted(complete=False)
+                # shards holding video frames wait for the end: tracks need every frame of a video
+                ready = [e for e in uncommitted if not e["frames"]]
+                uncommitted[:] = [e for e in uncommitted if e["frames"]]
+                commit(ready, complete=False)
                 last_commit = time.perf_counter()
 
     if remaining and not cfg.incremental:
         lost = sorted(remaining)
-        raise RunIntegrityError(f"ids in != ids out: {len(lost)} inputs have no row after {cfg.max_attempts} passes "
-                                f"(e.g. {todo.filter(pc.is_in(todo['id'], pa.array(lost[:3], pa.int64())))['uri'].to_pylist()}); "
-                                "no manifest written")
-    commit_accepted(complete=not remaining)
+        uris = sorted({todo_uri[source_of[i]] for i in lost})
+        raise RunIntegrityError(f"ids in != ids out: {len(lost)} rows missing after {cfg.max_attempts} passes "
+                                f"(e.g. {uris[:3]}); no manifest written")
+    with_frames = [e for e in uncommitted if e["frames"]]
+    if with_frames:
+        tracked = track_videos(cfg, with_frames, run_id)
+        for old, new in tracked.items():
+            accepted[new["name"]] = accepted.pop(old)
+        uncommitted[:] = [tracked.get(e["name"], e) for e in uncommitted]
+    commit(uncommitted, complete=not remaining)
     ledger.remove_garbage(state)
     if len(state.ledger_files) > MAX_LEDGER_FILES:
         state = ledger.compact(state, run_id, before_write=lease.renew)
         ledger.remove_garbage(state)
     if remaining:
-        raise RunIncompleteError(f"{len(remaining)} of {len(expected)} inputs could not be labelled after "
+        raise RunIncompleteError(f"{len(remaining)} of {len(expected)} rows could not be labelled after "
                                  f"{cfg.max_attempts} passes; {len(expected) - len(remaining)} were committed. "
                                  "Run again to label the rest.")
     return state.manifest
@@ -197,7 +214,9 @@ def format_summary(manifest: dict) -> str:
         f"  listed     {run['listed']} inputs: {run['new']} new, {run['changed']} changed, {run['outdated']} outdated, "
         f"{run['unchanged']} unchanged",
         f"  labelled   {run['labelled']} this run",
-        f"  images     {c['inputs']} in = {c['ok']} ok + {c['error']} error",
+        f"  images     {c['inputs']} in = {c['ok']} ok + {c['error']} error" if not c.get("videos") else
+        f"  rows       {c['rows']} = {c['ok']} ok + {c['error']} error, from {c['inputs']} inputs: "
+        f"{c['inputs'] - c['videos']} images, {c['videos']} videos -> {c['frames']} frames",
         f"  labels     {c['persons']} persons, {c['garments']} garments, {c['parts']} parts",
     ]
     if manifest["errors_by_reason"]:

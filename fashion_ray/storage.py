@@ -18,8 +18,9 @@ import fsspec
 import pyarrow as pa
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 # Listed so they become "unsupported" error rows instead of vanishing from the run.
-KNOWN_UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".mp4", ".mov", ".avi", ".mkv", ".webm")
+KNOWN_UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif")
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv")
 
 
@@ -100,7 +101,7 @@ def _entry(protocol: str, info: dict) -> dict:
 
 def _is_candidate(path: str) -> bool:
     name = posixpath.basename(path)
-    return name.lower().endswith(IMAGE_EXTENSIONS + KNOWN_UNSUPPORTED_EXTENSIONS) and not name.startswith(".")
+    return name.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + KNOWN_UNSUPPORTED_EXTENSIONS) and not name.startswith(".")
 
 
 def iter_objects(fs: fsspec.AbstractFileSystem, protocol: str, path: str):

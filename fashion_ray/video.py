@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fashion_ray import storage
-
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+from fashion_ray.storage import VIDEO_EXTENSIONS
 
 
 class VideoConfigError(ValueError):
@@ -107,11 +106,9 @@ def probe(uri: str, sampling: VideoSampling, options=None) -> dict:
                 return _error("undecodable", "the file has no video stream")
             stream = container.streams.video[0]
             codec = stream.codec_context
-            if codec is None or codec.name in (None, "", "none"):
-                tag = getattr(stream.codec_context, "codec_tag", "") if codec else ""
-                return _error("unsupported", f"video codec {tag or 'unknown'} cannot be decoded")
+            if codec is None or not codec.name:
+                return _error("unsupported", "the video codec is not one FFmpeg can decode")
             width, height, base = codec.width, codec.height, stream.time_base
-            start = stream.start_time or 0
             try:
                 for packet in container.demux(stream):
                     value = packet.pts if packet.pts is not None else packet.dts
@@ -119,16 +116,23 @@ def probe(uri: str, sampling: VideoSampling, options=None) -> dict:
                         pts.append(value)
             except (av.FFmpegError, OSError) as exc:
                 error, detail = "truncated", f"the stream breaks after {len(pts)} frames: {exc}"
+            declared = container.duration / 1e6 if container.duration else None
     except (av.FFmpegError, OSError) as exc:
         return _error("undecodable", f"{type(exc).__name__}: {exc}")
     if not pts:
+        if error is None and declared:
+            error, detail = "truncated", f"the stream ends before its first frame (declared {declared:.3f} s)"
         return _error(error or "undecodable", detail or "the video stream holds no frames")
     pts.sort()
-    times = [float((p - start) * base) for p in pts]
+    times = [float(p * base) for p in pts]  # the container's presentation times, as AVA counts them
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    if error is None and declared and declared - times[-1] > max(1.0, 3 * step):
+        # FFmpeg ends a cut-off stream quietly; the duration in the header tells
+        error, detail = "truncated", f"the stream ends at {times[-1]:.3f} s of a declared {declared:.3f} s"
     picked = select_frames(times, sampling)
     if not picked and error is None:
         window = f"[{sampling.start_s}, {sampling.end_s if sampling.end_s is not None else 'end'})"
-        return _error("no_frames_in_window", f"no frame in the window {window} s (the video spans 0-{times[-1]:.3f} s)")
+        return _error("no_frames_in_window", f"no frame in the window {window} s (the video spans {times[0]:.3f}-{times[-1]:.3f} s)")
     return {"error": error, "detail": detail, "width": width, "height": height,
             "frames": [(i, pts[i], round(times[i], 6)) for i in picked]}
 

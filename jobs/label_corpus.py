@@ -1,4 +1,7 @@
-"""Label a corpus of fashion images: person -> clothing -> body parts, to Parquet + COCO shards.
+"""Label a corpus of fashion images and videos: person -> clothing -> body parts, to Parquet + COCO shards.
+
+Videos (mp4, mov, avi, mkv, webm) become rows of sampled frames (1 per second by default)
+with timestamps and person track ids, plus AVA-style CSV.
 
 On a laptop (local Ray, the built-in sample corpus and bootstrap bundle):
     python jobs/label_corpus.py
@@ -21,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fashion_ray import config, storage  # noqa: E402
+from fashion_ray import config, storage, video  # noqa: E402
 from fashion_ray.lease import LeaseHeldError, LeaseLostError  # noqa: E402
 from fashion_ray.models import BundleError  # noqa: E402
 from fashion_ray.run import RunIntegrityError, format_summary, run_label_job  # noqa: E402
@@ -44,6 +47,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-batch-size", type=int, default=16)
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
     p.add_argument("--work-max-side", type=int, default=1280, help="longest side the models see")
+    p.add_argument("--video-fps", type=float, default=1.0, help="sampled frames per second of video time")
+    p.add_argument("--video-every-n", type=int, default=None, help="sample every Nth frame instead of --video-fps")
+    p.add_argument("--video-start", type=float, default=0.0, metavar="SECONDS", help="sampling window start")
+    p.add_argument("--video-end", type=float, default=None, metavar="SECONDS", help="sampling window end (default: the end)")
+    p.add_argument("--video-max-frames", type=int, default=None, help="at most this many frames per video")
+    p.add_argument("--video-frames-per-task", type=int, default=16,
+                   help="sampled frames one decode task handles (a long video spreads over many tasks)")
     p.add_argument("--incremental", action="store_true",
                    help="label only inputs the output's ledger has not seen or saw change; commit as it goes")
     p.add_argument("--relabel", default="changed", choices=config.RELABEL_CHOICES,
@@ -67,7 +77,10 @@ def make_config(args) -> config.LabelJobConfig:
         inputs=tuple(args.input), output=args.output, bundle=args.bundle,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), resources=resources,
         read_batch_size=args.read_batch_size, rows_per_shard=args.rows_per_shard, max_pixels=args.max_pixels,
-        work_max_side=args.work_max_side, incremental=args.incremental, relabel=args.relabel,
+        work_max_side=args.work_max_side, incremental=args.incremental,
+        video=video.VideoSampling(fps=args.video_fps, every_n=args.video_every_n, start_s=args.video_start,
+                                  end_s=args.video_end, max_frames=args.video_max_frames,
+                                  frames_per_task=args.video_frames_per_task), relabel=args.relabel,
         commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
 
 
@@ -77,7 +90,7 @@ def main(args) -> int:
     try:
         cfg = make_config(args)
         manifest = run_label_job(cfg, ray_address=args.ray_address, num_cpus=args.num_cpus)
-    except (config.ConfigError, storage.StorageError, BundleError) as exc:
+    except (config.ConfigError, storage.StorageError, BundleError, video.VideoConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except LeaseHeldError as exc:

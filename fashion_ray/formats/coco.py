@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from fashion_ray import taxonomy
+from fashion_ray.storage import stable_id
 from fashion_ray.formats import masks as rle
 
 
@@ -38,8 +39,8 @@ def _ann(ann_id, image_id, category_id, box, mask, score, **extra) -> dict:
 
 def image_record(row: dict) -> dict:
     record = {"id": row["id"], "file_name": row["uri"], "width": row["width"], "height": row["height"]}
-    if row.get("frame_index") is not None:
-        record.update(frame_index=row["frame_index"], timestamp_s=row["timestamp_s"])
+    if row.get("frame_index") is not None:  # a video frame: which video, which frame, when
+        record.update(video_id=stable_id(row["uri"]), frame_index=row["frame_index"], timestamp_s=row["timestamp_s"])
     return record
 
 
@@ -48,20 +49,21 @@ def annotations(row: dict) -> list[dict]:
     image_id = row["id"]
     for person in row["persons"] or []:
         pid = annotation_id(image_id, "person", person["person_id"])
-        extra = {}
+        extra = {} if person.get("track_id") is None else {"track_id": person["track_id"]}
+        track = dict(extra)
         if person.get("keypoints"):
             kp = person["keypoints"]
-            extra = {"keypoints": kp, "num_keypoints": int(sum(1 for v in kp[2::3] if v > 0))}
+            extra |= {"keypoints": kp, "num_keypoints": int(sum(1 for v in kp[2::3] if v > 0))}
         out.append(_ann(pid, image_id, taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON], person["box"], person.get("mask"),
                         person["score"], **extra))
         for g in person.get("garments") or []:
             out.append(_ann(annotation_id(image_id, "garment", person["person_id"], g["garment_id"]), image_id,
                             g["category_id"], g["box"], g.get("mask"), g["score"],
-                            parent_person_id=pid, attributes=list(g.get("attributes") or [])))
+                            parent_person_id=pid, attributes=list(g.get("attributes") or []), **track))
         for k, part in enumerate(person.get("parts") or []):
             out.append(_ann(annotation_id(image_id, "part", person["person_id"], k), image_id,
                             taxonomy.COCO_CATEGORY_ID[part["part"]], part["box"], part["mask"], 1.0,
-                            parent_person_id=pid, side=part.get("side")))
+                            parent_person_id=pid, side=part.get("side"), **track))
     return out
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion_ray import storage
-from fashion_ray.formats import coco
+from fashion_ray.formats import ava, coco
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
 
@@ -57,12 +57,14 @@ def assemble_rows(batch: dict[str, np.ndarray], *, bundle_name: str, bundle_vers
         ok = batch["status"][i] == "ok"
         width, height = int(batch["width"][i]), int(batch["height"][i])
         mtime = float(batch["mtime"][i])
+        frame_index, seconds = int(batch["frame_index"][i]), float(batch["timestamp_s"][i])
         persons = json.loads(batch["persons"][i]) if ok else []
         rows.append({
             "id": int(batch["id"][i]), "uri": str(batch["uri"][i]), "size": int(batch["size"][i]),
             "etag": str(batch["etag"][i]),
             "mtime": None if math.isnan(mtime) else datetime.fromtimestamp(mtime, tz=timezone.utc),
-            "frame_index": None, "timestamp_s": None, "width": width, "height": height,
+            "frame_index": None if frame_index < 0 else frame_index, "timestamp_s": None if math.isnan(seconds) else seconds,
+            "width": width, "height": height,
             "status": str(batch["status"][i]), "error": str(batch["error"][i]) or None,
             "error_detail": str(batch["error_detail"][i]) or None,
             "bundle_name": bundle_name, "bundle_version": bundle_version, "stages": list(stages),
@@ -85,6 +87,9 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
     storage.write_bytes_atomic(storage.join(output, "parquet", f"{name}.parquet"), buf.getvalue(), storage_options)
     doc = coco.coco_document(rows, info={**info, "schema_version": SCHEMA_VERSION})
     storage.write_bytes_atomic(storage.join(output, "coco", f"{name}.json"), json.dumps(doc).encode(), storage_options)
+    ava_rows = ava.ava_rows(rows)
+    if ava_rows:
+        storage.write_bytes_atomic(storage.join(output, "ava", f"{name}.csv"), ava.to_csv(ava_rows), storage_options)
     errors = collections.Counter(r["error"] for r in rows if r["status"] == "error")
     persons = [p for r in rows for p in r["persons"]]
     return {
@@ -92,6 +97,8 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
         "ids": np.array([json.dumps([r["id"] for r in rows])]),
         "rows": np.array([len(rows)]),
         "ok": np.array([sum(r["status"] == "ok" for r in rows)]),
+        "frames": np.array([sum(r["frame_index"] is not None for r in rows)]),
+        "ava": np.array([bool(ava_rows)]),
         "persons": np.array([len(persons)]),
         "garments": np.array([sum(len(p["garments"]) for p in persons)]),
         "parts": np.array([sum(len(p["parts"]) for p in persons)]),
@@ -103,13 +110,14 @@ def shard_entry(row: dict) -> dict:
     """The manifest's record of a shard, from the summary row write_rows returned."""
     name = str(row["shard"])
     return {"name": name, "parquet": f"parquet/{name}.parquet", "coco": f"coco/{name}.json",
-            "rows": int(row["rows"]), "ok": int(row["ok"]), "persons": int(row["persons"]),
+            **({"ava": f"ava/{name}.csv"} if row.get("ava") else {}),
+            "rows": int(row["rows"]), "ok": int(row["ok"]), "frames": int(row["frames"]), "persons": int(row["persons"]),
             "garments": int(row["garments"]), "parts": int(row["parts"]), "errors": json.loads(row["errors"])}
 
 
 def shard_totals(shards: list[dict]) -> dict:
     """Label counts over a manifest's shard records."""
-    return {key: sum(s[key] for s in shards) for key in ("ok", "persons", "garments", "parts")}
+    return {key: sum(s.get(key, 0) for s in shards) for key in ("ok", "frames", "persons", "garments", "parts")}
 
 
 def read_manifest(uri: str, options=None) -> dict:

@@ -1,0 +1,175 @@
+"""Video corpora: sampling by true times, every container, broken videos, person tracks, a
+mixed run of photos and videos through the CLI, and videos read from the S3 server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from conftest import ROOT, SAMPLE_CORPUS, bad_video_catalogue, moving_photo_video, read_rows, run_cli
+from pycocotools.coco import COCO
+
+from fashion_ray import config, video
+from fashion_ray.run import run_label_job
+from fashion_ray.storage import StorageOptions, stable_id
+from fashion_ray.tracking import assign_tracks
+
+VFR_TIMES = [0.0, 0.1, 0.15, 0.5, 1.3, 1.31, 2.0, 2.9]
+
+
+@pytest.mark.parametrize("sampling, expected", [
+    (video.VideoSampling(fps=1), [0, 4, 6]),  # targets 0, 1, 2: first frame at or after each
+    (video.VideoSampling(fps=2), [0, 3, 4, 6, 7]),  # targets 0 .5 1 1.5 2 2.5: 1.0 and 1.5 fall in gaps
+    (video.VideoSampling(every_n=3), [0, 3, 6]),
+    (video.VideoSampling(fps=1, start_s=0.4, end_s=2.0), [3]),  # 0.4 -> 0.5; 1.4 -> nothing before 2.0
+    (video.VideoSampling(fps=2, max_frames=2), [0, 3]),
+])
+def test_select_frames_by_true_times(sampling, expected):
+    assert video.select_frames(VFR_TIMES, sampling) == expected
+
+
+@pytest.mark.parametrize("name, codec", [("clip.mp4", "libx264"), ("clip.mov", "libx264"), ("clip.mkv", "libx264"),
+                                         ("clip.webm", "libvpx-vp9"), ("clip.avi", "mpeg4")])
+def test_every_container_samples_and_decodes_exact_frames(tmp_path, name, codec):
+    path = str(tmp_path / name)
+    video.encode_video(path, [np.full((96, 128, 3), 8 * k, np.uint8) for k in range(30)], [k / 10 for k in range(30)], codec)
+    plan = video.probe(path, video.VideoSampling(fps=2))
+    assert plan["error"] is None and (plan["width"], plan["height"]) == (128, 96)
+    assert [f[0] for f in plan["frames"]] == [0, 5, 10, 15, 20, 25]
+    assert [f[2] for f in plan["frames"]] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    # a segment from the middle: seek to its keyframe, decode forward, exactly frames 15 and 20
+    decoded = list(video.decode_segment(path, [f[1] for f in plan["frames"][3:5]]))
+    assert [abs(float(image.mean()) - 8 * k) < 4 for (_, image, _, _), k in zip(decoded, (15, 20))] == [True, True]
+
+
+def test_variable_frame_rate_gives_container_times(tmp_path):
+    path = str(tmp_path / "vfr.mkv")
+    video.encode_video(path, [np.full((64, 64, 3), 30 * k, np.uint8) for k in range(8)], VFR_TIMES)
+    plan = video.probe(path, video.VideoSampling(every_n=1))
+    assert [f[2] for f in plan["frames"]] == VFR_TIMES
+    assert [f[2] for f in video.probe(path, video.VideoSampling(fps=1))["frames"]] == [0.0, 1.3, 2.0]
+
+
+def test_bad_videos_get_reasons(tmp_path):
+    for name, (reason, frames) in bad_video_catalogue(tmp_path).items():
+        plan = video.probe(str(tmp_path / name), video.VideoSampling(fps=1, end_s=10))
+        assert (plan["error"], len(plan["frames"])) == (reason, frames), (name, plan["detail"])
+        assert plan["detail"]
+
+
+def test_tracks_follow_people_through_gaps_and_crossings():
+    left = [[10 + 20 * k, 50, 60 + 20 * k, 150] for k in range(6)]  # walks right
+    right = [[300 - 20 * k, 40, 350 - 20 * k, 140] for k in range(6)]  # walks left
+    frames = [[left[0], right[0]], [right[1], left[1]], [left[2]], [left[3], right[3]], [right[4], left[4]],
+              [left[5], right[5], [500, 0, 540, 80]]]  # order shuffled, right missed once, a newcomer at the end
+    assert assign_tracks(frames) == [[1, 2], [2, 1], [1], [1, 2], [2, 1], [1, 2, 3]]
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """One CLI run over photos, videos of real people moving, and broken videos."""
+    base = tmp_path_factory.mktemp("mixed")
+    corpus = base / "corpus"
+    corpus.mkdir()
+    shutil.copy(os.path.join(SAMPLE_CORPUS, "astronaut.jpg"), corpus)
+    moving_photo_video(corpus / "walk.mp4", "grace_hopper.jpg", (200, 234), (480, 320), step=25, count=12, interval_s=0.5)
+    moving_photo_video(corpus / "pair.mkv", "two_people.jpg", (480, 240), (640, 360), step=12, count=8, interval_s=0.5)
+    bad = bad_video_catalogue(corpus)
+    out = base / "labels"
+    proc = run_cli("--input", str(corpus), "--output", str(out), "--num-cpus", "2", "--video-end", "10",
+                   "--video-frames-per-task", "2", "--rows-per-shard", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return corpus, out, bad, proc
+
+
+def test_mixed_corpus_rows_timestamps_and_errors(mixed_run):
+    corpus, out, bad, proc = mixed_run
+    rows = read_rows(out)
+    by_uri: dict[str, list[dict]] = {}
+    for r in rows:
+        by_uri.setdefault(os.path.basename(r["uri"]), []).append(r)
+    walk = sorted(by_uri["walk.mp4"], key=lambda r: r["frame_index"])
+    assert [(r["frame_index"], r["timestamp_s"]) for r in walk] == [(2 * k, float(k)) for k in range(6)]
+    assert [r["id"] for r in walk] == [stable_id(str(corpus / "walk.mp4"), 2 * k) for k in range(6)]
+    assert [r["frame_index"] for r in sorted(by_uri["pair.mkv"], key=lambda r: r["frame_index"])] == [0, 2, 4, 6]
+    assert by_uri["astronaut.jpg"][0]["frame_index"] is None
+    for name, (reason, frames) in bad.items():
+        errors = [r for r in by_uri[name] if r["status"] == "error"]
+        assert [(r["error"], r["frame_index"], r["id"]) for r in errors] == [(reason, None, stable_id(str(corpus / name)))]
+        assert sum(r["status"] == "ok" for r in by_uri[name]) == frames
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert (c["inputs"], c["videos"], c["frames"], c["rows"]) == (8, 7, 6 + 4 + 3, 1 + 13 + 5)
+    assert "7 videos -> 13 frames" in proc.stdout
+
+
+def test_tracks_carry_to_garments_parts_and_ava(mixed_run):
+    corpus, out, _, _ = mixed_run
+    rows = {(os.path.basename(r["uri"]), r["frame_index"]): r for r in read_rows(out)}
+    walk = [rows[("walk.mp4", 2 * k)] for k in range(6)]
+    assert [[p["track_id"] for p in r["persons"]] for r in walk] == [[1]] * 6
+    pair = [rows[("pair.mkv", 2 * k)] for k in range(4)]
+    assert all(sorted(p["track_id"] for p in r["persons"]) == [1, 2] for r in pair)
+    # the two never swap: the same track is the left-hand person in every frame
+    left_track = [min(r["persons"], key=lambda p: p["box"][0] + p["box"][2])["track_id"] for r in pair]
+    assert len(set(left_track)) == 1
+    assert rows[("astronaut.jpg", None)]["persons"][0]["track_id"] is None
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    anns, images = [], {}
+    for shard in manifest["shards"]:
+        coco = COCO(str(out / shard["coco"]))  # pycocotools loads every shard
+        anns += coco.dataset["annotations"]
+        images.update({im["id"]: im for im in coco.dataset["images"]})
+    frame_image = images[stable_id(str(corpus / "walk.mp4"), 4)]
+    assert (frame_image["video_id"], frame_image["frame_index"], frame_image["timestamp_s"]) == (
+        stable_id(str(corpus / "walk.mp4")), 4, 2.0)
+    persons = {a["id"]: a for a in anns if a["category_id"] == 1}
+    children = [a for a in anns if a.get("parent_person_id") in persons and "video_id" in images[a["image_id"]]]
+    assert children and all(a["track_id"] == persons[a["parent_person_id"]]["track_id"] for a in children)
+
+    ava = [line for s in manifest["shards"] if "ava" in s for line in csv.reader(open(out / s["ava"]))]
+    walk_lines = sorted((float(t), int(pid)) for vid, t, *_, action, pid in ava if vid == "walk")
+    assert walk_lines == [(float(k), 1) for k in range(6)]
+    assert all(line[6] == "" and all(0.0 <= float(v) <= 1.0 for v in line[2:6]) for line in ava)
+    assert sorted({int(line[7]) for line in ava if line[0] == "pair"}) == [1, 2]
+
+
+def test_preview_shows_frames_with_tracks(mixed_run, tmp_path):
+    _, out, _, _ = mixed_run
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "preview.py"), "--labels", str(out), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (tmp_path / "index.html").read_text()
+    assert "pair.mkv frame 2 at 1.00 s: 2 persons (tracks [1, 2])" in page
+    assert "walk.mp4 frame 10 at 5.00 s: 1 persons (tracks [1])" in page
+
+
+def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle, tmp_path):
+    rng = np.random.default_rng(1)
+    local = tmp_path / "street.mp4"
+    video.encode_video(str(local), [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(40)],
+                       [k * 0.2 for k in range(40)])
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir("video-bucket")
+    fs.put_file(str(local), "video-bucket/clips/street.mp4")
+    cfg = config.LabelJobConfig(inputs=("s3://video-bucket/clips/",), output="s3://video-bucket/labels", bundle=plumbing_bundle,
+                                stages=("person",), video=video.VideoSampling(fps=1, frames_per_task=2),
+                                storage=StorageOptions(endpoint_url=s3_server))
+    manifest = run_label_job(cfg)
+    rows = [r for s in manifest["shards"]
+            for r in pq.read_table(io.BytesIO(fs.cat_file(f"video-bucket/labels/{s['parquet']}"))).to_pylist()]
+    uri = "s3://video-bucket/clips/street.mp4"
+    assert sorted((r["frame_index"], r["timestamp_s"], r["id"]) for r in rows) == [
+        (5 * k, float(k), stable_id(uri, 5 * k)) for k in range(8)]
+    assert all(r["status"] == "ok" and (r["width"], r["height"]) == (128, 96) for r in rows)
+    assert manifest["counts"]["videos"] == 1 and manifest["counts"]["frames"] == 8

@@ -4,6 +4,7 @@ mixed run of photos and videos through the CLI, and videos read from the S3 serv
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -173,3 +174,14 @@ def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle
         (5 * k, float(k), stable_id(uri, 5 * k)) for k in range(8)]
     assert all(r["status"] == "ok" and (r["width"], r["height"]) == (128, 96) for r in rows)
     assert manifest["counts"]["videos"] == 1 and manifest["counts"]["frames"] == 8
+
+    # the clip is re-uploaded shorter: an incremental run relabels it and its old frames are gone
+    video.encode_video(str(local), [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(15)],
+                       [k * 0.2 for k in range(15)])
+    fs.put_file(str(local), "video-bucket/clips/street.mp4")
+    again = run_label_job(dataclasses.replace(cfg, incremental=True))
+    assert (again["last_run"]["changed"], again["last_run"]["labelled"]) == (1, 3)
+    rows = [r for s in again["shards"]
+            for r in pq.read_table(io.BytesIO(fs.cat_file(f"video-bucket/labels/{s['parquet']}"))).to_pylist()]
+    assert sorted((r["frame_index"], r["timestamp_s"]) for r in rows) == [(0, 0.0), (5, 1.0), (10, 2.0)]
+    assert again["counts"]["frames"] == again["counts"]["rows"] == 3

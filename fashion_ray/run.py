@@ -154,12 +154,9 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
             break
         if attempt > 1:
             say(f"pass {attempt}: {len(remaining)} rows a fault lost are labelled again")
-        # a retry takes every input with a row still missing (a video: only its missing frames)
-        retry_plans = {vid: plan | {"frames": [f for f in plan["frames"] if storage.stable_id(todo_uri[vid], f[0]) in remaining],
-                                    "error": plan["error"] if vid in remaining else None}
-                       for vid, plan in plans.items()} if attempt > 1 else plans
+        # a pass takes every input with a row still missing (a video: only its missing frames)
         work = todo.filter(pc.is_in(todo["id"], pa.array(sorted({source_of[i] for i in remaining}), pa.int64())))
-        blocks, _ = work_items(cfg, work, retry_plans)
+        blocks, _ = work_items(cfg, work, _still_missing(plans, remaining, todo_uri))
         for row in build_plan(cfg, blocks, bundle, run_id).iter_rows():
             ids = json.loads(row["ids"])
             if not expected.issuperset(ids):
@@ -188,6 +185,11 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
         uris = sorted({todo_uri[source_of[i]] for i in lost})
         raise RunIntegrityError(f"ids in != ids out: {len(lost)} rows missing after {cfg.max_attempts} passes "
                                 f"(e.g. {uris[:3]}); no manifest written")
+    if remaining:
+        # a video missing frames is not committed at all (its source in the ledger would mark it
+        # done): the next run labels it whole; shards sharing rows with it wait for that run too
+        partial = {source_of[i] for i in remaining}
+        uncommitted[:] = [e for e in uncommitted if not partial.intersection(source_of[i] for i in accepted[e["name"]])]
     with_frames = [e for e in uncommitted if e["frames"]]
     if with_frames:
         tracked = track_videos(cfg, with_frames, run_id)
@@ -204,6 +206,13 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
                                  f"{cfg.max_attempts} passes; {len(expected) - len(remaining)} were committed. "
                                  "Run again to label the rest.")
     return state.manifest
+
+
+def _still_missing(plans: dict[int, dict], remaining: set[int], uri_of: dict[int, str]) -> dict[int, dict]:
+    """Video plans cut down to the rows still missing."""
+    return {vid: plan | {"frames": [f for f in plan["frames"] if storage.stable_id(uri_of[vid], f[0]) in remaining],
+                         "error": plan["error"] if vid in remaining else None}
+            for vid, plan in plans.items()}
 
 
 def format_summary(manifest: dict) -> str:

@@ -131,7 +131,7 @@ LISTING_SCHEMA = pa.schema([("id", pa.int64()), ("uri", pa.string()), ("size", p
                             ("mtime", pa.timestamp("us", tz="UTC"))])
 
 
-def list_inputs(uris: list[str], options: StorageOptions | None = None, page_rows: int = 100_000) -> pa.Table:
+def list_inputs(uris: list[str], options: StorageOptions | None = None, page_rows: int = 10_000) -> pa.Table:
     """List every input object once, with size/etag/mtime, from prefixes, objects or manifests.
 
     A manifest is a text file with one URI per line. Listing happens once on the driver;

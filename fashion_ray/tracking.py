@@ -18,14 +18,7 @@ import pyarrow.parquet as pq
 
 from fashion_ray import storage
 from fashion_ray.formats.shards import shard_entry, write_rows
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from fashion_ray.models.bootstrap import box_iou
 
 
 @dataclass

@@ -11,6 +11,7 @@ spreads over many tasks. PyAV bundles FFmpeg, so nothing is needed from the syst
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,7 +171,7 @@ def decode_segment(uri: str, pts_wanted: list[int], options=None):
         yield (p, image, None, "") if image is not None else (p, None, *failure)
 
 
-def encode_video(path: str, frames: list[np.ndarray], times_s: list[float], codec: str = "libx264") -> None:
+def encode_video(path: str, frames, times_s: list[float], codec: str = "libx264") -> None:
     """Write frames at the given presentation times (variable frame rate allowed).
 
     For tests and benchmarks: videos with known content and known timestamps.
@@ -179,7 +180,9 @@ def encode_video(path: str, frames: list[np.ndarray], times_s: list[float], code
 
     import av
 
-    height, width = frames[0].shape[:2]
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
     with av.open(path, mode="w") as container:
         stream = container.add_stream(codec, rate=30)
         stream.width, stream.height = width, height
@@ -187,7 +190,7 @@ def encode_video(path: str, frames: list[np.ndarray], times_s: list[float], code
         stream.codec_context.time_base = fractions.Fraction(1, 1000)  # pts in milliseconds
         if codec == "libx264":
             stream.options = {"g": "8", "bf": "2"}  # keyframes every 8 frames, B-frames: seeks and reordering get exercised
-        for image, t in zip(frames, times_s):
+        for image, t in zip(itertools.chain([first], frames), times_s):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = round(t * 1000)
             frame.time_base = stream.codec_context.time_base

@@ -1,6 +1,7 @@
 """Benchmark the labelling pipeline against a plain loop on the same images, in one run.
 
     python jobs/benchmark.py --images 200 --memory-sizes 100,400
+    python jobs/benchmark.py --video-only --video-seconds 120 --video-fps 5
 
 Prints one JSON object: baseline and pipeline images/s, their ratio (pipeline efficiency,
 end to end and marginal), and peak RSS at two corpus sizes.
@@ -34,14 +35,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-shard", type=int, default=16)
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument("--video-seconds", type=float, default=0, help="also benchmark a 25 fps 640x360 video this long")
+    p.add_argument("--video-fps", type=float, default=5.0, help="frames sampled per second of that video")
+    p.add_argument("--video-only", action="store_true", help="skip the image benchmark")
     return p
 
 
 def main(args) -> int:
     work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
-    small, large = (int(v) for v in args.memory_sizes.split(","))
-    n = max(args.images, large)
-    paths = benchmark.make_corpus(os.path.join(work, "corpus"), n)
     bundle = args.bundle or benchmark.make_person_bundle(os.path.join(work, "bundle"))
     init_ray(None, args.num_cpus)
 
@@ -51,6 +52,15 @@ def main(args) -> int:
             fh.write("\n".join(paths[:count]))
         return [manifest]
 
+    result = {}
+    if args.video_seconds:
+        result["video"] = benchmark.video_benchmark(work, args.video_seconds, args.video_fps, bundle, args.actors,
+                                                    args.threads_per_actor, args.work_max_side)
+    if args.video_only:
+        print(json.dumps(result, indent=2))
+        return 0
+    small, large = (int(v) for v in args.memory_sizes.split(","))
+    paths = benchmark.make_corpus(os.path.join(work, "corpus"), max(args.images, large))
     base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side)
     pipe = benchmark.pipeline_run(folder_of(args.images), os.path.join(work, "out_main"), bundle, args.actors,
                                   args.threads_per_actor, args.work_max_side, args.rows_per_shard)
@@ -61,7 +71,7 @@ def main(args) -> int:
                                                     args.threads_per_actor, args.work_max_side, args.rows_per_shard)["seconds"]
         memory[str(count)] = round(peak.peak / 2**20, 1)
     marginal = (large - small) / (seconds[large] - seconds[small])
-    result = {
+    result |= {
         "images": args.images,
         "bundle": bundle if args.bundle else "random fasterrcnn_mobilenet_v3_large_320_fpn (person only)",
         "baseline": {k: round(v, 3) for k, v in base.items()},

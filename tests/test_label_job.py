@@ -131,6 +131,9 @@ def test_stage_subset_and_rerun_replaces_without_duplicates(default_run, tmp_pat
     (["--set", "person.gpus=1"], "bad override 'person.gpus=1'"),
     (["--set", "person.device=tpu"], "device 'tpu' is not one of: cpu, cuda"),
     (["--input", "nosuchscheme://bucket/x"], "cannot open 'nosuchscheme://bucket/x'"),
+    (["--video-fps", "0"], "give --video-fps > 0 or --video-every-n >= 1"),
+    (["--video-start", "20", "--video-end", "10"], "the window needs 0 <= --video-start < --video-end"),
+    (["--lease-ttl", "1"], "lease_ttl_s >= 5"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, tmp_path):
     proc = run_cli(*args, "--output", str(tmp_path / "o"), "--num-cpus", "1")

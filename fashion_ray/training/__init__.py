@@ -1,0 +1,1 @@
+"""Training the cascade's models on Ray Train: canonical COCO in, model bundles out."""

@@ -1,0 +1,169 @@
+"""Training samples from a canonical COCO file (jobs/convert.py output; images by URI).
+
+The annotations are indexed in memory; pixels are fetched per batch from wherever the
+images live (any fsspec URI), so the image set can be far larger than a node's memory.
+Each task sees what its stage sees in the labelling job:
+
+- person: whole images, person boxes;
+- clothing: person crops (the stage's own padding), garment boxes + masks in crop pixels;
+- parts: person crops resized to input_size, a per-pixel part map (0 = background).
+
+Sample order is a permutation of (seed, epoch) and augmentation draws from a generator
+seeded by (seed, epoch, sample), so a resumed run sees exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from fashion_ray import media, storage, taxonomy
+from fashion_ray.formats import masks as rle
+from fashion_ray.stages import _crop_box
+
+PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
+PART_VALUE = {taxonomy.COCO_CATEGORY_ID[p]: k + 1 for k, p in enumerate(taxonomy.PARTS)}
+TASKS = ("person", "clothing", "parts")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training example: an image, or a person in an image (clothing, parts)."""
+
+    image_id: int
+    person_ann: int | None  # the person annotation id for crop tasks
+
+
+@dataclass
+class CocoIndex:
+    images: dict[int, dict]
+    anns: dict[int, list[dict]]  # image id -> annotations
+    categories: list[dict]
+
+    def classes(self, task: str) -> tuple[str, ...]:
+        if task == "person":
+            return (taxonomy.PERSON,)
+        if task == "parts":
+            return taxonomy.PARTS
+        used = {a["category_id"] for anns in self.anns.values() for a in anns}
+        garment = [c for c in sorted(self.categories, key=lambda c: c["id"])
+                   if c["id"] != PERSON_ID and c["id"] not in PART_VALUE and c["name"] not in taxonomy.GARMENT_REGIONS]
+        return tuple(c["name"] for c in garment if c["id"] in used) or taxonomy.DEEPFASHION2
+
+    def samples(self, task: str) -> list[Sample]:
+        out = []
+        for image_id in sorted(self.images):
+            persons = [a for a in self.anns.get(image_id, []) if a["category_id"] == PERSON_ID]
+            if task == "person":
+                out.append(Sample(image_id, None))
+                continue
+            for p in persons:  # a person counts when it has children of the task's kind
+                children = [a for a in self.anns[image_id] if a.get("parent_person_id") == p["id"]]
+                if any((a["category_id"] in PART_VALUE) == (task == "parts") for a in children):
+                    out.append(Sample(image_id, p["id"]))
+        return out
+
+
+def load_index(uri: str, options=None) -> CocoIndex:
+    fs, path = storage.filesystem(uri, options)
+    doc = json.loads(fs.cat_file(path))
+    anns: dict[int, list[dict]] = {}
+    for a in doc["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    return CocoIndex({im["id"]: im for im in doc["images"]}, anns, doc["categories"])
+
+
+def split(samples: list[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """Held-out images chosen by a hash of the image id: stable across runs, workers and resumes."""
+    def held_out(s: Sample) -> bool:
+        return (s.image_id * 2654435761 % 2**32) / 2**32 < val_fraction
+
+    return [s for s in samples if not held_out(s)], [s for s in samples if held_out(s)]
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def _pixels(index: CocoIndex, image_ids: list[int], options) -> dict[int, np.ndarray]:
+    uris = [index.images[i]["file_name"] for i in image_ids]
+    out = {}
+    for image_id, data in zip(image_ids, storage.fetch_many(uris, options)):
+        if isinstance(data, Exception):
+            raise OSError(f"training image {index.images[image_id]['file_name']}: {data}")
+        decoded = media.decode_image(data, max_pixels=64_000_000, max_side=None)
+        if decoded.error:
+            raise OSError(f"training image {index.images[image_id]['file_name']}: {decoded.error} ({decoded.detail})")
+        out[image_id] = decoded.image
+    return out
+
+
+def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = image.astype(np.float32)
+    out = out * rng.uniform(0.75, 1.25) + rng.uniform(-20, 20)  # contrast, brightness
+    gray = out.mean(axis=2, keepdims=True)
+    out = gray + (out - gray) * rng.uniform(0.7, 1.3)  # saturation
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size: int, train: bool, seed: int,
+               epoch: int, classes: tuple[str, ...], options=None) -> list[tuple[np.ndarray, dict]]:
+    """(HxWx3 uint8 image, target) per sample; target holds boxes/labels/masks or a part map."""
+    pixels = _pixels(index, sorted({s.image_id for s in samples}), options)
+    label_of = {taxonomy.COCO_CATEGORY_ID.get(name, -1): k + 1 for k, name in enumerate(classes)}
+    label_of.update({c["id"]: classes.index(c["name"]) + 1 for c in index.categories if c["name"] in classes})
+    out = []
+    for s in samples:
+        rng = np.random.default_rng([seed, epoch, s.image_id, s.person_ann or 0])
+        image = pixels[s.image_id]
+        anns = index.anns.get(s.image_id, [])
+        h, w = image.shape[:2]
+        x0 = y0 = 0
+        if s.person_ann is not None:
+            person = next(a for a in anns if a["id"] == s.person_ann)
+            bx, by, bw, bh = person["bbox"]
+            x0, y0, x1, y1 = _crop_box((bx, by, bx + bw, by + bh), w, h)
+            image = image[y0:y1, x0:x1]
+            anns = [a for a in anns if a.get("parent_person_id") == s.person_ann]
+        ch, cw = image.shape[:2]
+        if task == "parts":
+            part_map = np.zeros((ch, cw), np.uint8)
+            for a in anns:
+                if a["category_id"] in PART_VALUE and "segmentation" in a:
+                    part_map[rle.decode(a["segmentation"])[y0:y0 + ch, x0:x0 + cw]] = PART_VALUE[a["category_id"]]
+            image, part_map = _resize(image, (input_size, input_size)), _resize(part_map, (input_size, input_size), True)
+            if train and rng.random() < 0.5:  # a flip keeps the part names: they carry no side here
+                image, part_map = image[:, ::-1], part_map[:, ::-1]
+            out.append((_photometric(image, rng) if train else image, {"parts": np.ascontiguousarray(part_map)}))
+            continue
+        keep = [a for a in anns if a["category_id"] in label_of and a["bbox"][2] > 1 and a["bbox"][3] > 1]
+        boxes = np.array([[a["bbox"][0] - x0, a["bbox"][1] - y0, a["bbox"][0] + a["bbox"][2] - x0,
+                           a["bbox"][1] + a["bbox"][3] - y0] for a in keep], np.float32).reshape(-1, 4)
+        boxes = boxes.clip(0, [cw, ch, cw, ch])
+        target = {"boxes": boxes, "labels": np.array([label_of[a["category_id"]] for a in keep], np.int64)}
+        if task == "clothing":
+            target["masks"] = np.stack([rle.decode(a["segmentation"])[y0:y0 + ch, x0:x0 + cw] for a in keep]).astype(np.uint8) \
+                if keep else np.zeros((0, ch, cw), np.uint8)
+        scale = input_size / max(ch, cw) * (rng.uniform(0.8, 1.2) if train else 1.0)  # scale jitter
+        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+        image = _resize(image, size)
+        target["boxes"] = target["boxes"] * np.array([size[0] / cw, size[1] / ch] * 2, np.float32)
+        if "masks" in target:
+            target["masks"] = np.stack([_resize(m, size, True) for m in target["masks"]]) if len(keep) else \
+                np.zeros((0, size[1], size[0]), np.uint8)
+        if train and rng.random() < 0.5:
+            image = image[:, ::-1]
+            b = target["boxes"].copy()
+            target["boxes"][:, 0], target["boxes"][:, 2] = size[0] - b[:, 2], size[0] - b[:, 0]
+            if "masks" in target:
+                target["masks"] = target["masks"][:, :, ::-1]
+        out.append((np.ascontiguousarray(_photometric(image, rng) if train else image),
+                    {k: np.ascontiguousarray(v) for k, v in target.items()}))
+    return out

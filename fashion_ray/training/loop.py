@@ -1,0 +1,244 @@
+"""The per-worker training loop (Ray Train TorchTrainer, DDP) and publishing a bundle.
+
+Practice from torchvision's references: SGD with momentum, linear warm-up then cosine or
+step decay, gradient clipping, AMP on CUDA only, SyncBatchNorm across GPUs, a frozen
+backbone where asked (requires_grad=False: no gradients, no optimizer state). Every
+`checkpoint_every` steps rank 0 saves model, optimizer, scheduler, scaler and step to the
+run's storage; a restarted run (worker failure, or the same command again) resumes from the
+last checkpoint and replays nothing: the sample order and augmentation are functions of
+(seed, epoch, sample), so it ends at the same step with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fashion_ray import taxonomy
+from fashion_ray.evaluation import PartsEvaluator
+from fashion_ray.training import data
+
+DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
+                        "parts": "lraspp_mobilenet_v3_large"}
+DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str
+    data: str  # canonical COCO file URI
+    architecture: str = ""
+    input_size: int = 0
+    steps: int = 200
+    batch_size: int = 4  # per worker
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    schedule: str = "cosine"  # cosine | step
+    clip_grad: float = 10.0
+    amp: bool = True  # on CUDA only
+    freeze_backbone: bool = False
+    pretrained_backbone: str | None = None  # a state dict URI for the backbone
+    val_fraction: float = 0.2
+    val_samples: int = 64  # held-out samples scored at each evaluation
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in data.TASKS:
+            raise ValueError(f"task {self.task!r} is not one of: {', '.join(data.TASKS)}")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule {self.schedule!r} is not one of: cosine, step")
+        object.__setattr__(self, "architecture", self.architecture or DEFAULT_ARCHITECTURE[self.task])
+        object.__setattr__(self, "input_size", self.input_size or DEFAULT_INPUT_SIZE[self.task])
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return 0.001 + (1 - 0.001) * step / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.schedule == "step":
+        return 0.1 ** int(progress >= 2 / 3) * 0.1 ** int(progress >= 8 / 9)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build(cfg: TrainConfig, classes):
+    import torch
+
+    from fashion_ray.models.torchvision_models import build_model
+
+    model = build_model(cfg.architecture, num_classes=len(classes) + 1, input_size=cfg.input_size)
+    if cfg.pretrained_backbone:
+        from fashion_ray import storage
+
+        fs, path = storage.filesystem(cfg.pretrained_backbone)
+        with fs.open(path, "rb") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        missing = model.backbone.load_state_dict(state, strict=False)
+        print(f"pretrained backbone: {len(state) - len(missing.unexpected_keys)} tensors loaded")
+    if cfg.freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def _to_tensors(batch, task: str, device):
+    import torch
+
+    images = [torch.from_numpy(img).permute(2, 0, 1).float().div(255).to(device) for img, _ in batch]
+    if task == "parts":
+        from fashion_ray.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD
+
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+        return torch.stack([(im - mean) / std for im in images]), torch.stack(
+            [torch.from_numpy(t["parts"]).long().to(device) for _, t in batch])
+    targets = [{k: torch.from_numpy(v).to(device) for k, v in t.items()} for _, t in batch]
+    return images, targets
+
+
+def loss_of(model, batch, task: str, device):
+    import torch.nn.functional as F
+
+    images, targets = _to_tensors(batch, task, device)
+    if task == "parts":
+        return F.cross_entropy(model(images)["out"], targets)
+    return sum(model(images, targets).values())
+
+
+def evaluate_parts(model, batches, device) -> dict:
+    import torch
+
+    ev = PartsEvaluator()
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            images, targets = _to_tensors(batch, "parts", device)
+            pred = model(images)["out"].argmax(1)
+            for gt, dt in zip(targets.cpu().numpy(), pred.cpu().numpy()):
+                ev.process(gt.astype(np.uint8), dt.astype(np.uint8))
+    model.train()
+    return ev.evaluate()
+
+
+def evaluate_boxes(model, batches, device) -> dict:
+    """Box AP (COCO, all classes together) of the held-out samples, as the evaluation module scores."""
+    import torch
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object"}]}
+    dt = []
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            images, targets = _to_tensors(batch, "person", device)
+            for image, out, target in zip(images, model(images), targets):
+                image_id = len(gt["images"]) + 1
+                gt["images"].append({"id": image_id, "height": image.shape[1], "width": image.shape[2]})
+                for box in target["boxes"].tolist():
+                    gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": 1,
+                                              "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                                              "area": (box[2] - box[0]) * (box[3] - box[1]), "iscrowd": 0})
+                dt += [{"image_id": image_id, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                        "score": float(s)} for b, s in zip(out["boxes"].tolist(), out["scores"].tolist())]
+    model.train()
+    if not gt["annotations"] or not dt:
+        return {"box_ap": 0.0, "box_ap50": 0.0}
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    coco_gt.createIndex()
+    ev = COCOeval(coco_gt, coco_gt.loadRes(dt), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {"box_ap": float(ev.stats[0]), "box_ap50": float(ev.stats[1])}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point: one DDP worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    cfg = TrainConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every worker (DDP also broadcasts them)
+    torch.set_num_threads(config.get("torch_threads", 1))
+    index = data.load_index(cfg.data)
+    classes = index.classes(cfg.task)
+    train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction)
+    model = build(cfg, classes)
+    if device.type == "cuda" and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
+    model = ray.train.torch.prepare_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
+        (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+    per_step = cfg.batch_size * world
+    steps_per_epoch = max(1, len(train_set) // per_step)
+    load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes)
+    val_batches = [data.load_batch(index, cfg.task, val_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
+                   for i in range(0, min(len(val_set), cfg.val_samples), cfg.batch_size)] if rank == 0 else []
+    model.train()
+    losses, seconds = [], []
+    while step < cfg.steps:
+        epoch, within = divmod(step, steps_per_epoch)
+        order = data.epoch_order(len(train_set), cfg.seed, epoch)
+        start = within * per_step + rank * cfg.batch_size
+        batch = data.load_batch(index, cfg.task, [train_set[i] for i in order[start:start + cfg.batch_size]],
+                                train=True, epoch=epoch, **load)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, enabled=amp):
+            loss = loss_of(model, batch, cfg.task, device)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        seconds.append(time.perf_counter() - t0)
+        if not (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            continue
+        # report (and checkpoint) at checkpoint steps only: each report is a sync point of all workers
+        metrics = {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
+                   "seconds_per_step": float(np.median(seconds))}
+        losses.clear()
+        seconds.clear()
+        if rank == 0:
+            inner = model.module if hasattr(model, "module") else model
+            scores = evaluate_parts(inner, val_batches, device) if cfg.task == "parts" else evaluate_boxes(inner, val_batches, device)
+            metrics["val_metric"] = scores["miou_parts"] if cfg.task == "parts" else scores["box_ap"]
+            metrics.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, float)})
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = None
+            if rank == 0:
+                inner = model.module if hasattr(model, "module") else model
+                torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                            "classes": list(classes), "config": asdict(cfg)}, os.path.join(folder, "state.pt"))
+                ckpt = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=ckpt)

@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=os.path.abspath("out/train-runs"), help="checkpoints and run state (any URI)")
     p.add_argument("--name", default=None, help="run name; the same name resumes (default: from --output)")
     p.add_argument("--max-failures", type=int, default=3, help="worker failures survived by restarting from a checkpoint")
-    p.add_argument("--base-bundle", default="bootstrap", help="stages the trained one is published with")
+    p.add_argument("--base-bundle", default="bootstrap", help="bundle whose other stages are published with the trained one (\"\" for none)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray")
     return p
@@ -71,7 +71,7 @@ def main(args) -> int:
     result = fit(cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                  storage_path=args.storage, name=name, max_failures=args.max_failures, torch_threads=args.torch_threads)
     record = publish(result, args.output, bundle_name=name, version=args.version,
-                     base_bundle=args.base_bundle if args.task != "person" else None)
+                     base_bundle=args.base_bundle or None)
     print(json.dumps(record, indent=2))
     return 0
 

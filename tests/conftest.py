@@ -7,8 +7,12 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
@@ -273,3 +277,33 @@ def bad_video_catalogue(folder) -> dict[str, tuple[str, int]]:
     video.encode_video(str(folder / "starts_late.mkv"), noise[:4], [12, 12.5, 13, 13.5])  # outside a 0-10 s window
     return {"cut_off.mkv": ("truncated", 3), "zero_bytes.mp4": ("undecodable", 0), "text_named.mp4": ("undecodable", 0),
             "unknown_codec.avi": ("unsupported", 0), "starts_late.mkv": ("no_frames_in_window", 0)}
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head in its own process group: stopping it must not touch the tests' own Ray
+    (`ray stop` would kill every Ray process on the machine)."""
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    temp = tmp_path_factory.mktemp("rayhead")
+    # a free agent port too: the default (52365) belongs to the tests' own local Ray
+    port, dashboard, agent = free_port(), free_port(), free_port()
+    log = open(temp / "head.log", "w")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+                             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    # ready when the job agent accepts a trivial job
+    while subprocess.run([ray_cli, "job", "submit", "--address", address, "--", "true"], capture_output=True,
+                         env=env).returncode != 0:
+        assert head.poll() is None and time.time() < deadline, (temp / "head.log").read_text()[-3000:]
+        time.sleep(1)
+    yield ray_cli, address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()

@@ -103,13 +103,45 @@ def _to_tensors(batch, task: str, device):
     return images, targets
 
 
+PARTS_CLASS_WEIGHTS = (0.2,) + (1.0,) * len(taxonomy.PARTS)  # background covers ~3/4 of a crop
+
+
 def loss_of(model, batch, task: str, device):
+    import torch
     import torch.nn.functional as F
 
     images, targets = _to_tensors(batch, task, device)
     if task == "parts":
-        return F.cross_entropy(model(images)["out"], targets)
+        weight = torch.tensor(PARTS_CLASS_WEIGHTS, device=device)
+        return F.cross_entropy(model(images)["out"], targets, weight=weight)
     return sum(model(images, targets).values())
+
+
+def precise_batch_norm(model, batches, task: str, device) -> None:
+    """Recompute BatchNorm running statistics as a plain average over `batches` (PreciseBN).
+
+    MobileNetV3's BatchNorm keeps running statistics with momentum 0.01: after a few hundred
+    steps they still describe the random initial network, and eval-mode output is garbage
+    even when training went well. Training itself never reads them (it uses batch statistics).
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            images, targets = _to_tensors(batch, task, device)
+            model(images) if task == "parts" else model(images, targets)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 def evaluate_parts(model, batches, device) -> dict:
@@ -230,6 +262,9 @@ def train_loop_per_worker(config: dict) -> None:
         seconds.clear()
         if rank == 0:
             inner = model.module if hasattr(model, "module") else model
+            calibration = [data.load_batch(index, cfg.task, train_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
+                           for i in range(0, min(len(train_set), cfg.batch_size * 8), cfg.batch_size)]
+            precise_batch_norm(inner, calibration, cfg.task, device)
             scores = evaluate_parts(inner, val_batches, device) if cfg.task == "parts" else evaluate_boxes(inner, val_batches, device)
             metrics["val_metric"] = scores["miou_parts"] if cfg.task == "parts" else scores["box_ap"]
             metrics.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, float)})

@@ -32,8 +32,8 @@ def fit(cfg: TrainConfig, *, workers: int, gpus_per_worker: float = 0.0, cpus_pe
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute="val_metric",
-                                                         checkpoint_score_order="max"),
+            # the most recent ones (resume needs the last); publish() picks the best of them by val_metric
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=5),
             failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()
@@ -66,8 +66,9 @@ def publish(result, output: str, *, bundle_name: str, version: str, base_bundle:
                 stages[stage] = (base_spec, None)
                 for relative, sha256 in bundle_files(base_spec):
                     storage.write_bytes_atomic(storage.join(output, relative), read_checked(base, relative, sha256))
-    record = {"task": cfg.task, "data": cfg.data, "steps": int(state["step"]), "base_bundle": base_bundle,
-              "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    record = {"task": cfg.task, "data": cfg.data, "best_step": int(state["step"]), "final_step": int(result.metrics["step"]),
+              "base_bundle": base_bundle, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+              "final_metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
     storage.write_bytes_atomic(storage.join(output, "training.json"), json.dumps(record, indent=2).encode())
     save_bundle(output, bundle_name, version, stages)  # bundle.json last
     return record

@@ -43,6 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-backbone", action="store_true")
     p.add_argument("--pretrained-backbone", default=None, help="backbone state dict URI")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps")
+    p.add_argument("--val-samples", type=int, default=64, help="held-out samples scored at each checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
@@ -62,7 +63,8 @@ def main(args) -> int:
         cfg = TrainConfig(task=args.task, data=args.data, architecture=args.architecture, input_size=args.input_size,
                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                           schedule=args.schedule, clip_grad=args.clip_grad, freeze_backbone=args.freeze_backbone,
-                          pretrained_backbone=args.pretrained_backbone, checkpoint_every=args.checkpoint_every, seed=args.seed)
+                          pretrained_backbone=args.pretrained_backbone, checkpoint_every=args.checkpoint_every, val_samples=args.val_samples,
+                          seed=args.seed)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

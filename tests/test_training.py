@@ -101,3 +101,18 @@ def test_killed_training_resumes_to_the_same_weights(synth_coco, tmp_path):
     moments = [(x["state"][k]["momentum_buffer"]) for x in (a["optimizer"], b["optimizer"]) for k in sorted(x["state"])]
     half = len(moments) // 2
     assert half and all(torch.equal(u, v) for u, v in zip(moments[:half], moments[half:]))
+
+
+def test_clothing_detector_trains_and_publishes_its_classes(synth_coco, tmp_path):
+    out = tmp_path / "clothing-v1"
+    proc = subprocess.run(_train_cmd("--task", "clothing", "--data", synth_coco, "--output", str(out), "--workers", "2",
+                                     "--cpus-per-worker", "0.5", "--steps", "2", "--batch-size", "1", "--input-size", "96",
+                                     "--checkpoint-every", "2", "--val-samples", "4", "--storage", str(tmp_path / "runs"),
+                                     "--num-cpus", "2"),
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "training.json").read_text())
+    assert record["final_step"] == 2 and 0.0 <= record["metrics"]["val_box_ap"] <= 1.0
+    clothing = load_bundle(str(out)).stages["clothing"]
+    assert clothing.architecture == "maskrcnn_mobilenet_v3_large_fpn"
+    assert set(clothing.classes) <= set(data.taxonomy.DEEPFASHION2) and len(clothing.classes) >= 5

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fashion_ray.run import init_ray  # noqa: E402
 from fashion_ray.training import data  # noqa: E402
 from fashion_ray.training.loop import TrainConfig  # noqa: E402
-from fashion_ray.training.trainer import fit, publish  # noqa: E402
+from fashion_ray.training.trainer import check_data, fit, publish  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,7 +65,8 @@ def main(args) -> int:
                           schedule=args.schedule, clip_grad=args.clip_grad, freeze_backbone=args.freeze_backbone,
                           pretrained_backbone=args.pretrained_backbone, checkpoint_every=args.checkpoint_every, val_samples=args.val_samples,
                           seed=args.seed)
-    except ValueError as exc:
+        check_data(cfg, args.workers)  # a wrong URI or an empty set is one line, not a worker traceback
+    except (ValueError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = args.name or "train-" + args.output.rstrip("/").rsplit("/", 1)[-1]

@@ -57,8 +57,8 @@ def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head,
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "training.json").read_text())
-    # the untrained network scores ~0.01 mIoU on these crops (measured: 0.010)
-    assert record["final_step"] == 150 and record["metrics"]["val_metric"] > 0.08, record
+    metrics = record["metrics"]  # the same held-out crops scored before training and at the best checkpoint
+    assert record["final_step"] == 150 and metrics["val_metric"] > max(0.08, 4 * metrics["val_initial"]), record
     bundle = load_bundle(str(out))
     assert set(bundle.stages) == {"person", "clothing", "parts"} and bundle.stages["parts"].architecture == "lraspp_mobilenet_v3_large"
 
@@ -116,3 +116,16 @@ def test_clothing_detector_trains_and_publishes_its_classes(synth_coco, tmp_path
     clothing = load_bundle(str(out)).stages["clothing"]
     assert clothing.architecture == "maskrcnn_mobilenet_v3_large_fpn"
     assert set(clothing.classes) <= set(data.taxonomy.DEEPFASHION2) and len(clothing.classes) >= 5
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file or directory"),
+    ('{"images": [], "annotations": [], "categories": []}', "has 0 training and 0 held-out parts samples"),
+])
+def test_bad_training_data_is_a_one_line_error(tmp_path, content, message):
+    path = tmp_path / "coco.json"
+    if content:
+        path.write_text(content)
+    proc = subprocess.run(_train_cmd("--task", "parts", "--data", str(path), "--output", str(tmp_path / "o")),
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

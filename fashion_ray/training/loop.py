@@ -6,7 +6,9 @@ backbone where asked (requires_grad=False: no gradients, no optimizer state). Ev
 `checkpoint_every` steps rank 0 saves model, optimizer, scheduler, scaler and step to the
 run's storage; a restarted run (worker failure, or the same command again) resumes from the
 last checkpoint and replays nothing: the sample order and augmentation are functions of
-(seed, epoch, sample), so it ends at the same step with the same weights.
+(seed, epoch, sample) and the models' own randomness is reseeded from (seed, step, rank), so
+it ends at the same step with the same weights. The held-out score (after PreciseBN) is
+reported at every checkpoint and epoch end, with the untrained network's score beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from fashion_ray.training import data
 DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
                         "parts": "lraspp_mobilenet_v3_large"}
 DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128}
+COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
+              "ar_large")
 
 
 @dataclass(frozen=True)
@@ -182,15 +186,27 @@ def evaluate_boxes(model, batches, device) -> dict:
                         "score": float(s)} for b, s in zip(out["boxes"].tolist(), out["scores"].tolist())]
     model.train()
     if not gt["annotations"] or not dt:
-        return {"box_ap": 0.0, "box_ap50": 0.0}
+        return {f"box_{name}": 0.0 for name in COCO_STATS}
     coco_gt = COCO()
     coco_gt.dataset = gt
     coco_gt.createIndex()
     ev = COCOeval(coco_gt, coco_gt.loadRes(dt), "bbox")
     ev.evaluate()
     ev.accumulate()
-    ev.summarize()
-    return {"box_ap": float(ev.stats[0]), "box_ap50": float(ev.stats[1])}
+    ev.summarize()  # the 12-line table, in the worker's log
+    return {f"box_{name}": float(v) for name, v in zip(COCO_STATS, ev.stats)}
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def score_held_out(model, cfg: TrainConfig, calibration, val_batches, device) -> dict:
+    """PreciseBN on training batches, then the held-out score: val_metric and its details."""
+    precise_batch_norm(model, calibration, cfg.task, device)
+    scores = evaluate_parts(model, val_batches, device) if cfg.task == "parts" else evaluate_boxes(model, val_batches, device)
+    return {"val_metric": scores["miou_parts"] if cfg.task == "parts" else scores["box_ap"],
+            **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)}}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -217,21 +233,28 @@ def train_loop_per_worker(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    step = 0
+    step, initial = 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
-        (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+        _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
+        initial = state.get("initial_metric")
     per_step = cfg.batch_size * world
     steps_per_epoch = max(1, len(train_set) // per_step)
     load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes)
-    val_batches = [data.load_batch(index, cfg.task, val_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
-                   for i in range(0, min(len(val_set), cfg.val_samples), cfg.batch_size)] if rank == 0 else []
+    val_batches, calibration = [], []
+    if rank == 0:
+        val_batches = [data.load_batch(index, cfg.task, val_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
+                       for i in range(0, min(len(val_set), cfg.val_samples), cfg.batch_size)]
+        calibration = [data.load_batch(index, cfg.task, train_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
+                       for i in range(0, min(len(train_set), cfg.batch_size * 8), cfg.batch_size)]
+        if step == 0:  # the untrained network's score: what training is measured against
+            initial = score_held_out(_unwrap(model), cfg, calibration, val_batches, device)["val_metric"]
     model.train()
     losses, seconds = [], []
     while step < cfg.steps:
@@ -240,6 +263,8 @@ def train_loop_per_worker(config: dict) -> None:
         start = within * per_step + rank * cfg.batch_size
         batch = data.load_batch(index, cfg.task, [train_set[i] for i in order[start:start + cfg.batch_size]],
                                 train=True, epoch=epoch, **load)
+        # the models' own randomness (RPN/ROI sampling) from (seed, step, rank): a resumed run draws the same
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
         t0 = time.perf_counter()
         with torch.autocast(device.type, enabled=amp):
             loss = loss_of(model, batch, cfg.task, device)
@@ -253,27 +278,24 @@ def train_loop_per_worker(config: dict) -> None:
         step += 1
         losses.append(float(loss.detach()))
         seconds.append(time.perf_counter() - t0)
-        if not (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        save = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if not (save or step % steps_per_epoch == 0):
             continue
-        # report (and checkpoint) at checkpoint steps only: each report is a sync point of all workers
+        # report at checkpoints and epoch ends only: each report is a sync point of all workers
         metrics = {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
                    "seconds_per_step": float(np.median(seconds))}
         losses.clear()
         seconds.clear()
         if rank == 0:
-            inner = model.module if hasattr(model, "module") else model
-            calibration = [data.load_batch(index, cfg.task, train_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
-                           for i in range(0, min(len(train_set), cfg.batch_size * 8), cfg.batch_size)]
-            precise_batch_norm(inner, calibration, cfg.task, device)
-            scores = evaluate_parts(inner, val_batches, device) if cfg.task == "parts" else evaluate_boxes(inner, val_batches, device)
-            metrics["val_metric"] = scores["miou_parts"] if cfg.task == "parts" else scores["box_ap"]
-            metrics.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, float)})
+            metrics |= score_held_out(_unwrap(model), cfg, calibration, val_batches, device)
+            if initial is not None:
+                metrics["val_initial"] = initial
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
-            if rank == 0:
-                inner = model.module if hasattr(model, "module") else model
-                torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+            if rank == 0 and save:
+                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                            "classes": list(classes), "config": asdict(cfg)}, os.path.join(folder, "state.pt"))
+                            "initial_metric": initial, "classes": list(classes), "config": asdict(cfg)},
+                           os.path.join(folder, "state.pt"))
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ckpt)

@@ -14,7 +14,16 @@ from dataclasses import asdict
 
 from fashion_ray import storage
 from fashion_ray.models.bundle import StageModel, bundle_files, load_bundle, read_checked, save_bundle
+from fashion_ray.training import data
 from fashion_ray.training.loop import TrainConfig, train_loop_per_worker
+
+
+def check_data(cfg: TrainConfig, workers: int) -> None:
+    """On the driver, before any worker starts: the data loads and has enough samples."""
+    train_set, val_set = data.split(data.load_index(cfg.data).samples(cfg.task), cfg.val_fraction)
+    if len(train_set) < cfg.batch_size * workers or not val_set:
+        raise ValueError(f"{cfg.data} has {len(train_set)} training and {len(val_set)} held-out {cfg.task} samples; "
+                         f"a step needs {cfg.batch_size * workers} (batch size x workers) and scoring at least one held out")
 
 
 def fit(cfg: TrainConfig, *, workers: int, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,

@@ -145,7 +145,7 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
     plans = probe_videos(cfg, todo.filter(pc.is_in(todo["id"], pa.array(video_ids, pa.int64()))))
     if plans:
         say(f"{len(plans)} videos: {sum(len(p['frames']) for p in plans.values())} frames sampled")
-    _, source_of = work_items(cfg, todo, plans)
+    blocks, source_of = work_items(cfg, todo, plans)
     expected = set(source_of)
     remaining = set(expected)
     last_commit = time.perf_counter()
@@ -154,9 +154,9 @@ def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpu
             break
         if attempt > 1:
             say(f"pass {attempt}: {len(remaining)} rows a fault lost are labelled again")
-        # a pass takes every input with a row still missing (a video: only its missing frames)
-        work = todo.filter(pc.is_in(todo["id"], pa.array(sorted({source_of[i] for i in remaining}), pa.int64())))
-        blocks, _ = work_items(cfg, work, _still_missing(plans, remaining, todo_uri))
+            # a later pass takes every input with a row still missing (a video: only its missing frames)
+            work = todo.filter(pc.is_in(todo["id"], pa.array(sorted({source_of[i] for i in remaining}), pa.int64())))
+            blocks, _ = work_items(cfg, work, _still_missing(plans, remaining, todo_uri))
         for row in build_plan(cfg, blocks, bundle, run_id).iter_rows():
             ids = json.loads(row["ids"])
             if not expected.issuperset(ids):

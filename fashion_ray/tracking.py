@@ -11,13 +11,9 @@ and land in several shards, so tracks can only be drawn once all of its frames a
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
-
-from fashion_ray import storage
-from fashion_ray.formats.shards import shard_entry, write_rows
+from fashion_ray.formats.shards import iter_shard_rows, shard_entry, write_rows
 from fashion_ray.models.bootstrap import box_iou
 
 
@@ -73,10 +69,7 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> 
     Returns {old shard name: new shard entry}. All frame rows of the given shards are held
     in memory at once (labels and RLE masks, no pixels).
     """
-    rows_by_shard = {}
-    for shard in shards:
-        fs, path = storage.filesystem(storage.join(output, shard["parquet"]), options)
-        rows_by_shard[shard["name"]] = pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+    rows_by_shard = dict(zip((s["name"] for s in shards), iter_shard_rows(output, {"shards": shards}, options)))
     videos: dict[str, list[dict]] = {}
     for rows in rows_by_shard.values():
         for row in rows:

@@ -18,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from fashion_ray import config, media
+from fashion_ray import config, media, taxonomy
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
 from fashion_ray.run import run_label_job
 from fashion_ray.video import VideoSampling, decode_segment, encode_video, probe
@@ -99,7 +99,7 @@ def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, t
                  rows_per_shard: int, sampling: VideoSampling = VideoSampling()) -> dict:
     res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.5, torch_threads=threads, batch_size=1)
     cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=("person",),
-                                resources={s: res for s in config.STAGE_ORDER}, work_max_side=work_max_side,
+                                resources={s: res for s in taxonomy.STAGES}, work_max_side=work_max_side,
                                 rows_per_shard=rows_per_shard, read_batch_size=8, video=sampling)
     t0 = time.perf_counter()
     rows = run_label_job(cfg, progress=io.StringIO())["counts"]["rows"]

@@ -9,13 +9,21 @@ reads "backpressured" forever). On a GPU cluster pass --device cuda and raise ma
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from fashion_ray.storage import StorageOptions
+from fashion_ray.taxonomy import STAGES
 from fashion_ray.video import VideoSampling
 
-STAGE_ORDER = ("person", "clothing", "parts")
+
 RELABEL_CHOICES = ("changed", "outdated", "all")
+SAMPLE_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample_corpus")
+
+
+def field_defaults(cls) -> dict:
+    """A dataclass's field defaults, for command-line parsers: one place holds each default."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 class ConfigError(ValueError):
@@ -53,8 +61,8 @@ class LabelJobConfig:
     inputs: tuple[str, ...]
     output: str
     bundle: str = "bootstrap"
-    stages: tuple[str, ...] = STAGE_ORDER
-    resources: dict[str, StageResources] = field(default_factory=lambda: {s: StageResources() for s in STAGE_ORDER})
+    stages: tuple[str, ...] = STAGES
+    resources: dict[str, StageResources] = field(default_factory=lambda: {s: StageResources() for s in STAGES})
     read_batch_size: int = 16  # objects fetched and decoded per task
     decode_num_cpus: float = 0.5
     write_num_cpus: float = 0.25  # shard writing is I/O; a small slice keeps it from being starved
@@ -73,13 +81,13 @@ class LabelJobConfig:
     max_attempts: int = 2  # passes over inputs a fault lost before the run reports them unlabelled
 
     def __post_init__(self):
-        unknown = [s for s in self.stages if s not in STAGE_ORDER]
+        unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
-            raise ConfigError(f"unknown stages {unknown} (valid: {', '.join(STAGE_ORDER)})")
+            raise ConfigError(f"unknown stages {unknown} (valid: {', '.join(STAGES)})")
         if "person" not in self.stages:
             raise ConfigError("the person stage is required: clothing and parts run on person crops")
         # keep the cascade order whatever order the user typed
-        object.__setattr__(self, "stages", tuple(s for s in STAGE_ORDER if s in self.stages))
+        object.__setattr__(self, "stages", tuple(s for s in STAGES if s in self.stages))
         if self.rows_per_shard < 1 or self.read_batch_size < 1:
             raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
         if self.relabel not in RELABEL_CHOICES:
@@ -100,14 +108,14 @@ def apply_overrides(resources: dict[str, StageResources], overrides: list[str]) 
     for item in overrides:
         key, sep, value = item.partition("=")
         stage, dot, name = key.partition(".")
-        if not sep or not dot or name not in fields or stage not in (*STAGE_ORDER, "all"):
+        if not sep or not dot or name not in fields or stage not in (*STAGES, "all"):
             raise ConfigError(f"bad override {item!r}: use STAGE.FIELD=VALUE with STAGE in "
-                              f"{', '.join((*STAGE_ORDER, 'all'))} and FIELD in {', '.join(fields)}")
+                              f"{', '.join((*STAGES, 'all'))} and FIELD in {', '.join(fields)}")
         kind = fields[name]
         try:
             parsed = value if kind == "str" else (value.lower() in ("1", "true", "yes") if kind == "bool" else (int(value) if kind == "int" else float(value)))
         except ValueError:
             raise ConfigError(f"bad override {item!r}: {name} takes a {kind}") from None
-        for s in (STAGE_ORDER if stage == "all" else (stage,)):
+        for s in (STAGES if stage == "all" else (stage,)):
             out[s] = dataclasses.replace(out[s], **{name: parsed})
     return out

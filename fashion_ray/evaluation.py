@@ -17,15 +17,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 
 import numpy as np
 
-from fashion_ray import storage, taxonomy
-from fashion_ray.formats import coco as coco_format
+from fashion_ray import taxonomy
 from fashion_ray.formats import masks as rle
-from fashion_ray.formats.shards import iter_shard_rows, read_manifest
+from fashion_ray.formats.readers import iter_coco_chunks
 
 PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
 DF2_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.DEEPFASHION2]
@@ -39,49 +37,6 @@ STAT_LINES = [  # the 12 lines COCOeval.summarize prints, in its order
     ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
     ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100),
 ]
-
-
-# loading ----------------------------------------------------------------------------------------
-
-def _read_json(uri: str, options=None):
-    fs, path = storage.filesystem(uri, options)
-    return json.loads(fs.cat_file(path))
-
-
-def iter_coco_chunks(uri: str, options=None):
-    """Yield (images, annotations, error rows) one shard at a time.
-
-    A run or synthetic folder (manifest.json) is read from its Parquet shards, the source of
-    truth (error rows included); otherwise a folder of COCO shards, a COCO file, or a COCO
-    results list (annotations only).
-    """
-    fs, path = storage.filesystem(uri, options)
-    if fs.isdir(path):
-        if fs.exists(storage.filesystem(storage.join(uri, "manifest.json"), options)[1]):
-            for rows in iter_shard_rows(uri, read_manifest(uri, options), options):
-                doc = coco_format.coco_document(rows)
-                yield doc["images"], doc["annotations"], sum(r["status"] == "error" for r in rows)
-            return
-        protocol = storage.split_uri(uri)[0]
-        for name in sorted(n for n in fs.find(path) if n.endswith(".json")):
-            doc = _read_json(storage.to_uri(protocol, name), options)
-            yield doc.get("images", []), doc.get("annotations", []), 0
-        return
-    doc = _read_json(uri, options)
-    if isinstance(doc, list):
-        yield [], doc, 0
-    else:
-        yield doc.get("images", []), doc.get("annotations", []), 0
-
-
-def load_coco(uri: str, options=None) -> tuple[dict, int]:
-    """The whole set as one COCO dict (small sets, tests); evaluate_uris streams instead."""
-    images, anns, errors = {}, [], 0
-    for chunk_images, chunk_anns, chunk_errors in iter_coco_chunks(uri, options):
-        images.update({i["id"]: i for i in chunk_images})
-        anns += chunk_anns
-        errors += chunk_errors
-    return {"images": list(images.values()), "annotations": anns, "categories": taxonomy.COCO_CATEGORIES}, errors
 
 
 # COCO AP/AR -----------------------------------------------------------------------------------
@@ -123,6 +78,9 @@ class CocoTable:
 
     def __init__(self, iou_type: str, cat_ids, merge_to: int | None = None):
         self.iou_type, self.cat_ids, self.merge_to = iou_type, list(cat_ids), merge_to
+        self.reset()
+
+    def reset(self) -> None:
         self.results: dict[tuple, dict] = {}
         self.img_ids: list[int] = []
         self.gt_count = self.dt_count = 0
@@ -174,7 +132,7 @@ class CocoTable:
     def _cat_list(self) -> list[int]:
         return [self.merge_to] if self.merge_to is not None else self.cat_ids
 
-    def summarize(self) -> dict:
+    def evaluate(self) -> dict:
         from pycocotools.cocoeval import COCOeval
 
         if not self.gt_count:
@@ -212,7 +170,7 @@ def _part_map(anns: list[dict], height: int, width: int) -> np.ndarray:
 
 
 class PartsEvaluator:
-    """Semantic part segmentation quality, seed-004 style (detectron2-like reset/process/evaluate)."""
+    """Semantic part segmentation quality, seed-004 style: per-part IoU, mIoU and hierarchy levels."""
 
     def __init__(self):
         self.reset()
@@ -222,7 +180,14 @@ class PartsEvaluator:
         self.confusion = np.zeros((n, n), np.int64)  # [ground truth, prediction]
         self.levels = {level: [0, 0] for level in taxonomy.PART_HIERARCHY}  # intersection, union
 
-    def process(self, gt_map: np.ndarray, dt_map: np.ndarray) -> None:
+    def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
+        gt_by, dt_by = _by_image(gt_anns), _by_image(dt_anns)
+        for img in images:
+            h, w = img["height"], img["width"]
+            self.add_maps(_part_map(gt_by.get(img["id"], []), h, w), _part_map(dt_by.get(img["id"], []), h, w))
+
+    def add_maps(self, gt_map: np.ndarray, dt_map: np.ndarray) -> None:
+        """One image's part maps (values 0..6); training scores its segmenter's output this way."""
         n = len(taxonomy.PARTS) + 1
         self.confusion += np.bincount(gt_map.astype(np.int64).ravel() * n + dt_map.ravel(), minlength=n * n).reshape(n, n)
         gt_levels, dt_levels = taxonomy.part_hierarchy_masks(gt_map), taxonomy.part_hierarchy_masks(dt_map)
@@ -260,27 +225,19 @@ def _person_matches(gt_anns: list[dict], dt_anns: list[dict], threshold: float =
     return len(used), len(g) - len(used), len(d) - len(used)
 
 
-class Evaluator:
-    """Every table of the report, fed one bucket of images (with their gt and dt annotations) at a time."""
+class PersonCounts:
+    """Persons in ground truth matched (IoU >= 0.5, greedy by score), missed and extra; images seen."""
 
     def __init__(self):
-        self.tables = {name: CocoTable(*spec) for name, spec in TASKS.items()}
-        self.parts = PartsEvaluator()
-        self.counts = {"images": 0, "error_rows": 0, "persons_gt": 0, "persons_matched": 0, "persons_missed": 0,
-                       "persons_extra": 0}
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = {"images": 0, "persons_gt": 0, "persons_matched": 0, "persons_missed": 0, "persons_extra": 0}
 
     def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
-        for table in self.tables.values():
-            table.process(images, gt_anns, dt_anns)
-        gt_by, dt_by = {}, {}
-        for a in gt_anns:
-            gt_by.setdefault(a["image_id"], []).append(a)
-        for a in dt_anns:
-            dt_by.setdefault(a["image_id"], []).append(a)
+        gt_by, dt_by = _by_image(gt_anns), _by_image(dt_anns)
         for img in images:
-            g, d = gt_by.get(img["id"], []), dt_by.get(img["id"], [])
-            self.parts.process(_part_map(g, img["height"], img["width"]), _part_map(d, img["height"], img["width"]))
-            matched, missed, extra = _person_matches(g, d)
+            matched, missed, extra = _person_matches(gt_by.get(img["id"], []), dt_by.get(img["id"], []))
             self.counts["persons_matched"] += matched
             self.counts["persons_missed"] += missed
             self.counts["persons_extra"] += extra
@@ -288,8 +245,41 @@ class Evaluator:
         self.counts["images"] += len(images)
 
     def evaluate(self) -> dict:
-        return {"counts": dict(self.counts), **{name: t.summarize() for name, t in self.tables.items()},
-                "parts": self.parts.evaluate()}
+        return dict(self.counts)
+
+
+def _by_image(anns: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for a in anns:
+        out.setdefault(a["image_id"], []).append(a)
+    return out
+
+
+class Evaluator:
+    """Every table of the report, fed one bucket of images (with their gt and dt annotations) at a time.
+
+    Each part has detectron2's evaluator shape, reset / process(images, gt, dt) / evaluate;
+    this one fans a bucket out to the COCO tables, the part IoUs and the person counts.
+    """
+
+    def __init__(self):
+        self.parts: dict = {name: CocoTable(*spec) for name, spec in TASKS.items()}
+        self.parts |= {"parts": PartsEvaluator(), "counts": PersonCounts()}
+        self.error_rows = 0
+
+    def reset(self) -> None:
+        for part in self.parts.values():
+            part.reset()
+        self.error_rows = 0
+
+    def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
+        for part in self.parts.values():
+            part.process(images, gt_anns, dt_anns)
+
+    def evaluate(self) -> dict:
+        report = {name: part.evaluate() for name, part in self.parts.items()}
+        report["counts"] |= {"error_rows": self.error_rows}
+        return report
 
 
 def _remap_ids(dt_images: list[dict], gt_ids, by_name: dict[str, int]) -> dict[int, int]:
@@ -316,7 +306,7 @@ def evaluate(gt: dict, dt: dict, errors: int = 0) -> dict:
     ev = Evaluator()
     ev.process([gt_images[i] for i in sorted(covered)], [a for a in gt["annotations"] if a["image_id"] in covered],
                [{**a, "image_id": remap[a["image_id"]]} for a in dt["annotations"] if a["image_id"] in remap])
-    ev.counts["error_rows"] = errors
+    ev.error_rows = errors
     return ev.evaluate()
 
 
@@ -367,7 +357,7 @@ def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int
                     (gt_anns if side == "gt" else dt_anns).append(a)
             images = [gt_images[i] for i in sorted(covered) if i % buckets == b]
             ev.process(images, gt_anns, dt_anns)
-        ev.counts["error_rows"] = errors
+        ev.error_rows = errors
         return ev.evaluate()
 
 

@@ -10,10 +10,12 @@ Layout under the output URI:
                     fingerprint, the bundle (name@version), the run and the shard holding the row
     _lease.json     the lease of the run writing here (lease.py)
 
-A commit writes its ledger rows as a new ledger file, then manifest.json in one atomic
-write. A crash before the manifest leaves only unlisted files, which the next run removes.
-An input relabelled because it changed (or for a new bundle) supersedes its old rows: the
-old shards are rewritten without them in the same commit, so every row exists once.
+`commit` is the whole commit sequence: superseded rows rewritten out, the ledger rows as a
+new ledger file, then manifest.json in one atomic write; a run's last commit also removes
+unlisted files and folds a long ledger into one file. A crash before the manifest leaves
+only unlisted files, which the next run removes. An input relabelled because it changed
+(or for a new bundle) supersedes its old rows: the old shards are rewritten without them in
+the same commit, so every row exists once.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 from fashion_ray import __version__, storage
 from fashion_ray.config import RELABEL_CHOICES
 from fashion_ray.formats.schema import SCHEMA_VERSION
-from fashion_ray.formats.shards import shard_entry, shard_totals, write_rows
+from fashion_ray.formats.shards import Shard, read_shard_rows, shard_totals, write_rows
 from fashion_ray.storage import VIDEO_EXTENSIONS, stable_id
 
 LEDGER_SCHEMA = pa.schema([
@@ -39,6 +41,7 @@ LEDGER_SCHEMA = pa.schema([
     ("run", pa.string()), ("shard", pa.string()),
 ])
 RUN_INFO_KEYS = ("config", "bundle", "last_run")  # what a commit records about the run that made it
+MAX_LEDGER_FILES = 8  # past this many, a run's last commit folds the ledger into one file
 
 
 def fingerprint(listing: pa.Table) -> pa.Array:
@@ -159,25 +162,35 @@ def _ledger_from_shards(output: str, shards: list[dict], options) -> pa.Table:
     return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
 
 
-def _rewrite_without(state: OutputState, shard: dict, drop: set[int], run_id: str) -> tuple[dict | None, list[int]]:
-    """Rewrite a live shard without the rows in `drop`; returns (new entry or None, kept ids)."""
-    rows = [r for r in _read_parquet(storage.join(state.output, shard["parquet"]), state.options).to_pylist()
-            if r["id"] not in drop]
+def _rewrite_without(state: OutputState, entry: dict, drop: set[int], run_id: str) -> Shard | None:
+    """Rewrite a live shard without the rows in `drop` (None when no row is left)."""
+    rows = [r for r in read_shard_rows(state.output, entry, state.options) if r["id"] not in drop]
     if not rows:
-        return None, []
+        return None
     # a salt of its own: the run's new shards may hold exactly the kept ids, and are written concurrently
-    summary = write_rows(rows, output=state.output, salt=f"{run_id}:rewrite", storage_options=state.options,
-                         info={"description": "fashion-ray labels (rewritten without superseded rows)"})
-    return shard_entry({k: v[0] for k, v in summary.items()}), [r["id"] for r in rows]
+    return write_rows(rows, output=state.output, salt=f"{run_id}:rewrite", storage_options=state.options,
+                      info={"description": "fashion-ray labels (rewritten without superseded rows)"})
 
 
-def commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, *, run_id: str, run_info: dict,
-           before_write=None) -> OutputState:
+def commit(state: OutputState, new_shards: list[Shard], new_ledger: pa.Table, *, run_id: str, run_info: dict,
+           before_write=None, final: bool = False) -> OutputState:
     """Commit new shards (and their ledger rows) on top of `state`; returns the new state.
 
     Rows that earlier runs made from the same inputs are superseded: their old shards are
-    rewritten without them. `before_write` runs just before manifest.json is written (the lease check).
+    rewritten without them. `before_write` runs just before each manifest.json write (the
+    lease check). A run's `final` commit also removes unlisted files and compacts the ledger.
     """
+    state = _commit(state, [s.entry() for s in new_shards], new_ledger, run_id, run_info, before_write)
+    if final:
+        remove_garbage(state)
+        if len(state.ledger_files) > MAX_LEDGER_FILES:
+            state = compact(state, run_id, before_write=before_write)
+            remove_garbage(state)
+    return state
+
+
+def _commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, run_id: str, run_info: dict,
+            before_write) -> OutputState:
     shards = {s["name"]: s for s in state.shards}
     ledger_parts = [new_ledger]
     old = state.ledger.filter(pc.and_(pc.is_in(state.ledger["source"], new_ledger["source"]),
@@ -186,12 +199,12 @@ def commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, *, 
     for name in sorted(set(old["shard"].to_pylist())):
         if name not in shards:
             continue  # a manifest edited by hand, or a shard already gone: nothing to supersede
-        rewritten, kept = _rewrite_without(state, shards.pop(name), superseded, run_id)
+        rewritten = _rewrite_without(state, shards.pop(name), superseded, run_id)
         if rewritten:
-            shards[rewritten["name"]] = rewritten
-            moved = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(kept, pa.int64())))
+            shards[rewritten.name] = rewritten.entry()
+            moved = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(rewritten.ids, pa.int64())))
             ledger_parts.append(moved.set_column(moved.schema.get_field_index("shard"), "shard",
-                                                 pa.array([rewritten["name"]] * moved.num_rows, pa.string())))
+                                                 pa.array([rewritten.name] * moved.num_rows, pa.string())))
     delta = pa.concat_tables(ledger_parts)
     seq = _next_seq(state)
     ledger_files = state.ledger_files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -17,9 +18,9 @@ import ray
 
 from fashion_ray import media, storage, video
 from fashion_ray.config import LabelJobConfig
-from fashion_ray.formats.shards import write_shard
+from fashion_ray.formats.shards import Shard, write_shard
 from fashion_ray.models import Device, Bundle
-from fashion_ray.stages import STAGE_CLASSES
+from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.tracking import track_shards
 
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)  # error rows carry no pixels
@@ -95,7 +96,7 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
                 for k in ("uri", "etag", "status", "error", "error_detail")})
     out["image"] = np.empty(len(rows), dtype=object)
     out["image"][:] = [r.get("image", PLACEHOLDER_IMAGE) for r in rows]
-    out["persons"] = np.array(["[]"] * len(rows), dtype=object)
+    out["persons"] = persons_column([[] for _ in rows])
     return out
 
 
@@ -145,6 +146,12 @@ def work_items(cfg: LabelJobConfig, todo: pa.Table, plans: dict[int, dict]) -> t
     return blocks, rows_of
 
 
+def label_shards(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_id: str) -> Iterator[Shard]:
+    """Run the plan over these blocks of work; yields each shard as soon as it is written."""
+    for row in build_plan(cfg, blocks, bundle, run_id).iter_rows():
+        yield row["shard"]
+
+
 def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_id: str) -> ray.data.Dataset:
     """Assemble the lazy Ray Data plan; executing it writes shards and yields one row per shard."""
     # A block per read batch or video segment, and a task per block (batch_size=None), so
@@ -173,7 +180,7 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
                                      "storage_options": cfg.storage})
 
 
-def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str) -> dict[str, dict]:
+def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str) -> dict[str, Shard]:
     """Person tracks over every video's frames, in one Ray task (tracking.track_shards)."""
     task = ray.remote(track_shards).options(num_cpus=cfg.write_num_cpus)
     return ray.get(task.remote(cfg.output, shards, run_id, cfg.storage))

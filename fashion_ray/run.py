@@ -13,8 +13,6 @@ lost go round again, up to `max_attempts` passes.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 import uuid
@@ -25,11 +23,10 @@ import pyarrow.compute as pc
 
 from fashion_ray import ledger, storage, video
 from fashion_ray.config import ConfigError, LabelJobConfig
-from fashion_ray.formats.shards import shard_entry
+from fashion_ray.formats.shards import Shard
 from fashion_ray.lease import acquire_lease
 from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
-
-MAX_LEDGER_FILES = 8  # past this many, a run's last commit folds the ledger into one file
+from fashion_ray.ray_init import init_ray
 
 
 class RunIntegrityError(RuntimeError):
@@ -38,31 +35,6 @@ class RunIntegrityError(RuntimeError):
 
 class RunIncompleteError(RunIntegrityError):
     """Some inputs could not be labelled in this run; what was labelled is committed."""
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (address, or RAY_ADDRESS under `ray job submit`) or start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging; workers inherit it
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:
-        # "local" always starts a fresh Ray, never a stray `ray start` cluster on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-
-
-def _warn_if_resources_missing(cfg: LabelJobConfig, progress) -> None:
-    """GPU stages on a cluster with no GPU wait for one forever (or until an autoscaler adds one)."""
-    import ray
-
-    wants_gpu = [s for s in cfg.stages if cfg.resources[s].num_gpus > 0]
-    if wants_gpu and not ray.cluster_resources().get("GPU"):
-        print(f"[fashion-ray] warning: stages {wants_gpu} ask for GPUs and this Ray cluster has none yet; "
-              "they start when an autoscaler adds GPU nodes (use --device cpu to run on CPUs)", file=progress, flush=True)
 
 
 def _now() -> str:
@@ -80,7 +52,7 @@ def _checked_bundle(cfg: LabelJobConfig):
 
 
 def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cpus: int | None = None,
-                  progress=sys.stderr) -> dict:
+                  verbose: bool = False, progress=sys.stderr) -> dict:
     """Label what the run has to label and commit it; returns the committed manifest.
 
     Bundle and inputs are checked before Ray starts, so a bad flag fails in a second. The
@@ -92,127 +64,165 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     run_id = uuid.uuid4().hex
     lease = acquire_lease(cfg.output, cfg.lease_ttl_s, cfg.storage, run_id)
     try:
-        return _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpus, progress, started, t0)
+        run = LabelRun(cfg, bundle, listing, lease, run_id=run_id, progress=progress, started=started, t0=t0)
+        return run.execute(ray_address=ray_address, num_cpus=num_cpus, verbose=verbose)
     finally:
         lease.release()
 
 
-def _run_holding_lease(cfg, bundle, listing, run_id, lease, ray_address, num_cpus, progress, started, t0) -> dict:
-    def say(message: str) -> None:
-        print(f"[fashion-ray] {message}", file=progress, flush=True)
+class LabelRun:
+    """One run on one output, holding its lease: plan, passes, accept shards, commit, finish.
 
-    committed = ledger.load_state(cfg.output, cfg.storage)
-    removed = ledger.remove_garbage(committed)
-    if removed:
-        say(f"removed {removed} uncommitted files left by an interrupted run")
-    # a full run replaces the output's contents; an incremental one builds on what is committed
-    state = committed if cfg.incremental else ledger.empty_state(cfg.output, cfg.storage)
-    todo, counts = ledger.classify(listing, state.ledger, bundle.label, cfg.relabel if cfg.incremental else "all")
-    say(f"{counts['listed']} inputs listed: {counts['new']} new, {counts['changed']} changed, "
-        f"{counts['outdated']} outdated, {counts['unchanged']} unchanged; labelling {counts['to_label']} "
-        f"with bundle {bundle.label}, stages {'+'.join(cfg.stages)}")
+    Every row the run must produce has an id (an image's, or a video frame's) and the id of
+    the input it comes from (`source_of`). A shard is accepted when all its ids are still
+    `remaining`; accepted shards wait in `uncommitted` until the next commit.
+    """
 
-    accepted: dict[str, list[int]] = {}  # shard name -> row ids, accepted this run
-    uncommitted: list[dict] = []  # shard entries accepted since the last commit
-    source_of: dict[int, int] = {}  # row id -> input id, for every row this run must produce
+    def __init__(self, cfg: LabelJobConfig, bundle, listing: pa.Table, lease, *, run_id: str, progress, started: str,
+                 t0: float):
+        self.cfg, self.bundle, self.lease, self.run_id = cfg, bundle, lease, run_id
+        self.progress, self.started, self.t0 = progress, started, t0
+        self.committed = ledger.load_state(cfg.output, cfg.storage)
+        # a full run replaces the output's contents; an incremental one builds on what is committed
+        self.state = self.committed if cfg.incremental else ledger.empty_state(cfg.output, cfg.storage)
+        self.todo, self.counts = ledger.classify(listing, self.state.ledger, bundle.label,
+                                                 cfg.relabel if cfg.incremental else "all")
+        self.uri_of = dict(zip(self.todo["id"].to_pylist(), self.todo["uri"].to_pylist()))
+        self.plans: dict[int, dict] = {}  # video id -> sampling plan (video.probe)
+        self.source_of: dict[int, int] = {}  # row id -> input id, for every row this run must produce
+        self.remaining: set[int] = set()
+        self.uncommitted: list[Shard] = []
+        self.last_commit = time.perf_counter()
 
-    def run_info(complete: bool) -> dict:
-        elapsed = time.perf_counter() - t0
-        done = sum(len(ids) for ids in accepted.values())
-        return {"config": cfg.to_json(), "bundle": bundle.to_json() | {"uri": bundle.uri},
-                "last_run": {"run_id": run_id, "mode": "incremental" if cfg.incremental else "full",
-                             "relabel": cfg.relabel if cfg.incremental else "all", "started_at": started,
-                             "finished_at": _now() if complete else None, "complete": complete, **counts,
+    def say(self, message: str) -> None:
+        print(f"[fashion-ray] {message}", file=self.progress, flush=True)
+
+    def execute(self, *, ray_address=None, num_cpus=None, verbose=False) -> dict:
+        removed = ledger.remove_garbage(self.committed)
+        if removed:
+            self.say(f"removed {removed} uncommitted files left by an interrupted run")
+        c = self.counts
+        self.say(f"{c['listed']} inputs listed: {c['new']} new, {c['changed']} changed, {c['outdated']} outdated, "
+                 f"{c['unchanged']} unchanged; labelling {c['to_label']} with bundle {self.bundle.label}, "
+                 f"stages {'+'.join(self.cfg.stages)}")
+        if self.todo.num_rows == 0 and self.committed.manifest is not None and self.cfg.incremental:
+            self.say("nothing new to label; the output is up to date")
+            return self.committed.manifest | self.run_info(complete=True) | {"noop": True}
+        if self.todo.num_rows:
+            init_ray(ray_address, num_cpus, verbose=verbose)
+            self._warn_if_resources_missing()
+        blocks = self.plan()
+        for attempt in range(1, self.cfg.max_attempts + 1):
+            if not self.remaining:
+                break
+            if attempt > 1:
+                self.say(f"pass {attempt}: {len(self.remaining)} rows a fault lost are labelled again")
+                blocks = self.retry_blocks()
+            self.run_pass(blocks)
+        return self.finish()
+
+    def plan(self) -> list[pa.Table]:
+        """Probe the videos, cut the work into blocks, and note every row id the run owes."""
+        from fashion_ray.pipeline import probe_videos, work_items
+
+        videos = [i for i, uri in self.uri_of.items() if video.is_video(uri)]
+        self.plans = probe_videos(self.cfg, self.todo.filter(pc.is_in(self.todo["id"], pa.array(videos, pa.int64()))))
+        if self.plans:
+            self.say(f"{len(self.plans)} videos: {sum(len(p['frames']) for p in self.plans.values())} frames sampled")
+        blocks, self.source_of = work_items(self.cfg, self.todo, self.plans)
+        self.remaining = set(self.source_of)
+        return blocks
+
+    def retry_blocks(self) -> list[pa.Table]:
+        """Work for every input with a row still missing (a video: only its missing frames)."""
+        from fashion_ray.pipeline import work_items
+
+        sources = sorted({self.source_of[i] for i in self.remaining})
+        work = self.todo.filter(pc.is_in(self.todo["id"], pa.array(sources, pa.int64())))
+        plans = {vid: plan | {"frames": [f for f in plan["frames"]
+                                         if storage.stable_id(self.uri_of[vid], f[0]) in self.remaining],
+                              "error": plan["error"] if vid in self.remaining else None}
+                 for vid, plan in self.plans.items()}
+        return work_items(self.cfg, work, plans)[0]
+
+    def run_pass(self, blocks: list[pa.Table]) -> None:
+        from fashion_ray.pipeline import label_shards
+
+        for shard in label_shards(self.cfg, blocks, self.bundle, self.run_id):
+            if self.accept(shard):
+                done, total = len(self.source_of) - len(self.remaining), len(self.source_of)
+                self.say(f"{done}/{total} rows ({100 * done // total}%), {done / (time.perf_counter() - self.t0):.1f} rows/s")
+            if self.cfg.incremental and time.perf_counter() - self.last_commit >= self.cfg.commit_every_s:
+                # shards holding video frames wait for the end: tracks need every frame of a video
+                self.commit([s for s in self.uncommitted if not s.frames], complete=False)
+                self.uncommitted = [s for s in self.uncommitted if s.frames]
+                self.last_commit = time.perf_counter()
+
+    def accept(self, shard: Shard) -> bool:
+        """Take a shard whose rows are all still owed; drop a copy of rows already accepted."""
+        ids = set(shard.ids)
+        if not ids.issubset(self.source_of):
+            raise RunIntegrityError(f"a shard holds rows this run was not given (e.g. id {min(ids - set(self.source_of))}); "
+                                    "nothing more is committed")
+        if not ids.issubset(self.remaining):
+            # Ray re-ran a write after a fault and some of these rows are already accepted: this
+            # copy is dropped (its file is removed at the end); its other rows go round again
+            self.say(f"shard {shard.name} repeats rows already written; dropped")
+            return False
+        self.remaining -= ids
+        self.uncommitted.append(shard)
+        return True
+
+    def commit(self, shards: list[Shard], complete: bool, final: bool = False) -> None:
+        rows = ledger.ledger_rows(self.todo, {s.name: list(s.ids) for s in shards}, self.bundle.label, self.run_id,
+                                  self.source_of)
+        self.state = ledger.commit(self.state, shards, rows, run_id=self.run_id, run_info=self.run_info(complete),
+                                   before_write=self.lease.renew, final=final)
+
+    def finish(self) -> dict:
+        """Check the run's accounts, draw video tracks, and make the last commit."""
+        remaining, total = self.remaining, len(self.source_of)
+        if remaining and not self.cfg.incremental:
+            uris = sorted({self.uri_of[self.source_of[i]] for i in remaining})
+            raise RunIntegrityError(f"ids in != ids out: {len(remaining)} rows missing after {self.cfg.max_attempts} "
+                                    f"passes (e.g. {uris[:3]}); no manifest written")
+        if remaining:
+            # a video missing frames is not committed at all (its source in the ledger would mark it
+            # done): the next run labels it whole; shards sharing rows with it wait for that run too
+            partial = {self.source_of[i] for i in remaining}
+            self.uncommitted = [s for s in self.uncommitted if not partial.intersection(self.source_of[i] for i in s.ids)]
+        with_frames = [s for s in self.uncommitted if s.frames]
+        if with_frames:
+            from fashion_ray.pipeline import track_videos
+
+            tracked = track_videos(self.cfg, [s.entry() for s in with_frames], self.run_id)
+            self.uncommitted = [tracked.get(s.name, s) for s in self.uncommitted]
+        self.commit(self.uncommitted, complete=not remaining, final=True)
+        if remaining:
+            raise RunIncompleteError(f"{len(remaining)} of {total} rows could not be labelled after "
+                                     f"{self.cfg.max_attempts} passes; {total - len(remaining)} were committed. "
+                                     "Run again to label the rest.")
+        return self.state.manifest
+
+    def run_info(self, complete: bool) -> dict:
+        elapsed = time.perf_counter() - self.t0
+        done = len(self.source_of) - len(self.remaining)
+        cfg = self.cfg
+        return {"config": cfg.to_json(), "bundle": self.bundle.to_json() | {"uri": self.bundle.uri},
+                "last_run": {"run_id": self.run_id, "mode": "incremental" if cfg.incremental else "full",
+                             "relabel": cfg.relabel if cfg.incremental else "all", "started_at": self.started,
+                             "finished_at": _now() if complete else None, "complete": complete, **self.counts,
                              "labelled": done, "elapsed_s": round(elapsed, 3),
                              "images_per_s": round(done / elapsed, 3) if elapsed else 0.0}}
 
-    def commit(entries: list[dict], complete: bool) -> None:
-        nonlocal state
-        rows = ledger.ledger_rows(todo, {e["name"]: accepted[e["name"]] for e in entries}, bundle.label, run_id, source_of)
-        state = ledger.commit(state, entries, rows, run_id=run_id, run_info=run_info(complete), before_write=lease.renew)
+    def _warn_if_resources_missing(self) -> None:
+        """GPU stages on a cluster with no GPU wait for one forever (or until an autoscaler adds one)."""
+        import ray
 
-    if todo.num_rows == 0 and committed.manifest is not None and cfg.incremental:
-        say("nothing new to label; the output is up to date")
-        return committed.manifest | run_info(complete=True) | {"noop": True}
-
-    if todo.num_rows:
-        init_ray(ray_address, num_cpus)
-        _warn_if_resources_missing(cfg, progress)
-    from fashion_ray.pipeline import build_plan, probe_videos, track_videos, work_items
-
-    todo_uri = dict(zip(todo["id"].to_pylist(), todo["uri"].to_pylist()))
-    video_ids = [i for i, uri in todo_uri.items() if video.is_video(uri)]
-    plans = probe_videos(cfg, todo.filter(pc.is_in(todo["id"], pa.array(video_ids, pa.int64()))))
-    if plans:
-        say(f"{len(plans)} videos: {sum(len(p['frames']) for p in plans.values())} frames sampled")
-    blocks, source_of = work_items(cfg, todo, plans)
-    expected = set(source_of)
-    remaining = set(expected)
-    last_commit = time.perf_counter()
-    for attempt in range(1, cfg.max_attempts + 1):
-        if not remaining:
-            break
-        if attempt > 1:
-            say(f"pass {attempt}: {len(remaining)} rows a fault lost are labelled again")
-            # a later pass takes every input with a row still missing (a video: only its missing frames)
-            work = todo.filter(pc.is_in(todo["id"], pa.array(sorted({source_of[i] for i in remaining}), pa.int64())))
-            blocks, _ = work_items(cfg, work, _still_missing(plans, remaining, todo_uri))
-        for row in build_plan(cfg, blocks, bundle, run_id).iter_rows():
-            ids = json.loads(row["ids"])
-            if not expected.issuperset(ids):
-                raise RunIntegrityError(f"a shard holds rows this run was not given (e.g. id {sorted(set(ids) - expected)[0]}); "
-                                        "nothing more is committed")
-            if not remaining.issuperset(ids):
-                # Ray re-ran a write after a fault and some of these rows are already accepted:
-                # this copy is dropped (its file is removed at the end); its other rows go round again
-                say(f"shard {row['shard']} repeats rows already written; dropped")
-                continue
-            remaining.difference_update(ids)
-            entry = shard_entry(row)
-            accepted[entry["name"]] = ids
-            uncommitted.append(entry)
-            done = len(expected) - len(remaining)
-            say(f"{done}/{len(expected)} rows ({100 * done // len(expected)}%), {done / (time.perf_counter() - t0):.1f} rows/s")
-            if cfg.incremental and time.perf_counter() - last_commit >= cfg.commit_every_s:
-                # shards holding video frames wait for the end: tracks need every frame of a video
-                ready = [e for e in uncommitted if not e["frames"]]
-                uncommitted[:] = [e for e in uncommitted if e["frames"]]
-                commit(ready, complete=False)
-                last_commit = time.perf_counter()
-
-    if remaining and not cfg.incremental:
-        lost = sorted(remaining)
-        uris = sorted({todo_uri[source_of[i]] for i in lost})
-        raise RunIntegrityError(f"ids in != ids out: {len(lost)} rows missing after {cfg.max_attempts} passes "
-                                f"(e.g. {uris[:3]}); no manifest written")
-    if remaining:
-        # a video missing frames is not committed at all (its source in the ledger would mark it
-        # done): the next run labels it whole; shards sharing rows with it wait for that run too
-        partial = {source_of[i] for i in remaining}
-        uncommitted[:] = [e for e in uncommitted if not partial.intersection(source_of[i] for i in accepted[e["name"]])]
-    with_frames = [e for e in uncommitted if e["frames"]]
-    if with_frames:
-        tracked = track_videos(cfg, with_frames, run_id)
-        for old, new in tracked.items():
-            accepted[new["name"]] = accepted.pop(old)
-        uncommitted[:] = [tracked.get(e["name"], e) for e in uncommitted]
-    commit(uncommitted, complete=not remaining)
-    ledger.remove_garbage(state)
-    if len(state.ledger_files) > MAX_LEDGER_FILES:
-        state = ledger.compact(state, run_id, before_write=lease.renew)
-        ledger.remove_garbage(state)
-    if remaining:
-        raise RunIncompleteError(f"{len(remaining)} of {len(expected)} rows could not be labelled after "
-                                 f"{cfg.max_attempts} passes; {len(expected) - len(remaining)} were committed. "
-                                 "Run again to label the rest.")
-    return state.manifest
-
-
-def _still_missing(plans: dict[int, dict], remaining: set[int], uri_of: dict[int, str]) -> dict[int, dict]:
-    """Video plans cut down to the rows still missing."""
-    return {vid: plan | {"frames": [f for f in plan["frames"] if storage.stable_id(uri_of[vid], f[0]) in remaining],
-                         "error": plan["error"] if vid in remaining else None}
-            for vid, plan in plans.items()}
+        wants_gpu = [s for s in self.cfg.stages if self.cfg.resources[s].num_gpus > 0]
+        if wants_gpu and not ray.cluster_resources().get("GPU"):
+            self.say(f"warning: stages {wants_gpu} ask for GPUs and this Ray cluster has none yet; they start when "
+                     "an autoscaler adds GPU nodes (use --device cpu to run on CPUs)")
 
 
 def format_summary(manifest: dict) -> str:

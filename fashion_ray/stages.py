@@ -1,8 +1,9 @@
 """Ray Data stages: callable classes, model loaded once per actor in __init__, work in __call__.
 
-Rows flow as numpy batches with these columns (see pipeline.load_images):
-    id, uri, size, etag, mtime, status, error, error_detail, width, height, scale,
-    image (HxWx3 uint8 at working resolution), persons (JSON text, working coordinates)
+Rows flow as numpy batches with these columns (see pipeline.load_media):
+    id, uri, size, etag, mtime, source, frame_index, timestamp_s, status, error, error_detail,
+    width, height, scale, image (HxWx3 uint8 at working resolution),
+    persons (a `Persons` object: label dicts in working coordinates)
 
 Stages only add to `persons`. A row whose status is "error" passes through untouched, and
 an image with no person costs the clothing and parts stages nothing. A model failure on
@@ -12,24 +13,30 @@ Resources (actors, CPUs, GPUs, batch size) are not chosen here: see pipeline.py.
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fashion_ray import taxonomy
+from fashion_ray.boxes import crop_box
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
 
 log = logging.getLogger(__name__)
 
-CROP_PAD = 0.1  # fraction of the person box added on each side before clothing/parts run
+@dataclass
+class Persons:
+    """A row's persons between stages. A Python object, so Ray carries it pickled: no stage
+    re-parses JSON, and Arrow need not infer a schema for labels that later stages fill in."""
+
+    items: list[dict] = field(default_factory=list)
 
 
-def _crop_box(box, width: int, height: int, pad: float = CROP_PAD) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = box
-    dx, dy = (x1 - x0) * pad, (y1 - y0) * pad
-    return (max(0, int(x0 - dx)), max(0, int(y0 - dy)), min(width, int(np.ceil(x1 + dx))), min(height, int(np.ceil(y1 + dy))))
+def persons_column(values: list[list[dict]]) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = [Persons(v) for v in values]  # filled in place: np.array would nest the lists
+    return column
 
 
 class _Stage:
@@ -58,9 +65,9 @@ class _Stage:
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        persons = [json.loads(p) for p in batch["persons"]]
+        persons = [p.items for p in batch["persons"]]
         self.label(batch, persons)
-        batch["persons"] = np.array([json.dumps(p) for p in persons], dtype=object)
+        batch["persons"] = persons_column(persons)
         if not self.emit_image:
             del batch["image"]
         return batch
@@ -111,7 +118,7 @@ class _PersonCropStage(_Stage):
             image = batch["image"][i]
             h, w = image.shape[:2]
             for k, person in enumerate(persons[i]):
-                box = _crop_box(person["box"], w, h)
+                box = crop_box(person["box"], w, h)
                 if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                     continue
                 x0, y0, x1, y1 = box

@@ -281,10 +281,10 @@ def write_shard(batch: dict[str, np.ndarray], *, output: str, seed: int, width: 
         rows.append({"id": storage.stable_id(uri), "uri": uri, "size": buf.tell(), "etag": "", "mtime": None,
                      "frame_index": None, "timestamp_s": None, "width": width, "height": height, "status": "ok",
                      "error": None, "error_detail": None, "bundle_name": "synthetic", "bundle_version": f"seed-{seed}",
-                     "stages": ["person", "clothing", "parts"],
+                     "stages": list(taxonomy.STAGES),
                      "persons": [person_record(k, p) for k, p in enumerate(people)]})
-    return shards.write_rows(rows, output=output, info={"description": f"fashion-ray synthetic scenes, seed {seed}"},
-                             storage_options=storage_options)
+    return shards.as_batch(shards.write_rows(rows, output=output, storage_options=storage_options,
+                                             info={"description": f"fashion-ray synthetic scenes, seed {seed}"}))
 
 
 def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, height: int = 320,
@@ -298,13 +298,13 @@ def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, 
 
     from fashion_ray import storage
     from fashion_ray.formats.schema import SCHEMA_VERSION
-    from fashion_ray.formats.shards import shard_entry, shard_totals
+    from fashion_ray.formats.shards import shard_totals
 
     t0 = time.perf_counter()
     ds = ray.data.range(count, override_num_blocks=max(1, math.ceil(count / rows_per_shard)))
     ds = ds.map_batches(write_shard, batch_size=rows_per_shard, fn_kwargs={
         "output": output, "seed": seed, "width": width, "height": height, "storage_options": storage_options})
-    shards = sorted((shard_entry(r) for r in ds.iter_rows()), key=lambda s: s["name"])
+    shards = sorted((r["shard"].entry() for r in ds.iter_rows()), key=lambda s: s["name"])
     elapsed = time.perf_counter() - t0
     manifest = {
         "schema_version": SCHEMA_VERSION, "kind": "synthetic", "output": output,

@@ -7,6 +7,9 @@ parts after. Never renumber; append.
 
 from __future__ import annotations
 
+# The cascade's stages, in the order they run; bundles, jobs and training name them this way.
+STAGES = ("person", "clothing", "parts")
+
 PERSON = "person"
 
 # DeepFashion2's 13 categories, in its own category_id order (1..13).
@@ -32,7 +35,6 @@ GARMENT_REGIONS = ("upper_body_garment", "lower_body_garment", "full_body_garmen
 
 # Pascal-Person-Part 6-part merge; index = label value in part maps (0 = background).
 PARTS = ("head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg")
-PART_BACKGROUND = 0
 
 # Hierarchy used in seed 004: body -> upper body {head, torso, arms}, lower body {legs}.
 PART_HIERARCHY = {
@@ -63,6 +65,9 @@ def _coco_categories() -> list[dict]:
 
 COCO_CATEGORIES = _coco_categories()
 COCO_CATEGORY_ID = {c["name"]: c["id"] for c in COCO_CATEGORIES}
+PERSON_CATEGORY_ID = COCO_CATEGORY_ID[PERSON]
+# COCO category id of a part -> its value in part maps (1..6)
+PART_VALUE = {COCO_CATEGORY_ID[name]: value for value, name in enumerate(PARTS, start=1)}
 
 
 def part_hierarchy_masks(part_map):

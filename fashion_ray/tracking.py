@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fashion_ray.formats.shards import iter_shard_rows, shard_entry, write_rows
-from fashion_ray.models.bootstrap import box_iou
+from fashion_ray.formats.shards import Shard, read_shard_rows, write_rows
+from fashion_ray.boxes import box_iou
 
 
 @dataclass
@@ -63,13 +63,13 @@ def assign_tracks(frames: list[list[list[float]]], iou_threshold: float = 0.2, m
     return out
 
 
-def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> dict[str, dict]:
-    """Give the persons of every video frame in these shards their track ids; rewrite the shards.
+def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> dict[str, Shard]:
+    """Give the persons of every video frame in these shards (manifest entries) their track
+    ids; rewrite the shards. Returns {old shard name: new Shard}.
 
-    Returns {old shard name: new shard entry}. All frame rows of the given shards are held
-    in memory at once (labels and RLE masks, no pixels).
+    All frame rows of the given shards are held in memory at once (labels and RLE masks, no pixels).
     """
-    rows_by_shard = dict(zip((s["name"] for s in shards), iter_shard_rows(output, {"shards": shards}, options)))
+    rows_by_shard = {s["name"]: read_shard_rows(output, s, options) for s in shards}
     videos: dict[str, list[dict]] = {}
     for rows in rows_by_shard.values():
         for row in rows:
@@ -80,9 +80,6 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> 
         for row, ids in zip(frames, assign_tracks([[p["box"] for p in r["persons"]] for r in frames])):
             for person, track_id in zip(row["persons"], ids):
                 person["track_id"] = track_id
-    out = {}
-    for name, rows in rows_by_shard.items():
-        summary = write_rows(rows, output=output, salt=f"{run_id}:tracks", storage_options=options,
+    return {name: write_rows(rows, output=output, salt=f"{run_id}:tracks", storage_options=options,
                              info={"description": "fashion-ray labels with person tracks"})
-        out[name] = shard_entry({k: v[0] for k, v in summary.items()})
-    return out
+            for name, rows in rows_by_shard.items()}

@@ -15,12 +15,10 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from fashion_ray import benchmark  # noqa: E402
-from fashion_ray.run import init_ray  # noqa: E402
+from fashion_ray import benchmark
+from fashion_ray.ray_init import init_ray
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fashion_ray import benchmark, storage  # noqa: E402
+from fashion_ray import benchmark, storage
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -7,13 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fashion_ray import storage  # noqa: E402
-from fashion_ray.formats import converters  # noqa: E402
+from fashion_ray import storage
+from fashion_ray.formats import converters
 
 FORMATS = {
     "deepfashion2": lambda a, o: converters.convert_deepfashion2(a.input, o),

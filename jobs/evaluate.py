@@ -11,9 +11,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fashion_ray import evaluation, storage  # noqa: E402
+from fashion_ray import evaluation, storage
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -18,61 +18,60 @@ On a cluster:
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fashion_ray import config, storage, taxonomy, video
+from fashion_ray.lease import LeaseHeldError, LeaseLostError
+from fashion_ray.models import BundleError
+from fashion_ray.run import RunIntegrityError, format_summary, run_label_job
 
-from fashion_ray import config, storage, video  # noqa: E402
-from fashion_ray.lease import LeaseHeldError, LeaseLostError  # noqa: E402
-from fashion_ray.models import BundleError  # noqa: E402
-from fashion_ray.run import RunIntegrityError, format_summary, run_label_job  # noqa: E402
-
-SAMPLE_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fashion_ray", "assets", "sample_corpus")
+JOB = config.field_defaults(config.LabelJobConfig)
+VIDEO = config.field_defaults(video.VideoSampling)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Label fashion imagery with a model cascade on Ray Data.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", nargs="+", default=[SAMPLE_CORPUS],
+    p.add_argument("--input", nargs="+", default=[config.SAMPLE_CORPUS],
                    help="URIs of prefixes/folders, images, or .txt manifests (one URI per line)")
     p.add_argument("--output", default="out/labels", help="output URI (parquet/, coco/, manifest.json)")
-    p.add_argument("--bundle", default="bootstrap", help="model bundle URI or built-in bundle name")
-    p.add_argument("--stages", default="person,clothing,parts", help="comma-separated subset of person,clothing,parts")
+    p.add_argument("--bundle", default=JOB["bundle"], help="model bundle URI or built-in bundle name")
+    p.add_argument("--stages", default=",".join(JOB["stages"]), help=f"comma-separated subset of {','.join(taxonomy.STAGES)}")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="preset for every stage's resources")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="per-stage resource override, e.g. person.max_actors=4, all.batch_size=8")
-    p.add_argument("--rows-per-shard", type=int, default=256)
-    p.add_argument("--read-batch-size", type=int, default=16)
-    p.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
-    p.add_argument("--work-max-side", type=int, default=1280, help="longest side the models see")
-    p.add_argument("--video-fps", type=float, default=1.0, help="sampled frames per second of video time")
-    p.add_argument("--video-every-n", type=int, default=None, help="sample every Nth frame instead of --video-fps")
-    p.add_argument("--video-start", type=float, default=0.0, metavar="SECONDS", help="sampling window start")
-    p.add_argument("--video-end", type=float, default=None, metavar="SECONDS", help="sampling window end (default: the end)")
-    p.add_argument("--video-max-frames", type=int, default=None, help="at most this many frames per video")
-    p.add_argument("--video-frames-per-task", type=int, default=16,
+    p.add_argument("--rows-per-shard", type=int, default=JOB["rows_per_shard"])
+    p.add_argument("--read-batch-size", type=int, default=JOB["read_batch_size"])
+    p.add_argument("--max-pixels", type=int, default=JOB["max_pixels"], help="decompression-bomb limit")
+    p.add_argument("--work-max-side", type=int, default=JOB["work_max_side"], help="longest side the models see")
+    p.add_argument("--video-fps", type=float, default=VIDEO["fps"], help="sampled frames per second of video time")
+    p.add_argument("--video-every-n", type=int, default=VIDEO["every_n"], help="sample every Nth frame instead of --video-fps")
+    p.add_argument("--video-start", type=float, default=VIDEO["start_s"], metavar="SECONDS", help="sampling window start")
+    p.add_argument("--video-end", type=float, default=VIDEO["end_s"], metavar="SECONDS", help="sampling window end (None: the end)")
+    p.add_argument("--video-max-frames", type=int, default=VIDEO["max_frames"], help="at most this many frames per video")
+    p.add_argument("--video-frames-per-task", type=int, default=VIDEO["frames_per_task"],
                    help="sampled frames one decode task handles (a long video spreads over many tasks)")
     p.add_argument("--incremental", action="store_true",
                    help="label only inputs the output's ledger has not seen or saw change; commit as it goes")
-    p.add_argument("--relabel", default="changed", choices=config.RELABEL_CHOICES,
+    p.add_argument("--relabel", default=JOB["relabel"], choices=config.RELABEL_CHOICES,
                    help="with --incremental, also relabel: changed inputs only, inputs labelled by another bundle "
                         "(outdated), or all")
-    p.add_argument("--commit-every", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--commit-every", type=float, default=JOB["commit_every_s"], metavar="SECONDS",
                    help="with --incremental, commit accepted shards this often (the most work a crash can cost)")
-    p.add_argument("--lease-ttl", type=float, default=120.0, metavar="SECONDS",
+    p.add_argument("--lease-ttl", type=float, default=JOB["lease_ttl_s"], metavar="SECONDS",
                    help="lease on the output, renewed while running; a crashed run's lease expires after this")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--anon", action="store_true", help="anonymous object-store access")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true", help="print Ray's and the workers' own logs too")
     return p
 
 
 def make_config(args) -> config.LabelJobConfig:
     base = config.GPU_STAGE if args.device == "cuda" else config.StageResources()
-    resources = config.apply_overrides({s: base for s in config.STAGE_ORDER}, args.overrides)
+    resources = config.apply_overrides({s: base for s in taxonomy.STAGES}, args.overrides)
     return config.LabelJobConfig(
         inputs=tuple(args.input), output=args.output, bundle=args.bundle,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), resources=resources,
@@ -89,7 +88,7 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cfg = make_config(args)
-        manifest = run_label_job(cfg, ray_address=args.ray_address, num_cpus=args.num_cpus)
+        manifest = run_label_job(cfg, ray_address=args.ray_address, num_cpus=args.num_cpus, verbose=args.verbose)
     except (config.ConfigError, storage.StorageError, BundleError, video.VideoConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

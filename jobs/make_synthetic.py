@@ -11,14 +11,11 @@ Label it and score the labels:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fashion_ray import storage  # noqa: E402
-from fashion_ray.run import init_ray  # noqa: E402
-from fashion_ray.synth import make_synthetic  # noqa: E402
+from fashion_ray import storage
+from fashion_ray.ray_init import init_ray
+from fashion_ray.synth import make_synthetic
 
 
 def get_args_parser() -> argparse.ArgumentParser:

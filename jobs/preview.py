@@ -6,13 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fashion_ray import storage  # noqa: E402
-from fashion_ray.preview import write_preview  # noqa: E402
+from fashion_ray import storage
+from fashion_ray.preview import write_preview
 
 
 def get_args_parser() -> argparse.ArgumentParser:

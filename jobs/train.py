@@ -19,32 +19,34 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fashion_ray.ray_init import init_ray
+from fashion_ray import taxonomy
+from fashion_ray.config import field_defaults
+from fashion_ray.training.loop import TrainConfig
+from fashion_ray.training.trainer import check_data, fit, publish
 
-from fashion_ray.run import init_ray  # noqa: E402
-from fashion_ray.training import data  # noqa: E402
-from fashion_ray.training.loop import TrainConfig  # noqa: E402
-from fashion_ray.training.trainer import check_data, fit, publish  # noqa: E402
+
+TRAIN = field_defaults(TrainConfig)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=data.TASKS)
+    p.add_argument("--task", required=True, choices=taxonomy.STAGES)
     p.add_argument("--data", required=True, help="canonical COCO file (jobs/convert.py output), any URI")
     p.add_argument("--output", required=True, help="where the bundle is published (any URI)")
-    p.add_argument("--architecture", default="", help="torchvision architecture (default per task)")
-    p.add_argument("--input-size", type=int, default=0, help="model input size (default per task)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=4, help="per worker")
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--schedule", default="cosine", choices=("cosine", "step"))
-    p.add_argument("--clip-grad", type=float, default=10.0)
+    p.add_argument("--architecture", default=TRAIN["architecture"], help="torchvision architecture (default per task)")
+    p.add_argument("--input-size", type=int, default=TRAIN["input_size"], help="model input size (default per task)")
+    p.add_argument("--steps", type=int, default=TRAIN["steps"])
+    p.add_argument("--batch-size", type=int, default=TRAIN["batch_size"], help="per worker")
+    p.add_argument("--lr", type=float, default=TRAIN["lr"])
+    p.add_argument("--warmup-steps", type=int, default=TRAIN["warmup_steps"])
+    p.add_argument("--schedule", default=TRAIN["schedule"], choices=("cosine", "step"))
+    p.add_argument("--clip-grad", type=float, default=TRAIN["clip_grad"])
     p.add_argument("--freeze-backbone", action="store_true")
-    p.add_argument("--pretrained-backbone", default=None, help="backbone state dict URI")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="steps")
-    p.add_argument("--val-samples", type=int, default=64, help="held-out samples scored at each checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrained-backbone", default=TRAIN["pretrained_backbone"], help="backbone state dict URI")
+    p.add_argument("--checkpoint-every", type=int, default=TRAIN["checkpoint_every"], help="steps")
+    p.add_argument("--val-samples", type=int, default=TRAIN["val_samples"], help="held-out samples scored at each checkpoint")
+    p.add_argument("--seed", type=int, default=TRAIN["seed"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)

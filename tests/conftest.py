@@ -1,36 +1,22 @@
 """Shared fixtures: one real local Ray per session, a real S3 server (moto over HTTP), a
 plumbing bundle (random torchvision weights: for tests of the pipeline, never of labels),
-and a catalogue of bad files."""
+the default labelling run, and a Ray head for `ray job submit`. Plain helpers: helpers.py."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import SAMPLE_CORPUS, bad_file_catalogue, free_port, run_cli
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GLOG_minloglevel", "2")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE_CORPUS = os.path.join(ROOT, "fashion_ray", "assets", "sample_corpus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -89,69 +75,6 @@ def plumbing_bundle(tmp_path_factory):
     return path
 
 
-def _png_16bit(width: int, height: int) -> bytes:
-    ramp = (np.arange(width) * (65535 // (width - 1))).astype(">u2")  # 0 .. 65535 left to right
-    raw = b"".join(b"\x00" + ramp.tobytes() for _ in range(height))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
-def _bomb_png(width: int, height: int) -> bytes:
-    """A tiny file declaring a huge 1-bit image (the classic decompression bomb shape)."""
-    row = b"\x00" + b"\x00" * ((width + 7) // 8)
-    comp = zlib.compressobj(9)
-    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-
-
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def bad_file_catalogue() -> dict[str, tuple[bytes, str | None]]:
-    """name -> (bytes, expected error reason or None when it must decode fine)."""
-    rng = np.random.default_rng(0)
-    photo = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    jpeg = _encode(photo, "JPEG", quality=90)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90: stored 64x48 becomes 48x64 upright
-    frames = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
-    gif = io.BytesIO()
-    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
-    rgba = Image.new("RGBA", (32, 24), (255, 0, 0, 0))
-    return {
-        "zero_bytes.jpg": (b"", "undecodable"),
-        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
-        "text_named.jpg": (b"this is not an image, it is a text file\n" * 4, "undecodable"),
-        "huge_declared.png": (_bomb_png(20000, 20000), "too_large"),
-        "animated.gif": (gif.getvalue(), "unsupported"),
-        "gray16.png": (_png_16bit(40, 30), None),
-        "cmyk.jpg": (_encode(photo.convert("CMYK"), "JPEG"), None),
-        "exif_rotated.jpg": (_encode(photo, "JPEG", exif=exif.tobytes()), None),
-        "alpha.png": (_encode(rgba, "PNG"), None),
-        "palette.png": (_encode(photo.convert("P"), "PNG"), None),
-    }
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
-
-
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """The labelling job run as a user runs it: CLI, default (bootstrap) bundle, on the real
@@ -165,118 +88,6 @@ def default_run(tmp_path_factory):
     proc = run_cli("--input", str(corpus), "--output", str(out), "--num-cpus", "2", "--rows-per-shard", "6")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return corpus, out, proc
-
-
-def read_rows(out) -> list[dict]:
-    import json
-
-    import pyarrow.parquet as pq
-
-    manifest = json.loads((out / "manifest.json").read_text())
-    return [r for s in manifest["shards"] for r in pq.read_table(out / s["parquet"]).to_pylist()]
-
-
-class FaultyS3Proxy:
-    """A real HTTP proxy in front of the S3 server that answers every `every`-th request
-    with 503 SlowDown (what S3 sends when it throttles) without forwarding it, and counts
-    the requests it saw. Point a client's endpoint at `.endpoint`."""
-
-    def __init__(self, upstream: str, every: int = 0):
-        import http.client
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import urlsplit
-
-        self.every, self.requests, self.faults = every, [], 0
-        lock = threading.Lock()
-        host, port = urlsplit(upstream).hostname, urlsplit(upstream).port
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _handle(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with lock:
-                    proxy.requests.append((self.command, self.path))
-                    fault = proxy.every and len(proxy.requests) % proxy.every == 0
-                    proxy.faults += bool(fault)
-                if fault:
-                    payload = b"" if self.command == "HEAD" else (
-                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-                        b"<Message>Please reduce your request rate.</Message></Error>")
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(host, port, timeout=60)
-                conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
-                resp = conn.getresponse()
-                payload = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def jpeg_bytes(seed: int, size=(64, 48)) -> bytes:
-    """A small distinct JPEG per seed."""
-    rng = np.random.default_rng(seed)
-    return _encode(Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)), "JPEG", quality=80)
-
-
-def moving_photo_video(path, photo: str, size, canvas, step: int, count: int, interval_s: float) -> None:
-    """A video of a real photo (people in it) sliding right by `step` px a frame, on a plain background."""
-    from fashion_ray import video
-
-    picture = Image.open(os.path.join(SAMPLE_CORPUS, photo)).convert("RGB").resize(size)
-    frames = []
-    for k in range(count):
-        frame = Image.new("RGB", canvas, (90, 110, 120))
-        frame.paste(picture, (20 + step * k, (canvas[1] - size[1]) // 2))
-        frames.append(np.asarray(frame))
-    video.encode_video(str(path), frames, [k * interval_s for k in range(count)])
-
-
-def bad_video_catalogue(folder) -> dict[str, tuple[str, int]]:
-    """Write broken videos into folder; name -> (error reason, frames that still become rows at 1 fps)."""
-    from fashion_ray import video
-
-    rng = np.random.default_rng(0)
-    noise = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(20)]
-    video.encode_video(str(folder / "whole.mkv"), noise, [k * 0.25 for k in range(20)])
-    whole = (folder / "whole.mkv").read_bytes()
-    (folder / "whole.mkv").unlink()
-    (folder / "cut_off.mkv").write_bytes(whole[: int(len(whole) * 0.55)])  # frames 0-2.25 s of 4.75 s survive
-    (folder / "zero_bytes.mp4").write_bytes(b"")
-    (folder / "text_named.mp4").write_bytes(b"this is a text file, not a video\n" * 8)
-    video.encode_video(str(folder / "ffv1.avi"), noise[:4], [0, 0.5, 1, 1.5], codec="ffv1")
-    avi = (folder / "ffv1.avi").read_bytes()
-    (folder / "ffv1.avi").unlink()
-    (folder / "unknown_codec.avi").write_bytes(avi.replace(b"FFV1", b"ZZZZ"))  # a FourCC no decoder knows
-    video.encode_video(str(folder / "starts_late.mkv"), noise[:4], [12, 12.5, 13, 13.5])  # outside a 0-10 s window
-    return {"cut_off.mkv": ("truncated", 3), "zero_bytes.mp4": ("undecodable", 0), "text_named.mp4": ("undecodable", 0),
-            "unknown_codec.avi": ("unsupported", 0), "starts_late.mkv": ("no_frames_in_window", 0)}
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import os
 
 import numpy as np
 import pytest
-from conftest import read_rows
+from helpers import read_rows
 
 from fashion_ray import taxonomy
 from fashion_ray.formats import masks as rle
-from fashion_ray.models.bootstrap import box_iou
+from fashion_ray.boxes import box_iou
 
 HAND_BOXES = {
     "astronaut.jpg": [(20, 15, 365, 512)],

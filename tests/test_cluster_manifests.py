@@ -8,7 +8,7 @@ import os
 import shlex
 
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _label_corpus_module():

@@ -136,7 +136,7 @@ def test_convert_cli(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     (tmp_path / "PedMasks").mkdir()
     ids = np.zeros((20, 20), np.uint8)

@@ -83,7 +83,7 @@ def test_part_iou_by_hand():
     dt_map = np.full((4, 4), 2, np.uint8)
     dt_map[0] = 1  # the prediction gives the second head row to the torso
     ev = evaluation.PartsEvaluator()
-    ev.process(gt_map, dt_map)
+    ev.add_maps(gt_map, dt_map)
     result = ev.evaluate()
     assert result["iou"]["head"] == pytest.approx(4 / 8)
     assert result["iou"]["torso"] == pytest.approx(8 / 12)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from conftest import ROOT, FaultyS3Proxy, jpeg_bytes, run_cli
+from helpers import ROOT, FaultyS3Proxy, jpeg_bytes, run_cli
 
 from fashion_ray import config, ledger
 from fashion_ray.lease import LeaseHeldError, acquire_lease

@@ -6,10 +6,9 @@ import glob
 import json
 import os
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import bad_file_catalogue, read_rows, run_cli
+from helpers import bad_file_catalogue, read_rows, run_cli
 
 from fashion_ray import taxonomy
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
@@ -148,7 +147,7 @@ def test_preview_renders_every_labelled_photo(default_run, tmp_path):
 
     from PIL import Image
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     _, out, _ = default_run
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "preview.py"), "--labels", str(out), "--out", str(tmp_path)],

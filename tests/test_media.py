@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import bad_file_catalogue
+from helpers import bad_file_catalogue
 
 from fashion_ray.media import ERROR_REASONS, decode_image
 

@@ -12,7 +12,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from conftest import SAMPLE_CORPUS, bad_file_catalogue
+from helpers import SAMPLE_CORPUS, bad_file_catalogue
 
 from fashion_ray import config, taxonomy
 from fashion_ray.formats import masks as rle
@@ -57,7 +57,7 @@ def test_s3_corpus_and_bundle_to_s3_labels(ray_session, s3_server):
 
 def test_torchvision_bundle_end_to_end_in_original_pixels(ray_session, plumbing_bundle, tmp_path):
     # work at 256 px on 512-600 px photos: labels must still come out at the original size
-    res = config.apply_overrides({s: config.StageResources() for s in config.STAGE_ORDER}, ["all.batch_size=2"])
+    res = config.apply_overrides({s: config.StageResources() for s in taxonomy.STAGES}, ["all.batch_size=2"])
     cfg = config.LabelJobConfig(inputs=(SAMPLE_CORPUS,), output=str(tmp_path / "labels"), bundle=plumbing_bundle,
                                 resources=res, work_max_side=256)
     manifest = run_label_job(cfg)

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from conftest import ROOT, SAMPLE_CORPUS, read_rows
+from helpers import ROOT, SAMPLE_CORPUS, read_rows
 
 
 def test_label_job_under_ray_job_submit(ray_head, tmp_path):

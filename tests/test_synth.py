@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 from pycocotools.coco import COCO
 
 from fashion_ray import synth, taxonomy

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_CORPUS, read_rows, run_cli
+from helpers import ROOT, SAMPLE_CORPUS, read_rows, run_cli
 
 from fashion_ray.models.bundle import load_bundle
 from fashion_ray.training import data

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 
 from fashion_ray import taxonomy
-from fashion_ray.storage import stable_id
+from fashion_ray.boxes import xywh
 from fashion_ray.formats import masks as rle
+from fashion_ray.storage import stable_id
 
 
 def annotation_id(image_id: int, *path) -> int:
@@ -21,13 +22,8 @@ def annotation_id(image_id: int, *path) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest()[:13], 16)
 
 
-def _xywh(box) -> list[float]:
-    x0, y0, x1, y1 = box
-    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-
-
 def _ann(ann_id, image_id, category_id, box, mask, score, **extra) -> dict:
-    ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": _xywh(box),
+    ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": xywh(box),
            "score": float(score), "iscrowd": 0, **extra}
     if mask is not None:
         ann["segmentation"] = {"size": list(mask["size"]), "counts": mask["counts"]}

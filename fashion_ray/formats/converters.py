@@ -24,6 +24,7 @@ from pycocotools import mask as mask_utils
 
 from fashion_ray import storage, taxonomy
 from fashion_ray.formats import masks as rle
+from fashion_ray.formats.readers import load_coco
 
 PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
 PART_IDS = {name: taxonomy.COCO_CATEGORY_ID[name] for name in taxonomy.PARTS}
@@ -226,8 +227,6 @@ def convert_penn_fudan(root: str, options=None) -> dict:
 
 def convert_labels(run_uri: str, options=None) -> dict:
     """A labelling run's labels (the teacher's) as a training set; error rows are left out."""
-    from fashion_ray.evaluation import load_coco
-
     doc, _ = load_coco(run_uri, options)
     return {"info": {"description": f"fashion-ray labels from {run_uri}"}, **doc}
 

@@ -40,7 +40,7 @@ PART = pa.struct(
 PERSON = pa.struct(
     [
         ("person_id", pa.int32()),  # index within the image; COCO ann ids derive from it
-        ("track_id", pa.int64()),  # filled for video frames (later), null for photos
+        ("track_id", pa.int64()),  # person track within a video (from 1), null for photos
         ("score", pa.float32()),
         ("box", BOX),
         ("mask", RLE),
@@ -57,7 +57,7 @@ LABEL_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("etag", pa.string()),
         ("mtime", pa.timestamp("us", tz="UTC")),
-        ("frame_index", pa.int64()),  # null for photos; video frames later
+        ("frame_index", pa.int64()),  # sampled video frame index, null for photos
         ("timestamp_s", pa.float64()),
         ("width", pa.int32()),
         ("height", pa.int32()),

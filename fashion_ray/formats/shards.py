@@ -1,9 +1,10 @@
-"""Turn a batch of labelled rows into one Parquet shard and one COCO shard.
+"""Shards: the one place label rows become files (Parquet + COCO, and AVA CSV for video frames).
 
-Runs as a Ray Data task at the end of the pipeline, so shards are written by the workers
-in parallel and only a small summary row per shard travels back to the driver. A shard's
-name is a hash of the ids it holds: a retried task rewrites the same file rather than
-adding a second copy.
+`write_rows` is the only writer. The pipeline's last Ray Data task calls it per batch
+(`write_shard`), so shards are written by the workers in parallel and only a `Shard`
+record travels back to the driver; tracking and the ledger rewrite shards through it too.
+A shard's name is a hash of the ids it holds and a salt (the run): a retried task rewrites
+the same file rather than adding a second copy, and no run overwrites another's file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import io
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -20,16 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion_ray import storage
+from fashion_ray.boxes import scale_box
 from fashion_ray.formats import ava, coco
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
-
-
-def _scale_box(box, s: float, width: int, height: int):
-    if box is None:
-        return None
-    x0, y0, x1, y1 = (v / s for v in box)
-    return [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
 
 
 def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
@@ -42,10 +38,10 @@ def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
         kp = [v / scale if i % 3 != 2 else v for i, v in enumerate(kp)]
     return {
         "person_id": person["person_id"], "track_id": person.get("track_id"), "score": person["score"],
-        "box": _scale_box(person["box"], scale, width, height), "mask": mask(person.get("mask")), "keypoints": kp,
-        "garments": [{**g, "box": _scale_box(g["box"], scale, width, height), "mask": mask(g.get("mask"))}
+        "box": scale_box(person["box"], scale, width, height), "mask": mask(person.get("mask")), "keypoints": kp,
+        "garments": [{**g, "box": scale_box(g["box"], scale, width, height), "mask": mask(g.get("mask"))}
                      for g in person.get("garments", [])],
-        "parts": [{**p, "box": _scale_box(p["box"], scale, width, height), "mask": mask(p["mask"]),
+        "parts": [{**p, "box": scale_box(p["box"], scale, width, height), "mask": mask(p["mask"]),
                    "area": rle.area(mask(p["mask"])) if scale != 1.0 else p["area"]}
                   for p in person.get("parts", [])],
     }
@@ -58,7 +54,7 @@ def assemble_rows(batch: dict[str, np.ndarray], *, bundle_name: str, bundle_vers
         width, height = int(batch["width"][i]), int(batch["height"][i])
         mtime = float(batch["mtime"][i])
         frame_index, seconds = int(batch["frame_index"][i]), float(batch["timestamp_s"][i])
-        persons = json.loads(batch["persons"][i]) if ok else []
+        persons = batch["persons"][i].items if ok else []
         rows.append({
             "id": int(batch["id"][i]), "uri": str(batch["uri"][i]), "size": int(batch["size"][i]),
             "etag": str(batch["etag"][i]),
@@ -74,13 +70,34 @@ def assemble_rows(batch: dict[str, np.ndarray], *, bundle_name: str, bundle_vers
 
 
 def shard_name(ids, salt: str = "") -> str:
-    """Named by its ids (a retried write replaces itself) and the run (no run overwrites another's file)."""
     key = salt + ":" + ",".join(str(i) for i in sorted(int(v) for v in ids))
     return "part-" + hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
-def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", storage_options=None) -> dict[str, np.ndarray]:
-    """Write rows as one Parquet + one COCO shard named after their ids; return a summary row."""
+@dataclass(frozen=True)
+class Shard:
+    """A written shard: the row ids it holds (the driver checks them) and what the manifest records."""
+
+    name: str
+    ids: tuple[int, ...]
+    ok: int
+    frames: int
+    persons: int
+    garments: int
+    parts: int
+    errors: dict[str, int]  # error rows per reason
+    ava: bool  # an AVA CSV was written (the shard holds tracked video frames)
+
+    def entry(self) -> dict:
+        """The manifest's record of this shard (paths relative to the output)."""
+        return {"name": self.name, "parquet": f"parquet/{self.name}.parquet", "coco": f"coco/{self.name}.json",
+                **({"ava": f"ava/{self.name}.csv"} if self.ava else {}),
+                "rows": len(self.ids), "ok": self.ok, "frames": self.frames, "persons": self.persons,
+                "garments": self.garments, "parts": self.parts, "errors": dict(self.errors)}
+
+
+def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", storage_options=None) -> Shard:
+    """Write rows as one Parquet + one COCO shard (+ AVA CSV) named after their ids."""
     name = shard_name((r["id"] for r in rows), salt)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), buf, compression="zstd")
@@ -90,34 +107,17 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
     ava_rows = ava.ava_rows(rows)
     if ava_rows:
         storage.write_bytes_atomic(storage.join(output, "ava", f"{name}.csv"), ava.to_csv(ava_rows), storage_options)
-    errors = collections.Counter(r["error"] for r in rows if r["status"] == "error")
     persons = [p for r in rows for p in r["persons"]]
-    return {
-        "shard": np.array([name]),
-        "ids": np.array([json.dumps([r["id"] for r in rows])]),
-        "rows": np.array([len(rows)]),
-        "ok": np.array([sum(r["status"] == "ok" for r in rows)]),
-        "frames": np.array([sum(r["frame_index"] is not None for r in rows)]),
-        "ava": np.array([bool(ava_rows)]),
-        "persons": np.array([len(persons)]),
-        "garments": np.array([sum(len(p["garments"]) for p in persons)]),
-        "parts": np.array([sum(len(p["parts"]) for p in persons)]),
-        "errors": np.array([json.dumps(dict(errors))]),
-    }
+    return Shard(name=name, ids=tuple(r["id"] for r in rows), ok=sum(r["status"] == "ok" for r in rows),
+                 frames=sum(r["frame_index"] is not None for r in rows), persons=len(persons),
+                 garments=sum(len(p["garments"]) for p in persons), parts=sum(len(p["parts"]) for p in persons),
+                 errors=dict(collections.Counter(r["error"] for r in rows if r["status"] == "error")),
+                 ava=bool(ava_rows))
 
 
-def shard_entry(row: dict) -> dict:
-    """The manifest's record of a shard, from the summary row write_rows returned."""
-    name = str(row["shard"])
-    return {"name": name, "parquet": f"parquet/{name}.parquet", "coco": f"coco/{name}.json",
-            **({"ava": f"ava/{name}.csv"} if row.get("ava") else {}),
-            "rows": int(row["rows"]), "ok": int(row["ok"]), "frames": int(row["frames"]), "persons": int(row["persons"]),
-            "garments": int(row["garments"]), "parts": int(row["parts"]), "errors": json.loads(row["errors"])}
-
-
-def shard_totals(shards: list[dict]) -> dict:
+def shard_totals(entries: list[dict]) -> dict:
     """Label counts over a manifest's shard records."""
-    return {key: sum(s.get(key, 0) for s in shards) for key in ("ok", "frames", "persons", "garments", "parts")}
+    return {key: sum(s.get(key, 0) for s in entries) for key in ("ok", "frames", "persons", "garments", "parts")}
 
 
 def read_manifest(uri: str, options=None) -> dict:
@@ -125,16 +125,28 @@ def read_manifest(uri: str, options=None) -> dict:
     return json.loads(fs.cat_file(path))
 
 
+def read_shard_rows(output: str, entry: dict, options=None) -> list[dict]:
+    """The label rows of one shard a manifest lists."""
+    fs, path = storage.filesystem(storage.join(output, entry["parquet"]), options)
+    return pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+
+
 def iter_shard_rows(uri: str, manifest: dict, options=None):
     """Yield the rows of each Parquet shard a manifest lists, one shard at a time."""
-    for shard in manifest["shards"]:
-        fs, path = storage.filesystem(storage.join(uri, shard["parquet"]), options)
-        yield pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+    for entry in manifest["shards"]:
+        yield read_shard_rows(uri, entry, options)
 
 
 def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
                 stages: list[str], run_id: str = "", storage_options=None) -> dict[str, np.ndarray]:
-    """Ray Data map_batches function: write one Parquet + one COCO shard, return its summary."""
+    """Ray Data map_batches function: write one shard; its `Shard` record is the only row it returns."""
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
-    return write_rows(rows, output=output, info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"},
-                      salt=run_id, storage_options=storage_options)
+    return as_batch(write_rows(rows, output=output, salt=run_id, storage_options=storage_options,
+                               info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"}))
+
+
+def as_batch(shard: Shard) -> dict[str, np.ndarray]:
+    """A one-row Ray batch holding the Shard as a Python object (Ray pickles it; iter_rows gives it back)."""
+    record = np.empty(1, dtype=object)
+    record[0] = shard
+    return {"shard": record}

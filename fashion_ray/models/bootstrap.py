@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_ray import taxonomy
+from fashion_ray.boxes import box_iou
 from fashion_ray.models.bundle import read_checked
 
 # MediaPipe pose landmark indices (subject's left/right).
@@ -58,14 +59,6 @@ def _mp_image(rgb: np.ndarray):
     import mediapipe as mp
 
     return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class PosePersonDetector:

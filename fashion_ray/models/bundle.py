@@ -24,9 +24,10 @@ import os
 from dataclasses import dataclass, field
 
 from fashion_ray import storage
+from fashion_ray.taxonomy import STAGES
 
 BUNDLE_FORMAT = "fashion-ray-bundle/1"
-STAGES = ("person", "clothing", "parts")
+
 BUILTIN_BUNDLES_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "bundles")
 
 

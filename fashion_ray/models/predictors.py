@@ -51,13 +51,3 @@ class Device:
         if self.name == "cuda" and self.amp:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
-
-
-def empty_detections(height: int, width: int, with_masks: bool) -> dict:
-    return {
-        "boxes": np.zeros((0, 4), np.float32),
-        "scores": np.zeros((0,), np.float32),
-        "labels": [],
-        "masks": np.zeros((0, height, width), bool) if with_masks else None,
-        "keypoints": None,
-    }

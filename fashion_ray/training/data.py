@@ -21,12 +21,8 @@ import numpy as np
 from PIL import Image
 
 from fashion_ray import media, storage, taxonomy
+from fashion_ray.boxes import crop_box
 from fashion_ray.formats import masks as rle
-from fashion_ray.stages import _crop_box
-
-PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
-PART_VALUE = {taxonomy.COCO_CATEGORY_ID[p]: k + 1 for k, p in enumerate(taxonomy.PARTS)}
-TASKS = ("person", "clothing", "parts")
 
 
 @dataclass(frozen=True)
@@ -50,19 +46,19 @@ class CocoIndex:
             return taxonomy.PARTS
         used = {a["category_id"] for anns in self.anns.values() for a in anns}
         garment = [c for c in sorted(self.categories, key=lambda c: c["id"])
-                   if c["id"] != PERSON_ID and c["id"] not in PART_VALUE and c["name"] not in taxonomy.GARMENT_REGIONS]
+                   if c["id"] != taxonomy.PERSON_CATEGORY_ID and c["id"] not in taxonomy.PART_VALUE and c["name"] not in taxonomy.GARMENT_REGIONS]
         return tuple(c["name"] for c in garment if c["id"] in used) or taxonomy.DEEPFASHION2
 
     def samples(self, task: str) -> list[Sample]:
         out = []
         for image_id in sorted(self.images):
-            persons = [a for a in self.anns.get(image_id, []) if a["category_id"] == PERSON_ID]
+            persons = [a for a in self.anns.get(image_id, []) if a["category_id"] == taxonomy.PERSON_CATEGORY_ID]
             if task == "person":
                 out.append(Sample(image_id, None))
                 continue
             for p in persons:  # a person counts when it has children of the task's kind
                 children = [a for a in self.anns[image_id] if a.get("parent_person_id") == p["id"]]
-                if any((a["category_id"] in PART_VALUE) == (task == "parts") for a in children):
+                if any((a["category_id"] in taxonomy.PART_VALUE) == (task == "parts") for a in children):
                     out.append(Sample(image_id, p["id"]))
         return out
 
@@ -129,15 +125,15 @@ def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size
         if s.person_ann is not None:
             person = next(a for a in anns if a["id"] == s.person_ann)
             bx, by, bw, bh = person["bbox"]
-            x0, y0, x1, y1 = _crop_box((bx, by, bx + bw, by + bh), w, h)
+            x0, y0, x1, y1 = crop_box((bx, by, bx + bw, by + bh), w, h)
             image = image[y0:y1, x0:x1]
             anns = [a for a in anns if a.get("parent_person_id") == s.person_ann]
         ch, cw = image.shape[:2]
         if task == "parts":
             part_map = np.zeros((ch, cw), np.uint8)
             for a in anns:
-                if a["category_id"] in PART_VALUE and "segmentation" in a:
-                    part_map[rle.decode(a["segmentation"])[y0:y0 + ch, x0:x0 + cw]] = PART_VALUE[a["category_id"]]
+                if a["category_id"] in taxonomy.PART_VALUE and "segmentation" in a:
+                    part_map[rle.decode(a["segmentation"])[y0:y0 + ch, x0:x0 + cw]] = taxonomy.PART_VALUE[a["category_id"]]
             image, part_map = _resize(image, (input_size, input_size)), _resize(part_map, (input_size, input_size), True)
             if train and rng.random() < 0.5:  # a flip keeps the part names: they carry no side here
                 image, part_map = image[:, ::-1], part_map[:, ::-1]

@@ -22,12 +22,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fashion_ray import taxonomy
-from fashion_ray.evaluation import PartsEvaluator
+from fashion_ray.boxes import xywh
+from fashion_ray.evaluation import CocoTable, PartsEvaluator
 from fashion_ray.training import data
 
 DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
                         "parts": "lraspp_mobilenet_v3_large"}
 DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128}
+OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
 COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
               "ar_large")
 
@@ -55,8 +57,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.task not in data.TASKS:
-            raise ValueError(f"task {self.task!r} is not one of: {', '.join(data.TASKS)}")
+        if self.task not in taxonomy.STAGES:
+            raise ValueError(f"task {self.task!r} is not one of: {', '.join(taxonomy.STAGES)}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r} is not one of: cosine, step")
         object.__setattr__(self, "architecture", self.architecture or DEFAULT_ARCHITECTURE[self.task])
@@ -158,43 +160,32 @@ def evaluate_parts(model, batches, device) -> dict:
             images, targets = _to_tensors(batch, "parts", device)
             pred = model(images)["out"].argmax(1)
             for gt, dt in zip(targets.cpu().numpy(), pred.cpu().numpy()):
-                ev.process(gt.astype(np.uint8), dt.astype(np.uint8))
+                ev.add_maps(gt.astype(np.uint8), dt.astype(np.uint8))
     model.train()
     return ev.evaluate()
 
 
 def evaluate_boxes(model, batches, device) -> dict:
-    """Box AP (COCO, all classes together) of the held-out samples, as the evaluation module scores."""
+    """Box AP (COCO, all classes as one) of the held-out samples, scored by evaluation.CocoTable."""
     import torch
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
-    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object"}]}
-    dt = []
+    images, gt, dt = [], [], []
     model.eval()
     with torch.inference_mode():
         for batch in batches:
-            images, targets = _to_tensors(batch, "person", device)
-            for image, out, target in zip(images, model(images), targets):
-                image_id = len(gt["images"]) + 1
-                gt["images"].append({"id": image_id, "height": image.shape[1], "width": image.shape[2]})
-                for box in target["boxes"].tolist():
-                    gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": 1,
-                                              "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                                              "area": (box[2] - box[0]) * (box[3] - box[1]), "iscrowd": 0})
-                dt += [{"image_id": image_id, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                        "score": float(s)} for b, s in zip(out["boxes"].tolist(), out["scores"].tolist())]
+            tensors, targets = _to_tensors(batch, "person", device)
+            for image, out, target in zip(tensors, model(tensors), targets):
+                image_id = len(images) + 1
+                images.append({"id": image_id, "height": image.shape[1], "width": image.shape[2]})
+                gt += [{"id": len(gt) + 1, "image_id": image_id, "category_id": OBJECT, "bbox": xywh(box), "iscrowd": 0}
+                       for box in target["boxes"].tolist()]
+                dt += [{"image_id": image_id, "category_id": OBJECT, "bbox": xywh(box), "score": float(score)}
+                       for box, score in zip(out["boxes"].tolist(), out["scores"].tolist())]
     model.train()
-    if not gt["annotations"] or not dt:
-        return {f"box_{name}": 0.0 for name in COCO_STATS}
-    coco_gt = COCO()
-    coco_gt.dataset = gt
-    coco_gt.createIndex()
-    ev = COCOeval(coco_gt, coco_gt.loadRes(dt), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()  # the 12-line table, in the worker's log
-    return {f"box_{name}": float(v) for name, v in zip(COCO_STATS, ev.stats)}
+    table = CocoTable("bbox", [OBJECT])
+    table.process(images, gt, dt)
+    stats = table.evaluate()["stats"]
+    return {f"box_{name}": 0.0 if v is None else v for name, v in zip(COCO_STATS, stats)}
 
 
 def _unwrap(model):

@@ -1,0 +1,38 @@
+"""Box helpers shared by the stages, the formats, tracking and training.
+
+Boxes are [x0, y0, x1, y1] in pixels unless a name says otherwise (COCO's `bbox` is xywh).
+"""
+
+from __future__ import annotations
+
+import math
+
+CROP_PAD = 0.1  # fraction of the person box added on each side before clothing/parts run
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def xywh(box) -> list[float]:
+    x0, y0, x1, y1 = box
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def crop_box(box, width: int, height: int, pad: float = CROP_PAD) -> tuple[int, int, int, int]:
+    """The padded person crop the clothing and parts models see (training crops the same way)."""
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * pad, (y1 - y0) * pad
+    return (max(0, int(x0 - dx)), max(0, int(y0 - dy)), min(width, math.ceil(x1 + dx)), min(height, math.ceil(y1 + dy)))
+
+
+def scale_box(box, scale: float, width: int, height: int):
+    """A box at working resolution (`scale` x original) back in original pixels, clipped to the image."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = (v / scale for v in box)
+    return [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]

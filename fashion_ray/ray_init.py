@@ -1,0 +1,36 @@
+"""Connect a job to Ray: a cluster (an address, or RAY_ADDRESS under `ray job submit`) or a fresh local Ray.
+
+Quiet by default: worker output (MediaPipe/LiteRT load messages, one per actor) stays in
+Ray's log files, Ray's own INFO lines and the token-auth notice are not printed, and Ray
+Data shows its progress bars only on a terminal. Our own progress lines, warnings that
+matter and the summary are printed by the jobs. `verbose=True` brings everything back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose: bool = False) -> None:
+    import ray
+    import ray.data  # configures Ray Data's loggers; the levels below must come after it
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging; workers inherit it
+    if not verbose:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **common)
+    else:
+        # "local" always starts a fresh Ray, never a stray `ray start` cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
+    # progress bars redraw in place: right on a terminal, noise in CI logs and `ray job logs`
+    ray.data.DataContext.get_current().enable_progress_bars = verbose or sys.stderr.isatty()

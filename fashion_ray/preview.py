@@ -58,7 +58,7 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
     return out
 
 
-def _pixels(row: dict, manifest: dict, options) -> np.ndarray | None:
+def row_pixels(row: dict, options=None, max_pixels: int = 64_000_000) -> np.ndarray | None:
     """The row's image at original size: the photo, or the video frame decoded again."""
     if row["frame_index"] is not None:
         t = row["timestamp_s"]
@@ -69,7 +69,7 @@ def _pixels(row: dict, manifest: dict, options) -> np.ndarray | None:
     data = storage.fetch_many([row["uri"]], options)[0]
     if not isinstance(data, bytes):
         return None
-    return media.decode_image(data, max_pixels=manifest["config"].get("max_pixels", 64_000_000), max_side=None).image
+    return media.decode_image(data, max_pixels=max_pixels, max_side=None).image
 
 
 def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, options=None) -> str:
@@ -83,7 +83,7 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
             break
     cards = []
     for row in rows[:limit]:
-        image = _pixels(row, manifest, options)
+        image = row_pixels(row, options, manifest["config"].get("max_pixels", 64_000_000))
         if image is None:
             continue
         name = f"{row['id']}.png"

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import SAMPLE_CORPUS, bad_file_catalogue, free_port, run_cli
+from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, free_port, run_cli
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -85,7 +85,9 @@ def default_run(tmp_path_factory):
     for name, (data, _) in bad_file_catalogue().items():
         (corpus / name).write_bytes(data)
     out = base / "labels"
-    proc = run_cli("--input", str(corpus), "--output", str(out), "--num-cpus", "2", "--rows-per-shard", "6")
+    # credentials in the environment, as on a real machine: none of it may reach outputs or logs
+    proc = run_cli("--input", str(corpus), "--output", str(out), "--num-cpus", "2", "--rows-per-shard", "6",
+                   env={"AWS_ACCESS_KEY_ID": "AKIAFASHIONRAYTEST", "AWS_SECRET_ACCESS_KEY": SECRET_MARKER})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return corpus, out, proc
 

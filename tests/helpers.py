@@ -15,6 +15,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CORPUS = os.path.join(ROOT, "fashion_ray", "assets", "sample_corpus")
+SECRET_MARKER = "fr-secret-7Qx9-never-written"  # the default run's AWS secret key; must appear nowhere
 
 
 def free_port() -> int:

@@ -12,8 +12,8 @@ import pytest
 from helpers import read_rows
 
 from fashion_ray import taxonomy
-from fashion_ray.formats import masks as rle
 from fashion_ray.boxes import box_iou
+from fashion_ray.formats import masks as rle
 
 HAND_BOXES = {
     "astronaut.jpg": [(20, 15, 365, 512)],

@@ -40,8 +40,9 @@ def test_transparent_png_composited_on_white():
 
 
 def test_working_resolution_and_scale():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (400, 200), (10, 20, 30)).save(buf, format="PNG")

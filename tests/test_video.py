@@ -16,7 +16,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from helpers import ROOT, SAMPLE_CORPUS, bad_video_catalogue, moving_photo_video, read_rows, run_cli
+from helpers import (
+    ROOT,
+    SAMPLE_CORPUS,
+    bad_video_catalogue,
+    moving_photo_video,
+    read_rows,
+    run_cli,
+)
 from pycocotools.coco import COCO
 
 from fashion_ray import config, video

@@ -5,6 +5,11 @@ ids are stable too (hash of image id, kind and index) so shards from different r
 workers never collide. Garment and part annotations carry `parent_person_id`, the id of
 their person annotation. Masks are RLE with string counts; every annotation has a score.
 Error rows are not COCO images (they are in Parquet with their reason).
+
+`attributes` is an object of name -> scalar, the shape FiftyOne and CVAT read (schema 2;
+schema 1 wrote a list of "name:value" strings, which FiftyOne's importer rejects). It
+repeats the links that tools would otherwise drop: parent_person_id, track_id and side
+are both top-level keys (pycocotools, FiftyOne) and attributes (CVAT keeps only those).
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ def _ann(ann_id, image_id, category_id, box, mask, score, **extra) -> dict:
     return ann
 
 
+def attribute_object(cues, **links) -> dict:
+    """Garment cues ("sleeve:long") and links as {"sleeve": "long", "track_id": 3}; None links are left out."""
+    out = {}
+    for cue in cues or []:
+        name, sep, value = str(cue).partition(":")
+        out[name] = value if sep else True
+    return out | {k: v for k, v in links.items() if v is not None}
+
+
 def image_record(row: dict) -> dict:
     record = {"id": row["id"], "file_name": row["uri"], "width": row["width"], "height": row["height"]}
     if row.get("frame_index") is not None:  # a video frame: which video, which frame, when
@@ -45,21 +59,22 @@ def annotations(row: dict) -> list[dict]:
     image_id = row["id"]
     for person in row["persons"] or []:
         pid = annotation_id(image_id, "person", person["person_id"])
-        extra = {} if person.get("track_id") is None else {"track_id": person["track_id"]}
-        track = dict(extra)
+        track = {} if person.get("track_id") is None else {"track_id": person["track_id"]}
+        extra = dict(track)
         if person.get("keypoints"):
             kp = person["keypoints"]
             extra |= {"keypoints": kp, "num_keypoints": int(sum(1 for v in kp[2::3] if v > 0))}
-        out.append(_ann(pid, image_id, taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON], person["box"], person.get("mask"),
-                        person["score"], **extra))
+        out.append(_ann(pid, image_id, taxonomy.PERSON_CATEGORY_ID, person["box"], person.get("mask"),
+                        person["score"], attributes=attribute_object([], **track), **extra))
         for g in person.get("garments") or []:
             out.append(_ann(annotation_id(image_id, "garment", person["person_id"], g["garment_id"]), image_id,
-                            g["category_id"], g["box"], g.get("mask"), g["score"],
-                            parent_person_id=pid, attributes=list(g.get("attributes") or []), **track))
+                            g["category_id"], g["box"], g.get("mask"), g["score"], parent_person_id=pid,
+                            attributes=attribute_object(g.get("attributes"), parent_person_id=pid, **track), **track))
         for k, part in enumerate(person.get("parts") or []):
             out.append(_ann(annotation_id(image_id, "part", person["person_id"], k), image_id,
                             taxonomy.COCO_CATEGORY_ID[part["part"]], part["box"], part["mask"], 1.0,
-                            parent_person_id=pid, side=part.get("side"), **track))
+                            parent_person_id=pid, side=part.get("side"),
+                            attributes=attribute_object([], parent_person_id=pid, side=part.get("side"), **track), **track))
     return out
 
 

@@ -3,7 +3,7 @@
     videos -> probe_videos (CPU tasks: demux, sample) -> work items (driver)
     work items -> load_media (CPU tasks: fetch + decode images, decode video segments)
       -> PersonStage -> ClothingStage -> PartsStage (actor pools, per-stage resources)
-      -> write_shard (CPU tasks: Parquet + COCO shard per batch, summary row back)
+      -> write_shard (CPU tasks: Parquet + COCO shard per batch, a Shard record back)
 """
 
 from __future__ import annotations

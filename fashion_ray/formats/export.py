@@ -155,7 +155,6 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
                 counts["parts"] += len(p["parts"])
         dataset.add_samples(samples, progress=False)
         counts["samples"] += len(samples)
-    dataset.default_skeleton = fo.KeypointSkeleton(labels=[f"kp{k}" for k in range(33)], edges=[])
     dataset.save()
     return {"format": "fiftyone", "dataset": name, **counts}
 

@@ -37,22 +37,22 @@ VISIBLE = 0.5  # landmark visibility above which a limb is drawn
 POSE_INPUT_SIDE = 384  # small crops are upscaled to about this before the pose model
 
 
-def _pose_landmarker(task: bytes, min_confidence: float):
+def _pose_landmarker(task: bytes, min_confidence: float, num_poses: int):
     from mediapipe.tasks.python import BaseOptions, vision
 
     options = vision.PoseLandmarkerOptions(
-        base_options=BaseOptions(model_asset_buffer=task), running_mode=vision.RunningMode.IMAGE, num_poses=1,
+        base_options=BaseOptions(model_asset_buffer=task), running_mode=vision.RunningMode.IMAGE, num_poses=num_poses,
         output_segmentation_masks=True, min_pose_detection_confidence=min_confidence,
         min_pose_presence_confidence=min_confidence)
     return vision.PoseLandmarker.create_from_options(options)
 
 
-def _face_detector(model: bytes, min_confidence: float):
+def _segmenter(model: bytes):
     from mediapipe.tasks.python import BaseOptions, vision
 
-    options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=model),
-                                         running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_confidence)
-    return vision.FaceDetector.create_from_options(options)
+    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_buffer=model),
+                                           running_mode=vision.RunningMode.IMAGE, output_confidence_masks=True)
+    return vision.ImageSegmenter.create_from_options(options)
 
 
 def _mp_image(rgb: np.ndarray):
@@ -62,124 +62,139 @@ def _mp_image(rgb: np.ndarray):
 
 
 class PosePersonDetector:
-    """Finds every person: candidate crops -> single-person pose + mask -> merged detections."""
+    """Finds every person: candidate regions -> multi-person pose + masks -> refine -> merge.
+
+    MediaPipe's pose model wants a person to fill a good part of its 224 px input, so small
+    people are found on tiles: overlapping squares at a few sizes (fractions of the image's
+    long side), each upscaled before the model sees it. A person cut by a tile edge is looked
+    at again through a region grown around it, so the box covers every limb. Candidates the
+    pose model never anchored (a back view, a face out of frame) come from the person
+    segmenter's components on the whole image; they pass only when the pose model confirms
+    them on their own crop, which also keeps posts, signs and statues out.
+    """
 
     kind = "detector"
 
-    def __init__(self, pose_task: bytes, face_models: list[bytes], *, score_threshold: float, mask_threshold: float,
-                 use_hog: bool = True):
+    def __init__(self, pose_task: bytes, segmenter_model: bytes | None = None, *, score_threshold: float,
+                 mask_threshold: float, tile_fractions: tuple[float, ...] = (0.375, 0.1875), max_poses: int = 4):
         import threading
 
-        import cv2
-
-        self.pose = _pose_landmarker(pose_task, 0.5)
-        self.faces = [_face_detector(m, 0.6) for m in face_models]
+        self.pose = _pose_landmarker(pose_task, 0.5, max_poses)
+        self.segmenter = _segmenter(segmenter_model) if segmenter_model else None
         # MediaPipe closes its tasks through a thread pool; at interpreter exit its __del__ runs
         # after that pool is gone and prints tracebacks into every log. Closing from a
         # threading-exit hook (LIFO, so before the pool's own) keeps logs clean.
         threading._register_atexit(self.close)
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
-        self.hog = None
-        if use_hog:
-            self.hog = cv2.HOGDescriptor()
-            self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.tile_fractions = tuple(tile_fractions)
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
-        return [self._detect(img) for img in images]
+        contexts = context or [{}] * len(images)
+        return [self._detect(img, ctx.get("regions") or []) for img, ctx in zip(images, contexts)]
 
     def close(self) -> None:
-        for task in (self.pose, *self.faces):
-            task.close()
-        self.faces = []
+        for task in (self.pose, self.segmenter):
+            if task is not None:
+                task.close()
+        self.segmenter = None
 
     # candidate regions -------------------------------------------------------------------
-    def _face_boxes(self, img: np.ndarray) -> list[tuple[float, float, float, float]]:
-        boxes = []
-        for detector in self.faces:
-            for det in detector.detect(_mp_image(img)).detections:
-                b = det.bounding_box
-                box = (b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height)
-                if all(box_iou(box, other) < 0.3 for other in boxes):
-                    boxes.append(box)
-        return boxes
-
-    def _hog_boxes(self, img: np.ndarray) -> list[tuple[float, float, float, float]]:
-        if self.hog is None or min(img.shape[:2]) < 128:
-            return []
-        gray = img[..., ::-1]  # HOG is colour-agnostic; BGR order is what OpenCV expects
-        rects, weights = self.hog.detectMultiScale(np.ascontiguousarray(gray), winStride=(8, 8), padding=(8, 8), scale=1.05)
-        return [(x, y, x + w, y + h) for (x, y, w, h), wt in zip(rects, np.ravel(weights)) if wt > 0.5]
-
-    def _candidates(self, img: np.ndarray) -> list[tuple[int, int, int, int]]:
-        h, w = img.shape[:2]
+    def _tiles(self, w: int, h: int) -> list[tuple[int, int, int, int]]:
         regions = [(0, 0, w, h)]
-        for x0, y0, x1, y1 in self._face_boxes(img):
-            fw, fh = x1 - x0, y1 - y0  # a body below and around the face
-            regions.append((x0 - 2.2 * fw, y0 - 0.8 * fh, x1 + 2.2 * fw, y1 + 7.5 * fh))
-        # Overlapping square windows along the long side of wide/tall photos: the pose model
-        # takes the most prominent person, so each window gives the others a chance.
-        side = min(w, h)
-        if max(w, h) > 1.3 * side:
-            steps = int(np.ceil((max(w, h) - side) / (side / 2))) + 1
-            for k in range(steps):
-                offset = min(k * side / 2, max(w, h) - side)
-                regions.append((offset, 0, offset + side, h) if w > h else (0, offset, w, offset + side))
-        for x0, y0, x1, y1 in self._hog_boxes(img):
-            pw, ph = (x1 - x0) * 0.25, (y1 - y0) * 0.1
-            regions.append((x0 - pw, y0 - ph, x1 + pw, y1 + ph))
-        clipped = []
-        for x0, y0, x1, y1 in regions:
-            box = (max(0, int(x0)), max(0, int(y0)), min(w, int(x1)), min(h, int(y1)))
-            if box[2] - box[0] >= 16 and box[3] - box[1] >= 16 and box not in clipped:
-                clipped.append(box)
-        return clipped
+        for fraction in self.tile_fractions:
+            side = max(32, round(fraction * max(w, h)))
+            if side >= 0.75 * min(w, h) and fraction > 0.3:
+                # a square the size of the short side: the whole image again, minus the sides
+                side = min(w, h)
+            regions += _grid(w, h, side)
+        return list(dict.fromkeys(regions))
 
-    # pose on one crop --------------------------------------------------------------------
-    def _pose_in(self, img: np.ndarray, region) -> dict | None:
+    def _segment_regions(self, img: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Padded boxes of the person segmenter's components (people the pose model may miss)."""
+        import cv2
+
+        if self.segmenter is None:
+            return []
+        h, w = img.shape[:2]
+        side = 256  # the segmenter's input
+        small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        prob = self.segmenter.segment(_mp_image(small)).confidence_masks[0].numpy_view()
+        n, _, stats, _ = cv2.connectedComponentsWithStats((prob > 0.5).astype(np.uint8))
+        regions = []
+        for x, y, bw, bh, area in stats[1:n]:
+            if area < 40:
+                continue
+            x0, y0, x1, y1 = x * w / side, y * h / side, (x + bw) * w / side, (y + bh) * h / side
+            regions.append(_grow((x0, y0, x1, y1), 0.25, w, h))
+        return regions
+
+    def _segmenter_agrees(self, img: np.ndarray, view, mask: np.ndarray) -> bool:
+        """At least half of the pose mask is person to the segmenter looking at the same view."""
+        import cv2
+
+        if self.segmenter is None:
+            return True
+        x0, y0, x1, y1 = view
+        crop = cv2.resize(img[y0:y1, x0:x1], (256, 256), interpolation=cv2.INTER_LINEAR)
+        prob = self.segmenter.segment(_mp_image(crop)).confidence_masks[0].numpy_view()
+        inside = mask[y0:y1, x0:x1]
+        if not inside.any():
+            return False
+        prob = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        return float((prob[inside] > 0.5).mean()) >= 0.5
+
+    # pose on one region ------------------------------------------------------------------
+    def _poses_in(self, img: np.ndarray, region) -> list[dict]:
         import cv2
 
         x0, y0, x1, y1 = region
         crop = img[y0:y1, x0:x1]
-        up = max(1.0, POSE_INPUT_SIDE / max(crop.shape[:2]))
+        if min(crop.shape[:2]) < 8:
+            return []
+        up = POSE_INPUT_SIDE / max(crop.shape[:2])
         if up > 1.0:
             crop = cv2.resize(crop, (round(crop.shape[1] * up), round(crop.shape[0] * up)), interpolation=cv2.INTER_LINEAR)
+        else:
+            up = 1.0
         result = self.pose.detect(_mp_image(crop))
-        if not result.pose_landmarks:
-            return None
+        h, w = img.shape[:2]
         ch, cw = crop.shape[:2]
-        kp = np.array([[lm.x * cw / up + x0, lm.y * ch / up + y0, lm.visibility or 0.0] for lm in result.pose_landmarks[0]],
-                      np.float32)
-        prob = result.segmentation_masks[0].numpy_view()[..., 0] if result.segmentation_masks else None
-        h, w = img.shape[:2]
-        mask = np.zeros((h, w), bool)
-        if prob is not None:
-            small = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) if up > 1.0 else prob
-            mask[y0:y1, x0:x1] = small > self.mask_threshold
-            mask = _components_touching(mask, kp)
-        visible = kp[kp[:, 2] >= VISIBLE]
-        inside = visible[(visible[:, 0] >= 0) & (visible[:, 0] < w) & (visible[:, 1] >= 0) & (visible[:, 1] < h)]
-        if not mask.any() and len(inside) < 3:
-            return None
-        xs = np.concatenate([np.nonzero(mask.any(0))[0], inside[:, 0]])
-        ys = np.concatenate([np.nonzero(mask.any(1))[0], inside[:, 1]])
-        box = [float(max(0, xs.min())), float(max(0, ys.min())), float(min(w, xs.max() + 1)), float(min(h, ys.max() + 1))]
-        score = float(np.sort(kp[:, 2])[::-1][:16].mean())  # the 16 most visible landmarks
-        # "clipped": the person runs into a crop edge that is not an image edge
-        image_edges = (0, 0, w, h)
-        clipped = any(abs(box[k] - region[k]) < 2 and region[k] != image_edges[k] for k in range(4))
-        return {"box": box, "score": score, "mask": mask, "keypoints": kp, "clipped": clipped,
-                "region_area": (x1 - x0) * (y1 - y0)}
+        found = []
+        for k, landmarks in enumerate(result.pose_landmarks):
+            kp = np.array([[lm.x * cw / up + x0, lm.y * ch / up + y0, lm.visibility or 0.0] for lm in landmarks], np.float32)
+            mask = np.zeros((h, w), bool)
+            if k < len(result.segmentation_masks or []):
+                prob = result.segmentation_masks[k].numpy_view()[..., 0]
+                if up > 1.0:
+                    prob = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+                mask[y0:y1, x0:x1] = prob > self.mask_threshold
+                mask = _components_touching(mask, kp)
+            det = _detection(kp, mask, region, w, h)
+            if det is not None:
+                found.append(det)
+        return found
 
-    def _detect(self, img: np.ndarray) -> dict:
-        found = [d for d in (self._pose_in(img, r) for r in self._candidates(img)) if d and d["score"] >= self.score_threshold]
-        kept: list[dict] = []
-        # Of the crops that saw one person, trust the tightest one that holds all of them:
-        # the pose model is most accurate when the person fills its input.
-        for det in sorted(found, key=lambda d: (d["clipped"], d["region_area"])):
-            if not any(_same_person(det, k) for k in kept):
-                kept.append(det)
+    def _detect(self, img: np.ndarray, extra_regions: list) -> dict:
         h, w = img.shape[:2]
+        found = []
+        for region in self._tiles(w, h) + self._segment_regions(img) + [_clip(r, w, h) for r in extra_regions]:
+            found += self._poses_in(img, region)
+        found = [d for d in found if d["score"] >= self.score_threshold]
+        smallest_tile = min(self.tile_fractions, default=1.0) * max(w, h)
+        kept = []
+        for cand in _merge(found):
+            # Each candidate is looked at again through a square around it where it fills about
+            # 60% of the view: a person cut by a tile edge gets its whole extent there.
+            view = _view(cand["box"], smallest_tile, w, h)
+            again = [d for d in self._poses_in(img, view) if d["score"] >= self.score_threshold and _same_person(d, cand)]
+            # A pose the model imagined in an upscaled patch of texture is seen from one view
+            # only, and the person segmenter (a second model) does not see a body under it.
+            seen_twice = bool(again) or sum(_same_person(d, cand) for d in found) >= 2
+            if seen_twice and _plausible(cand) and self._segmenter_agrees(img, view, cand["mask"]):
+                kept.append(max(again, key=lambda d: d["score"]) if again and cand["clipped"] else cand)
+        kept = _merge(kept)
+        kept = [d for d in kept if not _fragment(d, kept)]
         return {
             "boxes": np.array([k["box"] for k in kept], np.float32).reshape(-1, 4),
             "scores": np.array([k["score"] for k in kept], np.float32),
@@ -187,6 +202,107 @@ class PosePersonDetector:
             "masks": np.stack([k["mask"] for k in kept]) if kept else np.zeros((0, h, w), bool),
             "keypoints": np.stack([k["keypoints"] for k in kept]) if kept else None,
         }
+
+
+def _merge(found: list[dict]) -> list[dict]:
+    """One detection per person: of the views that saw one person, the largest (a small tile
+    sees only part of a large person; one cut by its view's edge is looked at again later)."""
+    kept: list[dict] = []
+    for det in sorted(found, key=lambda d: -_area(d["box"])):
+        if not any(_same_person(det, k) for k in kept):
+            kept.append(det)
+    return kept
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+
+
+def _fragment(det: dict, kept: list[dict]) -> bool:
+    """A small pose inside a much larger person (a hand or a jacket read as a person)."""
+    x0, y0, x1, y1 = det["box"]
+    for other in kept:
+        ox0, oy0, ox1, oy1 = other["box"]
+        overlap = max(0.0, min(x1, ox1) - max(x0, ox0)) * max(0.0, min(y1, oy1) - max(y0, oy0))
+        if overlap >= 0.85 * _area(det["box"]) and _area(det["box"]) < 0.25 * _area(other["box"]):
+            return True
+    return False
+
+
+def _area(box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def _clip(box, w: int, h: int) -> tuple[int, int, int, int]:
+    return max(0, int(box[0])), max(0, int(box[1])), min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+
+
+def _grow(box, margin: float, w: int, h: int, square: bool = False) -> tuple[int, int, int, int]:
+    """The box grown by `margin` of its size on every side (to a square around it if asked)."""
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    if square:
+        bw = bh = max(bw, bh)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half_w, half_h = bw * (0.5 + margin), bh * (0.5 + margin)
+    return _clip((cx - half_w, cy - half_h, cx + half_w, cy + half_h), w, h)
+
+
+def _view(box, min_side: float, w: int, h: int) -> tuple[int, int, int, int]:
+    """A square centred on the box, 1.7x its long side (the person fills ~60%), at least min_side."""
+    side = max(1.7 * max(box[2] - box[0], box[3] - box[1]), min_side)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return _clip((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), w, h)
+
+
+def _grid(w: int, h: int, side: int) -> list[tuple[int, int, int, int]]:
+    """Squares of `side` overlapping by half, covering the image."""
+    def starts(length: int) -> list[int]:
+        if length <= side:
+            return [0]
+        steps = int(np.ceil((length - side) / (side / 2)))
+        return sorted({round(k * (length - side) / steps) for k in range(steps + 1)})
+
+    return [(x, y, min(w, x + side), min(h, y + side)) for y in starts(h) for x in starts(w)]
+
+
+def _detection(kp: np.ndarray, mask: np.ndarray, region, w: int, h: int) -> dict | None:
+    """One pose in a region -> a person: box over mask and every visible landmark."""
+    visible = kp[kp[:, 2] >= VISIBLE]
+    inside = visible[(visible[:, 0] >= 0) & (visible[:, 0] < w) & (visible[:, 1] >= 0) & (visible[:, 1] < h)]
+    if len(inside) < 3:
+        return None
+    if mask.any():
+        # The mask is the extent; a landmark widens it only where it touches the body (a hand
+        # or foot the mask thresholded away), not where the model guessed a hidden hip.
+        import cv2
+
+        mask_box = _mask_box(mask)
+        reach = 0.15 * max(mask_box[3] - mask_box[1], mask_box[2] - mask_box[0])
+        dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
+        inside = inside[dist[inside[:, 1].astype(int), inside[:, 0].astype(int)] <= reach]
+    xs = np.concatenate([np.nonzero(mask.any(0))[0], inside[:, 0]])
+    ys = np.concatenate([np.nonzero(mask.any(1))[0], inside[:, 1]])
+    box = [float(max(0, xs.min())), float(max(0, ys.min())), float(min(w, xs.max() + 1)), float(min(h, ys.max() + 1))]
+    score = float(np.sort(kp[:, 2])[::-1][:16].mean())  # the 16 most visible landmarks
+    # "clipped": the person runs into a region edge that is not an image edge
+    image_edges = (0, 0, w, h)
+    clipped = any(abs(box[k] - region[k]) < 2 and region[k] != image_edges[k] for k in range(4))
+    return {"box": box, "score": score, "mask": mask, "keypoints": kp, "clipped": clipped,
+            "region_area": (region[2] - region[0]) * (region[3] - region[1])}
+
+
+def _plausible(det: dict) -> bool:
+    """A human skeleton: the torso at most 3 shoulder widths long (side views are narrow) and
+    the nose between just below and well above the shoulders (head upright or bowed). Poses
+    the model reads into cup handles, cat faces and textures mostly break one of the two."""
+    kp = det["keypoints"]
+    shoulders, hips = kp[[L_SHOULDER, R_SHOULDER], :2], kp[[L_HIP, R_HIP], :2]
+    width = float(np.linalg.norm(shoulders[0] - shoulders[1])) + 1e-3
+    torso = float(np.linalg.norm(shoulders.mean(0) - hips.mean(0)))
+    nose_above = float(shoulders[:, 1].mean() - kp[NOSE, 1]) / width
+    return bool(det["mask"].any()) and torso <= 3.0 * width and -0.4 <= nose_above <= 1.2
 
 
 def _components_touching(mask: np.ndarray, kp: np.ndarray) -> np.ndarray:
@@ -415,9 +531,10 @@ def build_predictor(bundle, spec, device, options=None):
         return read_checked(bundle, entry["path"], entry["sha256"], options)
 
     if spec.architecture == "mediapipe_pose_person":
-        faces = [read(k) for k in sorted(files) if k.startswith("face")]
-        return PosePersonDetector(read("pose"), faces, score_threshold=spec.score_threshold,
-                                  mask_threshold=spec.mask_threshold, use_hog=bool(spec.options.get("hog", True)))
+        tiles = tuple(spec.options.get("tile_fractions", (0.375, 0.1875)))
+        return PosePersonDetector(read("pose"), read("segmenter") if "segmenter" in files else None,
+                                  score_threshold=spec.score_threshold, mask_threshold=spec.mask_threshold,
+                                  tile_fractions=tiles, max_poses=int(spec.options.get("max_poses", 4)))
     if spec.architecture == "pose_body_parts":
         return PoseBodyParts()
     return PoseGarmentRegions()

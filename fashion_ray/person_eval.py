@@ -1,0 +1,167 @@
+"""How many people the person stage finds, measured on composites with exact boxes.
+
+No labelled set of real street photos can be had offline, so we build one from real parts
+(assets/person_eval, SOURCES.md there): real person cut-outs (the sample photos' people with
+their masks) pasted at 24-320 px tall, several per image, onto real photos with nobody in
+them. Later pastes occlude earlier ones and people run off the frame edges; a person's
+ground-truth box is the extent of its pixels that stay visible. A person with less than a
+third of itself visible is "ignore" (finding it is neither a hit nor a false person).
+
+- recall at IoU 0.5 by the person's pasted height (24-48, 48-96, 96-192, 192+ px);
+- false persons: detections matching nobody, per composite and per no-people photo;
+- a walkers video: cut-outs crossing a real background at walking speed, to count tracks
+  per walker after sampling at 1 fps.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from fashion_ray.boxes import box_iou
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets", "person_eval")
+HEIGHT_BUCKETS = ((24, 48), (48, 96), (96, 192), (192, 10_000))
+MIN_VISIBLE = 1 / 3  # of a person's pixels, below which it is "ignore"
+MATCH_IOU = 0.5
+
+
+@dataclass
+class Composite:
+    name: str
+    image: np.ndarray  # HxWx3 uint8
+    boxes: list[list[float]] = field(default_factory=list)  # visible extent, x0 y0 x1 y1
+    heights: list[int] = field(default_factory=list)  # pasted (full) height in px
+    ignore: list[bool] = field(default_factory=list)
+
+
+def _load(pattern: str, mode: str) -> list[tuple[str, np.ndarray]]:
+    paths = sorted(glob.glob(os.path.join(ASSETS, pattern)))
+    return [(os.path.basename(p).split(".")[0], np.asarray(Image.open(p).convert(mode))) for p in paths]
+
+
+def cutouts() -> list[np.ndarray]:
+    """RGBA person cut-outs, each also mirrored."""
+    people = [rgba for _, rgba in _load("person_*.png", "RGBA")]
+    return people + [p[:, ::-1].copy() for p in people]
+
+
+def empty_photos() -> list[tuple[str, np.ndarray]]:
+    """Real photos with nobody in them (each also mirrored): where every person found is false."""
+    photos = _load("empty_*.jpg", "RGB")
+    return photos + [(f"{name}_mirrored", img[:, ::-1].copy()) for name, img in photos]
+
+
+def _background(rng: np.random.Generator, photo: np.ndarray, width: int, height: int) -> np.ndarray:
+    ph, pw = photo.shape[:2]
+    scale = max(width / pw, height / ph) * rng.uniform(1.0, 1.4)
+    big = Image.fromarray(photo).resize((max(width, round(pw * scale)), max(height, round(ph * scale))), Image.BILINEAR)
+    x0, y0 = rng.integers(0, big.width - width + 1), rng.integers(0, big.height - height + 1)
+    return np.asarray(big.crop((x0, y0, x0 + width, y0 + height)))
+
+
+def paste(canvas: np.ndarray, owner: np.ndarray, rgba: np.ndarray, x0: int, y0: int, label: int) -> None:
+    """Alpha-blend rgba onto canvas at (x0, y0), clipped to the frame; owner records who is on top."""
+    h, w = rgba.shape[:2]
+    H, W = canvas.shape[:2]
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(W, x0 + w), min(H, y0 + h)
+    if cx0 >= cx1 or cy0 >= cy1:
+        return
+    part = rgba[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    alpha = part[..., 3:4].astype(np.float32) / 255
+    region = canvas[cy0:cy1, cx0:cx1]
+    region[:] = (part[..., :3] * alpha + region * (1 - alpha)).astype(np.uint8)
+    owner[cy0:cy1, cx0:cx1][alpha[..., 0] > 0.5] = label
+
+
+def _resized(rgba: np.ndarray, height: int) -> np.ndarray:
+    width = max(1, round(rgba.shape[1] * height / rgba.shape[0]))
+    return np.asarray(Image.fromarray(rgba, "RGBA").resize((width, height), Image.LANCZOS))
+
+
+def make_composite(rng: np.random.Generator, name: str, *, width: int = 640, height: int = 480,
+                   people: tuple[int, int] = (2, 5)) -> Composite:
+    photos, persons = empty_photos(), cutouts()
+    canvas = _background(rng, photos[rng.integers(len(photos))][1], width, height).copy()
+    owner = np.zeros((height, width), np.int32)
+    pasted = []
+    for label in range(1, int(rng.integers(people[0], people[1] + 1)) + 1):
+        # log-uniform heights: as many small people as large ones
+        h = int(round(np.exp(rng.uniform(np.log(HEIGHT_BUCKETS[0][0]), np.log(320)))))
+        rgba = _resized(persons[rng.integers(len(persons))], h)
+        w = rgba.shape[1]
+        x0 = int(rng.integers(-w // 3, width - 2 * w // 3))  # up to a third off either side
+        y0 = int(rng.integers(-h // 5, height - 2 * h // 3))
+        paste(canvas, owner, rgba, x0, y0, label)
+        pasted.append((label, h, int((rgba[..., 3] > 127).sum())))
+    out = Composite(name, canvas)
+    for label, h, full_pixels in pasted:
+        ys, xs = np.nonzero(owner == label)
+        if len(xs) == 0:
+            continue
+        out.boxes.append([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
+        out.heights.append(h)
+        out.ignore.append(len(xs) < MIN_VISIBLE * full_pixels)
+    return out
+
+
+def make_composites(count: int, seed: int = 0, **kwargs) -> list[Composite]:
+    rng = np.random.default_rng(seed)
+    return [make_composite(rng, f"composite_{seed}_{i:04d}", **kwargs) for i in range(count)]
+
+
+def bucket_name(height: int) -> str:
+    for lo, hi in HEIGHT_BUCKETS:
+        if lo <= height < hi:
+            return f"{lo}-{hi}" if hi < 10_000 else f"{lo}+"
+    return f"<{HEIGHT_BUCKETS[0][0]}"
+
+
+def match(boxes: list, scores: list, gt: list[list[float]], ignore: list[bool]) -> tuple[list[bool], int]:
+    """Greedy matching, best score first. Returns (which gt were found, false persons)."""
+    found = [False] * len(gt)
+    false = 0
+    for k in np.argsort(-np.asarray(scores, np.float32)) if len(scores) else []:
+        ious = [box_iou(boxes[k], g) if not found[j] else -1.0 for j, g in enumerate(gt)]
+        j = int(np.argmax(ious)) if ious else -1
+        if j >= 0 and ious[j] >= MATCH_IOU:
+            found[j] = True
+        elif not any(box_iou(boxes[k], g) >= MATCH_IOU for g, ign in zip(gt, ignore) if ign):
+            false += 1
+    return found, false
+
+
+def evaluate_detector(predictor, composites: list[Composite], empties: list[tuple[str, np.ndarray]]) -> dict:
+    """Recall by height bucket, false persons, seconds per image for one person predictor."""
+    hits: dict[str, list[int]] = {bucket_name(lo): [0, 0] for lo, _ in HEIGHT_BUCKETS}
+    false_in_composites = false_in_empty = 0
+    started = time.perf_counter()
+    for comp in composites:
+        out = predictor.predict([comp.image])[0]
+        found, false = match(out["boxes"].tolist(), out["scores"].tolist(), comp.boxes, comp.ignore)
+        false_in_composites += false
+        for ok, h, ign in zip(found, comp.heights, comp.ignore):
+            if not ign:
+                hits[bucket_name(h)][0] += int(ok)
+                hits[bucket_name(h)][1] += 1
+    composite_seconds = time.perf_counter() - started
+    per_empty = {}
+    for name, img in empties:
+        per_empty[name] = len(predictor.predict([img])[0]["boxes"])
+        false_in_empty += per_empty[name]
+    found_all = sum(h[0] for h in hits.values())
+    total = sum(h[1] for h in hits.values())
+    return {
+        "recall_at_iou50": {b: round(f / n, 3) if n else None for b, (f, n) in hits.items()} | {"all": round(found_all / max(total, 1), 3)},
+        "persons_by_height": {b: n for b, (_, n) in hits.items()},
+        "composites": len(composites),
+        "false_persons_per_composite": round(false_in_composites / max(len(composites), 1), 3),
+        "false_persons_per_empty_photo": round(false_in_empty / max(len(empties), 1), 3),
+        "false_persons_by_empty_photo": {k: v for k, v in per_empty.items() if v},
+        "seconds_per_composite": round(composite_seconds / max(len(composites), 1), 3),
+    }

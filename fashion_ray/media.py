@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 ERROR_REASONS = ("unreadable", "undecodable", "truncated", "too_large", "unsupported")
-SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"}
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO", "GIF"}
 
 # Pillow's own bomb check only warns below 2x its limit; we enforce our limit ourselves
 # from the header, before any pixel is decoded.
@@ -63,9 +63,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
     except Exception as exc:  # PIL raises many types for garbage input
         return DecodedImage(None, error="undecodable", detail=f"not an image: {type(exc).__name__}: {exc}"[:300])
     if img.format not in SUPPORTED_FORMATS:
-        return DecodedImage(None, error="unsupported", detail=f"format {img.format} is not supported (supported: jpg, png, webp, bmp, tiff)")
-    if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":
-        return DecodedImage(None, error="unsupported", detail=f"multi-frame {img.format} ({img.n_frames} frames)")
+        return DecodedImage(None, error="unsupported", detail=f"format {img.format} is not supported (supported: jpg, png, webp, bmp, tiff, gif)")
     w, h = img.size
     if w * h > max_pixels:
         return DecodedImage(None, width=w, height=h, error="too_large", detail=f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
@@ -81,6 +79,37 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
     except Exception as exc:
         return DecodedImage(None, width=w, height=h, error="undecodable", detail=f"{type(exc).__name__}: {exc}"[:300])
     return fit(rgb, max_side)
+
+
+def frame_plan(img: Image.Image) -> tuple[list[float] | None, int]:
+    """(each frame's start time in seconds, or None for pages; frame count) of an open image.
+
+    Animated GIF/WebP frames carry durations (a time line, sampled like a video); TIFF pages
+    and other multi-frame files have none: every page is a row, in page order.
+    """
+    count = getattr(img, "n_frames", 1)
+    if img.format not in ("GIF", "WEBP") or count < 2:
+        return None, count
+    times, t = [], 0.0
+    for index in range(count):
+        img.seek(index)
+        img.load()  # WebP reads a frame's duration when it decodes it
+        times.append(round(t, 6))
+        t += max(float(img.info.get("duration") or 0), 10.0) / 1000  # browsers treat < 10 ms as 100 ms; we keep order
+    img.seek(0)
+    return times, count
+
+
+def frame_rgb(img: Image.Image, index: int) -> tuple[np.ndarray | None, str | None, str]:
+    """Frame or page `index` of an open multi-frame image: (RGB array, None, "") or (None, reason, detail)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.seek(index)
+            return np.asarray(_to_rgb(img), dtype=np.uint8), None, ""
+    except (OSError, EOFError, ValueError) as exc:
+        reason = "truncated" if isinstance(exc, EOFError) or "truncat" in str(exc).lower() else "undecodable"
+        return None, reason, f"frame {index}: {type(exc).__name__}: {exc}"[:300]
 
 
 def fit(rgb: Image.Image | np.ndarray, max_side: int | None) -> DecodedImage:

@@ -54,9 +54,11 @@ def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side:
 def _frame_rows(item: dict, *, max_side: int, storage_options) -> list[dict]:
     frames = json.loads(item["frames"])
     rows = []
-    decoded = video.decode_segment(item["uri"], [pts for _, pts, _ in frames], storage_options)
+    decode = video.decode_segment if video.is_video(item["uri"]) else video.decode_image_frames
+    decoded = decode(item["uri"], [pts for _, pts, _ in frames], storage_options)
     for (index, _, seconds), (_, image, reason, detail) in zip(frames, decoded):
-        frame = {**item, "id": storage.stable_id(item["uri"], index), "frame_index": index, "timestamp_s": seconds}
+        frame = {**item, "id": storage.stable_id(item["uri"], index), "frame_index": index,
+                 "timestamp_s": math.nan if seconds is None else seconds}  # TIFF pages have no time
         if image is None:
             rows.append(_error_row(frame, reason, detail))
         else:
@@ -100,19 +102,24 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
     return out
 
 
-def _probe(batch: dict[str, np.ndarray], *, sampling: video.VideoSampling, storage_options=None) -> dict[str, np.ndarray]:
-    plans = [json.dumps(video.probe(str(uri), sampling, storage_options)) for uri in batch["uri"]]
+def _probe(batch: dict[str, np.ndarray], *, sampling: video.VideoSampling, max_pixels: int,
+           storage_options=None) -> dict[str, np.ndarray]:
+    plans = [json.dumps(video.probe(uri, sampling, storage_options) if video.is_video(uri)
+                        else video.probe_image_frames(uri, sampling, max_pixels, storage_options))
+             for uri in map(str, batch["uri"])]
     return {"id": batch["id"], "plan": np.array(plans, dtype=object)}
 
 
 def probe_videos(cfg: LabelJobConfig, videos: pa.Table) -> dict[int, dict]:
-    """Plan every video in parallel tasks (demux only); returns {video id: plan} (video.probe)."""
+    """Plan every video and multi-frame image in parallel tasks (demux / header only);
+    returns {id: plan} (video.probe); a still image among them gets no plan."""
     if videos.num_rows == 0:
         return {}
     ds = ray.data.from_arrow([videos.slice(i, 1) for i in range(videos.num_rows)])
     ds = ds.map_batches(_probe, batch_size=None, num_cpus=cfg.decode_num_cpus,
-                        fn_kwargs={"sampling": cfg.video, "storage_options": cfg.storage})
-    return {int(row["id"]): json.loads(row["plan"]) for row in ds.iter_rows()}
+                        fn_kwargs={"sampling": cfg.video, "max_pixels": cfg.max_pixels, "storage_options": cfg.storage})
+    plans = {int(row["id"]): json.loads(row["plan"]) for row in ds.iter_rows()}
+    return {vid: plan for vid, plan in plans.items() if plan is not None}
 
 
 def work_items(cfg: LabelJobConfig, todo: pa.Table, plans: dict[int, dict]) -> tuple[list[pa.Table], dict[int, int]]:

@@ -125,10 +125,10 @@ class LabelRun:
         """Probe the videos, cut the work into blocks, and note every row id the run owes."""
         from fashion_ray.pipeline import probe_videos, work_items
 
-        videos = [i for i, uri in self.uri_of.items() if video.is_video(uri)]
+        videos = [i for i, uri in self.uri_of.items() if video.may_have_frames(uri)]
         self.plans = probe_videos(self.cfg, self.todo.filter(pc.is_in(self.todo["id"], pa.array(videos, pa.int64()))))
         if self.plans:
-            self.say(f"{len(self.plans)} videos: {sum(len(p['frames']) for p in self.plans.values())} frames sampled")
+            self.say(f"{len(self.plans)} videos or multi-frame images: {sum(len(p['frames']) for p in self.plans.values())} frames sampled")
         blocks, self.source_of = work_items(self.cfg, self.todo, self.plans)
         self.remaining = set(self.source_of)
         return blocks

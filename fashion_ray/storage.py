@@ -17,10 +17,12 @@ from datetime import datetime, timezone
 import fsspec
 import pyarrow as pa
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Images that may hold several frames (animated GIF/WebP) or pages (TIFF): probed like videos.
+MULTI_FRAME_EXTENSIONS = (".gif", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 # Listed so they become "unsupported" error rows instead of vanishing from the run.
-KNOWN_UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif")
+KNOWN_UNSUPPORTED_EXTENSIONS = (".heic", ".heif", ".avif")
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv")
 
 

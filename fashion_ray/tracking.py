@@ -73,7 +73,8 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> 
     videos: dict[str, list[dict]] = {}
     for rows in rows_by_shard.values():
         for row in rows:
-            if row["frame_index"] is not None and row["status"] == "ok":
+            # TIFF pages have no time line: nothing to track across them
+            if row["frame_index"] is not None and row["timestamp_s"] is not None and row["status"] == "ok":
                 videos.setdefault(row["uri"], []).append(row)
     for frames in videos.values():
         frames.sort(key=lambda r: r["frame_index"])

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fashion_ray import storage
-from fashion_ray.storage import VIDEO_EXTENSIONS
+from fashion_ray import media, storage
+from fashion_ray.storage import MULTI_FRAME_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 class VideoConfigError(ValueError):
@@ -46,6 +46,66 @@ class VideoSampling:
 
 def is_video(uri: str) -> bool:
     return uri.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def may_have_frames(uri: str) -> bool:
+    """A video, or an image format that can hold several frames or pages (probed the same way)."""
+    return uri.lower().endswith(VIDEO_EXTENSIONS + MULTI_FRAME_EXTENSIONS)
+
+
+def _open_image(uri: str, options):
+    from PIL import Image
+
+    fs, path = storage.filesystem(uri, options)
+    handle = fs.open(path, "rb")
+    try:
+        return handle, Image.open(handle)
+    except Exception:
+        handle.close()
+        raise
+
+
+def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, options=None) -> dict | None:
+    """Plan an animated GIF/WebP (frames on their time line, sampled as a video is) or a
+    multi-page TIFF (every page, page index as frame index, no timestamp).
+
+    None when the file is a still image, or one the image decoder should judge (unreadable,
+    corrupt, too large): it then becomes one image row with that reason.
+    """
+    try:
+        handle, img = _open_image(uri, options)
+    except Exception:
+        return None
+    with handle, img:
+        if img.format not in ("GIF", "WEBP", "TIFF") or img.width * img.height > max_pixels:
+            return None
+        try:
+            times, count = media.frame_plan(img)
+        except (OSError, EOFError, ValueError):
+            return None
+        if count < 2:
+            return None
+        if times is None:
+            picked = list(range(count))[: sampling.max_frames] if sampling.max_frames else list(range(count))
+            frames = [(i, i, None) for i in picked]
+        else:
+            frames = [(i, i, times[i]) for i in select_frames(times, sampling)]
+        if not frames:
+            return _error("no_frames_in_window", f"no frame in the window (the animation spans 0-{times[-1]:.3f} s)")
+        return {"error": None, "detail": "", "width": img.width, "height": img.height, "frames": frames}
+
+
+def decode_image_frames(uri: str, indexes: list[int], options=None):
+    """Frames/pages of a multi-frame image; yields (index, RGB array | None, error, detail) like decode_segment."""
+    try:
+        handle, img = _open_image(uri, options)
+    except Exception as exc:
+        for index in indexes:
+            yield index, None, "undecodable", f"{type(exc).__name__}: {exc}"[:300]
+        return
+    with handle, img:
+        for index in sorted(indexes):
+            yield (index, *media.frame_rgb(img, index))
 
 
 def select_frames(times: list[float], sampling: VideoSampling) -> list[int]:

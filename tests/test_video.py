@@ -192,3 +192,37 @@ def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle
             for r in pq.read_table(io.BytesIO(fs.cat_file(f"video-bucket/labels/{s['parquet']}"))).to_pylist()]
     assert sorted((r["frame_index"], r["timestamp_s"]) for r in rows) == [(0, 0.0), (5, 1.0), (10, 2.0)]
     assert again["counts"]["frames"] == again["counts"]["rows"] == 3
+
+
+def test_animated_and_multi_page_images_become_frame_rows(ray_session, plumbing_bundle, tmp_path):
+    from PIL import Image
+
+    corpus = tmp_path / "lookbook"
+    corpus.mkdir()
+    rng = np.random.default_rng(3)
+    frames = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    # GIF: 4 frames of 500 ms -> at 1 fps the frames starting at 0 s and 1 s
+    frames[0].save(corpus / "spin.gif", save_all=True, append_images=frames[1:], duration=500, loop=0)
+    # WebP: 3 frames of 1 s -> all three, at 0, 1, 2 s
+    frames[0].save(corpus / "turn.webp", save_all=True, append_images=frames[1:3], duration=1000, loop=0)
+    # TIFF: 3 pages -> every page, page index as frame index, no time
+    frames[0].save(corpus / "pages.tif", save_all=True, append_images=frames[1:3])
+    frames[0].save(corpus / "still.gif")  # one frame: an ordinary image row
+    (corpus / "broken.gif").write_bytes(b"GIF89a" + bytes(40))  # a header and nothing after it
+    cfg = config.LabelJobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), bundle=plumbing_bundle,
+                                stages=("person",), video=video.VideoSampling(fps=1))
+    manifest = run_label_job(cfg)
+    rows = read_rows(tmp_path / "out")
+    got = sorted((os.path.basename(r["uri"]), r["frame_index"], r["timestamp_s"], r["status"], r["error"]) for r in rows)
+    assert got == [
+        ("broken.gif", None, None, "error", "undecodable"),
+        ("pages.tif", 0, None, "ok", None), ("pages.tif", 1, None, "ok", None), ("pages.tif", 2, None, "ok", None),
+        ("spin.gif", 0, 0.0, "ok", None), ("spin.gif", 2, 1.0, "ok", None),
+        ("still.gif", None, None, "ok", None),
+        ("turn.webp", 0, 0.0, "ok", None), ("turn.webp", 1, 1.0, "ok", None), ("turn.webp", 2, 2.0, "ok", None),
+    ]
+    for r in rows:  # a frame's id is its input's id at that index, so reruns find it
+        expected = stable_id(r["uri"], r["frame_index"]) if r["frame_index"] is not None else stable_id(r["uri"])
+        assert r["id"] == expected
+    assert all((r["width"], r["height"]) == (64, 48) for r in rows if r["status"] == "ok")
+    assert manifest["counts"]["inputs"] == 5 and manifest["counts"]["rows"] == 10

@@ -192,7 +192,7 @@ class PosePersonDetector:
             # only, and the person segmenter (a second model) does not see a body under it.
             seen_twice = bool(again) or sum(_same_person(d, cand) for d in found) >= 2
             if seen_twice and _plausible(cand) and self._segmenter_agrees(img, view, cand["mask"]):
-                kept.append(max(again, key=lambda d: d["score"]) if again and cand["clipped"] else cand)
+                kept.append(max(again, key=lambda d: d["score"]) if again else cand)
         kept = _merge(kept)
         kept = [d for d in kept if not _fragment(d, kept)]
         return {

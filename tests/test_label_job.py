@@ -13,6 +13,7 @@ from helpers import SECRET_MARKER, bad_file_catalogue, read_rows, run_cli
 from fashion_ray import taxonomy
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
 from fashion_ray.storage import stable_id
+from fashion_ray.models import load_bundle
 
 
 def test_every_input_out_exactly_once(default_run):
@@ -58,7 +59,7 @@ def test_parquet_schema_and_readers_without_our_code(default_run):
     assert {"head", "torso", "upper_arm"} <= {row[0] for row in parts}
     frame = pl.read_parquet(pattern)
     assert frame.height == 14 and set(frame["bundle_name"].unique()) == {"bootstrap"}
-    assert frame.filter(pl.col("status") == "ok")["bundle_version"].to_list() == ["0.1.0"] * 9
+    assert frame.filter(pl.col("status") == "ok")["bundle_version"].to_list() == [load_bundle("bootstrap").version] * 9
 
 
 def test_coco_shards_load_and_evaluate_with_pycocotools(default_run):

@@ -12,8 +12,8 @@ from helpers import SECRET_MARKER, bad_file_catalogue, read_rows, run_cli
 
 from fashion_ray import taxonomy
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
-from fashion_ray.storage import stable_id
 from fashion_ray.models import load_bundle
+from fashion_ray.storage import stable_id
 
 
 def test_every_input_out_exactly_once(default_run):

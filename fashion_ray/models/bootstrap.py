@@ -1,13 +1,12 @@
 """The bootstrap bundle: real labels with no trained fashion model and no network.
 
 Built from pretrained models that registry packages ship (MediaPipe 0.10.21's Apache-2.0
-pose landmarker and face detectors, run through mediapipe 1.2.2's tasks API; OpenCV<5's
-HOG people detector), plus geometry:
+pose landmarker and person segmenter, run through mediapipe 1.2.2's tasks API), plus geometry:
 
-- person (`mediapipe_pose_person`): candidate regions (whole image, a body region below
-  each detected face, each HOG pedestrian box) -> pose landmarker on each padded crop ->
-  33 keypoints + person mask; duplicates of one person merged. MediaPipe's pose model is
-  single-person, so the candidate crops are what let it find several people.
+- person (`mediapipe_pose_person`): multi-person pose on the whole image and on upscaled
+  tiles at two scales, plus segmenter components -> merged candidates, each looked at again
+  through a view around it (whole extent, second opinion) and kept when the skeleton is
+  plausible and the segmenter agrees -> 33 keypoints + person mask per person.
 - parts (`pose_body_parts`): every person-mask pixel goes to the nearest body region
   (head disc, torso polygon, limb bones), left/right kept from the landmarks.
 - clothing (`pose_garment_regions`): part regions minus skin (skin colour learnt from the

@@ -95,7 +95,8 @@ def frame_plan(img: Image.Image) -> tuple[list[float] | None, int]:
         img.seek(index)
         img.load()  # WebP reads a frame's duration when it decodes it
         times.append(round(t, 6))
-        t += max(float(img.info.get("duration") or 0), 10.0) / 1000  # browsers treat < 10 ms as 100 ms; we keep order
+        # at least 10 ms a frame, so times rise strictly (browsers show 0-10 ms frames for 100 ms)
+        t += max(float(img.info.get("duration") or 0), 10.0) / 1000
     img.seek(0)
     return times, count
 

@@ -84,9 +84,8 @@ def _resized(rgba: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgba, "RGBA").resize((width, height), Image.LANCZOS))
 
 
-def make_composite(rng: np.random.Generator, name: str, *, width: int = 640, height: int = 480,
-                   people: tuple[int, int] = (2, 5)) -> Composite:
-    photos, persons = empty_photos(), cutouts()
+def make_composite(rng: np.random.Generator, name: str, photos: list[tuple[str, np.ndarray]], persons: list[np.ndarray], *,
+                   width: int = 640, height: int = 480, people: tuple[int, int] = (2, 5)) -> Composite:
     canvas = _background(rng, photos[rng.integers(len(photos))][1], width, height).copy()
     owner = np.zeros((height, width), np.int32)
     pasted = []
@@ -112,7 +111,8 @@ def make_composite(rng: np.random.Generator, name: str, *, width: int = 640, hei
 
 def make_composites(count: int, seed: int = 0, **kwargs) -> list[Composite]:
     rng = np.random.default_rng(seed)
-    return [make_composite(rng, f"composite_{seed}_{i:04d}", **kwargs) for i in range(count)]
+    photos, persons = empty_photos(), cutouts()
+    return [make_composite(rng, f"composite_{seed}_{i:04d}", photos, persons, **kwargs) for i in range(count)]
 
 
 def bucket_name(height: int) -> str:

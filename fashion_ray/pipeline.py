@@ -54,8 +54,7 @@ def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side:
 def _frame_rows(item: dict, *, max_side: int, storage_options) -> list[dict]:
     frames = json.loads(item["frames"])
     rows = []
-    decode = video.decode_segment if video.is_video(item["uri"]) else video.decode_image_frames
-    decoded = decode(item["uri"], [pts for _, pts, _ in frames], storage_options)
+    decoded = video.decode_frames(item["uri"], [pts for _, pts, _ in frames], storage_options)
     for (index, _, seconds), (_, image, reason, detail) in zip(frames, decoded):
         frame = {**item, "id": storage.stable_id(item["uri"], index), "frame_index": index,
                  "timestamp_s": math.nan if seconds is None else seconds}  # TIFF pages have no time
@@ -104,15 +103,13 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
 
 def _probe(batch: dict[str, np.ndarray], *, sampling: video.VideoSampling, max_pixels: int,
            storage_options=None) -> dict[str, np.ndarray]:
-    plans = [json.dumps(video.probe(uri, sampling, storage_options) if video.is_video(uri)
-                        else video.probe_image_frames(uri, sampling, max_pixels, storage_options))
-             for uri in map(str, batch["uri"])]
+    plans = [json.dumps(video.plan_frames(str(uri), sampling, max_pixels, storage_options)) for uri in batch["uri"]]
     return {"id": batch["id"], "plan": np.array(plans, dtype=object)}
 
 
 def probe_videos(cfg: LabelJobConfig, videos: pa.Table) -> dict[int, dict]:
     """Plan every video and multi-frame image in parallel tasks (demux / header only);
-    returns {id: plan} (video.probe); a still image among them gets no plan."""
+    returns {id: plan} (video.plan_frames); a still image among them gets no plan."""
     if videos.num_rows == 0:
         return {}
     ds = ray.data.from_arrow([videos.slice(i, 1) for i in range(videos.num_rows)])

@@ -53,18 +53,6 @@ def may_have_frames(uri: str) -> bool:
     return uri.lower().endswith(VIDEO_EXTENSIONS + MULTI_FRAME_EXTENSIONS)
 
 
-def _open_image(uri: str, options):
-    from PIL import Image
-
-    fs, path = storage.filesystem(uri, options)
-    handle = fs.open(path, "rb")
-    try:
-        return handle, Image.open(handle)
-    except Exception:
-        handle.close()
-        raise
-
-
 def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, options=None) -> dict | None:
     """Plan an animated GIF/WebP (frames on their time line, sampled as a video is) or a
     multi-page TIFF (every page, page index as frame index, no timestamp).
@@ -130,16 +118,37 @@ def select_frames(times: list[float], sampling: VideoSampling) -> list[int]:
     return picked[: sampling.max_frames] if sampling.max_frames else picked
 
 
-def _open(uri: str, options):
+def _open(uri: str, options, opener=None):
+    """(file handle, container) with the handle closed if the container cannot be opened.
+    `opener` takes the handle; PyAV's demuxer by default."""
     import av
 
     fs, path = storage.filesystem(uri, options)
     handle = fs.open(path, "rb")
     try:
-        return handle, av.open(handle, mode="r", metadata_errors="ignore")
+        return handle, opener(handle) if opener else av.open(handle, mode="r", metadata_errors="ignore")
     except Exception:
         handle.close()
         raise
+
+
+def _open_image(uri: str, options):
+    from PIL import Image
+
+    return _open(uri, options, Image.open)
+
+
+def plan_frames(uri: str, sampling: VideoSampling, max_pixels: int, options=None) -> dict | None:
+    """The frames to label in a video (probe) or a multi-frame image (probe_image_frames)."""
+    if is_video(uri):
+        return probe(uri, sampling, options)
+    return probe_image_frames(uri, sampling, max_pixels, options)
+
+
+def decode_frames(uri: str, pts_wanted: list[int], options=None):
+    """The frames a plan picked, from a video (decode_segment) or a multi-frame image (decode_image_frames)."""
+    decode = decode_segment if is_video(uri) else decode_image_frames
+    return decode(uri, pts_wanted, options)
 
 
 def _error(reason: str, detail: str) -> dict:

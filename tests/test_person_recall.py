@@ -2,8 +2,8 @@
 
 Measured on composites of real person cut-outs pasted onto real no-people photos, with
 exact boxes (fashion_ray/person_eval.py). The first version of the bootstrap person stage
-found 13% of these people (none under 48 px) at the same false-person rate; this test fails
-if the current one falls back towards that.
+found 13% of these people (none under 48 px), with as many false persons on the no-people
+photos; this test fails if the current one falls back towards that.
 """
 
 from __future__ import annotations

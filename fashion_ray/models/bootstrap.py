@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_ray import taxonomy
-from fashion_ray.boxes import box_iou
+from fashion_ray.boxes import box_iou, crop_box
+from fashion_ray.formats.masks import bbox_xyxy
 from fashion_ray.models.bundle import read_checked
 
 # MediaPipe pose landmark indices (subject's left/right).
@@ -34,6 +35,7 @@ HEAD_LANDMARKS = tuple(range(11))
 
 VISIBLE = 0.5  # landmark visibility above which a limb is drawn
 POSE_INPUT_SIDE = 384  # small crops are upscaled to about this before the pose model
+SEGMENTER_SIDE = 256  # the selfie segmenter's input
 
 
 def _pose_landmarker(task: bytes, min_confidence: float, num_poses: int):
@@ -61,21 +63,25 @@ def _mp_image(rgb: np.ndarray):
 
 
 class PosePersonDetector:
-    """Finds every person: candidate regions -> multi-person pose + masks -> refine -> merge.
+    """Finds every person: candidate regions -> multi-person pose + masks -> merge -> re-view.
 
     MediaPipe's pose model wants a person to fill a good part of its 224 px input, so small
     people are found on tiles: overlapping squares at a few sizes (fractions of the image's
-    long side), each upscaled before the model sees it. A person cut by a tile edge is looked
-    at again through a region grown around it, so the box covers every limb. Candidates the
-    pose model never anchored (a back view, a face out of frame) come from the person
-    segmenter's components on the whole image; they pass only when the pose model confirms
-    them on their own crop, which also keeps posts, signs and statues out.
+    long side), each upscaled before the model sees it. The person segmenter's components on
+    the whole image add regions for people the pose model did not anchor on a tile (a back
+    view, a face out of frame). Every merged candidate is looked at again through a square
+    around it: that view gives its whole extent, and it is kept only when two views saw it,
+    its skeleton is plausible and the segmenter sees a body under it (posts, signs, cup
+    handles and textures fail one of these).
     """
 
     kind = "detector"
 
+    TILE_FRACTIONS = (0.375, 0.1875)  # tile sides / image long side: 240 and 120 px tiles on a 640 px image
+    MAX_POSES = 4  # poses the model may return per view
+
     def __init__(self, pose_task: bytes, segmenter_model: bytes | None = None, *, score_threshold: float,
-                 mask_threshold: float, tile_fractions: tuple[float, ...] = (0.375, 0.1875), max_poses: int = 4):
+                 mask_threshold: float, tile_fractions: tuple[float, ...] = TILE_FRACTIONS, max_poses: int = MAX_POSES):
         import threading
 
         self.pose = _pose_landmarker(pose_task, 0.5, max_poses)
@@ -109,6 +115,13 @@ class PosePersonDetector:
             regions += _grid(w, h, side)
         return list(dict.fromkeys(regions))
 
+    def _person_probability(self, img: np.ndarray, interpolation: int) -> np.ndarray:
+        """The segmenter's person probability at its own 256x256 input."""
+        import cv2
+
+        small = cv2.resize(img, (SEGMENTER_SIDE, SEGMENTER_SIDE), interpolation=interpolation)
+        return self.segmenter.segment(_mp_image(small)).confidence_masks[0].numpy_view()
+
     def _segment_regions(self, img: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Padded boxes of the person segmenter's components (people the pose model may miss)."""
         import cv2
@@ -116,17 +129,11 @@ class PosePersonDetector:
         if self.segmenter is None:
             return []
         h, w = img.shape[:2]
-        side = 256  # the segmenter's input
-        small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
-        prob = self.segmenter.segment(_mp_image(small)).confidence_masks[0].numpy_view()
+        prob = self._person_probability(img, cv2.INTER_AREA)
         n, _, stats, _ = cv2.connectedComponentsWithStats((prob > 0.5).astype(np.uint8))
-        regions = []
-        for x, y, bw, bh, area in stats[1:n]:
-            if area < 40:
-                continue
-            x0, y0, x1, y1 = x * w / side, y * h / side, (x + bw) * w / side, (y + bh) * h / side
-            regions.append(_grow((x0, y0, x1, y1), 0.25, w, h))
-        return regions
+        sx, sy = w / SEGMENTER_SIDE, h / SEGMENTER_SIDE
+        return [crop_box((x * sx, y * sy, (x + bw) * sx, (y + bh) * sy), w, h, pad=0.25)
+                for x, y, bw, bh, area in stats[1:n] if area >= 40]
 
     def _segmenter_agrees(self, img: np.ndarray, view, mask: np.ndarray) -> bool:
         """At least half of the pose mask is person to the segmenter looking at the same view."""
@@ -135,11 +142,10 @@ class PosePersonDetector:
         if self.segmenter is None:
             return True
         x0, y0, x1, y1 = view
-        crop = cv2.resize(img[y0:y1, x0:x1], (256, 256), interpolation=cv2.INTER_LINEAR)
-        prob = self.segmenter.segment(_mp_image(crop)).confidence_masks[0].numpy_view()
         inside = mask[y0:y1, x0:x1]
         if not inside.any():
             return False
+        prob = self._person_probability(img[y0:y1, x0:x1], cv2.INTER_LINEAR)
         prob = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         return float((prob[inside] > 0.5).mean()) >= 0.5
 
@@ -169,7 +175,7 @@ class PosePersonDetector:
                     prob = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
                 mask[y0:y1, x0:x1] = prob > self.mask_threshold
                 mask = _components_touching(mask, kp)
-            det = _detection(kp, mask, region, w, h)
+            det = _detection(kp, mask, w, h)
             if det is not None:
                 found.append(det)
         return found
@@ -205,17 +211,12 @@ class PosePersonDetector:
 
 def _merge(found: list[dict]) -> list[dict]:
     """One detection per person: of the views that saw one person, the largest (a small tile
-    sees only part of a large person; one cut by its view's edge is looked at again later)."""
+    sees only part of a large person)."""
     kept: list[dict] = []
     for det in sorted(found, key=lambda d: -_area(d["box"])):
         if not any(_same_person(det, k) for k in kept):
             kept.append(det)
     return kept
-
-
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 def _fragment(det: dict, kept: list[dict]) -> bool:
@@ -237,17 +238,6 @@ def _clip(box, w: int, h: int) -> tuple[int, int, int, int]:
     return max(0, int(box[0])), max(0, int(box[1])), min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
 
 
-def _grow(box, margin: float, w: int, h: int, square: bool = False) -> tuple[int, int, int, int]:
-    """The box grown by `margin` of its size on every side (to a square around it if asked)."""
-    x0, y0, x1, y1 = box
-    bw, bh = x1 - x0, y1 - y0
-    if square:
-        bw = bh = max(bw, bh)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    half_w, half_h = bw * (0.5 + margin), bh * (0.5 + margin)
-    return _clip((cx - half_w, cy - half_h, cx + half_w, cy + half_h), w, h)
-
-
 def _view(box, min_side: float, w: int, h: int) -> tuple[int, int, int, int]:
     """A square centred on the box, 1.7x its long side (the person fills ~60%), at least min_side."""
     side = max(1.7 * max(box[2] - box[0], box[3] - box[1]), min_side)
@@ -266,30 +256,29 @@ def _grid(w: int, h: int, side: int) -> list[tuple[int, int, int, int]]:
     return [(x, y, min(w, x + side), min(h, y + side)) for y in starts(h) for x in starts(w)]
 
 
-def _detection(kp: np.ndarray, mask: np.ndarray, region, w: int, h: int) -> dict | None:
-    """One pose in a region -> a person: box over mask and every visible landmark."""
+def _detection(kp: np.ndarray, mask: np.ndarray, w: int, h: int) -> dict | None:
+    """One pose -> a person: box over its mask and the visible landmarks that touch it."""
     visible = kp[kp[:, 2] >= VISIBLE]
     inside = visible[(visible[:, 0] >= 0) & (visible[:, 0] < w) & (visible[:, 1] >= 0) & (visible[:, 1] < h)]
     if len(inside) < 3:
         return None
-    if mask.any():
-        # The mask is the extent; a landmark widens it only where it touches the body (a hand
-        # or foot the mask thresholded away), not where the model guessed a hidden hip.
+    mask_box = bbox_xyxy(mask)
+    on_mask = mask[inside[:, 1].astype(int), inside[:, 0].astype(int)]
+    if mask_box is not None and not on_mask.all():
+        # The mask is the extent; a landmark off it widens the box only where it is near the
+        # body (a hand or foot the mask thresholded away), not where the model guessed a hidden hip.
         import cv2
 
-        mask_box = _mask_box(mask)
         reach = 0.15 * max(mask_box[3] - mask_box[1], mask_box[2] - mask_box[0])
         dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
         inside = inside[dist[inside[:, 1].astype(int), inside[:, 0].astype(int)] <= reach]
-    xs = np.concatenate([np.nonzero(mask.any(0))[0], inside[:, 0]])
-    ys = np.concatenate([np.nonzero(mask.any(1))[0], inside[:, 1]])
-    box = [float(max(0, xs.min())), float(max(0, ys.min())), float(min(w, xs.max() + 1)), float(min(h, ys.max() + 1))]
+    xs, ys = list(inside[:, 0]), list(inside[:, 1])
+    if mask_box is not None:
+        xs += [mask_box[0], mask_box[2] - 1]
+        ys += [mask_box[1], mask_box[3] - 1]
+    box = [float(max(0, min(xs))), float(max(0, min(ys))), float(min(w, max(xs) + 1)), float(min(h, max(ys) + 1))]
     score = float(np.sort(kp[:, 2])[::-1][:16].mean())  # the 16 most visible landmarks
-    # "clipped": the person runs into a region edge that is not an image edge
-    image_edges = (0, 0, w, h)
-    clipped = any(abs(box[k] - region[k]) < 2 and region[k] != image_edges[k] for k in range(4))
-    return {"box": box, "score": score, "mask": mask, "keypoints": kp, "clipped": clipped,
-            "region_area": (region[2] - region[0]) * (region[3] - region[1])}
+    return {"box": box, "score": score, "mask": mask, "keypoints": kp}
 
 
 def _plausible(det: dict) -> bool:
@@ -530,10 +519,9 @@ def build_predictor(bundle, spec, device, options=None):
         return read_checked(bundle, entry["path"], entry["sha256"], options)
 
     if spec.architecture == "mediapipe_pose_person":
-        tiles = tuple(spec.options.get("tile_fractions", (0.375, 0.1875)))
+        tuning = {key: spec.options[key] for key in ("tile_fractions", "max_poses") if key in spec.options}
         return PosePersonDetector(read("pose"), read("segmenter") if "segmenter" in files else None,
-                                  score_threshold=spec.score_threshold, mask_threshold=spec.mask_threshold,
-                                  tile_fractions=tiles, max_poses=int(spec.options.get("max_poses", 4)))
+                                  score_threshold=spec.score_threshold, mask_threshold=spec.mask_threshold, **tuning)
     if spec.architecture == "pose_body_parts":
         return PoseBodyParts()
     return PoseGarmentRegions()

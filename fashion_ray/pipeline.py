@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from fashion_ray import media, storage, video
+from fashion_ray import media, motion, storage, video
 from fashion_ray.config import LabelJobConfig
 from fashion_ray.formats.shards import Shard, write_shard
 from fashion_ray.models import Device, Bundle
@@ -63,6 +63,9 @@ def _frame_rows(item: dict, *, max_side: int, storage_options) -> list[dict]:
         else:
             fitted = media.fit(image, max_side)
             rows.append({**frame, "image": fitted.image, "scale": fitted.scale, "width": fitted.width, "height": fitted.height})
+    timed = [r for r in rows if "image" in r and not math.isnan(r["timestamp_s"])]  # video/animation frames, not pages
+    for row, regions in zip(timed, motion.moving_regions([r["image"] for r in timed])):
+        row["regions"] = regions
     return rows
 
 
@@ -75,7 +78,8 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
     """Fetch and decode a batch of work items into rows; failures become error rows.
 
     An item is an image (one row), a segment of a video's sampled frames (one row per
-    frame), or a video the probe refused (one error row with its reason).
+    frame, with the segment's moving regions as candidates for the person stage), or a
+    video the probe refused (one error row with its reason).
     """
     items = [{k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in batch.items()}
              for i in range(len(batch["id"]))]
@@ -97,6 +101,7 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
                 for k in ("uri", "etag", "status", "error", "error_detail")})
     out["image"] = np.empty(len(rows), dtype=object)
     out["image"][:] = [r.get("image", PLACEHOLDER_IMAGE) for r in rows]
+    out["regions"] = np.array([json.dumps(r.get("regions", [])) for r in rows], dtype=object)
     out["persons"] = persons_column([[] for _ in rows])
     return out
 

@@ -238,6 +238,8 @@ def format_summary(manifest: dict) -> str:
         f"{c['inputs'] - c['videos']} images, {c['videos']} videos -> {c['frames']} frames",
         f"  labels     {c['persons']} persons, {c['garments']} garments, {c['parts']} parts",
     ]
+    if c.get("tracks"):
+        lines.append(f"  tracks     {c['tracks']} person tracks over the videos' frames, {c['mean_track_length']} frames long on average")
     if manifest["errors_by_reason"]:
         lines.append("  errors     " + ", ".join(f"{k}: {v}" for k, v in manifest["errors_by_reason"].items()))
     lines += [

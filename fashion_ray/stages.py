@@ -3,6 +3,7 @@
 Rows flow as numpy batches with these columns (see pipeline.load_media):
     id, uri, size, etag, mtime, source, frame_index, timestamp_s, status, error, error_detail,
     width, height, scale, image (HxWx3 uint8 at working resolution),
+    regions (JSON list of candidate person boxes, e.g. moving things in video frames),
     persons (a `Persons` object: label dicts in working coordinates)
 
 Stages only add to `persons`. A row whose status is "error" passes through untouched, and
@@ -13,12 +14,13 @@ Resources (actors, CPUs, GPUs, batch size) are not chosen here: see pipeline.py.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fashion_ray import taxonomy
+from fashion_ray import appearance, taxonomy
 from fashion_ray.boxes import crop_box
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
@@ -87,7 +89,9 @@ class PersonStage(_Stage):
 
     def label(self, batch, persons) -> None:
         rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
-        results = self._predict([batch["image"][i] for i in rows], [{} for _ in rows])
+        # video frames carry moving regions (motion.py) as extra candidates
+        regions = batch["regions"] if "regions" in batch else [None] * len(batch["status"])
+        results = self._predict([batch["image"][i] for i in rows], [{"regions": json.loads(regions[i] or "[]")} for i in rows])
         for i, det in zip(rows, results):
             if isinstance(det, Exception):
                 self._fail(batch, i, det, persons, self.stage_name)
@@ -99,8 +103,10 @@ class PersonStage(_Stage):
                 person = {"person_id": len(found), "score": float(det["scores"][j]),
                           "box": [float(v) for v in det["boxes"][j]], "mask": None, "keypoints": None,
                           "garments": [], "parts": []}
-                if det.get("masks") is not None:
-                    person["mask"] = rle.encode(det["masks"][j])
+                mask = det["masks"][j] if det.get("masks") is not None else None
+                if mask is not None:
+                    person["mask"] = rle.encode(mask)
+                person["appearance"] = appearance.describe(batch["image"][i], person["box"], mask)
                 if det.get("keypoints") is not None:
                     person["keypoints"] = [float(v) for v in np.asarray(det["keypoints"][j]).reshape(-1)]
                 found.append(person)

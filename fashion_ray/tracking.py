@@ -1,9 +1,15 @@
-"""Person tracks across the sampled frames of a video, in the spirit of SORT.
+"""Person tracks across the sampled frames of a video, made for sparse sampling (1 fps).
 
-Each live track predicts its next box by constant velocity; a frame's person boxes are
-matched to the predictions greedily by IoU (best pair first); unmatched boxes start new
-tracks; a track missed for more than `max_age` sampled frames ends. Track ids count from 1
-within a video, in order of first appearance, so the same labels always give the same ids.
+At 1 frame per second a walker moves more than their own width between samples, so box
+overlap (SORT's cue) links almost nothing. A detection may continue a live track when it
+lies within reach of where the track's constant-velocity motion puts it (`reach` body
+heights per second of elapsed time, from the last place it was seen), its height is
+within 2x, and it looks alike: the Bhattacharyya similarity of their colour descriptors
+(appearance.py) is at least `min_similarity`, unless the boxes overlap as much as
+`iou_link`. Among those pairs, a frame's assignment maximises appearance + closeness + IoU
+(Hungarian). A track missed for up to `max_gap_s` of video time keeps its id when its
+person comes back (occlusion, a missed detection). Track ids count from 1 within a video
+in order of first appearance, so the same labels always give the same ids.
 
 `track_shards` applies this after the cascade: a video's frames are labelled by many tasks
 and land in several shards, so tracks can only be drawn once all of its frames are in.
@@ -13,52 +19,102 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fashion_ray.formats.shards import Shard, read_shard_rows, write_rows
+import numpy as np
+
+from fashion_ray import appearance
 from fashion_ray.boxes import box_iou
+from fashion_ray.formats.shards import Shard, read_shard_rows, write_rows
+
+
+@dataclass(frozen=True)
+class TrackingOptions:
+    max_gap_s: float = 3.0  # a track unseen for longer ends (two missed samples at 1 fps)
+    reach: float = 1.5  # body heights per second a person may stray from the predicted place
+    min_similarity: float = 0.8  # of appearance, for a link between boxes that do not overlap
+    iou_link: float = 0.5  # boxes overlapping this much link whatever their colours
 
 
 @dataclass
 class _Track:
     track_id: int
     box: list[float]
-    velocity: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
-    missed: int = 0
+    seen_s: float
+    descriptor: list[float] | None
+    velocity: np.ndarray | None = None  # of the box centre, px per second
 
-    def predicted(self) -> list[float]:
-        return [v + d * (self.missed + 1) for v, d in zip(self.box, self.velocity)]
+    def predicted(self, t: float) -> list[float]:
+        if self.velocity is None:
+            return self.box
+        dx, dy = self.velocity * (t - self.seen_s)
+        return [self.box[0] + dx, self.box[1] + dy, self.box[2] + dx, self.box[3] + dy]
+
+    def update(self, box: list[float], t: float, descriptor) -> None:
+        dt = t - self.seen_s
+        if dt > 0:
+            velocity = (_centre(box) - _centre(self.box)) / dt
+            self.velocity = velocity if self.velocity is None else 0.5 * (self.velocity + velocity)
+        self.box, self.seen_s = list(box), t
+        self.descriptor = appearance.blend(self.descriptor, descriptor)
 
 
-def assign_tracks(frames: list[list[list[float]]], iou_threshold: float = 0.2, max_age: int = 2) -> list[list[int]]:
-    """Track ids for the boxes ([x0, y0, x1, y1]) of each frame, frames in time order."""
+def _centre(box) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+
+def _height(box) -> float:
+    return max(1.0, box[3] - box[1])
+
+
+def link_score(track: _Track, box, descriptor, t: float, options: TrackingOptions) -> float | None:
+    """How well a detection continues a track (higher is better); None where it cannot."""
+    ratio = _height(box) / _height(track.box)
+    if not 0.5 <= ratio <= 2.0:
+        return None
+    predicted = track.predicted(t)
+    reach = max(_height(box), _height(track.box)) * (0.35 + options.reach * max(0.0, t - track.seen_s))
+    distance = float(np.linalg.norm(_centre(box) - _centre(predicted)))
+    if distance > reach:
+        return None
+    iou = box_iou(predicted, box)
+    similar = appearance.similarity(track.descriptor, descriptor)
+    if similar is None:
+        similar = options.min_similarity  # no colours to compare: position decides
+    if similar < options.min_similarity and iou < options.iou_link:
+        return None
+    return similar + 0.5 * (1 - distance / reach) + 0.5 * iou
+
+
+def assign_tracks(boxes: list[list[list[float]]], times: list[float], descriptors: list[list] | None = None,
+                  options: TrackingOptions = TrackingOptions()) -> list[list[int]]:
+    """Track ids for the person boxes ([x0, y0, x1, y1]) of each frame, frames in time order
+    (`times` in seconds); `descriptors`, where given, holds each box's appearance descriptor."""
+    from scipy.optimize import linear_sum_assignment
+
     tracks: list[_Track] = []
     next_id, out = 1, []
-    for boxes in frames:
-        predictions = [t.predicted() for t in tracks]
-        pairs = sorted(((box_iou(p, b), ti, di) for ti, p in enumerate(predictions) for di, b in enumerate(boxes)),
-                       reverse=True)
-        match: dict[int, int] = {}  # detection -> track index
-        for score, ti, di in pairs:
-            if score < iou_threshold:
-                break
-            if di not in match and ti not in match.values():
-                match[di] = ti
+    for k, (frame, t) in enumerate(zip(boxes, times)):
+        described = descriptors[k] if descriptors else [None] * len(frame)
+        tracks = [tr for tr in tracks if t - tr.seen_s <= options.max_gap_s + 1e-6]
+        scores = np.full((len(tracks), len(frame)), -np.inf)
+        for ti, track in enumerate(tracks):
+            for di, (box, descriptor) in enumerate(zip(frame, described)):
+                score = link_score(track, box, descriptor, t, options)
+                if score is not None:
+                    scores[ti, di] = score
+        match = {}
+        if scores.size and np.isfinite(scores).any():
+            rows, cols = linear_sum_assignment(np.where(np.isfinite(scores), -scores, 1e6))
+            match = {di: tracks[ti] for ti, di in zip(rows, cols) if np.isfinite(scores[ti, di])}
         ids = []
-        for di, box in enumerate(boxes):
-            if di in match:
-                track = tracks[match[di]]
-                steps = track.missed + 1
-                track.velocity = tuple((n - o) / steps for n, o in zip(box, track.box))
-                track.box, track.missed = list(box), 0
-            else:
-                track = _Track(next_id, list(box))
+        for di, (box, descriptor) in enumerate(zip(frame, described)):
+            track = match.get(di)
+            if track is None:
+                track = _Track(next_id, list(box), t, descriptor)
                 tracks.append(track)
                 next_id += 1
+            else:
+                track.update(box, t, descriptor)
             ids.append(track.track_id)
-        matched = set(match.values())
-        for ti, track in enumerate(tracks[: len(predictions)]):
-            if ti not in matched:
-                track.missed += 1
-        tracks = [t for t in tracks if t.missed <= max_age]
         out.append(ids)
     return out
 
@@ -78,7 +134,9 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> 
                 videos.setdefault(row["uri"], []).append(row)
     for frames in videos.values():
         frames.sort(key=lambda r: r["frame_index"])
-        for row, ids in zip(frames, assign_tracks([[p["box"] for p in r["persons"]] for r in frames])):
+        ids_per_frame = assign_tracks([[p["box"] for p in r["persons"]] for r in frames], [r["timestamp_s"] for r in frames],
+                                      [[p.get("appearance") for p in r["persons"]] for r in frames])
+        for row, ids in zip(frames, ids_per_frame):
             for person, track_id in zip(row["persons"], ids):
                 person["track_id"] = track_id
     return {name: write_rows(rows, output=output, salt=f"{run_id}:tracks", storage_options=options,

@@ -1,12 +1,16 @@
-"""Measure the person stage: recall by person height and false persons, on composites.
+"""Measure the person stage: recall by person height and false persons on composites, and
+tracks per walker on walkers videos.
 
     python jobs/person_recall.py --composites 60
+    python jobs/person_recall.py --composites 0 --walkers 4
     python jobs/person_recall.py --bundle s3://models/person-v3 --composites 200 --seed 1
 
-Builds composites of real person cut-outs on real no-people photos with exact boxes
-(fashion_ray/person_eval.py), runs the bundle's person stage on them and on the no-people
-photos, and prints one JSON object: recall at IoU 0.5 per height bucket, false persons per
-composite and per no-people photo, seconds per image.
+Composites are real person cut-outs on real no-people photos with exact boxes
+(fashion_ray/person_eval.py); the bundle's person stage runs on them and on the no-people
+photos. Walkers videos are cut-outs crossing a real background at walking speed, labelled by
+the real labelling job at 1 fps (motion proposals and tracking included). Prints one JSON
+object: recall at IoU 0.5 per height bucket, false persons per composite and per no-people
+photo, seconds per image; frame recall, tracks per walker, id switches and false tracks.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 
 from fashion_ray import person_eval
 from fashion_ray.models import build_stage_predictor, load_bundle
@@ -22,9 +27,11 @@ from fashion_ray.models import build_stage_predictor, load_bundle
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="bootstrap", help="bundle with a person stage (URI or built-in name)")
-    p.add_argument("--composites", type=int, default=60, help="composite images to build")
+    p.add_argument("--composites", type=int, default=60, help="composite images to build (0: none)")
+    p.add_argument("--walkers", type=int, default=0, help="walkers videos to build and label (0: none)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray of the walkers run (default: all)")
     return p
 
 
@@ -33,10 +40,16 @@ def main(args) -> int:
     if "person" not in bundle.stages:
         print(f"error: bundle {bundle.label} has no person stage", file=sys.stderr)
         return 2
-    predictor = build_stage_predictor(bundle, "person", args.device)
-    result = person_eval.evaluate_detector(predictor, person_eval.make_composites(args.composites, seed=args.seed),
-                                           person_eval.empty_photos())
-    print(json.dumps({"bundle": bundle.label, "seed": args.seed} | result, indent=2))
+    result = {"bundle": bundle.label, "seed": args.seed}
+    if args.composites > 0:
+        predictor = build_stage_predictor(bundle, "person", args.device)
+        result |= person_eval.evaluate_detector(predictor, person_eval.make_composites(args.composites, seed=args.seed),
+                                                person_eval.empty_photos())
+    if args.walkers > 0:
+        with tempfile.TemporaryDirectory() as workdir:
+            result["walkers_videos"] = person_eval.evaluate_walkers(args.bundle, args.walkers, args.seed, workdir,
+                                                                    num_cpus=args.num_cpus)
+    print(json.dumps(result, indent=2))
     return 0
 
 

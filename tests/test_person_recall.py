@@ -54,3 +54,31 @@ def test_no_people_photos_stay_nearly_empty(scores):
     # 14 photos (7 and their mirror images): a cat's face, a cup, a motorcycle, a rocket, textures
     assert scores["false_persons_per_empty_photo"] <= 5 / 14, scores["false_persons_by_empty_photo"]
     assert scores["false_persons_per_composite"] <= 2.0
+
+
+def test_walkers_video_is_one_track_per_walker(ray_session, tmp_path):
+    # Two 16 s videos of 5 walkers each, labelled by the real job at 1 fps (motion regions,
+    # appearance tracking). Bootstrap 0.1.0 with the IoU tracker gave 3.6 tracks per walker.
+    result = person_eval.evaluate_walkers("bootstrap", 2, seed=1, workdir=str(tmp_path))
+    assert result["tracks_per_walker"] <= 1.6, result["per_video"]
+    assert result["frame_recall_at_iou50"] >= 0.45, result["per_video"]
+    assert result["false_tracks"] <= 2, result["per_video"]
+    # the manifest counts every track once, with its mean length in sampled frames
+    tracks = sum(v["tracks"] for v in result["per_video"].values())
+    assert result["manifest_tracks"] == tracks and result["manifest_mean_track_length"] >= 3.0
+
+
+
+def test_track_scores_by_hand():
+    a, b, c, d = [0, 0, 10, 20], [10, 0, 20, 20], [50, 0, 60, 20], [20, 0, 30, 20]
+    truth = person_eval.WalkersVideo([0.0, 1.0, 2.0], {0.0: [(1, a, False)], 1.0: [(1, b, False), (2, c, False)],
+                                                       2.0: [(1, d, False)]}, walkers=2)
+
+    def row(t, *persons):
+        return {"status": "ok", "timestamp_s": t, "persons": [{"box": box, "track_id": tid} for box, tid in persons]}
+
+    rows = [row(0.0, (a, 1)), row(1.0, (b, 1), (c, 2), ([200, 0, 210, 20], 3)), row(2.0, (d, 4))]
+    scores = person_eval.evaluate_tracks(rows, truth)
+    # walker 1 is tracks 1 then 4 (one switch), walker 2 is track 2; track 3 matches nobody
+    assert (scores["tracks_per_walker"], scores["id_switches"], scores["tracks"], scores["false_tracks"]) == (1.5, 1, 4, 1)
+    assert scores["frame_recall_at_iou50"] == 1.0 and scores["walkers_found"] == 2

@@ -26,7 +26,7 @@ from helpers import (
 )
 from pycocotools.coco import COCO
 
-from fashion_ray import config, video
+from fashion_ray import appearance, config, video
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import StorageOptions, stable_id
 from fashion_ray.tracking import assign_tracks
@@ -79,7 +79,45 @@ def test_tracks_follow_people_through_gaps_and_crossings():
     right = [[300 - 20 * k, 40, 350 - 20 * k, 140] for k in range(6)]  # walks left
     frames = [[left[0], right[0]], [right[1], left[1]], [left[2]], [left[3], right[3]], [right[4], left[4]],
               [left[5], right[5], [500, 0, 540, 80]]]  # order shuffled, right missed once, a newcomer at the end
-    assert assign_tracks(frames) == [[1, 2], [2, 1], [1], [1, 2], [2, 1], [1, 2, 3]]
+    assert assign_tracks(frames, [float(k) for k in range(6)]) == [[1, 2], [2, 1], [1], [1, 2], [2, 1], [1, 2, 3]]
+
+
+def _dressed(top: tuple, bottom: tuple) -> list[float]:
+    """The descriptor of a 20x40 person in a `top` shirt over `bottom` trousers."""
+    image = np.zeros((40, 20, 3), np.uint8)
+    image[:22], image[22:] = top, bottom
+    return appearance.describe(image, [0, 0, 20, 40])
+
+
+def test_appearance_tells_clothes_apart():
+    red_over_blue = _dressed((200, 72, 30), (72, 30, 200))
+    # an orange-red shirt (hue 15 deg) is all in hue bin 0 (0-30) at the higher saturation bin;
+    # violet-blue trousers (hue 255 deg) all in bin 8 (240-270)
+    upper, lower = np.reshape(red_over_blue, (2, appearance.HALF))
+    assert upper[0 * appearance.SAT_BINS + 1] == 1.0 and lower[8 * appearance.SAT_BINS + 1] == 1.0
+    assert appearance.similarity(red_over_blue, _dressed((205, 75, 35), (75, 35, 190))) > 0.95
+    assert appearance.similarity(red_over_blue, _dressed((72, 30, 200), (200, 72, 30))) == 0.0  # swapped halves
+    assert appearance.similarity(red_over_blue, None) is None
+
+
+def test_tracks_survive_sparse_sampling_crossings_and_gaps():
+    # 1 fps: each walker moves 1.5 widths a sample, so consecutive boxes never overlap; they
+    # cross in the middle (t=3, where their boxes coincide). Appearance keeps them apart.
+    red, blue = _dressed((200, 30, 30), (40, 40, 40)), _dressed((30, 30, 200), (220, 220, 220))
+    east = [[100 + 60 * k, 100, 140 + 60 * k, 200] for k in range(7)]
+    west = [[460 - 60 * k, 100, 500 - 60 * k, 200] for k in range(7)]
+    times = [float(k) for k in range(7)]
+    # the blue walker is missed at t=4 and t=5 (2 s: within the gap a track survives)
+    boxes = [[east[k], west[k]] if k not in (4, 5) else [east[k]] for k in range(7)]
+    looks = [[red, blue] if k not in (4, 5) else [red] for k in range(7)]
+    ids = assign_tracks(boxes, times, looks)
+    assert ids == [[1, 2], [1, 2], [1, 2], [1, 2], [1], [1], [1, 2]]
+    # a gap longer than max_gap_s ends the track: the walker comes back as a new one
+    late = assign_tracks([[east[0]], [east[1]], [east[6]]], [0.0, 1.0, 6.0], [[red], [red], [red]])
+    assert late == [[1], [1], [2]]
+    # someone who looks different where a track is expected is someone else
+    other = assign_tracks([[east[0]], [east[1]]], [0.0, 1.0], [[red], [blue]])
+    assert other == [[1], [2]]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +169,10 @@ def test_tracks_carry_to_garments_parts_and_ava(mixed_run):
     left_track = [min(r["persons"], key=lambda p: p["box"][0] + p["box"][2])["track_id"] for r in pair]
     assert len(set(left_track)) == 1
     assert rows[("astronaut.jpg", None)]["persons"][0]["track_id"] is None
+    # the manifest counts tracks: walk 1 track of 6 frames, pair 2 tracks of 4 -> 3 tracks, 14 / 3 frames long
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["tracks"], counts["mean_track_length"]) == (3, 4.67)
+    assert all("appearance" in p and len(p["appearance"]) == appearance.SIZE for r in walk + pair for p in r["persons"])
 
     manifest = json.loads((out / "manifest.json").read_text())
     anns, images = [], {}

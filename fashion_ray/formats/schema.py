@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: COCO `attributes` became an object (name -> value); Parquet rows unchanged
+SCHEMA_VERSION = 3  # 2: COCO `attributes` became an object (name -> value); 3: persons gained `appearance`
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 BOX = pa.list_(pa.float32())
@@ -45,6 +45,7 @@ PERSON = pa.struct(
         ("box", BOX),
         ("mask", RLE),
         ("keypoints", pa.list_(pa.float32())),  # flattened x, y, visibility
+        ("appearance", pa.list_(pa.float32())),  # colour descriptor (appearance.py) the tracker matches on
         ("garments", pa.list_(GARMENT)),
         ("parts", pa.list_(PART)),
     ]

@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -39,6 +39,7 @@ def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
     return {
         "person_id": person["person_id"], "track_id": person.get("track_id"), "score": person["score"],
         "box": scale_box(person["box"], scale, width, height), "mask": mask(person.get("mask")), "keypoints": kp,
+        "appearance": person.get("appearance"),
         "garments": [{**g, "box": scale_box(g["box"], scale, width, height), "mask": mask(g.get("mask"))}
                      for g in person.get("garments", [])],
         "parts": [{**p, "box": scale_box(p["box"], scale, width, height), "mask": mask(p["mask"]),
@@ -87,13 +88,18 @@ class Shard:
     parts: int
     errors: dict[str, int]  # error rows per reason
     ava: bool  # an AVA CSV was written (the shard holds tracked video frames)
+    tracked: int = 0  # persons with a track id
+    # per video: the highest track id among this shard's frames. Ids count from 1 per video,
+    # so a video's track count is the largest of these over all shards holding its frames.
+    max_track_id: dict[str, int] = field(default_factory=dict)
 
     def entry(self) -> dict:
         """The manifest's record of this shard (paths relative to the output)."""
         return {"name": self.name, "parquet": f"parquet/{self.name}.parquet", "coco": f"coco/{self.name}.json",
                 **({"ava": f"ava/{self.name}.csv"} if self.ava else {}),
                 "rows": len(self.ids), "ok": self.ok, "frames": self.frames, "persons": self.persons,
-                "garments": self.garments, "parts": self.parts, "errors": dict(self.errors)}
+                "garments": self.garments, "parts": self.parts, "errors": dict(self.errors),
+                **({"tracked": self.tracked, "max_track_id": dict(self.max_track_id)} if self.max_track_id else {})}
 
 
 def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", storage_options=None) -> Shard:
@@ -108,16 +114,30 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
     if ava_rows:
         storage.write_bytes_atomic(storage.join(output, "ava", f"{name}.csv"), ava.to_csv(ava_rows), storage_options)
     persons = [p for r in rows for p in r["persons"]]
+    max_track_id: dict[str, int] = {}
+    for row in rows:
+        for p in row["persons"]:
+            if p.get("track_id") is not None:
+                max_track_id[row["uri"]] = max(max_track_id.get(row["uri"], 0), p["track_id"])
     return Shard(name=name, ids=tuple(r["id"] for r in rows), ok=sum(r["status"] == "ok" for r in rows),
                  frames=sum(r["frame_index"] is not None for r in rows), persons=len(persons),
                  garments=sum(len(p["garments"]) for p in persons), parts=sum(len(p["parts"]) for p in persons),
                  errors=dict(collections.Counter(r["error"] for r in rows if r["status"] == "error")),
-                 ava=bool(ava_rows))
+                 ava=bool(ava_rows), tracked=sum(p.get("track_id") is not None for p in persons),
+                 max_track_id=max_track_id)
 
 
 def shard_totals(entries: list[dict]) -> dict:
-    """Label counts over a manifest's shard records."""
-    return {key: sum(s.get(key, 0) for s in entries) for key in ("ok", "frames", "persons", "garments", "parts")}
+    """Label counts over a manifest's shard records, with video tracks and their mean length
+    (tracked persons per track, in sampled frames)."""
+    totals = {key: sum(s.get(key, 0) for s in entries) for key in ("ok", "frames", "persons", "garments", "parts", "tracked")}
+    tracks_per_video: dict[str, int] = {}
+    for s in entries:
+        for uri, top in s.get("max_track_id", {}).items():
+            tracks_per_video[uri] = max(tracks_per_video.get(uri, 0), top)
+    totals["tracks"] = sum(tracks_per_video.values())
+    totals["mean_track_length"] = round(totals["tracked"] / totals["tracks"], 2) if totals["tracks"] else None
+    return totals
 
 
 def read_manifest(uri: str, options=None) -> dict:

@@ -135,19 +135,25 @@ class PosePersonDetector:
         return [crop_box((x * sx, y * sy, (x + bw) * sx, (y + bh) * sy), w, h, pad=0.25)
                 for x, y, bw, bh, area in stats[1:n] if area >= 40]
 
-    def _segmenter_agrees(self, img: np.ndarray, view, mask: np.ndarray) -> bool:
-        """At least half of the pose mask is person to the segmenter looking at the same view."""
+    def _segmenter_view(self, img: np.ndarray, view, mask: np.ndarray) -> np.ndarray | None:
+        """The pose mask where the segmenter, looking at the same view, also sees a person;
+        None when that is less than half of it. The pose model's mask of a small person
+        spills onto the background it guesses legs into; the segmenter's edge does not."""
         import cv2
 
         if self.segmenter is None:
-            return True
+            return mask
         x0, y0, x1, y1 = view
         inside = mask[y0:y1, x0:x1]
         if not inside.any():
-            return False
+            return None
         prob = self._person_probability(img[y0:y1, x0:x1], cv2.INTER_LINEAR)
-        prob = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-        return float((prob[inside] > 0.5).mean()) >= 0.5
+        person = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0.5
+        if float(person[inside].mean()) < 0.5:
+            return None
+        refined = np.zeros_like(mask)
+        refined[y0:y1, x0:x1] = inside & person
+        return refined
 
     # pose on one region ------------------------------------------------------------------
     def _poses_in(self, img: np.ndarray, region) -> list[dict]:
@@ -183,7 +189,9 @@ class PosePersonDetector:
     def _detect(self, img: np.ndarray, extra_regions: list) -> dict:
         h, w = img.shape[:2]
         found = []
-        for region in self._tiles(w, h) + self._segment_regions(img) + [_clip(r, w, h) for r in extra_regions]:
+        # extra regions (moving things in video) are candidate boxes: seen through a square around each
+        views = [_view(r, 32, w, h) for r in extra_regions]
+        for region in self._tiles(w, h) + self._segment_regions(img) + views:
             found += self._poses_in(img, region)
         found = [d for d in found if d["score"] >= self.score_threshold]
         smallest_tile = min(self.tile_fractions, default=1.0) * max(w, h)
@@ -196,8 +204,25 @@ class PosePersonDetector:
             # A pose the model imagined in an upscaled patch of texture is seen from one view
             # only, and the person segmenter (a second model) does not see a body under it.
             seen_twice = bool(again) or sum(_same_person(d, cand) for d in found) >= 2
-            if seen_twice and _plausible(cand) and self._segmenter_agrees(img, view, cand["mask"]):
-                kept.append(max(again, key=lambda d: d["score"]) if again else cand)
+            if not _plausible(cand):
+                continue
+            best = max(again, key=lambda d: d["score"]) if again else cand
+            refined = self._segmenter_view(img, view, best["mask"])
+            # A region from another cue (motion in video) is evidence of its own: two of the
+            # three (two views, the segmenter, the region) must agree.
+            proposed = any(box_iou(best["box"], r) >= 0.3 for r in extra_regions)
+            if seen_twice + (refined is not None) + proposed < 2:
+                continue
+            if refined is not None:
+                best = _detection(best["keypoints"], refined, w, h) or best
+            elif proposed:
+                # no segmenter edge to trust: the moving region bounds the extent instead
+                region = max(extra_regions, key=lambda r: box_iou(best["box"], r))
+                bounded = np.zeros_like(best["mask"])
+                x0, y0, x1, y1 = _clip(region, w, h)
+                bounded[y0:y1, x0:x1] = best["mask"][y0:y1, x0:x1]
+                best = _detection(best["keypoints"], bounded, w, h) or best
+            kept.append(best)
         kept = _merge(kept)
         kept = [d for d in kept if not _fragment(d, kept)]
         return {

@@ -1,0 +1,47 @@
+"""Where something moves in a static-camera video: candidate regions for the person stage.
+
+A video segment's sampled frames (one decode task's worth) give their own background: the
+per-pixel median over the frames, which a walker occupies in few of them. Pixels far from
+it are foreground; joined up and split into components, they are boxes around moving
+things, which the person stage looks at as extra candidates (a pedestrian too small or too
+turned away for the pose model to anchor on in the whole image). A moving camera, a cut or
+a light change turns most pixels foreground; such frames give no regions rather than
+hundreds. Boxes are in the frames' own pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_FRAMES = 5  # fewer frames make no trustworthy median
+WORK_SIDE = 320  # long side the frames are reduced to (cheap, and denoises)
+THRESHOLD = 30  # grey levels from the background that count as foreground
+MAX_FOREGROUND = 0.25  # a frame with more foreground than this is not a static scene
+MAX_REGIONS = 8  # per frame, largest first: bounds the person stage's extra work
+
+
+def moving_regions(frames: list[np.ndarray]) -> list[list[list[float]]]:
+    """For each RGB frame (all of one size, in time order), boxes [x0, y0, x1, y1] around what moves."""
+    import cv2
+
+    if len(frames) < MIN_FRAMES or len({f.shape for f in frames}) != 1:
+        return [[] for _ in frames]
+    height, width = frames[0].shape[:2]
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    grey = np.stack([cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA) for f in frames])
+    background = np.median(grey, axis=0).astype(np.uint8)
+    opening = np.ones((3, 3), np.uint8)
+    joining = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 9))  # taller than wide: a body's parts join up
+    out = []
+    for frame in grey:
+        foreground = (cv2.absdiff(frame, background) > THRESHOLD).astype(np.uint8)
+        if foreground.mean() > MAX_FOREGROUND:
+            out.append([])
+            continue
+        foreground = cv2.dilate(cv2.morphologyEx(foreground, cv2.MORPH_OPEN, opening), joining)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(foreground)
+        blobs = sorted((s for s in stats[1:n] if s[3] >= 6 and s[4] >= 16), key=lambda s: -s[4])[:MAX_REGIONS]
+        out.append([[float(x / scale), float(y / scale), float(min(width, (x + w) / scale)), float(min(height, (y + h) / scale))]
+                    for x, y, w, h, _ in blobs])
+    return out

@@ -217,11 +217,8 @@ class PosePersonDetector:
                 best = _detection(best["keypoints"], refined, w, h) or best
             elif proposed:
                 # no segmenter edge to trust: the moving region bounds the extent instead
-                region = max(extra_regions, key=lambda r: box_iou(best["box"], r))
-                bounded = np.zeros_like(best["mask"])
-                x0, y0, x1, y1 = _clip(region, w, h)
-                bounded[y0:y1, x0:x1] = best["mask"][y0:y1, x0:x1]
-                best = _detection(best["keypoints"], bounded, w, h) or best
+                region = _clip(max(extra_regions, key=lambda r: box_iou(best["box"], r)), w, h)
+                best = _detection(best["keypoints"], _within(best["mask"], region), w, h) or best
             kept.append(best)
         kept = _merge(kept)
         kept = [d for d in kept if not _fragment(d, kept)]
@@ -261,6 +258,14 @@ def _area(box) -> float:
 
 def _clip(box, w: int, h: int) -> tuple[int, int, int, int]:
     return max(0, int(box[0])), max(0, int(box[1])), min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+
+
+def _within(mask: np.ndarray, box) -> np.ndarray:
+    """The mask's pixels inside an integer box."""
+    x0, y0, x1, y1 = box
+    out = np.zeros_like(mask)
+    out[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+    return out
 
 
 def _view(box, min_side: float, w: int, h: int) -> tuple[int, int, int, int]:

@@ -40,6 +40,9 @@ class StageResources:
     num_gpus: float = 0.0  # fractions share one GPU between stages
     torch_threads: int = 1  # intra-op threads per actor; Ray would otherwise pick from num_cpus
     amp: bool = True  # fp16 autocast, applied on CUDA only
+    # a custom resource that marks the node type this stage runs on (e.g. "gpu_node"): each
+    # actor asks for a sliver of it, so the stage lands only on nodes that declare it
+    node_resource: str = ""
 
     def __post_init__(self):
         if self.device not in ("cpu", "cuda"):
@@ -79,6 +82,7 @@ class LabelJobConfig:
     commit_every_s: float = 60.0
     lease_ttl_s: float = 120.0  # a crashed run's lease blocks the output at most this long
     max_attempts: int = 2  # passes over inputs a fault lost before the run reports them unlabelled
+    autoscaling: bool = False  # the cluster adds nodes on demand: a plan the nodes alive now cannot hold is not refused
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
@@ -104,7 +108,7 @@ class LabelJobConfig:
 def apply_overrides(resources: dict[str, StageResources], overrides: list[str]) -> dict[str, StageResources]:
     """Apply "stage.field=value" overrides ("all.field=value" for every stage)."""
     fields = {f.name: f.type for f in dataclasses.fields(StageResources)}
-    out = dict(resources)
+    changes: dict[str, dict] = {s: {} for s in resources}
     for item in overrides:
         key, sep, value = item.partition("=")
         stage, dot, name = key.partition(".")
@@ -117,5 +121,6 @@ def apply_overrides(resources: dict[str, StageResources], overrides: list[str]) 
         except ValueError:
             raise ConfigError(f"bad override {item!r}: {name} takes a {kind}") from None
         for s in (STAGES if stage == "all" else (stage,)):
-            out[s] = dataclasses.replace(out[s], **{name: parsed})
-    return out
+            changes[s][name] = parsed
+    # validated once per stage with all its changes (min_actors=2 may come before max_actors=2)
+    return {s: dataclasses.replace(res, **changes[s]) if changes[s] else res for s, res in resources.items()}

@@ -20,6 +20,7 @@ from fashion_ray import media, motion, storage, video
 from fashion_ray.config import LabelJobConfig
 from fashion_ray.formats.shards import Shard, write_shard
 from fashion_ray.models import Device, Bundle
+from fashion_ray.placement import ran_on_label, stage_remote_args
 from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.tracking import track_shards
 
@@ -101,6 +102,7 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
                 for k in ("uri", "etag", "status", "error", "error_detail")})
     out["image"] = np.empty(len(rows), dtype=object)
     out["image"][:] = [r.get("image", PLACEHOLDER_IMAGE) for r in rows]
+    out["ran_on"] = np.array([ran_on_label("decode")] * len(rows), dtype=object)
     out["regions"] = np.array([json.dumps(r.get("regions", [])) for r in rows], dtype=object)
     out["persons"] = persons_column([[] for _ in rows])
     return out
@@ -180,8 +182,7 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
                                    "emit_image": stage != cfg.stages[-1]},
             batch_size=res.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
-            num_cpus=res.num_cpus,
-            num_gpus=res.num_gpus,
+            **stage_remote_args(cfg, stage),
         )
     return ds.map_batches(write_shard, batch_size=cfg.rows_per_shard, num_cpus=cfg.write_num_cpus,
                           fn_kwargs={"output": cfg.output, "bundle_name": bundle.name, "bundle_version": bundle.version,

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fashion_ray import ledger, storage, video
+from fashion_ray import ledger, placement, storage, video
 from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.formats.shards import Shard
 from fashion_ray.lease import acquire_lease
@@ -92,6 +92,7 @@ class LabelRun:
         self.source_of: dict[int, int] = {}  # row id -> input id, for every row this run must produce
         self.remaining: set[int] = set()
         self.uncommitted: list[Shard] = []
+        self.placement: dict[str, dict[str, int]] = {}  # {step: {node id: rows}} of accepted shards
         self.last_commit = time.perf_counter()
 
     def say(self, message: str) -> None:
@@ -110,7 +111,7 @@ class LabelRun:
             return self.committed.manifest | self.run_info(complete=True) | {"noop": True}
         if self.todo.num_rows:
             init_ray(ray_address, num_cpus, verbose=verbose)
-            self._warn_if_resources_missing()
+            placement.check(self.cfg, autoscaling=self.cfg.autoscaling, say=self.say)
         blocks = self.plan()
         for attempt in range(1, self.cfg.max_attempts + 1):
             if not self.remaining:
@@ -171,6 +172,7 @@ class LabelRun:
             return False
         self.remaining -= ids
         self.uncommitted.append(shard)
+        self.placement = placement.merge_placement([self.placement, shard.placement])
         return True
 
     def commit(self, shards: list[Shard], complete: bool, final: bool = False) -> None:
@@ -212,17 +214,8 @@ class LabelRun:
                 "last_run": {"run_id": self.run_id, "mode": "incremental" if cfg.incremental else "full",
                              "relabel": cfg.relabel if cfg.incremental else "all", "started_at": self.started,
                              "finished_at": _now() if complete else None, "complete": complete, **self.counts,
-                             "labelled": done, "elapsed_s": round(elapsed, 3),
+                             "labelled": done, "elapsed_s": round(elapsed, 3), "placement": self.placement,
                              "images_per_s": round(done / elapsed, 3) if elapsed else 0.0}}
-
-    def _warn_if_resources_missing(self) -> None:
-        """GPU stages on a cluster with no GPU wait for one forever (or until an autoscaler adds one)."""
-        import ray
-
-        wants_gpu = [s for s in self.cfg.stages if self.cfg.resources[s].num_gpus > 0]
-        if wants_gpu and not ray.cluster_resources().get("GPU"):
-            self.say(f"warning: stages {wants_gpu} ask for GPUs and this Ray cluster has none yet; they start when "
-                     "an autoscaler adds GPU nodes (use --device cpu to run on CPUs)")
 
 
 def format_summary(manifest: dict) -> str:
@@ -242,6 +235,11 @@ def format_summary(manifest: dict) -> str:
         lines.append(f"  tracks     {c['tracks']} person tracks over the videos' frames, {c['mean_track_length']} frames long on average")
     if manifest["errors_by_reason"]:
         lines.append("  errors     " + ", ".join(f"{k}: {v}" for k, v in manifest["errors_by_reason"].items()))
+    if len({node for nodes in run.get("placement", {}).values() for node in nodes}) > 1:
+        # on a cluster: which nodes each step ran on, rows per node (node ids shortened)
+        lines.append("  placement  " + "; ".join(
+            f"{step} " + ", ".join(f"{node[:8]} x{rows}" for node, rows in sorted(nodes.items()))
+            for step, nodes in run["placement"].items()))
     lines += [
         f"  speed      {run['images_per_s']:.2f} images/s ({run['elapsed_s']:.1f} s incl. start-up)",
         f"  output     {storage.join(manifest['output'], 'manifest.json')} ({len(manifest['shards'])} shards: parquet/, coco/)",

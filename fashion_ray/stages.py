@@ -4,6 +4,7 @@ Rows flow as numpy batches with these columns (see pipeline.load_media):
     id, uri, size, etag, mtime, source, frame_index, timestamp_s, status, error, error_detail,
     width, height, scale, image (HxWx3 uint8 at working resolution),
     regions (JSON list of candidate person boxes, e.g. moving things in video frames),
+    ran_on ("step@node;..." : where each step handled the row, placement.py),
     persons (a `Persons` object: label dicts in working coordinates)
 
 Stages only add to `persons`. A row whose status is "error" passes through untouched, and
@@ -24,6 +25,7 @@ from fashion_ray import appearance, taxonomy
 from fashion_ray.boxes import crop_box
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
+from fashion_ray.placement import ran_on_label
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class _Stage:
         persons = [p.items for p in batch["persons"]]
         self.label(batch, persons)
         batch["persons"] = persons_column(persons)
+        if "ran_on" in batch:
+            here = ran_on_label(self.stage_name)
+            batch["ran_on"] = np.array([f"{r};{here}" for r in batch["ran_on"]], dtype=object)
         if not self.emit_image:
             del batch["image"]
         return batch

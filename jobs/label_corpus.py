@@ -13,6 +13,9 @@ On a cluster:
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
         python jobs/label_corpus.py --input s3://bucket/uploads/ --output s3://bucket/labels/ \
         --bundle s3://bucket/models/fashion-v1/ --device cuda --set all.max_actors=8
+
+What a run will ask the cluster for, and whether it fits (exit 2 when it cannot):
+    python jobs/label_corpus.py --ray-address auto --device cuda --set person.node_resource=gpu_node --plan
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import argparse
 import signal
 import sys
 
-from fashion_ray import config, storage, taxonomy, video
+from fashion_ray import config, placement, storage, taxonomy, video
 from fashion_ray.lease import LeaseHeldError, LeaseLostError
 from fashion_ray.models import BundleError
+from fashion_ray.placement import PlacementError
+from fashion_ray.ray_init import init_ray
 from fashion_ray.run import RunIntegrityError, format_summary, run_label_job
 
 JOB = config.field_defaults(config.LabelJobConfig)
@@ -64,6 +69,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--anon", action="store_true", help="anonymous object-store access")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the resource plan and whether this cluster can place it, then exit (2: it cannot)")
+    p.add_argument("--autoscaling", action="store_true",
+                   help="the cluster adds nodes on demand: start even if the nodes alive now cannot hold the plan")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("--verbose", action="store_true", help="print Ray's and the workers' own logs too")
     return p
@@ -80,7 +89,16 @@ def make_config(args) -> config.LabelJobConfig:
         video=video.VideoSampling(fps=args.video_fps, every_n=args.video_every_n, start_s=args.video_start,
                                   end_s=args.video_end, max_frames=args.video_max_frames,
                                   frames_per_task=args.video_frames_per_task), relabel=args.relabel,
-        commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
+        autoscaling=args.autoscaling, commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
+
+
+def show_plan(cfg: config.LabelJobConfig, args) -> int:
+    init_ray(args.ray_address, args.num_cpus, verbose=args.verbose)
+    plan, nodes = placement.resource_plan(cfg), placement.alive_nodes()
+    print(placement.format_plan(plan, nodes))
+    found = placement.problems(plan, nodes)
+    print("placeable: yes" if not found else "placeable: no\n  " + "\n  ".join(found))
+    return 2 if found and not cfg.autoscaling else 0
 
 
 def main(args) -> int:
@@ -88,8 +106,10 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cfg = make_config(args)
+        if args.plan:
+            return show_plan(cfg, args)
         manifest = run_label_job(cfg, ray_address=args.ray_address, num_cpus=args.num_cpus, verbose=args.verbose)
-    except (config.ConfigError, storage.StorageError, BundleError, video.VideoConfigError) as exc:
+    except (config.ConfigError, storage.StorageError, BundleError, video.VideoConfigError, PlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except LeaseHeldError as exc:

@@ -10,6 +10,7 @@ the same file rather than adding a second copy, and no run overwrites another's 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import io
 import json
@@ -92,6 +93,7 @@ class Shard:
     # per video: the highest track id among this shard's frames. Ids count from 1 per video,
     # so a video's track count is the largest of these over all shards holding its frames.
     max_track_id: dict[str, int] = field(default_factory=dict)
+    placement: dict = field(default_factory=dict)  # {step: {node id: rows}}: where the pipeline ran (not in the manifest)
 
     def entry(self) -> dict:
         """The manifest's record of this shard (paths relative to the output)."""
@@ -160,9 +162,14 @@ def iter_shard_rows(uri: str, manifest: dict, options=None):
 def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
                 stages: list[str], run_id: str = "", storage_options=None) -> dict[str, np.ndarray]:
     """Ray Data map_batches function: write one shard; its `Shard` record is the only row it returns."""
+    from fashion_ray.placement import count_placement, ran_on_label
+
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
-    return as_batch(write_rows(rows, output=output, salt=run_id, storage_options=storage_options,
-                               info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"}))
+    shard = write_rows(rows, output=output, salt=run_id, storage_options=storage_options,
+                       info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"})
+    here = ran_on_label("write")
+    ran_on = [f"{r};{here}" for r in batch["ran_on"]] if "ran_on" in batch else []
+    return as_batch(dataclasses.replace(shard, placement=count_placement(ran_on)))
 
 
 def as_batch(shard: Shard) -> dict[str, np.ndarray]:

@@ -1,0 +1,77 @@
+"""Many nodes on one machine: ray.cluster_utils.Cluster with a head that does no work, a CPU
+node and a node that declares a (logical) GPU and a node-type resource.
+
+The labelling job runs there as a user runs it (CLI, --ray-address); the plan is checked
+before a run and refused with its numbers when no node can hold it; GPU-asking stages land
+only on the GPU node; losing a node mid-run still gives every input exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import ROOT, SAMPLE_CORPUS, jpeg_bytes, read_rows, run_cli
+
+NODE = {"num_cpus": 1, "object_store_memory": 96 * 1024**2}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False})
+    cpu_node = c.add_node(**NODE, resources={"cpu_node": 1})
+    gpu_node = c.add_node(**NODE, num_gpus=1, resources={"gpu_node": 1})
+    c.wait_for_nodes()
+    yield c, cpu_node, gpu_node
+    c.shutdown()
+
+
+def test_plan_alone_and_refusal_with_the_numbers(cluster, tmp_path):
+    c, _, _ = cluster
+    proc = run_cli("--ray-address", c.address, "--plan", "--set", "person.num_gpus=0.5",
+                   "--set", "person.node_resource=gpu_node")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "person    1 actor      0.3 CPU, 0.5 GPU, 0.001 gpu_node each" in proc.stdout
+    assert "cluster: 3 alive node(s)" in proc.stdout and "placeable: yes" in proc.stdout
+    # one actor wanting 2 GPUs: no node has that
+    proc = run_cli("--ray-address", c.address, "--plan", "--set", "person.num_gpus=2")
+    assert proc.returncode == 2
+    assert "person: one actor asks for 0.3 CPU, 2 GPU; no node has that (largest node: 1 CPU, 1 GPU)" in proc.stdout
+    # two actors of 0.6 GPU each fit one by one but not together on the one GPU
+    proc = run_cli("--ray-address", c.address, "--plan", "--set", "person.num_gpus=0.6", "--set", "person.min_actors=2",
+                   "--set", "person.max_actors=2")
+    assert proc.returncode == 2 and "do not fit together" in proc.stdout and "1.2 GPU" in proc.stdout
+    # a real run refuses it before touching the output, in a second, with the same numbers
+    started, out = time.time(), tmp_path / "labels"
+    proc = run_cli("--ray-address", c.address, "--output", str(out), "--set", "person.num_gpus=2")
+    assert proc.returncode == 2 and time.time() - started < 60
+    assert "cannot be placed" in proc.stderr and "2 GPU" in proc.stderr
+    assert not out.exists() or not list(out.iterdir())  # no manifest, no shard, and the lease given back
+
+
+def test_gpu_stage_runs_only_on_the_gpu_node(cluster, tmp_path):
+    c, cpu_node, gpu_node = cluster
+    out = tmp_path / "labels"
+    # two person actors of half a GPU each pack onto the one GPU node; parts anywhere
+    proc = run_cli("--ray-address", c.address, "--output", str(out), "--stages", "person,parts",
+                   "--set", "person.num_gpus=0.5", "--set", "person.node_resource=gpu_node",
+                   "--set", "person.min_actors=2", "--set", "person.max_actors=2", "--set", "person.batch_size=1",
+                   "--set", "parts.node_resource=cpu_node")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    placement = manifest["last_run"]["placement"]
+    assert set(placement["person"]) == {gpu_node.node_id} and sum(placement["person"].values()) == 4
+    assert set(placement["parts"]) == {cpu_node.node_id}
+    assert set(placement["decode"]) | set(placement["write"]) <= {cpu_node.node_id, gpu_node.node_id}
+    assert "placement  " in proc.stdout and f"person {gpu_node.node_id[:8]} x4" in proc.stdout
+    assert sorted(os.path.basename(r["uri"]) for r in read_rows(out)) == sorted(
+        f for f in os.listdir(SAMPLE_CORPUS) if f.endswith(".jpg"))

@@ -82,6 +82,9 @@ class LabelJobConfig:
     commit_every_s: float = 60.0
     lease_ttl_s: float = 120.0  # a crashed run's lease blocks the output at most this long
     max_attempts: int = 2  # passes over inputs a fault lost before the run reports them unlabelled
+    # a pass that moves no data for this long ends (nodes gone, nothing can be scheduled):
+    # what it labelled is kept, the rest is reported, never a run that hangs forever
+    stall_timeout_s: float = 600.0
     autoscaling: bool = False  # the cluster adds nodes on demand: a plan the nodes alive now cannot hold is not refused
 
     def __post_init__(self):
@@ -96,8 +99,8 @@ class LabelJobConfig:
             raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
         if self.relabel not in RELABEL_CHOICES:
             raise ConfigError(f"relabel {self.relabel!r} is not one of: {', '.join(RELABEL_CHOICES)}")
-        if self.commit_every_s < 0 or self.lease_ttl_s < 5 or self.max_attempts < 1:
-            raise ConfigError("commit_every_s >= 0, lease_ttl_s >= 5 and max_attempts >= 1 are required")
+        if self.commit_every_s < 0 or self.lease_ttl_s < 5 or self.max_attempts < 1 or self.stall_timeout_s <= 0:
+            raise ConfigError("commit_every_s >= 0, lease_ttl_s >= 5, max_attempts >= 1 and stall_timeout_s > 0 are required")
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

@@ -167,6 +167,7 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
     """Assemble the lazy Ray Data plan; executing it writes shards and yields one row per shard."""
     # A block per read batch or video segment, and a task per block (batch_size=None), so
     # fetching and decoding overlap with the model stages from the start.
+    ray.data.DataContext.get_current().execution_no_progress_timeout_s = cfg.stall_timeout_s
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(load_media, batch_size=None, num_cpus=cfg.decode_num_cpus,
                         fn_kwargs={"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,

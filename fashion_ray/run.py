@@ -92,6 +92,7 @@ class LabelRun:
         self.source_of: dict[int, int] = {}  # row id -> input id, for every row this run must produce
         self.remaining: set[int] = set()
         self.uncommitted: list[Shard] = []
+        self.stalled = ""  # why the cluster stopped making progress, if it did
         self.placement: dict[str, dict[str, int]] = {}  # {step: {node id: rows}} of accepted shards
         self.last_commit = time.perf_counter()
 
@@ -114,7 +115,7 @@ class LabelRun:
             placement.check(self.cfg, autoscaling=self.cfg.autoscaling, say=self.say)
         blocks = self.plan()
         for attempt in range(1, self.cfg.max_attempts + 1):
-            if not self.remaining:
+            if not self.remaining or self.stalled:
                 break
             if attempt > 1:
                 self.say(f"pass {attempt}: {len(self.remaining)} rows a fault lost are labelled again")
@@ -147,6 +148,18 @@ class LabelRun:
         return work_items(self.cfg, work, plans)[0]
 
     def run_pass(self, blocks: list[pa.Table]) -> None:
+        from ray.data.exceptions import ExecutionTimeoutError
+
+        try:
+            self._label(blocks)
+        except ExecutionTimeoutError:
+            # nothing moved for stall_timeout_s: typically the only nodes that can run a stage are
+            # gone; another pass would stall the same way
+            self.stalled = (f"the cluster made no progress for {self.cfg.stall_timeout_s:g} s (nodes lost? "
+                            f"see --plan for what each stage needs)")
+            self.say(self.stalled)
+
+    def _label(self, blocks: list[pa.Table]) -> None:
         from fashion_ray.pipeline import label_shards
 
         for shard in label_shards(self.cfg, blocks, self.bundle, self.run_id):
@@ -187,7 +200,8 @@ class LabelRun:
         if remaining and not self.cfg.incremental:
             uris = sorted({self.uri_of[self.source_of[i]] for i in remaining})
             raise RunIntegrityError(f"ids in != ids out: {len(remaining)} rows missing after {self.cfg.max_attempts} "
-                                    f"passes (e.g. {uris[:3]}); no manifest written")
+                                    f"passes (e.g. {uris[:3]}); no manifest written"
+                                    + (f"; {self.stalled}" if self.stalled else ""))
         if remaining:
             # a video missing frames is not committed at all (its source in the ledger would mark it
             # done): the next run labels it whole; shards sharing rows with it wait for that run too
@@ -201,9 +215,9 @@ class LabelRun:
             self.uncommitted = [tracked.get(s.name, s) for s in self.uncommitted]
         self.commit(self.uncommitted, complete=not remaining, final=True)
         if remaining:
-            raise RunIncompleteError(f"{len(remaining)} of {total} rows could not be labelled after "
-                                     f"{self.cfg.max_attempts} passes; {total - len(remaining)} were committed. "
-                                     "Run again to label the rest.")
+            raise RunIncompleteError(f"{len(remaining)} of {total} rows could not be labelled"
+                                     + (f" ({self.stalled})" if self.stalled else f" after {self.cfg.max_attempts} passes")
+                                     + f"; {total - len(remaining)} were committed. Run again to label the rest.")
         return self.state.manifest
 
     def run_info(self, complete: bool) -> dict:

@@ -75,3 +75,78 @@ def test_gpu_stage_runs_only_on_the_gpu_node(cluster, tmp_path):
     assert "placement  " in proc.stdout and f"person {gpu_node.node_id[:8]} x4" in proc.stdout
     assert sorted(os.path.basename(r["uri"]) for r in read_rows(out)) == sorted(
         f for f in os.listdir(SAMPLE_CORPUS) if f.endswith(".jpg"))
+
+
+def _photo_corpus(folder, count: int) -> list[str]:
+    """`count` distinct 192x192 JPEGs made from the sample photos (people in most of them)."""
+    from PIL import Image
+
+    folder.mkdir()
+    photos = sorted(f for f in os.listdir(SAMPLE_CORPUS) if f.endswith(".jpg"))
+    for k in range(count):
+        img = Image.open(os.path.join(SAMPLE_CORPUS, photos[k % len(photos)])).convert("RGB").resize((192, 192))
+        img.save(folder / f"img_{k:03d}.jpg", quality=80 + k % 10)
+    return sorted(os.listdir(folder))
+
+
+# person actors need a "model_node": one on each of two nodes (0.6 CPU of 1), so losing one
+# node loses a model actor and the rows it held
+MODEL_STAGE = ["--stages", "person", "--rows-per-shard", "4", "--read-batch-size", "4",
+               "--set", "person.node_resource=model_node", "--set", "person.num_cpus=0.6",
+               "--set", "person.min_actors=2", "--set", "person.max_actors=2"]
+
+
+def _run_and_kill(address: str, args: list[str], kill) -> tuple[int, str, str, float]:
+    """Run the job; when its first shard is accepted, call kill(). (exit code, stdout, stderr, seconds)."""
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), "--ray-address", address,
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    err = []
+    for line in proc.stderr:
+        err.append(line)
+        if kill and "rows (" in line:
+            kill()
+            kill = None
+    out = proc.stdout.read()
+    return proc.wait(timeout=600), out, "".join(err), time.time() - started
+
+
+def test_losing_a_node_mid_run_keeps_every_input_exactly_once(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    names = _photo_corpus(tmp_path / "corpus", 24)
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False})
+    try:
+        c.add_node(**NODE)
+        survivor = c.add_node(**NODE, resources={"model_node": 1})
+        victim = c.add_node(**NODE, resources={"model_node": 1})
+        c.wait_for_nodes()
+        out = tmp_path / "full"
+        code, stdout, stderr, _ = _run_and_kill(c.address, ["--input", str(tmp_path / "corpus"), "--output", str(out),
+                                                            *MODEL_STAGE],
+                                                lambda: c.remove_node(victim, allow_graceful=False))
+        assert code == 0, stderr[-3000:]
+        ids = [r["id"] for r in read_rows(out)]
+        assert len(ids) == len(set(ids)) == 24 and "24 in = 24 ok" in stdout
+        assert sorted(os.path.basename(r["uri"]) for r in read_rows(out)) == names
+
+        # incremental, and then every node that can run the person stage is lost: the run must
+        # end (no hang) with what it committed, and the next run, with a node back, finishes
+        more = _photo_corpus(tmp_path / "more", 20)
+        inc = tmp_path / "incremental"
+        args = ["--input", str(tmp_path / "more"), "--output", str(inc), "--incremental", "--commit-every", "0",
+                "--stall-timeout", "20", *MODEL_STAGE[:-4]]
+        code, stdout, stderr, seconds = _run_and_kill(c.address, args, lambda: c.remove_node(survivor, allow_graceful=False))
+        assert code == 1, stderr[-3000:]
+        assert "made no progress for 20 s" in stderr and "were committed" in stderr and seconds < 240
+        committed = [r["id"] for r in read_rows(inc)]
+        assert 0 < len(committed) < 20 and len(committed) == len(set(committed))
+        c.add_node(**NODE, resources={"model_node": 1})
+        c.wait_for_nodes()
+        code, stdout, stderr, _ = _run_and_kill(c.address, args, None)
+        assert code == 0, stderr[-3000:]
+        rows = read_rows(inc)
+        assert sorted(os.path.basename(r["uri"]) for r in rows) == more and len({r["id"] for r in rows}) == 20
+    finally:
+        c.shutdown()

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from helpers import ROOT, SAMPLE_CORPUS, jpeg_bytes, read_rows, run_cli
+from helpers import ROOT, SAMPLE_CORPUS, read_rows, run_cli
 
 NODE = {"num_cpus": 1, "object_store_memory": 96 * 1024**2}
 
@@ -150,3 +150,102 @@ def test_losing_a_node_mid_run_keeps_every_input_exactly_once(tmp_path):
         assert sorted(os.path.basename(r["uri"]) for r in rows) == more and len({r["id"] for r in rows}) == 20
     finally:
         c.shutdown()
+
+
+def _launcher_node_types() -> tuple[dict, dict]:
+    """The head's resources and the worker node types of cluster/cluster-launcher.yaml."""
+    import yaml
+
+    launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))
+    types = launcher["available_node_types"]
+    head = types.pop(launcher["head_node_type"])
+    return head["resources"], types
+
+
+def _alive_nodes(address: str, env: dict) -> list[dict]:
+    code = f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); " \
+           "print('NODES', json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the driver also prints autoscaler events: take our line
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("NODES "))[6:])
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def autoscaling_cluster(tmp_path_factory):
+    """Ray's fake multi-node autoscaler with the node types of cluster-launcher.yaml, scaled
+    down to 1 CPU and 1 node per type. Started with `ray start` in its own process group
+    (AutoscalingCluster.start would `ray stop --force` every Ray on the machine, the tests' own too)."""
+    from helpers import free_port
+    import ray._private.services as services
+
+    head_resources, types = _launcher_node_types()
+    temp = tmp_path_factory.mktemp("autoscaling")
+    address = f"{services.get_node_ip_address()}:{free_port()}"
+    node_types = {"ray.head.default": {"resources": head_resources, "node_config": {}, "max_workers": 0}}
+    for name, spec in types.items():
+        resources = {"CPU": 1, "object_store_memory": 96 * 1024**2, **{k: v for k, v in spec["resources"].items() if k != "CPU"}}
+        node_types[name] = {"resources": resources, "node_config": {}, "min_workers": min(spec["min_workers"], 1),
+                            "max_workers": 1}
+    config = {"cluster_name": "fashion-ray-fake", "max_workers": len(types), "upscaling_speed": 1.0,
+              "idle_timeout_minutes": 0.1,  # 6 s: an idle GPU node goes soon after the run
+              "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                           "disable_launch_config_check": True, "gcs_address": address},
+              "available_node_types": node_types, "head_node_type": "ray.head.default", "auth": {}, "docker": {},
+              "file_mounts": {}, "file_mounts_sync_continuously": False,
+              **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
+                                 "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
+                                 "cluster_synced_files", "rsync_exclude", "rsync_filter")}}
+    (temp / "autoscaling.json").write_text(json.dumps(config))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    log = open(temp / "head.log", "w")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={address.rsplit(':', 1)[1]}",
+                             f"--num-cpus={head_resources.get('CPU', 0)}", "--include-dashboard=false",
+                             f"--object-store-memory={96 * 1024**2}", f"--autoscaling-config={temp / 'autoscaling.json'}",
+                             f"--temp-dir={temp}"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        # the launcher keeps one CPU worker up (min_workers 1); GPU workers start on demand
+        _wait_for(lambda: len(_alive_nodes(address, env)) == 1 + sum(t["min_workers"] for t in node_types.values()
+                                                                    if "min_workers" in t), 120, "the minimum workers")
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_gpu_nodes_scale_from_zero_and_back(autoscaling_cluster, tmp_path):
+    address, env = autoscaling_cluster
+
+    def gpu_nodes() -> int:
+        return sum("gpu_node" in n for n in _alive_nodes(address, env))
+
+    assert gpu_nodes() == 0
+    stage = ["--stages", "person", "--set", "person.num_gpus=0.5", "--set", "person.node_resource=gpu_node"]
+    # no GPU node is up: without --autoscaling the plan is refused, not left waiting
+    proc = run_cli("--ray-address", address, "--plan", *stage, env=env)
+    assert proc.returncode == 2 and "no node has that" in proc.stdout
+    args = ["--ray-address", address, "--output", str(tmp_path / "labels"), "--incremental", "--autoscaling", *stage]
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "waiting for the autoscaler" in proc.stderr and "4 in = 4 ok" in proc.stdout
+    manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
+    assert set(manifest["last_run"]["placement"]["person"]).isdisjoint(manifest["last_run"]["placement"]["decode"])
+    # idle after the run: released (idle timeout 6 s here, 5 min in cluster-launcher.yaml)
+    _wait_for(lambda: gpu_nodes() == 0, 90, "the GPU node to be released")
+    # the hourly run on an idle bucket: nothing new, and no GPU node starts for it
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 0 and "nothing new to label" in proc.stderr
+    time.sleep(8)
+    assert gpu_nodes() == 0

@@ -56,6 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=3, help="worker failures survived by restarting from a checkpoint")
     p.add_argument("--base-bundle", default="bootstrap", help="bundle whose other stages are published with the trained one (\"\" for none)")
     p.add_argument("--version", default="1.0.0")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray")
     return p
 
@@ -72,7 +73,7 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = args.name or "train-" + args.output.rstrip("/").rsplit("/", 1)[-1]
-    init_ray(None, args.num_cpus)
+    init_ray(args.ray_address, args.num_cpus)
     result = fit(cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                  storage_path=args.storage, name=name, max_failures=args.max_failures, torch_threads=args.torch_threads)
     record = publish(result, args.output, bundle_name=name, version=args.version,

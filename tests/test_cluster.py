@@ -249,3 +249,51 @@ def test_gpu_nodes_scale_from_zero_and_back(autoscaling_cluster, tmp_path):
     assert proc.returncode == 0 and "nothing new to label" in proc.stderr
     time.sleep(8)
     assert gpu_nodes() == 0
+
+
+def test_training_across_nodes_survives_losing_one(tmp_path):
+    """Two training workers on two nodes (1 CPU each, so one per node); a node is killed after
+    a checkpoint and a new one joins (an autoscaler's replacement): FailureConfig restarts the
+    group from the checkpoint and it ends with the weights an unbroken run reaches."""
+    import torch
+    from ray.cluster_utils import Cluster
+
+    from test_training import make_synth_coco
+
+    coco = make_synth_coco(tmp_path / "data")
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False})
+    try:
+        nodes = [c.add_node(**NODE) for _ in range(2)]
+        c.wait_for_nodes()
+        common = [sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--ray-address", c.address,
+                  "--task", "parts", "--data", coco, "--workers", "2", "--cpus-per-worker", "1", "--steps", "12",
+                  "--batch-size", "2", "--input-size", "48", "--checkpoint-every", "4", "--base-bundle", "",
+                  "--storage", str(tmp_path / "runs")]  # one filesystem every node reaches, as s3:// on a cluster
+        straight = subprocess.run([*common, "--output", str(tmp_path / "straight"), "--name", "straight"],
+                                  capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert straight.returncode == 0, straight.stderr[-3000:]
+
+        log = open(tmp_path / "broken.log", "w")
+        proc = subprocess.Popen([*common, "--output", str(tmp_path / "broken"), "--name", "broken"], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.time() + 300
+        while not list((tmp_path / "runs" / "broken").glob("checkpoint_*")):
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "broken.log").read_text()[-3000:]
+            time.sleep(0.2)
+        c.remove_node(nodes[1], allow_graceful=False)
+        # killed mid-run: a worker of a 2-worker gloo group is gone, so finishing means the
+        # group was restarted from a checkpoint
+        assert proc.poll() is None and len(list((tmp_path / "runs" / "broken").glob("checkpoint_*"))) < 3
+        c.add_node(**NODE)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "broken.log").read_text()[-3000:]
+    finally:
+        c.shutdown()
+
+    def last_state(name: str) -> dict:
+        states = [torch.load(p, weights_only=True) for p in (tmp_path / "runs" / name).glob("checkpoint_*/state.pt")]
+        return max(states, key=lambda s: s["step"])
+
+    a, b = last_state("straight"), last_state("broken")
+    assert a["step"] == b["step"] == 12
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -23,15 +23,19 @@ def _train_cmd(*args: str) -> list[str]:
     return [sys.executable, os.path.join(ROOT, "jobs", "train.py"), *args]
 
 
-@pytest.fixture(scope="module")
-def synth_coco(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train-data")
+def make_synth_coco(base) -> str:
+    """200 synthetic scenes converted to the canonical COCO training file; returns its path."""
     for cmd in (["make_synthetic.py", "--output", str(base / "synth"), "--count", "200", "--num-cpus", "2"],
                 ["convert.py", "--format", "labels", "--input", str(base / "synth"), "--output", str(base / "coco.json")]):
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", cmd[0]), *cmd[1:]], capture_output=True, text=True,
                               cwd=ROOT, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
     return str(base / "coco.json")
+
+
+@pytest.fixture(scope="module")
+def synth_coco(tmp_path_factory):
+    return make_synth_coco(tmp_path_factory.mktemp("train-data"))
 
 
 def test_schedule_and_split_are_what_the_config_says():

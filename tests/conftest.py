@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, free_port, run_cli
+from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, free_port, run_cli, stop_process_group
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -114,9 +113,4 @@ def ray_head(tmp_path_factory):
         assert head.poll() is None and time.time() < deadline, (temp / "head.log").read_text()[-3000:]
         time.sleep(1)
     yield ray_cli, address, env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    log.close()
+    stop_process_group(head, log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -74,6 +75,17 @@ def bad_file_catalogue() -> dict[str, tuple[bytes, str | None]]:
         "alpha.png": (_encode(rgba, "PNG"), None),
         "palette.png": (_encode(photo.convert("P"), "PNG"), None),
     }
+
+
+def stop_process_group(proc, log) -> None:
+    """Stop a process started with start_new_session (a `ray start --block` head and all it
+    started): SIGTERM, then SIGKILL after a minute."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):

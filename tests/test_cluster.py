@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from helpers import ROOT, SAMPLE_CORPUS, read_rows, run_cli
+from helpers import ROOT, SAMPLE_CORPUS, read_rows, run_cli, stop_process_group
 
 NODE = {"num_cpus": 1, "object_store_memory": 96 * 1024**2}
 
@@ -217,12 +216,7 @@ def autoscaling_cluster(tmp_path_factory):
                                                                     if "min_workers" in t), 120, "the minimum workers")
         yield address, env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        log.close()
+        stop_process_group(head, log)
 
 
 def test_gpu_nodes_scale_from_zero_and_back(autoscaling_cluster, tmp_path):

@@ -69,6 +69,7 @@ class LabelJobConfig:
     read_batch_size: int = 16  # objects fetched and decoded per task
     decode_num_cpus: float = 0.5
     write_num_cpus: float = 0.25  # shard writing is I/O; a small slice keeps it from being starved
+    cpu_node_resource: str = ""  # like StageResources.node_resource, for the probe, decode, write and track tasks
     rows_per_shard: int = 256
     max_pixels: int = 64_000_000  # decompression-bomb guard, checked from the header
     max_bytes: int = 200 * 1024 * 1024

@@ -20,7 +20,7 @@ from fashion_ray import media, motion, storage, video
 from fashion_ray.config import LabelJobConfig
 from fashion_ray.formats.shards import Shard, write_shard
 from fashion_ray.models import Device, Bundle
-from fashion_ray.placement import ran_on_label, stage_remote_args
+from fashion_ray.placement import ran_on_label, stage_remote_args, task_remote_args
 from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.tracking import track_shards
 
@@ -120,7 +120,7 @@ def probe_videos(cfg: LabelJobConfig, videos: pa.Table) -> dict[int, dict]:
     if videos.num_rows == 0:
         return {}
     ds = ray.data.from_arrow([videos.slice(i, 1) for i in range(videos.num_rows)])
-    ds = ds.map_batches(_probe, batch_size=None, num_cpus=cfg.decode_num_cpus,
+    ds = ds.map_batches(_probe, batch_size=None, **task_remote_args(cfg, cfg.decode_num_cpus),
                         fn_kwargs={"sampling": cfg.video, "max_pixels": cfg.max_pixels, "storage_options": cfg.storage})
     plans = {int(row["id"]): json.loads(row["plan"]) for row in ds.iter_rows()}
     return {vid: plan for vid, plan in plans.items() if plan is not None}
@@ -169,7 +169,7 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
     # fetching and decoding overlap with the model stages from the start.
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = cfg.stall_timeout_s
     ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(load_media, batch_size=None, num_cpus=cfg.decode_num_cpus,
+    ds = ds.map_batches(load_media, batch_size=None, **task_remote_args(cfg, cfg.decode_num_cpus),
                         fn_kwargs={"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,
                                    "max_side": cfg.work_max_side, "storage_options": cfg.storage})
     for stage in cfg.stages:
@@ -185,7 +185,7 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             **stage_remote_args(cfg, stage),
         )
-    return ds.map_batches(write_shard, batch_size=cfg.rows_per_shard, num_cpus=cfg.write_num_cpus,
+    return ds.map_batches(write_shard, batch_size=cfg.rows_per_shard, **task_remote_args(cfg, cfg.write_num_cpus),
                           fn_kwargs={"output": cfg.output, "bundle_name": bundle.name, "bundle_version": bundle.version,
                                      "stages": list(cfg.stages), "run_id": run_id,
                                      "storage_options": cfg.storage})
@@ -193,5 +193,5 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
 
 def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str) -> dict[str, Shard]:
     """Person tracks over every video's frames, in one Ray task (tracking.track_shards)."""
-    task = ray.remote(track_shards).options(num_cpus=cfg.write_num_cpus)
+    task = ray.remote(track_shards).options(**task_remote_args(cfg, cfg.write_num_cpus))
     return ray.get(task.remote(cfg.output, shards, run_id, cfg.storage))

@@ -57,14 +57,20 @@ def stage_remote_args(cfg: LabelJobConfig, stage: str) -> dict:
     return args
 
 
+def task_remote_args(cfg: LabelJobConfig, num_cpus: float) -> dict:
+    """Ray resource arguments of the CPU tasks (probe, decode, write, tracks)."""
+    return {"num_cpus": num_cpus, **({"resources": {cfg.cpu_node_resource: NODE_RESOURCE_SHARE}}
+                                     if cfg.cpu_node_resource else {})}
+
+
 def resource_plan(cfg: LabelJobConfig) -> list[Ask]:
-    asks = [Ask("decode", None, cfg.decode_num_cpus)]
-    for stage in cfg.stages:
-        res, remote = cfg.resources[stage], stage_remote_args(cfg, stage)
-        asks.append(Ask(stage, (res.min_actors, res.max_actors), remote["num_cpus"], remote["num_gpus"],
-                        tuple(remote.get("resources", {}).items())))
-    asks.append(Ask("write", None, cfg.write_num_cpus))
-    return asks
+    def ask(step: str, actors, remote: dict) -> Ask:
+        return Ask(step, actors, remote["num_cpus"], remote.get("num_gpus", 0.0), tuple(remote.get("resources", {}).items()))
+
+    return ([ask("decode", None, task_remote_args(cfg, cfg.decode_num_cpus))]
+            + [ask(s, (cfg.resources[s].min_actors, cfg.resources[s].max_actors), stage_remote_args(cfg, s))
+               for s in cfg.stages]
+            + [ask("write", None, task_remote_args(cfg, cfg.write_num_cpus))])
 
 
 def alive_nodes() -> list[dict]:
@@ -113,6 +119,15 @@ def problems(plan: list[Ask], nodes: list[dict]) -> list[str]:
     return []
 
 
+def local_paths(cfg: LabelJobConfig) -> list[str]:
+    """The run's inputs, output and bundle given as local paths (built-in bundles ship with the
+    package on every node, so they are not among them)."""
+    from fashion_ray.models.bundle import builtin_bundles
+
+    uris = [*cfg.inputs, cfg.output] + ([] if cfg.bundle in builtin_bundles() else [cfg.bundle])
+    return [u for u in uris if "://" not in u or u.startswith("file://")]
+
+
 def format_plan(plan: list[Ask], nodes: list[dict]) -> str:
     lines = ["resource plan (per actor or task):"] + [f"  {a.describe()}" for a in plan]
     lines.append(f"cluster: {len(nodes)} alive node(s)")
@@ -127,6 +142,10 @@ def check(cfg: LabelJobConfig, *, autoscaling: bool, say) -> None:
     """Print the plan; refuse one this cluster cannot place (a warning where it autoscales)."""
     plan, nodes = resource_plan(cfg), alive_nodes()
     say(format_plan(plan, nodes))
+    local = local_paths(cfg)
+    if local and sum(1 for n in nodes if n["resources"].get("CPU") or n["resources"].get("GPU")) > 1:
+        say(f"warning: {', '.join(local)} are paths on this machine; every node reads its own disk there, so "
+            "they must be on a filesystem all nodes share (or use s3:// / gs:// URIs)")
     found = problems(plan, nodes)
     if found and autoscaling:
         say("warning: not placeable on the nodes alive now; waiting for the autoscaler to add nodes:\n  "

@@ -71,6 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--plan", action="store_true",
                    help="print the resource plan and whether this cluster can place it, then exit (2: it cannot)")
+    p.add_argument("--cpu-node-resource", default=JOB["cpu_node_resource"], metavar="NAME",
+                   help="custom resource of the nodes that run decode and write tasks (e.g. cpu_node)")
     p.add_argument("--stall-timeout", type=float, default=JOB["stall_timeout_s"], metavar="SECONDS",
                    help="end a pass that moves no data for this long (nodes lost): what was labelled is kept")
     p.add_argument("--autoscaling", action="store_true",
@@ -91,7 +93,7 @@ def make_config(args) -> config.LabelJobConfig:
         video=video.VideoSampling(fps=args.video_fps, every_n=args.video_every_n, start_s=args.video_start,
                                   end_s=args.video_end, max_frames=args.video_max_frames,
                                   frames_per_task=args.video_frames_per_task), relabel=args.relabel,
-        autoscaling=args.autoscaling, stall_timeout_s=args.stall_timeout, commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
+        cpu_node_resource=args.cpu_node_resource, autoscaling=args.autoscaling, stall_timeout_s=args.stall_timeout, commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
 
 
 def show_plan(cfg: config.LabelJobConfig, args) -> int:

@@ -4,6 +4,7 @@ make a valid configuration, runtime_env names only what the project depends on."
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 
@@ -83,3 +84,14 @@ def test_raycluster_and_launcher_autoscale_gpu_workers():
     assert launcher["head_node_type"] in launcher["available_node_types"]
     workers = launcher["available_node_types"]["gpu_worker"]
     assert workers["min_workers"] == 0 < workers["max_workers"] <= launcher["max_workers"]
+
+
+def test_node_type_resources_agree_across_cluster_files():
+    """The node-type resources stages pin to (--set STAGE.node_resource, --cpu-node-resource)
+    are declared alike by the launcher and KubeRay; test_cluster.py runs on the launcher's."""
+    launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))["available_node_types"]
+    kuberay = yaml.safe_load(open(os.path.join(ROOT, "cluster", "raycluster.yaml")))["spec"]["workerGroupSpecs"]
+    declared = {g["groupName"]: json.loads(json.loads(g["rayStartParams"]["resources"])) for g in kuberay}
+    assert declared == {"gpu": {"gpu_node": 1}, "cpu": {"cpu_node": 1}}
+    assert {k: v for k, v in launcher["gpu_worker"]["resources"].items() if k != "GPU"} == declared["gpu"]
+    assert launcher["cpu_worker"]["resources"] == declared["cpu"] and launcher["gpu_worker"]["resources"]["GPU"] == 1

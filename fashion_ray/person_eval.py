@@ -100,13 +100,21 @@ def make_composite(rng: np.random.Generator, name: str, photos: list[tuple[str, 
         pasted.append((label, h, int((rgba[..., 3] > 127).sum())))
     out = Composite(name, canvas)
     for label, h, full_pixels in pasted:
-        ys, xs = np.nonzero(owner == label)
-        if len(xs) == 0:
-            continue
-        out.boxes.append([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
-        out.heights.append(h)
-        out.ignore.append(len(xs) < MIN_VISIBLE * full_pixels)
+        seen = _visible_extent(owner, label, full_pixels)
+        if seen:
+            out.boxes.append(seen[0])
+            out.heights.append(h)
+            out.ignore.append(seen[1])
     return out
+
+
+def _visible_extent(owner: np.ndarray, label: int, full_pixels: int) -> tuple[list[float], bool] | None:
+    """(box of a pasted person's still-visible pixels, ignore: less than MIN_VISIBLE of it
+    shows), or None when nothing of it shows."""
+    ys, xs = np.nonzero(owner == label)
+    if len(xs) == 0:
+        return None
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)], len(xs) < MIN_VISIBLE * full_pixels
 
 
 def make_composites(count: int, seed: int = 0, **kwargs) -> list[Composite]:
@@ -172,7 +180,6 @@ def evaluate_detector(predictor, composites: list[Composite], empties: list[tupl
 class WalkersVideo:
     """Ground truth of a walkers video: per frame time, (walker, visible box, ignore)."""
 
-    times: list[float]
     truth: dict[float, list[tuple[int, list[float], bool]]]
     walkers: int
 
@@ -226,14 +233,10 @@ def make_walkers_video(path: str, seed: int = 0, *, walkers: int = 5, duration_s
             paste(canvas, owner, rgba, x0, y0, label)
             placed.append((label, int((rgba[..., 3] > 127).sum())))
         frames.append(canvas)
-        truth[t] = []
-        for label, full_pixels in placed:
-            ys, xs = np.nonzero(owner == label)
-            if len(xs):
-                box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-                truth[t].append((label, box, len(xs) < MIN_VISIBLE * full_pixels))
+        seen = [(label, _visible_extent(owner, label, full_pixels)) for label, full_pixels in placed]
+        truth[t] = [(label, *extent) for label, extent in seen if extent]
     video.encode_video(path, frames, times)
-    return WalkersVideo(times, truth, walkers)
+    return WalkersVideo(truth, walkers)
 
 
 def evaluate_tracks(rows: list[dict], walkers: WalkersVideo) -> dict:
@@ -286,9 +289,8 @@ def evaluate_walkers(bundle: str, count: int, seed: int, workdir: str, num_cpus:
 
     corpus, output = os.path.join(workdir, "walkers"), os.path.join(workdir, "labels")
     os.makedirs(corpus, exist_ok=True)
-    videos = {os.path.join(corpus, f"walkers_{seed + k}.mp4"): None for k in range(count)}
-    for k, path in enumerate(videos):
-        videos[path] = make_walkers_video(path, seed + k)
+    paths = [os.path.join(corpus, f"walkers_{seed + k}.mp4") for k in range(count)]
+    videos = {path: make_walkers_video(path, seed + k) for k, path in enumerate(paths)}
     manifest = run_label_job(LabelJobConfig(inputs=(corpus,), output=output, bundle=bundle, stages=("person",)),
                              num_cpus=num_cpus)
     rows: dict[str, list[dict]] = {}

@@ -14,6 +14,7 @@ Where work ran is reported back: every row records the node of each step that ha
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -166,20 +167,14 @@ def ran_on_label(step: str) -> str:
 
 def count_placement(ran_on: list[str]) -> dict[str, dict[str, int]]:
     """{step: {node id: rows}} from the rows' `ran_on` strings ("step@node;step@node")."""
-    out: dict[str, dict[str, int]] = {}
-    for entry in ran_on:
-        for item in filter(None, entry.split(";")):
-            step, _, node = item.partition("@")
-            out.setdefault(step, {})
-            out[step][node] = out[step].get(node, 0) + 1
-    return out
+    steps = [item.partition("@") for entry in ran_on for item in entry.split(";") if item]
+    return merge_placement([{step: {node: 1}} for step, _, node in steps])
 
 
 def merge_placement(records: list[dict]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
+    """Sum {step: {node id: rows}} records."""
+    out: dict[str, collections.Counter] = {}
     for record in records:
         for step, nodes in record.items():
-            for node, rows in nodes.items():
-                out.setdefault(step, {})
-                out[step][node] = out[step].get(node, 0) + rows
-    return out
+            out.setdefault(step, collections.Counter()).update(nodes)
+    return {step: dict(nodes) for step, nodes in out.items()}

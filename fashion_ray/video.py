@@ -74,8 +74,7 @@ def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, optio
         if count < 2:
             return None
         if times is None:
-            picked = list(range(count))[: sampling.max_frames] if sampling.max_frames else list(range(count))
-            frames = [(i, i, None) for i in picked]
+            frames = [(i, i, None) for i in range(count)][: sampling.max_frames]
         else:
             frames = [(i, i, times[i]) for i in select_frames(times, sampling)]
         if not frames:

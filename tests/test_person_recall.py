@@ -71,7 +71,7 @@ def test_walkers_video_is_one_track_per_walker(ray_session, tmp_path):
 
 def test_track_scores_by_hand():
     a, b, c, d = [0, 0, 10, 20], [10, 0, 20, 20], [50, 0, 60, 20], [20, 0, 30, 20]
-    truth = person_eval.WalkersVideo([0.0, 1.0, 2.0], {0.0: [(1, a, False)], 1.0: [(1, b, False), (2, c, False)],
+    truth = person_eval.WalkersVideo({0.0: [(1, a, False)], 1.0: [(1, b, False), (2, c, False)],
                                                        2.0: [(1, d, False)]}, walkers=2)
 
     def row(t, *persons):

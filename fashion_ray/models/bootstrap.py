@@ -151,8 +151,8 @@ class PosePersonDetector:
         person = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0.5
         if float(person[inside].mean()) < 0.5:
             return None
-        refined = np.zeros_like(mask)
-        refined[y0:y1, x0:x1] = inside & person
+        refined = _within(mask, view)
+        refined[y0:y1, x0:x1] &= person
         return refined
 
     # pose on one region ------------------------------------------------------------------
@@ -197,6 +197,8 @@ class PosePersonDetector:
         smallest_tile = min(self.tile_fractions, default=1.0) * max(w, h)
         kept = []
         for cand in _merge(found):
+            if not _plausible(cand):
+                continue
             # Each candidate is looked at again through a square around it where it fills about
             # 60% of the view: a person cut by a tile edge gets its whole extent there.
             view = _view(cand["box"], smallest_tile, w, h)
@@ -204,8 +206,6 @@ class PosePersonDetector:
             # A pose the model imagined in an upscaled patch of texture is seen from one view
             # only, and the person segmenter (a second model) does not see a body under it.
             seen_twice = bool(again) or sum(_same_person(d, cand) for d in found) >= 2
-            if not _plausible(cand):
-                continue
             best = max(again, key=lambda d: d["score"]) if again else cand
             refined = self._segmenter_view(img, view, best["mask"])
             # A region from another cue (motion in video) is evidence of its own: two of the

@@ -59,6 +59,16 @@ class StageResources:
 GPU_STAGE = StageResources(device="cuda", batch_size=8, num_cpus=1.0, num_gpus=0.3, torch_threads=2)
 
 
+def cascade_stages(stages) -> tuple[str, ...]:
+    """The stages to run, checked and in cascade order whatever order the user typed."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ConfigError(f"unknown stages {unknown} (valid: {', '.join(STAGES)})")
+    if "person" not in stages:
+        raise ConfigError("the person stage is required: clothing and parts run on person crops")
+    return tuple(s for s in STAGES if s in stages)
+
+
 @dataclass(frozen=True)
 class LabelJobConfig:
     inputs: tuple[str, ...]
@@ -89,13 +99,7 @@ class LabelJobConfig:
     autoscaling: bool = False  # the cluster adds nodes on demand: a plan the nodes alive now cannot hold is not refused
 
     def __post_init__(self):
-        unknown = [s for s in self.stages if s not in STAGES]
-        if unknown or not self.stages:
-            raise ConfigError(f"unknown stages {unknown} (valid: {', '.join(STAGES)})")
-        if "person" not in self.stages:
-            raise ConfigError("the person stage is required: clothing and parts run on person crops")
-        # keep the cascade order whatever order the user typed
-        object.__setattr__(self, "stages", tuple(s for s in STAGES if s in self.stages))
+        object.__setattr__(self, "stages", cascade_stages(self.stages))
         if self.rows_per_shard < 1 or self.read_batch_size < 1:
             raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
         if self.relabel not in RELABEL_CHOICES:
@@ -128,3 +132,27 @@ def apply_overrides(resources: dict[str, StageResources], overrides: list[str]) 
             changes[s][name] = parsed
     # validated once per stage with all its changes (min_actors=2 may come before max_actors=2)
     return {s: dataclasses.replace(res, **changes[s]) if changes[s] else res for s, res in resources.items()}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The served cascade (fashion_ray/serving): the batch job's bundle, stages, stage
+    resources and image limits, so that a served answer is the row the batch job writes."""
+
+    bundle: str = "bootstrap"
+    stages: tuple[str, ...] = STAGES
+    resources: dict[str, StageResources] = field(default_factory=lambda: {s: StageResources() for s in STAGES})
+    ingress_num_cpus: float = 0.25  # the HTTP replica decodes uploads and draws overlays
+    max_bytes: int = 32 * 1024 * 1024  # a larger request is refused before its body is read
+    max_pixels: int = 64_000_000
+    work_max_side: int = 1280
+    batch_wait_timeout_s: float = 0.01  # how long a stage waits to fill a batch with concurrent requests
+    # URIs the server may read for a request ({"uri": ...}): prefixes such as "s3://uploads/";
+    # none by default, so a public endpoint cannot be made to read the server's own files
+    allow_uris: tuple[str, ...] = ()
+    storage: StorageOptions = StorageOptions()
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", cascade_stages(self.stages))
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.batch_wait_timeout_s < 0:
+            raise ConfigError("max_bytes >= 1, max_pixels >= 1 and batch_wait_timeout_s >= 0 are required")

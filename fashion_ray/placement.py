@@ -18,7 +18,7 @@ import collections
 import math
 from dataclasses import dataclass
 
-from fashion_ray.config import LabelJobConfig
+from fashion_ray.config import LabelJobConfig, ServeConfig
 
 
 class PlacementError(RuntimeError):
@@ -49,13 +49,23 @@ class Ask:
 NODE_RESOURCE_SHARE = 0.001
 
 
-def stage_remote_args(cfg: LabelJobConfig, stage: str) -> dict:
-    """Ray resource arguments of a model stage's actors (pipeline.py passes them as they are)."""
+def stage_remote_args(cfg: LabelJobConfig | ServeConfig, stage: str) -> dict:
+    """Ray resource arguments of a model stage's actors: pipeline.py passes them to Ray Data,
+    serving/app.py to Serve replicas, so a stage asks for the same in batch and served."""
     res = cfg.resources[stage]
     args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
     if res.node_resource:
         args["resources"] = {res.node_resource: NODE_RESOURCE_SHARE}
     return args
+
+
+def serve_deployment_options(cfg: ServeConfig, stage: str) -> dict:
+    """Serve options of a stage deployment: the batch job's actor resources per replica, and
+    its actor counts as replicas (min < max autoscales on queued requests)."""
+    res = cfg.resources[stage]
+    replicas = ({"num_replicas": res.min_actors} if res.min_actors == res.max_actors else
+                {"autoscaling_config": {"min_replicas": res.min_actors, "max_replicas": res.max_actors}})
+    return {"ray_actor_options": stage_remote_args(cfg, stage), **replicas}
 
 
 def task_remote_args(cfg: LabelJobConfig, num_cpus: float) -> dict:

@@ -161,7 +161,7 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
                     add(_entry(protocol, info))
         elif path.lower().endswith(MANIFEST_EXTENSIONS):
             listed = [line.strip().split(",")[0] for line in fs.cat_file(path).decode().splitlines()]
-            for item in _stat_objects([u for u in listed if u and not u.startswith("#")], options):
+            for item in stat_objects([u for u in listed if u and not u.startswith("#")], options):
                 add(item)
         else:
             add(_entry(protocol, fs.info(path)))
@@ -169,7 +169,7 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
     return pa.concat_tables(pages)
 
 
-def _stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
+def stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
     """Stat objects named in a manifest; a missing object still yields an entry (-> error row)."""
     out = []
     for uri in uris:

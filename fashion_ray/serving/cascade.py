@@ -1,0 +1,135 @@
+"""One request through the cascade the way the batch job takes an image.
+
+A request becomes a `Request` (decoded exactly as `pipeline.load_media` decodes: same limits,
+same working resolution), each stage deployment runs `run_stage` on a Serve batch of them
+with the batch job's own stage classes, and `label_row` turns the result into the row the
+job writes to Parquet (same schema, same float32 rounding, original pixel coordinates).
+Errors carry the error rows' reasons; `HTTP_STATUS` maps each to a 4xx code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+
+from fashion_ray import media, preview, storage
+from fashion_ray.config import ServeConfig
+from fashion_ray.formats.schema import LABEL_SCHEMA
+from fashion_ray.formats.shards import assemble_rows
+from fashion_ray.stages import persons_column
+
+# error reasons (media.ERROR_REASONS, "model_error", and the request's own) -> HTTP status
+HTTP_STATUS = {"too_large": 413, "unsupported": 415, "undecodable": 422, "truncated": 422, "unreadable": 422,
+               "model_error": 422, "bad_request": 400, "forbidden_uri": 403}
+
+
+@dataclass
+class Request:
+    """An image on its way through the stages (what a Ray Data row holds in the batch job)."""
+
+    id: int
+    uri: str
+    size: int
+    etag: str
+    mtime: datetime | None = None
+    width: int = 0
+    height: int = 0
+    scale: float = 1.0
+    image: np.ndarray | None = None  # working resolution, what the models see
+    status: str = "ok"
+    error: str = ""
+    error_detail: str = ""
+    persons: list[dict] = field(default_factory=list)
+
+    def fail(self, reason: str, detail: str) -> "Request":
+        self.status, self.error, self.error_detail, self.image = "error", reason, detail, None
+        return self
+
+
+def uploaded(data: bytes) -> Request:
+    """A request for bytes sent in the body: named by their content, as no object holds them."""
+    digest = hashlib.sha256(data).hexdigest()
+    uri = f"upload:sha256:{digest}"
+    return Request(id=storage.stable_id(uri), uri=uri, size=len(data), etag=digest)
+
+
+def check_uri(uri: str, cfg: ServeConfig) -> Request:
+    """A request for an object the server reads itself; only under the allowed prefixes."""
+    if not any(uri.startswith(prefix) for prefix in cfg.allow_uris):
+        allowed = ", ".join(cfg.allow_uris) or "none: this server takes image bytes only"
+        return Request(id=0, uri=uri, size=0, etag="").fail(
+            "forbidden_uri", f"this server may not read {uri!r} (allowed prefixes: {allowed})")
+    try:
+        entry = storage.stat_objects([uri], cfg.storage)[0]
+    except Exception as exc:  # a bad scheme or bucket name: the reason, not a 500
+        return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail("unreadable", f"{type(exc).__name__}: {exc}"[:300])
+    request = Request(**entry)
+    if request.size > cfg.max_bytes:
+        request.fail("too_large", f"{request.size} bytes exceeds the limit of {cfg.max_bytes}")
+    return request
+
+
+def fetch(request: Request, cfg: ServeConfig) -> bytes | None:
+    data = storage.fetch_many([request.uri], cfg.storage)[0]
+    if isinstance(data, Exception):
+        request.fail("unreadable", f"{type(data).__name__}: {data}"[:300])
+        return None
+    return data
+
+
+def decode(request: Request, data: bytes, cfg: ServeConfig) -> np.ndarray | None:
+    """Fill the request's working image; returns the original-size image (for the overlay)."""
+    decoded = media.decode_image(data, max_pixels=cfg.max_pixels, max_side=None)
+    request.width, request.height = decoded.width, decoded.height
+    if decoded.error:
+        request.fail(decoded.error, decoded.detail)
+        return None
+    # the batch job decodes with max_side set, which is this same resize of the same pixels
+    work = media.fit(decoded.image, cfg.work_max_side)
+    request.image, request.scale = work.image, work.scale
+    return decoded.image
+
+
+def run_stage(stage, requests: list[Request]) -> list[Request]:
+    """Run one stage object (stages.STAGE_CLASSES) over a batch of requests, in place."""
+    n = len(requests)
+    batch = {"status": np.array([r.status for r in requests], dtype=object),
+             "error": np.array([r.error for r in requests], dtype=object),
+             "error_detail": np.array([r.error_detail for r in requests], dtype=object),
+             "image": np.empty(n, dtype=object), "persons": persons_column([r.persons for r in requests])}
+    batch["image"][:] = [r.image if r.image is not None else np.zeros((1, 1, 3), np.uint8) for r in requests]
+    out = stage(batch)
+    for i, r in enumerate(requests):
+        r.status, r.error, r.error_detail = str(out["status"][i]), str(out["error"][i]), str(out["error_detail"][i])
+        r.persons = out["persons"][i].items
+    return requests
+
+
+def label_row(request: Request, *, bundle_name: str, bundle_version: str, stages: list[str]) -> dict:
+    """The request as the batch job's Parquet row (read back through the label schema)."""
+    batch = {"id": [request.id], "uri": [request.uri], "size": [request.size], "etag": [request.etag],
+             "mtime": [request.mtime.timestamp() if request.mtime else float("nan")],
+             "frame_index": [-1], "timestamp_s": [float("nan")], "width": [request.width], "height": [request.height],
+             "status": [request.status], "error": [request.error], "error_detail": [request.error_detail],
+             "scale": [request.scale], "persons": persons_column([request.persons])}
+    rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
+    return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA).to_pylist()[0]
+
+
+def row_json(row: dict) -> dict:
+    """JSON-safe row: timestamps as ISO 8601, everything else as Parquet gives it."""
+    return json.loads(json.dumps(row, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)))
+
+
+def overlay_png(image: np.ndarray, row: dict) -> str:
+    """The overlay the preview job draws, as base64 PNG."""
+    buf = io.BytesIO()
+    preview.render(image, row).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()

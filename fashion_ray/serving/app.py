@@ -11,11 +11,12 @@ The ingress decodes (the batch job's decode tasks), draws overlays and speaks HT
 
 Routes: GET / (the web page), GET /v1/info, POST /v1/label (image bytes, or JSON {"uri": ...}
 under an allowed prefix; ?overlay=true adds a base64 PNG), and Label Studio's ML backend at
-/label-studio (health, setup, predict, webhook).
+/label-studio (health, setup, predict, webhook; config.xml is a labelling config to start from).
 """
 
 
 import asyncio
+import collections
 import html
 import json
 import logging
@@ -48,11 +49,17 @@ class StageDeployment:
                                           device=Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads))
         self.label.set_max_batch_size(res.batch_size)
         self.label.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
 
     @serve.batch
     async def label(self, requests: list[Request]) -> list[Request]:
+        self.batch_sizes[len(requests)] += 1
         # the model runs in a thread so that requests keep arriving (and batching) meanwhile
         return await asyncio.to_thread(run_stage, self.stage, requests)
+
+    def stats(self) -> dict:
+        """How many batches of each size this replica ran (GET /v1/stats adds them up)."""
+        return dict(self.batch_sizes)
 
 
 api = FastAPI(title="fashion-ray", docs_url="/docs")
@@ -73,7 +80,9 @@ class Ingress:
         self.stages = stages  # DeploymentHandles, in cascade order
         bundle = load_bundle(cfg.bundle, cfg.storage)
         self.bundle_name, self.bundle_version = bundle.name, bundle.version
-        self.model_version = f"{bundle.name}@{bundle.version}"
+        self.model_version = bundle.label
+        clothing = bundle.stages.get("clothing")
+        self.garments = clothing.classes if clothing and "clothing" in cfg.stages else ()
         self.page = _page(cfg, self.model_version)
         self.label_studio: dict[str, label_studio.Connection] = {}  # project id -> its Label Studio
 
@@ -126,7 +135,13 @@ class Ingress:
         return {"bundle": {"name": self.bundle_name, "version": self.bundle_version}, "stages": list(self.cfg.stages),
                 "max_bytes": self.cfg.max_bytes, "max_pixels": self.cfg.max_pixels, "work_max_side": self.cfg.work_max_side,
                 "allow_uris": list(self.cfg.allow_uris), "part_colours": preview.PART_COLOURS,
-                "garment_categories": list(taxonomy.DEEPFASHION2), "error_status": HTTP_STATUS}
+                "garment_categories": list(self.garments), "error_status": HTTP_STATUS}
+
+    @api.get("/v1/stats")
+    async def stats(self) -> dict:
+        """Batches run per stage, by size (from the replica that answers; one per stage by default)."""
+        return {name: {str(k): v for k, v in sorted((await handle.stats.remote()).items())}
+                for name, handle in zip(self.cfg.stages, self.stages)}
 
     @api.post("/v1/label")
     async def label(self, http: HttpRequest, overlay: bool = False) -> Response:
@@ -144,6 +159,11 @@ class Ingress:
     @api.get("/label-studio/health")
     async def ls_health(self) -> dict:
         return {"status": "UP", "model_class": "fashion-ray cascade", "model_version": self.model_version}
+
+    @api.get("/label-studio/config.xml")
+    async def ls_config(self) -> Response:
+        """A labelling config that takes everything the cascade finds (paste it into a project)."""
+        return Response(label_studio.recommended_config(self.garments), media_type="application/xml")
 
     @api.post("/label-studio/setup")
     async def ls_setup(self, http: HttpRequest) -> Response:

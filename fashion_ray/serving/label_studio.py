@@ -3,7 +3,7 @@
 Label Studio calls <backend>/health, /setup (project, labelling config, its own URL and an
 API token) and /predict (tasks + labelling config). The labelling config decides what we
 return: every RectangleLabels / PolygonLabels control aimed at the Image gets a region for
-each person, garment or body part whose name is one of its labels ("person", DeepFashion2
+each person, garment or body part whose name is one of its labels ("person", the garment
 categories, body parts; case, spaces and hyphens do not matter). Boxes become rectangles,
 masks polygons, both in percent of the original image as Label Studio expects.
 
@@ -53,7 +53,7 @@ def _ours(label: str) -> str:
     return label.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-OUR_LABELS = {"person", *taxonomy.DEEPFASHION2, *taxonomy.PARTS}
+OUR_LABELS = {taxonomy.PERSON, *taxonomy.DEEPFASHION2, *taxonomy.GARMENT_REGIONS, *taxonomy.PARTS}
 
 
 def parse_label_config(xml: str) -> Targets:
@@ -76,18 +76,19 @@ def parse_label_config(xml: str) -> Targets:
                 controls.append(Control(el.get("name", ""), kind, labels))
     if not controls:
         raise LabelConfigError("no RectangleLabels or PolygonLabels control on the image has one of our labels "
-                               f"(person, {', '.join(taxonomy.DEEPFASHION2)}, {', '.join(taxonomy.PARTS)})")
+                               f"({', '.join(sorted(OUR_LABELS))})")
     return Targets(image.get("name", "image"), image.get("value", "$image").lstrip("$"), tuple(controls))
 
 
-def recommended_config() -> str:
-    """A labelling config that takes everything the cascade finds."""
+def recommended_config(garments: tuple[str, ...]) -> str:
+    """A labelling config that takes everything the cascade finds: person and garment boxes
+    (the bundle's garment classes), garment and body-part polygons."""
     def labels(names):
         return "".join(f'<Label value="{n}"/>' for n in names)
 
     return ('<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
-            f'  <RectangleLabels name="boxes" toName="image">{labels(("person", *taxonomy.DEEPFASHION2))}</RectangleLabels>\n'
-            f'  <PolygonLabels name="masks" toName="image">{labels((*taxonomy.DEEPFASHION2, *taxonomy.PARTS))}</PolygonLabels>\n'
+            f'  <RectangleLabels name="boxes" toName="image">{labels((taxonomy.PERSON, *garments))}</RectangleLabels>\n'
+            f'  <PolygonLabels name="masks" toName="image">{labels((*garments, *taxonomy.PARTS))}</PolygonLabels>\n'
             '</View>\n')
 
 

@@ -1,0 +1,282 @@
+"""The served cascade on the test session's Ray: HTTP API rows against the batch job's rows,
+4xx reasons for bad input, batching under concurrency, the web page in headless Chromium,
+and the Label Studio ML backend against a real Label Studio server."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+
+import os
+import shutil
+import subprocess
+
+import time
+
+import numpy as np
+import pytest
+import requests
+import s3fs
+from helpers import ROOT, SAMPLE_CORPUS, bad_file_catalogue, free_port, read_rows, stop_process_group
+from PIL import Image
+
+from fashion_ray import storage
+from fashion_ray.config import ConfigError
+from fashion_ray.serving import label_studio
+from fashion_ray.serving.app import serve_config
+
+PHOTOS = sorted(n for n in os.listdir(SAMPLE_CORPUS) if n.endswith(".jpg"))
+MAX_BYTES = 1 << 20  # the test server's limit: every sample photo fits, a 1.5 MB body does not
+BUCKET = "served-photos"
+
+def _photo(name: str) -> bytes:
+    with open(os.path.join(SAMPLE_CORPUS, name), "rb") as f:
+        return f.read()
+
+@pytest.fixture(scope="module")
+def served(ray_session, s3_server):
+    """The app as `serve run` builds it, on a free port; photos in a bucket it may read."""
+    from ray import serve
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    for name in PHOTOS:
+        fs.pipe(f"{BUCKET}/{name}", _photo(name))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    from fashion_ray.serving.app import build
+
+    serve.run(build({"max_bytes": str(MAX_BYTES), "allow_uris": f"s3://{BUCKET}/"}), name="fashion-ray", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+def _label(base: str, data: bytes, **params) -> requests.Response:
+    return requests.post(f"{base}/v1/label", data=data, params=params, headers={"Content-Type": "image/jpeg"}, timeout=120)
+
+def test_served_rows_are_the_batch_jobs_rows(served, default_run):
+    """Same photo, same bundle: the served row equals the Parquet row the labelling job wrote,
+    for sample photos and for every file of the bad-file catalogue (same reasons)."""
+    _, out, _ = default_run
+    batch = {os.path.basename(r["uri"]): r for r in read_rows(out)}
+    catalogue = bad_file_catalogue()
+    for name in PHOTOS + sorted(catalogue):
+        data = _photo(name) if name in PHOTOS else catalogue[name][0]
+        answer = _label(served, data)
+        row, expected = answer.json(), batch[name]
+        assert row["status"] == expected["status"], (name, row)
+        if expected["status"] == "error":
+            assert answer.status_code in (413, 415, 422) and row["error"] == expected["error"], (name, row)
+            continue
+        assert answer.status_code == 200
+        for key in ("width", "height", "bundle_name", "bundle_version", "stages", "persons"):
+            assert row[key] == expected[key], (name, key)
+        assert row["id"] == storage.stable_id(row["uri"]) and row["uri"] == f"upload:sha256:{row['etag']}"
+    assert sum(len(batch[n]["persons"]) for n in PHOTOS) == 5  # the sample photos' 5 people, served and batch
+
+def test_uri_requests_read_only_allowed_prefixes(served):
+    uri = f"s3://{BUCKET}/two_people.jpg"
+    answer = requests.post(f"{served}/v1/label", json={"uri": uri}, timeout=120)
+    row = answer.json()
+    assert answer.status_code == 200 and row["uri"] == uri and row["id"] == storage.stable_id(uri)
+    assert row["persons"] == _label(served, _photo("two_people.jpg")).json()["persons"]
+    for bad, status, reason in ((os.path.join(SAMPLE_CORPUS, "camera.jpg"), 403, "forbidden_uri"),
+                                ("s3://other-bucket/x.jpg", 403, "forbidden_uri"),
+                                (f"s3://{BUCKET}/missing.jpg", 422, "unreadable")):
+        answer = requests.post(f"{served}/v1/label", json={"uri": bad}, timeout=60)
+        assert (answer.status_code, answer.json()["error"]) == (status, reason), bad
+    answer = requests.post(f"{served}/v1/label", data=b'{"url": 1}', headers={"Content-Type": "application/json"}, timeout=60)
+    assert answer.status_code == 400 and "uri" in answer.json()["error_detail"]
+
+def test_oversized_requests_are_refused_before_decoding(served):
+    big = _photo("camera.jpg") + b"\0" * (MAX_BYTES + 1)
+    answer = _label(served, big)
+    assert answer.status_code == 413 and answer.json()["error"] == "too_large"
+    assert str(MAX_BYTES) in answer.json()["error_detail"]
+
+    def chunks():  # no Content-Length: refused while streaming in
+        for start in range(0, len(big), 1 << 16):
+            yield big[start:start + (1 << 16)]
+
+    answer = requests.post(f"{served}/v1/label", data=chunks(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert answer.status_code == 413 and answer.json()["error"] == "too_large"
+    # and the replicas are alive: the next request is labelled
+    assert _label(served, _photo("camera.jpg")).status_code == 200
+
+def test_overlay_is_the_preview_drawing(served):
+    from fashion_ray import preview
+
+    row = _label(served, _photo("two_people.jpg"), overlay="true").json()
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(row.pop("overlay_png")))).convert("RGB"))
+    photo = np.asarray(Image.open(io.BytesIO(_photo("two_people.jpg"))).convert("RGB"))
+    assert overlay.shape == photo.shape == (row["height"], row["width"], 3)
+    assert np.array_equal(overlay, np.asarray(preview.render(photo, row)))
+    assert not np.array_equal(overlay, photo)
+
+def test_concurrent_requests_are_batched_per_stage(served):
+    sequential = {n: _label(served, _photo(n)).json()["persons"] for n in PHOTOS}
+    before = requests.get(f"{served}/v1/stats", timeout=30).json()
+    names = PHOTOS * 4
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda n: _label(served, _photo(n)), names))
+    assert [a.status_code for a in answers] == [200] * len(names)
+    assert all(a.json()["persons"] == sequential[n] for n, a in zip(names, answers))
+    after = requests.get(f"{served}/v1/stats", timeout=30).json()
+    grown = {int(k): v - before["person"].get(k, 0) for k, v in after["person"].items()}
+    assert sum(k * v for k, v in grown.items()) == len(names)  # every request went through the person stage once
+    assert max(k for k, v in grown.items() if v) > 1  # and concurrent ones shared batches
+
+def test_web_page_in_headless_chromium(served, tmp_path):
+    """The page as a person uses it: choose a photo, see the overlay, the table and the legend."""
+    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("no Chromium/chromedriver installed (apt-get install chromium chromium-driver; .ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        browser.get(served + "/")
+        legend = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#legend .swatch")]
+        assert legend == ["head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg"]
+        expected = _label(served, _photo("two_people.jpg")).json()
+
+        def choose(path) -> str:
+            browser.find_element(By.ID, "file").send_keys(str(path))
+            WebDriverWait(browser, 120).until(
+                lambda b: b.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
+            return browser.find_element(By.ID, "status").get_attribute("data-state")
+
+        assert choose(os.path.join(SAMPLE_CORPUS, "two_people.jpg")) == "done"
+        size = browser.execute_script("const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight];")
+        assert size == [expected["width"], expected["height"]]
+        rows = browser.find_elements(By.CSS_SELECTOR, "#found tbody tr")
+        assert len(rows) == len(expected["persons"]) == 2
+        for tr, person in zip(rows, expected["persons"]):
+            cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            assert cells[0] == str(person["person_id"]) and cells[1] == f"{person['score']:.2f}"
+            assert cells[3].split("; ") == [f"{g['category']} {g['score']:.2f}" for g in person["garments"]]
+        assert "2 persons" in browser.find_element(By.ID, "status").text
+
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"not a photo at all")
+        assert choose(broken) == "error"
+        assert "undecodable" in browser.find_element(By.ID, "status").text
+    finally:
+        browser.quit()
+
+# --- Label Studio ---------------------------------------------------------------------
+
+def test_label_studio_results_from_a_hand_made_row():
+    targets = label_studio.parse_label_config(
+        '<View><Image name="img" value="$photo"/>'
+        '<RectangleLabels name="box" toName="img"><Label value="Person"/><Label value="Short-sleeve top"/><Label value="cat"/></RectangleLabels>'
+        '<PolygonLabels name="poly" toName="img"><Label value="torso"/></PolygonLabels></View>')
+    assert (targets.image_name, targets.image_key) == ("img", "photo")
+    assert targets.controls[0].labels == {"person": "Person", "short_sleeve_top": "Short-sleeve top"}
+    torso = np.zeros((400, 200), bool)
+    torso[100:200, 50:150] = True
+    from fashion_ray.formats import masks as rle
+
+    row = {"width": 200, "height": 400, "persons": [{
+        "person_id": 0, "score": 0.9, "box": [10.0, 20.0, 110.0, 220.0], "mask": None,
+        "garments": [{"garment_id": 0, "category": "short_sleeve_top", "score": 0.5, "box": [20.0, 40.0, 60.0, 80.0], "mask": None}],
+        "parts": [{"part": "torso", "side": None, "box": [50.0, 100.0, 150.0, 200.0], "mask": rle.encode(torso)}]}]}
+    result = label_studio.prediction(row, targets, "m@1")
+    assert result["score"] == 0.9 and result["model_version"] == "m@1"
+    by_id = {r["id"]: r for r in result["result"]}
+    assert by_id["p0-box"]["value"] == {"x": 5.0, "y": 5.0, "width": 50.0, "height": 50.0, "rotation": 0, "rectanglelabels": ["Person"]}
+    assert by_id["p0g0-box"]["value"]["rectanglelabels"] == ["Short-sleeve top"]
+    assert by_id["p0g0-box"]["value"]["x"] == 10.0 and by_id["p0g0-box"]["value"]["height"] == 10.0
+    polygon = by_id["p0torso-poly-0"]["value"]
+    assert polygon["polygonlabels"] == ["torso"] and sorted(map(tuple, polygon["points"])) == [
+        (25.0, 25.0), (25.0, 49.75), (74.5, 25.0), (74.5, 49.75)]  # pixel corners (50,100)-(149,199) in percent
+    assert set(by_id) == {"p0-box", "p0g0-box", "p0torso-poly-0"}
+    with pytest.raises(label_studio.LabelConfigError, match="no RectangleLabels or PolygonLabels"):
+        label_studio.parse_label_config('<View><Image name="i" value="$i"/><Choices name="c" toName="i"/></View>')
+
+def test_serve_arguments_are_checked():
+    assert serve_config({"device": "cuda"}).resources["person"].num_gpus > 0
+    assert serve_config({"set": "all.max_actors=3,parts.batch_size=2"}).resources["parts"].batch_size == 2
+    with pytest.raises(ConfigError, match="valid: bundle, stages"):
+        serve_config({"bundel": "x"})
+    with pytest.raises(ConfigError, match="cpu, cuda"):
+        serve_config({"device": "tpu"})
+    with pytest.raises(ConfigError, match="valid: person, clothing, parts"):
+        serve_config({"stages": "person,shoes"})
+
+def _label_studio_command() -> list[str] | None:
+    local = os.path.join(ROOT, ".venv-labelstudio", "bin", "label-studio")
+    found = os.environ.get("LABEL_STUDIO_BIN") or (local if os.path.exists(local) else shutil.which("label-studio"))
+    return [found] if found else None
+
+@pytest.fixture(scope="module")
+def label_studio_server(tmp_path_factory):
+    """A real Label Studio on a free port, with an admin whose API token the test uses."""
+    command = _label_studio_command()
+    if command is None:
+        pytest.skip("Label Studio is not installed (.ci/run installs it into .venv-labelstudio)")
+    data, port, token = tmp_path_factory.mktemp("label-studio"), free_port(), "fashion-ray-test-token"
+    # Label Studio refuses ML backends and webhooks on loopback addresses unless told: this one is on 127.0.0.1
+    env = {**os.environ, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
+           "LABEL_STUDIO_BASE_DATA_DIR": str(data)}
+    log = open(data / "server.log", "w")
+    server = subprocess.Popen([*command, "start", "--no-browser", "--port", str(port), "--data-dir", str(data / "db"),
+                               "--username", "admin@example.com", "--password", "fashion-ray-pw", "--user-token", token],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while True:
+        assert server.poll() is None and time.time() < deadline, (data / "server.log").read_text()[-3000:]
+        try:
+            if requests.get(f"{base}/health", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    # Label Studio 1.2x disables legacy API tokens for new organisations; its ML backend /setup
+    # still sends one, so the admin turns them on (Organization -> API token settings)
+    enable = "from jwt_auth.models import JWTSettings; JWTSettings.objects.update(legacy_api_tokens_enabled=True)"
+    subprocess.run([*command, "shell", "--data-dir", str(data / "db")], input=enable, text=True, env=env,
+                   capture_output=True, check=True, timeout=120)
+    yield base, {"Authorization": f"Token {token}"}
+    stop_process_group(server, log)
+
+def test_label_studio_project_gets_the_cascades_predictions(served, label_studio_server):
+    base, auth = label_studio_server
+    config = requests.get(f"{served}/label-studio/config.xml", timeout=30).text
+    project = requests.post(f"{base}/api/projects", headers=auth, timeout=60,
+                            json={"title": "fashion-ray pre-annotation", "label_config": config}).json()
+    backend = requests.post(f"{base}/api/ml", headers=auth, timeout=120,
+                            json={"url": f"{served}/label-studio", "project": project["id"], "title": "fashion-ray"})
+    assert backend.status_code == 201, backend.text
+    with open(os.path.join(SAMPLE_CORPUS, "two_people.jpg"), "rb") as f:
+        imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=120,
+                                 files={"file": ("two_people.jpg", f, "image/jpeg")})
+    assert imported.status_code == 201, imported.text
+    action = requests.post(f"{base}/api/dm/actions", headers=auth, timeout=300,
+                           params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+                           json={"selectedItems": {"all": True, "excluded": []}})
+    assert action.status_code == 200, action.text
+    predictions = requests.get(f"{base}/api/predictions", headers=auth, params={"project": project["id"]}, timeout=60).json()
+    assert len(predictions) == 1
+    prediction = predictions[0]
+    row = _label(served, _photo("two_people.jpg")).json()
+    assert prediction["model_version"] == f"{row['bundle_name']}@{row['bundle_version']}"
+    boxes = [r for r in prediction["result"] if r["from_name"] == "boxes"]
+    persons = [r for r in boxes if r["value"]["rectanglelabels"] == ["person"]]
+    assert len(persons) == len(row["persons"]) == 2
+    for region, person in zip(persons, row["persons"]):
+        x0, y0, x1, y1 = person["box"]
+        assert region["value"]["x"] == pytest.approx(x0 * 100 / row["width"])
+        assert region["value"]["width"] == pytest.approx((x1 - x0) * 100 / row["width"])
+        assert region["value"]["height"] == pytest.approx((y1 - y0) * 100 / row["height"])
+    garments = sorted(r["value"]["rectanglelabels"][0] for r in boxes if r["value"]["rectanglelabels"] != ["person"])
+    assert garments == sorted(g["category"] for p in row["persons"] for g in p["garments"])
+    polygons = {r["value"]["polygonlabels"][0] for r in prediction["result"] if r["from_name"] == "masks"}
+    assert polygons >= {p["part"] for person in row["persons"] for p in person["parts"]}

@@ -95,3 +95,27 @@ def test_node_type_resources_agree_across_cluster_files():
     assert declared == {"gpu": {"gpu_node": 1}, "cpu": {"cpu_node": 1}}
     assert {k: v for k, v in launcher["gpu_worker"]["resources"].items() if k != "GPU"} == declared["gpu"]
     assert launcher["cpu_worker"]["resources"] == declared["cpu"] and launcher["gpu_worker"]["resources"]["GPU"] == 1
+
+
+def test_serve_config_and_rayservice_deploy_the_served_cascade():
+    from ray.serve.schema import ServeDeploySchema
+
+    from fashion_ray.placement import serve_deployment_options
+    from fashion_ray.serving.app import build, serve_config
+
+    config = yaml.safe_load(open(os.path.join(ROOT, "cluster", "serve.yaml")))
+    ServeDeploySchema.parse_obj(config)  # what `serve deploy` validates
+    [app] = config["applications"]
+    assert app["import_path"] == "fashion_ray.serving.app:build"
+    build(app["args"])  # the builder takes the file's args
+    cfg = serve_config(app["args"])
+    assert cfg.allow_uris == ("s3://bucket/uploads/",)
+    person = serve_deployment_options(cfg, "person")
+    assert person["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
+    assert person["ray_actor_options"]["num_gpus"] > 0 and "gpu_node" in person["ray_actor_options"]["resources"]
+
+    service = yaml.safe_load(open(os.path.join(ROOT, "cluster", "rayservice-cascade.yaml")))
+    assert service["kind"] == "RayService" and service["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == config
+    [gpu] = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert json.loads(json.loads(gpu["rayStartParams"]["resources"])) == {"gpu_node": 1}

@@ -130,7 +130,7 @@ def test_web_page_in_headless_chromium(served, tmp_path):
     """The page as a person uses it: choose a photo, see the overlay, the table and the legend."""
     chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     if not (chromium and driver_path):
-        pytest.skip("no Chromium/chromedriver installed (apt-get install chromium chromium-driver; .ci/run does)")
+        pytest.skip("no Chromium/chromedriver installed (bash tests/install_test_tools.sh installs them)")
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -220,7 +220,7 @@ def label_studio_server(tmp_path_factory):
     """A real Label Studio on a free port, with an admin whose API token the test uses."""
     command = _label_studio_command()
     if command is None:
-        pytest.skip("Label Studio is not installed (.ci/run installs it into .venv-labelstudio)")
+        pytest.skip("Label Studio is not installed (bash tests/install_test_tools.sh installs it into .venv-labelstudio)")
     data, port, token = tmp_path_factory.mktemp("label-studio"), free_port(), "fashion-ray-test-token"
     # Label Studio refuses ML backends and webhooks on loopback addresses unless told: this one is on 127.0.0.1
     env = {**os.environ, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",

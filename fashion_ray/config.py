@@ -141,7 +141,10 @@ class ServeConfig:
 
     bundle: str = "bootstrap"
     stages: tuple[str, ...] = STAGES
-    resources: dict[str, StageResources] = field(default_factory=lambda: {s: StageResources() for s in STAGES})
+    # two person replicas: the person stage is the slowest (jobs/benchmark_serve.py: 1.76x the
+    # requests/s of one on 2 cores, 8 clients); 0.25 + 4 x 0.3 CPUs still fit a 2-core machine
+    resources: dict[str, StageResources] = field(default_factory=lambda: {
+        s: StageResources(min_actors=2, max_actors=2) if s == "person" else StageResources() for s in STAGES})
     ingress_num_cpus: float = 0.25  # the HTTP replica decodes uploads and draws overlays
     max_bytes: int = 32 * 1024 * 1024  # a larger request is refused before its body is read
     max_pixels: int = 64_000_000

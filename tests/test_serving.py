@@ -114,17 +114,20 @@ def test_overlay_is_the_preview_drawing(served):
     assert not np.array_equal(overlay, photo)
 
 def test_concurrent_requests_are_batched_per_stage(served):
+    from fashion_ray.serving.benchmark import server_timing
+
     sequential = {n: _label(served, _photo(n)).json()["persons"] for n in PHOTOS}
-    before = requests.get(f"{served}/v1/stats", timeout=30).json()
     names = PHOTOS * 4
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda n: _label(served, _photo(n)), names))
     assert [a.status_code for a in answers] == [200] * len(names)
     assert all(a.json()["persons"] == sequential[n] for n, a in zip(names, answers))
-    after = requests.get(f"{served}/v1/stats", timeout=30).json()
-    grown = {int(k): v - before["person"].get(k, 0) for k, v in after["person"].items()}
-    assert sum(k * v for k, v in grown.items()) == len(names)  # every request went through the person stage once
-    assert max(k for k, v in grown.items() if v) > 1  # and concurrent ones shared batches
+    timings = [server_timing(a.headers["Server-Timing"]) for a in answers]
+    assert all(list(t) == ["decode", "person", "clothing", "parts"] for t in timings)
+    batches = {stage: [t[stage][0] for t in timings] for stage in ("person", "clothing", "parts")}
+    assert all(1 <= b <= 4 for sizes in batches.values() for b in sizes)  # the stages' batch_size
+    assert max(b for sizes in batches.values() for b in sizes) > 1  # concurrent requests shared batches
+
 
 def test_web_page_in_headless_chromium(served, tmp_path):
     """The page as a person uses it: choose a photo, see the overlay, the table and the legend."""

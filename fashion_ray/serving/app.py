@@ -16,10 +16,10 @@ under an allowed prefix; ?overlay=true adds a base64 PNG), and Label Studio's ML
 
 
 import asyncio
-import collections
 import html
 import json
 import logging
+import time
 from importlib import resources
 
 from fastapi import FastAPI
@@ -49,17 +49,16 @@ class StageDeployment:
                                           device=Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads))
         self.label.set_max_batch_size(res.batch_size)
         self.label.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
-        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.name = stage
 
     @serve.batch
     async def label(self, requests: list[Request]) -> list[Request]:
-        self.batch_sizes[len(requests)] += 1
         # the model runs in a thread so that requests keep arriving (and batching) meanwhile
-        return await asyncio.to_thread(run_stage, self.stage, requests)
-
-    def stats(self) -> dict:
-        """How many batches of each size this replica ran (GET /v1/stats adds them up)."""
-        return dict(self.batch_sizes)
+        start = time.perf_counter()
+        await asyncio.to_thread(run_stage, self.stage, requests)
+        for r in requests:
+            r.served[self.name] = (len(requests), time.perf_counter() - start)
+        return requests
 
 
 api = FastAPI(title="fashion-ray", docs_url="/docs")
@@ -86,19 +85,22 @@ class Ingress:
         self.page = _page(cfg, self.model_version)
         self.label_studio: dict[str, label_studio.Connection] = {}  # project id -> its Label Studio
 
-    async def _cascade(self, request: Request, data: bytes | None) -> tuple[dict, object]:
-        """Decode, run every stage; returns (Parquet row, original-size image or None)."""
+    async def _cascade(self, request: Request, data: bytes | None) -> tuple[Request, dict, object]:
+        """Fetch and decode, run every stage; returns (the request, its Parquet row, the
+        original-size image or None)."""
         image = None
+        start = time.perf_counter()
         if request.status == "ok" and data is None:
             data = await asyncio.to_thread(fetch, request, self.cfg)
         if request.status == "ok":
             image = await asyncio.to_thread(decode, request, data, self.cfg)
+            request.served["decode"] = (1, time.perf_counter() - start)
         for stage in self.stages:
             if request.status != "ok":
                 break
             request = await stage.label.remote(request)
         row = label_row(request, bundle_name=self.bundle_name, bundle_version=self.bundle_version, stages=list(self.cfg.stages))
-        return row, image
+        return request, row, image
 
     async def _read(self, http: HttpRequest) -> tuple[Request, bytes | None]:
         """The request's image: bytes in the body, or {"uri": ...} in JSON. Size is checked
@@ -137,22 +139,19 @@ class Ingress:
                 "allow_uris": list(self.cfg.allow_uris), "part_colours": preview.PART_COLOURS,
                 "garment_categories": list(self.garments), "error_status": HTTP_STATUS}
 
-    @api.get("/v1/stats")
-    async def stats(self) -> dict:
-        """Batches run per stage, by size (from the replica that answers; one per stage by default)."""
-        return {name: {str(k): v for k, v in sorted((await handle.stats.remote()).items())}
-                for name, handle in zip(self.cfg.stages, self.stages)}
-
     @api.post("/v1/label")
     async def label(self, http: HttpRequest, overlay: bool = False) -> Response:
         request, data = await self._read(http)
-        row, image = await self._cascade(request, data)
+        request, row, image = await self._cascade(request, data)
         body = row_json(row)
+        # where the time went, as browsers' devtools read it: "person;dur=812.4;desc="batch of 2", ..."
+        timing = {"Server-Timing": ", ".join(f'{step};dur={seconds * 1000:.1f};desc="batch of {size}"'
+                                             for step, (size, seconds) in request.served.items())}
         if row["status"] != "ok":
-            return JSONResponse(body, status_code=HTTP_STATUS.get(row["error"], 422))
+            return JSONResponse(body, status_code=HTTP_STATUS.get(row["error"], 422), headers=timing)
         if overlay:
             body["overlay_png"] = await asyncio.to_thread(overlay_png, image, row)
-        return JSONResponse(body)
+        return JSONResponse(body, headers=timing)
 
     # --- Label Studio ML backend (Label Studio appends these to the backend URL) ---
 
@@ -201,7 +200,7 @@ class Ingress:
         except Exception as exc:
             log.warning("Label Studio task %s: %s", task.get("id"), exc)
             request, data = Request(0, f"label-studio:task:{task.get('id')}", 0, "").fail("unreadable", str(exc)[:300]), None
-        return (await self._cascade(request, data))[0]
+        return (await self._cascade(request, data))[1]
 
     @api.post("/label-studio/webhook")
     async def ls_webhook(self) -> dict:

@@ -47,6 +47,7 @@ class Request:
     error: str = ""
     error_detail: str = ""
     persons: list[dict] = field(default_factory=list)
+    served: dict[str, tuple[int, float]] = field(default_factory=dict)  # step -> (batch size, seconds)
 
     def fail(self, reason: str, detail: str) -> "Request":
         self.status, self.error, self.error_detail, self.image = "error", reason, detail, None

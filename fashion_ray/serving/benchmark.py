@@ -1,0 +1,104 @@
+"""Served cascade throughput and latency against the same cascade called in-process, in one run.
+
+- baseline: one process, the batch job's stage objects, decode + person -> clothing -> parts
+  photo by photo (what a server with no Serve, no batching and no hops would do);
+- served: the Serve app on this Ray, N concurrent clients posting the photos over HTTP;
+  requests/s, latency percentiles, and per step (decode, each stage) the mean batch a request
+  rode in and that batch's time, from the Server-Timing header of each answer;
+- ratio = served requests/s / baseline photos/s.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import numpy as np
+import requests
+
+from fashion_ray.config import SAMPLE_CORPUS, ServeConfig
+from fashion_ray.models import Device
+from fashion_ray.serving.cascade import Request, decode, run_stage, uploaded
+from fashion_ray.stages import STAGE_CLASSES
+
+
+def sample_photos() -> list[bytes]:
+    names = sorted(n for n in os.listdir(SAMPLE_CORPUS) if n.endswith(".jpg"))
+    return [open(os.path.join(SAMPLE_CORPUS, n), "rb").read() for n in names]
+
+
+def _percentiles(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 90, 99)}
+
+
+def baseline(cfg: ServeConfig, photos: list[bytes], count: int) -> dict:
+    t0 = time.perf_counter()
+    stages = [STAGE_CLASSES[s](bundle_uri=cfg.bundle, device=Device(torch_threads=cfg.resources[s].torch_threads),
+                               batch_size=cfg.resources[s].batch_size) for s in cfg.stages]
+    load_s = time.perf_counter() - t0
+    latencies = []
+    start = time.perf_counter()
+    for i in range(count):
+        t = time.perf_counter()
+        request: Request = uploaded(photos[i % len(photos)])
+        decode(request, photos[i % len(photos)], cfg)
+        for stage in stages:
+            run_stage(stage, [request])
+        latencies.append(time.perf_counter() - t)
+    seconds = time.perf_counter() - start
+    return {"load_s": round(load_s, 2), "photos_per_s": round(count / seconds, 3), **_percentiles(latencies)}
+
+
+def server_timing(header: str) -> dict[str, tuple[int, float]]:
+    """{step: (batch size, ms)} from the ingress's Server-Timing header."""
+    out = {}
+    for entry in filter(None, (e.strip() for e in header.split(","))):
+        step, *params = entry.split(";")
+        values = dict(p.split("=", 1) for p in params)
+        out[step] = (int(values["desc"].strip('"').rsplit(" ", 1)[1]), float(values["dur"]))
+    return out
+
+
+def load(url: str, photos: list[bytes], clients: int, count: int) -> dict:
+    """`count` requests from `clients` concurrent clients; every answer must be 200."""
+    def one(i: int) -> tuple[float, dict]:
+        t = time.perf_counter()
+        answer = requests.post(f"{url}/v1/label", data=photos[i % len(photos)], headers={"Content-Type": "image/jpeg"}, timeout=300)
+        assert answer.status_code == 200, answer.text[:300]
+        return time.perf_counter() - t, server_timing(answer.headers["Server-Timing"])
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(one, range(count)))
+    seconds = time.perf_counter() - start
+    steps = answers[0][1]
+    return {"clients": clients, "requests": count, "requests_per_s": round(count / seconds, 3),
+            **_percentiles([latency for latency, _ in answers]),
+            # per step: mean batch a request rode in, mean ms of that batch
+            "mean_batch": {s: round(float(np.mean([t[s][0] for _, t in answers])), 2) for s in steps},
+            "mean_step_ms": {s: round(float(np.mean([t[s][1] for _, t in answers])), 1) for s in steps}}
+
+
+def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: int, port: int) -> dict:
+    from ray import serve
+
+    from fashion_ray.serving.app import application
+
+    photos = sample_photos()
+    result = {"photos": len(photos), "bundle": cfg.bundle, "stages": list(cfg.stages),
+              "baseline_in_process": baseline(cfg, photos, 2 * len(photos))}
+    t0 = time.perf_counter()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(application(cfg), name="fashion-ray", route_prefix="/")
+    result["serve_start_s"] = round(time.perf_counter() - t0, 2)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        load(url, photos, 1, len(photos))  # warm-up: first calls pay lazy initialisation
+        result["served"] = [load(url, photos, n, n * requests_per_client) for n in clients]
+    finally:
+        serve.shutdown()
+    base = result["baseline_in_process"]["photos_per_s"]
+    result["ratio_vs_baseline"] = {str(r["clients"]): round(r["requests_per_s"] / base, 3) for r in result["served"]}
+    return result

@@ -1,0 +1,46 @@
+"""Benchmark the served cascade: requests/s and latency for 1 and 8 clients, against the
+same cascade called in-process, in one run.
+
+    python jobs/benchmark_serve.py                       # bootstrap bundle, sample photos, 1 and 8 clients
+    python jobs/benchmark_serve.py --clients 1,4,16 --requests-per-client 8 --bundle s3://bucket/models/v1/
+
+Prints one JSON object (fashion_ray/serving/benchmark.py says what each figure is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from fashion_ray.ray_init import init_ray
+from fashion_ray.serving.app import serve_config
+from fashion_ray.serving.benchmark import serve_benchmark
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", default="1,8", help="concurrent client counts, comma-separated")
+    p.add_argument("--requests-per-client", type=int, default=6)
+    p.add_argument("--bundle", default="bootstrap")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--set", default="", help="stage resource overrides, e.g. all.batch_size=8,person.max_actors=2")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a stage waits to fill a batch")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--num-cpus", type=int, default=None)
+    return p
+
+
+def main(args) -> int:
+    cfg = serve_config({"bundle": args.bundle, "device": args.device, "set": args.set, "batch_wait_ms": args.batch_wait_ms})
+    init_ray(None, args.num_cpus)
+    clients = [int(c) for c in args.clients.split(",")]
+    print(json.dumps(serve_benchmark(cfg, clients, args.requests_per_client, args.port), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

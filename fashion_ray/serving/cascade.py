@@ -65,7 +65,7 @@ def check_uri(uri: str, cfg: ServeConfig) -> Request:
     """A request for an object the server reads itself; only under the allowed prefixes."""
     if not any(uri.startswith(prefix) for prefix in cfg.allow_uris):
         allowed = ", ".join(cfg.allow_uris) or "none: this server takes image bytes only"
-        return Request(id=0, uri=uri, size=0, etag="").fail(
+        return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail(
             "forbidden_uri", f"this server may not read {uri!r} (allowed prefixes: {allowed})")
     try:
         entry = storage.stat_objects([uri], cfg.storage)[0]

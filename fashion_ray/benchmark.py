@@ -219,3 +219,33 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
     result["speed_ratio_vs_find"] = round(result["fsspec_find"]["seconds"] / result["paged_listing"]["seconds"], 3)
     result["memory_ratio_vs_find"] = round(result["paged_listing"]["peak_python_mib"] / result["fsspec_find"]["peak_python_mib"], 3)
     return result
+
+
+def training_benchmark(work: str, workers: list[int], *, steps: int = 80, scenes: int = 240, batch_size: int = 4,
+                       input_size: int = 128, torch_threads: int = 1) -> dict:
+    """Ray Train on the parts task (LRASPP) with each worker count, the same data and steps, in
+    one run; samples/s is the steady-state window (the second half of the steps: warm-up,
+    start-up and held-out scoring excluded), data loading included."""
+    from fashion_ray import synth
+    from fashion_ray.formats import converters
+    from fashion_ray.training.loop import TrainConfig
+    from fashion_ray.training.trainer import fit
+
+    labels, coco = os.path.join(work, "synth"), os.path.join(work, "train.json")
+    synth.make_synthetic(labels, scenes)
+    converters.write_coco(converters.convert_labels(labels), coco)
+    cfg = TrainConfig(task="parts", data=coco, steps=steps, batch_size=batch_size, input_size=input_size, lr=0.05,
+                      warmup_steps=10, checkpoint_every=steps // 2, val_samples=16)
+    runs = {}
+    for n in workers:
+        t0 = time.perf_counter()
+        result = fit(cfg, workers=n, storage_path=os.path.join(work, "train-runs"), name=f"workers-{n}-{time.time_ns()}",
+                     torch_threads=torch_threads)
+        last = result.metrics
+        runs[str(n)] = {"samples_per_s": round(last["samples_per_s"], 2), "seconds_per_step": round(last["seconds_per_step"], 4),
+                        "load_wait_seconds_per_step": round(last["load_wait_seconds_per_step"], 4),
+                        "samples_per_step": batch_size * n, "wall_s": round(time.perf_counter() - t0, 1)}
+    base = runs[str(workers[0])]["samples_per_s"]
+    return {"task": "parts", "architecture": cfg.architecture, "input_size": input_size, "steps": steps,
+            "batch_size_per_worker": batch_size, "torch_threads": torch_threads, "workers": runs,
+            "scaling": {n: round(r["samples_per_s"] / base, 3) for n, r in runs.items()}}

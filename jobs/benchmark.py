@@ -2,9 +2,11 @@
 
     python jobs/benchmark.py --images 200 --memory-sizes 100,400
     python jobs/benchmark.py --video-only --video-seconds 120 --video-fps 5
+    python jobs/benchmark.py --training-only --train-workers 1,2
 
 Prints one JSON object: baseline and pipeline images/s, their ratio (pipeline efficiency,
-end to end and marginal), and peak RSS at two corpus sizes.
+end to end and marginal), and peak RSS at two corpus sizes; with --train-workers, Ray Train's
+samples/s on the parts task for each worker count and the scaling against the first.
 """
 
 from __future__ import annotations
@@ -36,12 +38,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-seconds", type=float, default=0, help="also benchmark a 25 fps 640x360 video this long")
     p.add_argument("--video-fps", type=float, default=5.0, help="frames sampled per second of that video")
     p.add_argument("--video-only", action="store_true", help="skip the image benchmark")
+    p.add_argument("--train-workers", default="", help="also benchmark training with these worker counts, e.g. 1,2")
+    p.add_argument("--train-steps", type=int, default=80)
+    p.add_argument("--train-input-size", type=int, default=128, help="parts crops' side (the task's default)")
+    p.add_argument("--train-batch-size", type=int, default=4, help="per worker")
+    p.add_argument("--training-only", action="store_true", help="skip the labelling benchmarks")
     return p
 
 
 def main(args) -> int:
     work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
-    bundle = args.bundle or benchmark.make_person_bundle(os.path.join(work, "bundle"))
     init_ray(None, args.num_cpus)
 
     def folder_of(count: int) -> list[str]:
@@ -51,6 +57,15 @@ def main(args) -> int:
         return [manifest]
 
     result = {}
+    if args.train_workers or args.training_only:
+        workers = [int(w) for w in (args.train_workers or "1,2").split(",")]
+        result["training"] = benchmark.training_benchmark(
+            os.path.join(work, "training"), workers, steps=args.train_steps, input_size=args.train_input_size,
+            batch_size=args.train_batch_size, torch_threads=args.threads_per_actor)
+    if args.training_only:
+        print(json.dumps(result, indent=2))
+        return 0
+    bundle = args.bundle or benchmark.make_person_bundle(os.path.join(work, "bundle"))
     if args.video_seconds:
         result["video"] = benchmark.video_benchmark(work, args.video_seconds, args.video_fps, bundle, args.actors,
                                                     args.threads_per_actor, args.work_max_side)

@@ -13,6 +13,7 @@ reported at every checkpoint and epoch end, with the untrained network's score b
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import tempfile
@@ -218,7 +219,9 @@ def train_loop_per_worker(config: dict) -> None:
     model = build(cfg, classes)
     if device.type == "cuda" and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
-    model = ray.train.torch.prepare_model(model)
+    # no buffer broadcast before every forward (a collective per step): BatchNorm running
+    # statistics are never read in training, and PreciseBN recomputes them before scoring
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -246,17 +249,31 @@ def train_loop_per_worker(config: dict) -> None:
                        for i in range(0, min(len(train_set), cfg.batch_size * 8), cfg.batch_size)]
         if step == 0:  # the untrained network's score: what training is measured against
             initial = score_held_out(_unwrap(model), cfg, calibration, val_batches, device)["val_metric"]
-    model.train()
-    losses, seconds = [], []
-    while step < cfg.steps:
-        epoch, within = divmod(step, steps_per_epoch)
+    def batch_of(at: int):
+        """This worker's batch for step `at` (a pure function of seed, epoch and step)."""
+        epoch, within = divmod(at, steps_per_epoch)
         order = data.epoch_order(len(train_set), cfg.seed, epoch)
         start = within * per_step + rank * cfg.batch_size
-        batch = data.load_batch(index, cfg.task, [train_set[i] for i in order[start:start + cfg.batch_size]],
-                                train=True, epoch=epoch, **load)
+        return data.load_batch(index, cfg.task, [train_set[i] for i in order[start:start + cfg.batch_size]],
+                               train=True, epoch=epoch, **load)
+
+    model.train()
+    losses, seconds, loading = [], [], []
+    window_start, window_steps = time.perf_counter(), 0  # throughput between reports (scoring excluded)
+    # the next batch is fetched and decoded in a thread while this step computes (a GPU step
+    # would otherwise wait for the CPU's decode every step)
+    prefetch = concurrent.futures.ThreadPoolExecutor(1)
+    upcoming = prefetch.submit(batch_of, step)
+    while step < cfg.steps:
+        epoch = step // steps_per_epoch
+        t_load = time.perf_counter()
+        batch = upcoming.result()
+        if step + 1 < cfg.steps:
+            upcoming = prefetch.submit(batch_of, step + 1)
         # the models' own randomness (RPN/ROI sampling) from (seed, step, rank): a resumed run draws the same
         torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
         t0 = time.perf_counter()
+        loading.append(t0 - t_load)
         with torch.autocast(device.type, enabled=amp):
             loss = loss_of(model, batch, cfg.task, device)
         optimizer.zero_grad(set_to_none=True)
@@ -267,6 +284,7 @@ def train_loop_per_worker(config: dict) -> None:
         scaler.update()
         scheduler.step()
         step += 1
+        window_steps += 1
         losses.append(float(loss.detach()))
         seconds.append(time.perf_counter() - t0)
         save = step % cfg.checkpoint_every == 0 or step == cfg.steps
@@ -274,9 +292,10 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         # report at checkpoints and epoch ends only: each report is a sync point of all workers
         metrics = {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
-                   "seconds_per_step": float(np.median(seconds))}
-        losses.clear()
-        seconds.clear()
+                   "seconds_per_step": float(np.median(seconds)), "load_wait_seconds_per_step": float(np.median(loading)),
+                   "samples_per_s": window_steps * per_step / (time.perf_counter() - window_start)}
+        for kept in (losses, seconds, loading):
+            kept.clear()
         if rank == 0:
             metrics |= score_held_out(_unwrap(model), cfg, calibration, val_batches, device)
             if initial is not None:
@@ -290,3 +309,5 @@ def train_loop_per_worker(config: dict) -> None:
                            os.path.join(folder, "state.pt"))
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ckpt)
+        window_start, window_steps = time.perf_counter(), 0
+    prefetch.shutdown()

@@ -141,8 +141,8 @@ class ServeConfig:
 
     bundle: str = "bootstrap"
     stages: tuple[str, ...] = STAGES
-    # two person replicas: the person stage is the slowest (jobs/benchmark_serve.py: 1.76x the
-    # requests/s of one on 2 cores, 8 clients); 0.25 + 4 x 0.3 CPUs still fit a 2-core machine
+    # two person replicas: the person stage is the slowest (jobs/benchmark_serve.py, 8 clients on
+    # 2 cores: 1.38 requests/s against 0.82 with one); 0.25 + 4 x 0.3 CPUs fit a 2-core machine
     resources: dict[str, StageResources] = field(default_factory=lambda: {
         s: StageResources(min_actors=2, max_actors=2) if s == "person" else StageResources() for s in STAGES})
     ingress_num_cpus: float = 0.25  # the HTTP replica decodes uploads and draws overlays

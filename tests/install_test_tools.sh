@@ -13,8 +13,10 @@ if ! command -v chromedriver >/dev/null 2>&1; then
     fi
 fi
 if [ ! -x .venv-labelstudio/bin/label-studio ]; then
+    log=$(mktemp)
     { python3 -m venv .venv-labelstudio && .venv-labelstudio/bin/pip install -q --upgrade pip \
-        && .venv-labelstudio/bin/pip install -q "label-studio==1.23.2"; } \
-        || echo "warning: label-studio did not install; the Label Studio test will skip" >&2
+        && .venv-labelstudio/bin/pip install -q "label-studio==1.23.2"; } >"$log" 2>&1 \
+        || { tail -20 "$log" >&2; echo "warning: label-studio did not install; the Label Studio test will skip" >&2; }
+    rm -f "$log"
 fi
 exit 0

@@ -249,6 +249,7 @@ def train_loop_per_worker(config: dict) -> None:
                        for i in range(0, min(len(train_set), cfg.batch_size * 8), cfg.batch_size)]
         if step == 0:  # the untrained network's score: what training is measured against
             initial = score_held_out(_unwrap(model), cfg, calibration, val_batches, device)["val_metric"]
+
     def batch_of(at: int):
         """This worker's batch for step `at` (a pure function of seed, epoch and step)."""
         epoch, within = divmod(at, steps_per_epoch)

@@ -283,3 +283,26 @@ def test_label_studio_project_gets_the_cascades_predictions(served, label_studio
     assert garments == sorted(g["category"] for p in row["persons"] for g in p["garments"])
     polygons = {r["value"]["polygonlabels"][0] for r in prediction["result"] if r["from_name"] == "masks"}
     assert polygons >= {p["part"] for person in row["persons"] for p in person["parts"]}
+
+
+def test_label_studio_images_read_with_a_personal_access_token(label_studio_server):
+    """Where legacy tokens stay off, LABEL_STUDIO_API_KEY holds a personal access token: the
+    backend trades it for an access token and reads uploads with that."""
+    base, auth = label_studio_server
+    project = requests.post(f"{base}/api/projects", headers=auth, timeout=60, json={
+        "title": "token check", "label_config": '<View><Image name="image" value="$image"/>'
+        '<RectangleLabels name="boxes" toName="image"><Label value="person"/></RectangleLabels></View>'}).json()
+    with open(os.path.join(SAMPLE_CORPUS, "camera.jpg"), "rb") as f:
+        requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=120,
+                      files={"file": ("camera.jpg", f, "image/jpeg")}).raise_for_status()
+    [task] = requests.get(f"{base}/api/tasks", headers=auth, params={"project": project["id"]}, timeout=60).json()["tasks"]
+    targets = label_studio.parse_label_config(project["label_config"])
+    token = requests.post(f"{base}/api/token/", headers=auth, timeout=60).json()["token"]
+    connection = label_studio.Connection(base, token)
+    kind, url = label_studio.task_image_source(task, targets, connection, ())
+    assert kind == "label_studio" and url.startswith(base + "/data/upload/")
+    assert label_studio.read_task_image(kind, url, connection, MAX_BYTES) == _photo("camera.jpg")
+    with pytest.raises(label_studio.TaskImageError, match="exceeds the limit of 1000 bytes"):
+        label_studio.read_task_image(kind, url, connection, 1000)
+    with pytest.raises(label_studio.TaskImageError, match="neither in Label Studio"):
+        label_studio.task_image_source({"data": {"image": "http://elsewhere.example/x.jpg"}}, targets, connection, ())

@@ -87,6 +87,11 @@ def test_uri_requests_read_only_allowed_prefixes(served):
         assert (answer.status_code, answer.json()["error"]) == (status, reason), bad
     answer = requests.post(f"{served}/v1/label", data=b'{"url": 1}', headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 400 and "uri" in answer.json()["error_detail"]
+    # Label Studio's routes refuse what is not their protocol with a reason, not a 500
+    answer = requests.post(f"{served}/label-studio/predict", data=b"not json", timeout=60)
+    assert answer.status_code == 400 and answer.json() == {"error": "the body is not a JSON object"}
+    answer = requests.post(f"{served}/label-studio/setup", json={"schema": "<View/>"}, timeout=60)
+    assert answer.status_code == 400 and "no <Image> tag" in answer.json()["error"]
 
 def test_oversized_requests_are_refused_before_decoding(served):
     big = _photo("camera.jpg") + b"\0" * (MAX_BYTES + 1)

@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from fashion_ray import preview, taxonomy
-from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides, cascade_stages
+from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides
 from fashion_ray.models import Device, load_bundle
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import label_studio
@@ -166,24 +166,35 @@ class Ingress:
         """A labelling config that takes everything the cascade finds (paste it into a project)."""
         return Response(label_studio.recommended_config(self.garments), media_type="application/xml")
 
+    @staticmethod
+    async def _ls_payload(http: HttpRequest, config_key: str):
+        """(JSON body, its labelling config's Targets), or a 400 saying what is wrong."""
+        try:
+            payload = await http.json()
+            assert isinstance(payload, dict)
+        except Exception:
+            return None, JSONResponse({"error": "the body is not a JSON object"}, status_code=400)
+        try:
+            return (payload, label_studio.parse_label_config(payload.get(config_key) or "")), None
+        except label_studio.LabelConfigError as exc:
+            return None, JSONResponse({"error": str(exc)}, status_code=400)
+
     @api.post("/label-studio/setup")
     async def ls_setup(self, http: HttpRequest) -> Response:
-        payload = await http.json()
-        try:
-            label_studio.parse_label_config(payload.get("schema") or "")
-        except label_studio.LabelConfigError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        parsed, refused = await self._ls_payload(http, "schema")
+        if refused:
+            return refused
+        payload, _ = parsed
         project = str(payload.get("project", "")).split(".")[0]
         self.label_studio[project] = label_studio.Connection.from_setup(payload)
         return JSONResponse({"model_version": self.model_version})
 
     @api.post("/label-studio/predict")
     async def ls_predict(self, http: HttpRequest) -> Response:
-        payload = await http.json()
-        try:
-            targets = label_studio.parse_label_config(payload.get("label_config") or "")
-        except label_studio.LabelConfigError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        parsed, refused = await self._ls_payload(http, "label_config")
+        if refused:
+            return refused
+        payload, targets = parsed
         project = str(payload.get("project", "")).split(".")[0]
         connection = self.label_studio.get(project) or label_studio.Connection.from_setup({})
         tasks = payload.get("tasks") or []
@@ -221,7 +232,7 @@ def serve_config(args: dict) -> ServeConfig:
     if "bundle" in args:
         kwargs["bundle"] = str(args["bundle"])
     if "stages" in args:
-        kwargs["stages"] = cascade_stages([s.strip() for s in str(args["stages"]).split(",") if s.strip()])
+        kwargs["stages"] = tuple(s.strip() for s in str(args["stages"]).split(",") if s.strip())
     device = str(args.get("device", "cpu"))
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device {device!r} is not one of: cpu, cuda")

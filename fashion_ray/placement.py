@@ -175,6 +175,12 @@ def ran_on_label(step: str) -> str:
     return f"{step}@{ray.get_runtime_context().get_node_id() if ray.is_initialized() else 'local'}"
 
 
+def add_ran_on(ran_on, step: str) -> list[str]:
+    """The rows' `ran_on` strings with this step, on this process's node, appended."""
+    here = ran_on_label(step)
+    return [f"{r};{here}" for r in ran_on]
+
+
 def count_placement(ran_on: list[str]) -> dict[str, dict[str, int]]:
     """{step: {node id: rows}} from the rows' `ran_on` strings ("step@node;step@node")."""
     steps = [item.partition("@") for entry in ran_on for item in entry.split(";") if item]

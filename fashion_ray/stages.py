@@ -25,7 +25,7 @@ from fashion_ray import appearance, taxonomy
 from fashion_ray.boxes import crop_box
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
-from fashion_ray.placement import ran_on_label
+from fashion_ray.placement import add_ran_on
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ class _Stage:
         self.label(batch, persons)
         batch["persons"] = persons_column(persons)
         if "ran_on" in batch:
-            here = ran_on_label(self.stage_name)
-            batch["ran_on"] = np.array([f"{r};{here}" for r in batch["ran_on"]], dtype=object)
+            batch["ran_on"] = np.array(add_ran_on(batch["ran_on"], self.stage_name), dtype=object)
         if not self.emit_image:
             del batch["image"]
         return batch

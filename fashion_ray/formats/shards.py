@@ -162,13 +162,12 @@ def iter_shard_rows(uri: str, manifest: dict, options=None):
 def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
                 stages: list[str], run_id: str = "", storage_options=None) -> dict[str, np.ndarray]:
     """Ray Data map_batches function: write one shard; its `Shard` record is the only row it returns."""
-    from fashion_ray.placement import count_placement, ran_on_label
+    from fashion_ray.placement import add_ran_on, count_placement
 
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
     shard = write_rows(rows, output=output, salt=run_id, storage_options=storage_options,
                        info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"})
-    here = ran_on_label("write")
-    ran_on = [f"{r};{here}" for r in batch["ran_on"]] if "ran_on" in batch else []
+    ran_on = add_ran_on(batch["ran_on"], "write") if "ran_on" in batch else []
     return as_batch(dataclasses.replace(shard, placement=count_placement(ran_on)))
 
 

@@ -33,7 +33,8 @@ from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overri
 from fashion_ray.models import Device, load_bundle
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import label_studio
-from fashion_ray.serving.cascade import HTTP_STATUS, Request, check_uri, decode, fetch, label_row, overlay_png, row_json, run_stage, uploaded
+from fashion_ray.serving.cascade import (HTTP_STATUS, Request, check_uri, decode, fetch, label_row, overlay_png, refused,
+                                        row_json, run_stage, uploaded)
 from fashion_ray.stages import STAGE_CLASSES
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class StageDeployment:
 
 
 api = FastAPI(title="fashion-ray", docs_url="/docs")
+
+
+@api.exception_handler(label_studio.ProtocolError)
+async def _label_studio_refusal(http: HttpRequest, exc: label_studio.ProtocolError) -> Response:
+    return JSONResponse({"error": str(exc)}, status_code=400)
 
 
 def _page(cfg: ServeConfig, bundle_label: str) -> str:
@@ -109,25 +115,23 @@ class Ingress:
         from Content-Length before the body is read, and again while it streams in."""
         length = http.headers.get("content-length", "")
         if length and not length.isdigit():
-            return Request(0, "upload", 0, "").fail("bad_request", f"Content-Length {length!r} is not a number"), None
+            return refused("bad_request", f"Content-Length {length!r} is not a number"), None
         if length and int(length) > self.cfg.max_bytes:
-            return (Request(0, "upload", int(length), "").fail(
-                "too_large", f"{length} bytes exceeds the limit of {self.cfg.max_bytes}"), None)
+            return refused("too_large", f"{length} bytes exceeds the limit of {self.cfg.max_bytes}", int(length)), None
         if http.headers.get("content-type", "").startswith("application/json"):
             body = await http.body()
             try:
                 uri = json.loads(body[:MAX_JSON_BYTES])["uri"]
                 assert isinstance(uri, str) and uri
             except Exception:
-                return Request(0, "upload", len(body), "").fail(
-                    "bad_request", 'a JSON request is {"uri": "<an object the server may read>"}; or send image bytes'), None
+                return refused("bad_request", 'a JSON request is {"uri": "<an object the server may read>"}; '
+                               "or send image bytes", len(body)), None
             return await asyncio.to_thread(check_uri, uri, self.cfg), None
         data = bytearray()
         async for chunk in http.stream():
             data += chunk
             if len(data) > self.cfg.max_bytes:
-                return Request(0, "upload", len(data), "").fail(
-                    "too_large", f"more than {self.cfg.max_bytes} bytes (the limit)"), None
+                return refused("too_large", f"more than {self.cfg.max_bytes} bytes (the limit)", len(data)), None
         return uploaded(bytes(data)), bytes(data)
 
     @api.get("/", response_class=HTMLResponse)
@@ -167,35 +171,25 @@ class Ingress:
         return Response(label_studio.recommended_config(self.garments), media_type="application/xml")
 
     @staticmethod
-    async def _ls_payload(http: HttpRequest, config_key: str):
-        """(JSON body, its labelling config's Targets), or a 400 saying what is wrong."""
+    async def _ls_request(http: HttpRequest, config_key: str) -> tuple[dict, label_studio.Targets, str]:
+        """(JSON body, its labelling config's targets, project id); ProtocolError (-> 400) otherwise."""
         try:
             payload = await http.json()
             assert isinstance(payload, dict)
         except Exception:
-            return None, JSONResponse({"error": "the body is not a JSON object"}, status_code=400)
-        try:
-            return (payload, label_studio.parse_label_config(payload.get(config_key) or "")), None
-        except label_studio.LabelConfigError as exc:
-            return None, JSONResponse({"error": str(exc)}, status_code=400)
+            raise label_studio.ProtocolError("the body is not a JSON object") from None
+        targets = label_studio.parse_label_config(payload.get(config_key) or "")
+        return payload, targets, str(payload.get("project", "")).split(".")[0]
 
     @api.post("/label-studio/setup")
     async def ls_setup(self, http: HttpRequest) -> Response:
-        parsed, refused = await self._ls_payload(http, "schema")
-        if refused:
-            return refused
-        payload, _ = parsed
-        project = str(payload.get("project", "")).split(".")[0]
+        payload, _, project = await self._ls_request(http, "schema")
         self.label_studio[project] = label_studio.Connection.from_setup(payload)
         return JSONResponse({"model_version": self.model_version})
 
     @api.post("/label-studio/predict")
     async def ls_predict(self, http: HttpRequest) -> Response:
-        parsed, refused = await self._ls_payload(http, "label_config")
-        if refused:
-            return refused
-        payload, targets = parsed
-        project = str(payload.get("project", "")).split(".")[0]
+        payload, targets, project = await self._ls_request(http, "label_config")
         connection = self.label_studio.get(project) or label_studio.Connection.from_setup({})
         tasks = payload.get("tasks") or []
         rows = await asyncio.gather(*(self._label_task(task, targets, connection) for task in tasks))
@@ -212,7 +206,7 @@ class Ingress:
                 request = uploaded(data)
         except Exception as exc:
             log.warning("Label Studio task %s: %s", task.get("id"), exc)
-            request, data = Request(0, f"label-studio:task:{task.get('id')}", 0, "").fail("unreadable", str(exc)[:300]), None
+            request, data = refused("unreadable", str(exc)[:300], uri=f"label-studio:task:{task.get('id')}"), None
         return (await self._cascade(request, data))[1]
 
     @api.post("/label-studio/webhook")

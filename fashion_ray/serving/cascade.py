@@ -61,6 +61,11 @@ def uploaded(data: bytes) -> Request:
     return Request(id=storage.stable_id(uri), uri=uri, size=len(data), etag=digest)
 
 
+def refused(reason: str, detail: str, size: int = 0, uri: str = "upload") -> Request:
+    """A request turned away before it has an image (too large, malformed, unreadable)."""
+    return Request(id=0, uri=uri, size=size, etag="").fail(reason, detail)
+
+
 def check_uri(uri: str, cfg: ServeConfig) -> Request:
     """A request for an object the server reads itself; only under the allowed prefixes."""
     if not any(uri.startswith(prefix) for prefix in cfg.allow_uris):

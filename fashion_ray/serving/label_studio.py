@@ -31,7 +31,11 @@ CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygon
 MIN_POLYGON_AREA = 16  # pixels: specks of a mask are not worth a region
 
 
-class LabelConfigError(ValueError):
+class ProtocolError(ValueError):
+    """A Label Studio request we cannot serve; the app answers 400 with the message."""
+
+
+class LabelConfigError(ProtocolError):
     """A labelling config we cannot serve (no Image, no control we fill)."""
 
 

@@ -88,6 +88,19 @@ def stop_process_group(proc, log) -> None:
     log.close()
 
 
+def checkpoint_folders(run_dir) -> list:
+    """A Ray Train run's checkpoint folders, oldest first (they are named by time)."""
+    return sorted(folder for folder in run_dir.glob("checkpoint_*") if folder.is_dir())
+
+
+def final_checkpoint_state(run_dir) -> dict:
+    """The state a finished training run saved last. A folder from a write cut off by a killed
+    node can sit among the others, so only the newest is read."""
+    import torch
+
+    return torch.load(checkpoint_folders(run_dir)[-1] / "state.pt", weights_only=True)
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
     return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from helpers import ROOT, SAMPLE_CORPUS, read_rows, run_cli, stop_process_group
+from helpers import (ROOT, SAMPLE_CORPUS, checkpoint_folders, final_checkpoint_state, read_rows, run_cli,
+                     stop_process_group)
 
 NODE = {"num_cpus": 1, "object_store_memory": 96 * 1024**2}
 
@@ -274,22 +275,21 @@ def test_training_across_nodes_survives_losing_one(tmp_path):
         proc = subprocess.Popen([*common, "--output", str(tmp_path / "broken"), "--name", "broken"], stdout=log,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.time() + 300
-        while not list((tmp_path / "runs" / "broken").glob("checkpoint_*")):
+        # the second checkpoint folder appears once the first is written and registered
+        while len(checkpoint_folders(tmp_path / "runs" / "broken")) < 2:
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "broken.log").read_text()[-3000:]
             time.sleep(0.2)
         c.remove_node(nodes[1], allow_graceful=False)
         # killed mid-run: a worker of a 2-worker gloo group is gone, so finishing means the
         # group was restarted from a checkpoint
-        assert proc.poll() is None and len(list((tmp_path / "runs" / "broken").glob("checkpoint_*"))) < 3
+        assert proc.poll() is None and len(checkpoint_folders(tmp_path / "runs" / "broken")) < 3
         c.add_node(**NODE)
         assert proc.wait(timeout=600) == 0, (tmp_path / "broken.log").read_text()[-3000:]
     finally:
         c.shutdown()
 
-    def last_state(name: str) -> dict:
-        states = [torch.load(p, weights_only=True) for p in (tmp_path / "runs" / name).glob("checkpoint_*/state.pt")]
-        return max(states, key=lambda s: s["step"])
-
-    a, b = last_state("straight"), last_state("broken")
+    a, b = (final_checkpoint_state(tmp_path / "runs" / name) for name in ("straight", "broken"))
     assert a["step"] == b["step"] == 12
+    # the restarted group went on from a checkpoint, not from scratch
+    assert json.loads((tmp_path / "broken" / "training.json").read_text())["final_metrics"]["resumed_from_step"] in (4, 8)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

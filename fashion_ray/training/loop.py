@@ -228,7 +228,7 @@ def train_loop_per_worker(config: dict) -> None:
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     step, initial = 0, None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # the run's last one after a restart or a rerun
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
@@ -238,6 +238,7 @@ def train_loop_per_worker(config: dict) -> None:
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
         initial = state.get("initial_metric")
+    resumed_from_step = step
     per_step = cfg.batch_size * world
     steps_per_epoch = max(1, len(train_set) // per_step)
     load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes)
@@ -294,7 +295,8 @@ def train_loop_per_worker(config: dict) -> None:
         # report at checkpoints and epoch ends only: each report is a sync point of all workers
         metrics = {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
                    "seconds_per_step": float(np.median(seconds)), "load_wait_seconds_per_step": float(np.median(loading)),
-                   "samples_per_s": window_steps * per_step / (time.perf_counter() - window_start)}
+                   "samples_per_s": window_steps * per_step / (time.perf_counter() - window_start),
+                   "resumed_from_step": resumed_from_step}
         for kept in (losses, seconds, loading):
             kept.clear()
         if rank == 0:

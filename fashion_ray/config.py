@@ -18,6 +18,7 @@ from fashion_ray.video import VideoSampling
 
 
 RELABEL_CHOICES = ("changed", "outdated", "all")
+JPEG_DECODE_CHOICES = ("tasks", "person")
 SAMPLE_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample_corpus")
 
 
@@ -78,6 +79,9 @@ class LabelJobConfig:
     resources: dict[str, StageResources] = field(default_factory=lambda: {s: StageResources() for s in STAGES})
     read_batch_size: int = 16  # objects fetched and decoded per task
     decode_num_cpus: float = 0.5
+    # where plain JPEGs are decoded: in the CPU tasks that fetch them, or batched in the person
+    # actor on its device (nvJPEG with --device cuda); other formats and bad files stay on the tasks
+    jpeg_decode: str = "tasks"
     write_num_cpus: float = 0.25  # shard writing is I/O; a small slice keeps it from being starved
     cpu_node_resource: str = ""  # like StageResources.node_resource, for the probe, decode, write and track tasks
     rows_per_shard: int = 256
@@ -102,6 +106,8 @@ class LabelJobConfig:
         object.__setattr__(self, "stages", cascade_stages(self.stages))
         if self.rows_per_shard < 1 or self.read_batch_size < 1:
             raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
+        if self.jpeg_decode not in JPEG_DECODE_CHOICES:
+            raise ConfigError(f"jpeg_decode {self.jpeg_decode!r} is not one of: {', '.join(JPEG_DECODE_CHOICES)}")
         if self.relabel not in RELABEL_CHOICES:
             raise ConfigError(f"relabel {self.relabel!r} is not one of: {', '.join(RELABEL_CHOICES)}")
         if self.commit_every_s < 0 or self.lease_ttl_s < 5 or self.max_attempts < 1 or self.stall_timeout_s <= 0:

@@ -3,6 +3,9 @@
 decode_image never raises on bad input: it returns a DecodedImage whose `error` is one of
 ERROR_REASONS, with a human-readable detail. Everything a photo can be (EXIF-rotated,
 grayscale, palette, alpha, CMYK, 16-bit) comes out as 8-bit RGB.
+
+Plain JPEGs can instead be decoded where the person model runs (decode_jpegs: batched
+nvJPEG on a GPU): jpeg_for_device says which ones, from the header, in the CPU task.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         return DecodedImage(None, error="too_large", detail=str(exc))
+    except Image.UnidentifiedImageError:  # its message names a BytesIO's address: a detail that changed every run
+        return DecodedImage(None, error="undecodable", detail="not an image: its first bytes match no image format")
     except Exception as exc:  # PIL raises many types for garbage input
         return DecodedImage(None, error="undecodable", detail=f"not an image: {type(exc).__name__}: {exc}"[:300])
     if img.format not in SUPPORTED_FORMATS:
@@ -113,13 +118,71 @@ def frame_rgb(img: Image.Image, index: int) -> tuple[np.ndarray | None, str | No
         return None, reason, f"frame {index}: {type(exc).__name__}: {exc}"[:300]
 
 
+def working_size(width: int, height: int, max_side: int | None) -> tuple[int, int, float]:
+    """(width, height, scale) the models see: the longest side at most max_side."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height, 1.0
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale)), scale
+
+
 def fit(rgb: Image.Image | np.ndarray, max_side: int | None) -> DecodedImage:
     """Scale an RGB image (PIL or HxWx3 array) so its longest side is at most max_side."""
     if isinstance(rgb, np.ndarray):
         rgb = Image.fromarray(rgb)
     width, height = rgb.size
-    scale = 1.0
-    if max_side and max(width, height) > max_side:
-        scale = max_side / max(width, height)
-        rgb = rgb.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    work_width, work_height, scale = working_size(width, height, max_side)
+    if scale != 1.0:
+        rgb = rgb.resize((work_width, work_height), Image.BILINEAR)
     return DecodedImage(np.asarray(rgb, dtype=np.uint8), width=width, height=height, scale=scale)
+
+
+def jpeg_for_device(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that decode_jpegs can take as it is, else None.
+
+    That is a complete file (ends with the EOI marker: a truncated one is left to
+    decode_image, which names it), 8-bit RGB or grayscale (nvJPEG has no CMYK), upright
+    (no EXIF rotation to apply) and within max_pixels. Reads the header only.
+    """
+    if not (data.startswith(b"\xff\xd8\xff") and data.endswith(b"\xff\xd9")):
+        return None
+    try:
+        img = Image.open(io.BytesIO(data))
+        upright = img.getexif().get(0x0112, 1) == 1  # EXIF Orientation
+    except Exception:
+        return None
+    width, height = img.size
+    if img.format != "JPEG" or img.mode not in ("RGB", "L") or not upright or width * height > max_pixels:
+        return None
+    return width, height
+
+
+def decode_jpegs(payloads: list[bytes], sizes: list[tuple[int, int]], max_side: int | None,
+                 device: str) -> list[np.ndarray | None]:
+    """Decode JPEGs on `device` in one batch (nvJPEG on CUDA, libjpeg-turbo on CPU) and scale
+    them like fit(), as HxWx3 uint8 arrays; None for one that fails or whose size is not the
+    header's (the caller decodes those with decode_image, which gives the reason)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2.functional import resize
+
+    tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in payloads]
+    try:
+        decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one bad file fails the batch: decode one by one to find it
+        decoded = []
+        for tensor in tensors:
+            try:
+                decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                decoded.append(None)
+    images = []
+    for image, (width, height) in zip(decoded, sizes):
+        if image is None or tuple(image.shape[1:]) != (height, width):
+            images.append(None)
+            continue
+        work_width, work_height, scale = working_size(width, height, max_side)
+        if scale != 1.0:  # antialiased uint8 bilinear: within 1 level of PIL's resize in fit()
+            image = resize(image, [work_height, work_width], antialias=True)
+        images.append(image.permute(1, 2, 0).cpu().numpy())
+    return images

@@ -34,7 +34,8 @@ def _error_row(item: dict, reason: str, detail: str, **extra) -> dict:
     return {**item, "status": "error", "error": reason, "error_detail": detail, **extra}
 
 
-def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side: int, storage_options) -> list[dict]:
+def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side: int, storage_options,
+                jpeg_on_device: bool) -> list[dict]:
     rows = {}
     fetch = [it for it in items if it["size"] <= max_bytes]
     for it in items:
@@ -44,6 +45,11 @@ def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side:
     for it, data in zip(fetch, payloads):
         if isinstance(data, Exception):
             rows[it["id"]] = _error_row(it, "unreadable", f"{type(data).__name__}: {data}"[:300])
+            continue
+        size = media.jpeg_for_device(data, max_pixels) if jpeg_on_device else None
+        if size:  # the person actor decodes it (stages.PersonStage): the row carries the file
+            rows[it["id"]] = {**it, "width": size[0], "height": size[1], "jpeg": data,
+                              "scale": media.working_size(*size, max_side)[2]}
             continue
         decoded = media.decode_image(data, max_pixels=max_pixels, max_side=max_side)
         size = {"width": decoded.width, "height": decoded.height}
@@ -75,18 +81,19 @@ ROW_DEFAULTS = {"status": "ok", "error": "", "error_detail": "", "width": 0, "he
 
 
 def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int, max_side: int,
-               storage_options=None) -> dict[str, np.ndarray]:
+               storage_options=None, jpeg_on_device: bool = False) -> dict[str, np.ndarray]:
     """Fetch and decode a batch of work items into rows; failures become error rows.
 
     An item is an image (one row), a segment of a video's sampled frames (one row per
     frame, with the segment's moving regions as candidates for the person stage), or a
-    video the probe refused (one error row with its reason).
+    video the probe refused (one error row with its reason). With jpeg_on_device, a plain
+    JPEG's row carries the file's bytes in a "jpeg" column instead of pixels.
     """
     items = [{k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in batch.items()}
              for i in range(len(batch["id"]))]
     images = [it for it in items if it["kind"] == "image"]
     by_image = iter(_image_rows(images, max_pixels=max_pixels, max_bytes=max_bytes, max_side=max_side,
-                                storage_options=storage_options) if images else [])
+                                storage_options=storage_options, jpeg_on_device=jpeg_on_device) if images else [])
     rows = []
     for it in items:
         if it["kind"] == "image":
@@ -102,6 +109,8 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
                 for k in ("uri", "etag", "status", "error", "error_detail")})
     out["image"] = np.empty(len(rows), dtype=object)
     out["image"][:] = [r.get("image", PLACEHOLDER_IMAGE) for r in rows]
+    if jpeg_on_device:
+        out["jpeg"] = np.array([r.get("jpeg", b"") for r in rows], dtype=object)
     out["ran_on"] = np.array([ran_on_label("decode")] * len(rows), dtype=object)
     out["regions"] = np.array([json.dumps(r.get("regions", [])) for r in rows], dtype=object)
     out["persons"] = persons_column([[] for _ in rows])
@@ -171,7 +180,8 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(load_media, batch_size=None, **task_remote_args(cfg, cfg.decode_num_cpus),
                         fn_kwargs={"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,
-                                   "max_side": cfg.work_max_side, "storage_options": cfg.storage})
+                                   "max_side": cfg.work_max_side, "storage_options": cfg.storage,
+                                   "jpeg_on_device": cfg.jpeg_decode == "person"})
     for stage in cfg.stages:
         res = cfg.resources[stage]
         device = Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads)
@@ -180,7 +190,9 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
             fn_constructor_kwargs={"bundle_uri": bundle.ref, "device": device, "batch_size": res.batch_size,
                                    "storage_options": cfg.storage,
                                    # pixels stop at the last model stage; the writer needs labels only
-                                   "emit_image": stage != cfg.stages[-1]},
+                                   "emit_image": stage != cfg.stages[-1],
+                                   **({"jpeg_max_side": cfg.work_max_side} if stage == "person" and
+                                      cfg.jpeg_decode == "person" else {})},
             batch_size=res.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             **stage_remote_args(cfg, stage),

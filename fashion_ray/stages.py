@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fashion_ray import appearance, taxonomy
+from fashion_ray import appearance, media, taxonomy
 from fashion_ray.boxes import crop_box
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
@@ -47,6 +47,7 @@ class _Stage:
     stage_name = ""
 
     def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None, emit_image: bool = True):
+        self.device = device
         self.bundle = load_bundle(bundle_uri, storage_options)
         self.predictor = build_stage_predictor(self.bundle, self.stage_name, device, storage_options)
         self.batch_size = max(1, batch_size)
@@ -87,11 +88,40 @@ class _Stage:
 
 
 class PersonStage(_Stage):
-    """Person detection on whole images: boxes, scores, masks and keypoints where the model has them."""
+    """Person detection on whole images: boxes, scores, masks and keypoints where the model has them.
+
+    With jpeg_max_side set (the job's --jpeg-decode person), rows that carry a JPEG file
+    instead of pixels (pipeline.load_media) are decoded here, in one batch on the stage's
+    device: nvJPEG on a GPU, so the CPU tasks only fetch.
+    """
 
     stage_name = "person"
 
+    def __init__(self, *args, jpeg_max_side: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.jpeg_max_side = jpeg_max_side
+
+    def _decode_jpegs(self, batch) -> None:
+        payloads = batch.pop("jpeg")
+        rows = [i for i, data in enumerate(payloads) if data]
+        if not rows:
+            return
+        sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in rows]
+        images = np.empty(len(batch["id"]), dtype=object)  # whatever shape Ray Data gave the column
+        images[:] = list(batch["image"])
+        decoded = media.decode_jpegs([payloads[i] for i in rows], sizes, self.jpeg_max_side, self.device.name)
+        for i, (width, height), image in zip(rows, sizes, decoded):
+            if image is None:  # the CPU decoder gives the pixels or the reason
+                fallback = media.decode_image(payloads[i], max_pixels=width * height, max_side=self.jpeg_max_side)
+                image = fallback.image if fallback.image is not None else images[i]
+                if fallback.error:
+                    batch["status"][i], batch["error"][i], batch["error_detail"][i] = "error", fallback.error, fallback.detail
+            images[i] = image
+        batch["image"] = images
+
     def label(self, batch, persons) -> None:
+        if "jpeg" in batch:
+            self._decode_jpegs(batch)
         rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
         # video frames carry moving regions (motion.py) as extra candidates
         regions = batch["regions"] if "regions" in batch else [None] * len(batch["status"])

@@ -46,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="preset for every stage's resources")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="per-stage resource override, e.g. person.max_actors=4, all.batch_size=8")
+    p.add_argument("--jpeg-decode", default=JOB["jpeg_decode"], choices=config.JPEG_DECODE_CHOICES,
+                   help="decode plain JPEGs in the CPU tasks or batched in the person actor on its device "
+                        "(nvJPEG with --device cuda)")
     p.add_argument("--rows-per-shard", type=int, default=JOB["rows_per_shard"])
     p.add_argument("--read-batch-size", type=int, default=JOB["read_batch_size"])
     p.add_argument("--max-pixels", type=int, default=JOB["max_pixels"], help="decompression-bomb limit")
@@ -93,7 +96,9 @@ def make_config(args) -> config.LabelJobConfig:
         video=video.VideoSampling(fps=args.video_fps, every_n=args.video_every_n, start_s=args.video_start,
                                   end_s=args.video_end, max_frames=args.video_max_frames,
                                   frames_per_task=args.video_frames_per_task), relabel=args.relabel,
-        cpu_node_resource=args.cpu_node_resource, autoscaling=args.autoscaling, stall_timeout_s=args.stall_timeout, commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
+        cpu_node_resource=args.cpu_node_resource, autoscaling=args.autoscaling, stall_timeout_s=args.stall_timeout,
+        commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, jpeg_decode=args.jpeg_decode,
+        storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
 
 
 def show_plan(cfg: config.LabelJobConfig, args) -> int:

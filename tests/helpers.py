@@ -12,11 +12,23 @@ import sys
 import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CORPUS = os.path.join(ROOT, "fashion_ray", "assets", "sample_corpus")
 SECRET_MARKER = "fr-secret-7Qx9-never-written"  # the default run's AWS secret key; must appear nowhere
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# the CUDA paths (nvJPEG, GPU actor pools, AMP, NCCL) run where a GPU is; their CPU twins run everywhere
+needs_cuda = pytest.mark.skipif(not cuda_available(), reason="no CUDA device on this machine: this checks a GPU "
+                                                              "path and runs where torch.cuda.is_available()")
 
 
 def free_port() -> int:
@@ -75,6 +87,13 @@ def bad_file_catalogue() -> dict[str, tuple[bytes, str | None]]:
         "alpha.png": (_encode(rgba, "PNG"), None),
         "palette.png": (_encode(photo.convert("P"), "PNG"), None),
     }
+
+
+def scanless_jpeg() -> bytes:
+    """A JPEG whose header and end marker are intact but which has no image data: it passes
+    media.jpeg_for_device's header check and fails in the decoder itself."""
+    data = _encode(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")
+    return data[:data.index(b"\xff\xda")] + b"\xff\xd9"
 
 
 def stop_process_group(proc, log) -> None:

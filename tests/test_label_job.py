@@ -5,10 +5,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import SECRET_MARKER, bad_file_catalogue, read_rows, run_cli
+from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, needs_cuda, read_rows, run_cli, scanless_jpeg
 
 from fashion_ray import taxonomy
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
@@ -128,6 +129,42 @@ def test_stage_subset_and_rerun_replaces_without_duplicates(default_run, tmp_pat
     ok = next(r for r in rows if r["status"] == "ok")
     assert ok["stages"] == ["person"] and len(ok["persons"]) == 2
     assert all(p["garments"] == [] and p["parts"] == [] for p in ok["persons"])
+
+
+def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(default_run, tmp_path):
+    """--jpeg-decode person: plain JPEGs travel as files and the person actor decodes them in
+    one batch (nvJPEG on a GPU, libjpeg-turbo here); PNGs, CMYK, rotated and truncated JPEGs
+    are decoded by the tasks, and a JPEG the actor's decoder rejects falls back to the CPU
+    decoder and its reason. Every row is the default run's."""
+    corpus, out, _ = default_run
+    mixed = tmp_path / "corpus"
+    shutil.copytree(corpus, mixed)
+    (mixed / "no_scan.jpg").write_bytes(scanless_jpeg())
+    proc = run_cli("--input", str(mixed), "--output", str(tmp_path / "labels"), "--jpeg-decode", "person",
+                   "--num-cpus", "2", "--rows-per-shard", "6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "15 in = 9 ok + 6 error" in proc.stdout
+
+    def by_name(rows):  # ids, URIs and run records differ between the two runs by construction
+        same = set(LABEL_SCHEMA.names) - {"id", "uri", "mtime", "run_id", "labelled_at", "ran_on"}
+        return {os.path.basename(r["uri"]): {k: v for k, v in r.items() if k in same} for r in rows}
+
+    expected, got = by_name(read_rows(out)), by_name(read_rows(tmp_path / "labels"))
+    assert got.pop("no_scan.jpg")["error"] == "undecodable"
+    assert got == expected
+
+
+@needs_cuda
+def test_cascade_on_the_gpu_with_jpegs_decoded_there(plumbing_bundle, tmp_path):
+    """--device cuda: every stage's actor on the GPU with AMP, JPEGs decoded by nvJPEG in the
+    person actor; every input comes out once, labelled by all three stages."""
+    proc = run_cli("--output", str(tmp_path / "labels"), "--bundle", plumbing_bundle, "--device", "cuda",
+                   "--jpeg-decode", "person")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(tmp_path / "labels")
+    inputs = sorted(p for p in os.listdir(SAMPLE_CORPUS) if p.endswith(".jpg"))
+    assert sorted(os.path.basename(r["uri"]) for r in rows) == inputs
+    assert all(r["status"] == "ok" and r["stages"] == list(taxonomy.STAGES) for r in rows)
 
 
 @pytest.mark.parametrize("args, message", [

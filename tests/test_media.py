@@ -1,10 +1,13 @@
 """Decoding: every odd file of real corpora becomes RGB or a reason, never an exception."""
 
+import glob
+import os
+
 import numpy as np
 import pytest
-from helpers import bad_file_catalogue
+from helpers import SAMPLE_CORPUS, bad_file_catalogue, needs_cuda, scanless_jpeg
 
-from fashion_ray.media import ERROR_REASONS, decode_image
+from fashion_ray.media import ERROR_REASONS, decode_image, decode_jpegs, jpeg_for_device
 
 CATALOGUE = bad_file_catalogue()
 
@@ -53,3 +56,32 @@ def test_working_resolution_and_scale():
 def test_pixel_limit_is_checked_before_decoding():
     out = decode_image(CATALOGUE["exif_rotated.jpg"][0], max_pixels=1000, max_side=None)
     assert out.error == "too_large" and "3072" in out.detail
+
+
+SAMPLE_JPEGS = sorted(glob.glob(os.path.join(SAMPLE_CORPUS, "*.jpg")))
+
+
+def test_only_plain_complete_jpegs_are_left_to_the_device_decoder():
+    sizes = {os.path.basename(p): jpeg_for_device(open(p, "rb").read(), 10**8) for p in SAMPLE_JPEGS}
+    assert sizes == {"astronaut.jpg": (512, 512), "camera.jpg": (512, 512),  # camera.jpg is grayscale
+                     "grace_hopper.jpg": (512, 600), "two_people.jpg": (1024, 512)}
+    for name, (data, _) in CATALOGUE.items():  # truncated, CMYK, EXIF-rotated, not JPEG: decoded on the CPU
+        assert jpeg_for_device(data, 10**8) is None, name
+    assert jpeg_for_device(open(SAMPLE_JPEGS[0], "rb").read(), max_pixels=512 * 512 - 1) is None
+    assert jpeg_for_device(scanless_jpeg(), 10**8) == (64, 48)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("max_side", [None, 300])
+def test_batched_jpeg_decode_matches_the_cpu_decoder(device, max_side):
+    payloads = [open(p, "rb").read() for p in SAMPLE_JPEGS] + [scanless_jpeg()]
+    images = decode_jpegs(payloads, [jpeg_for_device(data, 10**8) for data in payloads], max_side, device)
+    assert images[-1] is None  # the decoder's failure on one file leaves the others decoded
+    for data, image in zip(payloads, images[:-1]):
+        expected = decode_image(data, max_pixels=10**8, max_side=max_side).image
+        assert image.dtype == np.uint8 and image.shape == expected.shape
+        difference = np.abs(image.astype(int) - expected)
+        if device == "cpu":  # the same libjpeg-turbo; the resize within one level of PIL's
+            assert difference.max() <= 1
+        else:  # nvJPEG's IDCT and chroma upsampling differ from libjpeg's by a few levels at edges
+            assert difference.mean() < 2.0

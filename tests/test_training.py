@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, SAMPLE_CORPUS, checkpoint_folders, final_checkpoint_state, read_rows, run_cli
+from helpers import ROOT, SAMPLE_CORPUS, checkpoint_folders, final_checkpoint_state, needs_cuda, read_rows, run_cli
 
 from fashion_ray.models.bundle import load_bundle
 from fashion_ray.training import data
@@ -103,6 +103,30 @@ def test_killed_training_resumes_to_the_same_weights(synth_coco, tmp_path):
     moments = [(x["state"][k]["momentum_buffer"]) for x in (a["optimizer"], b["optimizer"]) for k in sorted(x["state"])]
     half = len(moments) // 2
     assert half and all(torch.equal(u, v) for u, v in zip(moments[:half], moments[half:]))
+
+
+@needs_cuda
+def test_training_on_the_gpu_with_amp_learns_and_resumes(synth_coco, tmp_path):
+    """--gpus-per-worker 1: a CUDA worker with AMP (NCCL and SyncBN take a GPU per worker, so
+    one machine's single GPU runs one worker), killed after its first checkpoint: the same
+    command again goes on from a checkpoint and learns."""
+    args = _train_cmd("--task", "parts", "--data", synth_coco, "--output", str(tmp_path / "parts-gpu"), "--workers", "1",
+                      "--gpus-per-worker", "1", "--steps", "60", "--batch-size", "8", "--input-size", "64", "--lr", "0.05",
+                      "--warmup-steps", "5", "--checkpoint-every", "20", "--storage", str(tmp_path / "runs"),
+                      "--name", "gpu", "--base-bundle", "")
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.time() + 300
+        while len(checkpoint_folders(tmp_path / "runs" / "gpu")) < 2:
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((tmp_path / "parts-gpu" / "training.json").read_text())
+    assert record["final_step"] == 60 and record["final_metrics"]["resumed_from_step"] in (20, 40)
+    assert record["metrics"]["val_metric"] > record["metrics"]["val_initial"], record
 
 
 def test_clothing_detector_trains_and_publishes_its_classes(synth_coco, tmp_path):

@@ -51,9 +51,10 @@ def make_person_bundle(path: str, architecture: str = "fasterrcnn_mobilenet_v3_l
     return path
 
 
-def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int) -> dict:
+def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int, device: Device = Device()) -> dict:
     t0 = time.perf_counter()
-    predictor = build_stage_predictor(load_bundle(bundle_uri), "person", Device(torch_threads=threads))
+    predictor = build_stage_predictor(load_bundle(bundle_uri), "person",
+                                      Device(name=device.name, amp=device.amp, torch_threads=threads))
     t_ready = time.perf_counter()
     for path in paths:
         with open(path, "rb") as fh:
@@ -95,16 +96,57 @@ class PeakRSS:
         self.thread.join()
 
 
+class GpuUtilisation:
+    """Samples GPU utilisation and memory with nvidia-smi every 0.5 s; empty where there is none."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.samples, self._stop = interval, [], threading.Event()
+
+    def _sample(self) -> list[tuple[float, float]]:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return [tuple(float(v) for v in line.split(",")) for line in out.strip().splitlines()]
+
+    def __enter__(self):
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    self.samples += self._sample()
+                except (OSError, ValueError):  # no nvidia-smi, or no GPU behind it
+                    return
+                time.sleep(self.interval)
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        busy = [u for u, _ in self.samples]
+        return {"mean_utilisation_pct": round(float(np.mean(busy)), 1), "max_utilisation_pct": max(busy),
+                "max_memory_mib": max(m for _, m in self.samples), "samples": len(self.samples)}
+
+
 def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, threads: int, work_max_side: int,
-                 rows_per_shard: int, sampling: VideoSampling = VideoSampling()) -> dict:
-    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.5, torch_threads=threads, batch_size=1)
+                 rows_per_shard: int, sampling: VideoSampling = VideoSampling(), device: str = "cpu", amp: bool = True,
+                 jpeg_decode: str = "tasks") -> dict:
+    """The labelling job (person stage) on `inputs`; images/s end to end, and the GPU's use on CUDA."""
+    gpus = {"device": "cuda", "num_gpus": 1 / actors, "batch_size": 8} if device == "cuda" else {"batch_size": 1}
+    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.5, torch_threads=threads, amp=amp, **gpus)
     cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=("person",),
                                 resources={s: res for s in taxonomy.STAGES}, work_max_side=work_max_side,
-                                rows_per_shard=rows_per_shard, read_batch_size=8, video=sampling)
+                                rows_per_shard=rows_per_shard, read_batch_size=8, video=sampling, jpeg_decode=jpeg_decode)
     t0 = time.perf_counter()
-    rows = run_label_job(cfg, progress=io.StringIO())["counts"]["rows"]
+    with GpuUtilisation() as gpu:
+        rows = run_label_job(cfg, progress=io.StringIO())["counts"]["rows"]
     total = time.perf_counter() - t0
-    return {"images": rows, "seconds": total, "images_per_s": rows / total}
+    return {"images": rows, "seconds": total, "images_per_s": rows / total, **({"gpu": gpu.summary()} if device == "cuda" else {})}
 
 
 def make_video(path: str, seconds: float, rate: int = 25, width: int = 640, height: int = 360) -> str:

@@ -3,10 +3,13 @@
     python jobs/benchmark.py --images 200 --memory-sizes 100,400
     python jobs/benchmark.py --video-only --video-seconds 120 --video-fps 5
     python jobs/benchmark.py --training-only --train-workers 1,2
+    python jobs/benchmark.py --device cuda --amp on,off --jpeg-decode tasks,person   # on a GPU node
 
 Prints one JSON object: baseline and pipeline images/s, their ratio (pipeline efficiency,
 end to end and marginal), and peak RSS at two corpus sizes; with --train-workers, Ray Train's
-samples/s on the parts task for each worker count and the scaling against the first.
+samples/s on the parts task for each worker count and the scaling against the first. Several
+--amp / --jpeg-decode values run the pipeline once per combination, each with its ratio to
+the first; with --device cuda every pipeline run reports GPU utilisation (nvidia-smi).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from fashion_ray import benchmark
+from fashion_ray import benchmark, config
+from fashion_ray.models import Device
 from fashion_ray.ray_init import init_ray
 
 
@@ -30,6 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=None, help="bundle with a person stage (default: random-weight fasterrcnn_mobilenet_v3_large_320_fpn)")
     p.add_argument("--actors", type=int, default=2, help="person-stage actors in the pipeline")
     p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the person model runs (pipeline and loop)")
+    p.add_argument("--amp", default="on", help="fp16 autocast on CUDA: on, off, or on,off to compare")
+    p.add_argument("--jpeg-decode", default="tasks", help="tasks, person, or tasks,person to compare (see label_corpus.py)")
     p.add_argument("--baseline-threads", type=int, default=2, help="torch threads of the plain loop")
     p.add_argument("--work-max-side", type=int, default=640)
     p.add_argument("--rows-per-shard", type=int, default=16)
@@ -44,6 +51,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", type=int, default=4, help="per worker")
     p.add_argument("--training-only", action="store_true", help="skip the labelling benchmarks")
     return p
+
+
+def parse_choices(flag: str, value: str, valid: tuple[str, ...]) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    if not chosen or set(chosen) - set(valid):
+        raise SystemExit(f"error: {flag} takes a comma-separated subset of: {', '.join(valid)}")
+    return chosen
+
+
+def round_all(figures: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
 
 
 def main(args) -> int:
@@ -74,21 +92,35 @@ def main(args) -> int:
         return 0
     small, large = (int(v) for v in args.memory_sizes.split(","))
     paths = benchmark.make_corpus(os.path.join(work, "corpus"), max(args.images, large))
-    base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side)
-    pipe = benchmark.pipeline_run(folder_of(args.images), os.path.join(work, "out_main"), bundle, args.actors,
-                                  args.threads_per_actor, args.work_max_side, args.rows_per_shard)
+    variants = [(amp, decode) for amp in parse_choices("--amp", args.amp, ("on", "off"))
+                for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)]
+    first_amp = variants[0][0] == "on"
+    base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side,
+                                   Device(name=args.device, amp=first_amp))
+
+    def pipeline(count: int, name: str, amp: bool, decode: str) -> dict:
+        return benchmark.pipeline_run(folder_of(count), os.path.join(work, name), bundle, args.actors, args.threads_per_actor,
+                                      args.work_max_side, args.rows_per_shard, device=args.device, amp=amp, jpeg_decode=decode)
+
+    pipe = pipeline(args.images, "out_main", first_amp, variants[0][1])
+    if len(variants) > 1:
+        runs = {f"amp={amp} jpeg_decode={decode}": pipeline(args.images, f"out_{amp}_{decode}", amp == "on", decode)
+                for amp, decode in variants[1:]}
+        result["variants"] = {f"amp={variants[0][0]} jpeg_decode={variants[0][1]}": round_all(pipe), **{
+            name: {**round_all(run), "ratio_to_first": round(run["images_per_s"] / pipe["images_per_s"], 3)}
+            for name, run in runs.items()}}
     memory, seconds = {}, {}
     for count in (small, large):
         with benchmark.PeakRSS() as peak:
-            seconds[count] = benchmark.pipeline_run(folder_of(count), os.path.join(work, f"out_{count}"), bundle, args.actors,
-                                                    args.threads_per_actor, args.work_max_side, args.rows_per_shard)["seconds"]
+            seconds[count] = pipeline(count, f"out_{count}", first_amp, variants[0][1])["seconds"]
         memory[str(count)] = round(peak.peak / 2**20, 1)
     marginal = (large - small) / (seconds[large] - seconds[small])
     result |= {
         "images": args.images,
         "bundle": bundle if args.bundle else "random fasterrcnn_mobilenet_v3_large_320_fpn (person only)",
-        "baseline": {k: round(v, 3) for k, v in base.items()},
-        "pipeline": {k: round(v, 3) for k, v in pipe.items()},
+        "device": args.device,
+        "baseline": round_all(base),
+        "pipeline": round_all(pipe),
         "pipeline_seconds_by_size": {str(k): round(v, 3) for k, v in seconds.items()},
         "pipeline_marginal_images_per_s": round(marginal, 3),
         "efficiency_end_to_end": round(pipe["images_per_s"] / base["images_per_s"], 3),

@@ -107,17 +107,24 @@ def stop_process_group(proc, log) -> None:
     log.close()
 
 
-def checkpoint_folders(run_dir) -> list:
-    """A Ray Train run's checkpoint folders, oldest first (they are named by time)."""
-    return sorted(folder for folder in run_dir.glob("checkpoint_*") if folder.is_dir())
+def registered_checkpoints(run_dir) -> list:
+    """The checkpoint folders Ray Train has registered (listed in the run's
+    checkpoint_manager_snapshot.json), oldest first: the ones a restart resumes from. A folder
+    appears before its registration, and one cut off by a killed node is never registered."""
+    import json
+
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, ValueError):  # not written yet, or being rewritten
+        return []
+    return [run_dir / result["checkpoint_dir_name"] for result in snapshot["checkpoint_results"]]
 
 
 def final_checkpoint_state(run_dir) -> dict:
-    """The state a finished training run saved last. A folder from a write cut off by a killed
-    node can sit among the others, so only the newest is read."""
+    """The state a finished training run registered last."""
     import torch
 
-    return torch.load(checkpoint_folders(run_dir)[-1] / "state.pt", weights_only=True)
+    return torch.load(registered_checkpoints(run_dir)[-1] / "state.pt", weights_only=True)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, SAMPLE_CORPUS, checkpoint_folders, final_checkpoint_state, needs_cuda, read_rows, run_cli
+from helpers import ROOT, SAMPLE_CORPUS, final_checkpoint_state, needs_cuda, read_rows, registered_checkpoints, run_cli
 
 from fashion_ray.models.bundle import load_bundle
 from fashion_ray.training import data
@@ -86,8 +86,7 @@ def test_killed_training_resumes_to_the_same_weights(synth_coco, tmp_path):
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.time() + 300
-        # the second checkpoint folder appears once the first is written and registered
-        while len(checkpoint_folders(tmp_path / "runs" / "interrupted")) < 2:
+        while not registered_checkpoints(tmp_path / "runs" / "interrupted"):
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)  # driver, Ray and both workers: the whole node goes
@@ -117,7 +116,7 @@ def test_training_on_the_gpu_with_amp_learns_and_resumes(synth_coco, tmp_path):
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.time() + 300
-        while len(checkpoint_folders(tmp_path / "runs" / "gpu")) < 2:
+        while not registered_checkpoints(tmp_path / "runs" / "gpu"):
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)

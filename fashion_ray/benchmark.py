@@ -51,10 +51,10 @@ def make_person_bundle(path: str, architecture: str = "fasterrcnn_mobilenet_v3_l
     return path
 
 
-def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int, device: Device = Device()) -> dict:
+def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int, device: str = "cpu",
+                  amp: bool = True) -> dict:
     t0 = time.perf_counter()
-    predictor = build_stage_predictor(load_bundle(bundle_uri), "person",
-                                      Device(name=device.name, amp=device.amp, torch_threads=threads))
+    predictor = build_stage_predictor(load_bundle(bundle_uri), "person", Device(name=device, amp=amp, torch_threads=threads))
     t_ready = time.perf_counter()
     for path in paths:
         with open(path, "rb") as fh:
@@ -65,65 +65,66 @@ def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side
             "images_per_s_after_load": len(paths) / (end - t_ready)}
 
 
-class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants (Ray workers included)."""
+class _Sampler:
+    """Calls sample() every `interval` seconds in a thread while its `with` block runs;
+    sample() returning False stops it."""
 
-    def __init__(self, interval: float = 0.2):
+    interval = 0.2
+
+    def sample(self) -> bool | None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.is_set() and self.sample() is not False:
+                time.sleep(self.interval)
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+class PeakRSS(_Sampler):
+    """The peak of the summed RSS of this process and all its descendants (Ray workers included)."""
+
+    def __init__(self):
         import psutil
 
-        self.proc, self.interval, self.peak, self._stop = psutil.Process(), interval, 0, threading.Event()
+        self.proc, self.peak = psutil.Process(), 0
 
-    def _total(self) -> int:
+    def sample(self) -> None:
         total = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
                 total += p.memory_info().rss
             except Exception:  # a worker exiting between listing and reading
                 pass
-        return total
-
-    def __enter__(self):
-        def loop():
-            while not self._stop.is_set():
-                self.peak = max(self.peak, self._total())
-                time.sleep(self.interval)
-        self.thread = threading.Thread(target=loop, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join()
+        self.peak = max(self.peak, total)
 
 
-class GpuUtilisation:
-    """Samples GPU utilisation and memory with nvidia-smi every 0.5 s; empty where there is none."""
+class GpuUtilisation(_Sampler):
+    """GPU utilisation and memory from nvidia-smi; no samples where there is none."""
 
-    def __init__(self, interval: float = 0.5):
-        self.interval, self.samples, self._stop = interval, [], threading.Event()
+    interval = 0.5
 
-    def _sample(self) -> list[tuple[float, float]]:
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+
+    def sample(self) -> bool:
         import subprocess
 
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return [tuple(float(v) for v in line.split(",")) for line in out.strip().splitlines()]
-
-    def __enter__(self):
-        def loop():
-            while not self._stop.is_set():
-                try:
-                    self.samples += self._sample()
-                except (OSError, ValueError):  # no nvidia-smi, or no GPU behind it
-                    return
-                time.sleep(self.interval)
-        self.thread = threading.Thread(target=loop, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join()
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.samples += [tuple(float(v) for v in line.split(",")) for line in out.strip().splitlines()]
+        except (OSError, ValueError, subprocess.SubprocessError):  # no nvidia-smi, or no GPU behind it
+            return False
+        return True
 
     def summary(self) -> dict | None:
         if not self.samples:

@@ -5,7 +5,9 @@ Rows flow as numpy batches with these columns (see pipeline.load_media):
     width, height, scale, image (HxWx3 uint8 at working resolution),
     regions (JSON list of candidate person boxes, e.g. moving things in video frames),
     ran_on ("step@node;..." : where each step handled the row, placement.py),
-    persons (a `Persons` object: label dicts in working coordinates)
+    persons (a `Persons` object: label dicts in working coordinates),
+    jpeg (only with --jpeg-decode person: a plain JPEG's file, which PersonStage decodes;
+          its image is a 1x1 placeholder until then; b"" for rows decoded by the tasks)
 
 Stages only add to `persons`. A row whose status is "error" passes through untouched, and
 an image with no person costs the clothing and parts stages nothing. A model failure on

@@ -23,7 +23,6 @@ import tempfile
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from fashion_ray import benchmark, config
-from fashion_ray.models import Device
 from fashion_ray.ray_init import init_ray
 
 
@@ -65,6 +64,8 @@ def round_all(figures: dict) -> dict:
 
 
 def main(args) -> int:
+    variants = [(amp, decode) for amp in parse_choices("--amp", args.amp, ("on", "off"))
+                for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)]
     work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
     init_ray(None, args.num_cpus)
 
@@ -92,11 +93,9 @@ def main(args) -> int:
         return 0
     small, large = (int(v) for v in args.memory_sizes.split(","))
     paths = benchmark.make_corpus(os.path.join(work, "corpus"), max(args.images, large))
-    variants = [(amp, decode) for amp in parse_choices("--amp", args.amp, ("on", "off"))
-                for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)]
     first_amp = variants[0][0] == "on"
     base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side,
-                                   Device(name=args.device, amp=first_amp))
+                                   device=args.device, amp=first_amp)
 
     def pipeline(count: int, name: str, amp: bool, decode: str) -> dict:
         return benchmark.pipeline_run(folder_of(count), os.path.join(work, name), bundle, args.actors, args.threads_per_actor,

@@ -73,6 +73,20 @@ def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head,
     assert {r["bundle_name"] for r in rows} == {bundle.name} and sum(len(p["parts"]) for r in rows for p in r["persons"]) > 0
 
 
+def _kill_at_first_checkpoint_and_rerun(args: list[str], run_dir, log_path) -> subprocess.CompletedProcess:
+    """Start a training run, kill it (driver, Ray and workers: the whole node goes) once Ray
+    Train has registered its first checkpoint, and run the same command again."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.time() + 300
+        while not registered_checkpoints(run_dir):
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
 def test_killed_training_resumes_to_the_same_weights(synth_coco, tmp_path):
     common = ["--task", "parts", "--data", synth_coco, "--workers", "2", "--steps", "12", "--batch-size", "2",
               "--input-size", "48", "--checkpoint-every", "4", "--storage", str(tmp_path / "runs"), "--num-cpus", "2",
@@ -83,15 +97,7 @@ def test_killed_training_resumes_to_the_same_weights(synth_coco, tmp_path):
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     args = _train_cmd(*common, "--output", str(tmp_path / "resumed"), "--name", "interrupted")
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        deadline = time.time() + 300
-        while not registered_checkpoints(tmp_path / "runs" / "interrupted"):
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)  # driver, Ray and both workers: the whole node goes
-        proc.wait()
-    resumed = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    resumed = _kill_at_first_checkpoint_and_rerun(args, tmp_path / "runs" / "interrupted", tmp_path / "killed.log")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((tmp_path / "resumed" / "training.json").read_text())
     assert record["final_step"] == 12 and record["final_metrics"]["resumed_from_step"] in (4, 8)
@@ -113,15 +119,7 @@ def test_training_on_the_gpu_with_amp_learns_and_resumes(synth_coco, tmp_path):
                       "--gpus-per-worker", "1", "--steps", "60", "--batch-size", "8", "--input-size", "64", "--lr", "0.05",
                       "--warmup-steps", "5", "--checkpoint-every", "20", "--storage", str(tmp_path / "runs"),
                       "--name", "gpu", "--base-bundle", "")
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        deadline = time.time() + 300
-        while not registered_checkpoints(tmp_path / "runs" / "gpu"):
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    resumed = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    resumed = _kill_at_first_checkpoint_and_rerun(args, tmp_path / "runs" / "gpu", tmp_path / "killed.log")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((tmp_path / "parts-gpu" / "training.json").read_text())
     assert record["final_step"] == 60 and record["final_metrics"]["resumed_from_step"] in (20, 40)

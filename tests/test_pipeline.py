@@ -12,7 +12,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from helpers import SAMPLE_CORPUS, bad_file_catalogue
+from helpers import SAMPLE_CORPUS, FaultyS3Proxy, bad_file_catalogue
 
 from fashion_ray import config, taxonomy
 from fashion_ray.formats import masks as rle
@@ -53,6 +53,33 @@ def test_s3_corpus_and_bundle_to_s3_labels(ray_session, s3_server):
     assert sorted(fs.ls("uploads-bucket/labels/run1")) == ["uploads-bucket/labels/run1/coco", "uploads-bucket/labels/run1/ledger", "uploads-bucket/labels/run1/manifest.json",
                                                          "uploads-bucket/labels/run1/parquet"]
     assert "testing" not in json.dumps(manifest)  # no credentials in what we write
+
+
+def test_bundle_files_are_downloaded_once_per_machine(ray_session, s3_server, tmp_path):
+    """A bundle on S3, read through a proxy that counts requests: the driver's check and both
+    person actors share one download of the weights (the machine's sha256-keyed cache), and
+    the next run downloads none."""
+    import torch
+
+    from fashion_ray.models.bundle import StageModel, save_bundle
+    from fashion_ray.models.torchvision_models import build_model
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))  # weights no earlier run has cached
+    spec = StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 160, 0.5, 0.5)
+    save_bundle(str(tmp_path / "bundle"), "cached", "1", {"person": (spec, build_model(spec.architecture, num_classes=2, input_size=160).state_dict())})
+    _fs(s3_server).put(str(tmp_path / "bundle"), "cached-models/person-v1", recursive=True)
+    proxy = FaultyS3Proxy(s3_server)
+    try:
+        person = config.StageResources(min_actors=2, max_actors=2, num_cpus=0.25)
+        for run in ("first", "second"):
+            cfg = config.LabelJobConfig(inputs=(SAMPLE_CORPUS,), output=str(tmp_path / run), bundle="s3://cached-models/person-v1",
+                                        stages=("person",), resources={s: person for s in taxonomy.STAGES},
+                                        storage=StorageOptions(endpoint_url=proxy.endpoint))
+            assert run_label_job(cfg)["counts"]["ok"] == 4
+            downloads = [path for method, path in proxy.requests if method == "GET" and "person.pt" in path]
+            assert len(downloads) == 1, downloads  # the first run's, and nothing in the second
+    finally:
+        proxy.close()
 
 
 def test_torchvision_bundle_end_to_end_in_original_pixels(ray_session, plumbing_bundle, tmp_path):

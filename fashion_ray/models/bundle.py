@@ -11,15 +11,19 @@
     }
 
 "weights" is relative to the bundle folder or an absolute URI. Weight files are state
-dicts read with torch.load(weights_only=True) after their sha256 is checked.
+dicts read with torch.load(weights_only=True) after their sha256 is checked. Files from
+object storage are kept in a per-machine cache keyed by sha256 ($FASHION_RAY_CACHE, default
+~/.cache/fashion-ray): the driver's check and every actor of a node share one download.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -27,6 +31,7 @@ from fashion_ray import storage
 from fashion_ray.taxonomy import STAGES
 
 BUNDLE_FORMAT = "fashion-ray-bundle/1"
+log = logging.getLogger(__name__)
 
 BUILTIN_BUNDLES_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "bundles")
 
@@ -117,8 +122,7 @@ def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bund
     return Bundle(name=str(raw["name"]), version=str(raw["version"]), uri=folder, stages=stages, ref=ref)
 
 
-def read_checked(bundle: Bundle, relative: str, sha256: str | None, options: storage.StorageOptions | None = None) -> bytes:
-    """Fetch a file of the bundle and verify its sha256 (required for every weight file)."""
+def _fetch_checked(bundle: Bundle, relative: str, sha256: str, options) -> bytes:
     uri = bundle.resolve(relative)
     fs, path = storage.filesystem(uri, options)
     try:
@@ -126,10 +130,54 @@ def read_checked(bundle: Bundle, relative: str, sha256: str | None, options: sto
     except FileNotFoundError:
         raise BundleError(f"bundle {bundle.label}: file {uri} is missing") from None
     digest = hashlib.sha256(data).hexdigest()
-    if not sha256:
-        raise BundleError(f"bundle {bundle.label}: {relative} has no sha256 in the manifest")
     if digest != sha256:
         raise BundleError(f"bundle {bundle.label}: sha256 mismatch for {uri}: manifest {sha256[:12]}..., file {digest[:12]}...")
+    return data
+
+
+def _cached(sha256: str) -> bytes | None:
+    try:
+        with open(os.path.join(cache_dir(), sha256), "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None  # a damaged copy is fetched again
+
+
+def _keep(sha256: str, data: bytes) -> None:
+    path = os.path.join(cache_dir(), sha256)
+    try:
+        with open(f"{path}.{os.getpid()}.tmp", "wb") as fh:
+            fh.write(data)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)
+    except OSError as exc:  # a full or read-only disk costs a download, never the run
+        log.warning("bundle cache %s not written: %s", path, exc)
+
+
+def cache_dir() -> str:
+    return os.environ.get("FASHION_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fashion-ray")
+
+
+def read_checked(bundle: Bundle, relative: str, sha256: str | None, options: storage.StorageOptions | None = None) -> bytes:
+    """A file of the bundle, its sha256 verified (required for every file). Remote files go
+    through the machine's cache: under a lock, so that the actors starting together on a node
+    wait for one download instead of each making their own."""
+    if not sha256:
+        raise BundleError(f"bundle {bundle.label}: {relative} has no sha256 in the manifest")
+    if "://" not in bundle.resolve(relative):  # a local file is its own cache
+        return _fetch_checked(bundle, relative, sha256, options)
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        lock = open(os.path.join(cache_dir(), f"{sha256}.lock"), "a")
+    except OSError as exc:
+        log.warning("bundle cache %s unusable: %s", cache_dir(), exc)
+        return _fetch_checked(bundle, relative, sha256, options)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        data = _cached(sha256)
+        if data is None:
+            data = _fetch_checked(bundle, relative, sha256, options)
+            _keep(sha256, data)
     return data
 
 

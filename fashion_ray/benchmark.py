@@ -20,6 +20,7 @@ from PIL import Image
 
 from fashion_ray import config, media, taxonomy
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
+from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.run import run_label_job
 from fashion_ray.video import VideoSampling, decode_segment, encode_video, probe
 
@@ -38,31 +39,49 @@ def make_corpus(folder: str, n: int, width: int = 640, height: int = 480, seed: 
     return paths
 
 
-def make_person_bundle(path: str, architecture: str = "fasterrcnn_mobilenet_v3_large_320_fpn", input_size: int = 320) -> str:
-    """A person-only torchvision bundle with random weights: speed does not depend on training."""
+def make_bundle(path: str, stages: tuple[str, ...] = ("person",)) -> str:
+    """A torchvision bundle with random weights (speed does not depend on training); score
+    threshold 0 and two detections an image, so every stage after the person one has crops."""
     import torch
 
     from fashion_ray.models.bundle import StageModel, save_bundle
     from fashion_ray.models.torchvision_models import build_model
 
     torch.manual_seed(0)
-    spec = StageModel(architecture, ("person",), input_size, 0.5, 0.5)
-    save_bundle(path, "bench", "0", {"person": (spec, build_model(architecture, num_classes=2, input_size=input_size).state_dict())})
+    two = {"box_detections_per_img": 2}
+    specs = {"person": StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 320, 0.0, 0.5, options=two),
+             "clothing": StageModel("maskrcnn_mobilenet_v3_large_fpn", taxonomy.DEEPFASHION2, 192, 0.0, 0.5, options=two),
+             "parts": StageModel("lraspp_mobilenet_v3_large", taxonomy.PARTS, 128)}
+    save_bundle(path, "bench", "0", {s: (specs[s], build_model(specs[s].architecture, num_classes=len(specs[s].classes) + 1,
+                                                                input_size=specs[s].input_size).state_dict())
+                                     for s in stages})
     return path
 
 
 def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int, device: str = "cpu",
-                  amp: bool = True) -> dict:
+                  amp: bool = True, stages: tuple[str, ...] = ("person",)) -> dict:
+    """The stages' own objects (as the actors hold them) called image by image in this process,
+    after decoding; images/s overall and per stage."""
     t0 = time.perf_counter()
-    predictor = build_stage_predictor(load_bundle(bundle_uri), "person", Device(name=device, amp=amp, torch_threads=threads))
+    run = {s: STAGE_CLASSES[s](bundle_uri, Device(name=device, amp=amp, torch_threads=threads), batch_size=1) for s in stages}
     t_ready = time.perf_counter()
+    seconds = dict.fromkeys(stages, 0.0)
     for path in paths:
         with open(path, "rb") as fh:
             decoded = media.decode_image(fh.read(), max_pixels=64_000_000, max_side=work_max_side)
-        predictor.predict([decoded.image], [{}])
+        batch = {"status": np.array(["ok"], dtype=object), "error": np.array([""], dtype=object),
+                 "error_detail": np.array([""], dtype=object), "image": np.empty(1, dtype=object),
+                 "persons": persons_column([[]])}
+        batch["image"][0] = decoded.image
+        for name, stage in run.items():
+            start = time.perf_counter()
+            batch = stage(batch)
+            seconds[name] += time.perf_counter() - start
     end = time.perf_counter()
     return {"images": len(paths), "seconds": end - t0, "images_per_s": len(paths) / (end - t0),
-            "images_per_s_after_load": len(paths) / (end - t_ready)}
+            "images_per_s_after_load": len(paths) / (end - t_ready),
+            "persons_per_image": sum(len(p.items) for p in batch["persons"]),  # of the last image
+            "stage_images_per_s": {name: round(len(paths) / sec, 2) for name, sec in seconds.items()}}
 
 
 class _Sampler:
@@ -136,11 +155,13 @@ class GpuUtilisation(_Sampler):
 
 def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, threads: int, work_max_side: int,
                  rows_per_shard: int, sampling: VideoSampling = VideoSampling(), device: str = "cpu", amp: bool = True,
-                 jpeg_decode: str = "tasks") -> dict:
-    """The labelling job (person stage) on `inputs`; images/s end to end, and the GPU's use on CUDA."""
-    gpus = {"device": "cuda", "num_gpus": 1 / actors, "batch_size": 8} if device == "cuda" else {"batch_size": 1}
-    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.5, torch_threads=threads, amp=amp, **gpus)
-    cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=("person",),
+                 jpeg_decode: str = "tasks", stages: tuple[str, ...] = ("person",)) -> dict:
+    """The labelling job on `inputs` (`actors` per stage); images/s end to end, and the GPU's use on CUDA."""
+    gpus = {"device": "cuda", "num_gpus": 1 / (actors * len(stages)), "batch_size": 8} if device == "cuda" else {"batch_size": 1}
+    # one CPU for all the actors together: the decode and write tasks keep the other
+    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=1 / (actors * len(stages)),
+                                torch_threads=threads, amp=amp, **gpus)
+    cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=stages,
                                 resources={s: res for s in taxonomy.STAGES}, work_max_side=work_max_side,
                                 rows_per_shard=rows_per_shard, read_batch_size=8, video=sampling, jpeg_decode=jpeg_decode)
     t0 = time.perf_counter()

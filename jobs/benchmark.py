@@ -3,7 +3,7 @@
     python jobs/benchmark.py --images 200 --memory-sizes 100,400
     python jobs/benchmark.py --video-only --video-seconds 120 --video-fps 5
     python jobs/benchmark.py --training-only --train-workers 1,2
-    python jobs/benchmark.py --device cuda --amp on,off --jpeg-decode tasks,person   # on a GPU node
+    python jobs/benchmark.py --device cuda --stages person,clothing,parts --amp on,off --jpeg-decode tasks,person
 
 Prints one JSON object: baseline and pipeline images/s, their ratio (pipeline efficiency,
 end to end and marginal), and peak RSS at two corpus sizes; with --train-workers, Ray Train's
@@ -33,6 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=None, help="bundle with a person stage (default: random-weight fasterrcnn_mobilenet_v3_large_320_fpn)")
     p.add_argument("--actors", type=int, default=2, help="person-stage actors in the pipeline")
     p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--stages", default="person", help="stages to run, e.g. person,clothing,parts (per-stage images/s "
+                                                       "come from the plain loop)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the person model runs (pipeline and loop)")
     p.add_argument("--amp", default="on", help="fp16 autocast on CUDA: on, off, or on,off to compare")
     p.add_argument("--jpeg-decode", default="tasks", help="tasks, person, or tasks,person to compare (see label_corpus.py)")
@@ -64,6 +66,10 @@ def round_all(figures: dict) -> dict:
 
 
 def main(args) -> int:
+    try:
+        stages = config.cascade_stages([s.strip() for s in args.stages.split(",") if s.strip()])
+    except config.ConfigError as exc:
+        raise SystemExit(f"error: --stages: {exc}") from None
     variants = [(amp, decode) for amp in parse_choices("--amp", args.amp, ("on", "off"))
                 for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)]
     work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
@@ -84,7 +90,7 @@ def main(args) -> int:
     if args.training_only:
         print(json.dumps(result, indent=2))
         return 0
-    bundle = args.bundle or benchmark.make_person_bundle(os.path.join(work, "bundle"))
+    bundle = args.bundle or benchmark.make_bundle(os.path.join(work, "bundle"), stages)
     if args.video_seconds:
         result["video"] = benchmark.video_benchmark(work, args.video_seconds, args.video_fps, bundle, args.actors,
                                                     args.threads_per_actor, args.work_max_side)
@@ -95,11 +101,12 @@ def main(args) -> int:
     paths = benchmark.make_corpus(os.path.join(work, "corpus"), max(args.images, large))
     first_amp = variants[0][0] == "on"
     base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side,
-                                   device=args.device, amp=first_amp)
+                                   device=args.device, amp=first_amp, stages=stages)
 
     def pipeline(count: int, name: str, amp: bool, decode: str) -> dict:
         return benchmark.pipeline_run(folder_of(count), os.path.join(work, name), bundle, args.actors, args.threads_per_actor,
-                                      args.work_max_side, args.rows_per_shard, device=args.device, amp=amp, jpeg_decode=decode)
+                                      args.work_max_side, args.rows_per_shard, device=args.device, amp=amp, jpeg_decode=decode,
+                                      stages=stages)
 
     pipe = pipeline(args.images, "out_main", first_amp, variants[0][1])
     if len(variants) > 1:
@@ -116,7 +123,9 @@ def main(args) -> int:
     marginal = (large - small) / (seconds[large] - seconds[small])
     result |= {
         "images": args.images,
-        "bundle": bundle if args.bundle else "random fasterrcnn_mobilenet_v3_large_320_fpn (person only)",
+        "bundle": bundle if args.bundle else "random torchvision (person: fasterrcnn_mobilenet_v3_large_320_fpn, clothing: "
+                                             "maskrcnn_mobilenet_v3_large_fpn at 192, parts: lraspp_mobilenet_v3_large at 128)",
+        "stages": list(stages),
         "device": args.device,
         "baseline": round_all(base),
         "pipeline": round_all(pipe),

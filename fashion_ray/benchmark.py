@@ -158,8 +158,9 @@ def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, t
                  jpeg_decode: str = "tasks", stages: tuple[str, ...] = ("person",)) -> dict:
     """The labelling job on `inputs` (`actors` per stage); images/s end to end, and the GPU's use on CUDA."""
     gpus = {"device": "cuda", "num_gpus": 1 / (actors * len(stages)), "batch_size": 8} if device == "cuda" else {"batch_size": 1}
-    # one CPU for all the actors together: the decode and write tasks keep the other
-    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=1 / (actors * len(stages)),
+    # 0.8 CPU for all the actors together, the rest for decode and write tasks; never the decode
+    # tasks' 0.5, for Ray Data fuses a task into the next actor when their resource asks are equal
+    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.8 / (actors * len(stages)),
                                 torch_threads=threads, amp=amp, **gpus)
     cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=stages,
                                 resources={s: res for s in taxonomy.STAGES}, work_max_side=work_max_side,

@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-actor", type=int, default=1)
     p.add_argument("--stages", default="person", help="stages to run, e.g. person,clothing,parts (per-stage images/s "
                                                        "come from the plain loop)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the person model runs (pipeline and loop)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run (pipeline and loop)")
     p.add_argument("--amp", default="on", help="fp16 autocast on CUDA: on, off, or on,off to compare")
     p.add_argument("--jpeg-decode", default="tasks", help="tasks, person, or tasks,person to compare (see label_corpus.py)")
     p.add_argument("--baseline-threads", type=int, default=2, help="torch threads of the plain loop")

@@ -66,14 +66,15 @@ def test_bundle_files_are_downloaded_once_per_machine(ray_session, s3_server, tm
 
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))  # weights no earlier run has cached
     spec = StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 160, 0.5, 0.5)
-    save_bundle(str(tmp_path / "bundle"), "cached", "1", {"person": (spec, build_model(spec.architecture, num_classes=2, input_size=160).state_dict())})
+    weights = build_model(spec.architecture, num_classes=2, input_size=160).state_dict()
+    save_bundle(str(tmp_path / "bundle"), "cached", "1", {"person": (spec, weights)})
     _fs(s3_server).put(str(tmp_path / "bundle"), "cached-models/person-v1", recursive=True)
     proxy = FaultyS3Proxy(s3_server)
     try:
         person = config.StageResources(min_actors=2, max_actors=2, num_cpus=0.25)
         for run in ("first", "second"):
-            cfg = config.LabelJobConfig(inputs=(SAMPLE_CORPUS,), output=str(tmp_path / run), bundle="s3://cached-models/person-v1",
-                                        stages=("person",), resources={s: person for s in taxonomy.STAGES},
+            cfg = config.LabelJobConfig(inputs=(SAMPLE_CORPUS,), output=str(tmp_path / run), stages=("person",),
+                                        bundle="s3://cached-models/person-v1", resources={s: person for s in taxonomy.STAGES},
                                         storage=StorageOptions(endpoint_url=proxy.endpoint))
             assert run_label_job(cfg)["counts"]["ok"] == 4
             downloads = [path for method, path in proxy.requests if method == "GET" and "person.pt" in path]

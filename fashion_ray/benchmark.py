@@ -65,7 +65,7 @@ def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side
     t0 = time.perf_counter()
     run = {s: STAGE_CLASSES[s](bundle_uri, Device(name=device, amp=amp, torch_threads=threads), batch_size=1) for s in stages}
     t_ready = time.perf_counter()
-    seconds = dict.fromkeys(stages, 0.0)
+    seconds, persons = dict.fromkeys(stages, 0.0), 0
     for path in paths:
         with open(path, "rb") as fh:
             decoded = media.decode_image(fh.read(), max_pixels=64_000_000, max_side=work_max_side)
@@ -77,10 +77,11 @@ def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side
             start = time.perf_counter()
             batch = stage(batch)
             seconds[name] += time.perf_counter() - start
+        persons += len(batch["persons"][0].items)
     end = time.perf_counter()
     return {"images": len(paths), "seconds": end - t0, "images_per_s": len(paths) / (end - t0),
             "images_per_s_after_load": len(paths) / (end - t_ready),
-            "persons_per_image": sum(len(p.items) for p in batch["persons"]),  # of the last image
+            "persons_per_image": round(persons / len(paths), 2),
             "stage_images_per_s": {name: round(len(paths) / sec, 2) for name, sec in seconds.items()}}
 
 
@@ -157,11 +158,12 @@ def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, t
                  rows_per_shard: int, sampling: VideoSampling = VideoSampling(), device: str = "cpu", amp: bool = True,
                  jpeg_decode: str = "tasks", stages: tuple[str, ...] = ("person",)) -> dict:
     """The labelling job on `inputs` (`actors` per stage); images/s end to end, and the GPU's use on CUDA."""
-    gpus = {"device": "cuda", "num_gpus": 1 / (actors * len(stages)), "batch_size": 8} if device == "cuda" else {"batch_size": 1}
+    on_device = ({"device": "cuda", "num_gpus": 1 / (actors * len(stages)), "batch_size": 8} if device == "cuda"
+                 else {"batch_size": 1})
     # 0.8 CPU for all the actors together, the rest for decode and write tasks; never the decode
     # tasks' 0.5, for Ray Data fuses a task into the next actor when their resource asks are equal
     res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.8 / (actors * len(stages)),
-                                torch_threads=threads, amp=amp, **gpus)
+                                torch_threads=threads, amp=amp, **on_device)
     cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=stages,
                                 resources={s: res for s in taxonomy.STAGES}, work_max_side=work_max_side,
                                 rows_per_shard=rows_per_shard, read_batch_size=8, video=sampling, jpeg_decode=jpeg_decode)

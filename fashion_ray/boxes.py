@@ -36,3 +36,28 @@ def scale_box(box, scale: float, width: int, height: int):
         return None
     x0, y0, x1, y1 = (v / scale for v in box)
     return [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+
+
+def owner(item, persons, reach: float = 0.25) -> int | None:
+    """Index of the person a carried or worn item belongs to, or None.
+
+    The item's share inside each person's box, grown by `reach` of the person's height on
+    every side (a bag held at arm's length, a suitcase pulled beside), decides; between
+    people who hold it equally, the one whose box centre is nearest. An item no grown box
+    holds at least half of is nobody's (a suitcase standing alone).
+    """
+    ix0, iy0, ix1, iy1 = item
+    area = max((ix1 - ix0) * (iy1 - iy0), 1e-9)
+    best, best_key = None, None
+    for k, (x0, y0, x1, y1) in enumerate(persons):
+        grow = reach * (y1 - y0)
+        w = max(0.0, min(ix1, x1 + grow) - max(ix0, x0 - grow))
+        h = max(0.0, min(iy1, y1 + grow) - max(iy0, y0 - grow))
+        share = w * h / area
+        if share < 0.5:
+            continue
+        distance = math.hypot((ix0 + ix1 - x0 - x1) / 2, (iy0 + iy1 - y0 - y1) / 2) / max(y1 - y0, 1e-9)
+        key = (round(share, 2), -distance)
+        if best_key is None or key > best_key:
+            best, best_key = k, key
+    return best

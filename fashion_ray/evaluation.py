@@ -18,16 +18,18 @@ import contextlib
 import copy
 import io
 import os
+from collections import Counter
 
 import numpy as np
 
 from fashion_ray import taxonomy
 from fashion_ray.formats import masks as rle
-from fashion_ray.formats.readers import iter_coco_chunks
+from fashion_ray.formats.readers import iter_coco_chunks, to_our_categories
 
 PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
 DF2_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.DEEPFASHION2]
 GARMENT_IDS = set(DF2_IDS) | {taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.GARMENT_REGIONS}
+ACCESSORY_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.ACCESSORIES]
 PART_IDS = {taxonomy.COCO_CATEGORY_ID[p]: k for k, p in enumerate(taxonomy.PARTS, start=1)}  # COCO id -> part value
 ANY_GARMENT_ID = 1000  # one category for class-agnostic garment evaluation
 
@@ -47,7 +49,9 @@ TASKS = {  # name -> (iou type, categories, merged category for class-agnostic t
     "garment_segm": ("segm", DF2_IDS, None),
     "any_garment_bbox": ("bbox", sorted(GARMENT_IDS), ANY_GARMENT_ID),
     "any_garment_segm": ("segm", sorted(GARMENT_IDS), ANY_GARMENT_ID),
+    "accessory_bbox": ("bbox", ACCESSORY_IDS, None),
 }
+WORST_KEPT = 40  # misses and false positives kept per table for the HTML page
 
 
 def _coco(images: list[dict], anns: list[dict], categories: list[dict], iou_type: str):
@@ -84,6 +88,8 @@ class CocoTable:
         self.results: dict[tuple, dict] = {}
         self.img_ids: list[int] = []
         self.gt_count = self.dt_count = 0
+        self.misses: list[dict] = []  # unmatched ground truth at IoU 0.5, largest first
+        self.false_positives: list[dict] = []  # unmatched predictions at IoU 0.5, highest score first
 
     def _select(self, anns: list[dict], is_dt: bool) -> list[dict]:
         keep = set(self.cat_ids)
@@ -116,8 +122,9 @@ class CocoTable:
         if not gt and not dt:
             return
         with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(_coco(images, gt, self._categories(), self.iou_type),
-                          _coco(images, dt, self._categories(), self.iou_type), self.iou_type)
+            coco_gt, coco_dt = (_coco(images, gt, self._categories(), self.iou_type),
+                                _coco(images, dt, self._categories(), self.iou_type))
+            ev = COCOeval(coco_gt, coco_dt, self.iou_type)
             ev.params.imgIds = img_ids
             ev.params.catIds = self._cat_list()
             ev.evaluate()
@@ -128,6 +135,29 @@ class CocoTable:
                     entry = ev.evalImgs[k * n_area * n_img + a * n_img + i]
                     if entry is not None:
                         self.results[(cat, a, img)] = entry
+                        if a == 0:
+                            self._keep_worst(entry, coco_gt, coco_dt)
+
+    def _keep_worst(self, entry: dict, coco_gt, coco_dt) -> None:
+        """The image's misses and false positives at IoU 0.5 (all areas), for the HTML page."""
+        def record(ann, kind):
+            from pycocotools import mask as mask_utils
+
+            box = ann["bbox"] if "bbox" in ann else [float(v) for v in mask_utils.toBbox(ann["segmentation"])]
+            return {"image_id": ann["image_id"], "category": self._name(ann["category_id"]), "box": box,
+                    "score": ann.get("score"), "area": ann.get("area", 0.0), "kind": kind}
+
+        for g, matched, ignored in zip(entry["gtIds"], entry["gtMatches"][0], entry["gtIgnore"]):
+            if not matched and not ignored:
+                self.misses.append(record(coco_gt.anns[g], "miss"))
+        for d, matched, ignored in zip(entry["dtIds"], entry["dtMatches"][0], entry["dtIgnore"][0]):
+            if not matched and not ignored:
+                self.false_positives.append(record(coco_dt.anns[d], "false positive"))
+        self.misses = sorted(self.misses, key=lambda r: -r["area"])[:WORST_KEPT]
+        self.false_positives = sorted(self.false_positives, key=lambda r: -(r["score"] or 0))[:WORST_KEPT]
+
+    def _name(self, cat: int) -> str:
+        return {c["id"]: c["name"] for c in self._categories()}.get(cat, str(cat))
 
     def _cat_list(self) -> list[int]:
         return [self.merge_to] if self.merge_to is not None else self.cat_ids
@@ -148,14 +178,16 @@ class CocoTable:
             ev.accumulate()
             ev.summarize()
         names = {c["id"]: c["name"] for c in self._categories()}
-        per_category = {}
+        per_category, curves = {}, {}
         for k, cat in enumerate(ev.params.catIds):
             p = ev.eval["precision"][:, :, k, 0, -1]  # [T, R, K, A, M]: all areas, most detections
-            p = p[p > -1]
-            if p.size:
-                per_category[names[cat]] = float(p.mean())
+            if (p > -1).any():
+                per_category[names[cat]] = float(p[p > -1].mean())
+                # precision at 101 recall points, IoU 0.5 and 0.75 (-1: recall not reached)
+                curves[names[cat]] = {"0.50": [float(v) for v in p[0]], "0.75": [float(v) for v in p[5]]}
         return {"stats": [None if v < 0 else float(v) for v in ev.stats], "per_category": per_category,
-                "gt": self.gt_count, "dt": self.dt_count}
+                "gt": self.gt_count, "dt": self.dt_count, "pr_curves": curves,
+                "worst": self.misses + self.false_positives}
 
 
 # parts IoU ------------------------------------------------------------------------------------
@@ -179,8 +211,10 @@ class PartsEvaluator:
         n = len(taxonomy.PARTS) + 1
         self.confusion = np.zeros((n, n), np.int64)  # [ground truth, prediction]
         self.levels = {level: [0, 0] for level in taxonomy.PART_HIERARCHY}  # intersection, union
+        self.gt_parts = 0
 
     def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
+        self.gt_parts += sum(a["category_id"] in PART_IDS for a in gt_anns)  # none: the table is not scored
         gt_by, dt_by = _by_image(gt_anns), _by_image(dt_anns)
         for img in images:
             h, w = img["height"], img["width"]
@@ -202,6 +236,7 @@ class PartsEvaluator:
                for k, name in enumerate(("background", *taxonomy.PARTS))}
         parts = [iou[p] for p in taxonomy.PARTS if iou[p] is not None]
         return {
+            "gt": self.gt_parts,
             "iou": iou,
             "miou_parts": float(np.mean(parts)) if parts else None,
             "levels": {level: (i / u if u else None) for level, (i, u) in self.levels.items()},
@@ -212,7 +247,7 @@ def _person_matches(gt_anns: list[dict], dt_anns: list[dict], threshold: float =
     """Greedy one-to-one matching of one image's person boxes, highest score first."""
     from pycocotools import mask as mask_utils
 
-    g = [a for a in gt_anns if a["category_id"] == PERSON_ID]
+    g = [a for a in gt_anns if a["category_id"] == PERSON_ID and not a.get("iscrowd")]  # a crowd region is no one person
     d = sorted((a for a in dt_anns if a["category_id"] == PERSON_ID), key=lambda a: -a.get("score", 1.0))
     if not g or not d:
         return 0, len(g), len(d)
@@ -296,18 +331,21 @@ def _remap_ids(dt_images: list[dict], gt_ids, by_name: dict[str, int]) -> dict[i
 
 
 def evaluate(gt: dict, dt: dict, errors: int = 0) -> dict:
-    """All tables for predictions `dt` against ground truth `gt` (COCO dicts held in memory).
+    """All tables for predictions `dt` against ground truth `gt` (COCO dicts held in memory;
+    gt's categories are matched to ours by name).
 
     Only images the predictions cover are scored: a partial run is not penalised for the rest.
     """
+    skipped: Counter = Counter()
+    gt_anns = to_our_categories(gt, skipped)
     gt_images = {img["id"]: img for img in gt["images"]}
     remap = _remap_ids(dt["images"], gt_images, {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]})
     covered = set(remap.values())
     ev = Evaluator()
-    ev.process([gt_images[i] for i in sorted(covered)], [a for a in gt["annotations"] if a["image_id"] in covered],
+    ev.process([gt_images[i] for i in sorted(covered)], [a for a in gt_anns if a["image_id"] in covered],
                [{**a, "image_id": remap[a["image_id"]]} for a in dt["annotations"] if a["image_id"] in remap])
     ev.error_rows = errors
-    return ev.evaluate()
+    return ev.evaluate() | {"skipped_ground_truth": dict(skipped.most_common())}
 
 
 def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int = 2000) -> dict:
@@ -320,7 +358,8 @@ def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int
         gt_images: dict[int, dict] = {}  # id -> image record (small: no masks)
         by_name: dict[str, int] = {}
         gt_files = []
-        for k, (images, anns, _) in enumerate(iter_coco_chunks(gt_uri, options)):
+        skipped: Counter = Counter()
+        for k, (images, anns, _) in enumerate(iter_coco_chunks(gt_uri, options, skipped)):
             for img in images:
                 gt_images[img["id"]] = img
                 by_name[os.path.basename(img["file_name"])] = img["id"]
@@ -358,7 +397,11 @@ def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int
             images = [gt_images[i] for i in sorted(covered) if i % buckets == b]
             ev.process(images, gt_anns, dt_anns)
         ev.error_rows = errors
-        return ev.evaluate()
+        report = ev.evaluate() | {"skipped_ground_truth": dict(skipped.most_common())}
+        for table in report.values():  # where the worst cases' photos are, for the HTML page
+            for case in table.get("worst", []) if isinstance(table, dict) else []:
+                case["file_name"] = gt_images[case["image_id"]]["file_name"]
+        return report
 
 
 # report ---------------------------------------------------------------------------------------
@@ -367,15 +410,27 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+TABLES = [("Person boxes", "person_bbox"), ("Garment boxes (DeepFashion2 classes)", "garment_bbox"),
+          ("Garment masks (DeepFashion2 classes)", "garment_segm"), ("Garment boxes (class-agnostic)", "any_garment_bbox"),
+          ("Garment masks (class-agnostic)", "any_garment_segm"), ("Accessory boxes", "accessory_bbox")]
+
+
 def to_markdown(report: dict) -> str:
+    """The report as Markdown: only the tables the ground truth has labels for."""
     c = report["counts"]
     out = [f"# Evaluation\n\nimages {c['images']}, error rows {c['error_rows']}; persons: {c['persons_gt']} in ground truth, "
            f"{c['persons_matched']} matched (IoU >= 0.5), {c['persons_missed']} missed, {c['persons_extra']} extra\n"]
-    tables = [("Person boxes", "person_bbox"), ("Garment boxes (DeepFashion2 classes)", "garment_bbox"),
-              ("Garment masks (DeepFashion2 classes)", "garment_segm"), ("Garment boxes (class-agnostic)", "any_garment_bbox"),
-              ("Garment masks (class-agnostic)", "any_garment_segm")]
-    for title, key in tables:
+    unscored = [title for title, key in TABLES if not report[key]["gt"]] + ([] if report["parts"]["gt"] else ["Body parts"])
+    if unscored:
+        out.append(f"Not scored (no ground truth of their categories): {', '.join(unscored)}.\n")
+    skipped = report.get("skipped_ground_truth") or {}
+    if skipped:
+        out.append(f"Ground truth of categories fashion-ray does not label, skipped: "
+                   f"{', '.join(f'{name} {n}' for name, n in skipped.items())}.\n")
+    for title, key in TABLES:
         t = report[key]
+        if not t["gt"]:
+            continue
         out.append(f"## {title}\n\n{t['gt']} ground-truth, {t['dt']} predicted\n")
         out.append("| metric | IoU | area | maxDets | value |\n|:--:|:--:|:--:|:--:|:--:|")
         out += [f"| {m} | {iou} | {area} | {md} | {_fmt(v)} |" for (m, iou, area, md), v in zip(STAT_LINES, t["stats"])]
@@ -384,10 +439,11 @@ def to_markdown(report: dict) -> str:
             out += [f"| {k} | {_fmt(v)} |" for k, v in t["per_category"].items()]
         out.append("")
     p = report["parts"]
-    names = ["background", *taxonomy.PARTS]
-    out.append("## Body parts (IoU)\n")
-    out.append("| " + " | ".join(names + ["mIoU (parts)", "upper body", "lower body", "body"]) + " |")
-    out.append("|" + "---|" * (len(names) + 4))
-    out.append("| " + " | ".join([_fmt(p["iou"][n]) for n in names] + [_fmt(p["miou_parts"])] +
-                                [_fmt(p["levels"][lv]) for lv in ("upper_body", "lower_body", "body")]) + " |")
+    if p["gt"]:
+        names = ["background", *taxonomy.PARTS]
+        out.append("## Body parts (IoU)\n")
+        out.append("| " + " | ".join(names + ["mIoU (parts)", "upper body", "lower body", "body"]) + " |")
+        out.append("|" + "---|" * (len(names) + 4))
+        out.append("| " + " | ".join([_fmt(p["iou"][n]) for n in names] + [_fmt(p["miou_parts"])] +
+                                    [_fmt(p["levels"][lv]) for lv in ("upper_body", "lower_body", "body")]) + " |")
     return "\n".join(out) + "\n"

@@ -1,6 +1,6 @@
 """Connect a job to Ray: a cluster (an address, or RAY_ADDRESS under `ray job submit`) or a fresh local Ray.
 
-Quiet by default: worker output (MediaPipe/LiteRT load messages, one per actor) stays in
+Quiet by default: worker output (model load messages, one per actor) stays in
 Ray's log files, Ray's own INFO lines and the token-auth notice are not printed, and Ray
 Data shows its progress bars only on a terminal. Our own progress lines, warnings that
 matter and the summary are printed by the jobs. `verbose=True` brings everything back.
@@ -20,7 +20,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging; workers inherit it
     if not verbose:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fashion_ray import appearance, media, taxonomy
-from fashion_ray.boxes import crop_box
+from fashion_ray.boxes import crop_box, owner
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
 from fashion_ray.placement import add_ran_on
@@ -143,10 +143,25 @@ class PersonStage(_Stage):
                 if mask is not None:
                     person["mask"] = rle.encode(mask)
                 person["appearance"] = appearance.describe(batch["image"][i], person["box"], mask)
-                if det.get("keypoints") is not None:
+                if det.get("keypoints") is not None and det["keypoints"][j] is not None:
                     person["keypoints"] = [float(v) for v in np.asarray(det["keypoints"][j]).reshape(-1)]
                 found.append(person)
+            link_accessories(found, det.get("accessories") or [])
             persons[i] = found
+
+
+def link_accessories(persons: list[dict], accessories: list[dict]) -> None:
+    """Bags, umbrellas, ties ... become garments of the person who carries or wears them
+    (boxes.owner); one that belongs to nobody has no row to live in and is left out."""
+    boxes = [p["box"] for p in persons]
+    for item in sorted(accessories, key=lambda a: -a["score"]):
+        k = owner(item["box"], boxes)
+        if k is None:
+            continue
+        garments = persons[k]["garments"]
+        garments.append({"garment_id": len(garments), "category": item["category"],
+                         "category_id": taxonomy.COCO_CATEGORY_ID[item["category"]], "score": float(item["score"]),
+                         "box": [float(v) for v in item["box"]], "mask": None, "attributes": []})
 
 
 class _PersonCropStage(_Stage):

@@ -33,6 +33,15 @@ DEEPFASHION2 = (
 # where cloth covers the upper body, the lower body, or both as one piece.
 GARMENT_REGIONS = ("upper_body_garment", "lower_body_garment", "full_body_garment")
 
+# What a person carries or wears that the person detector finds (COCO classes), as garment-level
+# labels linked to their person. Fashionpedia's names where it has one ("bag, wallet" -> bag).
+ACCESSORIES = ("bag", "backpack", "suitcase", "umbrella", "tie")
+ACCESSORY_FROM_COCO = {"handbag": "bag", "backpack": "backpack", "suitcase": "suitcase", "umbrella": "umbrella",
+                       "tie": "tie"}
+
+# Names other datasets use for our categories, for matching ground truth by name (evaluation).
+NAME_ALIASES = {"handbag": "bag", "pedestrian": PERSON, "PASpersonWalking": PERSON, "PASpersonStanding": PERSON}
+
 # Pascal-Person-Part 6-part merge; index = label value in part maps (0 = background).
 PARTS = ("head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg")
 
@@ -59,6 +68,9 @@ def _coco_categories() -> list[dict]:
         next_id += 1
     for name in GARMENT_REGIONS:
         cats.append({"id": next_id, "name": name, "supercategory": "garment"})
+        next_id += 1
+    for name in ACCESSORIES:
+        cats.append({"id": next_id, "name": name, "supercategory": "accessory"})
         next_id += 1
     return cats
 

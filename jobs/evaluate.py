@@ -1,7 +1,12 @@
-"""Score labels against ground truth: COCO AP/AR tables, per-part IoU, counts (JSON + Markdown).
+"""Score labels against ground truth: COCO AP/AR tables, per-part IoU, counts (JSON + Markdown),
+precision-recall curves per class (PNG) and a page of the worst misses and false positives.
 
     python jobs/evaluate.py --predictions out/synth-labels --ground-truth out/synth
     python jobs/evaluate.py --predictions results.json --ground-truth s3://bucket/gt/instances.json
+    python jobs/evaluate.py --predictions out/pennfudan --ground-truth ../shared/data/pennfudan/coco.json
+
+A standard COCO file's categories are matched to ours by name; categories we do not label are
+skipped (the report says which) and only tables the ground truth has labels for are scored.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 import os
 import sys
 
-from fashion_ray import evaluation, storage
+from fashion_ray import evaluation, evaluation_pictures, storage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,8 +40,11 @@ def main(args) -> int:
                        else os.path.splitext(args.predictions)[0] + "_eval")
     storage.write_bytes_atomic(storage.join(out, "evaluation.json"), json.dumps(report, indent=2).encode(), options)
     storage.write_bytes_atomic(storage.join(out, "evaluation.md"), markdown.encode(), options)
+    # photos of a COCO file are relative to its folder; a run's are absolute URIs
+    photos_root = args.ground_truth.rsplit("/", 1)[0] if args.ground_truth.endswith(".json") else args.ground_truth
+    pictures = evaluation_pictures.write_pictures(report, evaluation.TABLES, out, photos_root, options)
     print(markdown)
-    print(f"written: {storage.join(out, 'evaluation.json')}, {storage.join(out, 'evaluation.md')}")
+    print(f"written to {out}: evaluation.json, evaluation.md, {', '.join(pictures)}")
     return 0
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 from fashion_ray import person_eval
-from fashion_ray.models import build_stage_predictor, load_bundle
+from fashion_ray.models import Device, build_stage_predictor, load_bundle
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(args) -> int:
         return 2
     result = {"bundle": bundle.label, "seed": args.seed}
     if args.composites > 0:
-        predictor = build_stage_predictor(bundle, "person", args.device)
+        predictor = build_stage_predictor(bundle, "person", Device(args.device))
         result |= person_eval.evaluate_detector(predictor, person_eval.make_composites(args.composites, seed=args.seed),
                                                 person_eval.empty_photos())
     if args.walkers > 0:

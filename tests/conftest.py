@@ -16,7 +16,6 @@ from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, free_port,
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("GLOG_minloglevel", "2")
 # bundle files from S3 are cached per machine: the tests' own cache, inherited by Ray workers and CLI runs
 os.environ.setdefault("FASHION_RAY_CACHE", tempfile.mkdtemp(prefix="fashion-ray-cache-"))
 

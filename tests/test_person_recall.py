@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fashion_ray import person_eval
-from fashion_ray.models import build_stage_predictor, load_bundle
+from fashion_ray.models import Device, build_stage_predictor, load_bundle
 
 
 def test_ground_truth_is_the_visible_extent():
@@ -38,7 +38,7 @@ def test_matching_counts_duplicates_as_false_and_ignores_hidden_people():
 
 @pytest.fixture(scope="module")
 def scores():
-    predictor = build_stage_predictor(load_bundle("bootstrap"), "person", "cpu")
+    predictor = build_stage_predictor(load_bundle("bootstrap"), "person", Device())
     return person_eval.evaluate_detector(predictor, person_eval.make_composites(8, seed=7), person_eval.empty_photos())
 
 

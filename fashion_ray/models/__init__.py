@@ -30,6 +30,7 @@ def validate_bundle(bundle: Bundle) -> None:
         if spec.architecture not in ARCHITECTURES:
             raise BundleError(f"bundle {bundle.label}, stage {stage!r}: unknown architecture {spec.architecture!r} "
                               f"(valid: {', '.join(sorted(ARCHITECTURES))})")
+        bootstrap.check_options(bundle, spec)
 
 
 def build_stage_predictor(bundle: Bundle, stage: str, device: Device, options=None) -> Predictor:

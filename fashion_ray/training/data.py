@@ -46,7 +46,8 @@ class CocoIndex:
             return taxonomy.PARTS
         used = {a["category_id"] for anns in self.anns.values() for a in anns}
         garment = [c for c in sorted(self.categories, key=lambda c: c["id"])
-                   if c["id"] != taxonomy.PERSON_CATEGORY_ID and c["id"] not in taxonomy.PART_VALUE and c["name"] not in taxonomy.GARMENT_REGIONS]
+                   if c["id"] != taxonomy.PERSON_CATEGORY_ID and c["id"] not in taxonomy.PART_VALUE and c["name"] not in taxonomy.GARMENT_REGIONS
+                   and c["name"] not in taxonomy.ACCESSORIES]
         return tuple(c["name"] for c in garment if c["id"] in used) or taxonomy.DEEPFASHION2
 
     def samples(self, task: str) -> list[Sample]:

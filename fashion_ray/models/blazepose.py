@@ -1,0 +1,76 @@
+"""BlazePose GHUM heavy (33 body landmarks + person mask), converted to ONNX: preprocess -> run -> postprocess.
+
+- preprocess: a square view centred on a detected person (its long side plus a margin),
+  resized to 256x256, RGB / 255 (parts of the view outside the image are black);
+- run: onnxruntime, one person per call (the converted graph has its batch of 1 baked in);
+- postprocess: 39 x (x, y, z, visibility logit, presence logit) in input pixels, of which the
+  first 33 are MediaPipe's body landmarks (the numbering bootstrap.py's parts use), mapped
+  back to the image; visibility = sigmoid(logit), as MediaPipe reports it; the 256x256 person
+  mask (probabilities) mapped back to the image; a pose flag (sigmoid: a person is there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fashion_ray.models import onnx
+
+INPUT_SIDE = 256
+LANDMARKS = 33
+MARGIN = 0.15  # of the box's long side, on each side: hands and feet past the detector's box
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def square_view(box, margin: float = MARGIN) -> tuple[float, float, float]:
+    """(x0, y0, side) of the square the model looks at for a person box."""
+    side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return cx - side / 2, cy - side / 2, max(side, 1.0)
+
+
+def preprocess(image: np.ndarray, view: tuple[float, float, float]) -> np.ndarray:
+    import cv2
+
+    x0, y0, side = view
+    k = INPUT_SIDE / side
+    warp = np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
+    crop = cv2.warpAffine(image, warp, (INPUT_SIDE, INPUT_SIDE), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    return (crop.astype(np.float32) / 255.0)[None]
+
+
+def postprocess(landmarks: np.ndarray, mask: np.ndarray, flag: np.ndarray, view, height: int, width: int) -> dict:
+    """Model outputs -> keypoints (33, 3: x, y, visibility) and mask probability in image pixels."""
+    import cv2
+
+    x0, y0, side = view
+    k = side / INPUT_SIDE
+    lm = landmarks.reshape(-1, 5)[:LANDMARKS]
+    keypoints = np.stack([lm[:, 0] * k + x0, lm[:, 1] * k + y0, _sigmoid(lm[:, 3])], 1).astype(np.float32)
+    # the view's mask pasted into the image: only the part of the view inside the image
+    prob = np.zeros((height, width), np.float32)
+    ix0, iy0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    ix1, iy1 = min(width, int(np.ceil(x0 + side))), min(height, int(np.ceil(y0 + side)))
+    if ix1 > ix0 and iy1 > iy0:
+        s = INPUT_SIDE / side
+        warp = np.array([[s, 0, (ix0 - x0) * s], [0, s, (iy0 - y0) * s]], np.float32)
+        prob[iy0:iy1, ix0:ix1] = cv2.warpAffine(mask.reshape(INPUT_SIDE, INPUT_SIDE).astype(np.float32), warp,
+                                                (ix1 - ix0, iy1 - iy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    return {"keypoints": keypoints, "mask_prob": prob, "pose_score": float(_sigmoid(flag.reshape(-1)[0]))}
+
+
+class BlazePose:
+    def __init__(self, model: bytes, *, device: str = "cpu", threads: int = 1):
+        self.session = onnx.session(model, device, threads)
+        shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        self.landmarks = next(n for n, s in shapes.items() if s[-1] == 39 * 5)
+        self.mask = next(n for n, s in shapes.items() if len(s) == 4 and s[-1] == 1)
+        self.flag = next(n for n, s in shapes.items() if len(s) == 2 and s[-1] == 1)
+
+    def estimate(self, image: np.ndarray, box) -> dict:
+        view = square_view(box)
+        out = onnx.run(self.session, preprocess(image, view))
+        h, w = image.shape[:2]
+        return postprocess(out[self.landmarks][0], out[self.mask][0], out[self.flag][0], view, h, w)

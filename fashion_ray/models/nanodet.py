@@ -1,0 +1,214 @@
+"""NanoDet-g 416 (COCO 80 classes, GFL head), converted to ONNX: preprocess -> run -> postprocess.
+
+- preprocess: letterbox into 416x416 (ratio kept, image at the top-left, black padding), BGR,
+  (x - mean) / std with the values NanoDet was trained with (RGB/255 gives junk);
+- run: onnxruntime, one image per call (the converted graph has its batch of 1 baked into
+  reshapes);
+- postprocess: per stride 8/16/32, class scores (sigmoid already in the graph) and 4 sides x
+  11 distance bins: softmax over the bins, expectation, times the stride, from the cell
+  centre; class-wise NMS at IoU 0.6.
+
+Small people: the model sees every image at 416 px, so a person under ~28 px there is lost;
+`plan_tiles` decides per image from its size and the smallest person height wanted whether
+overlapping tiles (each seen at 416 px too) pay, and `merge_tiles` keeps a full-frame box over
+the partial boxes that tiles cut out of the same object.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fashion_ray.models import onnx
+
+INPUT_SIDE = 416
+STRIDES = (8, 16, 32)
+REG_BINS = 11  # reg_max 10: distances 0..10 strides
+MEAN_BGR = np.array([103.53, 116.28, 123.675], np.float32)
+STD_BGR = np.array([57.375, 57.12, 58.395], np.float32)
+NMS_IOU = 0.6
+# the input height (px) from which NanoDet-g finds people reliably (measured: 60-90 px people
+# in 768 px street frames are found at full frame, 31-43 px ones with 2x2 tiles)
+MIN_INPUT_PERSON = 28.0
+TILE_OVERLAP = 0.25  # of a tile's side: a person shorter than that is whole in some tile
+
+# COCO's 0-based class index of what the cascade uses
+COCO_CLASSES = {0: "person", 24: "backpack", 25: "umbrella", 26: "handbag", 27: "tie", 28: "suitcase"}
+
+
+def letterbox(image: np.ndarray, side: int = INPUT_SIDE) -> tuple[np.ndarray, float]:
+    """RGB HxWx3 uint8 -> (1x3xSxS float32 normalised BGR, scale); image x = input x / scale."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas = np.zeros((side, side, 3), np.float32)
+    canvas[:nh, :nw] = resized[..., ::-1]
+    canvas = (canvas - MEAN_BGR) / STD_BGR
+    canvas[nh:, :] = (0 - MEAN_BGR) / STD_BGR  # padding is black, as in training
+    canvas[:, nw:] = (0 - MEAN_BGR) / STD_BGR
+    return canvas.transpose(2, 0, 1)[None].copy(), scale
+
+
+def decode(outputs: list[tuple[np.ndarray, np.ndarray]], side: int = INPUT_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """[(class scores [HW, C], distances [HW, 4 * 11]) per stride 8, 16, 32] -> (boxes [N, 4]
+    xyxy in input pixels, scores [N, C]), one row per cell of every stride."""
+    boxes, scores = [], []
+    for stride, (cls, reg) in zip(STRIDES, outputs):
+        cells = side // stride
+        ys, xs = np.divmod(np.arange(cells * cells), cells)
+        cx, cy = (xs + 0.5) * stride, (ys + 0.5) * stride
+        logits = reg.reshape(-1, 4, REG_BINS)
+        prob = np.exp(logits - logits.max(-1, keepdims=True))
+        prob /= prob.sum(-1, keepdims=True)
+        dist = (prob * np.arange(REG_BINS, dtype=np.float32)).sum(-1) * stride  # left, top, right, bottom
+        boxes.append(np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], 1))
+        scores.append(cls)
+    return np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32)
+
+
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ix0, iy0 = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
+    ix1, iy1 = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
+    """Indices kept by class-wise NMS, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    for i in order:
+        if keep:
+            same = [k for k in keep if labels[k] == labels[i]]
+            if same and box_iou_matrix(boxes[i:i + 1], boxes[same]).max() > iou:
+                continue
+        keep.append(int(i))
+    return np.array(keep, np.int64)
+
+
+def plan_tiles(width: int, height: int, min_person_height: float, *, max_per_side: int = 3,
+               side: int = INPUT_SIDE) -> list[tuple[int, int, int, int]]:
+    """Overlapping square tiles (x0, y0, x1, y1) for an image whose smallest wanted person is
+    `min_person_height` px tall; [] where the full frame already shows such a person at
+    MIN_INPUT_PERSON px or more. Tiles per side grow until the person reaches that height in
+    a tile, capped at `max_per_side` (cost grows with its square)."""
+    long_side = max(width, height)
+    if min_person_height * side / long_side >= MIN_INPUT_PERSON or max_per_side < 2:
+        return []
+    largest_tile = min_person_height * side / MIN_INPUT_PERSON  # a tile's side at which the person is big enough
+    per_side = min(max_per_side, max(2, math.ceil(long_side * (1 + TILE_OVERLAP) / largest_tile)))
+    tile = min(round(long_side * (1 + TILE_OVERLAP) / per_side), long_side)
+    tile = max(tile, min(width, height) // per_side, 1)
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        count = max(2, math.ceil((length - tile) / (tile * (1 - TILE_OVERLAP))) + 1)
+        return sorted({round(k * (length - tile) / (count - 1)) for k in range(count)})
+
+    return [(x, y, min(width, x + tile), min(height, y + tile)) for y in starts(height) for x in starts(width)]
+
+
+def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]],
+                *, contained: float = 0.6, iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-frame and tile detections (boxes in image coordinates, scores, labels) -> one set.
+
+    A tile box mostly inside a full-frame box of the same class is a part of that object (a
+    tile edge cut a large person in half): the full-frame box wins. A tile box cut by its
+    tile's inner edge that lies mostly inside another tile's box is the same kind of part.
+    What is left goes through class-wise NMS together.
+    """
+    boxes, scores, labels = [full[0]], [full[1]], [full[2]]
+    tile_boxes = [(b, s, lab, region) for b, s, lab, region in tiles if len(b)]
+    candidates = []
+    for b, s, lab, region in tile_boxes:
+        for k in range(len(b)):
+            candidates.append((b[k], s[k], lab[k], region))
+    kept = []
+    for k, (box, score, label, region) in enumerate(candidates):
+        area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+
+        def inside(other: np.ndarray) -> float:
+            w = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
+            h = max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
+            return w * h / area
+
+        if any(full[2][j] == label and inside(full[0][j]) >= contained for j in range(len(full[0]))):
+            continue
+        if _cut_by_tile(box, region) and any(
+                j != k and c[2] == label and inside(c[0]) >= contained and
+                (c[0][2] - c[0][0]) * (c[0][3] - c[0][1]) > area for j, c in enumerate(candidates)):
+            continue
+        kept.append((box, score, label))
+    if kept:
+        boxes.append(np.array([k[0] for k in kept], np.float32))
+        scores.append(np.array([k[1] for k in kept], np.float32))
+        labels.append(np.array([k[2] for k in kept], np.int64))
+    b, s, lab = np.concatenate(boxes).reshape(-1, 4), np.concatenate(scores), np.concatenate(labels).astype(np.int64)
+    keep = nms(b, s, lab, iou)
+    return b[keep], s[keep], lab[keep]
+
+
+def _cut_by_tile(box, region, margin: float = 2.0) -> bool:
+    """True when the box touches an edge of its tile that lies inside the image (the tile cut
+    it there), as opposed to the image's own border. region = (x0, y0, x1, y1, width, height)."""
+    x0, y0, x1, y1, width, height = region
+    return bool((box[0] <= x0 + margin and x0 > 0) or (box[1] <= y0 + margin and y0 > 0)
+                or (box[2] >= x1 - margin and x1 < width) or (box[3] >= y1 - margin and y1 < height))
+
+
+class NanoDet:
+    """NanoDet-g on one image: full frame, plus tiles and extra regions where they pay."""
+
+    def __init__(self, model: bytes, *, classes: dict[int, str] = COCO_CLASSES, score_threshold: float,
+                 min_person_height: float, max_tiles_per_side: int = 3, device: str = "cpu", threads: int = 1):
+        self.session = onnx.session(model, device, threads)
+        # outputs come as (scores [1, HW, 80], distances [1, HW, 44]) per stride; pair them by cell count
+        by_cells: dict[int, dict[int, str]] = {}
+        for out in self.session.get_outputs():
+            by_cells.setdefault(int(out.shape[1]), {})[int(out.shape[2])] = out.name
+        self.output_pairs = [(by_cells[(INPUT_SIDE // s) ** 2][80], by_cells[(INPUT_SIDE // s) ** 2][4 * REG_BINS]) for s in STRIDES]
+        self.class_ids = np.array(sorted(classes), np.int64)
+        self.class_names = classes
+        self.score_threshold = score_threshold
+        self.min_person_height = min_person_height
+        self.max_tiles_per_side = max_tiles_per_side
+
+    def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detections on one view: (boxes in the view's pixels, scores, COCO class indices)."""
+        tensor, scale = letterbox(image)
+        out = onnx.run(self.session, tensor)
+        boxes, scores = decode([(out[c][0], out[r][0]) for c, r in self.output_pairs])
+        scores = scores[:, self.class_ids]
+        cell, col = np.nonzero(scores >= self.score_threshold)
+        boxes, conf, labels = boxes[cell] / scale, scores[cell, col], self.class_ids[col]
+        h, w = image.shape[:2]
+        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+        keep = nms(boxes, conf, labels)
+        return boxes[keep], conf[keep], labels[keep]
+
+    def detect(self, image: np.ndarray, regions: list | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(boxes xyxy in image pixels, scores, class names) after tiles and merging."""
+        h, w = image.shape[:2]
+        full = self.run(image)
+        views = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
+        views += [_square_view(r, w, h) for r in regions or []]  # moving things in video frames
+        tiles = []
+        for x0, y0, x1, y1 in views:
+            b, s, lab = self.run(np.ascontiguousarray(image[y0:y1, x0:x1]))
+            tiles.append((b + np.array([x0, y0, x0, y0], np.float32), s, lab, (x0, y0, x1, y1, w, h)))
+        boxes, scores, labels = merge_tiles(full, tiles) if tiles else full
+        return boxes, scores, [self.class_names[int(k)] for k in labels]
+
+
+def _square_view(box, w: int, h: int, grow: float = 1.7) -> tuple[int, int, int, int]:
+    """A square around a candidate box where it fills about 60% of the side."""
+    side = max(grow * max(box[2] - box[0], box[3] - box[1]), 32.0)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return (max(0, int(cx - side / 2)), max(0, int(cy - side / 2)), min(w, int(math.ceil(cx + side / 2))),
+            min(h, int(math.ceil(cy + side / 2))))

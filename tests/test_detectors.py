@@ -1,0 +1,160 @@
+"""The converted detectors' pre/post-processing against hand-computed cases, and the bundle's
+ONNX files: checked by sha256, run by onnxruntime, a failure on one image kept to that image."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashion_ray import taxonomy
+from fashion_ray.boxes import owner
+from fashion_ray.models import BundleError, Device, build_stage_predictor, load_bundle, verify_bundle
+from fashion_ray.models import blazepose, nanodet
+from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
+from fashion_ray.stages import PersonStage, link_accessories, persons_column
+
+
+def _outputs(hot: dict[int, tuple[int, int, int, tuple[int, int, int, int]]]):
+    """NanoDet head outputs that are zero except, per stride, one cell (row, col, class) with
+    score 0.9 and distance bins (left, top, right, bottom) one-hot."""
+    out = []
+    for stride in nanodet.STRIDES:
+        cells = nanodet.INPUT_SIDE // stride
+        cls = np.zeros((cells * cells, 80), np.float32)
+        reg = np.zeros((cells * cells, 4, nanodet.REG_BINS), np.float32)
+        if stride in hot:
+            row, col, label, bins = hot[stride]
+            cls[row * cells + col, label] = 0.9
+            for side, b in enumerate(bins):
+                reg[row * cells + col, side, b] = 60.0  # softmax of a 60-logit spike is one-hot
+        out.append((cls, reg.reshape(-1, 4 * nanodet.REG_BINS)))
+    return out
+
+
+def test_nanodet_decode_by_hand():
+    # stride 8, cell row 2 col 3: centre (3.5 * 8, 2.5 * 8) = (28, 20); distances 2, 3, 1, 4 strides
+    # -> box (28 - 16, 20 - 24, 28 + 8, 20 + 32); stride 32, row 0 col 12: centre (400, 16), all 10 bins
+    boxes, scores = nanodet.decode(_outputs({8: (2, 3, 0, (2, 3, 1, 4)), 32: (0, 12, 26, (10, 10, 10, 10))}))
+    assert boxes.shape == (52 * 52 + 26 * 26 + 13 * 13, 4) and scores.shape == (boxes.shape[0], 80)
+    hot = np.argwhere(scores > 0.5)
+    assert hot.tolist() == [[2 * 52 + 3, 0], [52 * 52 + 26 * 26 + 12, 26]]
+    np.testing.assert_allclose(boxes[2 * 52 + 3], [12, -4, 36, 52], atol=1e-3)
+    np.testing.assert_allclose(boxes[52 * 52 + 26 * 26 + 12], [80, -304, 720, 336], atol=1e-3)
+
+
+def test_letterbox_keeps_the_ratio_and_normalises_bgr():
+    image = np.zeros((416, 832, 3), np.uint8)
+    image[..., 0] = 255  # pure red
+    tensor, scale = nanodet.letterbox(image)
+    assert tensor.shape == (1, 3, 416, 416) and scale == 0.5
+    # content rows 0..207 in BGR order: blue 0, green 0, red 255; the padding below is black
+    np.testing.assert_allclose(tensor[0, :, 100, 200], [-103.53 / 57.375, -116.28 / 57.12, (255 - 123.675) / 58.395], rtol=1e-5)
+    np.testing.assert_allclose(tensor[0, :, 300, 200], [-103.53 / 57.375, -116.28 / 57.12, -123.675 / 58.395], rtol=1e-5)
+
+
+def test_tiles_only_where_the_smallest_person_needs_them():
+    # a 24 px person in a 416 px image is 24 px at the model's input, under 28: 2 x 2 tiles of
+    # 260 px (416 * 1.25 / 2) overlapping by 104 px
+    assert nanodet.plan_tiles(416, 416, 24) == [(0, 0, 260, 260), (156, 0, 416, 260), (0, 156, 260, 416), (156, 156, 416, 416)]
+    assert nanodet.plan_tiles(416, 416, 40) == []  # big enough at full frame
+    # full HD with 24 px people would want 7 tiles a side; capped at 3: 800 px tiles
+    tiles = nanodet.plan_tiles(1920, 1080, 24, max_per_side=3)
+    assert tiles == [(x, y, x + 800, y + 800) for y in (0, 280) for x in (0, 560, 1120)]
+    assert nanodet.plan_tiles(1920, 1080, 24, max_per_side=1) == []
+
+
+def test_tile_merge_keeps_the_full_frame_box_over_its_parts():
+    full = (np.array([[100, 100, 200, 400]], np.float32), np.array([0.9], np.float32), np.array([0]))
+    image = (416, 416)
+    left, right = (0, 0, 260, 260, *image), (156, 0, 416, 260, *image)
+    tiles = [
+        # the upper half of the full-frame person, and a small person in the tiles' overlap
+        (np.array([[100, 100, 200, 250], [220, 50, 230, 80]], np.float32), np.array([0.8, 0.7], np.float32),
+         np.array([0, 0]), left),
+        # the small person again (a duplicate), and a person at x 200-290 whole in this tile
+        (np.array([[220, 51, 230, 80], [200, 10, 290, 60]], np.float32), np.array([0.6, 0.75], np.float32),
+         np.array([0, 0]), right),
+        # the left tile cut that person at its edge x = 260: a part of the box above
+        (np.array([[200, 10, 260, 60]], np.float32), np.array([0.85], np.float32), np.array([0]), left),
+    ]
+    boxes, scores, labels = nanodet.merge_tiles(full, tiles)
+    assert boxes.tolist() == [[100, 100, 200, 400], [200, 10, 290, 60], [220, 50, 230, 80]]
+    assert scores.tolist() == pytest.approx([0.9, 0.75, 0.7]) and labels.tolist() == [0, 0, 0]
+
+
+def test_nms_is_per_class():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [0, 0, 10, 10]], np.float32)
+    keep = nanodet.nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 26]))
+    assert keep.tolist() == [0, 2]  # the person duplicate goes; the handbag on the same spot stays
+
+
+def test_blazepose_view_maps_landmarks_back():
+    view = blazepose.square_view([100, 50, 200, 250])  # 200 px tall: a 260 px square around it
+    assert view == pytest.approx((20.0, 20.0, 260.0))
+    landmarks = np.zeros((39, 5), np.float32)
+    landmarks[0] = [128, 64, 0, 10, 10]  # the input's centre column, a quarter down
+    mask = np.zeros((256, 256), np.float32)
+    mask[:, 128:] = 1.0
+    out = blazepose.postprocess(landmarks.ravel(), mask, np.array([1.0]), view, 300, 300)
+    assert out["keypoints"].shape == (33, 3)
+    np.testing.assert_allclose(out["keypoints"][0], [150, 85, 1.0], atol=1e-3)
+    # the mask's right half: image x >= 150 inside the view (x < 280, y 20..280)
+    prob = out["mask_prob"] > 0.5
+    assert prob[100, 160] and not prob[100, 140] and not prob[10, 160] and not prob[100, 290]
+
+
+def test_accessories_go_to_the_person_who_carries_them():
+    alice, bob = [100, 100, 200, 400], [400, 100, 500, 400]
+    assert owner([190, 250, 230, 300], [alice, bob]) == 0  # a bag at Alice's hip
+    assert owner([210, 250, 250, 300], [bob, alice]) == 1  # order does not matter
+    assert owner([290, 250, 310, 300], [alice, bob]) is None  # halfway between, held by neither box
+    assert owner([700, 300, 760, 400], [alice, bob]) is None  # a suitcase standing alone
+    persons = [{"box": alice, "garments": []}, {"box": bob, "garments": []}]
+    link_accessories(persons, [{"category": "umbrella", "score": 0.6, "box": [380, 20, 520, 150]},
+                               {"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]},
+                               {"category": "suitcase", "score": 0.9, "box": [700, 300, 760, 400]}])
+    assert [(g["garment_id"], g["category"], g["category_id"]) for g in persons[0]["garments"]] == [
+        (0, "bag", taxonomy.COCO_CATEGORY_ID["bag"])]
+    assert [g["category"] for g in persons[1]["garments"]] == ["umbrella"]
+
+
+def test_a_changed_onnx_file_is_refused(tmp_path):
+    broken = tmp_path / "bootstrap"
+    shutil.copytree(f"{BUILTIN_BUNDLES_DIR}/bootstrap", broken)
+    with open(broken / "nanodet_g_416.onnx", "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\0\0\0\0")
+    bundle = load_bundle(str(broken))
+    verify_bundle(bundle, ["clothing", "parts"])
+    with pytest.raises(BundleError, match=r"sha256 mismatch for .*nanodet_g_416\.onnx"):
+        verify_bundle(bundle, ["person"])
+
+
+def test_unknown_person_options_are_refused(tmp_path):
+    shutil.copytree(f"{BUILTIN_BUNDLES_DIR}/bootstrap", tmp_path / "b")
+    raw = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    raw["stages"]["person"]["options"]["min_person_heigth"] = 30
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"unknown person options \['min_person_heigth'\]"):
+        build_stage_predictor(load_bundle(str(tmp_path / "b")), "person", Device())
+
+
+def test_a_failure_on_one_image_is_one_model_error_row():
+    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "camera.jpg")).convert("RGB"))
+    n = 3
+    batch = {"id": np.arange(n), "status": np.array(["ok"] * n, dtype=object), "error": np.array([""] * n, dtype=object),
+             "error_detail": np.array([""] * n, dtype=object), "persons": persons_column([[] for _ in range(n)])}
+    images = np.empty(n, dtype=object)
+    images[:] = [photo, np.zeros((0, 7, 3), np.uint8), photo[:, ::-1].copy()]  # the middle one has no pixels
+    batch["image"] = images
+    out = PersonStage("bootstrap", Device(), batch_size=3)(batch)
+    assert list(out["status"]) == ["ok", "error", "ok"]
+    assert out["error"][1] == "model_error" and out["error_detail"][1].startswith("person: ")
+    for k in (0, 2):
+        [person] = out["persons"][k].items
+        assert person["score"] >= 0.5 and len(person["keypoints"]) == 33 * 3 and person["mask"] is not None

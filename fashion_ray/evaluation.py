@@ -260,27 +260,37 @@ def _person_matches(gt_anns: list[dict], dt_anns: list[dict], threshold: float =
     return len(used), len(g) - len(used), len(d) - len(used)
 
 
+SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # person score cut-offs the counts are also given at
+
+
 class PersonCounts:
-    """Persons in ground truth matched (IoU >= 0.5, greedy by score), missed and extra; images seen."""
+    """Persons in ground truth matched (IoU >= 0.5, greedy by score), missed and extra; images
+    seen; and matched / extra at each of SCORE_THRESHOLDS, to choose a bundle's threshold by."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
         self.counts = {"images": 0, "persons_gt": 0, "persons_matched": 0, "persons_missed": 0, "persons_extra": 0}
+        self.at_score = {t: [0, 0] for t in SCORE_THRESHOLDS}  # threshold -> [matched, extra]
 
     def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
         gt_by, dt_by = _by_image(gt_anns), _by_image(dt_anns)
         for img in images:
-            matched, missed, extra = _person_matches(gt_by.get(img["id"], []), dt_by.get(img["id"], []))
+            gt, dt = gt_by.get(img["id"], []), dt_by.get(img["id"], [])
+            matched, missed, extra = _person_matches(gt, dt)
             self.counts["persons_matched"] += matched
             self.counts["persons_missed"] += missed
             self.counts["persons_extra"] += extra
             self.counts["persons_gt"] += matched + missed
+            for t, tally in self.at_score.items():
+                matched, _, extra = _person_matches(gt, [a for a in dt if a.get("score", 1.0) >= t])
+                tally[0] += matched
+                tally[1] += extra
         self.counts["images"] += len(images)
 
     def evaluate(self) -> dict:
-        return dict(self.counts)
+        return dict(self.counts) | {"at_score": {f"{t:.1f}": {"matched": m, "extra": e} for t, (m, e) in self.at_score.items()}}
 
 
 def _by_image(anns: list[dict]) -> dict[int, list[dict]]:
@@ -421,6 +431,9 @@ def to_markdown(report: dict) -> str:
     out = [f"# Evaluation\n\nimages {c['images']}, error rows {c['error_rows']}; persons: {c['persons_gt']} in ground truth, "
            f"{c['persons_matched']} matched (IoU >= 0.5), {c['persons_missed']} missed, {c['persons_extra']} extra\n"]
     unscored = [title for title, key in TABLES if not report[key]["gt"]] + ([] if report["parts"]["gt"] else ["Body parts"])
+    if c["persons_gt"]:
+        out.append("| person score >= | " + " | ".join(c["at_score"]) + " |\n|:--|" + ":--:|" * len(c["at_score"]))
+        out.append("| matched / extra | " + " | ".join(f"{v['matched']} / {v['extra']}" for v in c["at_score"].values()) + " |\n")
     if unscored:
         out.append(f"Not scored (no ground truth of their categories): {', '.join(unscored)}.\n")
     skipped = report.get("skipped_ground_truth") or {}

@@ -47,8 +47,10 @@ def test_perfect_prediction_scores_one():
     assert report["parts"]["iou"]["head"] == report["parts"]["iou"]["torso"] == pytest.approx(1.0)
     assert report["parts"]["iou"]["upper_arm"] is None  # not in either: undefined, not 0
     assert report["parts"]["levels"]["upper_body"] == pytest.approx(1.0)
-    assert report["counts"] == {"images": 1, "error_rows": 0, "persons_gt": 1, "persons_matched": 1,
-                                "persons_missed": 0, "persons_extra": 0}
+    counts = report["counts"]
+    assert counts.pop("at_score") == {t: {"matched": 1, "extra": 0} for t in ("0.3", "0.4", "0.5", "0.6", "0.7")}
+    assert counts == {"images": 1, "error_rows": 0, "persons_gt": 1, "persons_matched": 1,
+                      "persons_missed": 0, "persons_extra": 0}
 
 
 def test_shifted_box_gives_the_hand_computed_iou():
@@ -138,3 +140,56 @@ def test_streaming_buckets_equal_one_pass(tmp_path):
     assert streamed["counts"] == one["counts"] and streamed["counts"]["images"] == 12
     assert streamed["parts"] == one["parts"]
     assert 0.3 < one["person_bbox"]["stats"][0] < 1.0
+
+
+def test_standard_coco_ground_truth_is_matched_by_name(tmp_path):
+    # COCO's own ids: person 1, bicycle 2 (our 2 is a garment), handbag 31 (our "bag");
+    # a crowd region of people is neither to be found nor a place for false persons
+    gt = {"images": [{"id": 7, "file_name": "street.jpg", "height": 100, "width": 100}],
+          "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 31, "name": "handbag"}],
+          "annotations": [
+              {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 50], "area": 1000.0, "iscrowd": 0},
+              {"id": 2, "image_id": 7, "category_id": 2, "bbox": [40, 40, 30, 30], "area": 900.0, "iscrowd": 0},
+              {"id": 3, "image_id": 7, "category_id": 31, "bbox": [25, 35, 8, 8], "area": 64.0, "iscrowd": 0},
+              {"id": 4, "image_id": 7, "category_id": 1, "bbox": [60, 0, 40, 30], "area": 1200.0, "iscrowd": 1}]}
+    bag, garment = taxonomy.COCO_CATEGORY_ID["bag"], taxonomy.COCO_CATEGORY_ID["short_sleeve_top"]
+    dt = _doc([_box_ann(PERSON, 10, 10, 20, 50, image_id=7), _box_ann(PERSON, 70, 5, 10, 20, image_id=7, score=0.9),
+               _box_ann(bag, 25, 35, 8, 8, image_id=7), _box_ann(garment, 40, 40, 30, 30, image_id=7)])
+    dt["images"] = [{"id": 7, "file_name": "/photos/street.jpg", "height": 100, "width": 100}]
+    report = evaluation.evaluate(gt, dt)
+    # the box inside the crowd region is ignored, not false: person AP stays 1
+    assert report["person_bbox"]["stats"][0] == pytest.approx(1.0) and report["person_bbox"]["gt"] == 2
+    assert report["counts"]["persons_gt"] == 1 and report["counts"]["persons_extra"] == 1
+    # plain counts have no crowd rule: the box in the crowd region (score 0.9) is extra at 0.7 too
+    assert report["counts"]["at_score"]["0.7"] == {"matched": 1, "extra": 1}
+    assert report["accessory_bbox"]["per_category"] == {"bag": pytest.approx(1.0)}
+    # the bicycle is not scored as a garment: no garment ground truth, the table is not scored
+    assert report["skipped_ground_truth"] == {"bicycle": 1} and report["garment_bbox"]["gt"] == 0
+    markdown = evaluation.to_markdown(report)
+    assert "## Person boxes" in markdown and "## Accessory boxes" in markdown
+    assert "## Garment" not in markdown and "bicycle 1" in markdown
+    assert "Body parts (IoU)" not in markdown and "Body parts." in markdown
+
+
+def test_pr_curves_and_worst_cases_are_written(tmp_path):
+    from PIL import Image
+
+    from fashion_ray import evaluation_pictures
+
+    Image.new("RGB", (100, 100), (90, 120, 60)).save(tmp_path / "img1.jpg")
+    gt = _doc([_box_ann(PERSON, 10, 10, 20, 50), _box_ann(PERSON, 60, 10, 20, 50)], size=(100, 100))
+    dt = _doc([_box_ann(PERSON, 10, 10, 20, 50, score=0.9), _box_ann(PERSON, 40, 70, 10, 10, score=0.8)], size=(100, 100))
+    report = evaluation.evaluate(gt, dt)
+    # ranked: a hit then a false positive: precision 1 up to recall 0.5, never past it
+    curve = report["person_bbox"]["pr_curves"]["person"]["0.50"]
+    assert curve[50] == pytest.approx(1.0) and curve[51] == 0.0
+    worst = report["person_bbox"]["worst"]
+    assert [(w["kind"], w["box"]) for w in worst] == [("miss", [60, 10, 20, 50]), ("false positive", [40, 70, 10, 10])]
+    for case in worst:
+        case["file_name"] = "img1.jpg"
+    written = evaluation_pictures.write_pictures(report, evaluation.TABLES, str(tmp_path / "eval"), str(tmp_path))
+    assert written == ["pr_person_bbox.png", "worst.html"]
+    assert (tmp_path / "eval" / "pr_person_bbox.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "eval" / "worst.html").read_text()
+    assert page.count("<figure>") == 2 and 'src="worst/person_bbox_0.jpg"' in page
+    assert Image.open(tmp_path / "eval" / "worst" / "person_bbox_1.jpg").size[0] <= evaluation_pictures.CROP_SIDE

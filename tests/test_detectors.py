@@ -100,8 +100,8 @@ def test_blazepose_view_maps_landmarks_back():
     landmarks[0] = [128, 64, 0, 10, 10]  # the input's centre column, a quarter down
     mask = np.zeros((256, 256), np.float32)
     mask[:, 128:] = 1.0
-    out = blazepose.postprocess(landmarks.ravel(), mask, np.array([1.0]), view, 300, 300)
-    assert out["keypoints"].shape == (33, 3)
+    out = blazepose.postprocess(landmarks.ravel(), mask, np.array([0.9]), view, 300, 300)
+    assert out["keypoints"].shape == (33, 3) and out["pose_score"] == pytest.approx(0.9)
     np.testing.assert_allclose(out["keypoints"][0], [150, 85, 1.0], atol=1e-3)
     # the mask's right half: image x >= 150 inside the view (x < 280, y 20..280)
     prob = out["mask_prob"] > 0.5
@@ -158,3 +158,16 @@ def test_a_failure_on_one_image_is_one_model_error_row():
     for k in (0, 2):
         [person] = out["persons"][k].items
         assert person["score"] >= 0.5 and len(person["keypoints"]) == 33 * 3 and person["mask"] is not None
+
+
+def test_batched_views_give_the_single_view_detections():
+    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "two_people.jpg")).convert("RGB"))
+    bundle = load_bundle("bootstrap")
+    data = open(os.path.join(bundle.uri, "nanodet_g_416.onnx"), "rb").read()
+    batched = nanodet.NanoDet(data, score_threshold=0.5, min_person_height=24, max_batch=8)
+    single = nanodet.NanoDet(data, score_threshold=0.5, min_person_height=24, max_batch=1)
+    images = [photo, photo[:300, :400].copy()]
+    for (b1, s1, n1), (b2, s2, n2) in zip(batched.detect(images), single.detect(images)):
+        assert n1 == n2 and len(n1) >= 1
+        np.testing.assert_allclose(b1, b2, atol=0.05)
+        np.testing.assert_allclose(s1, s2, atol=1e-4)

@@ -2,11 +2,11 @@
 
 - preprocess: a square view centred on a detected person (its long side plus a margin),
   resized to 256x256, RGB / 255 (parts of the view outside the image are black);
-- run: onnxruntime, one person per call (the converted graph has its batch of 1 baked in);
+- run: onnxruntime, the persons of the actor's batch in batches of up to `max_batch`;
 - postprocess: 39 x (x, y, z, visibility logit, presence logit) in input pixels, of which the
   first 33 are MediaPipe's body landmarks (the numbering bootstrap.py's parts use), mapped
   back to the image; visibility = sigmoid(logit), as MediaPipe reports it; the 256x256 person
-  mask (probabilities) mapped back to the image; a pose flag (sigmoid: a person is there).
+  mask (probabilities) mapped back to the image; a pose flag (a person is there, 0..1).
 """
 
 from __future__ import annotations
@@ -58,19 +58,26 @@ def postprocess(landmarks: np.ndarray, mask: np.ndarray, flag: np.ndarray, view,
         warp = np.array([[s, 0, (ix0 - x0) * s], [0, s, (iy0 - y0) * s]], np.float32)
         prob[iy0:iy1, ix0:ix1] = cv2.warpAffine(mask.reshape(INPUT_SIDE, INPUT_SIDE).astype(np.float32), warp,
                                                 (ix1 - ix0, iy1 - iy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    return {"keypoints": keypoints, "mask_prob": prob, "pose_score": float(_sigmoid(flag.reshape(-1)[0]))}
+    return {"keypoints": keypoints, "mask_prob": prob, "pose_score": float(flag.reshape(-1)[0])}
 
 
 class BlazePose:
-    def __init__(self, model: bytes, *, device: str = "cpu", threads: int = 1):
+    def __init__(self, model: bytes, *, max_batch: int = 8, device: str = "cpu", threads: int = 1):
         self.session = onnx.session(model, device, threads)
         shapes = {o.name: o.shape for o in self.session.get_outputs()}
         self.landmarks = next(n for n, s in shapes.items() if s[-1] == 39 * 5)
         self.mask = next(n for n, s in shapes.items() if len(s) == 4 and s[-1] == 1)
         self.flag = next(n for n, s in shapes.items() if len(s) == 2 and s[-1] == 1)
+        self.max_batch = max(1, max_batch)
 
-    def estimate(self, image: np.ndarray, box) -> dict:
-        view = square_view(box)
-        out = onnx.run(self.session, preprocess(image, view))
-        h, w = image.shape[:2]
-        return postprocess(out[self.landmarks][0], out[self.mask][0], out[self.flag][0], view, h, w)
+    def estimate(self, people: list[tuple[np.ndarray, list[float]]]) -> list[dict]:
+        """Pose and mask for each (image, person box)."""
+        found = []
+        for start in range(0, len(people), self.max_batch):
+            chunk = people[start:start + self.max_batch]
+            views = [square_view(box) for _, box in chunk]
+            out = onnx.run(self.session, np.concatenate([preprocess(image, view) for (image, _), view in zip(chunk, views)]))
+            for k, ((image, _), view) in enumerate(zip(chunk, views)):
+                h, w = image.shape[:2]
+                found.append(postprocess(out[self.landmarks][k], out[self.mask][k], out[self.flag][k], view, h, w))
+        return found

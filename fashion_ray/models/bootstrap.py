@@ -58,22 +58,28 @@ class NanoDetPosePerson:
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
         contexts = context or [{}] * len(images)
-        return [self._detect(img, ctx.get("regions") or []) for img, ctx in zip(images, contexts)]
+        detections = self.detector.detect(images, [ctx.get("regions") or [] for ctx in contexts])
+        # one pose batch for the persons of every image (the first max_poses of each)
+        people = [(i, k) for i, (_, _, names) in enumerate(detections)
+                  for k in [k for k, name in enumerate(names) if name == taxonomy.PERSON][:self.max_poses]]
+        poses = dict(zip(people, self.pose.estimate([(images[i], detections[i][0][k]) for i, k in people])))
+        return [self._assemble(image, detection, {k: pose for (j, k), pose in poses.items() if j == i})
+                for i, (image, detection) in enumerate(zip(images, detections))]
 
-    def _detect(self, image: np.ndarray, regions: list) -> dict:
+    def _assemble(self, image: np.ndarray, detection, poses: dict[int, dict]) -> dict:
         h, w = image.shape[:2]
-        boxes, scores, names = self.detector.detect(image, regions)
-        people = [k for k, name in enumerate(names) if name == taxonomy.PERSON]
+        boxes, scores, names = detection
         found = []
-        for rank, k in enumerate(people):
+        for k, name in enumerate(names):
+            if name != taxonomy.PERSON:
+                continue
             box = [float(v) for v in boxes[k]]
-            if rank >= self.max_poses:  # a crowd: the rest keep their boxes, without pose and mask
+            if k not in poses:  # a crowd past max_poses: the rest keep their boxes, without pose and mask
                 found.append({"box": box, "score": float(scores[k]), "mask": np.zeros((h, w), bool), "keypoints": None})
                 continue
-            pose = self.pose.estimate(image, box)
-            mask = _components_touching(pose["mask_prob"] > self.mask_threshold, pose["keypoints"])
+            mask = _components_touching(poses[k]["mask_prob"] > self.mask_threshold, poses[k]["keypoints"])
             found.append({"box": self._box(box, mask), "score": float(scores[k]), "mask": mask,
-                          "keypoints": pose["keypoints"]})
+                          "keypoints": poses[k]["keypoints"]})
         found = _drop_duplicates(found)
         keypoints = [f["keypoints"] for f in found]
         return {
@@ -317,8 +323,9 @@ ARCHITECTURES = {
 }
 
 
-# the person stage's bundle options: model files, tiling, which box a person keeps, poses per image
-PERSON_OPTIONS = {"files", "min_person_height", "max_tiles_per_side", "box_source", "max_poses"}
+# the person stage's bundle options: model files, tiling, which box a person keeps, poses per
+# image, views (NanoDet) or persons (BlazePose) per model call
+PERSON_OPTIONS = {"files", "min_person_height", "max_tiles_per_side", "box_source", "max_poses", "max_batch"}
 
 
 def check_options(bundle, spec) -> None:
@@ -346,8 +353,9 @@ def build_predictor(bundle, spec, device, options=None):
         detector = NanoDet(read("detector"), score_threshold=spec.score_threshold,
                            min_person_height=float(tuning.get("min_person_height", 24)),
                            max_tiles_per_side=int(tuning.get("max_tiles_per_side", 3)),
-                           device=device.name, threads=device.torch_threads)
-        pose = BlazePose(read("pose"), device=device.name, threads=device.torch_threads)
+                           max_batch=int(tuning.get("max_batch", 8)), device=device.name, threads=device.torch_threads)
+        pose = BlazePose(read("pose"), max_batch=int(tuning.get("max_batch", 8)), device=device.name,
+                         threads=device.torch_threads)
         return NanoDetPosePerson(detector, pose, mask_threshold=spec.mask_threshold,
                                  box_source=tuning.get("box_source", "merge"), max_poses=int(tuning.get("max_poses", 20)))
     if spec.architecture == "pose_body_parts":

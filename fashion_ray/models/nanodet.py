@@ -2,8 +2,8 @@
 
 - preprocess: letterbox into 416x416 (ratio kept, image at the top-left, black padding), BGR,
   (x - mean) / std with the values NanoDet was trained with (RGB/255 gives junk);
-- run: onnxruntime, one image per call (the converted graph has its batch of 1 baked into
-  reshapes);
+- run: onnxruntime, every view of every image of the actor's batch (full frames, tiles, video
+  regions) letterboxed alike and run in batches of up to `max_batch`;
 - postprocess: per stride 8/16/32, class scores (sigmoid already in the graph) and 4 sides x
   11 distance bins: softmax over the bins, expectation, times the stride, from the cell
   centre; class-wise NMS at IoU 0.6.
@@ -163,12 +163,13 @@ def _cut_by_tile(box, region, margin: float = 2.0) -> bool:
 
 
 class NanoDet:
-    """NanoDet-g on one image: full frame, plus tiles and extra regions where they pay."""
+    """NanoDet-g on a batch of images: full frames, plus tiles and extra regions where they pay."""
 
     def __init__(self, model: bytes, *, classes: dict[int, str] = COCO_CLASSES, score_threshold: float,
-                 min_person_height: float, max_tiles_per_side: int = 3, device: str = "cpu", threads: int = 1):
+                 min_person_height: float, max_tiles_per_side: int = 3, max_batch: int = 8, device: str = "cpu",
+                 threads: int = 1):
         self.session = onnx.session(model, device, threads)
-        # outputs come as (scores [1, HW, 80], distances [1, HW, 44]) per stride; pair them by cell count
+        # outputs come as (scores [N, HW, 80], distances [N, HW, 44]) per stride; pair them by cell count
         by_cells: dict[int, dict[int, str]] = {}
         for out in self.session.get_outputs():
             by_cells.setdefault(int(out.shape[1]), {})[int(out.shape[2])] = out.name
@@ -178,32 +179,51 @@ class NanoDet:
         self.score_threshold = score_threshold
         self.min_person_height = min_person_height
         self.max_tiles_per_side = max_tiles_per_side
+        self.max_batch = max(1, max_batch)
 
-    def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Detections on one view: (boxes in the view's pixels, scores, COCO class indices)."""
-        tensor, scale = letterbox(image)
-        out = onnx.run(self.session, tensor)
-        boxes, scores = decode([(out[c][0], out[r][0]) for c, r in self.output_pairs])
-        scores = scores[:, self.class_ids]
+    def run(self, views: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Detections per view: (boxes in the view's pixels, scores, COCO class indices)."""
+        found = []
+        for start in range(0, len(views), self.max_batch):
+            chunk = views[start:start + self.max_batch]
+            tensors, scales = zip(*(letterbox(v) for v in chunk))
+            out = onnx.run(self.session, np.concatenate(tensors))
+            for k, (view, scale) in enumerate(zip(chunk, scales)):
+                boxes, scores = decode([(out[c][k], out[r][k]) for c, r in self.output_pairs])
+                found.append(self._select(boxes, scores[:, self.class_ids], scale, view.shape))
+        return found
+
+    def _select(self, boxes, scores, scale: float, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cell, col = np.nonzero(scores >= self.score_threshold)
         boxes, conf, labels = boxes[cell] / scale, scores[cell, col], self.class_ids[col]
-        h, w = image.shape[:2]
+        h, w = shape[:2]
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
         keep = nms(boxes, conf, labels)
         return boxes[keep], conf[keep], labels[keep]
 
-    def detect(self, image: np.ndarray, regions: list | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(boxes xyxy in image pixels, scores, class names) after tiles and merging."""
-        h, w = image.shape[:2]
-        full = self.run(image)
-        views = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
-        views += [_square_view(r, w, h) for r in regions or []]  # moving things in video frames
-        tiles = []
-        for x0, y0, x1, y1 in views:
-            b, s, lab = self.run(np.ascontiguousarray(image[y0:y1, x0:x1]))
-            tiles.append((b + np.array([x0, y0, x0, y0], np.float32), s, lab, (x0, y0, x1, y1, w, h)))
-        boxes, scores, labels = merge_tiles(full, tiles) if tiles else full
-        return boxes, scores, [self.class_names[int(k)] for k in labels]
+    def detect(self, images: list[np.ndarray], regions: list[list] | None = None) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """Per image: (boxes xyxy in image pixels, scores, class names) after tiles and merging."""
+        views, owners = [], []  # (image index, view box or None for the full frame)
+        for i, image in enumerate(images):
+            h, w = image.shape[:2]
+            if min(h, w) < 1:
+                raise ValueError(f"image {i} has no pixels ({w}x{h})")
+            views.append(image)
+            owners.append((i, None))
+            boxes = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
+            boxes += [_square_view(r, w, h) for r in (regions[i] if regions else [])]  # moving things in video
+            for x0, y0, x1, y1 in boxes:
+                views.append(np.ascontiguousarray(image[y0:y1, x0:x1]))
+                owners.append((i, (x0, y0, x1, y1, w, h)))
+        per_view = self.run(views)
+        results = []
+        for i in range(len(images)):
+            mine = [(found, box) for found, (owner, box) in zip(per_view, owners) if owner == i]
+            full = mine[0][0]
+            tiles = [(b + np.array(box[:2] * 2, np.float32), s, lab, box) for (b, s, lab), box in mine[1:]]
+            boxes, scores, labels = merge_tiles(full, tiles) if tiles else full
+            results.append((boxes, scores, [self.class_names[int(k)] for k in labels]))
+        return results
 
 
 def _square_view(box, w: int, h: int, grow: float = 1.7) -> tuple[int, int, int, int]:

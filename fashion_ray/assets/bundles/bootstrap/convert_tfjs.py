@@ -14,7 +14,8 @@ fashion-ray: this script runs in a venv of its own, and only its output is commi
     # then put the printed sha256s into bundle.json
 
 Weights are the TFJS fp16 weights, unchanged: they are stored as fp16 initialisers with a Cast
-to fp32 (lossless). Each model converts in its own process: TensorFlow and onnxruntime in one
+to fp32 (lossless). The graphs take any batch (TFJS's batch of 1 is rewritten in the reshape
+targets; a batch of 4 matches 4 single calls to 1e-4). Each model converts in its own process: TensorFlow and onnxruntime in one
 process have crashed.
 """
 
@@ -72,6 +73,24 @@ def _fp16_storage(model):
     return model
 
 
+def _dynamic_batch(model):
+    """A batch dimension N instead of TFJS's 1: the graphs carry the 1 in their reshape targets,
+    where ONNX's 0 (copy the input's dimension) says the same for any batch."""
+    from onnx import numpy_helper
+
+    initialisers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in initialisers:
+            target = numpy_helper.to_array(initialisers[node.input[1]]).copy()
+            if target.ndim == 1 and len(target) > 1 and target[0] == 1:
+                target[0] = 0
+                initialisers[node.input[1]].CopyFrom(numpy_helper.from_array(target, node.input[1]))
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    del model.graph.value_info[:]  # shapes inferred for batch 1
+    return model
+
+
 def convert_one(model_json: str, out_path: str) -> None:
     _bare_tensorflowjs()
     import tensorflow as tf
@@ -100,7 +119,7 @@ def convert_one(model_json: str, out_path: str) -> None:
                                                   opset=13, shape_override=shapes)
     import onnx
 
-    onnx.save(_fp16_storage(model), out_path)
+    onnx.save(_dynamic_batch(_fp16_storage(model)), out_path)
 
 
 def main(models_dir: str, out_dir: str) -> None:

@@ -25,14 +25,25 @@ from fashion_ray.run import run_label_job
 from fashion_ray.video import VideoSampling, decode_segment, encode_video, probe
 
 
-def make_corpus(folder: str, n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[str]:
-    """Smooth random photos-like JPEGs (noise compresses badly and decodes unrealistically slowly)."""
+CORPORA = ("smooth", "people")
+
+
+def make_corpus(folder: str, n: int, width: int = 640, height: int = 480, seed: int = 0, kind: str = "smooth") -> list[str]:
+    """`smooth`: random photo-like JPEGs with nobody in them (noise compresses badly and decodes
+    unrealistically slowly); `people`: real person cut-outs on real photos (person_eval's
+    composites, 2-5 people of 24-320 px each), for the cascade with a real bundle."""
+    from fashion_ray import person_eval
+
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
+    photos, persons = (person_eval.empty_photos(), person_eval.cutouts()) if kind == "people" else (None, None)
     paths = []
     for i in range(n):
-        small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+        if kind == "people":
+            img = Image.fromarray(person_eval.make_composite(rng, str(i), photos, persons, width=width, height=height).image)
+        else:
+            small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((width, height), Image.BICUBIC)
         path = os.path.join(folder, f"img_{i:06d}.jpg")
         img.save(path, quality=90)
         paths.append(path)

@@ -101,9 +101,16 @@ class LabelJobConfig:
     # what it labelled is kept, the rest is reported, never a run that hangs forever
     stall_timeout_s: float = 600.0
     autoscaling: bool = False  # the cluster adds nodes on demand: a plan the nodes alive now cannot hold is not refused
+    # stage -> score threshold instead of the bundle's (e.g. person 0.05 to measure AP over every
+    # candidate, as COCO evaluations do); the manifest's config records it beside the bundle
+    score_thresholds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "stages", cascade_stages(self.stages))
+        for stage, value in self.score_thresholds.items():
+            if stage not in STAGES or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"score threshold {stage}={value}: the stage must be one of {', '.join(STAGES)} "
+                                  "and the value within 0..1")
         if self.rows_per_shard < 1 or self.read_batch_size < 1:
             raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
         if self.jpeg_decode not in JPEG_DECODE_CHOICES:
@@ -117,6 +124,20 @@ class LabelJobConfig:
         out = dataclasses.asdict(self)
         out["storage"] = {"endpoint_url": self.storage.endpoint_url, "anon": self.storage.anon}  # never credentials
         return out
+
+
+def parse_score_thresholds(values: list[str]) -> dict[str, float]:
+    """["person=0.3"] -> {"person": 0.3}; LabelJobConfig checks the stage names and values."""
+    out = {}
+    for item in values:
+        stage, sep, value = item.partition("=")
+        try:
+            out[stage.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"score threshold {item!r}: expected STAGE=VALUE, e.g. person=0.3") from None
+        if not sep:
+            raise ConfigError(f"score threshold {item!r}: expected STAGE=VALUE, e.g. person=0.3")
+    return out
 
 
 def apply_overrides(resources: dict[str, StageResources], overrides: list[str]) -> dict[str, StageResources]:

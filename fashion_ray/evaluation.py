@@ -358,9 +358,10 @@ def evaluate(gt: dict, dt: dict, errors: int = 0) -> dict:
     return ev.evaluate() | {"skipped_ground_truth": dict(skipped.most_common())}
 
 
-def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int = 2000) -> dict:
+def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int = 2000, min_score: float = 0.0) -> dict:
     """Evaluate sets of any size: both sides are spilled to local buckets by image id, then
-    evaluated a bucket at a time, so memory holds one bucket's masks, not the whole set."""
+    evaluated a bucket at a time, so memory holds one bucket's masks, not the whole set.
+    Predictions scored below `min_score` are left out (what a bundle with that threshold writes)."""
     import pickle
     import tempfile
 
@@ -384,7 +385,7 @@ def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int
             remap = _remap_ids(images, gt_images, by_name)
             covered.update(remap.values())
             for a in anns:
-                if a["image_id"] in remap:
+                if a["image_id"] in remap and a.get("score", 1.0) >= min_score:
                     a = {**a, "image_id": remap[a["image_id"]]}
                     pickle.dump(("dt", a), spill[a["image_id"] % buckets])
         for path in gt_files:  # ground truth of covered images only, into the same buckets

@@ -29,9 +29,8 @@ def pr_curve_png(title: str, curves: dict[str, dict[str, list[float]]]) -> bytes
         for iou, style in (("0.50", "-"), ("0.75", "--")):
             precision = np.array(by_iou[iou])
             reached = precision > -1  # -1: COCOeval never reached that recall
-            ax.plot(RECALL_POINTS[reached], precision[reached], style, color=colour,
-                    label=f"{name} @ IoU {iou}" if iou == "0.50" or len(curves) == 1 else None)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+            ax.plot(RECALL_POINTS[reached], precision[reached], style, color=colour, label=name if iou == "0.50" else None)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"{title} (solid: IoU 0.5, dashed: 0.75)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     buf = io.BytesIO()

@@ -188,7 +188,7 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
         ds = ds.map_batches(
             STAGE_CLASSES[stage],
             fn_constructor_kwargs={"bundle_uri": bundle.ref, "device": device, "batch_size": res.batch_size,
-                                   "storage_options": cfg.storage,
+                                   "storage_options": cfg.storage, "score_threshold": cfg.score_thresholds.get(stage),
                                    # pixels stop at the last model stage; the writer needs labels only
                                    "emit_image": stage != cfg.stages[-1],
                                    **({"jpeg_max_side": cfg.work_max_side} if stage == "person" and

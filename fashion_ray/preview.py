@@ -49,6 +49,8 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
         draw.text((x0 + 3, y0 + 3), f"person {person['score']:.2f}{track}", fill=PERSON_COLOUR)
         for k, garment in enumerate(person["garments"]):
             gx0, gy0 = garment["box"][:2]
+            if not garment["mask"]:  # an accessory from the detector: a box, no mask
+                draw.rectangle(garment["box"], outline=GARMENT_COLOUR, width=1)
             label = garment["category"] + (" " + ",".join(garment["attributes"]) if garment["attributes"] else "")
             draw.text((gx0 + 3, gy0 + 14 + 11 * k), label, fill=GARMENT_COLOUR)
         kp = person.get("keypoints") or []
@@ -101,7 +103,7 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
             f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"
             f"<h1>fashion-ray preview</h1><p>bundle {html.escape(manifest['bundle']['name'])}@"
             f"{html.escape(manifest['bundle']['version'])}; {manifest['counts']['inputs']} images, "
-            f"{manifest['counts']['error']} errors. Parts: {legend} garments: white outline, persons: cyan box.</p>"
+            f"{manifest['counts']['error']} errors. Parts: {legend} garments: white outline (accessories: white box), persons: cyan box.</p>"
             + "".join(cards))
     index = storage.join(out_uri, "index.html")
     storage.write_bytes_atomic(index, page.encode(), options)

@@ -17,6 +17,7 @@ Resources (actors, CPUs, GPUs, batch size) are not chosen here: see pipeline.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -48,9 +49,13 @@ def persons_column(values: list[list[dict]]) -> np.ndarray:
 class _Stage:
     stage_name = ""
 
-    def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None, emit_image: bool = True):
+    def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None, emit_image: bool = True,
+                 score_threshold: float | None = None):
         self.device = device
         self.bundle = load_bundle(bundle_uri, storage_options)
+        if score_threshold is not None:  # the job's --score-threshold instead of the bundle's
+            spec = dataclasses.replace(self.bundle.stages[self.stage_name], score_threshold=score_threshold)
+            self.bundle = dataclasses.replace(self.bundle, stages={**self.bundle.stages, self.stage_name: spec})
         self.predictor = build_stage_predictor(self.bundle, self.stage_name, device, storage_options)
         self.batch_size = max(1, batch_size)
         self.emit_image = emit_image

@@ -1,6 +1,7 @@
 """Benchmark the labelling pipeline against a plain loop on the same images, in one run.
 
     python jobs/benchmark.py --images 200 --memory-sizes 100,400
+    python jobs/benchmark.py --bundle bootstrap --stages person,clothing,parts --corpus people --images 200
     python jobs/benchmark.py --video-only --video-seconds 120 --video-fps 5
     python jobs/benchmark.py --training-only --train-workers 1,2
     python jobs/benchmark.py --device cuda --stages person,clothing,parts --amp on,off --jpeg-decode tasks,person
@@ -36,6 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default="person", help="stages to run, e.g. person,clothing,parts (per-stage images/s "
                                                        "come from the plain loop)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run (pipeline and loop)")
+    p.add_argument("--corpus", default="smooth", choices=benchmark.CORPORA,
+                   help="smooth: photo-like JPEGs with nobody; people: real person cut-outs on real photos")
     p.add_argument("--amp", default="on", help="fp16 autocast on CUDA: on, off, or on,off to compare")
     p.add_argument("--jpeg-decode", default="tasks", help="tasks, person, or tasks,person to compare (see label_corpus.py)")
     p.add_argument("--baseline-threads", type=int, default=2, help="torch threads of the plain loop")
@@ -98,7 +101,7 @@ def main(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     small, large = (int(v) for v in args.memory_sizes.split(","))
-    paths = benchmark.make_corpus(os.path.join(work, "corpus"), max(args.images, large))
+    paths = benchmark.make_corpus(os.path.join(work, "corpus"), max(args.images, large), kind=args.corpus)
     first_amp = variants[0][0] == "on"
     base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side,
                                    device=args.device, amp=first_amp, stages=stages)
@@ -126,6 +129,7 @@ def main(args) -> int:
         "bundle": bundle if args.bundle else "random torchvision (person: fasterrcnn_mobilenet_v3_large_320_fpn, clothing: "
                                              "maskrcnn_mobilenet_v3_large_fpn at 192, parts: lraspp_mobilenet_v3_large at 128)",
         "stages": list(stages),
+        "corpus": args.corpus,
         "device": args.device,
         "baseline": round_all(base),
         "pipeline": round_all(pipe),

@@ -24,6 +24,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, help="labelling run folder, COCO shards folder/file or COCO results list")
     p.add_argument("--ground-truth", required=True, help="synthetic set / run folder, COCO shards folder or COCO file")
     p.add_argument("--out", default=None, help="folder for evaluation.json + evaluation.md (default: PREDICTIONS/eval)")
+    p.add_argument("--min-score", type=float, default=0.0,
+                   help="leave out predictions scored below this (to compare score thresholds on one run)")
     p.add_argument("--s3-endpoint-url", default=None)
     return p
 
@@ -31,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> int:
     options = storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
     try:
-        report = evaluation.evaluate_uris(args.ground_truth, args.predictions, options)
+        report = evaluation.evaluate_uris(args.ground_truth, args.predictions, options, min_score=args.min_score)
     except (FileNotFoundError, json.JSONDecodeError, storage.StorageError) as exc:
         print(f"error: cannot read {exc}", file=sys.stderr)
         return 2

@@ -46,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="preset for every stage's resources")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="per-stage resource override, e.g. person.max_actors=4, all.batch_size=8")
+    p.add_argument("--score-threshold", dest="score_thresholds", action="append", default=[], metavar="STAGE=VALUE",
+                   help="a stage's score threshold instead of the bundle's, e.g. person=0.05 to measure AP over "
+                        "every candidate (recorded in the manifest's config)")
     p.add_argument("--jpeg-decode", default=JOB["jpeg_decode"], choices=config.JPEG_DECODE_CHOICES,
                    help="decode plain JPEGs in the CPU tasks or batched in the person actor on its device "
                         "(nvJPEG with --device cuda)")
@@ -98,6 +101,7 @@ def make_config(args) -> config.LabelJobConfig:
                                   frames_per_task=args.video_frames_per_task), relabel=args.relabel,
         cpu_node_resource=args.cpu_node_resource, autoscaling=args.autoscaling, stall_timeout_s=args.stall_timeout,
         commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, jpeg_decode=args.jpeg_decode,
+        score_thresholds=config.parse_score_thresholds(args.score_thresholds),
         storage=storage.StorageOptions(endpoint_url=args.s3_endpoint_url, anon=args.anon))
 
 

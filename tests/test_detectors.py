@@ -171,3 +171,18 @@ def test_batched_views_give_the_single_view_detections():
         assert n1 == n2 and len(n1) >= 1
         np.testing.assert_allclose(b1, b2, atol=0.05)
         np.testing.assert_allclose(s1, s2, atol=1e-4)
+
+
+def test_a_run_threshold_replaces_the_bundles():
+    # the cameraman scores 0.88: the bundle's 0.5 keeps him, a run asking for 0.95 does not
+    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "camera.jpg")).convert("RGB"))
+
+    def persons(**kwargs):
+        batch = {"id": np.arange(1), "status": np.array(["ok"], dtype=object), "error": np.array([""], dtype=object),
+                 "error_detail": np.array([""], dtype=object), "persons": persons_column([[]])}
+        batch["image"] = np.empty(1, dtype=object)
+        batch["image"][0] = photo
+        return PersonStage("bootstrap", Device(), batch_size=1, **kwargs)(batch)["persons"][0].items
+
+    assert [round(p["score"], 2) for p in persons()] == [0.88]
+    assert persons(score_threshold=0.95) == []

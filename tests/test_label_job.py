@@ -178,6 +178,8 @@ def test_cascade_on_the_gpu_with_jpegs_decoded_there(plumbing_bundle, tmp_path):
     (["--video-fps", "0"], "give --video-fps > 0 or --video-every-n >= 1"),
     (["--video-start", "20", "--video-end", "10"], "the window needs 0 <= --video-start < --video-end"),
     (["--lease-ttl", "1"], "lease_ttl_s >= 5"),
+    (["--score-threshold", "persn=0.3"], "score threshold persn=0.3: the stage must be one of person, clothing, parts"),
+    (["--score-threshold", "person"], "expected STAGE=VALUE, e.g. person=0.3"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, tmp_path):
     proc = run_cli(*args, "--output", str(tmp_path / "o"), "--num-cpus", "1")

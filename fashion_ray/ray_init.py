@@ -24,6 +24,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+        # "uses 1 GiB of memory per worker" every 30 s: the person actor holds its models and
+        # the batch's masks; our plan is the one place that sets resources, not this advice
+        logging.getLogger("ray.data._internal.issue_detection").setLevel(logging.ERROR)
     common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -55,6 +55,9 @@ def iter_coco_chunks(uri: str, options=None, skipped: Counter | None = None):
                 doc = coco_document(rows)
                 yield doc["images"], doc["annotations"], sum(r["status"] == "error" for r in rows)
             return
+        if fs.exists(storage.filesystem(storage.join(uri, "_lease.json"), options)[1]):
+            # a run folder without its manifest: running, or crashed before its first commit
+            raise FileNotFoundError(f"{uri}: no manifest.json yet (the run has not committed anything)")
         protocol = storage.split_uri(uri)[0]
         for name in sorted(n for n in fs.find(path) if n.endswith(".json")):
             doc = _read_json(storage.to_uri(protocol, name), options)

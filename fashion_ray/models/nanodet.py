@@ -79,16 +79,19 @@ def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
-    """Indices kept by class-wise NMS, highest score first."""
-    order = np.argsort(-scores, kind="stable")
+    """Indices kept by class-wise greedy NMS, highest score first."""
     keep: list[int] = []
-    for i in order:
-        if keep:
-            same = [k for k in keep if labels[k] == labels[i]]
-            if same and box_iou_matrix(boxes[i:i + 1], boxes[same]).max() > iou:
-                continue
-        keep.append(int(i))
-    return np.array(keep, np.int64)
+    for label in np.unique(labels):
+        order = np.flatnonzero(labels == label)
+        order = order[np.argsort(-scores[order], kind="stable")]
+        overlaps = box_iou_matrix(boxes[order], boxes[order]) > iou
+        suppressed = np.zeros(len(order), bool)
+        for a in range(len(order)):
+            if not suppressed[a]:
+                keep.append(int(order[a]))
+                suppressed |= overlaps[a]
+    keep_array = np.array(keep, np.int64)
+    return keep_array[np.argsort(-scores[keep_array], kind="stable")] if len(keep) else keep_array
 
 
 def plan_tiles(width: int, height: int, min_person_height: float, *, max_per_side: int = 3,
@@ -116,50 +119,46 @@ def plan_tiles(width: int, height: int, min_person_height: float, *, max_per_sid
 
 def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]],
                 *, contained: float = 0.6, iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full-frame and tile detections (boxes in image coordinates, scores, labels) -> one set.
+    """Full-frame and tile detections (boxes in image coordinates, scores, labels; each tile with
+    its region (x0, y0, x1, y1, image width, image height)) -> one set.
 
     A tile box mostly inside a full-frame box of the same class is a part of that object (a
     tile edge cut a large person in half): the full-frame box wins. A tile box cut by its
-    tile's inner edge that lies mostly inside another tile's box is the same kind of part.
-    What is left goes through class-wise NMS together.
+    tile's inner edge that lies mostly inside a larger box of another tile is the same kind
+    of part. What is left goes through class-wise NMS together.
     """
-    boxes, scores, labels = [full[0]], [full[1]], [full[2]]
-    tile_boxes = [(b, s, lab, region) for b, s, lab, region in tiles if len(b)]
-    candidates = []
-    for b, s, lab, region in tile_boxes:
-        for k in range(len(b)):
-            candidates.append((b[k], s[k], lab[k], region))
-    kept = []
-    for k, (box, score, label, region) in enumerate(candidates):
-        area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
-
-        def inside(other: np.ndarray) -> float:
-            w = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
-            h = max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
-            return w * h / area
-
-        if any(full[2][j] == label and inside(full[0][j]) >= contained for j in range(len(full[0]))):
-            continue
-        if _cut_by_tile(box, region) and any(
-                j != k and c[2] == label and inside(c[0]) >= contained and
-                (c[0][2] - c[0][0]) * (c[0][3] - c[0][1]) > area for j, c in enumerate(candidates)):
-            continue
-        kept.append((box, score, label))
-    if kept:
-        boxes.append(np.array([k[0] for k in kept], np.float32))
-        scores.append(np.array([k[1] for k in kept], np.float32))
-        labels.append(np.array([k[2] for k in kept], np.int64))
-    b, s, lab = np.concatenate(boxes).reshape(-1, 4), np.concatenate(scores), np.concatenate(labels).astype(np.int64)
+    tiles = [t for t in tiles if len(t[0])]
+    if not tiles:
+        return full
+    boxes = np.concatenate([t[0] for t in tiles]).astype(np.float32)
+    scores = np.concatenate([t[1] for t in tiles]).astype(np.float32)
+    labels = np.concatenate([t[2] for t in tiles]).astype(np.int64)
+    regions = np.concatenate([np.tile(np.array(t[3], np.float32), (len(t[0]), 1)) for t in tiles])
+    part_of_full = ((_share_inside(boxes, full[0]) >= contained) & (labels[:, None] == full[2][None, :])).any(1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    inside_larger = (_share_inside(boxes, boxes) >= contained) & (labels[:, None] == labels[None, :]) & (area[None, :] > area[:, None])
+    part_of_tile_box = _cut_by_tile(boxes, regions) & inside_larger.any(1)
+    kept = ~(part_of_full | part_of_tile_box)
+    b = np.concatenate([full[0], boxes[kept]]).reshape(-1, 4)
+    s = np.concatenate([full[1], scores[kept]])
+    lab = np.concatenate([full[2], labels[kept]]).astype(np.int64)
     keep = nms(b, s, lab, iou)
     return b[keep], s[keep], lab[keep]
 
 
-def _cut_by_tile(box, region, margin: float = 2.0) -> bool:
-    """True when the box touches an edge of its tile that lies inside the image (the tile cut
-    it there), as opposed to the image's own border. region = (x0, y0, x1, y1, width, height)."""
-    x0, y0, x1, y1, width, height = region
-    return bool((box[0] <= x0 + margin and x0 > 0) or (box[1] <= y0 + margin and y0 > 0)
-                or (box[2] >= x1 - margin and x1 < width) or (box[3] >= y1 - margin and y1 < height))
+def _share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[i, j] = the share of box a[i]'s area that lies inside box b[j]."""
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    return w * h / np.maximum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-9)[:, None]
+
+
+def _cut_by_tile(boxes: np.ndarray, regions: np.ndarray, margin: float = 2.0) -> np.ndarray:
+    """Per box: it touches an edge of its tile that lies inside the image (the tile cut it
+    there), as opposed to the image's own border. regions rows: x0, y0, x1, y1, width, height."""
+    x0, y0, x1, y1, width, height = regions.T
+    return (((boxes[:, 0] <= x0 + margin) & (x0 > 0)) | ((boxes[:, 1] <= y0 + margin) & (y0 > 0))
+            | ((boxes[:, 2] >= x1 - margin) & (x1 < width)) | ((boxes[:, 3] >= y1 - margin) & (y1 < height)))
 
 
 class NanoDet:

@@ -421,6 +421,8 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+SEED004_COLUMNS = [("Background", "background"), ("Low hand", "lower_arm"), ("Torso", "torso"), ("Low leg", "lower_leg"),
+                   ("Head", "head"), ("Up leg", "upper_leg"), ("Up hand", "upper_arm")]
 TABLES = [("Person boxes", "person_bbox"), ("Garment boxes (DeepFashion2 classes)", "garment_bbox"),
           ("Garment masks (DeepFashion2 classes)", "garment_segm"), ("Garment boxes (class-agnostic)", "any_garment_bbox"),
           ("Garment masks (class-agnostic)", "any_garment_segm"), ("Accessory boxes", "accessory_bbox")]
@@ -454,10 +456,11 @@ def to_markdown(report: dict) -> str:
         out.append("")
     p = report["parts"]
     if p["gt"]:
-        names = ["background", *taxonomy.PARTS]
+        # seed 004's columns, in its order and with its names
         out.append("## Body parts (IoU)\n")
-        out.append("| " + " | ".join(names + ["mIoU (parts)", "upper body", "lower body", "body"]) + " |")
-        out.append("|" + "---|" * (len(names) + 4))
-        out.append("| " + " | ".join([_fmt(p["iou"][n]) for n in names] + [_fmt(p["miou_parts"])] +
-                                    [_fmt(p["levels"][lv]) for lv in ("upper_body", "lower_body", "body")]) + " |")
+        out.append("| " + " | ".join([title for title, _ in SEED004_COLUMNS] + ["Upper body", "Lower body", "Body", "mIoU (parts)"]) + " |")
+        out.append("|" + "---|" * (len(SEED004_COLUMNS) + 4))
+        out.append("| " + " | ".join([_fmt(p["iou"][n]) for _, n in SEED004_COLUMNS] +
+                                    [_fmt(p["levels"][lv]) for lv in ("upper_body", "lower_body", "body")] +
+                                    [_fmt(p["miou_parts"])]) + " |")
     return "\n".join(out) + "\n"

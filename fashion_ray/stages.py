@@ -145,6 +145,8 @@ class PersonStage(_Stage):
                           "box": [float(v) for v in det["boxes"][j]], "mask": None, "keypoints": None,
                           "garments": [], "parts": []}
                 mask = det["masks"][j] if det.get("masks") is not None else None
+                if mask is not None and not mask.any():
+                    mask = None  # a person the model gave no pixels (a crowd past the pose budget)
                 if mask is not None:
                     person["mask"] = rle.encode(mask)
                 person["appearance"] = appearance.describe(batch["image"][i], person["box"], mask)

@@ -105,18 +105,24 @@ class NanoDetPosePerson:
 def _drop_duplicates(found: list[dict]) -> list[dict]:
     """Two detector boxes whose poses landed on one person (a shifted second box around a
     pedestrian): their masks overlap; the higher-scoring one stays."""
-    kept: list[dict] = []
+    kept: list[tuple[dict, tuple | None]] = []
     for det in sorted(found, key=lambda d: -d["score"]):
+        extent = bbox_xyxy(det["mask"])
         duplicate = False
-        for other in kept:
-            inter = np.logical_and(det["mask"], other["mask"]).sum()
-            union = np.logical_or(det["mask"], other["mask"]).sum()
-            if (union and inter / union > 0.6) or box_iou(det["box"], other["box"]) > 0.8:
+        for other, other_extent in kept:
+            if box_iou(det["box"], other["box"]) > 0.8:
                 duplicate = True
+            elif extent is not None and other_extent is not None and box_iou(extent, other_extent) > 0:
+                # compare the masks only where either has pixels: a crowd of full-frame masks is slow
+                x0, y0 = int(min(extent[0], other_extent[0])), int(min(extent[1], other_extent[1]))
+                x1, y1 = int(max(extent[2], other_extent[2])), int(max(extent[3], other_extent[3]))
+                a, b = det["mask"][y0:y1, x0:x1], other["mask"][y0:y1, x0:x1]
+                duplicate = np.logical_and(a, b).sum() > 0.6 * np.logical_or(a, b).sum()
+            if duplicate:
                 break
         if not duplicate:
-            kept.append(det)
-    return kept
+            kept.append((det, extent))
+    return [det for det, _ in kept]
 
 
 def _components_touching(mask: np.ndarray, kp: np.ndarray) -> np.ndarray:

@@ -9,12 +9,12 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import needs_cuda
 from PIL import Image
 
 from fashion_ray import taxonomy
 from fashion_ray.boxes import owner
-from fashion_ray.models import BundleError, Device, build_stage_predictor, load_bundle, verify_bundle
-from fashion_ray.models import blazepose, nanodet
+from fashion_ray.models import BundleError, Device, blazepose, build_stage_predictor, load_bundle, nanodet, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 from fashion_ray.stages import PersonStage, link_accessories, persons_column
 
@@ -186,3 +186,26 @@ def test_a_run_threshold_replaces_the_bundles():
 
     assert [round(p["score"], 2) for p in persons()] == [0.88]
     assert persons(score_threshold=0.95) == []
+
+
+def _cuda_provider() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(_cuda_provider(), reason="onnxruntime-gpu is installed: the refusal cannot happen here")
+def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="device 'cuda' needs onnxruntime-gpu"):
+        build_stage_predictor(load_bundle("bootstrap"), "person", Device("cuda"))
+
+
+@needs_cuda
+@pytest.mark.skipif(not _cuda_provider(), reason="needs onnxruntime-gpu (cluster/runtime_env.yaml) for the CUDA provider")
+def test_the_person_stage_on_the_gpu_finds_what_the_cpu_finds():
+    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "two_people.jpg")).convert("RGB"))
+    bundle = load_bundle("bootstrap")
+    cpu, gpu = (build_stage_predictor(bundle, "person", Device(name)).predict([photo])[0] for name in ("cpu", "cuda"))
+    assert len(cpu["boxes"]) == len(gpu["boxes"]) == 2
+    np.testing.assert_allclose(cpu["boxes"], gpu["boxes"], atol=2.0)
+    np.testing.assert_allclose(cpu["scores"], gpu["scores"], atol=0.02)

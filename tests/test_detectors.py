@@ -209,3 +209,14 @@ def test_the_person_stage_on_the_gpu_finds_what_the_cpu_finds():
     assert len(cpu["boxes"]) == len(gpu["boxes"]) == 2
     np.testing.assert_allclose(cpu["boxes"], gpu["boxes"], atol=2.0)
     np.testing.assert_allclose(cpu["scores"], gpu["scores"], atol=0.02)
+
+
+def test_a_faint_full_frame_box_does_not_erase_a_sure_small_person():
+    # a 0.1 full-frame box over a group; a tile finds one person inside it at 0.8 (kept), and a
+    # 0.05 piece of that person's box is claimed by it (0.8 >= 0.5 x 0.05)
+    full = (np.array([[100, 100, 300, 300]], np.float32), np.array([0.1], np.float32), np.array([0]))
+    region = (0, 0, 260, 260, 416, 416)
+    tiles = [(np.array([[150, 150, 180, 230], [150, 150, 180, 200]], np.float32), np.array([0.8, 0.05], np.float32),
+              np.array([0, 0]), region)]
+    boxes, scores, _ = nanodet.merge_tiles(full, tiles)
+    assert boxes.tolist() == [[150, 150, 180, 230], [100, 100, 300, 300]] and scores.tolist() == pytest.approx([0.8, 0.1])

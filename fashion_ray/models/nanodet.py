@@ -32,6 +32,7 @@ NMS_IOU = 0.6
 # in 768 px street frames are found at full frame, 31-43 px ones with 2x2 tiles)
 MIN_INPUT_PERSON = 28.0
 TILE_OVERLAP = 0.25  # of a tile's side: a person shorter than that is whole in some tile
+CLAIM_SCORE_RATIO = 0.5  # a box takes a tile box as its piece only when it scores at least half as high
 
 # COCO's 0-based class index of what the cascade uses
 COCO_CLASSES = {0: "person", 24: "backpack", 25: "umbrella", 26: "handbag", 27: "tie", 28: "suitcase"}
@@ -125,7 +126,8 @@ def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tup
     A tile box mostly inside a full-frame box of the same class is a part of that object (a
     tile edge cut a large person in half): the full-frame box wins. A tile box cut by its
     tile's inner edge that lies mostly inside a larger box of another tile is the same kind
-    of part. What is left goes through class-wise NMS together.
+    of part. Either claim needs the claiming box to score at least CLAIM_SCORE_RATIO of the
+    piece's score. What is left goes through class-wise NMS together.
     """
     tiles = [t for t in tiles if len(t[0])]
     if not tiles:
@@ -134,9 +136,13 @@ def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tup
     scores = np.concatenate([t[1] for t in tiles]).astype(np.float32)
     labels = np.concatenate([t[2] for t in tiles]).astype(np.int64)
     regions = np.concatenate([np.tile(np.array(t[3], np.float32), (len(t[0]), 1)) for t in tiles])
-    part_of_full = ((_share_inside(boxes, full[0]) >= contained) & (labels[:, None] == full[2][None, :])).any(1)
+    # only a box about as sure as the piece can claim it: a faint full-frame box over a group
+    # must not erase a confident tile box of one small person inside it
+    claims_full = (labels[:, None] == full[2][None, :]) & (full[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None])
+    part_of_full = ((_share_inside(boxes, full[0]) >= contained) & claims_full).any(1)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    inside_larger = (_share_inside(boxes, boxes) >= contained) & (labels[:, None] == labels[None, :]) & (area[None, :] > area[:, None])
+    claims_tile = (labels[:, None] == labels[None, :]) & (scores[None, :] >= CLAIM_SCORE_RATIO * scores[:, None])
+    inside_larger = (_share_inside(boxes, boxes) >= contained) & claims_tile & (area[None, :] > area[:, None])
     part_of_tile_box = _cut_by_tile(boxes, regions) & inside_larger.any(1)
     kept = ~(part_of_full | part_of_tile_box)
     b = np.concatenate([full[0], boxes[kept]]).reshape(-1, 4)

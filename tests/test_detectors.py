@@ -220,3 +220,23 @@ def test_a_faint_full_frame_box_does_not_erase_a_sure_small_person():
               np.array([0, 0]), region)]
     boxes, scores, _ = nanodet.merge_tiles(full, tiles)
     assert boxes.tolist() == [[150, 150, 180, 230], [100, 100, 300, 300]] and scores.tolist() == pytest.approx([0.8, 0.1])
+
+
+def test_accessories_reach_coco_with_their_person(tmp_path):
+    from pycocotools.coco import COCO
+
+    from fashion_ray.formats import coco
+
+    persons = [{"person_id": 0, "score": 0.9, "box": [100, 100, 200, 400], "mask": None, "keypoints": None,
+                "garments": [], "parts": []}]
+    link_accessories(persons, [{"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]}])
+    row = {"id": 5, "uri": "/photos/street.jpg", "width": 640, "height": 480, "status": "ok", "frame_index": None,
+           "persons": persons}
+    doc = coco.coco_document([row])
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    loaded = COCO(str(tmp_path / "c.json"))
+    [person] = loaded.getAnnIds(catIds=[taxonomy.PERSON_CATEGORY_ID])
+    [bag] = loaded.loadAnns(loaded.getAnnIds(catIds=[taxonomy.COCO_CATEGORY_ID["bag"]]))
+    assert bag["parent_person_id"] == person and bag["attributes"]["parent_person_id"] == person
+    assert bag["bbox"] == [190.0, 250.0, 40.0, 50.0] and "segmentation" not in bag
+    assert loaded.loadCats(bag["category_id"])[0]["supercategory"] == "accessory"

@@ -74,12 +74,18 @@ def test_head_above_torso_above_legs(photos, name):
     assert ("upper_leg" in by_part) == (name == "camera.jpg")  # only the camera man shows legs
     sides = {p["side"] for p in person["parts"] if p["part"] in ("upper_arm", "lower_arm", "upper_leg", "lower_leg")}
     assert sides <= {"left", "right"}
-    assert bool(sides) == (name != "grace_hopper.jpg")  # a head-and-shoulders portrait shows no limbs
+    if name == "grace_hopper.jpg":
+        assert not sides  # a head-and-shoulders portrait shows no limbs
+    if name == "camera.jpg":
+        assert sides  # the camera man shows his limbs
+    # (the astronaut's arms hang inside the suit's sleeves past the frame: BlazePose heavy gives
+    # her elbows visibility 0.03-0.15, so no arm is drawn; MediaPipe's full model drew them)
 
 
 def test_garment_regions_on_the_clothes(photos):
     cats = {name: [g["category"] for p in photos[name]["persons"] for g in p["garments"]] for name in HAND_BOXES}
-    assert cats["grace_hopper.jpg"] == ["upper_body_garment"]  # uniform jacket; head and face are not cloth
+    # uniform jacket (head and face are not cloth) and her tie, an accessory the detector links to her
+    assert cats["grace_hopper.jpg"] == ["tie", "upper_body_garment"]
     assert cats["astronaut.jpg"] == ["upper_body_garment"]  # orange suit, waist up
     assert cats["camera.jpg"] and set(cats["camera.jpg"]) <= set(taxonomy.GARMENT_REGIONS)
     for name in HAND_BOXES:
@@ -90,6 +96,11 @@ def test_garment_regions_on_the_clothes(photos):
                 if part["part"] == "head":
                     head |= rle.decode(part["mask"])
             for g in person["garments"]:
+                assert g["category_id"] == taxonomy.COCO_CATEGORY_ID[g["category"]]
+                if g["category"] in taxonomy.ACCESSORIES:  # a detector box, no mask
+                    x0, y0, x1, y1 = g["box"]
+                    px0, py0, px1, py1 = person["box"]
+                    assert g["mask"] is None and px0 - 50 <= x0 < x1 <= px1 + 50 and py0 - 50 <= y0 < y1 <= py1 + 50
+                    continue
                 m = rle.decode(g["mask"])
                 assert not (m & ~body).any() and not (m & head).any()
-                assert g["category_id"] == taxonomy.COCO_CATEGORY_ID[g["category"]]

@@ -9,7 +9,8 @@ def test_coco_category_ids_are_fixed():
     ids = taxonomy.COCO_CATEGORY_ID
     assert ids["person"] == 1 and ids["short_sleeve_top"] == 2 and ids["sling_dress"] == 14
     assert ids["head"] == 15 and ids["lower_leg"] == 20 and ids["full_body_garment"] == 23
-    assert len(set(ids.values())) == len(ids) == 1 + 13 + 6 + 3
+    assert ids["bag"] == 24 and ids["tie"] == 28  # accessories, appended in bundle 1.0
+    assert len(set(ids.values())) == len(ids) == 1 + 13 + 6 + 3 + 5
 
 
 def test_hierarchy_levels_from_a_part_map():

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import needs_cuda
+from helpers import SAMPLE_CORPUS, needs_cuda
 from PIL import Image
 
 from fashion_ray import taxonomy
@@ -17,6 +17,10 @@ from fashion_ray.boxes import owner
 from fashion_ray.models import BundleError, Device, blazepose, build_stage_predictor, load_bundle, nanodet, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 from fashion_ray.stages import PersonStage, link_accessories, persons_column
+
+
+def _photo(name: str) -> np.ndarray:
+    return np.asarray(Image.open(os.path.join(SAMPLE_CORPUS, name)).convert("RGB"))
 
 
 def _outputs(hot: dict[int, tuple[int, int, int, tuple[int, int, int, int]]]):
@@ -145,7 +149,7 @@ def test_unknown_person_options_are_refused(tmp_path):
 
 
 def test_a_failure_on_one_image_is_one_model_error_row():
-    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "camera.jpg")).convert("RGB"))
+    photo = _photo("camera.jpg")
     n = 3
     batch = {"id": np.arange(n), "status": np.array(["ok"] * n, dtype=object), "error": np.array([""] * n, dtype=object),
              "error_detail": np.array([""] * n, dtype=object), "persons": persons_column([[] for _ in range(n)])}
@@ -161,7 +165,7 @@ def test_a_failure_on_one_image_is_one_model_error_row():
 
 
 def test_batched_views_give_the_single_view_detections():
-    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "two_people.jpg")).convert("RGB"))
+    photo = _photo("two_people.jpg")
     bundle = load_bundle("bootstrap")
     data = open(os.path.join(bundle.uri, "nanodet_g_416.onnx"), "rb").read()
     batched = nanodet.NanoDet(data, score_threshold=0.5, min_person_height=24, max_batch=8)
@@ -175,7 +179,7 @@ def test_batched_views_give_the_single_view_detections():
 
 def test_a_run_threshold_replaces_the_bundles():
     # the cameraman scores 0.88: the bundle's 0.5 keeps him, a run asking for 0.95 does not
-    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "camera.jpg")).convert("RGB"))
+    photo = _photo("camera.jpg")
 
     def persons(**kwargs):
         batch = {"id": np.arange(1), "status": np.array(["ok"], dtype=object), "error": np.array([""], dtype=object),
@@ -203,7 +207,7 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
 @needs_cuda
 @pytest.mark.skipif(not _cuda_provider(), reason="needs onnxruntime-gpu (cluster/runtime_env.yaml) for the CUDA provider")
 def test_the_person_stage_on_the_gpu_finds_what_the_cpu_finds():
-    photo = np.asarray(Image.open(os.path.join(os.path.dirname(BUILTIN_BUNDLES_DIR), "sample_corpus", "two_people.jpg")).convert("RGB"))
+    photo = _photo("two_people.jpg")
     bundle = load_bundle("bootstrap")
     cpu, gpu = (build_stage_predictor(bundle, "person", Device(name)).predict([photo])[0] for name in ("cpu", "cuda"))
     assert len(cpu["boxes"]) == len(gpu["boxes"]) == 2

@@ -26,7 +26,7 @@ from fashion_ray.boxes import box_iou
 from fashion_ray.formats.masks import bbox_xyxy
 from fashion_ray.models.blazepose import BlazePose
 from fashion_ray.models.bundle import BundleError, read_checked
-from fashion_ray.models.nanodet import NanoDet
+from fashion_ray.models.nanodet import COCO_CLASSES, NanoDet
 
 # MediaPipe / BlazePose landmark indices (subject's left/right).
 NOSE, L_EAR, R_EAR = 0, 7, 8
@@ -334,8 +334,9 @@ ARCHITECTURES = {
 
 
 # the person stage's bundle options: model files, tiling, which box a person keeps, poses per
-# image, views (NanoDet) or persons (BlazePose) per model call
-PERSON_OPTIONS = {"files", "min_person_height", "max_tiles_per_side", "box_source", "max_poses", "max_batch"}
+# image, views (NanoDet) or persons (BlazePose) per model call, the accessories' score threshold
+PERSON_OPTIONS = {"files", "min_person_height", "max_tiles_per_side", "box_source", "max_poses", "max_batch",
+                  "accessory_score_threshold"}
 
 
 def check_options(bundle, spec) -> None:
@@ -360,7 +361,11 @@ def build_predictor(bundle, spec, device, options=None):
     check_options(bundle, spec)
     if spec.architecture == "nanodet_blazepose_person":
         tuning = spec.options
+        # accessories score lower than people (smaller, often half hidden): their own threshold,
+        # never above the stage's (a run asking for every candidate gets every accessory too)
+        accessory_threshold = min(float(tuning.get("accessory_score_threshold", spec.score_threshold)), spec.score_threshold)
         detector = NanoDet(read("detector"), score_threshold=spec.score_threshold,
+                           class_thresholds={k: accessory_threshold for k, name in COCO_CLASSES.items() if name != taxonomy.PERSON},
                            min_person_height=float(tuning.get("min_person_height", 24)),
                            max_tiles_per_side=int(tuning.get("max_tiles_per_side", 3)),
                            max_batch=int(tuning.get("max_batch", 8)), device=device.name, threads=device.torch_threads)

@@ -172,7 +172,7 @@ class NanoDet:
 
     def __init__(self, model: bytes, *, classes: dict[int, str] = COCO_CLASSES, score_threshold: float,
                  min_person_height: float, max_tiles_per_side: int = 3, max_batch: int = 8, device: str = "cpu",
-                 threads: int = 1):
+                 threads: int = 1, class_thresholds: dict[int, float] | None = None):
         self.session = onnx.session(model, device, threads)
         # outputs come as (scores [N, HW, 80], distances [N, HW, 44]) per stride; pair them by cell count
         by_cells: dict[int, dict[int, str]] = {}
@@ -181,7 +181,8 @@ class NanoDet:
         self.output_pairs = [(by_cells[(INPUT_SIDE // s) ** 2][80], by_cells[(INPUT_SIDE // s) ** 2][4 * REG_BINS]) for s in STRIDES]
         self.class_ids = np.array(sorted(classes), np.int64)
         self.class_names = classes
-        self.score_threshold = score_threshold
+        # per class: score_threshold unless class_thresholds says otherwise
+        self.thresholds = np.array([(class_thresholds or {}).get(int(k), score_threshold) for k in self.class_ids], np.float32)
         self.min_person_height = min_person_height
         self.max_tiles_per_side = max_tiles_per_side
         self.max_batch = max(1, max_batch)
@@ -199,7 +200,7 @@ class NanoDet:
         return found
 
     def _select(self, boxes, scores, scale: float, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cell, col = np.nonzero(scores >= self.score_threshold)
+        cell, col = np.nonzero(scores >= self.thresholds)
         boxes, conf, labels = boxes[cell] / scale, scores[cell, col], self.class_ids[col]
         h, w = shape[:2]
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)

@@ -16,6 +16,7 @@ the partial boxes that tiles cut out of the same object.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -46,29 +47,40 @@ def letterbox(image: np.ndarray, side: int = INPUT_SIDE) -> tuple[np.ndarray, fl
     scale = side / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    canvas = np.zeros((side, side, 3), np.float32)
-    canvas[:nh, :nw] = resized[..., ::-1]
-    canvas = (canvas - MEAN_BGR) / STD_BGR
-    canvas[nh:, :] = (0 - MEAN_BGR) / STD_BGR  # padding is black, as in training
-    canvas[:, nw:] = (0 - MEAN_BGR) / STD_BGR
-    return canvas.transpose(2, 0, 1)[None].copy(), scale
+    canvas = np.empty((3, side, side), np.float32)
+    canvas[:] = (-MEAN_BGR / STD_BGR)[:, None, None]  # padding is black, as in training
+    canvas[:, :nh, :nw] = ((resized[..., ::-1].astype(np.float32) - MEAN_BGR) / STD_BGR).transpose(2, 0, 1)
+    return canvas[None], scale
 
 
-def decode(outputs: list[tuple[np.ndarray, np.ndarray]], side: int = INPUT_SIDE) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=4)
+def _cells(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre x, centre y and stride of every cell of strides 8, 16, 32, in the heads' order."""
+    cx, cy, stride = [], [], []
+    for s in STRIDES:
+        ys, xs = np.divmod(np.arange((side // s) ** 2), side // s)
+        cx.append((xs + 0.5) * s)
+        cy.append((ys + 0.5) * s)
+        stride.append(np.full(len(xs), s))
+    return tuple(np.concatenate(v).astype(np.float32) for v in (cx, cy, stride))
+
+
+def decode(outputs: list[tuple[np.ndarray, np.ndarray]], side: int = INPUT_SIDE,
+           rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[(class scores [HW, C], distances [HW, 4 * 11]) per stride 8, 16, 32] -> (boxes [N, 4]
-    xyxy in input pixels, scores [N, C]), one row per cell of every stride."""
-    boxes, scores = [], []
-    for stride, (cls, reg) in zip(STRIDES, outputs):
-        cells = side // stride
-        ys, xs = np.divmod(np.arange(cells * cells), cells)
-        cx, cy = (xs + 0.5) * stride, (ys + 0.5) * stride
-        logits = reg.reshape(-1, 4, REG_BINS)
-        prob = np.exp(logits - logits.max(-1, keepdims=True))
-        prob /= prob.sum(-1, keepdims=True)
-        dist = (prob * np.arange(REG_BINS, dtype=np.float32)).sum(-1) * stride  # left, top, right, bottom
-        boxes.append(np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], 1))
-        scores.append(cls)
-    return np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32)
+    xyxy in input pixels, scores [N, C]), one row per cell of every stride, or per cell in
+    `rows` (indices in that order: decoding only the candidates is most of the saving)."""
+    cx, cy, stride = _cells(side)
+    scores = np.concatenate([cls for cls, _ in outputs])
+    reg = np.concatenate([r for _, r in outputs])
+    if rows is not None:
+        cx, cy, stride, scores, reg = cx[rows], cy[rows], stride[rows], scores[rows], reg[rows]
+    logits = reg.reshape(-1, 4, REG_BINS)
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    dist = (prob * np.arange(REG_BINS, dtype=np.float32)).sum(-1) * stride[:, None]  # left, top, right, bottom
+    boxes = np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], 1)
+    return boxes.astype(np.float32), scores.astype(np.float32)
 
 
 def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,13 +207,15 @@ class NanoDet:
             tensors, scales = zip(*(letterbox(v) for v in chunk))
             out = onnx.run(self.session, np.concatenate(tensors))
             for k, (view, scale) in enumerate(zip(chunk, scales)):
-                boxes, scores = decode([(out[c][k], out[r][k]) for c, r in self.output_pairs])
-                found.append(self._select(boxes, scores[:, self.class_ids], scale, view.shape))
+                heads = [(out[c][k], out[r][k]) for c, r in self.output_pairs]
+                scores = np.concatenate([cls for cls, _ in heads])[:, self.class_ids]
+                cell, col = np.nonzero(scores >= self.thresholds)
+                boxes, _ = decode(heads, rows=cell)
+                found.append(self._select(boxes / scale, scores[cell, col], self.class_ids[col], view.shape))
         return found
 
-    def _select(self, boxes, scores, scale: float, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cell, col = np.nonzero(scores >= self.thresholds)
-        boxes, conf, labels = boxes[cell] / scale, scores[cell, col], self.class_ids[col]
+    @staticmethod
+    def _select(boxes, conf, labels, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = shape[:2]
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
         keep = nms(boxes, conf, labels)

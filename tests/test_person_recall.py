@@ -3,7 +3,7 @@
 Measured on composites of real person cut-outs pasted onto real no-people photos, with
 exact boxes (fashion_ray/person_eval.py). The first version of the bootstrap person stage
 found 13% of these people (none under 48 px), with as many false persons on the no-people
-photos; bundle 1.0 (NanoDet-g + BlazePose) finds 20 of these 31 and nothing on the no-people
+photos; bundle 1.0 (NanoDet-g + BlazePose) finds 21 of these 31 and nothing on the no-people
 photos. This test fails if the current one falls below that.
 """
 
@@ -44,20 +44,20 @@ def scores():
 
 
 def test_recall_by_height_holds(scores):
-    # 31 people (9 of 24-48 px, 10 of 48-96 px); bootstrap 1.0 finds 20 of them (4 of 24-48 px,
+    # 31 people (9 of 24-48 px, 10 of 48-96 px); bootstrap 1.0 finds 21 of them (4 of 24-48 px,
     # 6 of 48-96 px), 0.3.0 found 14, 0.1.0 found 4
     assert sum(scores["persons_by_height"].values()) == 31
     recall = scores["recall_at_iou50"]
     # one person of slack per figure, for float differences between CPUs
-    assert recall["all"] >= 19 / 31, recall
+    assert recall["all"] >= 20 / 31, recall
     assert recall["24-48"] >= 3 / 9 and recall["48-96"] >= 5 / 10, recall
 
 
 def test_no_people_photos_stay_nearly_empty(scores):
     # 14 photos (7 and their mirror images): a cat's face, a cup, a motorcycle, a rocket, textures;
-    # bundle 1.0 finds nobody on them and 2 false persons on the 8 composites
+    # bundle 1.0 finds nobody on them and 1 false person on the 8 composites
     assert scores["false_persons_per_empty_photo"] == 0.0, scores["false_persons_by_empty_photo"]
-    assert scores["false_persons_per_composite"] <= 3 / 8
+    assert scores["false_persons_per_composite"] <= 2 / 8
 
 
 def test_walkers_video_is_one_track_per_walker(ray_session, tmp_path):

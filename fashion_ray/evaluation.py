@@ -243,6 +243,34 @@ class PartsEvaluator:
         }
 
 
+class ParseEvaluator:
+    """Garment parsing quality on per-pixel maps (taxonomy.GARMENT_PARSE values, 255 = not
+    scored): per-class IoU and mIoU over the garment classes the ground truth has."""
+
+    def __init__(self, classes: tuple[str, ...] = taxonomy.GARMENT_PARSE):
+        self.classes = classes
+        self.reset()
+
+    def reset(self) -> None:
+        n = len(self.classes)
+        self.confusion = np.zeros((n, n), np.int64)  # [ground truth, prediction]
+
+    def add_maps(self, gt_map: np.ndarray, dt_map: np.ndarray) -> None:
+        n = len(self.classes)
+        scored = gt_map != taxonomy.PARSE_IGNORE
+        gt, dt = gt_map[scored].astype(np.int64), dt_map[scored].astype(np.int64)
+        self.confusion += np.bincount(gt * n + dt, minlength=n * n).reshape(n, n)
+
+    def evaluate(self) -> dict:
+        tp = np.diag(self.confusion).astype(float)
+        gt_pixels = self.confusion.sum(1)
+        union = self.confusion.sum(0) + gt_pixels - tp
+        iou = {name: (float(tp[k] / union[k]) if gt_pixels[k] else None) for k, name in enumerate(self.classes)}
+        garments = [iou[c] for c in self.classes if c not in taxonomy.NOT_GARMENTS and iou[c] is not None]
+        return {"iou": iou, "miou_garments": float(np.mean(garments)) if garments else None,
+                "pixel_accuracy": float(tp.sum() / max(1, self.confusion.sum()))}
+
+
 def _person_matches(gt_anns: list[dict], dt_anns: list[dict], threshold: float = 0.5) -> tuple[int, int, int]:
     """Greedy one-to-one matching of one image's person boxes, highest score first."""
     from pycocotools import mask as mask_utils
@@ -413,6 +441,104 @@ def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int
             for case in table.get("worst", []) if isinstance(table, dict) else []:
                 case["file_name"] = gt_images[case["image_id"]]["file_name"]
         return report
+
+
+# garment parsing against semantic ground truth (CCP) ------------------------------------------
+
+# the classes a labelling run can be scored on per pixel: it writes garments, not skin or hair
+RUN_PARSE_CLASSES = ("background", *[c for c in taxonomy.GARMENT_PARSE if c not in taxonomy.NOT_GARMENTS])
+REGION_CLASSES = ("background", *taxonomy.GARMENT_REGIONS)
+
+
+def _paint(shape, anns: list[dict], value_of) -> np.ndarray:
+    """A map of the annotations' values; higher-scored predictions are painted last and win."""
+    out = np.zeros(shape, np.uint8)
+    for a in sorted(anns, key=lambda a: a.get("score", 1.0)):
+        value = value_of(a)
+        if value is not None and a.get("segmentation"):
+            out[rle.decode(a["segmentation"]).astype(bool)] = value
+    return out
+
+
+def _lut(mapping: dict[int, int | None]) -> np.ndarray:
+    lut = np.full(256, taxonomy.PARSE_IGNORE, np.uint8)
+    for k, v in mapping.items():
+        lut[k] = taxonomy.PARSE_IGNORE if v is None else v
+    return lut
+
+
+# ground-truth parse values -> the run's classes (skin and hair are background to a run) and the pose regions
+_GT_TO_RUN = _lut({v: (0 if c in taxonomy.NOT_GARMENTS else RUN_PARSE_CLASSES.index(c)) for v, c in enumerate(taxonomy.GARMENT_PARSE)})
+_GT_TO_REGION = _lut({v: (0 if c in taxonomy.NOT_GARMENTS else REGION_CLASSES.index(taxonomy.REGION_OF_PARSE[c])
+                          if c in taxonomy.REGION_OF_PARSE else None) for v, c in enumerate(taxonomy.GARMENT_PARSE)})
+_NAME = {c["id"]: c["name"] for c in taxonomy.COCO_CATEGORIES}
+
+
+def _run_value(a: dict) -> int | None:
+    parse = taxonomy.PARSE_OF.get(_NAME.get(a["category_id"], ""))
+    return RUN_PARSE_CLASSES.index(parse) if parse else None
+
+
+def _region_value(a: dict) -> int | None:
+    name = _NAME.get(a["category_id"], "")
+    if name in taxonomy.GARMENT_REGIONS:
+        return REGION_CLASSES.index(name)
+    parse = taxonomy.PARSE_OF.get(name)  # a garment class, merged the way the ground truth is
+    region = taxonomy.REGION_OF_PARSE.get(parse) if parse else None
+    return REGION_CLASSES.index(region) if region else None
+
+
+def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float = 0.0) -> dict:
+    """Per-class IoU of a run's garment masks against per-pixel ground truth (a file of parse
+    regions: jobs/convert.py --format ccp), two ways: the garment classes (DeepFashion2 names
+    folded back to their parse class, accessories, footwear) and the pose regions (ground
+    truth and predictions merged to upper / lower / full body), so the bootstrap regions and a
+    garment parser are scored on the same pixels. Only images the run covers are scored."""
+    from fashion_ray.formats.readers import _read_json
+
+    gt = _read_json(gt_uri, options)
+    value_of = taxonomy.parse_value_of(gt["categories"])
+    if not value_of:
+        raise ValueError(f"{gt_uri} has no garment parse categories (expected {', '.join(taxonomy.GARMENT_PARSE[1:])}: "
+                         "jobs/convert.py --format ccp writes them)")
+    gt_images = {img["id"]: img for img in gt["images"]}
+    gt_by = _by_image([a for a in gt["annotations"] if a["category_id"] in value_of])
+    by_name = {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]}
+    garments, regions = ParseEvaluator(RUN_PARSE_CLASSES), ParseEvaluator(REGION_CLASSES)
+    scored, errors = set(), 0
+    for images, anns, chunk_errors in iter_coco_chunks(dt_uri, options):
+        errors += chunk_errors
+        remap = _remap_ids(images, gt_images, by_name)
+        dt_by = _by_image([{**a, "image_id": remap[a["image_id"]]} for a in anns
+                           if a["image_id"] in remap and a.get("score", 1.0) >= min_score])
+        for image_id in sorted(set(remap.values()) - scored):
+            img = gt_images[image_id]
+            shape = (img["height"], img["width"])
+            truth = _paint(shape, gt_by.get(image_id, []), lambda a: value_of[a["category_id"]])
+            predicted = dt_by.get(image_id, [])
+            garments.add_maps(_GT_TO_RUN[truth], _paint(shape, predicted, _run_value))
+            regions.add_maps(_GT_TO_REGION[truth], _paint(shape, predicted, _region_value))
+            scored.add(image_id)
+    return {"counts": {"images": len(scored), "error_rows": errors},
+            "garment_parse": garments.evaluate(), "garment_regions": regions.evaluate() | {
+                "miou_regions": _mean([v for k, v in regions.evaluate()["iou"].items() if k != "background"])}}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def parse_to_markdown(report: dict) -> str:
+    """Seed 004's layout: one row per table, a column per class, the mean last."""
+    out = [f"# Garment parsing (per-class IoU)\n\nimages {report['counts']['images']}, error rows {report['counts']['error_rows']}\n"]
+    for title, key, mean in (("Garment classes", "garment_parse", "miou_garments"),
+                             ("Pose regions (classes merged)", "garment_regions", "miou_regions")):
+        iou = report[key]["iou"]
+        names = list(iou)
+        out.append(f"## {title}\n\n| | " + " | ".join(names) + " | mIoU |\n|:--|" + ":--:|" * (len(names) + 1))
+        out.append("| IoU | " + " | ".join(_fmt(iou[n]) for n in names) + f" | {_fmt(report[key][mean])} |\n")
+    return "\n".join(out)
 
 
 # report ---------------------------------------------------------------------------------------

@@ -39,6 +39,58 @@ ACCESSORIES = ("bag", "backpack", "suitcase", "umbrella", "tie")
 ACCESSORY_FROM_COCO = {"handbag": "bag", "backpack": "backpack", "suitcase": "suitcase", "umbrella": "umbrella",
                        "tie": "tie"}
 
+# What catalog teams file beside garments, parsed per pixel by the garment stage (bag and tie are
+# ACCESSORIES already: one category each, whichever stage finds them).
+CATALOG_ITEMS = ("shoes", "belt", "hat", "glasses", "scarf")
+
+# The garment parser's per-pixel classes (value = index; 255 = pixels neither trained nor scored).
+# Skin and hair are parse classes, never garments. top / outwear / dress get their DeepFashion2
+# name from the sleeve length (models/garments.py: sleeve_length).
+GARMENT_PARSE = ("background", "skin", "hair", "top", "outwear", "dress", "skirt", "shorts", "trousers",
+                 "shoes", "bag", "belt", "hat", "glasses", "scarf", "tie")
+PARSE_IGNORE = 255
+PARSE_SUPERCATEGORY = "garment_parse"  # the categories of a training or ground-truth file of parse regions
+NOT_GARMENTS = ("background", "skin", "hair")
+
+# Clothing Co-Parsing's 59 labels (label_list.mat order, 0 = null) -> a parse class, or None:
+# dropped on purpose (PARSE_IGNORE: neither trained nor scored) because no product class files
+# it or it is too rare / small to learn from 703 photos (jewellery, gloves, legwear, underwear).
+CCP_TO_PARSE = {
+    "null": "background", "accessories": None, "bag": "bag", "belt": "belt", "blazer": "outwear", "blouse": "top",
+    "bodysuit": "top", "boots": "shoes", "bra": None, "bracelet": None, "cape": "outwear", "cardigan": "outwear",
+    "clogs": "shoes", "coat": "outwear", "dress": "dress", "earrings": None, "flats": "shoes", "glasses": "glasses",
+    "gloves": None, "hair": "hair", "hat": "hat", "heels": "shoes", "hoodie": "top", "intimate": None,
+    "jacket": "outwear", "jeans": "trousers", "jumper": "top", "leggings": "trousers", "loafers": "shoes",
+    "necklace": None, "panties": None, "pants": "trousers", "pumps": "shoes", "purse": "bag", "ring": None,
+    "romper": None, "sandals": "shoes", "scarf": "scarf", "shirt": "top", "shoes": "shoes", "shorts": "shorts",
+    "skin": "skin", "skirt": "skirt", "sneakers": "shoes", "socks": None, "stockings": None, "suit": "outwear",
+    "sunglasses": "glasses", "sweater": "top", "sweatshirt": "top", "swimwear": None, "t-shirt": "top", "tie": "tie",
+    "tights": None, "top": "top", "vest": "top", "wallet": "bag", "watch": None, "wedges": "shoes",
+}
+
+# A parse class with sleeves -> its DeepFashion2 name per sleeve length ("none" = sleeveless).
+SLEEVED = {
+    "top": {"none": "vest", "short": "short_sleeve_top", "long": "long_sleeve_top"},
+    "outwear": {"none": "vest", "short": "short_sleeve_outwear", "long": "long_sleeve_outwear"},
+    "dress": {"none": "vest_dress", "short": "short_sleeve_dress", "long": "long_sleeve_dress"},
+}
+# Any garment category the product writes -> the parse class it comes from (evaluation on parse maps).
+PARSE_OF = {name: parse for parse, names in SLEEVED.items() for name in names.values()} | {
+    "vest": "top", "sling": "top", "sling_dress": "dress", "shorts": "shorts", "trousers": "trousers", "skirt": "skirt",
+    **{name: name for name in ("shoes", "bag", "belt", "hat", "glasses", "scarf", "tie")}}
+# Parse classes merged into the pose regions the bootstrap clothing stage wrote before (comparison).
+REGION_OF_PARSE = {"top": "upper_body_garment", "outwear": "upper_body_garment", "skirt": "lower_body_garment",
+                   "shorts": "lower_body_garment", "trousers": "lower_body_garment", "dress": "full_body_garment"}
+
+
+
+def parse_value_of(categories: list[dict]) -> dict[int, int]:
+    """Category id -> parse map value for a file of parse regions (supercategory
+    "garment_parse", as jobs/convert.py --format ccp writes them; "ignore" -> 255)."""
+    return {c["id"]: PARSE_IGNORE if c["name"] == "ignore" else GARMENT_PARSE.index(c["name"]) for c in categories
+            if c.get("supercategory") == PARSE_SUPERCATEGORY and (c["name"] in GARMENT_PARSE[1:] or c["name"] == "ignore")}
+
+
 # Names other datasets use for our categories, for matching ground truth by name (evaluation).
 NAME_ALIASES = {"handbag": "bag", "pedestrian": PERSON, "PASpersonWalking": PERSON, "PASpersonStanding": PERSON}
 
@@ -71,6 +123,9 @@ def _coco_categories() -> list[dict]:
         next_id += 1
     for name in ACCESSORIES:
         cats.append({"id": next_id, "name": name, "supercategory": "accessory"})
+        next_id += 1
+    for name in CATALOG_ITEMS:
+        cats.append({"id": next_id, "name": name, "supercategory": "footwear" if name == "shoes" else "accessory"})
         next_id += 1
     return cats
 

@@ -1,12 +1,15 @@
 """Convert a dataset into fashion-ray's canonical training format (one COCO file, images by URI).
 
     python jobs/convert.py --format deepfashion2 --input s3://datasets/deepfashion2/validation --output s3://datasets/df2-val.json
+    python jobs/convert.py --format ccp --input ../shared/data/ccp --output out/ccp-garments.json
+    python jobs/convert.py --format ccp --input ../shared/data/ccp --split val --output out/ccp-val.json
     python jobs/convert.py --format labels --input out/labels --output out/teacher-labels.json
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fashion_ray import storage
@@ -18,6 +21,7 @@ FORMATS = {
     "pascal-part": lambda a, o: converters.convert_pascal_part(a.input, o),
     "seed004": lambda a, o: converters.convert_seed004(a.input, o),
     "penn-fudan": lambda a, o: converters.convert_penn_fudan(a.input, o),
+    "ccp": lambda a, o: converters.convert_ccp(a.input, o, a.split),
     "labels": lambda a, o: converters.convert_labels(a.input, o),
 }
 
@@ -27,6 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=sorted(FORMATS))
     p.add_argument("--input", required=True, help="dataset root (or Fashionpedia's instances JSON)")
     p.add_argument("--image-root", default=None, help="Fashionpedia only: folder of its images")
+    p.add_argument("--split", default=None, choices=("train", "val"), help="ccp only: keep one split (default: all, each image marked)")
     p.add_argument("--output", required=True, help="URI of the COCO file to write")
     p.add_argument("--s3-endpoint-url", default=None)
     return p
@@ -37,6 +42,8 @@ def main(args) -> int:
         print("error: --format fashionpedia needs --image-root", file=sys.stderr)
         return 2
     options = storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
+    # images are referenced by URI: a relative local path would mean nothing to a worker elsewhere
+    args.input = args.input if "://" in args.input else os.path.abspath(args.input)
     try:
         doc = FORMATS[args.format](args, options)
     except FileNotFoundError as exc:

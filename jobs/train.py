@@ -20,9 +20,8 @@ import os
 import sys
 
 from fashion_ray.ray_init import init_ray
-from fashion_ray import taxonomy
 from fashion_ray.config import field_defaults
-from fashion_ray.training.loop import TrainConfig
+from fashion_ray.training.loop import TASKS, TrainConfig
 from fashion_ray.training.trainer import check_data, fit, publish
 
 
@@ -31,7 +30,8 @@ TRAIN = field_defaults(TrainConfig)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=taxonomy.STAGES)
+    p.add_argument("--task", required=True, choices=TASKS,
+                   help="garments: the clothing stage's garment parser (data: jobs/convert.py --format ccp)")
     p.add_argument("--data", required=True, help="canonical COCO file (jobs/convert.py output), any URI")
     p.add_argument("--output", required=True, help="where the bundle is published (any URI)")
     p.add_argument("--architecture", default=TRAIN["architecture"], help="torchvision architecture (default per task)")
@@ -62,6 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+    # workers run in their own working directory: a relative local path would not be found there
+    args.data = args.data if "://" in args.data else os.path.abspath(args.data)
     try:
         cfg = TrainConfig(task=args.task, data=args.data, architecture=args.architecture, input_size=args.input_size,
                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,

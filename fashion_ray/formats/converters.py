@@ -8,6 +8,7 @@ its own 46, shifted to 1-based), garments and parts linked to their person by
     convert_pascal_part(root)    root/Annotations_Part/*.mat + root/JPEGImages/*.jpg (24 parts -> 6)
     convert_seed004(root)        root/JPEGImages/*.jpg + root/gt_masks/*.npy (seed 004's 7 classes)
     convert_penn_fudan(root)     root/PNGImages/*.png + root/PedMasks/*_mask.png
+    convert_ccp(root)            Clothing Co-Parsing: root/photos/*.jpg + root/annotations/pixel-level/*.mat
     convert_labels(run)          a labelling run: teacher labels for training students
 """
 
@@ -223,6 +224,49 @@ def convert_penn_fudan(root: str, options=None) -> dict:
         for instance in sorted(int(v) for v in np.unique(ids) if v != 0):
             out.mask(image_id, PERSON_ID, ids == instance)
     return out.document("Penn-Fudan pedestrians converted by fashion-ray")
+
+
+# The garment parser's classes as categories of a training file (the parse map is rebuilt from
+# them by name: training/data.py); "ignore" holds the pixels of labels dropped on purpose.
+PARSE_CATEGORIES = [{"id": PERSON_ID, "name": taxonomy.PERSON, "supercategory": "person"}] + [
+    {"id": 100 + value, "name": name, "supercategory": taxonomy.PARSE_SUPERCATEGORY}
+    for value, name in enumerate(taxonomy.GARMENT_PARSE) if value > 0] + [
+    {"id": 100 + taxonomy.PARSE_IGNORE, "name": "ignore", "supercategory": taxonomy.PARSE_SUPERCATEGORY}]
+CCP_VAL_EVERY = 5  # photos whose number is a multiple of 5 are the fixed validation split
+
+
+def ccp_split(stem: str) -> str:
+    return "val" if int(stem) % CCP_VAL_EVERY == 0 else "train"
+
+
+def convert_ccp(root: str, options=None, split: str | None = None) -> dict:
+    """Clothing Co-Parsing: one `groundtruth` label map per photo (0 = null, 1..58 in
+    label_list.mat's order), remapped by taxonomy.CCP_TO_PARSE. Each photo has one person (the
+    union of labelled pixels) and one region per parse class as its children. Every image says
+    its split (`ccp_split`); `split` keeps only that one (the validation photos for evaluation)."""
+    from scipy.io import loadmat
+
+    fs, path = storage.filesystem(storage.join(root, "label_list.mat"), options)
+    names = [str(np.asarray(v).ravel()[0]) if np.asarray(v).size else "null" for v in loadmat(io.BytesIO(fs.cat_file(path)))["label_list"].ravel()]
+    unknown = sorted(set(names) - set(taxonomy.CCP_TO_PARSE))
+    if unknown:
+        raise ValueError(f"CCP labels with no entry in taxonomy.CCP_TO_PARSE: {unknown}")
+    lut = np.array([taxonomy.PARSE_IGNORE if taxonomy.CCP_TO_PARSE[n] is None else taxonomy.GARMENT_PARSE.index(taxonomy.CCP_TO_PARSE[n])
+                    for n in names] + [taxonomy.PARSE_IGNORE] * (256 - len(names)), np.uint8)
+    out = _Builder(PARSE_CATEGORIES)
+    for mat_uri in _files(root, "annotations/pixel-level", ".mat", options):
+        stem = posixpath.splitext(posixpath.basename(mat_uri.replace(os.sep, "/")))[0]
+        if split and ccp_split(stem) != split:
+            continue
+        fs, path = storage.filesystem(mat_uri, options)
+        labels = np.asarray(loadmat(io.BytesIO(fs.cat_file(path)))["groundtruth"])
+        parse = lut[labels.astype(np.uint8)]
+        image_id = out.image(storage.join(root, "photos", f"{stem}.jpg"), labels.shape[1], labels.shape[0],
+                             split=ccp_split(stem))
+        person_id = out.mask(image_id, PERSON_ID, labels > 0)
+        for value in sorted(int(v) for v in np.unique(parse) if v != 0):
+            out.mask(image_id, 100 + value, parse == value, parent_person_id=person_id)
+    return out.document("Clothing Co-Parsing (Yang et al., CVPR 2014) converted by fashion-ray (taxonomy.CCP_TO_PARSE)")
 
 
 def convert_labels(run_uri: str, options=None) -> dict:

@@ -6,7 +6,10 @@ Each task sees what its stage sees in the labelling job:
 
 - person: whole images, person boxes;
 - clothing: person crops (the stage's own padding), garment boxes + masks in crop pixels;
-- parts: person crops resized to input_size, a per-pixel part map (0 = background).
+- parts: person crops resized to input_size, a per-pixel part map (0 = background);
+- garments: person crops in the garment parser's square view (models/garments.py), a
+  per-pixel parse map (taxonomy.GARMENT_PARSE, 255 = not scored) rebuilt from the person's
+  regions by category name (jobs/convert.py --format ccp writes them).
 
 Sample order is a permutation of (seed, epoch) and augmentation draws from a generator
 seeded by (seed, epoch, sample), so a resumed run sees exactly what an uninterrupted one does.
@@ -44,6 +47,8 @@ class CocoIndex:
             return (taxonomy.PERSON,)
         if task == "parts":
             return taxonomy.PARTS
+        if task == "garments":
+            return taxonomy.GARMENT_PARSE
         used = {a["category_id"] for anns in self.anns.values() for a in anns}
         garment = [c for c in sorted(self.categories, key=lambda c: c["id"])
                    if c["id"] != taxonomy.PERSON_CATEGORY_ID and c["id"] not in taxonomy.PART_VALUE and c["name"] not in taxonomy.GARMENT_REGIONS
@@ -73,9 +78,14 @@ def load_index(uri: str, options=None) -> CocoIndex:
     return CocoIndex({im["id"]: im for im in doc["images"]}, anns, doc["categories"])
 
 
-def split(samples: list[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
-    """Held-out images chosen by a hash of the image id: stable across runs, workers and resumes."""
+def split(samples: list[Sample], val_fraction: float, images: dict[int, dict] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Held-out images: the dataset's own split where its images say one ("split": "val", as
+    the CCP converter writes), else chosen by a hash of the image id; stable across runs,
+    workers and resumes."""
     def held_out(s: Sample) -> bool:
+        marked = (images or {}).get(s.image_id, {}).get("split")
+        if marked:
+            return marked == "val"
         return (s.image_id * 2654435761 % 2**32) / 2**32 < val_fraction
 
     return [s for s in samples if not held_out(s)], [s for s in samples if held_out(s)]
@@ -130,6 +140,9 @@ def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size
             image = image[y0:y1, x0:x1]
             anns = [a for a in anns if a.get("parent_person_id") == s.person_ann]
         ch, cw = image.shape[:2]
+        if task == "garments":
+            out.append(_garment_sample(image, anns, (x0, y0), index, train, rng))
+            continue
         if task == "parts":
             part_map = np.zeros((ch, cw), np.uint8)
             for a in anns:
@@ -164,3 +177,26 @@ def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size
         out.append((np.ascontiguousarray(_photometric(image, rng) if train else image),
                     {k: np.ascontiguousarray(v) for k, v in target.items()}))
     return out
+
+
+def _garment_sample(crop: np.ndarray, anns: list[dict], offset, index: CocoIndex, train: bool, rng) -> tuple:
+    """The crop's square view (jittered in scale and position when training) and its parse map."""
+    from fashion_ray.models.garments import view_of, warp_to_view
+
+    value_of = taxonomy.parse_value_of(index.categories)
+    ch, cw = crop.shape[:2]
+    parse = np.zeros((ch, cw), np.uint8)
+    for a in anns:
+        if a["category_id"] in value_of and "segmentation" in a:
+            parse[rle.decode(a["segmentation"])[offset[1]:offset[1] + ch, offset[0]:offset[0] + cw]] = value_of[a["category_id"]]
+    x, y, side = view_of(ch, cw)
+    if train:  # the person detector's box is never exact: scale and shift the view
+        grown = side * rng.uniform(0.9, 1.15)
+        x, y = x - (grown - side) / 2 + rng.uniform(-0.05, 0.05) * side, y - (grown - side) / 2 + rng.uniform(-0.05, 0.05) * side
+        side = grown
+    view, target = warp_to_view(crop, (x, y, side)), warp_to_view(parse, (x, y, side), nearest=True)
+    if train and rng.random() < 0.5:  # parse classes carry no side
+        view, target = view[:, ::-1], target[:, ::-1]
+    if train:
+        view = _photometric(view, rng)
+    return np.ascontiguousarray(view), {"parse": np.ascontiguousarray(target)}

@@ -14,6 +14,7 @@ reported at every checkpoint and epoch end, with the untrained network's score b
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import math
 import os
 import tempfile
@@ -27,12 +28,17 @@ from fashion_ray.boxes import xywh
 from fashion_ray.evaluation import CocoTable, PartsEvaluator
 from fashion_ray.training import data
 
+# what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
+TASKS = (*taxonomy.STAGES, "garments")
+STAGE_OF_TASK = {"person": "person", "clothing": "clothing", "parts": "parts", "garments": "clothing"}
 DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
-                        "parts": "lraspp_mobilenet_v3_large"}
-DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128}
+                        "parts": "lraspp_mobilenet_v3_large", "garments": "blazepose_garment_parser"}
+DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 256}
+SEMANTIC_TASKS = ("parts", "garments")  # a per-pixel map per sample, scored by IoU
 OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
 COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
               "ar_large")
+GARMENT_PARSER = "blazepose_garment_parser"
 
 
 @dataclass(frozen=True)
@@ -52,18 +58,20 @@ class TrainConfig:
     amp: bool = True  # on CUDA only
     freeze_backbone: bool = False
     pretrained_backbone: str | None = None  # a state dict URI for the backbone
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # where the data marks no split of its own
     val_samples: int = 64  # held-out samples scored at each evaluation
     checkpoint_every: int = 50
     seed: int = 0
 
     def __post_init__(self):
-        if self.task not in taxonomy.STAGES:
-            raise ValueError(f"task {self.task!r} is not one of: {', '.join(taxonomy.STAGES)}")
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not one of: {', '.join(TASKS)}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r} is not one of: cosine, step")
         object.__setattr__(self, "architecture", self.architecture or DEFAULT_ARCHITECTURE[self.task])
         object.__setattr__(self, "input_size", self.input_size or DEFAULT_INPUT_SIZE[self.task])
+        if self.architecture == GARMENT_PARSER and self.task != "garments":
+            raise ValueError(f"architecture {GARMENT_PARSER} is trained with --task garments")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -78,9 +86,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 def build(cfg: TrainConfig, classes):
     import torch
 
+    if cfg.architecture == GARMENT_PARSER:
+        from fashion_ray.models.garments import build_head
+
+        return build_head(len(classes))  # the trunk is frozen and outside the model (garment_trunk)
     from fashion_ray.models.torchvision_models import build_model
 
-    model = build_model(cfg.architecture, num_classes=len(classes) + 1, input_size=cfg.input_size)
+    # segmentation classes of garments include the background, the others do not
+    num_classes = len(classes) + (cfg.task != "garments")
+    model = build_model(cfg.architecture, num_classes=num_classes, input_size=cfg.input_size)
     if cfg.pretrained_backbone:
         from fashion_ray import storage
 
@@ -95,36 +109,71 @@ def build(cfg: TrainConfig, classes):
     return model
 
 
-def _to_tensors(batch, task: str, device):
+@functools.lru_cache(maxsize=2)
+def garment_trunk(device_type: str, threads: int):
+    """The garment parser's frozen BlazePose trunk, from the bootstrap bundle (sha256-checked)."""
+    from fashion_ray.models.bundle import load_bundle, read_checked
+    from fashion_ray.models.garments import BlazePoseTrunk
+
+    bundle = load_bundle("bootstrap")
+    pose = bundle.stages["person"].options["files"]["pose"]
+    return BlazePoseTrunk(read_checked(bundle, pose["path"], pose["sha256"]), device=device_type, threads=threads)
+
+
+def _to_tensors(batch, cfg: TrainConfig, device):
     import torch
 
+    task = cfg.task
+    if task == "garments" and cfg.architecture == GARMENT_PARSER:
+        from fashion_ray.models.garments import head_inputs
+
+        views = np.stack([view for view, _ in batch])
+        return head_inputs(garment_trunk(device.type, torch.get_num_threads()), views, device), torch.stack(
+            [torch.from_numpy(t["parse"]).long().to(device) for _, t in batch])
     images = [torch.from_numpy(img).permute(2, 0, 1).float().div(255).to(device) for img, _ in batch]
-    if task == "parts":
+    if task in SEMANTIC_TASKS:
         from fashion_ray.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD
 
+        key = "parts" if task == "parts" else "parse"
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
         return torch.stack([(im - mean) / std for im in images]), torch.stack(
-            [torch.from_numpy(t["parts"]).long().to(device) for _, t in batch])
+            [torch.from_numpy(t[key]).long().to(device) for _, t in batch])
     targets = [{k: torch.from_numpy(v).to(device) for k, v in t.items()} for _, t in batch]
     return images, targets
 
 
+def _logits(model, inputs, size):
+    """Per-pixel class logits at `size` for either segmenter family."""
+    import torch.nn.functional as F
+
+    out = model(inputs)
+    out = out["out"] if isinstance(out, dict) else out
+    return out if tuple(out.shape[-2:]) == tuple(size) else F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
 PARTS_CLASS_WEIGHTS = (0.2,) + (1.0,) * len(taxonomy.PARTS)  # background covers ~3/4 of a crop
+# background and skin cover most of a view; small garment classes (belt, glasses, tie) count
+# as much as trousers in the mIoU, so they weigh more in the loss
+GARMENT_CLASS_WEIGHTS = tuple(0.3 if name == "background" else 2.0 if name in ("belt", "glasses", "tie", "hat", "scarf")
+                              else 1.0 for name in taxonomy.GARMENT_PARSE)
 
 
-def loss_of(model, batch, task: str, device):
+def loss_of(model, batch, cfg: TrainConfig, device):
     import torch
     import torch.nn.functional as F
 
-    images, targets = _to_tensors(batch, task, device)
-    if task == "parts":
-        weight = torch.tensor(PARTS_CLASS_WEIGHTS, device=device)
-        return F.cross_entropy(model(images)["out"], targets, weight=weight)
-    return sum(model(images, targets).values())
+    inputs, targets = _to_tensors(batch, cfg, device)
+    if cfg.task == "parts":
+        return F.cross_entropy(_logits(model, inputs, targets.shape[-2:]), targets,
+                               weight=torch.tensor(PARTS_CLASS_WEIGHTS, device=device))
+    if cfg.task == "garments":
+        return F.cross_entropy(_logits(model, inputs, targets.shape[-2:]).float(), targets,
+                               weight=torch.tensor(GARMENT_CLASS_WEIGHTS, device=device), ignore_index=taxonomy.PARSE_IGNORE)
+    return sum(model(inputs, targets).values())
 
 
-def precise_batch_norm(model, batches, task: str, device) -> None:
+def precise_batch_norm(model, batches, cfg: TrainConfig, device) -> None:
     """Recompute BatchNorm running statistics as a plain average over `batches` (PreciseBN).
 
     MobileNetV3's BatchNorm keeps running statistics with momentum 0.01: after a few hundred
@@ -144,29 +193,32 @@ def precise_batch_norm(model, batches, task: str, device) -> None:
     model.train()
     with torch.no_grad():
         for batch in batches:
-            images, targets = _to_tensors(batch, task, device)
-            model(images) if task == "parts" else model(images, targets)
+            inputs, targets = _to_tensors(batch, cfg, device)
+            model(inputs) if cfg.task in SEMANTIC_TASKS else model(inputs, targets)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.train(was_training)
 
 
-def evaluate_parts(model, batches, device) -> dict:
+def evaluate_maps(model, batches, cfg: TrainConfig, device) -> dict:
+    """Per-class IoU of the held-out samples' maps (parts: PartsEvaluator, garments: ParseEvaluator)."""
     import torch
 
-    ev = PartsEvaluator()
+    from fashion_ray.evaluation import ParseEvaluator
+
+    ev = PartsEvaluator() if cfg.task == "parts" else ParseEvaluator()
     model.eval()
     with torch.inference_mode():
         for batch in batches:
-            images, targets = _to_tensors(batch, "parts", device)
-            pred = model(images)["out"].argmax(1)
+            inputs, targets = _to_tensors(batch, cfg, device)
+            pred = _logits(model, inputs, targets.shape[-2:]).argmax(1)
             for gt, dt in zip(targets.cpu().numpy(), pred.cpu().numpy()):
                 ev.add_maps(gt.astype(np.uint8), dt.astype(np.uint8))
     model.train()
     return ev.evaluate()
 
 
-def evaluate_boxes(model, batches, device) -> dict:
+def evaluate_boxes(model, batches, cfg: TrainConfig, device) -> dict:
     """Box AP (COCO, all classes as one) of the held-out samples, scored by evaluation.CocoTable."""
     import torch
 
@@ -174,7 +226,7 @@ def evaluate_boxes(model, batches, device) -> dict:
     model.eval()
     with torch.inference_mode():
         for batch in batches:
-            tensors, targets = _to_tensors(batch, "person", device)
+            tensors, targets = _to_tensors(batch, cfg, device)
             for image, out, target in zip(tensors, model(tensors), targets):
                 image_id = len(images) + 1
                 images.append({"id": image_id, "height": image.shape[1], "width": image.shape[2]})
@@ -189,16 +241,103 @@ def evaluate_boxes(model, batches, device) -> dict:
     return {f"box_{name}": 0.0 if v is None else v for name, v in zip(COCO_STATS, stats)}
 
 
+VAL_METRIC = {"parts": "miou_parts", "garments": "miou_garments"}  # the others: box_ap
+
+
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
 def score_held_out(model, cfg: TrainConfig, calibration, val_batches, device) -> dict:
     """PreciseBN on training batches, then the held-out score: val_metric and its details."""
-    precise_batch_norm(model, calibration, cfg.task, device)
-    scores = evaluate_parts(model, val_batches, device) if cfg.task == "parts" else evaluate_boxes(model, val_batches, device)
-    return {"val_metric": scores["miou_parts"] if cfg.task == "parts" else scores["box_ap"],
-            **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)}}
+    precise_batch_norm(model, calibration, cfg, device)
+    scores = (evaluate_maps if cfg.task in SEMANTIC_TASKS else evaluate_boxes)(model, val_batches, cfg, device)
+    return {"val_metric": scores[VAL_METRIC.get(cfg.task, "box_ap")] or 0.0,
+            **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
+            **{f"val_iou_{k}": v for k, v in (scores.get("iou") or {}).items() if isinstance(v, float)}}
+
+
+@dataclass
+class Run:
+    """One worker's training state: what a checkpoint saves and a restart restores."""
+
+    model: object
+    params: list
+    optimizer: object
+    scheduler: object
+    scaler: object
+    step: int = 0
+    initial: float | None = None  # the untrained network's held-out score
+
+
+def setup(cfg: TrainConfig, classes, device, world: int) -> Run:
+    """Model (DDP-wrapped), optimizer, schedule and AMP scaler, as torchvision's references set them."""
+    import ray.train.torch
+    import torch
+
+    model = build(cfg, classes)
+    if device.type == "cuda" and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
+    # no buffer broadcast before every forward (a collective per step): BatchNorm running
+    # statistics are never read in training, and PreciseBN recomputes them before scoring
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    return Run(model, params, optimizer, scheduler, scaler)
+
+
+def restore(run: Run, device) -> None:
+    """Continue from the run's last checkpoint after a restart or a rerun, if it has one."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
+    _unwrap(run.model).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.step, run.initial = int(state["step"]), state.get("initial_metric")
+
+
+def train_one_step(run: Run, batch, cfg: TrainConfig, device, rank: int) -> float:
+    import torch
+
+    # the models' own randomness (RPN/ROI sampling) from (seed, step, rank): a resumed run draws the same
+    torch.manual_seed(cfg.seed * 1_000_003 + run.step * 1009 + rank)
+    amp = run.scaler.is_enabled()
+    with torch.autocast(device.type, enabled=amp):
+        loss = loss_of(run.model, batch, cfg, device)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.params, cfg.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.step += 1
+    return float(loss.detach())
+
+
+def report(run: Run, cfg: TrainConfig, classes, metrics: dict, *, save: bool, rank: int) -> None:
+    """Report metrics to Ray Train, with a checkpoint from rank 0 when `save` (every rank must call)."""
+    import ray.train
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = None
+        if rank == 0 and save:
+            torch.save({"model": _unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
+                        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
+                        "initial_metric": run.initial, "classes": list(classes), "config": asdict(cfg)},
+                       os.path.join(folder, "state.pt"))
+            ckpt = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=ckpt)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -215,41 +354,23 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(config.get("torch_threads", 1))
     index = data.load_index(cfg.data)
     classes = index.classes(cfg.task)
-    train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction)
-    model = build(cfg, classes)
-    if device.type == "cuda" and world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
-    # no buffer broadcast before every forward (a collective per step): BatchNorm running
-    # statistics are never read in training, and PreciseBN recomputes them before scoring
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    step, initial = 0, None
-    checkpoint = ray.train.get_checkpoint()  # the run's last one after a restart or a rerun
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        initial = state.get("initial_metric")
-    resumed_from_step = step
+    train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction, index.images)
+    run = setup(cfg, classes, device, world)
+    restore(run, device)
+    resumed_from_step = run.step
     per_step = cfg.batch_size * world
     steps_per_epoch = max(1, len(train_set) // per_step)
     load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes)
+
+    def held_out(samples, count):
+        return [data.load_batch(index, cfg.task, samples[i:i + cfg.batch_size], train=False, epoch=0, **load)
+                for i in range(0, min(len(samples), count), cfg.batch_size)]
+
     val_batches, calibration = [], []
     if rank == 0:
-        val_batches = [data.load_batch(index, cfg.task, val_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
-                       for i in range(0, min(len(val_set), cfg.val_samples), cfg.batch_size)]
-        calibration = [data.load_batch(index, cfg.task, train_set[i:i + cfg.batch_size], train=False, epoch=0, **load)
-                       for i in range(0, min(len(train_set), cfg.batch_size * 8), cfg.batch_size)]
-        if step == 0:  # the untrained network's score: what training is measured against
-            initial = score_held_out(_unwrap(model), cfg, calibration, val_batches, device)["val_metric"]
+        val_batches, calibration = held_out(val_set, cfg.val_samples), held_out(train_set, cfg.batch_size * 8)
+        if run.step == 0:  # the untrained network's score: what training is measured against
+            run.initial = score_held_out(_unwrap(run.model), cfg, calibration, val_batches, device)["val_metric"]
 
     def batch_of(at: int):
         """This worker's batch for step `at` (a pure function of seed, epoch and step)."""
@@ -259,58 +380,38 @@ def train_loop_per_worker(config: dict) -> None:
         return data.load_batch(index, cfg.task, [train_set[i] for i in order[start:start + cfg.batch_size]],
                                train=True, epoch=epoch, **load)
 
-    model.train()
+    run.model.train()
     losses, seconds, loading = [], [], []
     window_start, window_steps = time.perf_counter(), 0  # throughput between reports (scoring excluded)
     # the next batch is fetched and decoded in a thread while this step computes (a GPU step
     # would otherwise wait for the CPU's decode every step)
     prefetch = concurrent.futures.ThreadPoolExecutor(1)
-    upcoming = prefetch.submit(batch_of, step)
-    while step < cfg.steps:
-        epoch = step // steps_per_epoch
+    upcoming = prefetch.submit(batch_of, run.step)
+    while run.step < cfg.steps:
+        epoch = run.step // steps_per_epoch
         t_load = time.perf_counter()
         batch = upcoming.result()
-        if step + 1 < cfg.steps:
-            upcoming = prefetch.submit(batch_of, step + 1)
-        # the models' own randomness (RPN/ROI sampling) from (seed, step, rank): a resumed run draws the same
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
+        if run.step + 1 < cfg.steps:
+            upcoming = prefetch.submit(batch_of, run.step + 1)
         t0 = time.perf_counter()
         loading.append(t0 - t_load)
-        with torch.autocast(device.type, enabled=amp):
-            loss = loss_of(model, batch, cfg.task, device)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        window_steps += 1
-        losses.append(float(loss.detach()))
+        losses.append(train_one_step(run, batch, cfg, device, rank))
         seconds.append(time.perf_counter() - t0)
-        save = step % cfg.checkpoint_every == 0 or step == cfg.steps
-        if not (save or step % steps_per_epoch == 0):
+        window_steps += 1
+        save = run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps
+        if not (save or run.step % steps_per_epoch == 0):
             continue
         # report at checkpoints and epoch ends only: each report is a sync point of all workers
-        metrics = {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
+        metrics = {"step": run.step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": run.scheduler.get_last_lr()[0],
                    "seconds_per_step": float(np.median(seconds)), "load_wait_seconds_per_step": float(np.median(loading)),
                    "samples_per_s": window_steps * per_step / (time.perf_counter() - window_start),
                    "resumed_from_step": resumed_from_step}
         for kept in (losses, seconds, loading):
             kept.clear()
         if rank == 0:
-            metrics |= score_held_out(_unwrap(model), cfg, calibration, val_batches, device)
-            if initial is not None:
-                metrics["val_initial"] = initial
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if rank == 0 and save:
-                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                            "initial_metric": initial, "classes": list(classes), "config": asdict(cfg)},
-                           os.path.join(folder, "state.pt"))
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=ckpt)
+            metrics |= score_held_out(_unwrap(run.model), cfg, calibration, val_batches, device)
+            if run.initial is not None:
+                metrics["val_initial"] = run.initial
+        report(run, cfg, classes, metrics, save=save, rank=rank)
         window_start, window_steps = time.perf_counter(), 0
     prefetch.shutdown()

@@ -15,12 +15,13 @@ from dataclasses import asdict
 from fashion_ray import storage
 from fashion_ray.models.bundle import StageModel, bundle_files, load_bundle, read_checked, save_bundle
 from fashion_ray.training import data
-from fashion_ray.training.loop import TrainConfig, train_loop_per_worker
+from fashion_ray.training.loop import GARMENT_PARSER, STAGE_OF_TASK, TrainConfig, train_loop_per_worker
 
 
 def check_data(cfg: TrainConfig, workers: int) -> None:
     """On the driver, before any worker starts: the data loads and has enough samples."""
-    train_set, val_set = data.split(data.load_index(cfg.data).samples(cfg.task), cfg.val_fraction)
+    index = data.load_index(cfg.data)
+    train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction, index.images)
     if len(train_set) < cfg.batch_size * workers or not val_set:
         raise ValueError(f"{cfg.data} has {len(train_set)} training and {len(val_set)} held-out {cfg.task} samples; "
                          f"a step needs {cfg.batch_size * workers} (batch size x workers) and scoring at least one held out")
@@ -56,7 +57,7 @@ def _checkpoint_state(checkpoint) -> dict:
 
 
 def publish(result, output: str, *, bundle_name: str, version: str, base_bundle: str | None = None,
-            score_threshold: float = 0.5) -> dict:
+            score_threshold: float | None = None) -> dict:
     """Write the best checkpoint as a bundle at `output`; returns the training record.
 
     The labelling job always needs a person stage: a clothing or parts model is published
@@ -66,15 +67,28 @@ def publish(result, output: str, *, bundle_name: str, version: str, base_bundle:
     checkpoint, metrics = max(candidates, key=lambda cm: cm[1].get("val_metric") or 0.0)
     state = _checkpoint_state(checkpoint)
     cfg = TrainConfig(**state["config"])
-    spec = StageModel(cfg.architecture, tuple(state["classes"]), cfg.input_size, score_threshold, 0.5)
-    stages = {cfg.task: (spec, state["model"])}
+    stage_name = STAGE_OF_TASK[cfg.task]
+    options = {}
+    if cfg.architecture == GARMENT_PARSER:  # the frozen trunk is the bootstrap pose model: the same file
+        options = {"files": {"trunk": load_bundle("bootstrap").stages["person"].options["files"]["pose"]}}
+        if not base_bundle:
+            raise ValueError("a garment parser is published with a base bundle (its trunk is the base's pose model)")
+    if score_threshold is None:  # a parser's score is a garment's mean pixel confidence, a detector's its box score
+        score_threshold = 0.3 if cfg.architecture == GARMENT_PARSER else 0.5
+    spec = StageModel(cfg.architecture, tuple(state["classes"]), cfg.input_size, score_threshold, 0.5, options=options)
+    stages = {stage_name: (spec, state["model"])}
     if base_bundle:
         base = load_bundle(base_bundle)
         for stage, base_spec in base.stages.items():
-            if stage != cfg.task:
+            if stage != stage_name:
                 stages[stage] = (base_spec, None)
                 for relative, sha256 in bundle_files(base_spec):
                     storage.write_bytes_atomic(storage.join(output, relative), read_checked(base, relative, sha256))
+    for entry in options.get("files", {}).values():  # the trunk, unless the base already brought it
+        fs, path = storage.filesystem(storage.join(output, entry["path"]))
+        if not fs.exists(path):
+            storage.write_bytes_atomic(storage.join(output, entry["path"]),
+                                       read_checked(load_bundle("bootstrap"), entry["path"], entry["sha256"]))
     record = {"task": cfg.task, "data": cfg.data, "best_step": int(state["step"]), "final_step": int(result.metrics["step"]),
               "base_bundle": base_bundle, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
               "final_metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}

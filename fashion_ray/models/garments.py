@@ -1,0 +1,267 @@
+"""The garment parser: real garment classes per pixel on each person crop, then instances.
+
+    person crop -> square view 256x256 -> BlazePose heavy trunk (frozen, onnxruntime: the
+    features of its pose/segmentation decoder) -> GarmentHead (torch, trained on Clothing
+    Co-Parsing with jobs/train.py --task garments) -> parse map (taxonomy.GARMENT_PARSE)
+    -> per garment class, connected components = instances (two shoes, two garments)
+    -> top / outwear / dress named by sleeve length from the arm landmarks (DeepFashion2).
+
+The trunk is the person stage's own pose model, pretrained on real people: its features
+already know where arms, legs and the body outline are, which 600 training photos could not
+teach a network from scratch (README, "Garments": both measured on the same photos).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fashion_ray import taxonomy
+from fashion_ray.models import onnx
+
+VIEW_SIDE = 256  # BlazePose's input
+# BlazePose heavy tensors the head reads (names from the converted graph): decoder at 1/4
+# (fused, pose-aware), encoder at 1/4, 1/16 and 1/32, the mask decoder at 1/2, the 39 landmark
+# heatmaps at 1/4 and the person mask.
+TRUNK_OUTPUTS = {
+    "decoder4": "StatefulPartitionedCall/model/add_25/add:0",
+    "encoder4": "StatefulPartitionedCall/model/add_2/add:0",
+    "encoder16": "StatefulPartitionedCall/model/add_15/add:0",
+    "encoder32": "StatefulPartitionedCall/model/add_22/add:0",
+    "mask2": "StatefulPartitionedCall/model/add_70/add:0",
+    "heatmap": "StatefulPartitionedCall/model/activation_heatmap/Sigmoid:0",
+    "mask": "StatefulPartitionedCall/model/activation_segmentation/Sigmoid:0",
+}
+MIN_INSTANCE_FRACTION = 0.0005  # of the view: specks below this are not garments
+GARMENT_VALUES = [v for v, name in enumerate(taxonomy.GARMENT_PARSE) if name not in taxonomy.NOT_GARMENTS]
+
+
+def view_of(height: int, width: int) -> tuple[float, float, float]:
+    """The square (x0, y0, side) around a whole crop: its long side, centred, aspect kept."""
+    side = float(max(height, width, 1))
+    return (width - side) / 2, (height - side) / 2, side
+
+
+def warp_to_view(image: np.ndarray, view, nearest: bool = False, border=0) -> np.ndarray:
+    import cv2
+
+    x0, y0, side = view
+    k = VIEW_SIDE / side
+    warp = np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, warp, (VIEW_SIDE, VIEW_SIDE), flags=flags, borderValue=border)
+
+
+def warp_from_view(values: np.ndarray, view, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    import cv2
+
+    x0, y0, side = view
+    k = VIEW_SIDE / side
+    warp = np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
+    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(values, warp, (width, height), flags=flags)
+
+
+def trunk_model(pose_onnx: bytes) -> bytes:
+    """The BlazePose graph with the head's feature tensors as its outputs (nothing retrained)."""
+    import onnx as onnx_lib
+
+    model = onnx_lib.load_from_string(pose_onnx)
+    del model.graph.output[:]
+    for name in TRUNK_OUTPUTS.values():
+        model.graph.output.append(onnx_lib.helper.make_tensor_value_info(name, onnx_lib.TensorProto.FLOAT, None))
+    return model.SerializeToString()
+
+
+class BlazePoseTrunk:
+    """Frozen features of BlazePose heavy for batches of 256x256 RGB uint8 views."""
+
+    def __init__(self, pose_onnx: bytes, *, device: str = "cpu", threads: int = 1, max_batch: int = 8):
+        self.session = onnx.session(trunk_model(pose_onnx), device, threads)
+        self.max_batch = max(1, max_batch)
+
+    def __call__(self, views: np.ndarray) -> dict[str, np.ndarray]:
+        chunks = [onnx.run(self.session, (views[i:i + self.max_batch].astype(np.float32) / 255.0))
+                  for i in range(0, len(views), self.max_batch)]
+        return {key: np.concatenate([c[name] for c in chunks]) for key, name in TRUNK_OUTPUTS.items()}
+
+
+def build_head(num_classes: int = len(taxonomy.GARMENT_PARSE)):
+    """GarmentHead: fuses the trunk's scales at 1/4, refines at 1/2 with the mask decoder and RGB."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    def block(cin, cout, k=3, dilation=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    class GarmentHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fine = block(48 + 32 + 39 + 1, 64, 1)
+            self.context16 = block(160, 64, 1)
+            self.context32 = block(272, 64, 1)
+            self.fuse = nn.Sequential(block(64, 64), block(64, 64, dilation=2), block(64, 64, dilation=4))
+            self.classify4 = nn.Conv2d(64, num_classes, 1)
+            self.refine = nn.Sequential(block(num_classes + 8 + 3, 32), nn.Conv2d(32, num_classes, 3, padding=1))
+
+        def forward(self, f: dict) -> "torch.Tensor":
+            """Logits at half the view's resolution (128x128)."""
+            quarter = f["decoder4"].shape[-2:]
+            mask4 = F.interpolate(f["mask"], size=quarter, mode="bilinear", align_corners=False)
+            x = self.fine(torch.cat([f["decoder4"], f["encoder4"], f["heatmap"], mask4], 1))
+            c = self.context16(f["encoder16"]) + F.interpolate(self.context32(f["encoder32"]), scale_factor=2.0,
+                                                               mode="bilinear", align_corners=False)
+            x = self.fuse(x + F.interpolate(c, size=quarter, mode="bilinear", align_corners=False))
+            coarse = F.interpolate(self.classify4(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+            rgb = F.interpolate(f["rgb"], size=coarse.shape[-2:], mode="bilinear", align_corners=False)
+            return coarse + self.refine(torch.cat([coarse, f["mask2"], rgb], 1))
+
+    return GarmentHead()
+
+
+def head_inputs(trunk: BlazePoseTrunk, views: np.ndarray, device) -> dict:
+    """Trunk features + the views themselves (normalised RGB) as torch tensors on `device`."""
+    import torch
+
+    features = {k: torch.from_numpy(v).to(device) for k, v in trunk(views).items()}
+    features["rgb"] = torch.from_numpy(views).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return features
+
+
+# garment instances -----------------------------------------------------------------------------
+
+# MediaPipe landmark indices (subject's left / right): shoulder, elbow, wrist
+ARMS = ((11, 13, 15), (12, 14, 16))
+VISIBLE = 0.5
+
+
+def _coverage_along(mask: np.ndarray, a, b, samples: int = 12) -> float:
+    """Fraction of points on the segment a -> b (its middle 80 %) that fall inside `mask`."""
+    h, w = mask.shape
+    t = np.linspace(0.1, 0.9, samples)[:, None]
+    pts = (np.asarray(a)[None] * (1 - t) + np.asarray(b)[None] * t).round().astype(int)
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+    if not inside.any():
+        return 0.0
+    pts = pts[inside]
+    return float(mask[pts[:, 1], pts[:, 0]].mean())
+
+
+def sleeve_length(garment: np.ndarray, keypoints: np.ndarray | None, default: str = "long") -> str:
+    """"none" | "short" | "long" from where the garment covers the arms' bones.
+
+    Per visible arm: the forearm (elbow -> wrist) mostly covered = long; else the upper arm
+    (shoulder -> elbow) partly covered = short; else none. The arm with the longest sleeve
+    wins (the other may be hidden behind the body or a bag). No visible arm: `default`.
+    """
+    if keypoints is None:
+        return default
+    order = {"none": 0, "short": 1, "long": 2}
+    found = []
+    for shoulder, elbow, wrist in ARMS:
+        if keypoints[shoulder, 2] < VISIBLE or keypoints[elbow, 2] < VISIBLE:
+            continue
+        upper = _coverage_along(garment, keypoints[shoulder, :2], keypoints[elbow, :2])
+        lower = _coverage_along(garment, keypoints[elbow, :2], keypoints[wrist, :2]) if keypoints[wrist, 2] >= VISIBLE else None
+        if lower is not None and lower >= 0.5:
+            found.append("long")
+        elif upper >= 0.4:
+            found.append("short")
+        else:
+            found.append("none")
+    return max(found, key=order.get) if found else default
+
+
+def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.ndarray | None,
+                      min_pixels: int, score_threshold: float) -> dict:
+    """Parse map (crop pixels) -> detector output: one garment per connected component of a class."""
+    import cv2
+
+    h, w = parse.shape
+    boxes, scores, labels, masks, attributes = [], [], [], [], []
+    for value in GARMENT_VALUES:
+        present = parse == value
+        if present.sum() < min_pixels:
+            continue
+        name = taxonomy.GARMENT_PARSE[value]
+        sleeve = sleeve_length(present, keypoints) if name in taxonomy.SLEEVED else None
+        n, components, stats, _ = cv2.connectedComponentsWithStats(present.astype(np.uint8), connectivity=8)
+        for c in range(1, n):
+            x, y, bw, bh, area = stats[c]
+            if area < min_pixels:
+                continue
+            mask = components == c
+            score = float(confidence[mask].mean())
+            if score < score_threshold:
+                continue
+            boxes.append([x, y, x + bw, y + bh])
+            scores.append(score)
+            labels.append(taxonomy.SLEEVED[name][sleeve] if sleeve else name)
+            masks.append(mask)
+            attributes.append([f"sleeve:{sleeve}"] if sleeve else [])
+    return {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "scores": np.array(scores, np.float32),
+            "labels": labels, "masks": np.stack(masks) if masks else np.zeros((0, h, w), bool), "keypoints": None,
+            "attributes": attributes}
+
+
+class GarmentParser:
+    """Clothing stage predictor: person crops (+ their landmarks from context) -> garments."""
+
+    kind = "detector"
+
+    def __init__(self, trunk: BlazePoseTrunk, head, device, *, score_threshold: float = 0.0):
+        self.trunk, self.head, self.device = trunk, head.eval(), device
+        self.score_threshold = score_threshold
+
+    def parse(self, crops: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(parse map, confidence) per crop, in crop pixels."""
+        import torch
+
+        if not crops:
+            return []
+        views = [view_of(*c.shape[:2]) for c in crops]
+        batch = np.stack([warp_to_view(c, v) for c, v in zip(crops, views)])
+        with torch.inference_mode():
+            logits = self.head(head_inputs(self.trunk, batch, self.device))
+            prob = torch.nn.functional.interpolate(logits.float(), size=(VIEW_SIDE, VIEW_SIDE), mode="bilinear",
+                                                   align_corners=False).softmax(1)
+            confidence, labels = prob.max(1)
+        out = []
+        for crop, view, lab, conf in zip(crops, views, labels.cpu().numpy(), confidence.cpu().numpy()):
+            h, w = crop.shape[:2]
+            out.append((warp_from_view(lab.astype(np.uint8), view, h, w, nearest=True),
+                        warp_from_view(conf.astype(np.float32), view, h, w)))
+        return out
+
+    def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
+        contexts = context or [{}] * len(images)
+        results = []
+        for image, ctx, (parse, confidence) in zip(images, contexts, self.parse(images)):
+            h, w = image.shape[:2]
+            min_pixels = max(8, int(MIN_INSTANCE_FRACTION * max(h, w) ** 2))
+            results.append(garment_instances(parse, confidence, ctx.get("keypoints"), min_pixels, self.score_threshold))
+        return results
+
+
+ARCHITECTURES = {"blazepose_garment_parser": ("detector", None)}
+
+
+def build_predictor(bundle, spec, device, options=None):
+    """The parser of a bundle's clothing stage: trunk file and head weights, both sha256-checked."""
+    import io
+
+    import torch
+
+    from fashion_ray.models.bundle import BundleError, read_checked
+
+    trunk_file = spec.options.get("files", {}).get("trunk")
+    if not trunk_file or not spec.weights:
+        raise BundleError(f"bundle {bundle.label}: blazepose_garment_parser needs options.files.trunk and weights")
+    torch_device = device.setup()
+    trunk = BlazePoseTrunk(read_checked(bundle, trunk_file["path"], trunk_file["sha256"], options), device=device.name,
+                           threads=device.torch_threads, max_batch=int(spec.options.get("max_batch", 8)))
+    head = build_head(len(spec.classes))
+    head.load_state_dict(torch.load(io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, options)),
+                                    map_location="cpu", weights_only=True))
+    return GarmentParser(trunk, head.to(torch_device), torch_device, score_threshold=spec.score_threshold)

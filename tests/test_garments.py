@@ -1,0 +1,246 @@
+"""The garment stage: CCP's labels remapped, sleeve lengths from landmarks, instances from a
+parse map, the CCP converter on files made here, per-pixel scoring, and a garment parser
+that learns on Ray Train from made-up photos and labels through the published bundle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import ROOT, SAMPLE_CORPUS, read_rows, run_cli
+from PIL import Image
+from scipy.io import savemat
+
+from fashion_ray import evaluation, taxonomy
+from fashion_ray.formats import converters
+from fashion_ray.formats import masks as rle
+from fashion_ray.models.bundle import load_bundle
+from fashion_ray.models.garments import garment_instances, sleeve_length
+from fashion_ray.training import data
+
+# Clothing Co-Parsing's label_list.mat, in its order (a fact about the dataset, no data of it)
+CCP_LABELS = ("null accessories bag belt blazer blouse bodysuit boots bra bracelet cape cardigan clogs coat dress "
+              "earrings flats glasses gloves hair hat heels hoodie intimate jacket jeans jumper leggings loafers necklace "
+              "panties pants pumps purse ring romper sandals scarf shirt shoes shorts skin skirt sneakers socks "
+              "stockings suit sunglasses sweater sweatshirt swimwear t-shirt tie tights top vest wallet watch wedges").split()
+
+
+def test_every_ccp_label_maps_to_one_parse_class_or_is_dropped_on_purpose():
+    assert len(CCP_LABELS) == 59 and set(taxonomy.CCP_TO_PARSE) == set(CCP_LABELS)
+    targets = {v for v in taxonomy.CCP_TO_PARSE.values() if v is not None}
+    assert targets == set(taxonomy.GARMENT_PARSE)  # every parse class is learnt from some CCP label
+    dropped = sorted(k for k, v in taxonomy.CCP_TO_PARSE.items() if v is None)
+    assert dropped == ["accessories", "bra", "bracelet", "earrings", "gloves", "intimate", "necklace", "panties", "ring",
+                       "romper", "socks", "stockings", "swimwear", "tights", "watch"]
+    assert taxonomy.CCP_TO_PARSE["jeans"] == "trousers" and taxonomy.CCP_TO_PARSE["sunglasses"] == "glasses"
+    assert taxonomy.CCP_TO_PARSE["blazer"] == "outwear" and taxonomy.CCP_TO_PARSE["purse"] == "bag"
+    # every garment name the stage can write has a stable COCO id and folds back to its parse class
+    written = {n for names in taxonomy.SLEEVED.values() for n in names.values()} | set(taxonomy.GARMENT_PARSE[6:])
+    assert written <= set(taxonomy.COCO_CATEGORY_ID) and all(taxonomy.PARSE_OF[n] in taxonomy.GARMENT_PARSE for n in written)
+    ids = taxonomy.COCO_CATEGORY_ID
+    assert [ids[n] for n in ("person", "short_sleeve_top", "tie", "shoes", "belt", "hat", "glasses", "scarf")] == \
+        [1, 2, 28, 29, 30, 31, 32, 33]  # appended after 1.0's ids: none moved
+    assert "skin" not in ids and "hair" not in ids  # parse classes, never garments
+
+
+def _arms(visible_left=1.0, visible_right=1.0) -> np.ndarray:
+    """33 landmarks of a person facing the camera, arms hanging: shoulders y=40, elbows 80, wrists 120."""
+    kp = np.zeros((33, 3), np.float32)
+    for (shoulder, elbow, wrist), x, vis in (((11, 13, 15), 70, visible_left), ((12, 14, 16), 30, visible_right)):
+        kp[shoulder], kp[elbow], kp[wrist] = (x, 40, vis), (x, 80, vis), (x, 120, vis)
+    return kp
+
+
+@pytest.mark.parametrize("covered_to, expected", [(None, "none"), (70, "short"), (125, "long")])
+def test_sleeve_length_from_arm_landmarks_and_the_garment_mask(covered_to, expected):
+    top = np.zeros((160, 100), bool)
+    top[35:110, 38:62] = True  # the torso, between the arms
+    if covered_to:
+        top[35:covered_to, 24:38] = True  # right sleeve
+        top[35:covered_to, 62:76] = True  # left sleeve
+    assert sleeve_length(top, _arms()) == expected
+
+
+def test_the_arm_with_the_longer_sleeve_wins_and_hidden_arms_fall_back_to_the_default():
+    top = np.zeros((160, 100), bool)
+    top[35:125, 62:76] = True  # the left arm is sleeved to the wrist, the right one bare
+    assert sleeve_length(top, _arms()) == "long"
+    assert sleeve_length(top, _arms(visible_left=0.1)) == "none"  # only the bare right arm is seen
+    assert sleeve_length(top, _arms(0.1, 0.1)) == "long" and sleeve_length(top, None, default="short") == "short"
+
+
+def test_two_blobs_of_a_class_are_two_garments_named_by_their_sleeves():
+    parse = np.zeros((160, 100), np.uint8)
+    parse[35:110, 24:76] = taxonomy.GARMENT_PARSE.index("top")  # torso and both arms down to y=110: long sleeves
+    parse[150:158, 20:40] = parse[150:158, 60:80] = taxonomy.GARMENT_PARSE.index("shoes")
+    parse[5:30, 40:60] = taxonomy.GARMENT_PARSE.index("hair")  # a parse class, not a garment
+    parse[0:2, 0:2] = taxonomy.GARMENT_PARSE.index("belt")  # a speck below min_pixels
+    confidence = np.full(parse.shape, 0.9, np.float32)
+    out = garment_instances(parse, confidence, _arms(), min_pixels=20, score_threshold=0.3)
+    assert out["labels"] == ["long_sleeve_top", "shoes", "shoes"]
+    assert out["attributes"] == [["sleeve:long"], [], []]
+    assert out["boxes"].tolist() == [[24, 35, 76, 110], [20, 150, 40, 158], [60, 150, 80, 158]]
+    assert out["masks"].shape == (3, 160, 100) and out["masks"][1].sum() == 160 and not (out["masks"][1] & out["masks"][2]).any()
+    assert out["scores"].tolist() == pytest.approx([0.9] * 3)
+    assert garment_instances(parse, confidence * 0.2, _arms(), 20, 0.3)["labels"] == []  # under the score threshold
+
+
+def _person_figure(rng, height=120, width=80):
+    """A made-up street photo and its CCP label map: hair, skin face and arms, a coloured top,
+    trousers or a skirt, two shoes, on a textured background."""
+    label = {name: CCP_LABELS.index(name) for name in ("hair", "skin", "t-shirt", "jeans", "skirt", "shoes", "necklace")}
+    img = rng.integers(90, 160, (height, width, 3)).astype(np.uint8)
+    lab = np.zeros((height, width), np.uint8)
+    cx = width // 2 + int(rng.integers(-6, 7))
+
+    def paint(name, y0, y1, x0, x1, colour):
+        img[y0:y1, x0:x1] = colour
+        lab[y0:y1, x0:x1] = label[name]
+
+    paint("hair", 8, 14, cx - 7, cx + 7, (30, 20, 10))
+    paint("skin", 14, 28, cx - 6, cx + 6, (225, 180, 150))
+    paint("skin", 30, 70, cx - 18, cx - 13, (225, 180, 150))
+    paint("skin", 30, 70, cx + 13, cx + 18, (225, 180, 150))
+    paint("t-shirt", 28, 66, cx - 13, cx + 13, tuple(int(v) for v in rng.integers(150, 255, 3)) if rng.random() < 0.5 else (200, 30, 30))
+    paint("necklace", 29, 31, cx - 3, cx + 3, (250, 250, 0))
+    if rng.random() < 0.5:
+        paint("jeans", 66, 108, cx - 12, cx + 12, (30, 50, 140))
+    else:
+        paint("skirt", 66, 90, cx - 15, cx + 15, (20, 120, 40))
+        paint("skin", 90, 108, cx - 10, cx + 10, (225, 180, 150))
+    paint("shoes", 108, 114, cx - 12, cx - 2, (15, 15, 15))
+    paint("shoes", 108, 114, cx + 2, cx + 12, (15, 15, 15))
+    return img, lab
+
+
+def make_ccp(root, count: int, seed: int = 0) -> None:
+    """A folder in Clothing Co-Parsing's layout, every file made here."""
+    rng = np.random.default_rng(seed)
+    (root / "photos").mkdir(parents=True)
+    (root / "annotations" / "pixel-level").mkdir(parents=True)
+    cells = np.empty((1, len(CCP_LABELS)), dtype=object)
+    for k, name in enumerate(CCP_LABELS):
+        cells[0, k] = np.array([name]) if name != "null" else np.array([], dtype="<U1")
+    savemat(root / "label_list.mat", {"label_list": cells})
+    for number in range(1, count + 1):
+        img, lab = _person_figure(rng)
+        Image.fromarray(img).save(root / "photos" / f"{number:04d}.jpg", quality=95)
+        savemat(root / "annotations" / "pixel-level" / f"{number:04d}.mat", {"groundtruth": lab})
+
+
+def test_ccp_converter_remaps_labels_marks_the_split_and_training_rebuilds_the_parse_map(tmp_path):
+    make_ccp(tmp_path / "ccp", 10)
+    doc = converters.convert_ccp(str(tmp_path / "ccp"))
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    assert [i["file_name"].rsplit("/", 1)[-1] for i in doc["images"]] == [f"{n:04d}.jpg" for n in range(1, 11)]
+    assert [i["split"] for i in doc["images"]] == ["val" if n % 5 == 0 else "train" for n in range(1, 11)]
+    first = [a for a in doc["annotations"] if a["image_id"] == 1]
+    person = next(a for a in first if names[a["category_id"]] == "person")
+    assert {names[a["category_id"]] for a in first if a.get("parent_person_id") == person["id"]} >= \
+        {"hair", "skin", "top", "shoes", "ignore"}  # t-shirt -> top, necklace dropped on purpose
+    shoes = next(a for a in first if names[a["category_id"]] == "shoes")
+    assert shoes["area"] == 2 * 6 * 10  # one semantic region for both shoes
+    # the person is every labelled pixel
+    assert person["area"] == sum(a["area"] for a in first if a.get("parent_person_id") == person["id"])
+    assert len(converters.convert_ccp(str(tmp_path / "ccp"), split="val")["images"]) == 2
+
+    path = tmp_path / "ccp.json"
+    path.write_text(json.dumps(doc))
+    index = data.load_index(str(path))
+    train, val = data.split(index.samples("garments"), 0.2, index.images)
+    assert sorted(s.image_id for s in val) == [5, 10] and len(train) == 8
+    (view, target), = data.load_batch(index, "garments", [train[0]], input_size=256, train=False, seed=0, epoch=0,
+                                      classes=taxonomy.GARMENT_PARSE)
+    assert view.shape == (256, 256, 3) and target["parse"].shape == (256, 256)
+    values = set(np.unique(target["parse"]).tolist())
+    expected = {taxonomy.GARMENT_PARSE.index(n) for n in ("background", "hair", "skin", "top", "shoes")}
+    assert expected <= values and taxonomy.PARSE_IGNORE in values
+
+
+def _mask_ann(ann_id, image_id, category_id, mask, **extra):
+    x0, y0, x1, y1 = rle.bbox_xyxy(mask)
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle.encode(mask),
+            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(mask.sum()), "iscrowd": 0, **extra}
+
+
+def test_semantic_scoring_of_garments_and_pose_regions_on_hand_computed_maps(tmp_path):
+    h, w = 20, 10
+    region = lambda y0, y1: np.pad(np.ones((y1 - y0, w), bool), ((y0, h - y1), (0, 0)))  # noqa: E731
+    cats = converters.PARSE_CATEGORIES
+    cid = {c["name"]: c["id"] for c in cats}
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}], "categories": cats, "annotations": [
+        _mask_ann(1, 1, cid["top"], region(0, 10)), _mask_ann(2, 1, cid["trousers"], region(10, 16)),
+        _mask_ann(3, 1, cid["skin"], region(16, 18)), _mask_ann(4, 1, cid["ignore"], region(18, 20))]}
+    ours = taxonomy.COCO_CATEGORY_ID
+    dt = {"images": [{"id": 7, "file_name": "photos/a.jpg", "height": h, "width": w}], "categories": taxonomy.COCO_CATEGORIES,
+          "annotations": [
+              _mask_ann(1, 7, ours["long_sleeve_top"], region(0, 5), score=0.9),  # half the top
+              _mask_ann(2, 7, ours["trousers"], region(8, 20), score=0.8),  # 2 rows of top, the skin and the ignored rows
+              _mask_ann(3, 7, ours["upper_body_garment"], region(0, 12), score=0.2)]}  # a pose region (regions table only)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dt))
+    report = evaluation.evaluate_parse_uris(str(tmp_path / "gt.json"), str(tmp_path / "dt.json"))
+    iou = report["garment_parse"]["iou"]
+    # top: 50 predicted of 100 -> 50 / 100; trousers: 60 gt, 100 predicted on scored pixels (rows 8-18), 60 shared
+    assert iou["top"] == pytest.approx(0.5) and iou["trousers"] == pytest.approx(60 / 100)
+    assert iou["shoes"] is None and report["garment_parse"]["miou_garments"] == pytest.approx(0.55)
+    # regions: the top and the pose region are upper body (rows 0-7 after the trousers win rows 8+): 80 / 100
+    regions = report["garment_regions"]["iou"]
+    assert regions["upper_body_garment"] == pytest.approx(80 / 100) and regions["lower_body_garment"] == pytest.approx(0.6)
+    assert regions["full_body_garment"] is None and report["garment_regions"]["miou_regions"] == pytest.approx(0.7)
+    assert report["counts"]["images"] == 1
+    md = evaluation.parse_to_markdown(report)
+    assert "| IoU | " in md and "0.550" in md
+
+
+def test_semantic_evaluation_refuses_ground_truth_without_parse_classes(tmp_path):
+    (tmp_path / "gt.json").write_text(json.dumps({"images": [], "annotations": [], "categories": taxonomy.COCO_CATEGORIES}))
+    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--mode", "semantic", "--predictions", str(tmp_path / "gt.json"),
+                           "--ground-truth", str(tmp_path / "gt.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "no garment parse categories" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(tmp_path):
+    make_ccp(tmp_path / "ccp", 30)
+    coco = tmp_path / "ccp.json"
+    proc = subprocess.run([sys.executable, "jobs/convert.py", "--format", "ccp", "--input", str(tmp_path / "ccp"),
+                           "--output", str(coco)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "garments-v1"
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--task", "garments", "--data", str(coco), "--output", str(out),
+                           "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "40", "--batch-size", "4", "--lr", "0.05",
+                           "--warmup-steps", "5", "--checkpoint-every", "20", "--storage", str(tmp_path / "runs"),
+                           "--num-cpus", "2"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "training.json").read_text())
+    metrics = record["metrics"]  # held-out photos 5, 10, ... 30, scored before training and at the best checkpoint
+    assert record["final_step"] == 40 and metrics["val_metric"] == metrics["val_miou_garments"]
+    assert metrics["val_metric"] > max(0.3, 2 * metrics["val_initial"]), record
+    bundle = load_bundle(str(out))
+    clothing = bundle.stages["clothing"]
+    assert clothing.architecture == "blazepose_garment_parser" and clothing.classes == taxonomy.GARMENT_PARSE
+    assert bundle.stages["person"] == load_bundle("bootstrap").stages["person"]
+
+    # the published stage names the made-up garments of photos it never saw (crops + landmarks)
+    from fashion_ray.models import Device, build_stage_predictor
+
+    parser = build_stage_predictor(bundle, "clothing", Device())
+    rng = np.random.default_rng(99)
+    figures = [_person_figure(rng) for _ in range(6)]
+    kp = np.zeros((33, 3), np.float32)  # no visible arm: tops take the default sleeve length
+    found = parser.predict([img for img, _ in figures], [{"keypoints": kp}] * 6)
+    for (_, lab), out in zip(figures, found):
+        lower = "trousers" if (lab == CCP_LABELS.index("jeans")).any() else "skirt"
+        assert {"long_sleeve_top", lower, "shoes"} <= set(out["labels"]), out["labels"]
+
+    # and the labelling job runs it as the clothing stage
+    labels = tmp_path / "labels"
+    run = run_cli("--input", SAMPLE_CORPUS, "--output", str(labels), "--bundle", str(out), "--num-cpus", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = read_rows(labels)
+    assert {r["status"] for r in rows} == {"ok"} and {r["bundle_name"] for r in rows} == {bundle.name}
+    garments = [g for r in rows for p in r["persons"] for g in p["garments"]]
+    assert all(g["category_id"] == taxonomy.COCO_CATEGORY_ID[g["category"]] for g in garments)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fashion_ray import appearance, media, taxonomy
-from fashion_ray.boxes import crop_box, owner
+from fashion_ray.boxes import box_iou, crop_box, owner
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
 from fashion_ray.placement import add_ran_on
@@ -227,6 +227,12 @@ class ClothingStage(_PersonCropStage):
                        "mask": None, "attributes": list(attributes[j])}
             if det.get("masks") is not None:
                 garment["mask"] = rle.encode(rle.paste(det["masks"][j], box, height, width))
+            # a bag or tie the person detector found already: one garment, its box and the parser's mask
+            found = next((g for g in person["garments"] if g["category"] == category and g["mask"] is None
+                          and garment["mask"] is not None and box_iou(g["box"], garment["box"]) > 0.3), None)
+            if found:
+                found["mask"] = garment["mask"]
+                continue
             person["garments"].append(garment)
 
 

@@ -2,7 +2,7 @@
 
     python jobs/convert.py --format deepfashion2 --input s3://datasets/deepfashion2/validation --output s3://datasets/df2-val.json
     python jobs/convert.py --format ccp --input ../shared/data/ccp --output out/ccp-garments.json
-    python jobs/convert.py --format ccp --input ../shared/data/ccp --split val --output out/ccp-val.json
+    python jobs/convert.py --format ccp --input ../shared/data/ccp --split val --output out/ccp-val.json --image-list out/ccp-val.txt
     python jobs/convert.py --format labels --input out/labels --output out/teacher-labels.json
 """
 
@@ -33,6 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", default=None, help="Fashionpedia only: folder of its images")
     p.add_argument("--split", default=None, choices=("train", "val"), help="ccp only: keep one split (default: all, each image marked)")
     p.add_argument("--output", required=True, help="URI of the COCO file to write")
+    p.add_argument("--image-list", default=None,
+                   help="also write the images' URIs here, one per line (an --input manifest for label_corpus.py)")
     p.add_argument("--s3-endpoint-url", default=None)
     return p
 
@@ -50,6 +52,8 @@ def main(args) -> int:
         print(f"error: {args.input!r} is not a {args.format} dataset: {exc}", file=sys.stderr)
         return 2
     converters.write_coco(doc, args.output, options)
+    if args.image_list:
+        storage.write_bytes_atomic(args.image_list, "".join(f"{i['file_name']}\n" for i in doc["images"]).encode(), options)
     print(f"{args.format}: {len(doc['images'])} images, {len(doc['annotations'])} annotations -> {args.output}")
     return 0
 

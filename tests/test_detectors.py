@@ -226,6 +226,20 @@ def test_a_faint_full_frame_box_does_not_erase_a_sure_small_person():
     assert boxes.tolist() == [[150, 150, 180, 230], [100, 100, 300, 300]] and scores.tolist() == pytest.approx([0.8, 0.1])
 
 
+def test_a_tall_person_under_the_threshold_is_one_person_not_the_pieces_the_tiles_saw():
+    # full frame: the whole person at 0.45 (under 0.5: faint), a faint group box at 0.3;
+    # the tiles: the upper and lower part of the person, each cut by its tile's inner edge,
+    # and one whole small person (not cut) inside the group box
+    sure = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    faint = (np.array([[100, 20, 200, 400], [300, 300, 400, 400]], np.float32), np.array([0.45, 0.3], np.float32),
+             np.array([0, 0]))
+    tiles = [(np.array([[100, 20, 200, 260]], np.float32), np.array([0.86], np.float32), np.array([0]), (0, 0, 260, 260, 416, 416)),
+             (np.array([[100, 156, 200, 400], [320, 320, 340, 360]], np.float32), np.array([0.8, 0.55], np.float32),
+              np.array([0, 0]), (0, 156, 416, 416, 416, 416))]
+    boxes, scores, _ = nanodet.merge_tiles(sure, tiles, faint=faint)
+    assert boxes.tolist() == [[100, 20, 200, 400], [320, 320, 340, 360]] and scores.tolist() == pytest.approx([0.86, 0.55])
+
+
 def test_accessories_reach_coco_with_their_person(tmp_path):
     from pycocotools.coco import COCO
 

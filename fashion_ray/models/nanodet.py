@@ -34,6 +34,7 @@ NMS_IOU = 0.6
 MIN_INPUT_PERSON = 28.0
 TILE_OVERLAP = 0.25  # of a tile's side: a person shorter than that is whole in some tile
 CLAIM_SCORE_RATIO = 0.5  # a box takes a tile box as its piece only when it scores at least half as high
+FAINT_RATIO = 0.5  # full frames of tiled images keep boxes down to this share of the threshold (merge_tiles)
 
 # COCO's 0-based class index of what the cascade uses
 COCO_CLASSES = {0: "person", 24: "backpack", 25: "umbrella", 26: "handbag", 27: "tie", 28: "suitcase"}
@@ -131,7 +132,8 @@ def plan_tiles(width: int, height: int, min_person_height: float, *, max_per_sid
 
 
 def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]],
-                *, contained: float = 0.6, iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                *, faint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, contained: float = 0.6,
+                iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full-frame and tile detections (boxes in image coordinates, scores, labels; each tile with
     its region (x0, y0, x1, y1, image width, image height)) -> one set.
 
@@ -140,10 +142,18 @@ def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tup
     tile's inner edge that lies mostly inside a larger box of another tile is the same kind
     of part. Either claim needs the claiming box to score at least CLAIM_SCORE_RATIO of the
     piece's score. What is left goes through class-wise NMS together.
+
+    `faint`: full-frame boxes scored under the threshold. NanoDet scores a person who fills a
+    tall frame low (0.45 for a full-body street photo) while each tile sees a confident piece
+    of them (0.86, 0.80, 0.71: three "persons"). A faint box that holds pieces cut by their
+    tile's inner edge (parts, not whole small people) is that person: it is kept, scored as
+    its surest piece, and the pieces go.
     """
     tiles = [t for t in tiles if len(t[0])]
     if not tiles:
         return full
+    if faint is not None and len(faint[0]):
+        full = _promote_faint(full, faint, tiles, contained)
     boxes = np.concatenate([t[0] for t in tiles]).astype(np.float32)
     scores = np.concatenate([t[1] for t in tiles]).astype(np.float32)
     labels = np.concatenate([t[2] for t in tiles]).astype(np.int64)
@@ -162,6 +172,22 @@ def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tup
     lab = np.concatenate([full[2], labels[kept]]).astype(np.int64)
     keep = nms(b, s, lab, iou)
     return b[keep], s[keep], lab[keep]
+
+
+def _promote_faint(full, faint, tiles, contained: float):
+    """Full-frame detections plus the faint boxes that pieces cut by tile edges vouch for."""
+    boxes = np.concatenate([t[0] for t in tiles]).astype(np.float32)
+    scores = np.concatenate([t[1] for t in tiles]).astype(np.float32)
+    labels = np.concatenate([t[2] for t in tiles]).astype(np.int64)
+    regions = np.concatenate([np.tile(np.array(t[3], np.float32), (len(t[0]), 1)) for t in tiles])
+    vouches = ((_share_inside(boxes, faint[0]) >= contained) & (labels[:, None] == faint[2][None, :])
+               & (faint[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None]) & _cut_by_tile(boxes, regions)[:, None])
+    promoted = vouches.any(0)
+    if not promoted.any():
+        return full
+    raised = np.maximum(faint[1], np.where(vouches, scores[:, None], 0).max(0))[promoted]
+    return (np.concatenate([full[0], faint[0][promoted]]).reshape(-1, 4).astype(np.float32),
+            np.concatenate([full[1], raised]).astype(np.float32), np.concatenate([full[2], faint[2][promoted]]).astype(np.int64))
 
 
 def _share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -199,8 +225,9 @@ class NanoDet:
         self.max_tiles_per_side = max_tiles_per_side
         self.max_batch = max(1, max_batch)
 
-    def run(self, views: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Detections per view: (boxes in the view's pixels, scores, COCO class indices)."""
+    def run(self, views: list[np.ndarray], scale_thresholds: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Detections per view: (boxes in the view's pixels, scores, COCO class indices), each view's
+        class thresholds times its `scale_thresholds` entry (1 by default)."""
         found = []
         for start in range(0, len(views), self.max_batch):
             chunk = views[start:start + self.max_batch]
@@ -209,7 +236,8 @@ class NanoDet:
             for k, (view, scale) in enumerate(zip(chunk, scales)):
                 heads = [(out[c][k], out[r][k]) for c, r in self.output_pairs]
                 scores = np.concatenate([cls for cls, _ in heads])[:, self.class_ids]
-                cell, col = np.nonzero(scores >= self.thresholds)
+                factor = scale_thresholds[start + k] if scale_thresholds else 1.0
+                cell, col = np.nonzero(scores >= self.thresholds * factor)
                 boxes, _ = decode(heads, rows=cell)
                 found.append(self._select(boxes / scale, scores[cell, col], self.class_ids[col], view.shape))
         return found
@@ -235,13 +263,20 @@ class NanoDet:
             for x0, y0, x1, y1 in boxes:
                 views.append(np.ascontiguousarray(image[y0:y1, x0:x1]))
                 owners.append((i, (x0, y0, x1, y1, w, h)))
-        per_view = self.run(views)
+        # full frames of tiled images also report faint boxes (merge_tiles: a large person's extent)
+        tiled = {i for i, box in owners if box is not None}
+        per_view = self.run(views, [FAINT_RATIO if box is None and i in tiled else 1.0 for i, box in owners])
         results = []
         for i in range(len(images)):
             mine = [(found, box) for found, (owner, box) in zip(per_view, owners) if owner == i]
             full = mine[0][0]
             tiles = [(b + np.array(box[:2] * 2, np.float32), s, lab, box) for (b, s, lab), box in mine[1:]]
-            boxes, scores, labels = merge_tiles(full, tiles) if tiles else full
+            if tiles:
+                sure = full[1] >= self.thresholds[np.searchsorted(self.class_ids, full[2])]
+                boxes, scores, labels = merge_tiles(tuple(v[sure] for v in full), tiles,
+                                                    faint=tuple(v[~sure] for v in full))
+            else:
+                boxes, scores, labels = full
             results.append((boxes, scores, [self.class_names[int(k)] for k in labels]))
         return results
 

@@ -57,7 +57,7 @@ def _ours(label: str) -> str:
     return label.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-OUR_LABELS = {taxonomy.PERSON, *taxonomy.DEEPFASHION2, *taxonomy.GARMENT_REGIONS, *taxonomy.ACCESSORIES, *taxonomy.PARTS}
+OUR_LABELS = {c["name"] for c in taxonomy.COCO_CATEGORIES}
 
 
 def parse_label_config(xml: str) -> Targets:

@@ -31,6 +31,7 @@ TRUNK_OUTPUTS = {
     "heatmap": "StatefulPartitionedCall/model/activation_heatmap/Sigmoid:0",
     "mask": "StatefulPartitionedCall/model/activation_segmentation/Sigmoid:0",
 }
+PERSON_REACH = 0.04  # of the crop's long side: how far past the person mask a garment may reach
 MIN_INSTANCE_FRACTION = 0.0005  # of the view: specks below this are not garments
 GARMENT_VALUES = [v for v, name in enumerate(taxonomy.GARMENT_PARSE) if name not in taxonomy.NOT_GARMENTS]
 
@@ -205,6 +206,13 @@ def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.n
             "attributes": attributes}
 
 
+def _grown(mask: np.ndarray, pixels: float) -> np.ndarray:
+    import cv2
+
+    k = max(1, int(round(pixels))) * 2 + 1
+    return cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
+
+
 class GarmentParser:
     """Clothing stage predictor: person crops (+ their landmarks from context) -> garments."""
 
@@ -239,6 +247,10 @@ class GarmentParser:
         results = []
         for image, ctx, (parse, confidence) in zip(images, contexts, self.parse(images)):
             h, w = image.shape[:2]
+            if ctx.get("mask") is not None and ctx["mask"].any():
+                # a neighbour inside the crop wears their own clothes: keep what touches this
+                # person (the mask grown a little: a bag held out, a hat brim)
+                parse = np.where(_grown(ctx["mask"], PERSON_REACH * max(h, w)), parse, 0)
             min_pixels = max(8, int(MIN_INSTANCE_FRACTION * max(h, w) ** 2))
             results.append(garment_instances(parse, confidence, ctx.get("keypoints"), min_pixels, self.score_threshold))
         return results

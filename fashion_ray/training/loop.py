@@ -155,7 +155,7 @@ def _logits(model, inputs, size):
 PARTS_CLASS_WEIGHTS = (0.2,) + (1.0,) * len(taxonomy.PARTS)  # background covers ~3/4 of a crop
 # background and skin cover most of a view; small garment classes (belt, glasses, tie) count
 # as much as trousers in the mIoU, so they weigh more in the loss
-GARMENT_CLASS_WEIGHTS = tuple(0.3 if name == "background" else 2.0 if name in ("belt", "glasses", "tie", "hat", "scarf")
+GARMENT_CLASS_WEIGHTS = tuple(0.3 if name == "background" else 3.0 if name in ("belt", "glasses", "tie", "hat", "scarf")
                               else 1.0 for name in taxonomy.GARMENT_PARSE)
 
 

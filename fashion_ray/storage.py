@@ -81,6 +81,40 @@ def to_uri(protocol: str, path: str) -> str:
     return path if protocol == "file" else f"{protocol}://{path}"
 
 
+def allowed_uri(uri: str, prefixes) -> str | None:
+    """The URI to read if it lies under one of `prefixes`, else None.
+
+    The check runs on what will be read, on whole path segments: a local path is resolved
+    first (`..` and symlinks: a link out of the allowed folder is outside it); in object
+    stores and on HTTP a `..` or `.` segment is refused, the scheme and host must be the
+    prefix's own (`https://host@127.0.0.1/` is not under `https://host`), and
+    `s3://bucket/uploads` does not admit `s3://bucket/uploads-private/`.
+    """
+    import urllib.parse
+
+    def local(path: str) -> str:
+        return os.path.realpath(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path))
+
+    for prefix in prefixes:
+        if "://" not in prefix or prefix.startswith("file://"):
+            if "://" in uri and not uri.startswith("file://"):
+                continue
+            base, target = local(prefix), local(uri)
+            if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
+                return target
+            continue
+        want, got = urllib.parse.urlsplit(prefix), urllib.parse.urlsplit(uri)
+        if (got.scheme, got.netloc) != (want.scheme, want.netloc) or got.query or got.fragment:
+            continue
+        segments = urllib.parse.unquote(got.path).split("/")
+        if any(part in ("..", ".") for part in segments):
+            continue
+        base = want.path.rstrip("/")
+        if got.path == want.path or got.path.startswith(base + "/"):
+            return uri
+    return None
+
+
 def stable_id(uri: str, frame_index: int | None = None) -> int:
     """A 52-bit id (exact in JSON doubles) from the URI and frame, identical in Parquet and COCO and across runs."""
     key = uri if frame_index is None else f"{uri}#{frame_index}"

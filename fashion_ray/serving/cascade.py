@@ -68,10 +68,12 @@ def refused(reason: str, detail: str, size: int = 0, uri: str = "upload") -> Req
 
 def check_uri(uri: str, cfg: ServeConfig) -> Request:
     """A request for an object the server reads itself; only under the allowed prefixes."""
-    if not any(uri.startswith(prefix) for prefix in cfg.allow_uris):
+    resolved = storage.allowed_uri(uri, cfg.allow_uris)
+    if resolved is None:
         allowed = ", ".join(cfg.allow_uris) or "none: this server takes image bytes only"
         return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail(
             "forbidden_uri", f"this server may not read {uri!r} (allowed prefixes: {allowed})")
+    uri = resolved  # what is read is what was checked (a local path resolved, links followed)
     try:
         entry = storage.stat_objects([uri], cfg.storage)[0]
     except Exception as exc:  # a bad scheme or bucket name: the reason, not a 500

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import requests
 
-from fashion_ray import taxonomy
+from fashion_ray import storage, taxonomy
 from fashion_ray.formats import masks as rle
 
 CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygonlabels"}
@@ -178,7 +178,7 @@ def task_image_source(task: dict, targets: Targets, connection: Connection, allo
         raise TaskImageError(f"the task has no {targets.image_key!r} field")
     if ref.startswith("data:"):
         return "bytes", ref
-    if any(ref.startswith(prefix) for prefix in allow_uris):
+    if storage.allowed_uri(ref, allow_uris) is not None:
         return "uri", ref
     host = urllib.parse.urlsplit(connection.url)
     target = urllib.parse.urlsplit(urllib.parse.urljoin(connection.url or "http://unset/", ref))

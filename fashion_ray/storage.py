@@ -194,13 +194,25 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
                 if info.get("type") == "file" and _is_candidate(info["name"]):
                     add(_entry(protocol, info))
         elif path.lower().endswith(MANIFEST_EXTENSIONS):
-            listed = [line.strip().split(",")[0] for line in fs.cat_file(path).decode().splitlines()]
-            for item in stat_objects([u for u in listed if u and not u.startswith("#")], options):
+            for item in stat_objects(manifest_uris(fs.cat_file(path).decode(), csv_file=path.lower().endswith(".csv")), options):
                 add(item)
         else:
             add(_entry(protocol, fs.info(path)))
     pages.append(pa.Table.from_pylist(rows, schema=LISTING_SCHEMA))
     return pa.concat_tables(pages)
+
+
+def manifest_uris(text: str, csv_file: bool) -> list[str]:
+    """The URIs a manifest names: a .txt has one per line, as written (a comma is part of a
+    name); a .csv has them in its first column, read as CSV (quoted names with commas), after
+    an optional header row whose first cell is "uri". Blank lines and lines starting with #
+    are skipped."""
+    import csv
+
+    lines = [row[0] if row else "" for row in csv.reader(text.splitlines())] if csv_file else text.splitlines()
+    if csv_file and lines and lines[0].strip().lower() == "uri":
+        lines = lines[1:]
+    return [u.strip() for u in lines if u.strip() and not u.strip().startswith("#")]
 
 
 def stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:

@@ -1,5 +1,6 @@
 """Which URIs a server configured with `allow_uris` may read: resolved first, then checked on
-whole path segments (the path traversal and prefix confusions of the security review)."""
+whole path segments (the path traversal and prefix confusions of the security review); and
+which URIs a manifest file names (read as lines or as CSV, never split on commas)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def test_local_paths_are_resolved_before_the_check(tmp_path):
     request = check_uri(f"{allowed}/../private/secret.jpg", cfg)
     assert request.error == "forbidden_uri" and request.size == 0
     assert check_uri(str(allowed / "a.jpg"), cfg).status == "ok"
+
+
+def test_manifest_files_keep_names_with_commas(tmp_path):
+    for name in ("comma,name.jpg", "plain.jpg", "quoted, too.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text(f"# a comment\n{tmp_path}/comma,name.jpg\n\n{tmp_path}/plain.jpg\n")
+    (tmp_path / "list.csv").write_text(f'uri,label\n"{tmp_path}/quoted, too.jpg",street\n{tmp_path}/plain.jpg,studio\n')
+    txt = storage.list_inputs([str(tmp_path / "list.txt")]).column("uri").to_pylist()
+    assert txt == [f"{tmp_path}/comma,name.jpg", f"{tmp_path}/plain.jpg"]
+    csv_listed = storage.list_inputs([str(tmp_path / "list.csv")]).to_pylist()
+    assert [r["uri"].rsplit("/", 1)[-1] for r in csv_listed] == ["quoted, too.jpg", "plain.jpg"]
+    assert [r["size"] for r in csv_listed] == [1, 1]

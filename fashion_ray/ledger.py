@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -279,13 +280,41 @@ def remove_garbage(state: OutputState) -> int:
     """
     live = state.live_files()
     removed = 0
-    for folder in ("parquet", "coco", "ava", "ledger"):
+    for folder, ours in OUR_FILES.items():
         fs, path = storage.filesystem(storage.join(state.output, folder), state.options)
         fs.invalidate_cache(path)
         if not fs.exists(path):
             continue
         for name in fs.find(path):
-            if f"{folder}/{name[len(path.rstrip('/')) + 1:]}" not in live:
+            relative = name[len(path.rstrip('/')) + 1:]
+            # only names this job writes: a file someone put beside ours is theirs
+            if "/" not in relative and ours.fullmatch(relative) and f"{folder}/{relative}" not in live:
                 fs.rm_file(name)
                 removed += 1
     return removed
+
+
+# what the job writes in each folder of an output (shards.py, write_ledger)
+OUR_FILES = {"parquet": re.compile(r"part-[0-9a-f]{20}\.parquet"), "coco": re.compile(r"part-[0-9a-f]{20}\.json"),
+             "ava": re.compile(r"part-[0-9a-f]{20}\.csv"), "ledger": re.compile(r"\d{6}-[0-9a-f]{12}(-compact)?\.parquet")}
+OUTPUT_MARKER = "_fashion_ray_output"  # written into an output before the first file: this folder is ours
+
+
+class ForeignOutputError(storage.StorageError):
+    """An --output folder with files in it that no run of ours wrote."""
+
+
+def claim_output(output: str, options=None) -> None:
+    """Refuse an output that holds files but no manifest, lease or marker of ours (someone
+    else's folder, or a typo); mark a new or empty one as ours."""
+    from fashion_ray.lease import LEASE_NAME
+
+    fs, path = storage.filesystem(output, options)
+    fs.invalidate_cache(path)
+    if any(fs.exists(storage.filesystem(storage.join(output, name), options)[1])
+           for name in ("manifest.json", LEASE_NAME, OUTPUT_MARKER)):
+        return
+    if fs.exists(path) and fs.isdir(path) and fs.find(path):
+        raise ForeignOutputError(f"output {output!r} is not empty and holds no fashion-ray manifest: refusing to write "
+                                 "or clean up there (give an empty folder or a previous run's output)")
+    storage.write_bytes_atomic(storage.join(output, OUTPUT_MARKER), b"fashion-ray labelling output\n", options)

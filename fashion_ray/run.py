@@ -62,6 +62,7 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     bundle = _checked_bundle(cfg)
     listing = storage.list_inputs(list(cfg.inputs), cfg.storage)  # bad inputs fail before the output is touched
     run_id = uuid.uuid4().hex
+    ledger.claim_output(cfg.output, cfg.storage)  # someone else's folder is refused, not cleaned up
     lease = acquire_lease(cfg.output, cfg.lease_ttl_s, cfg.storage, run_id)
     try:
         run = LabelRun(cfg, bundle, listing, lease, run_id=run_id, progress=progress, started=started, t0=t0)

@@ -121,16 +121,30 @@ def test_stage_subset_and_rerun_replaces_without_duplicates(default_run, tmp_pat
     first = run_cli("--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target),
                     "--stages", "person", "--num-cpus", "2")
     assert first.returncode == 0, first.stderr[-2000:]
-    (target / "parquet" / "part-stale.parquet").write_bytes(b"left by a crashed run")
+    (target / "parquet" / "part-0123456789abcdef0123.parquet").write_bytes(b"left by a crashed run")
+    (target / "coco" / "keep_me.json").write_text("{}")  # a user's file beside ours: not ours to delete
     again = run_cli("--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target),
                     "--stages", "person", "--num-cpus", "2")
     assert again.returncode == 0, again.stderr[-2000:]
     rows = read_rows(target)
     assert sorted(os.path.basename(r["uri"]) for r in rows) == ["two_people.jpg", "zero_bytes.jpg"]
-    assert not (target / "parquet" / "part-stale.parquet").exists()
+    assert not (target / "parquet" / "part-0123456789abcdef0123.parquet").exists()
+    assert (target / "coco" / "keep_me.json").read_text() == "{}"
     ok = next(r for r in rows if r["status"] == "ok")
     assert ok["stages"] == ["person"] and len(ok["persons"]) == 2
     assert all(p["garments"] == [] and p["parts"] == [] for p in ok["persons"])
+
+
+def test_a_folder_that_is_not_an_output_of_ours_is_refused_and_left_alone(default_run, tmp_path):
+    corpus, _, _ = default_run
+    foreign = tmp_path / "reports"
+    (foreign / "coco").mkdir(parents=True)
+    (foreign / "coco" / "keep_me.json").write_text("{}")
+    os.symlink(corpus / "two_people.jpg", foreign / "parquet")
+    before = sorted(p.name for p in foreign.rglob("*"))
+    proc = run_cli("--input", str(corpus / "two_people.jpg"), "--output", str(foreign), "--num-cpus", "2")
+    assert proc.returncode == 2 and "is not empty and holds no fashion-ray manifest" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and sorted(p.name for p in foreign.rglob("*")) == before
 
 
 def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(default_run, tmp_path):

@@ -306,7 +306,7 @@ class ForeignOutputError(storage.StorageError):
 
 def claim_output(output: str, options=None) -> None:
     """Refuse an output that holds files but no manifest, lease or marker of ours (someone
-    else's folder, or a typo); mark a new or empty one as ours."""
+    else's folder, or a typo)."""
     from fashion_ray.lease import LEASE_NAME
 
     fs, path = storage.filesystem(output, options)
@@ -317,4 +317,9 @@ def claim_output(output: str, options=None) -> None:
     if fs.exists(path) and fs.isdir(path) and fs.find(path):
         raise ForeignOutputError(f"output {output!r} is not empty and holds no fashion-ray manifest: refusing to write "
                                  "or clean up there (give an empty folder or a previous run's output)")
+
+
+def mark_output(output: str, options=None) -> None:
+    """Mark an output as ours before the first shard is written (a run that fails before its
+    first commit leaves shards, and no manifest, that a rerun may clean up)."""
     storage.write_bytes_atomic(storage.join(output, OUTPUT_MARKER), b"fashion-ray labelling output\n", options)

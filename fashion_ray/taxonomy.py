@@ -85,10 +85,15 @@ REGION_OF_PARSE = {"top": "upper_body_garment", "outwear": "upper_body_garment",
 
 
 def parse_value_of(categories: list[dict]) -> dict[int, int]:
-    """Category id -> parse map value for a file of parse regions (supercategory
-    "garment_parse", as jobs/convert.py --format ccp writes them; "ignore" -> 255)."""
-    return {c["id"]: PARSE_IGNORE if c["name"] == "ignore" else GARMENT_PARSE.index(c["name"]) for c in categories
+    """Category id -> parse map value for a file of parse regions: supercategory
+    "garment_parse" (jobs/convert.py --format ccp; "ignore" -> 255), or Clothing Co-Parsing's
+    own COCO view (every category a CCP label, remapped by CCP_TO_PARSE)."""
+    ours = {c["id"]: PARSE_IGNORE if c["name"] == "ignore" else GARMENT_PARSE.index(c["name"]) for c in categories
             if c.get("supercategory") == PARSE_SUPERCATEGORY and (c["name"] in GARMENT_PARSE[1:] or c["name"] == "ignore")}
+    if ours or not categories or not all(c["name"] in CCP_TO_PARSE for c in categories):
+        return ours
+    return {c["id"]: PARSE_IGNORE if CCP_TO_PARSE[c["name"]] is None else GARMENT_PARSE.index(CCP_TO_PARSE[c["name"]])
+            for c in categories}
 
 
 # Names other datasets use for our categories, for matching ground truth by name (evaluation).

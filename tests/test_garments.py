@@ -236,3 +236,12 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(tmp_p
     for (_, lab), out in zip(figures, found):
         lower = "trousers" if (lab == CCP_LABELS.index("jeans")).any() else "skirt"
         assert {"long_sleeve_top", lower, "shoes"} <= set(out["labels"]), out["labels"]
+
+
+def test_ccps_own_coco_view_is_read_through_the_same_remap():
+    categories = [{"id": k, "name": name, "supercategory": "clothing"} for k, name in enumerate(CCP_LABELS[1:], start=1)]
+    values = taxonomy.parse_value_of(categories)
+    by_name = {c["name"]: values[c["id"]] for c in categories}
+    assert by_name["jeans"] == by_name["pants"] == taxonomy.GARMENT_PARSE.index("trousers")
+    assert by_name["necklace"] == taxonomy.PARSE_IGNORE and by_name["skin"] == taxonomy.GARMENT_PARSE.index("skin")
+    assert taxonomy.parse_value_of(taxonomy.COCO_CATEGORIES) == {}  # our own categories are not parse regions

@@ -120,3 +120,39 @@ def test_serve_config_and_rayservice_deploy_the_served_cascade():
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == config
     [gpu] = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert json.loads(json.loads(gpu["rayStartParams"]["resources"])) == {"gpu_node": 1}
+
+
+def _ray_pod_specs():
+    """(file, pod spec) of every Ray node and job submitter the Kubernetes files start."""
+    def load(name):
+        return list(yaml.safe_load_all(open(os.path.join(ROOT, "cluster", name))))
+
+    clusters = [("raycluster.yaml", load("raycluster.yaml")[0]["spec"]),
+                ("rayservice-cascade.yaml", load("rayservice-cascade.yaml")[0]["spec"]["rayClusterConfig"])]
+    jobs = [("rayjob-label-corpus.yaml", load("rayjob-label-corpus.yaml")[0]["spec"])]
+    config_map = next(d for d in load("cronjob-auto-label.yaml") if d["kind"] == "ConfigMap")
+    jobs.append(("cronjob-auto-label.yaml", yaml.safe_load(config_map["data"]["rayjob.yaml"])["spec"]))
+    clusters += [(name, job["rayClusterSpec"]) for name, job in jobs]
+    pods = [(name, spec["headGroupSpec"]["template"]["spec"]) for name, spec in clusters]
+    pods += [(name, group["template"]["spec"]) for name, spec in clusters for group in spec["workerGroupSpecs"]]
+    pods += [(name, job["submitterPodTemplate"]["spec"]) for name, job in jobs]
+    return pods
+
+
+def test_every_ray_node_and_submitter_runs_with_ray_token_auth_from_a_secret():
+    pods = _ray_pod_specs()
+    assert len(pods) == 11  # 4 heads, 5 worker groups, 2 job submitters
+    for name, pod in pods:
+        for container in pod["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", (name, container["name"])
+            # the token comes from a Secret, never written into the file (or a runtime_env Ray logs)
+            assert "value" not in env["RAY_AUTH_TOKEN"] and env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"], name
+    for name in ("runtime_env.yaml",):
+        assert "RAY_AUTH_TOKEN" not in open(os.path.join(ROOT, "cluster", name)).read()
+    launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))
+    starts = [c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert "~/.ray/auth_token" in launcher["file_mounts"]
+    cron = [line for line in open(os.path.join(ROOT, "cluster", "crontab")) if not line.startswith("#")]
+    assert cron and all("RAY_AUTH_MODE=token" in line for line in cron if "ray job submit" in line)

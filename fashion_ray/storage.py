@@ -242,6 +242,14 @@ def fetch_many(uris: list[str], options: StorageOptions | None = None) -> list[b
     return out
 
 
+def fetch_bounded(uri: str, max_bytes: int, options: StorageOptions | None = None) -> bytes:
+    """At most max_bytes + 1 bytes of an object: one byte more than allowed says "too large"
+    without reading an object that grew after it was listed."""
+    fs, path = filesystem(uri, options)
+    with fs.open(path, "rb") as fh:
+        return fh.read(max_bytes + 1)
+
+
 def write_bytes_atomic(uri: str, data: bytes, options: StorageOptions | None = None) -> None:
     """Write so readers never see a partial file: temp + rename locally, one PUT on object stores."""
     fs, path = filesystem(uri, options)

@@ -64,3 +64,16 @@ def test_manifest_files_keep_names_with_commas(tmp_path):
     csv_listed = storage.list_inputs([str(tmp_path / "list.csv")]).to_pylist()
     assert [r["uri"].rsplit("/", 1)[-1] for r in csv_listed] == ["quoted, too.jpg", "plain.jpg"]
     assert [r["size"] for r in csv_listed] == [1, 1]
+
+
+def test_a_served_fetch_reads_no_more_than_the_limit_allows(tmp_path):
+    from fashion_ray.serving.cascade import fetch
+
+    photo = tmp_path / "grew.jpg"
+    photo.write_bytes(b"x" * 100)
+    cfg = ServeConfig(allow_uris=(str(tmp_path),), max_bytes=150)
+    request = check_uri(str(photo), cfg)
+    assert request.status == "ok" and request.size == 100
+    photo.write_bytes(b"x" * 10_000)  # replaced after it was listed
+    assert fetch(request, cfg) is None and request.error == "too_large"
+    assert storage.fetch_bounded(str(photo), 150) == b"x" * 151

@@ -85,9 +85,13 @@ def check_uri(uri: str, cfg: ServeConfig) -> Request:
 
 
 def fetch(request: Request, cfg: ServeConfig) -> bytes | None:
-    data = storage.fetch_many([request.uri], cfg.storage)[0]
-    if isinstance(data, Exception):
-        request.fail("unreadable", f"{type(data).__name__}: {data}"[:300])
+    try:
+        data = storage.fetch_bounded(request.uri, cfg.max_bytes, cfg.storage)
+    except Exception as exc:
+        request.fail("unreadable", f"{type(exc).__name__}: {exc}"[:300])
+        return None
+    if len(data) > cfg.max_bytes:  # it grew after it was listed
+        request.fail("too_large", f"the object exceeds the limit of {cfg.max_bytes} bytes")
         return None
     return data
 

@@ -92,6 +92,10 @@ def test_uri_requests_read_only_allowed_prefixes(served):
     assert answer.status_code == 400 and answer.json() == {"error": "the body is not a JSON object"}
     answer = requests.post(f"{served}/label-studio/setup", json={"schema": "<View/>"}, timeout=60)
     assert answer.status_code == 400 and "no <Image> tag" in answer.json()["error"]
+    config = requests.get(f"{served}/label-studio/config.xml", timeout=60).text
+    for tasks in (["not a task"], "tasks", 7, [{"id": 1}, None]):
+        answer = requests.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=60)
+        assert answer.status_code == 400 and answer.json() == {"error": "'tasks' must be a list of task objects"}, tasks
 
 def test_oversized_requests_are_refused_before_decoding(served):
     big = _photo("camera.jpg") + b"\0" * (MAX_BYTES + 1)

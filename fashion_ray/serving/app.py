@@ -191,6 +191,10 @@ class Ingress:
         payload, targets, project = await self._ls_request(http, "label_config")
         connection = self.label_studio.get(project) or label_studio.Connection.from_setup({})
         tasks = payload.get("tasks") or []
+        if isinstance(tasks, dict):  # one task, not in a list (the reference backend's tests send this)
+            tasks = [tasks]
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise label_studio.ProtocolError("'tasks' must be a list of task objects")
         rows = await asyncio.gather(*(self._label_task(task, targets, connection) for task in tasks))
         return JSONResponse({"results": [label_studio.prediction(row, targets, self.model_version) for row in rows]})
 

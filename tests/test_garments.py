@@ -45,6 +45,10 @@ def test_every_ccp_label_maps_to_one_parse_class_or_is_dropped_on_purpose():
     assert [ids[n] for n in ("person", "short_sleeve_top", "tie", "shoes", "belt", "hat", "glasses", "scarf")] == \
         [1, 2, 28, 29, 30, 31, 32, 33]  # appended after 1.0's ids: none moved
     assert "skin" not in ids and "hair" not in ids  # parse classes, never garments
+    from fashion_ray.models import written_labels
+
+    written_by_parser = written_labels(load_bundle("bootstrap").stages["clothing"])
+    assert set(written_by_parser) == written and "skin" not in written_by_parser  # the default bundle's parser
 
 
 def _arms(visible_left=1.0, visible_right=1.0) -> np.ndarray:

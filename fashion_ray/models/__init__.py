@@ -45,4 +45,10 @@ def build_stage_predictor(bundle: Bundle, stage: str, device: Device, options=No
     return torchvision_models.build_predictor(spec, state_dict, device)
 
 
-__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Device", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle", "verify_bundle"]
+def written_labels(spec) -> tuple[str, ...]:
+    """The categories a stage's rows hold: its classes, or for the garment parser (whose
+    classes are per-pixel parse classes) the garment names it derives from them."""
+    return garments.WRITTEN if spec.architecture in garments.ARCHITECTURES else spec.classes
+
+
+__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Device", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle", "verify_bundle", "written_labels"]

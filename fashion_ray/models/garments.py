@@ -34,6 +34,10 @@ TRUNK_OUTPUTS = {
 PERSON_REACH = 0.04  # of the crop's long side: how far past the person mask a garment may reach
 MIN_INSTANCE_FRACTION = 0.0005  # of the view: specks below this are not garments
 GARMENT_VALUES = [v for v, name in enumerate(taxonomy.GARMENT_PARSE) if name not in taxonomy.NOT_GARMENTS]
+# the garment categories the parser writes (its classes are parse classes; these are what rows hold)
+WRITTEN = tuple(dict.fromkeys(taxonomy.SLEEVED[name][sleeve] if name in taxonomy.SLEEVED else name
+                              for name in (taxonomy.GARMENT_PARSE[v] for v in GARMENT_VALUES)
+                              for sleeve in ("none", "short", "long")))
 
 
 def view_of(height: int, width: int) -> tuple[float, float, float]:

@@ -30,7 +30,7 @@ from ray import serve
 
 from fashion_ray import preview, taxonomy
 from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides
-from fashion_ray.models import Device, load_bundle
+from fashion_ray.models import Device, load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import label_studio
 from fashion_ray.serving.cascade import (HTTP_STATUS, Request, check_uri, decode, fetch, label_row, overlay_png, refused,
@@ -88,7 +88,7 @@ class Ingress:
         self.bundle_name, self.bundle_version = bundle.name, bundle.version
         self.model_version = bundle.label
         clothing = bundle.stages.get("clothing")
-        self.garments = clothing.classes if clothing and "clothing" in cfg.stages else ()
+        self.garments = written_labels(clothing) if clothing and "clothing" in cfg.stages else ()
         self.page = _page(cfg, self.model_version)
         self.label_studio: dict[str, label_studio.Connection] = {}  # project id -> its Label Studio
 

@@ -83,14 +83,24 @@ def test_two_blobs_of_a_class_are_two_garments_named_by_their_sleeves():
     parse[150:158, 20:40] = parse[150:158, 60:80] = taxonomy.GARMENT_PARSE.index("shoes")
     parse[5:30, 40:60] = taxonomy.GARMENT_PARSE.index("hair")  # a parse class, not a garment
     parse[0:2, 0:2] = taxonomy.GARMENT_PARSE.index("belt")  # a speck below min_pixels
+    parse[60:70, 45:55] = 0  # a hole: the top is still one piece
+    parse[112:122, 30:70] = taxonomy.GARMENT_PARSE.index("top")  # a second piece of the top (below a bag strap)
     confidence = np.full(parse.shape, 0.9, np.float32)
-    out = garment_instances(parse, confidence, _arms(), min_pixels=20, score_threshold=0.3)
-    assert out["labels"] == ["long_sleeve_top", "shoes", "shoes"]
+    person = _arms()
+    person[27], person[28] = (70, 152, 0.9), (30, 152, 0.9)  # ankles in view: shoes can be there
+    out = garment_instances(parse, confidence, person, min_pixels=20, score_threshold=0.3)
+    assert out["labels"] == ["long_sleeve_top", "shoes", "shoes"]  # one top of two pieces, two shoes
     assert out["attributes"] == [["sleeve:long"], [], []]
-    assert out["boxes"].tolist() == [[24, 35, 76, 110], [20, 150, 40, 158], [60, 150, 80, 158]]
+    assert out["boxes"].tolist() == [[24, 35, 76, 122], [20, 150, 40, 158], [60, 150, 80, 158]]
     assert out["masks"].shape == (3, 160, 100) and out["masks"][1].sum() == 160 and not (out["masks"][1] & out["masks"][2]).any()
+    assert out["masks"][0].sum() == 75 * 52 - 100 + 10 * 40
     assert out["scores"].tolist() == pytest.approx([0.9] * 3)
-    assert garment_instances(parse, confidence * 0.2, _arms(), 20, 0.3)["labels"] == []  # under the score threshold
+    assert garment_instances(parse, confidence * 0.2, person, 20, 0.3)["labels"] == []  # under the score threshold
+    # a waist-up view (no hips, ankles or feet in view): no trousers or shoes, whatever its pixels
+    parse[110:150, 30:70] = taxonomy.GARMENT_PARSE.index("trousers")
+    assert garment_instances(parse, confidence, _arms(), 20, 0.3)["labels"] == ["long_sleeve_top"]
+    person[23], person[24] = (60, 110, 0.9), (40, 110, 0.9)
+    assert garment_instances(parse, confidence, person, 20, 0.3)["labels"] == ["long_sleeve_top", "trousers", "shoes", "shoes"]
 
 
 def _person_figure(rng, height=120, width=80):
@@ -235,8 +245,7 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(tmp_p
     parser = build_stage_predictor(bundle, "clothing", Device())
     rng = np.random.default_rng(99)
     figures = [_person_figure(rng) for _ in range(6)]
-    kp = np.zeros((33, 3), np.float32)  # no visible arm: tops take the default sleeve length
-    found = parser.predict([img for img, _ in figures], [{"keypoints": kp}] * 6)
+    found = parser.predict([img for img, _ in figures])  # no landmarks: tops take the default sleeve length
     for (_, lab), out in zip(figures, found):
         lower = "trousers" if (lab == CCP_LABELS.index("jeans")).any() else "skirt"
         assert {"long_sleeve_top", lower, "shoes"} <= set(out["labels"]), out["labels"]

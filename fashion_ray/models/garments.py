@@ -32,7 +32,7 @@ TRUNK_OUTPUTS = {
     "mask": "StatefulPartitionedCall/model/activation_segmentation/Sigmoid:0",
 }
 PERSON_REACH = 0.04  # of the crop's long side: how far past the person mask a garment may reach
-MIN_INSTANCE_FRACTION = 0.0005  # of the view: specks below this are not garments
+MIN_INSTANCE_FRACTION = 0.001  # of the crop's long side squared: specks below this are not garments
 GARMENT_VALUES = [v for v, name in enumerate(taxonomy.GARMENT_PARSE) if name not in taxonomy.NOT_GARMENTS]
 # the garment categories the parser writes (its classes are parse classes; these are what rows hold)
 WRITTEN = tuple(dict.fromkeys(taxonomy.SLEEVED[name][sleeve] if name in taxonomy.SLEEVED else name
@@ -178,29 +178,49 @@ def sleeve_length(garment: np.ndarray, keypoints: np.ndarray | None, default: st
     return max(found, key=order.get) if found else default
 
 
+# classes a person wears more than one of: each connected component is a garment (two shoes);
+# any other class is one garment per person, its pieces (a top cut in two by a bag strap) together
+PAIRED = ("shoes", "bag")
+MIN_PIECE_SHARE = 0.1  # of the class's largest piece: smaller pieces are specks of another class
+# where a class can be, from the person's landmarks: the body part it sits on must be in view
+NEEDS_LANDMARKS = {"skirt": (23, 24), "shorts": (23, 24), "trousers": (23, 24), "shoes": (27, 28, 29, 30, 31, 32),
+                   "glasses": (2, 5), "hat": (0, 2, 5, 7, 8)}
+
+
+def _in_view(keypoints: np.ndarray | None, indices, height: int, width: int) -> bool:
+    """Any of the landmarks visible and inside the crop (no keypoints: nothing to say against it)."""
+    if keypoints is None:
+        return True
+    kp = keypoints[list(indices)]
+    return bool(((kp[:, 2] >= VISIBLE) & (kp[:, 0] >= 0) & (kp[:, 0] < width) & (kp[:, 1] >= 0) & (kp[:, 1] < height)).any())
+
+
 def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.ndarray | None,
                       min_pixels: int, score_threshold: float) -> dict:
-    """Parse map (crop pixels) -> detector output: one garment per connected component of a class."""
+    """Parse map (crop pixels) -> detector output: a garment per class, or per connected
+    component for PAIRED classes; a class whose body part is out of view is left out (a
+    waist-up portrait has no trousers, whatever the pixels at its bottom edge look like)."""
     import cv2
 
     h, w = parse.shape
     boxes, scores, labels, masks, attributes = [], [], [], [], []
     for value in GARMENT_VALUES:
         present = parse == value
-        if present.sum() < min_pixels:
-            continue
         name = taxonomy.GARMENT_PARSE[value]
-        sleeve = sleeve_length(present, keypoints) if name in taxonomy.SLEEVED else None
+        out_of_view = name in NEEDS_LANDMARKS and not _in_view(keypoints, NEEDS_LANDMARKS[name], h, w)
+        if present.sum() < min_pixels or out_of_view:
+            continue
         n, components, stats, _ = cv2.connectedComponentsWithStats(present.astype(np.uint8), connectivity=8)
-        for c in range(1, n):
-            x, y, bw, bh, area = stats[c]
-            if area < min_pixels:
-                continue
-            mask = components == c
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = [c + 1 for c, area in enumerate(areas) if area >= max(min_pixels, MIN_PIECE_SHARE * areas.max())]
+        pieces = [components == c for c in keep] if name in PAIRED else [np.isin(components, keep)]
+        sleeve = sleeve_length(np.isin(components, keep), keypoints) if name in taxonomy.SLEEVED else None
+        for mask in pieces:
             score = float(confidence[mask].mean())
             if score < score_threshold:
                 continue
-            boxes.append([x, y, x + bw, y + bh])
+            ys, xs = np.nonzero(mask)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             scores.append(score)
             labels.append(taxonomy.SLEEVED[name][sleeve] if sleeve else name)
             masks.append(mask)

@@ -96,6 +96,9 @@ def test_two_blobs_of_a_class_are_two_garments_named_by_their_sleeves():
     assert out["masks"][0].sum() == 75 * 52 - 100 + 10 * 40
     assert out["scores"].tolist() == pytest.approx([0.9] * 3)
     assert garment_instances(parse, confidence * 0.2, person, 20, 0.3)["labels"] == []  # under the score threshold
+    specks = np.zeros((160, 100), np.uint8)
+    specks[::4, ::4] = taxonomy.GARMENT_PARSE.index("bag")  # 1000 pixels of bag, no piece of 20
+    assert garment_instances(specks, confidence, person, 20, 0.3)["labels"] == []
     # a waist-up view (no hips, ankles or feet in view): no trousers or shoes, whatever its pixels
     parse[110:150, 30:70] = taxonomy.GARMENT_PARSE.index("trousers")
     assert garment_instances(parse, confidence, _arms(), 20, 0.3)["labels"] == ["long_sleeve_top"]

@@ -213,6 +213,8 @@ def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.n
         n, components, stats, _ = cv2.connectedComponentsWithStats(present.astype(np.uint8), connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]
         keep = [c + 1 for c, area in enumerate(areas) if area >= max(min_pixels, MIN_PIECE_SHARE * areas.max())]
+        if not keep:  # enough pixels, but all of them specks
+            continue
         pieces = [components == c for c in keep] if name in PAIRED else [np.isin(components, keep)]
         sleeve = sleeve_length(np.isin(components, keep), keypoints) if name in taxonomy.SLEEVED else None
         for mask in pieces:

@@ -10,9 +10,9 @@ assets/bundles/bootstrap/convert_tfjs.py and run with onnxruntime), plus geometr
   gives 33 landmarks and the person mask (whole extent, feet included).
 - parts (`pose_body_parts`): every person-mask pixel goes to the nearest body region
   (head disc, torso polygon, limb bones), left/right kept from the landmarks.
-- clothing (`pose_garment_regions`): part regions minus skin (skin colour learnt from the
-  person's own face) -> upper-body / lower-body / full-body garment regions, with sleeve
-  and leg length cues. It does not pretend to tell DeepFashion2's 13 classes apart.
+- clothing (`pose_garment_regions`, bundle 1.0's; 1.1 uses the trained garment parser of
+  garments.py): part regions minus skin (skin colour learnt from the person's own face) ->
+  upper-body / lower-body / full-body garment regions, with sleeve and leg length cues.
 
 These are the teacher for trained students: their labels feed jobs/train.py.
 """

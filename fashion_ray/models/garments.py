@@ -3,7 +3,8 @@
     person crop -> square view 256x256 -> BlazePose heavy trunk (frozen, onnxruntime: the
     features of its pose/segmentation decoder) -> GarmentHead (torch, trained on Clothing
     Co-Parsing with jobs/train.py --task garments) -> parse map (taxonomy.GARMENT_PARSE)
-    -> per garment class, connected components = instances (two shoes, two garments)
+    -> one garment per class present (each connected component for shoes and bags: two
+    shoes, two garments), none for a class whose body part is out of view
     -> top / outwear / dress named by sleeve length from the arm landmarks (DeepFashion2).
 
 The trunk is the person stage's own pose model, pretrained on real people: its features
@@ -46,24 +47,25 @@ def view_of(height: int, width: int) -> tuple[float, float, float]:
     return (width - side) / 2, (height - side) / 2, side
 
 
-def warp_to_view(image: np.ndarray, view, nearest: bool = False, border=0) -> np.ndarray:
-    import cv2
-
+def _to_view(view) -> np.ndarray:
+    """The affine map from crop pixels to the 256 px view."""
     x0, y0, side = view
     k = VIEW_SIDE / side
-    warp = np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
-    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, warp, (VIEW_SIDE, VIEW_SIDE), flags=flags, borderValue=border)
+    return np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
+
+
+def warp_to_view(image: np.ndarray, view, nearest: bool = False) -> np.ndarray:
+    import cv2
+
+    return cv2.warpAffine(image, _to_view(view), (VIEW_SIDE, VIEW_SIDE),
+                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderValue=0)
 
 
 def warp_from_view(values: np.ndarray, view, height: int, width: int, nearest: bool = False) -> np.ndarray:
     import cv2
 
-    x0, y0, side = view
-    k = VIEW_SIDE / side
-    warp = np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
     flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(values, warp, (width, height), flags=flags)
+    return cv2.warpAffine(values, _to_view(view), (width, height), flags=flags)
 
 
 def trunk_model(pose_onnx: bytes) -> bytes:

@@ -93,7 +93,10 @@ def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side
     return {"images": len(paths), "seconds": end - t0, "images_per_s": len(paths) / (end - t0),
             "images_per_s_after_load": len(paths) / (end - t_ready),
             "persons_per_image": round(persons / len(paths), 2),
-            "stage_images_per_s": {name: round(len(paths) / sec, 2) for name, sec in seconds.items()}}
+            "stage_images_per_s": {name: round(len(paths) / sec, 2) for name, sec in seconds.items()},
+            # the crop stages' cost per person (the clothing stage's budget is stated per crop)
+            "stage_ms_per_person": {name: round(1000 * sec / max(1, persons), 1) for name, sec in seconds.items()
+                                    if name != "person"}}
 
 
 class _Sampler:

@@ -10,7 +10,8 @@ def test_coco_category_ids_are_fixed():
     assert ids["person"] == 1 and ids["short_sleeve_top"] == 2 and ids["sling_dress"] == 14
     assert ids["head"] == 15 and ids["lower_leg"] == 20 and ids["full_body_garment"] == 23
     assert ids["bag"] == 24 and ids["tie"] == 28  # accessories, appended in bundle 1.0
-    assert len(set(ids.values())) == len(ids) == 1 + 13 + 6 + 3 + 5
+    assert ids["shoes"] == 29 and ids["scarf"] == 33  # footwear and accessories, appended in bundle 1.1
+    assert len(set(ids.values())) == len(ids) == 1 + 13 + 6 + 3 + 5 + 5
 
 
 def test_hierarchy_levels_from_a_part_map():

@@ -296,7 +296,7 @@ def remove_garbage(state: OutputState) -> int:
 
 # what the job writes in each folder of an output (shards.py, write_ledger)
 OUR_FILES = {"parquet": re.compile(r"part-[0-9a-f]{20}\.parquet"), "coco": re.compile(r"part-[0-9a-f]{20}\.json"),
-             "ava": re.compile(r"part-[0-9a-f]{20}\.csv"), "ledger": re.compile(r"\d{6}-[0-9a-f]{12}(-compact)?\.parquet")}
+             "ava": re.compile(r"part-[0-9a-f]{20}\.csv"), "ledger": re.compile(r"\d{6}-[0-9A-Za-z_-]{1,12}(-compact)?\.parquet")}
 OUTPUT_MARKER = "_fashion_ray_output"  # written into an output before the first file: this folder is ours
 
 

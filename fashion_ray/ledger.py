@@ -297,29 +297,29 @@ def remove_garbage(state: OutputState) -> int:
 # what the job writes in each folder of an output (shards.py, write_ledger)
 OUR_FILES = {"parquet": re.compile(r"part-[0-9a-f]{20}\.parquet"), "coco": re.compile(r"part-[0-9a-f]{20}\.json"),
              "ava": re.compile(r"part-[0-9a-f]{20}\.csv"), "ledger": re.compile(r"\d{6}-[0-9A-Za-z_-]{1,12}(-compact)?\.parquet")}
-OUTPUT_MARKER = "_fashion_ray_output"  # written into an output before the first file: this folder is ours
-
-
 class ForeignOutputError(storage.StorageError):
     """An --output folder with files in it that no run of ours wrote."""
 
 
 def claim_output(output: str, options=None) -> None:
-    """Refuse an output that holds files but no manifest, lease or marker of ours (someone
-    else's folder, or a typo)."""
+    """Refuse an output that holds files that are not ours: a folder with no manifest or lease
+    of ours may hold only what a run of ours writes before its first commit (shards, ledger
+    files), else it is someone else's (or a typo) and nothing there is written or cleaned up."""
     from fashion_ray.lease import LEASE_NAME
 
     fs, path = storage.filesystem(output, options)
     fs.invalidate_cache(path)
-    if any(fs.exists(storage.filesystem(storage.join(output, name), options)[1])
-           for name in ("manifest.json", LEASE_NAME, OUTPUT_MARKER)):
+    if any(fs.exists(storage.filesystem(storage.join(output, name), options)[1]) for name in ("manifest.json", LEASE_NAME)):
         return
-    if fs.exists(path) and fs.isdir(path) and fs.find(path):
-        raise ForeignOutputError(f"output {output!r} is not empty and holds no fashion-ray manifest: refusing to write "
-                                 "or clean up there (give an empty folder or a previous run's output)")
-
-
-def mark_output(output: str, options=None) -> None:
-    """Mark an output as ours before the first shard is written (a run that fails before its
-    first commit leaves shards, and no manifest, that a rerun may clean up)."""
-    storage.write_bytes_atomic(storage.join(output, OUTPUT_MARKER), b"fashion-ray labelling output\n", options)
+    if not (fs.exists(path) and fs.isdir(path)):
+        return
+    root = path.rstrip("/") + "/"
+    foreign = []
+    for name in fs.find(path, withdirs=False):
+        folder, _, file = name[len(root):].rpartition("/")
+        if folder not in OUR_FILES or not OUR_FILES[folder].fullmatch(file):
+            foreign.append(name[len(root):])
+    if foreign:
+        raise ForeignOutputError(f"output {output!r} holds files that are not a fashion-ray output's ({', '.join(sorted(foreign)[:3])}"
+                                 f"{', ...' if len(foreign) > 3 else ''}) and no manifest: refusing to write or clean up "
+                                 "there (give an empty folder or a previous run's output)")

@@ -114,7 +114,6 @@ class LabelRun:
         if self.todo.num_rows:
             init_ray(ray_address, num_cpus, verbose=verbose)
             placement.check(self.cfg, autoscaling=self.cfg.autoscaling, say=self.say)
-        ledger.mark_output(self.cfg.output, self.cfg.storage)  # before the first shard: this folder is ours
         blocks = self.plan()
         for attempt in range(1, self.cfg.max_attempts + 1):
             if not self.remaining or self.stalled:

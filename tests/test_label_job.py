@@ -143,7 +143,7 @@ def test_a_folder_that_is_not_an_output_of_ours_is_refused_and_left_alone(defaul
     os.symlink(corpus / "two_people.jpg", foreign / "parquet")
     before = sorted(p.name for p in foreign.rglob("*"))
     proc = run_cli("--input", str(corpus / "two_people.jpg"), "--output", str(foreign), "--num-cpus", "2")
-    assert proc.returncode == 2 and "is not empty and holds no fashion-ray manifest" in proc.stderr
+    assert proc.returncode == 2 and "holds files that are not a fashion-ray output's (coco/keep_me.json, parquet)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and sorted(p.name for p in foreign.rglob("*")) == before
 
 

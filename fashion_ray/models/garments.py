@@ -217,8 +217,9 @@ def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.n
         keep = [c + 1 for c, area in enumerate(areas) if area >= max(min_pixels, MIN_PIECE_SHARE * areas.max())]
         if not keep:  # enough pixels, but all of them specks
             continue
-        pieces = [components == c for c in keep] if name in PAIRED else [np.isin(components, keep)]
-        sleeve = sleeve_length(np.isin(components, keep), keypoints) if name in taxonomy.SLEEVED else None
+        worn = np.isin(components, keep)
+        pieces = [components == c for c in keep] if name in PAIRED else [worn]
+        sleeve = sleeve_length(worn, keypoints) if name in taxonomy.SLEEVED else None
         for mask in pieces:
             score = float(confidence[mask].mean())
             if score < score_threshold:

@@ -152,12 +152,12 @@ def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tup
     tiles = [t for t in tiles if len(t[0])]
     if not tiles:
         return full
-    if faint is not None and len(faint[0]):
-        full = _promote_faint(full, faint, tiles, contained)
     boxes = np.concatenate([t[0] for t in tiles]).astype(np.float32)
     scores = np.concatenate([t[1] for t in tiles]).astype(np.float32)
     labels = np.concatenate([t[2] for t in tiles]).astype(np.int64)
     regions = np.concatenate([np.tile(np.array(t[3], np.float32), (len(t[0]), 1)) for t in tiles])
+    if faint is not None and len(faint[0]):
+        full = _promote_faint(full, faint, boxes, scores, labels, regions, contained)
     # only a box about as sure as the piece can claim it: a faint full-frame box over a group
     # must not erase a confident tile box of one small person inside it
     claims_full = (labels[:, None] == full[2][None, :]) & (full[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None])
@@ -174,12 +174,8 @@ def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tup
     return b[keep], s[keep], lab[keep]
 
 
-def _promote_faint(full, faint, tiles, contained: float):
-    """Full-frame detections plus the faint boxes that pieces cut by tile edges vouch for."""
-    boxes = np.concatenate([t[0] for t in tiles]).astype(np.float32)
-    scores = np.concatenate([t[1] for t in tiles]).astype(np.float32)
-    labels = np.concatenate([t[2] for t in tiles]).astype(np.int64)
-    regions = np.concatenate([np.tile(np.array(t[3], np.float32), (len(t[0]), 1)) for t in tiles])
+def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float):
+    """Full-frame detections plus the faint boxes that tile pieces cut by their tile's edge vouch for."""
     vouches = ((_share_inside(boxes, faint[0]) >= contained) & (labels[:, None] == faint[2][None, :])
                & (faint[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None]) & _cut_by_tile(boxes, regions)[:, None])
     promoted = vouches.any(0)

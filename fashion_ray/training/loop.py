@@ -25,7 +25,7 @@ import numpy as np
 
 from fashion_ray import taxonomy
 from fashion_ray.boxes import xywh
-from fashion_ray.evaluation import CocoTable, PartsEvaluator
+from fashion_ray.evaluation import CocoTable, ParseEvaluator, PartsEvaluator
 from fashion_ray.training import data
 
 # what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
@@ -203,8 +203,6 @@ def precise_batch_norm(model, batches, cfg: TrainConfig, device) -> None:
 def evaluate_maps(model, batches, cfg: TrainConfig, device) -> dict:
     """Per-class IoU of the held-out samples' maps (parts: PartsEvaluator, garments: ParseEvaluator)."""
     import torch
-
-    from fashion_ray.evaluation import ParseEvaluator
 
     ev = PartsEvaluator() if cfg.task == "parts" else ParseEvaluator()
     model.eval()

@@ -58,10 +58,11 @@ def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side:
     return [rows[it["id"]] for it in items]
 
 
-def _frame_rows(item: dict, *, max_side: int, storage_options) -> list[dict]:
+def _frame_rows(item: dict, *, max_pixels: int, max_side: int, timeout_s: float, storage_options) -> list[dict]:
     frames = json.loads(item["frames"])
     rows = []
-    decoded = video.decode_frames(item["uri"], [pts for _, pts, _ in frames], storage_options)
+    decoded = video.decode_frames(item["uri"], [pts for _, pts, _ in frames], storage_options,
+                                  max_pixels=max_pixels, timeout_s=timeout_s)
     for (index, _, seconds), (_, image, reason, detail) in zip(frames, decoded):
         frame = {**item, "id": storage.stable_id(item["uri"], index), "frame_index": index,
                  "timestamp_s": math.nan if seconds is None else seconds}  # TIFF pages have no time
@@ -80,8 +81,24 @@ ROW_DEFAULTS = {"status": "ok", "error": "", "error_detail": "", "width": 0, "he
                 "frame_index": -1, "timestamp_s": math.nan}
 
 
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected {type(exc).__name__} while decoding: {exc}"[:300]
+
+
+def _frame_rows_or_errors(item: dict, **kwargs) -> list[dict]:
+    """_frame_rows, or one error row per planned frame if decoding fails in a way nothing
+    below caught: a hostile file costs its own rows, never the task (and with it the run)."""
+    try:
+        return _frame_rows(item, **kwargs)
+    except Exception as exc:
+        return [_error_row({**item, "id": storage.stable_id(item["uri"], index), "frame_index": index,
+                            "timestamp_s": math.nan if seconds is None else seconds}, "undecodable", _unexpected(exc))
+                for index, _, seconds in json.loads(item["frames"])]
+
+
 def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int, max_side: int,
-               storage_options=None, jpeg_on_device: bool = False) -> dict[str, np.ndarray]:
+               timeout_s: float = video.VideoSampling.timeout_s, storage_options=None,
+               jpeg_on_device: bool = False) -> dict[str, np.ndarray]:
     """Fetch and decode a batch of work items into rows; failures become error rows.
 
     An item is an image (one row), a segment of a video's sampled frames (one row per
@@ -92,14 +109,18 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
     items = [{k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in batch.items()}
              for i in range(len(batch["id"]))]
     images = [it for it in items if it["kind"] == "image"]
-    by_image = iter(_image_rows(images, max_pixels=max_pixels, max_bytes=max_bytes, max_side=max_side,
-                                storage_options=storage_options, jpeg_on_device=jpeg_on_device) if images else [])
+    try:
+        by_image = iter(_image_rows(images, max_pixels=max_pixels, max_bytes=max_bytes, max_side=max_side,
+                                    storage_options=storage_options, jpeg_on_device=jpeg_on_device) if images else [])
+    except Exception as exc:  # decode_image never raises; this is the last line if something below it does
+        by_image = iter([_error_row(it, "undecodable", _unexpected(exc)) for it in images])
     rows = []
     for it in items:
         if it["kind"] == "image":
             rows.append(next(by_image))
         elif it["kind"] == "frames":
-            rows += _frame_rows(it, max_side=max_side, storage_options=storage_options)
+            rows += _frame_rows_or_errors(it, max_pixels=max_pixels, max_side=max_side, timeout_s=timeout_s,
+                                          storage_options=storage_options)
         else:
             rows.append(_error_row(it, it["error"], it["error_detail"]))
     rows = [{**ROW_DEFAULTS, **r} for r in rows]
@@ -119,7 +140,13 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
 
 def _probe(batch: dict[str, np.ndarray], *, sampling: video.VideoSampling, max_pixels: int,
            storage_options=None) -> dict[str, np.ndarray]:
-    plans = [json.dumps(video.plan_frames(str(uri), sampling, max_pixels, storage_options)) for uri in batch["uri"]]
+    plans = []
+    for uri in batch["uri"]:
+        try:
+            plan = video.plan_frames(str(uri), sampling, max_pixels, storage_options)
+        except Exception as exc:  # the probes catch what files do; this keeps one bug from failing the run
+            plan = {"error": "undecodable", "detail": f"unexpected {type(exc).__name__} while probing: {exc}"[:300], "frames": []}
+        plans.append(json.dumps(plan))
     return {"id": batch["id"], "plan": np.array(plans, dtype=object)}
 
 
@@ -128,6 +155,7 @@ def probe_videos(cfg: LabelJobConfig, videos: pa.Table) -> dict[int, dict]:
     returns {id: plan} (video.plan_frames); a still image among them gets no plan."""
     if videos.num_rows == 0:
         return {}
+    ray.data.DataContext.get_current().execution_no_progress_timeout_s = cfg.stall_timeout_s
     ds = ray.data.from_arrow([videos.slice(i, 1) for i in range(videos.num_rows)])
     ds = ds.map_batches(_probe, batch_size=None, **task_remote_args(cfg, cfg.decode_num_cpus),
                         fn_kwargs={"sampling": cfg.video, "max_pixels": cfg.max_pixels, "storage_options": cfg.storage})
@@ -180,7 +208,8 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(load_media, batch_size=None, **task_remote_args(cfg, cfg.decode_num_cpus),
                         fn_kwargs={"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,
-                                   "max_side": cfg.work_max_side, "storage_options": cfg.storage,
+                                   "max_side": cfg.work_max_side, "timeout_s": cfg.video.timeout_s,
+                                   "storage_options": cfg.storage,
                                    "jpeg_on_device": cfg.jpeg_decode == "person"})
     for stage in cfg.stages:
         res = cfg.resources[stage]

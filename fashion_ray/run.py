@@ -60,12 +60,14 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     """
     started, t0 = _now(), time.perf_counter()
     bundle = _checked_bundle(cfg)
-    listing = storage.list_inputs(list(cfg.inputs), cfg.storage)  # bad inputs fail before the output is touched
+    skipped: dict[str, int] = {}
+    listing = storage.list_inputs(list(cfg.inputs), cfg.storage, skipped=skipped)  # bad inputs fail before the output is touched
     run_id = uuid.uuid4().hex
     ledger.claim_output(cfg.output, cfg.storage)  # someone else's folder is refused, not cleaned up
     lease = acquire_lease(cfg.output, cfg.lease_ttl_s, cfg.storage, run_id)
     try:
-        run = LabelRun(cfg, bundle, listing, lease, run_id=run_id, progress=progress, started=started, t0=t0)
+        run = LabelRun(cfg, bundle, listing, lease, run_id=run_id, progress=progress, started=started, t0=t0,
+                       skipped=skipped)
         return run.execute(ray_address=ray_address, num_cpus=num_cpus, verbose=verbose)
     finally:
         lease.release()
@@ -80,7 +82,7 @@ class LabelRun:
     """
 
     def __init__(self, cfg: LabelJobConfig, bundle, listing: pa.Table, lease, *, run_id: str, progress, started: str,
-                 t0: float):
+                 t0: float, skipped: dict[str, int] | None = None):
         self.cfg, self.bundle, self.lease, self.run_id = cfg, bundle, lease, run_id
         self.progress, self.started, self.t0 = progress, started, t0
         self.committed = ledger.load_state(cfg.output, cfg.storage)
@@ -88,6 +90,7 @@ class LabelRun:
         self.state = self.committed if cfg.incremental else ledger.empty_state(cfg.output, cfg.storage)
         self.todo, self.counts = ledger.classify(listing, self.state.ledger, bundle.label,
                                                  cfg.relabel if cfg.incremental else "all")
+        self.counts["skipped"] = dict(sorted((skipped or {}).items()))  # files in the input folders that are not inputs
         self.uri_of = dict(zip(self.todo["id"].to_pylist(), self.todo["uri"].to_pylist()))
         self.plans: dict[int, dict] = {}  # video id -> sampling plan (video.probe)
         self.source_of: dict[int, int] = {}  # row id -> input id, for every row this run must produce
@@ -246,6 +249,9 @@ def format_summary(manifest: dict) -> str:
         f"{c['inputs'] - c['videos']} images, {c['videos']} videos -> {c['frames']} frames",
         f"  labels     {c['persons']} persons, {c['garments']} garments, {c['parts']} parts",
     ]
+    if run.get("skipped"):
+        names = {"hidden": "hidden (names starting with '.')", "not_media": "not images or videos"}
+        lines.append("  skipped    " + ", ".join(f"{n} {names.get(k, k)}" for k, n in run["skipped"].items()))
     if c.get("tracks"):
         lines.append(f"  tracks     {c['tracks']} person tracks over the videos' frames, {c['mean_track_length']} frames long on average")
     if manifest["errors_by_reason"]:

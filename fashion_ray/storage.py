@@ -135,9 +135,15 @@ def _entry(protocol: str, info: dict) -> dict:
     }
 
 
-def _is_candidate(path: str) -> bool:
+def skip_reason(path: str) -> str | None:
+    """Why a listed file is not an input: "hidden" (a name starting with ".": macOS's ._photo.jpg
+    resource forks, editors' temporaries) or "not_media" (no image or video extension); None for an input."""
     name = posixpath.basename(path)
-    return name.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + KNOWN_UNSUPPORTED_EXTENSIONS) and not name.startswith(".")
+    if name.startswith("."):
+        return "hidden"
+    if not name.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + KNOWN_UNSUPPORTED_EXTENSIONS):
+        return "not_media"
+    return None
 
 
 def iter_objects(fs: fsspec.AbstractFileSystem, protocol: str, path: str):
@@ -167,13 +173,16 @@ LISTING_SCHEMA = pa.schema([("id", pa.int64()), ("uri", pa.string()), ("size", p
                             ("mtime", pa.timestamp("us", tz="UTC"))])
 
 
-def list_inputs(uris: list[str], options: StorageOptions | None = None, page_rows: int = 10_000) -> pa.Table:
+def list_inputs(uris: list[str], options: StorageOptions | None = None, page_rows: int = 10_000,
+                skipped: dict[str, int] | None = None) -> pa.Table:
     """List every input object once, with size/etag/mtime, from prefixes, objects or manifests.
 
     A manifest is a text file with one URI per line. Listing happens once on the driver;
     later stages fetch bytes by path and never list again. The result is an Arrow table
     (LISTING_SCHEMA, one row per distinct URI, in listing order), built a page at a time.
+    Files of a folder that are not inputs are counted in `skipped` by skip_reason.
     """
+    skipped = {} if skipped is None else skipped
     pages, rows, seen = [], [], set()
 
     def add(entry: dict) -> None:
@@ -191,7 +200,12 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
             raise StorageError(f"input {uri!r} does not exist (give a folder/prefix, an image, or a .txt manifest of URIs)")
         if fs.isdir(path):
             for info in iter_objects(fs, protocol, path):
-                if info.get("type") == "file" and _is_candidate(info["name"]):
+                if info.get("type") != "file":
+                    continue
+                reason = skip_reason(info["name"])
+                if reason:
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                else:
                     add(_entry(protocol, info))
         elif path.lower().endswith(MANIFEST_EXTENSIONS):
             for item in stat_objects(manifest_uris(fs.cat_file(path).decode(), csv_file=path.lower().endswith(".csv")), options):

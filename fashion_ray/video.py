@@ -12,6 +12,7 @@ spreads over many tasks. PyAV bundles FFmpeg, so nothing is needed from the syst
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,9 @@ class VideoSampling:
     end_s: float | None = None
     max_frames: int | None = None  # cap per video
     frames_per_task: int = 16  # sampled frames decoded by one task
+    # a file's probe, and each segment's decode, gives up after this long: a "timeout" row
+    # (a hostile file cannot hold a task, and with it a scheduled run, forever)
+    timeout_s: float = 60.0
 
     def __post_init__(self):
         if self.every_n is None and (self.fps is None or self.fps <= 0):
@@ -42,6 +46,8 @@ class VideoSampling:
             raise VideoConfigError("the window needs 0 <= --video-start < --video-end")
         if (self.max_frames is not None and self.max_frames < 1) or self.frames_per_task < 1:
             raise VideoConfigError("--video-max-frames and frames_per_task must be >= 1")
+        if self.timeout_s <= 0:
+            raise VideoConfigError("--file-timeout must be > 0 seconds")
 
 
 def is_video(uri: str) -> bool:
@@ -65,11 +71,13 @@ def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, optio
     except Exception:
         return None
     with handle, img:
-        if img.format not in ("GIF", "WEBP", "TIFF") or img.width * img.height > max_pixels:
-            return None
         try:
-            times, count = media.frame_plan(img)
-        except (OSError, EOFError, ValueError):
+            if img.format not in ("GIF", "WEBP", "TIFF") or img.width * img.height > max_pixels:
+                return None
+            times, count = media.frame_plan(img, media.Deadline(sampling.timeout_s), handle)
+        except media.DeadlineExceeded as exc:
+            return _error("timeout", str(exc))
+        except Exception:  # a corrupt header: the image decoder names it
             return None
         if count < 2:
             return None
@@ -82,7 +90,8 @@ def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, optio
         return {"error": None, "detail": "", "width": img.width, "height": img.height, "frames": frames}
 
 
-def decode_image_frames(uri: str, indexes: list[int], options=None):
+def decode_image_frames(uri: str, indexes: list[int], options=None, *, max_pixels: int | None = None,
+                        timeout_s: float = VideoSampling.timeout_s):
     """Frames/pages of a multi-frame image; yields (index, RGB array | None, error, detail) like decode_segment."""
     try:
         handle, img = _open_image(uri, options)
@@ -90,9 +99,10 @@ def decode_image_frames(uri: str, indexes: list[int], options=None):
         for index in indexes:
             yield index, None, "undecodable", f"{type(exc).__name__}: {exc}"[:300]
         return
+    deadline = media.Deadline(timeout_s)
     with handle, img:
         for index in sorted(indexes):
-            yield (index, *media.frame_rgb(img, index))
+            yield (index, *media.frame_rgb(img, index, max_pixels, deadline))
 
 
 def select_frames(times: list[float], sampling: VideoSampling) -> list[int]:
@@ -112,8 +122,8 @@ def select_frames(times: list[float], sampling: VideoSampling) -> list[int]:
             target = sampling.start_s + k / sampling.fps
             if times[i] >= target - eps:
                 picked.append(i)
-                while sampling.start_s + k / sampling.fps <= times[i] + eps:
-                    k += 1
+                # the next target after this frame, computed: a frame at 10^13 s must not be counted up to
+                k = max(k + 1, math.floor((times[i] + eps - sampling.start_s) * sampling.fps) + 1)
     return picked[: sampling.max_frames] if sampling.max_frames else picked
 
 
@@ -140,25 +150,27 @@ def _open_image(uri: str, options):
 def plan_frames(uri: str, sampling: VideoSampling, max_pixels: int, options=None) -> dict | None:
     """The frames to label in a video (probe) or a multi-frame image (probe_image_frames)."""
     if is_video(uri):
-        return probe(uri, sampling, options)
+        return probe(uri, sampling, options, max_pixels=max_pixels)
     return probe_image_frames(uri, sampling, max_pixels, options)
 
 
-def decode_frames(uri: str, pts_wanted: list[int], options=None):
+def decode_frames(uri: str, pts_wanted: list[int], options=None, *, max_pixels: int | None = None,
+                  timeout_s: float = VideoSampling.timeout_s):
     """The frames a plan picked, from a video (decode_segment) or a multi-frame image (decode_image_frames)."""
     decode = decode_segment if is_video(uri) else decode_image_frames
-    return decode(uri, pts_wanted, options)
+    return decode(uri, pts_wanted, options, max_pixels=max_pixels, timeout_s=timeout_s)
 
 
 def _error(reason: str, detail: str) -> dict:
     return {"error": reason, "detail": detail[:300], "frames": []}
 
 
-def probe(uri: str, sampling: VideoSampling, options=None) -> dict:
+def probe(uri: str, sampling: VideoSampling, options=None, *, max_pixels: int | None = None) -> dict:
     """Plan a video: sampled frames as (index, pts, seconds), or an error reason.
 
     Returns {"error", "detail", "frames", "width", "height"}; a video that stops mid-stream
-    keeps the frames before the break and reports "truncated" as well.
+    keeps the frames before the break and reports "truncated" as well, and so does one whose
+    demux outlasts sampling.timeout_s ("timeout": the frames listed until then are kept).
     """
     import av
 
@@ -166,9 +178,10 @@ def probe(uri: str, sampling: VideoSampling, options=None) -> dict:
         handle, container = _open(uri, options)
     except FileNotFoundError as exc:
         return _error("unreadable", f"{type(exc).__name__}: {exc}")
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        return _error("undecodable", f"not a readable video: {exc}")
+    except Exception as exc:
+        return _error("undecodable", f"not a readable video: {type(exc).__name__}: {exc}")
     error, detail, pts = None, "", []
+    deadline = media.Deadline(sampling.timeout_s)
     try:
         with handle, container:
             if not container.streams.video:
@@ -178,15 +191,21 @@ def probe(uri: str, sampling: VideoSampling, options=None) -> dict:
             if codec is None or not codec.name:
                 return _error("unsupported", "the video codec is not one FFmpeg can decode")
             width, height, base = codec.width, codec.height, stream.time_base
+            if max_pixels and width * height > max_pixels:
+                return _error("too_large", f"{width}x{height} = {width * height} pixels a frame exceeds the limit of {max_pixels}")
             try:
                 for packet in container.demux(stream):
                     value = packet.pts if packet.pts is not None else packet.dts
                     if packet.size and value is not None:
                         pts.append(value)
+                    if len(pts) % 256 == 0:
+                        deadline.check(f"listing the video's frames ({len(pts)} so far)")
+            except media.DeadlineExceeded as exc:
+                error, detail = "timeout", f"{exc}: the frames listed until then are labelled"
             except (av.FFmpegError, OSError) as exc:
                 error, detail = "truncated", f"the stream breaks after {len(pts)} frames: {exc}"
             declared = container.duration / 1e6 if container.duration else None
-    except (av.FFmpegError, OSError) as exc:
+    except Exception as exc:
         return _error("undecodable", f"{type(exc).__name__}: {exc}")
     if not pts:
         if error is None and declared:
@@ -206,13 +225,17 @@ def probe(uri: str, sampling: VideoSampling, options=None) -> dict:
             "frames": [(i, pts[i], round(times[i], 6)) for i in picked]}
 
 
-def decode_segment(uri: str, pts_wanted: list[int], options=None):
-    """Decode the frames with these presentation timestamps; yields (pts, RGB array | None, error, detail)."""
+def decode_segment(uri: str, pts_wanted: list[int], options=None, *, max_pixels: int | None = None,
+                   timeout_s: float = VideoSampling.timeout_s):
+    """Decode the frames with these presentation timestamps; yields (pts, RGB array | None, error, detail).
+    A frame over max_pixels (a stream may change size midway) is a "too_large" row; a segment
+    that outlasts timeout_s keeps the frames decoded until then."""
     import av
 
     wanted = sorted(pts_wanted)
-    got: dict[int, np.ndarray] = {}
+    got: dict[int, np.ndarray | tuple[str, str]] = {}
     failure = ("truncated", "the stream ended before this frame")
+    deadline = media.Deadline(timeout_s)
     try:
         handle, container = _open(uri, options)
         with handle, container:
@@ -221,22 +244,30 @@ def decode_segment(uri: str, pts_wanted: list[int], options=None):
             container.seek(wanted[0], stream=stream, backward=True, any_frame=False)
             for attempt in range(2):
                 for frame in container.decode(stream):
+                    deadline.check("decoding the segment")
                     if frame.pts is None:
                         continue
                     if attempt == 0 and not got and frame.pts > wanted[0]:
                         break  # the seek landed past the first frame (some containers): decode from the start
                     if frame.pts in pts_wanted:
-                        got[frame.pts] = frame.to_ndarray(format="rgb24")
+                        pixels = frame.width * frame.height
+                        got[frame.pts] = (frame.to_ndarray(format="rgb24") if not max_pixels or pixels <= max_pixels else
+                                          ("too_large", f"{frame.width}x{frame.height} = {pixels} pixels exceeds the limit of {max_pixels}"))
                     if frame.pts >= wanted[-1]:
                         break
                 if got or attempt == 1:
                     break
                 container.seek(0, stream=stream, backward=True, any_frame=False)
-    except (av.FFmpegError, OSError, ValueError) as exc:
+    except media.DeadlineExceeded as exc:
+        failure = ("timeout", str(exc))
+    except Exception as exc:  # any failure of a hostile stream is this segment's rows, never the task's
         failure = ("truncated" if got else "undecodable", f"{type(exc).__name__}: {exc}"[:300])
     for p in wanted:
         image = got.get(p)
-        yield (p, image, None, "") if image is not None else (p, None, *failure)
+        if isinstance(image, np.ndarray):
+            yield p, image, None, ""
+        else:
+            yield (p, None, *(image or failure))
 
 
 def encode_video(path: str, frames, times_s: list[float], codec: str = "libx264") -> None:

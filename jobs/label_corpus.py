@@ -63,6 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-max-frames", type=int, default=VIDEO["max_frames"], help="at most this many frames per video")
     p.add_argument("--video-frames-per-task", type=int, default=VIDEO["frames_per_task"],
                    help="sampled frames one decode task handles (a long video spreads over many tasks)")
+    p.add_argument("--file-timeout", type=float, default=VIDEO["timeout_s"], metavar="SECONDS",
+                   help="a file's probe (and each video segment's decode) gives up after this long: a 'timeout' row")
     p.add_argument("--incremental", action="store_true",
                    help="label only inputs the output's ledger has not seen or saw change; commit as it goes")
     p.add_argument("--relabel", default=JOB["relabel"], choices=config.RELABEL_CHOICES,
@@ -98,7 +100,7 @@ def make_config(args) -> config.LabelJobConfig:
         work_max_side=args.work_max_side, incremental=args.incremental,
         video=video.VideoSampling(fps=args.video_fps, every_n=args.video_every_n, start_s=args.video_start,
                                   end_s=args.video_end, max_frames=args.video_max_frames,
-                                  frames_per_task=args.video_frames_per_task), relabel=args.relabel,
+                                  frames_per_task=args.video_frames_per_task, timeout_s=args.file_timeout), relabel=args.relabel,
         cpu_node_resource=args.cpu_node_resource, autoscaling=args.autoscaling, stall_timeout_s=args.stall_timeout,
         commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, jpeg_decode=args.jpeg_decode,
         score_thresholds=config.parse_score_thresholds(args.score_thresholds),

@@ -181,8 +181,24 @@ class ServeConfig:
     # none by default, so a public endpoint cannot be made to read the server's own files
     allow_uris: tuple[str, ...] = ()
     storage: StorageOptions = StorageOptions()
+    # the API token's file (serving/auth.py): a mounted secret; none = loopback clients only
+    auth_token_file: str = ""
+    # the one Label Studio task images are read from, and its token's file (else the
+    # LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY environment variables); a request never changes them
+    label_studio_url: str = ""
+    label_studio_token_file: str = ""
+    label_studio_concurrency: int = 8  # tasks of one /predict labelled at once
+    label_studio_max_tasks: int = 1000  # a larger /predict is refused (413)
+    expose_info: bool = False  # /v1/info, /docs and /openapi.json (they describe the server's limits and prefixes)
+    # requests waiting at the ingress beyond its running ones; more are answered 503 at once
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 64
 
     def __post_init__(self):
         object.__setattr__(self, "stages", cascade_stages(self.stages))
         if self.max_bytes < 1 or self.max_pixels < 1 or self.batch_wait_timeout_s < 0:
             raise ConfigError("max_bytes >= 1, max_pixels >= 1 and batch_wait_timeout_s >= 0 are required")
+        if min(self.label_studio_concurrency, self.label_studio_max_tasks, self.max_ongoing_requests,
+               self.max_queued_requests) < 1:
+            raise ConfigError("label_studio_concurrency, label_studio_max_tasks, max_ongoing_requests and "
+                              "max_queued_requests must be >= 1")

@@ -9,9 +9,11 @@ slice for a model, CPU for the bootstrap), scales on its own queue, and batches 
 requests that reach it together (@serve.batch), as Ray Data batches rows for an actor pool.
 The ingress decodes (the batch job's decode tasks), draws overlays and speaks HTTP.
 
-Routes: GET / (the web page), GET /v1/info, POST /v1/label (image bytes, or JSON {"uri": ...}
-under an allowed prefix; ?overlay=true adds a base64 PNG), and Label Studio's ML backend at
-/label-studio (health, setup, predict, webhook; config.xml is a labelling config to start from).
+Routes: GET / (the web page), POST /v1/label (image bytes, or JSON {"uri": ...} under an
+allowed prefix; ?overlay=true adds a base64 PNG), Label Studio's ML backend at /label-studio
+(health, setup, predict, webhook, metrics; config.xml is a labelling config to start from),
+and with expose_info=true GET /v1/info, /docs and /openapi.json. Every route but the page
+needs the API token when one is configured (auth.py); without one, loopback clients only.
 """
 
 
@@ -25,6 +27,7 @@ from importlib import resources
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
@@ -32,7 +35,7 @@ from fashion_ray import preview, taxonomy
 from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides
 from fashion_ray.models import Device, load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
-from fashion_ray.serving import label_studio
+from fashion_ray.serving import auth, label_studio
 from fashion_ray.serving.cascade import (HTTP_STATUS, Request, check_uri, decode, fetch, label_row, overlay_png, refused,
                                         row_json, run_stage, uploaded)
 from fashion_ray.stages import STAGE_CLASSES
@@ -63,12 +66,47 @@ class StageDeployment:
         return requests
 
 
-api = FastAPI(title="fashion-ray", docs_url="/docs")
+# FastAPI's own /docs and /openapi.json are off: with expose_info they are served by the Ingress
+api = FastAPI(title="fashion-ray", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+class Unauthorized(Exception):
+    """A request without the API token (or, with none configured, from another host)."""
+
+
+class BodyTooLarge(Exception):
+    """A request body over its route's limit, found while it streamed in."""
+
+
+@api.exception_handler(Unauthorized)
+async def _unauthorized(http: HttpRequest, exc: Unauthorized) -> Response:
+    return JSONResponse({"error": "unauthorized", "error_detail": str(exc)}, status_code=401,
+                        headers={"WWW-Authenticate": 'Bearer, Basic realm="fashion-ray"'})
+
+
+@api.exception_handler(BodyTooLarge)
+async def _too_large(http: HttpRequest, exc: BodyTooLarge) -> Response:
+    return JSONResponse({"error": "too_large", "error_detail": str(exc)}, status_code=413)
 
 
 @api.exception_handler(label_studio.ProtocolError)
 async def _label_studio_refusal(http: HttpRequest, exc: label_studio.ProtocolError) -> Response:
-    return JSONResponse({"error": str(exc)}, status_code=400)
+    log.warning("Label Studio request refused (%s): %s", http.url.path, exc)  # Label Studio shows only the status
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+async def read_body(http: HttpRequest, limit: int) -> bytes:
+    """The whole body, refused (BodyTooLarge) from its Content-Length or once it streams past the
+    limit: a chunked body has no length to check first."""
+    length = http.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise BodyTooLarge(f"the body exceeds the limit of {limit} bytes")
+    data = bytearray()
+    async for chunk in http.stream():
+        data += chunk
+        if len(data) > limit:
+            raise BodyTooLarge(f"the body exceeds the limit of {limit} bytes")
+    return bytes(data)
 
 
 def _page(cfg: ServeConfig, bundle_label: str) -> str:
@@ -90,7 +128,14 @@ class Ingress:
         clothing = bundle.stages.get("clothing")
         self.garments = written_labels(clothing) if clothing and "clothing" in cfg.stages else ()
         self.page = _page(cfg, self.model_version)
-        self.label_studio: dict[str, label_studio.Connection] = {}  # project id -> its Label Studio
+        self.token = auth.read_secret(cfg.auth_token_file, "auth_token_file") if cfg.auth_token_file else ""
+        self.label_studio = label_studio.Connection.from_config(cfg)  # never from a request
+        self.ls_slots = asyncio.Semaphore(cfg.label_studio_concurrency)
+
+    def _authorize(self, http: HttpRequest) -> None:
+        reason = auth.refusal(self.token, http.headers.get("authorization", ""), http.client.host if http.client else None)
+        if reason:
+            raise Unauthorized(reason)
 
     async def _cascade(self, request: Request, data: bytes | None) -> tuple[Request, dict, object]:
         """Fetch and decode, run every stage; returns (the request, its Parquet row, the
@@ -118,9 +163,12 @@ class Ingress:
         if length and int(length) > self.cfg.max_bytes:
             return refused("too_large", f"{length} bytes exceeds the limit of {self.cfg.max_bytes}", int(length)), None
         if http.headers.get("content-type", "").startswith("application/json"):
-            body = await http.body()
             try:
-                uri = json.loads(body[:MAX_JSON_BYTES])["uri"]
+                body = await read_body(http, MAX_JSON_BYTES)
+            except BodyTooLarge:
+                return refused("too_large", f"a JSON request is at most {MAX_JSON_BYTES} bytes"), None
+            try:
+                uri = json.loads(body)["uri"]
                 assert isinstance(uri, str) and uri
             except Exception:
                 return refused("bad_request", 'a JSON request is {"uri": "<an object the server may read>"}; '
@@ -137,15 +185,32 @@ class Ingress:
     async def page(self) -> str:
         return self.page
 
+    def _exposed(self, http: HttpRequest) -> None:
+        self._authorize(http)
+        if not self.cfg.expose_info:
+            raise label_studio.ProtocolError("not found", status=404)
+
     @api.get("/v1/info")
-    async def info(self) -> dict:
+    async def info(self, http: HttpRequest) -> dict:
+        self._exposed(http)
         return {"bundle": {"name": self.bundle_name, "version": self.bundle_version}, "stages": list(self.cfg.stages),
                 "max_bytes": self.cfg.max_bytes, "max_pixels": self.cfg.max_pixels, "work_max_side": self.cfg.work_max_side,
                 "allow_uris": list(self.cfg.allow_uris), "part_colours": preview.PART_COLOURS,
                 "garment_categories": list(self.garments), "error_status": HTTP_STATUS}
 
+    @api.get("/openapi.json")
+    async def openapi(self, http: HttpRequest) -> dict:
+        self._exposed(http)
+        return api.openapi()
+
+    @api.get("/docs")
+    async def docs(self, http: HttpRequest) -> Response:
+        self._exposed(http)
+        return get_swagger_ui_html(openapi_url="openapi.json", title="fashion-ray")
+
     @api.post("/v1/label")
     async def label(self, http: HttpRequest, overlay: bool = False) -> Response:
+        self._authorize(http)
         request, data = await self._read(http)
         request, row, image = await self._cascade(request, data)
         body = row_json(row)
@@ -160,64 +225,96 @@ class Ingress:
 
     # --- Label Studio ML backend (Label Studio appends these to the backend URL) ---
 
+    @api.get("/label-studio/")
     @api.get("/label-studio/health")
-    async def ls_health(self) -> dict:
+    async def ls_health(self, http: HttpRequest) -> dict:
+        self._authorize(http)
         return {"status": "UP", "model_class": "fashion-ray cascade", "model_version": self.model_version}
 
+    @api.get("/label-studio/metrics")
+    async def ls_metrics(self, http: HttpRequest) -> dict:
+        self._authorize(http)
+        return {}  # the reference backend answers an empty object here too
+
     @api.get("/label-studio/config.xml")
-    async def ls_config(self) -> Response:
+    async def ls_config(self, http: HttpRequest) -> Response:
         """A labelling config that takes everything the cascade finds (paste it into a project)."""
+        self._authorize(http)
         return Response(label_studio.recommended_config(self.garments), media_type="application/xml")
 
-    @staticmethod
-    async def _ls_request(http: HttpRequest, config_key: str) -> tuple[dict, label_studio.Targets, str]:
-        """(JSON body, its labelling config's targets, project id); ProtocolError (-> 400) otherwise."""
+    async def _ls_request(self, http: HttpRequest, config_key: str) -> tuple[dict, label_studio.Targets]:
+        """(JSON body, its labelling config's targets); ProtocolError (-> 4xx) otherwise. Only
+        application/json is read: a web page cannot send that to another site without asking."""
+        self._authorize(http)
+        if not http.headers.get("content-type", "").startswith("application/json"):
+            raise label_studio.ProtocolError("Label Studio sends application/json", status=415)
+        body = await read_body(http, self.cfg.max_bytes)  # tasks may carry data: URIs of images
         try:
-            payload = await http.json()
+            payload = json.loads(body)
             assert isinstance(payload, dict)
         except Exception:
             raise label_studio.ProtocolError("the body is not a JSON object") from None
-        targets = label_studio.parse_label_config(payload.get(config_key) or "")
-        return payload, targets, str(payload.get("project", "")).split(".")[0]
+        return payload, label_studio.parse_label_config(payload.get(config_key) or "")
 
     @api.post("/label-studio/setup")
     async def ls_setup(self, http: HttpRequest) -> Response:
-        payload, _, project = await self._ls_request(http, "schema")
-        self.label_studio[project] = label_studio.Connection.from_setup(payload)
+        payload, _ = await self._ls_request(http, "schema")
+        sent = str(payload.get("hostname") or "")
+        if sent and sent.rstrip("/") != self.label_studio.url.rstrip("/"):
+            # images are read from the configured Label Studio only; a request cannot move it
+            log.warning("/setup names Label Studio at %r; this server reads task images from %r (label_studio_url)",
+                        sent, self.label_studio.url or "none configured")
         return JSONResponse({"model_version": self.model_version})
 
     @api.post("/label-studio/predict")
     async def ls_predict(self, http: HttpRequest) -> Response:
-        payload, targets, project = await self._ls_request(http, "label_config")
-        connection = self.label_studio.get(project) or label_studio.Connection.from_setup({})
+        payload, targets = await self._ls_request(http, "label_config")
         tasks = payload.get("tasks") or []
         if isinstance(tasks, dict):  # one task, not in a list (the reference backend's tests send this)
             tasks = [tasks]
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise label_studio.ProtocolError("'tasks' must be a list of task objects")
-        rows = await asyncio.gather(*(self._label_task(task, targets, connection) for task in tasks))
+        if len(tasks) > self.cfg.label_studio_max_tasks:
+            raise label_studio.ProtocolError(f"{len(tasks)} tasks in one request; at most "
+                                             f"{self.cfg.label_studio_max_tasks} (label_studio_max_tasks)", status=413)
+        rows = await asyncio.gather(*(self._label_task(task, targets) for task in tasks))
         return JSONResponse({"results": [label_studio.prediction(row, targets, self.model_version) for row in rows]})
 
-    async def _label_task(self, task: dict, targets, connection) -> dict:
-        """A task's row; an image we may not or cannot read is an error row (no prediction)."""
-        try:
-            kind, where = label_studio.task_image_source(task, targets, connection, self.cfg.allow_uris)
-            if kind == "uri":
-                request, data = await asyncio.to_thread(check_uri, where, self.cfg), None
-            else:
-                data = await asyncio.to_thread(label_studio.read_task_image, kind, where, connection, self.cfg.max_bytes)
-                request = uploaded(data)
-        except Exception as exc:
-            log.warning("Label Studio task %s: %s", task.get("id"), exc)
-            request, data = refused("unreadable", str(exc)[:300], uri=f"label-studio:task:{task.get('id')}"), None
-        return (await self._cascade(request, data))[1]
+    async def _label_task(self, task: dict, targets) -> dict:
+        """A task's row; an image we may not or cannot read is an error row (no prediction).
+        At most label_studio_concurrency tasks of all requests are in the cascade at once."""
+        async with self.ls_slots:
+            try:
+                kind, where = label_studio.task_image_source(task, targets, self.label_studio, self.cfg.allow_uris)
+                if kind == "uri":
+                    request, data = await asyncio.to_thread(check_uri, where, self.cfg), None
+                else:
+                    data = await asyncio.to_thread(label_studio.read_task_image, kind, where, self.label_studio,
+                                                   self.cfg.max_bytes)
+                    request = uploaded(data)
+            except Exception as exc:
+                log.warning("Label Studio task %s: %s", task.get("id"), exc)
+                request, data = refused("unreadable", str(exc)[:300], uri=f"label-studio:task:{task.get('id')}"), None
+            return (await self._cascade(request, data))[1]
 
     @api.post("/label-studio/webhook")
-    async def ls_webhook(self) -> dict:
-        return {}  # Label Studio reports project events here; the cascade does not train on them
+    async def ls_webhook(self, http: HttpRequest) -> Response:
+        self._authorize(http)
+        # Label Studio reports project events here; the cascade does not train on them
+        return JSONResponse({}, status_code=201)
 
 
-BUILD_ARGS = ("bundle", "stages", "device", "set", "max_bytes", "max_side", "allow_uris", "batch_wait_ms")
+# builder argument -> (ServeConfig field, how the text becomes its value)
+SCALAR_ARGS = {
+    "bundle": ("bundle", str), "max_bytes": ("max_bytes", int), "max_pixels": ("max_pixels", int),
+    "max_side": ("work_max_side", int), "batch_wait_ms": ("batch_wait_timeout_s", lambda v: float(v) / 1000),
+    "auth_token_file": ("auth_token_file", str), "label_studio_url": ("label_studio_url", str),
+    "label_studio_token_file": ("label_studio_token_file", str),
+    "label_studio_concurrency": ("label_studio_concurrency", int), "label_studio_max_tasks": ("label_studio_max_tasks", int),
+    "max_ongoing_requests": ("max_ongoing_requests", int), "max_queued_requests": ("max_queued_requests", int),
+    "expose_info": ("expose_info", lambda v: str(v).lower() in ("1", "true", "yes")),
+}
+BUILD_ARGS = ("stages", "device", "set", "allow_uris", *SCALAR_ARGS)
 
 
 def serve_config(args: dict) -> ServeConfig:
@@ -226,8 +323,6 @@ def serve_config(args: dict) -> ServeConfig:
     if unknown:
         raise ConfigError(f"unknown argument(s) {', '.join(unknown)} (valid: {', '.join(BUILD_ARGS)})")
     kwargs = {}
-    if "bundle" in args:
-        kwargs["bundle"] = str(args["bundle"])
     if "stages" in args:
         kwargs["stages"] = tuple(s.strip() for s in str(args["stages"]).split(",") if s.strip())
     device = str(args.get("device", "cpu"))
@@ -238,14 +333,12 @@ def serve_config(args: dict) -> ServeConfig:
     if args.get("set"):
         res = apply_overrides(res, [o.strip() for o in str(args["set"]).split(",") if o.strip()])
     kwargs["resources"] = res
-    try:
-        for key, name, kind in (("max_bytes", "max_bytes", int), ("max_side", "work_max_side", int)):
-            if key in args:
-                kwargs[name] = kind(args[key])
-        if "batch_wait_ms" in args:
-            kwargs["batch_wait_timeout_s"] = float(args["batch_wait_ms"]) / 1000
-    except ValueError as exc:
-        raise ConfigError(f"bad number: {exc}") from None
+    for key, (name, parse) in SCALAR_ARGS.items():
+        if key in args:
+            try:
+                kwargs[name] = parse(args[key])
+            except ValueError:
+                raise ConfigError(f"{key}={args[key]!r}: not a number") from None
     if args.get("allow_uris"):
         kwargs["allow_uris"] = tuple(p.strip() for p in str(args["allow_uris"]).split(",") if p.strip())
     return ServeConfig(**kwargs)
@@ -254,7 +347,9 @@ def serve_config(args: dict) -> ServeConfig:
 def application(cfg: ServeConfig):
     stages = [StageDeployment.options(name=f"stage-{stage}", **serve_deployment_options(cfg, stage)).bind(stage, cfg)
               for stage in cfg.stages]
-    return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(cfg, *stages)
+    # a bounded queue at the ingress: overload answers 503 at once instead of a long wait
+    return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
+                           max_queued_requests=cfg.max_queued_requests).bind(cfg, *stages)
 
 
 def build(args: dict):

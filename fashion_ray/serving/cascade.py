@@ -4,7 +4,9 @@ A request becomes a `Request` (decoded exactly as `pipeline.load_media` decodes:
 same working resolution), each stage deployment runs `run_stage` on a Serve batch of them
 with the batch job's own stage classes, and `label_row` turns the result into the row the
 job writes to Parquet (same schema, same float32 rounding, original pixel coordinates).
-Errors carry the error rows' reasons; `HTTP_STATUS` maps each to a 4xx code.
+Errors carry the error rows' reasons; `HTTP_STATUS` maps each to a 4xx code. What a client
+learns of an object it named is generic (no server paths, sizes or storage errors: those go
+to the server's log), so the answers cannot map what the server can read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,6 +27,8 @@ from fashion_ray.config import ServeConfig
 from fashion_ray.formats.schema import LABEL_SCHEMA
 from fashion_ray.formats.shards import assemble_rows
 from fashion_ray.stages import persons_column
+
+log = logging.getLogger(__name__)
 
 # error reasons (media.ERROR_REASONS, "model_error", and the request's own) -> HTTP status
 HTTP_STATUS = {"too_large": 413, "unsupported": 415, "undecodable": 422, "truncated": 422, "unreadable": 422,
@@ -70,25 +75,29 @@ def check_uri(uri: str, cfg: ServeConfig) -> Request:
     """A request for an object the server reads itself; only under the allowed prefixes."""
     resolved = storage.allowed_uri(uri, cfg.allow_uris)
     if resolved is None:
-        allowed = ", ".join(cfg.allow_uris) or "none: this server takes image bytes only"
-        return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail(
-            "forbidden_uri", f"this server may not read {uri!r} (allowed prefixes: {allowed})")
-    uri = resolved  # what is read is what was checked (a local path resolved, links followed)
+        detail = ("this server may not read that URI (only objects under its configured prefixes)" if cfg.allow_uris
+                  else "this server reads no URIs: send the image bytes")
+        return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail("forbidden_uri", detail)
     try:
-        entry = storage.stat_objects([uri], cfg.storage)[0]
-    except Exception as exc:  # a bad scheme or bucket name: the reason, not a 500
-        return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail("unreadable", f"{type(exc).__name__}: {exc}"[:300])
+        entry = storage.stat_objects([resolved], cfg.storage)[0]  # what is read is what was checked (links followed)
+    except Exception as exc:  # a bad scheme or bucket name, a missing object: a reason, not a 500
+        log.warning("stat %s: %s: %s", uri, type(exc).__name__, exc)
+        return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail("unreadable", UNREADABLE)
     request = Request(**entry)
     if request.size > cfg.max_bytes:
-        request.fail("too_large", f"{request.size} bytes exceeds the limit of {cfg.max_bytes}")
+        request.fail("too_large", f"the object exceeds the limit of {cfg.max_bytes} bytes")
     return request
+
+
+UNREADABLE = "the object could not be read"
 
 
 def fetch(request: Request, cfg: ServeConfig) -> bytes | None:
     try:
         data = storage.fetch_bounded(request.uri, cfg.max_bytes, cfg.storage)
     except Exception as exc:
-        request.fail("unreadable", f"{type(exc).__name__}: {exc}"[:300])
+        log.warning("fetch %s: %s: %s", request.uri, type(exc).__name__, exc)
+        request.fail("unreadable", UNREADABLE)
         return None
     if len(data) > cfg.max_bytes:  # it grew after it was listed
         request.fail("too_large", f"the object exceeds the limit of {cfg.max_bytes} bytes")

@@ -7,9 +7,11 @@ each person, garment or body part whose name is one of its labels ("person", the
 categories, body parts; case, spaces and hyphens do not matter). Boxes become rectangles,
 masks polygons, both in percent of the original image as Label Studio expects.
 
-Task images are read from Label Studio itself (uploads, "/data/..." paths) with the token
-/setup gave (or LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY), from data: URIs, or from the URIs
-the server is allowed to read; never from anywhere else.
+Task images are read from the Label Studio the server is configured with (label_studio_url
+and label_studio_token_file, or LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY; what /setup sends
+is never used: a caller cannot point the server at another host or learn its token), without
+following redirects to other hosts; from data: URIs; or from the URIs the server is allowed
+to read. Never from anywhere else.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ from fashion_ray.formats import masks as rle
 
 CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygonlabels"}
 MIN_POLYGON_AREA = 16  # pixels: specks of a mask are not worth a region
+MAX_REDIRECTS = 3
 
 
 class ProtocolError(ValueError):
-    """A Label Studio request we cannot serve; the app answers 400 with the message."""
+    """A Label Studio request we cannot serve; the app answers `status` (400) with the message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class LabelConfigError(ProtocolError):
@@ -146,21 +153,31 @@ def prediction(row: dict, targets: Targets, model_version: str) -> dict:
 
 @dataclass(frozen=True)
 class Connection:
-    """Where a project's Label Studio is and the token it gave (/setup), env overriding."""
+    """The Label Studio task images are read from, and its API token: the server's
+    configuration, never a request's."""
 
     url: str = ""
     token: str = ""
 
     @classmethod
-    def from_setup(cls, payload: dict) -> "Connection":
-        return cls(os.environ.get("LABEL_STUDIO_URL") or payload.get("hostname") or "",
-                   os.environ.get("LABEL_STUDIO_API_KEY") or payload.get("access_token") or "")
+    def from_config(cls, cfg) -> "Connection":
+        """From a ServeConfig: label_studio_url / label_studio_token_file, else the environment."""
+        from fashion_ray.serving.auth import read_secret
+
+        token = (read_secret(cfg.label_studio_token_file, "label_studio_token_file") if cfg.label_studio_token_file
+                 else os.environ.get("LABEL_STUDIO_API_KEY", ""))
+        return cls(cfg.label_studio_url or os.environ.get("LABEL_STUDIO_URL", ""), token)
+
+    def same_origin(self, url: str) -> bool:
+        here, there = urllib.parse.urlsplit(self.url), urllib.parse.urlsplit(url)
+        return bool(self.url) and (here.scheme, here.netloc) == (there.scheme, there.netloc)
 
     def auth_header(self) -> dict:
         if not self.token:
             return {}
         if self.token.count(".") == 2:  # a personal access token (JWT refresh token): trade it for an access token
-            answer = requests.post(urllib.parse.urljoin(self.url, "/api/token/refresh"), json={"refresh": self.token}, timeout=10)
+            answer = requests.post(urllib.parse.urljoin(self.url, "/api/token/refresh"), json={"refresh": self.token},
+                                   timeout=10, allow_redirects=False)
             answer.raise_for_status()
             return {"Authorization": f"Bearer {answer.json()['access']}"}
         return {"Authorization": f"Token {self.token}"}
@@ -180,12 +197,11 @@ def task_image_source(task: dict, targets: Targets, connection: Connection, allo
         return "bytes", ref
     if storage.allowed_uri(ref, allow_uris) is not None:
         return "uri", ref
-    host = urllib.parse.urlsplit(connection.url)
-    target = urllib.parse.urlsplit(urllib.parse.urljoin(connection.url or "http://unset/", ref))
-    if connection.url and (target.scheme, target.netloc) == (host.scheme, host.netloc):
-        return "label_studio", target.geturl()
-    raise TaskImageError(f"the image {ref!r} is neither in Label Studio ({connection.url or 'no /setup yet'}) "
-                         f"nor under an allowed prefix ({', '.join(allow_uris) or 'none'})")
+    target = urllib.parse.urljoin(connection.url or "http://unset/", ref)
+    if connection.same_origin(target):
+        return "label_studio", target
+    raise TaskImageError(f"the image {ref!r} is neither in the configured Label Studio "
+                         f"({connection.url or 'none: set label_studio_url'}) nor under an allowed prefix")
 
 
 def read_task_image(kind: str, where: str, connection: Connection, max_bytes: int) -> bytes:
@@ -195,11 +211,19 @@ def read_task_image(kind: str, where: str, connection: Connection, max_bytes: in
         if len(payload) * 3 // 4 > max_bytes:
             raise TaskImageError(f"the image exceeds the limit of {max_bytes} bytes")
         return base64.b64decode(payload)
-    with requests.get(where, headers=connection.auth_header(), stream=True, timeout=30) as answer:
-        answer.raise_for_status()
-        data = bytearray()
-        for chunk in answer.iter_content(1 << 16):
-            data += chunk
-            if len(data) > max_bytes:
-                raise TaskImageError(f"the image exceeds the limit of {max_bytes} bytes")
-    return bytes(data)
+    headers = connection.auth_header()
+    for _ in range(MAX_REDIRECTS + 1):
+        with requests.get(where, headers=headers, stream=True, timeout=30, allow_redirects=False) as answer:
+            if answer.is_redirect:  # followed within Label Studio only: its token goes nowhere else
+                where = urllib.parse.urljoin(where, answer.headers["location"])
+                if not connection.same_origin(where):
+                    raise TaskImageError("Label Studio redirected the image to another host; not followed")
+                continue
+            answer.raise_for_status()
+            data = bytearray()
+            for chunk in answer.iter_content(1 << 16):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise TaskImageError(f"the image exceeds the limit of {max_bytes} bytes")
+            return bytes(data)
+    raise TaskImageError(f"more than {MAX_REDIRECTS} redirects")

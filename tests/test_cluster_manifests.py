@@ -156,3 +156,46 @@ def test_every_ray_node_and_submitter_runs_with_ray_token_auth_from_a_secret():
     assert "~/.ray/auth_token" in launcher["file_mounts"]
     cron = [line for line in open(os.path.join(ROOT, "cluster", "crontab")) if not line.startswith("#")]
     assert cron and all("RAY_AUTH_MODE=token" in line for line in cron if "ray job submit" in line)
+
+
+def test_served_cascade_on_a_cluster_needs_its_api_token_and_bounds_its_queue():
+    """Bound to 0.0.0.0 on a cluster: the API token from a file (a mounted Secret), never an
+    env var; requests time out before Label Studio's 100 s; the ingress queue is bounded."""
+    from fashion_ray.serving.app import serve_config
+
+    config = yaml.safe_load(open(os.path.join(ROOT, "cluster", "serve.yaml")))
+    assert config["http_options"]["host"] == "0.0.0.0" and config["http_options"]["request_timeout_s"] <= 100
+    [app] = config["applications"]
+    cfg = serve_config(app["args"])
+    assert cfg.auth_token_file == "/etc/fashion-ray/api-token" and not cfg.expose_info
+    assert not {k for k in app.get("runtime_env", {}).get("env_vars", {}) if "TOKEN" in k or "KEY" in k}
+    service = yaml.safe_load(open(os.path.join(ROOT, "cluster", "rayservice-cascade.yaml")))["spec"]["rayClusterConfig"]
+    pods = [service["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in service["workerGroupSpecs"]]
+    for pod in pods:  # the ingress may land on any node: each has the Secret where auth_token_file points
+        [volume] = [v for v in pod["volumes"] if v["name"] == "api-token"]
+        assert volume["secret"]["secretName"] == "fashion-ray-api-token"
+        mounts = {m["mountPath"]: m for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] == "api-token"}
+        assert mounts["/etc/fashion-ray"]["readOnly"] is True
+    launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))
+    assert "~/.fashion-ray/api-token" in launcher["file_mounts"]
+    assert any("/etc/fashion-ray/api-token" in c for c in launcher["setup_commands"])
+
+
+def test_hourly_and_one_shot_jobs_run_a_pinned_commit_and_pinned_images():
+    import re
+
+    def images(node):
+        if isinstance(node, dict):
+            return [v for k, v in node.items() if k == "image"] + [i for v in node.values() for i in images(v)]
+        return [i for v in node for i in images(v)] if isinstance(node, list) else []
+
+    config_map = next(d for d in yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))
+                      if d["kind"] == "ConfigMap")
+    hourly = yaml.safe_load(config_map["data"]["rayjob.yaml"])
+    one_shot = yaml.safe_load(open(os.path.join(ROOT, "cluster", "rayjob-label-corpus.yaml")))
+    for job in (hourly, one_shot):
+        working_dir = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["working_dir"]
+        assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+/archive/[0-9a-f]{40}\.zip", working_dir), working_dir
+    everything = list(yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))) + [hourly, one_shot]
+    found = images(everything)
+    assert len(found) >= 7 and all(re.search(r"@sha256:[0-9a-f]{64}$", i) for i in found), found

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
-
+import json
 import os
 import shutil
 import subprocess
@@ -29,15 +29,29 @@ from fashion_ray.serving.app import serve_config
 PHOTOS = sorted(n for n in os.listdir(SAMPLE_CORPUS) if n.endswith(".jpg"))
 MAX_BYTES = 1 << 20  # the test server's limit: every sample photo fits, a 1.5 MB body does not
 BUCKET = "served-photos"
+API_TOKEN = "served-cascade-test-token-51c7"  # the server's, from a file as a mounted Secret gives it
+LABEL_STUDIO_TOKEN = "fashion-ray-test-token"  # the Label Studio admin's (label_studio_server)
+API = requests.Session()  # a client that holds the API token; requests.* calls hold none
 
 def _photo(name: str) -> bytes:
     with open(os.path.join(SAMPLE_CORPUS, name), "rb") as f:
         return f.read()
 
 @pytest.fixture(scope="module")
-def served(ray_session, s3_server):
-    """The app as `serve run` builds it, on a free port; photos in a bucket it may read."""
+def label_studio_port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, s3_server, label_studio_port, tmp_path_factory):
+    """The app as `serve run` builds it, on a free port, as a cluster runs it: an API token
+    from a file, the Label Studio it reads task images from configured (it is started later,
+    on that port, by label_studio_server); photos in a bucket it may read."""
     from ray import serve
+
+    secrets = tmp_path_factory.mktemp("secrets")
+    (secrets / "api-token").write_text(API_TOKEN + "\n")
+    (secrets / "label-studio-token").write_text(LABEL_STUDIO_TOKEN)
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
     fs.mkdir(BUCKET)
@@ -47,12 +61,16 @@ def served(ray_session, s3_server):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     from fashion_ray.serving.app import build
 
-    serve.run(build({"max_bytes": str(MAX_BYTES), "allow_uris": f"s3://{BUCKET}/"}), name="fashion-ray", route_prefix="/")
+    serve.run(build({"max_bytes": str(MAX_BYTES), "allow_uris": f"s3://{BUCKET}/", "auth_token_file": str(secrets / "api-token"),
+                     "label_studio_url": f"http://127.0.0.1:{label_studio_port}",
+                     "label_studio_token_file": str(secrets / "label-studio-token"), "label_studio_max_tasks": "50"}),
+              name="fashion-ray", route_prefix="/")
+    API.headers["Authorization"] = f"Bearer {API_TOKEN}"
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
 def _label(base: str, data: bytes, **params) -> requests.Response:
-    return requests.post(f"{base}/v1/label", data=data, params=params, headers={"Content-Type": "image/jpeg"}, timeout=120)
+    return API.post(f"{base}/v1/label", data=data, params=params, headers={"Content-Type": "image/jpeg"}, timeout=120)
 
 def test_served_rows_are_the_batch_jobs_rows(served, default_run):
     """Same photo, same bundle: the served row equals the Parquet row the labelling job wrote,
@@ -76,25 +94,25 @@ def test_served_rows_are_the_batch_jobs_rows(served, default_run):
 
 def test_uri_requests_read_only_allowed_prefixes(served):
     uri = f"s3://{BUCKET}/two_people.jpg"
-    answer = requests.post(f"{served}/v1/label", json={"uri": uri}, timeout=120)
+    answer = API.post(f"{served}/v1/label", json={"uri": uri}, timeout=120)
     row = answer.json()
     assert answer.status_code == 200 and row["uri"] == uri and row["id"] == storage.stable_id(uri)
     assert row["persons"] == _label(served, _photo("two_people.jpg")).json()["persons"]
     for bad, status, reason in ((os.path.join(SAMPLE_CORPUS, "camera.jpg"), 403, "forbidden_uri"),
                                 ("s3://other-bucket/x.jpg", 403, "forbidden_uri"),
                                 (f"s3://{BUCKET}/missing.jpg", 422, "unreadable")):
-        answer = requests.post(f"{served}/v1/label", json={"uri": bad}, timeout=60)
+        answer = API.post(f"{served}/v1/label", json={"uri": bad}, timeout=60)
         assert (answer.status_code, answer.json()["error"]) == (status, reason), bad
-    answer = requests.post(f"{served}/v1/label", data=b'{"url": 1}', headers={"Content-Type": "application/json"}, timeout=60)
+    answer = API.post(f"{served}/v1/label", data=b'{"url": 1}', headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 400 and "uri" in answer.json()["error_detail"]
     # Label Studio's routes refuse what is not their protocol with a reason, not a 500
-    answer = requests.post(f"{served}/label-studio/predict", data=b"not json", timeout=60)
+    answer = API.post(f"{served}/label-studio/predict", data=b"not json", headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 400 and answer.json() == {"error": "the body is not a JSON object"}
-    answer = requests.post(f"{served}/label-studio/setup", json={"schema": "<View/>"}, timeout=60)
+    answer = API.post(f"{served}/label-studio/setup", json={"schema": "<View/>"}, timeout=60)
     assert answer.status_code == 400 and "no <Image> tag" in answer.json()["error"]
-    config = requests.get(f"{served}/label-studio/config.xml", timeout=60).text
+    config = API.get(f"{served}/label-studio/config.xml", timeout=60).text
     for tasks in (["not a task"], "tasks", 7, [{"id": 1}, None]):
-        answer = requests.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=60)
+        answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=60)
         assert answer.status_code == 400 and answer.json() == {"error": "'tasks' must be a list of task objects"}, tasks
 
 def test_oversized_requests_are_refused_before_decoding(served):
@@ -107,7 +125,7 @@ def test_oversized_requests_are_refused_before_decoding(served):
         for start in range(0, len(big), 1 << 16):
             yield big[start:start + (1 << 16)]
 
-    answer = requests.post(f"{served}/v1/label", data=chunks(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+    answer = API.post(f"{served}/v1/label", data=chunks(), headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert answer.status_code == 413 and answer.json()["error"] == "too_large"
     # and the replicas are alive: the next request is labelled
     assert _label(served, _photo("camera.jpg")).status_code == 200
@@ -159,11 +177,16 @@ def test_web_page_in_headless_chromium(served, tmp_path):
         expected = _label(served, _photo("two_people.jpg")).json()
 
         def choose(path) -> str:
+            browser.execute_script("document.getElementById('status').dataset.state = 'idle';")
             browser.find_element(By.ID, "file").send_keys(str(path))
             WebDriverWait(browser, 120).until(
                 lambda b: b.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
             return browser.find_element(By.ID, "status").get_attribute("data-state")
 
+        # this server needs its token: the page says so, then works once it is entered
+        assert choose(os.path.join(SAMPLE_CORPUS, "camera.jpg")) == "error"
+        assert "API token" in browser.find_element(By.ID, "status").text
+        browser.find_element(By.ID, "token").send_keys(API_TOKEN)
         assert choose(os.path.join(SAMPLE_CORPUS, "two_people.jpg")) == "done"
         size = browser.execute_script("const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight];")
         assert size == [expected["width"], expected["height"]]
@@ -212,6 +235,121 @@ def test_label_studio_results_from_a_hand_made_row():
     with pytest.raises(label_studio.LabelConfigError, match="no RectangleLabels or PolygonLabels"):
         label_studio.parse_label_config('<View><Image name="i" value="$i"/><Choices name="c" toName="i"/></View>')
 
+class _Recorder:
+    """A real HTTP server on loopback that records every request it gets (path, Authorization)
+    and answers each with `status` and `headers`: the host a hostile request names."""
+
+    def __init__(self, status: int = 200, headers: dict | None = None):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                seen.append((self.path, self.headers.get("Authorization")))
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_every_door_of_the_served_cascade_is_shut(served):
+    """The security review's doors, tried on loopback: each answers 401/403/404/413/415 and the
+    server labels the next photo as before."""
+    config = API.get(f"{served}/label-studio/config.xml", timeout=60).text
+    routes = [("post", "/v1/label"), ("post", "/label-studio/predict"), ("post", "/label-studio/setup"),
+              ("get", "/label-studio/health"), ("get", "/label-studio/"), ("get", "/label-studio/metrics"),
+              ("get", "/label-studio/config.xml"), ("post", "/label-studio/webhook")]
+    wrong = {"Authorization": "Bearer not-the-token"}
+    basic_wrong = {"Authorization": "Basic " + base64.b64encode(b"label-studio:guess").decode()}
+    for method, route in routes:
+        for headers in ({}, wrong, basic_wrong):
+            answer = getattr(requests, method)(f"{served}{route}", headers=headers, json={"schema": config}, timeout=60)
+            assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", (route, headers)
+    basic = {"Authorization": "Basic " + base64.b64encode(f"label-studio:{API_TOKEN}".encode()).decode()}
+    assert requests.get(f"{served}/label-studio/health", headers=basic, timeout=60).json()["status"] == "UP"
+    assert requests.get(f"{served}/", timeout=60).status_code == 200  # the page itself holds nothing
+    for route in ("/docs", "/openapi.json", "/v1/info"):  # off unless expose_info=true
+        assert API.get(f"{served}{route}", timeout=60).status_code == 404, route
+    assert API.post(f"{served}/label-studio/webhook", json={"action": "PROJECT_UPDATED"}, timeout=60).status_code == 201
+
+    # /setup cannot move the server's Label Studio: a hostile host named in it gets no request
+    hostile = _Recorder()
+    try:
+        setup = {"project": "7.1", "schema": config, "hostname": hostile.url, "access_token": "stolen?"}
+        answer = API.post(f"{served}/label-studio/setup", json=setup, timeout=60)
+        assert answer.status_code == 200 and "model_version" in answer.json()
+        tasks = [{"id": 1, "data": {"image": "/data/upload/1/x.jpg"}}, {"id": 2, "data": {"image": f"{hostile.url}/x.jpg"}},
+                 {"id": 3, "data": {"image": "http://169.254.169.254/latest/meta-data/"}}]
+        answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=120)
+        assert answer.status_code == 200 and [r["result"] for r in answer.json()["results"]] == [[], [], []]
+        assert hostile.seen == []
+        # a web page's text/plain POST (no preflight) is not read
+        answer = API.post(f"{served}/label-studio/setup", data=json.dumps(setup), headers={"Content-Type": "text/plain"}, timeout=60)
+        assert answer.status_code == 415
+    finally:
+        hostile.close()
+
+    # limits hold on chunked bodies too, and on the number of tasks
+    def chunked(size):
+        yield b'{"uri": "' + b"a" * size + b'"}'
+
+    answer = API.post(f"{served}/v1/label", data=chunked(100_000), headers={"Content-Type": "application/json"}, timeout=60)
+    assert answer.status_code == 413 and answer.json()["error"] == "too_large"
+    answer = API.post(f"{served}/label-studio/predict", data=chunked(MAX_BYTES + 1), headers={"Content-Type": "application/json"}, timeout=60)
+    assert answer.status_code == 413
+    many = [{"id": k, "data": {"image": "/data/upload/x.jpg"}} for k in range(51)]
+    answer = API.post(f"{served}/label-studio/predict", json={"tasks": many, "label_config": config}, timeout=60)
+    assert answer.status_code == 413 and "label_studio_max_tasks" in answer.json()["error"]
+
+    # what a client learns of objects it names is generic: no sizes, paths or storage errors
+    for uri, status in ((f"s3://{BUCKET}/missing.jpg", 422), ("/etc/shadow", 403), (f"s3://{BUCKET}/../x.jpg", 403)):
+        row = API.post(f"{served}/v1/label", json={"uri": uri}, timeout=60).json()
+        assert row["error_detail"] in ("the object could not be read",
+                                       "this server may not read that URI (only objects under its configured prefixes)"), row
+    assert _label(served, _photo("camera.jpg")).status_code == 200  # and the server is fine
+
+
+def test_label_studio_redirects_to_other_hosts_are_not_followed():
+    """The configured Label Studio's token never travels: a redirect off its host is refused."""
+    elsewhere = _Recorder()
+    studio = _Recorder(302, {"Location": f"{elsewhere.url}/stolen.jpg"})
+    try:
+        connection = label_studio.Connection(studio.url, "the-label-studio-token")
+        with pytest.raises(label_studio.TaskImageError, match="another host"):
+            label_studio.read_task_image("label_studio", f"{studio.url}/data/upload/1/x.jpg", connection, MAX_BYTES)
+        assert studio.seen == [("/data/upload/1/x.jpg", "Token the-label-studio-token")] and elsewhere.seen == []
+    finally:
+        elsewhere.close()
+        studio.close()
+
+
+def test_without_a_token_only_loopback_clients_are_served():
+    from fashion_ray.serving import auth
+
+    assert auth.refusal("", "", "127.0.0.1") is None and auth.refusal("", "", "::1") is None
+    assert "loopback clients only" in auth.refusal("", "", "10.1.2.3")
+    assert auth.refusal("", "Bearer anything", None)  # no client address: not known to be loopback
+    assert auth.refusal("s3cret", "", "127.0.0.1")  # with a token, loopback needs it too
+    assert auth.refusal("s3cret", "Bearer s3cret", "10.1.2.3") is None
+    assert auth.refusal("s3cret", "Basic " + base64.b64encode(b"anyone:s3cret").decode(), "10.1.2.3") is None
+    assert auth.refusal("s3cret", "Basic !!!", "10.1.2.3")
+
+
 def test_serve_arguments_are_checked():
     assert serve_config({"device": "cuda"}).resources["person"].num_gpus > 0
     assert serve_config({"set": "all.max_actors=3,parts.batch_size=2"}).resources["parts"].batch_size == 2
@@ -219,6 +357,9 @@ def test_serve_arguments_are_checked():
         serve_config({"bundel": "x"})
     with pytest.raises(ConfigError, match="cpu, cuda"):
         serve_config({"device": "tpu"})
+    with pytest.raises(ConfigError, match="max_queued_requests='many': not a number"):
+        serve_config({"max_queued_requests": "many"})
+    assert serve_config({"expose_info": "true"}).expose_info and not serve_config({}).expose_info
     with pytest.raises(ConfigError, match="valid: person, clothing, parts"):
         serve_config({"stages": "person,shoes"})
 
@@ -228,12 +369,13 @@ def _label_studio_command() -> list[str] | None:
     return [found] if found else None
 
 @pytest.fixture(scope="module")
-def label_studio_server(tmp_path_factory):
-    """A real Label Studio on a free port, with an admin whose API token the test uses."""
+def label_studio_server(tmp_path_factory, label_studio_port):
+    """A real Label Studio on the port the served app was told, with an admin whose API token
+    the test (and the served app, from its token file) uses."""
     command = _label_studio_command()
     if command is None:
         pytest.skip("Label Studio is not installed (bash tests/install_test_tools.sh installs it into .venv-labelstudio)")
-    data, port, token = tmp_path_factory.mktemp("label-studio"), free_port(), "fashion-ray-test-token"
+    data, port, token = tmp_path_factory.mktemp("label-studio"), label_studio_port, LABEL_STUDIO_TOKEN
     # Label Studio refuses ML backends and webhooks on loopback addresses unless told: this one is on 127.0.0.1
     env = {**os.environ, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
            "LABEL_STUDIO_BASE_DATA_DIR": str(data)}
@@ -261,11 +403,18 @@ def label_studio_server(tmp_path_factory):
 
 def test_label_studio_project_gets_the_cascades_predictions(served, label_studio_server):
     base, auth = label_studio_server
-    config = requests.get(f"{served}/label-studio/config.xml", timeout=30).text
+    config = API.get(f"{served}/label-studio/config.xml", timeout=30).text
     project = requests.post(f"{base}/api/projects", headers=auth, timeout=60,
                             json={"title": "fashion-ray pre-annotation", "label_config": config}).json()
+    # without credentials the backend refuses Label Studio's health check, so it is not added
+    refused = requests.post(f"{base}/api/ml", headers=auth, timeout=120,
+                            json={"url": f"{served}/label-studio", "project": project["id"], "title": "no auth"})
+    assert refused.status_code == 400, refused.text
+    # Label Studio's "Basic Authentication" settings, the API token as the password
     backend = requests.post(f"{base}/api/ml", headers=auth, timeout=120,
-                            json={"url": f"{served}/label-studio", "project": project["id"], "title": "fashion-ray"})
+                            json={"url": f"{served}/label-studio", "project": project["id"], "title": "fashion-ray",
+                                  "auth_method": "BASIC_AUTH", "basic_auth_user": "label-studio",
+                                  "basic_auth_pass": API_TOKEN})
     assert backend.status_code == 201, backend.text
     with open(os.path.join(SAMPLE_CORPUS, "two_people.jpg"), "rb") as f:
         imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=120,
@@ -313,5 +462,5 @@ def test_label_studio_images_read_with_a_personal_access_token(label_studio_serv
     assert label_studio.read_task_image(kind, url, connection, MAX_BYTES) == _photo("camera.jpg")
     with pytest.raises(label_studio.TaskImageError, match="exceeds the limit of 1000 bytes"):
         label_studio.read_task_image(kind, url, connection, 1000)
-    with pytest.raises(label_studio.TaskImageError, match="neither in Label Studio"):
+    with pytest.raises(label_studio.TaskImageError, match="neither in the configured Label Studio"):
         label_studio.task_image_source({"data": {"image": "http://elsewhere.example/x.jpg"}}, targets, connection, ())

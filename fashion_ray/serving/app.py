@@ -314,7 +314,7 @@ SCALAR_ARGS = {
     "max_ongoing_requests": ("max_ongoing_requests", int), "max_queued_requests": ("max_queued_requests", int),
     "expose_info": ("expose_info", lambda v: str(v).lower() in ("1", "true", "yes")),
 }
-BUILD_ARGS = ("stages", "device", "set", "allow_uris", *SCALAR_ARGS)
+BUILD_ARGS = ("bundle", "stages", "device", "set", "allow_uris", *(k for k in SCALAR_ARGS if k != "bundle"))
 
 
 def serve_config(args: dict) -> ServeConfig:

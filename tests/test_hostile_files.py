@@ -66,7 +66,7 @@ def test_the_job_labels_around_hostile_files(tmp_path):
     built = hostile_files.build(str(tmp_path / "files"), cases=12)
     bound_s = 420
     ran = hostile_files.run_job(str(tmp_path / "files"), str(tmp_path / "labels"), bound_s,
-                                ["--stages", "person", "--num-cpus", "2", "--file-timeout", "15"])
+                                ["--stages", "person", "--num-cpus", "2", "--file-timeout", "5"])
     assert ran["exit_code"] == 0, ran["stderr_tail"]
     found = hostile_files.check(str(tmp_path / "labels"), built)
     assert found["files_without_row_count"] == 0, found["files_without_row"]

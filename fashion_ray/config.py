@@ -189,6 +189,9 @@ class ServeConfig:
     label_studio_token_file: str = ""
     label_studio_concurrency: int = 8  # tasks of one /predict labelled at once
     label_studio_max_tasks: int = 1000  # a larger /predict is refused (413)
+    # a /predict answers within this (Label Studio gives up at 100 s); tasks not done by then get
+    # no prediction, and Label Studio's next "Retrieve predictions" asks for them again
+    label_studio_deadline_s: float = 80.0
     expose_info: bool = False  # /v1/info, /docs and /openapi.json (they describe the server's limits and prefixes)
     # requests waiting at the ingress beyond its running ones; more are answered 503 at once
     max_ongoing_requests: int = 32
@@ -199,6 +202,6 @@ class ServeConfig:
         if self.max_bytes < 1 or self.max_pixels < 1 or self.batch_wait_timeout_s < 0:
             raise ConfigError("max_bytes >= 1, max_pixels >= 1 and batch_wait_timeout_s >= 0 are required")
         if min(self.label_studio_concurrency, self.label_studio_max_tasks, self.max_ongoing_requests,
-               self.max_queued_requests) < 1:
+               self.max_queued_requests) < 1 or self.label_studio_deadline_s <= 0:
             raise ConfigError("label_studio_concurrency, label_studio_max_tasks, max_ongoing_requests and "
-                              "max_queued_requests must be >= 1")
+                              "max_queued_requests must be >= 1, label_studio_deadline_s > 0")

@@ -108,8 +108,8 @@ def test_uri_requests_read_only_allowed_prefixes(served):
     # Label Studio's routes refuse what is not their protocol with a reason, not a 500
     answer = API.post(f"{served}/label-studio/predict", data=b"not json", headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 400 and answer.json() == {"error": "the body is not a JSON object"}
-    answer = API.post(f"{served}/label-studio/setup", json={"schema": "<View/>"}, timeout=60)
-    assert answer.status_code == 400 and "no <Image> tag" in answer.json()["error"]
+    answer = API.post(f"{served}/label-studio/setup", json={"schema": "<View"}, timeout=60)
+    assert answer.status_code == 400 and "not XML" in answer.json()["error"]
     config = API.get(f"{served}/label-studio/config.xml", timeout=60).text
     for tasks in (["not a task"], "tasks", 7, [{"id": 1}, None]):
         answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=60)
@@ -207,22 +207,26 @@ def test_web_page_in_headless_chromium(served, tmp_path):
 
 # --- Label Studio ---------------------------------------------------------------------
 
+def _hand_made_row(status: str = "ok") -> dict:
+    from fashion_ray.formats import masks as rle
+
+    torso = np.zeros((400, 200), bool)
+    torso[100:200, 50:150] = True
+    return {"width": 200, "height": 400, "status": status, "persons": [{
+        "person_id": 0, "score": 0.9, "box": [10.0, 20.0, 110.0, 220.0], "mask": None,
+        "garments": [{"garment_id": 0, "category": "short_sleeve_top", "score": 0.5, "box": [20.0, 40.0, 60.0, 80.0], "mask": None}],
+        "parts": [{"part": "torso", "side": None, "box": [50.0, 100.0, 150.0, 200.0], "mask": rle.encode(torso)}]}]}
+
+
 def test_label_studio_results_from_a_hand_made_row():
     targets = label_studio.parse_label_config(
         '<View><Image name="img" value="$photo"/>'
         '<RectangleLabels name="box" toName="img"><Label value="Person"/><Label value="Short-sleeve top"/><Label value="cat"/></RectangleLabels>'
         '<PolygonLabels name="poly" toName="img"><Label value="torso"/></PolygonLabels></View>')
-    assert (targets.image_name, targets.image_key) == ("img", "photo")
-    assert targets.controls[0].labels == {"person": "Person", "short_sleeve_top": "Short-sleeve top"}
-    torso = np.zeros((400, 200), bool)
-    torso[100:200, 50:150] = True
-    from fashion_ray.formats import masks as rle
-
-    row = {"width": 200, "height": 400, "persons": [{
-        "person_id": 0, "score": 0.9, "box": [10.0, 20.0, 110.0, 220.0], "mask": None,
-        "garments": [{"garment_id": 0, "category": "short_sleeve_top", "score": 0.5, "box": [20.0, 40.0, 60.0, 80.0], "mask": None}],
-        "parts": [{"part": "torso", "side": None, "box": [50.0, 100.0, 150.0, 200.0], "mask": rle.encode(torso)}]}]}
-    result = label_studio.prediction(row, targets, "m@1")
+    [image] = targets.images
+    assert (image.name, image.key) == ("img", "photo")
+    assert image.controls[0].labels == {"person": "Person", "short_sleeve_top": "Short-sleeve top"}
+    result = label_studio.prediction({"img": _hand_made_row()}, targets, "m@1")
     assert result["score"] == 0.9 and result["model_version"] == "m@1"
     by_id = {r["id"]: r for r in result["result"]}
     assert by_id["p0-box"]["value"] == {"x": 5.0, "y": 5.0, "width": 50.0, "height": 50.0, "rotation": 0, "rectanglelabels": ["Person"]}
@@ -232,8 +236,95 @@ def test_label_studio_results_from_a_hand_made_row():
     assert polygon["polygonlabels"] == ["torso"] and sorted(map(tuple, polygon["points"])) == [
         (25.0, 25.0), (25.0, 49.75), (74.5, 25.0), (74.5, 49.75)]  # pixel corners (50,100)-(149,199) in percent
     assert set(by_id) == {"p0-box", "p0g0-box", "p0torso-poly-0"}
-    with pytest.raises(label_studio.LabelConfigError, match="no RectangleLabels or PolygonLabels"):
-        label_studio.parse_label_config('<View><Image name="i" value="$i"/><Choices name="c" toName="i"/></View>')
+    # an image that could not be labelled: no prediction at all (Label Studio asks again later)
+    assert label_studio.prediction({"img": _hand_made_row("error")}, targets, "m@1") is None
+
+
+def test_label_studio_configs_beyond_our_own():
+    """predicted_values label maps, model_score_threshold, brushes, a second Image, and configs
+    with nothing to fill (accepted, with the reason)."""
+    targets = label_studio.parse_label_config(
+        '<View><Header value="Look"/><Image name="front" value="$front"/><Image name="back" value="$back"/>'
+        '<RectangleLabels name="who" toName="back" model_score_threshold="0.6">'
+        '<Label value="Human" predicted_values="person"/><Label value="Top" predicted_values="short_sleeve_top,long_sleeve_top"/>'
+        '</RectangleLabels><BrushLabels name="paint" toName="back"><Label value="torso"/></BrushLabels></View>')
+    [back] = targets.images  # "front" has no control of ours: it is not labelled
+    assert back.name == "back" and back.key == "back"
+    who, paint = back.controls
+    assert who.labels == {"person": "Human", "short_sleeve_top": "Top", "long_sleeve_top": "Top"} and who.score_threshold == 0.6
+    result = label_studio.prediction({"back": _hand_made_row()}, targets, "m@1")["result"]
+    assert [(r["from_name"], r["to_name"], r["type"]) for r in result] == [
+        ("who", "back", "rectanglelabels"), ("paint", "back", "brushlabels")]  # the 0.5 top is under 0.6
+    assert result[0]["value"]["rectanglelabels"] == ["Human"]
+    brush = result[1]["value"]
+    assert brush["format"] == "rle" and brush["brushlabels"] == ["torso"]
+    decoded = _decode_brush(brush["rle"]).reshape(400, 200, 4)
+    expected = np.zeros((400, 200), bool)
+    expected[100:200, 50:150] = True
+    assert np.array_equal(decoded[..., 3] == 255, expected) and np.array_equal(decoded[..., 0] == 255, expected)
+    for empty in ("<View></View>", '<View><Image name="i" value="$i"/><Choices name="c" toName="i"/></View>'):
+        assert label_studio.parse_label_config(empty).unserved and not label_studio.parse_label_config(empty).images
+    with pytest.raises(label_studio.LabelConfigError, match="not XML"):
+        label_studio.parse_label_config("<View>")
+
+
+def _decode_brush(values: list[int]) -> np.ndarray:
+    """Label Studio's brush RLE read bit by bit, as its converter's decode_rle reads it."""
+    bits = "".join(f"{v:08b}" for v in values)
+    at = 0
+
+    def read(n):
+        nonlocal at
+        at += n
+        return int(bits[at - n:at], 2)
+
+    count, word = read(32), read(5) + 1
+    sizes = [read(4) + 1 for _ in range(4)]
+    out, i = np.zeros(count, np.uint8), 0
+    while i < count:
+        repeated = read(1)
+        end = i + 1 + read(sizes[read(2)])
+        if repeated:
+            out[i:end] = read(word)
+        else:
+            for k in range(i, end):
+                out[k] = read(word)
+        i = end
+    return out
+
+
+def test_the_reference_backends_requests_are_answered(served):
+    """What label-studio-ml-backend's own tests/test_api.py and test_basic.py send, replayed at
+    /label-studio: health at / and /health, metrics, a single task with an empty config,
+    setup with an empty config, training webhooks 201 and other events 200."""
+    base = f"{served}/label-studio"
+    for route in ("/", "/health"):
+        answer = API.get(f"{base}{route}", timeout=60)
+        assert answer.status_code == 200 and answer.json()["status"] == "UP"
+    assert API.get(f"{base}/metrics", timeout=60).status_code == 200
+    answer = API.post(f"{base}/predict", timeout=60, json={
+        "tasks": {"id": 1}, "label_config": "<View></View>", "project": "1.1000000000", "params": {"context": {}}})
+    assert answer.status_code == 200 and answer.json() == {"results": [[]]}
+    answer = API.post(f"{base}/setup", timeout=60, json={"project": "1.1000000000", "schema": "<View></View>", "extra_params": {}})
+    assert answer.status_code == 200 and answer.json()["model_version"]
+    hook = {"action": "ANNOTATION_CREATED", "project": {"id": 1, "label_config": "<View></View>"}}
+    assert API.post(f"{base}/webhook", json=hook, timeout=60).status_code == 201
+    assert API.post(f"{base}/webhook", json={**hook, "action": "PROJECT_UPDATED"}, timeout=60).json() == {"status": "Unknown event"}
+
+
+def test_label_studio_tasks_are_predicted_concurrently_and_unreadable_ones_get_none(served):
+    """A mixed request as Label Studio sends it: tasks with data: URI photos (read), one whose
+    image cannot be read (no prediction, so it is asked for again), in order."""
+    config = API.get(f"{served}/label-studio/config.xml", timeout=60).text
+    photo = "data:image/jpeg;base64," + base64.b64encode(_photo("two_people.jpg")).decode()
+    tasks = [{"id": k, "data": {"image": photo}} for k in range(6)]
+    tasks.insert(3, {"id": 99, "data": {"image": "data:image/jpeg;base64," + base64.b64encode(b"not a photo").decode()}})
+    answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=300)
+    results = answer.json()["results"]
+    assert answer.status_code == 200 and len(results) == 7 and results[3] == []
+    persons = [[r for r in p["result"] if r["value"].get("rectanglelabels") == ["person"]] for p in results if p]
+    assert [len(p) for p in persons] == [2] * 6 and all(p == persons[0] for p in persons)
+
 
 class _Recorder:
     """A real HTTP server on loopback that records every request it gets (path, Authorization)
@@ -285,7 +376,6 @@ def test_every_door_of_the_served_cascade_is_shut(served):
     assert requests.get(f"{served}/", timeout=60).status_code == 200  # the page itself holds nothing
     for route in ("/docs", "/openapi.json", "/v1/info"):  # off unless expose_info=true
         assert API.get(f"{served}{route}", timeout=60).status_code == 404, route
-    assert API.post(f"{served}/label-studio/webhook", json={"action": "PROJECT_UPDATED"}, timeout=60).status_code == 201
 
     # /setup cannot move the server's Label Studio: a hostile host named in it gets no request
     hostile = _Recorder()
@@ -296,7 +386,7 @@ def test_every_door_of_the_served_cascade_is_shut(served):
         tasks = [{"id": 1, "data": {"image": "/data/upload/1/x.jpg"}}, {"id": 2, "data": {"image": f"{hostile.url}/x.jpg"}},
                  {"id": 3, "data": {"image": "http://169.254.169.254/latest/meta-data/"}}]
         answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=120)
-        assert answer.status_code == 200 and [r["result"] for r in answer.json()["results"]] == [[], [], []]
+        assert answer.status_code == 200 and answer.json()["results"] == [[], [], []]  # none could be read
         assert hostile.seen == []
         # a web page's text/plain POST (no preflight) is not read
         answer = API.post(f"{served}/label-studio/setup", data=json.dumps(setup), headers={"Content-Type": "text/plain"}, timeout=60)
@@ -457,10 +547,60 @@ def test_label_studio_images_read_with_a_personal_access_token(label_studio_serv
     targets = label_studio.parse_label_config(project["label_config"])
     token = requests.post(f"{base}/api/token/", headers=auth, timeout=60).json()["token"]
     connection = label_studio.Connection(base, token)
-    kind, url = label_studio.task_image_source(task, targets, connection, ())
+    kind, url = label_studio.task_image_source(task, targets.images[0], connection, ())
     assert kind == "label_studio" and url.startswith(base + "/data/upload/")
     assert label_studio.read_task_image(kind, url, connection, MAX_BYTES) == _photo("camera.jpg")
     with pytest.raises(label_studio.TaskImageError, match="exceeds the limit of 1000 bytes"):
         label_studio.read_task_image(kind, url, connection, 1000)
     with pytest.raises(label_studio.TaskImageError, match="neither in the configured Label Studio"):
-        label_studio.task_image_source({"data": {"image": "http://elsewhere.example/x.jpg"}}, targets, connection, ())
+        label_studio.task_image_source({"data": {"image": "http://elsewhere.example/x.jpg"}}, targets.images[0], connection, ())
+
+
+def test_label_studio_project_connected_empty_then_given_a_brush_config(served, label_studio_server):
+    """A new project's empty config is connected first (Label Studio's own order), the
+    labelling config set afterwards with BrushLabels; a selection of 31 tasks retrieved at
+    once gets 31 predictions, the brush strokes decode with Label Studio's own converter to
+    the masks the cascade found, and the model stays Connected."""
+    base, auth = label_studio_server
+    project = requests.post(f"{base}/api/projects", headers=auth, timeout=60, json={"title": "empty first"}).json()
+    backend = requests.post(f"{base}/api/ml", headers=auth, timeout=120, json={
+        "url": f"{served}/label-studio", "project": project["id"], "title": "fashion-ray",
+        "auth_method": "BASIC_AUTH", "basic_auth_user": "label-studio", "basic_auth_pass": API_TOKEN})
+    assert backend.status_code == 201, backend.text
+    config = ('<View><Image name="photo" value="$image"/>'
+              '<RectangleLabels name="who" toName="photo"><Label value="Human" predicted_values="person"/></RectangleLabels>'
+              '<BrushLabels name="paint" toName="photo"><Label value="torso"/><Label value="head"/></BrushLabels></View>')
+    patched = requests.patch(f"{base}/api/projects/{project['id']}", headers=auth, json={"label_config": config}, timeout=60)
+    assert patched.status_code == 200, patched.text
+    blank = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 200, 200)).save(blank, format="JPEG")
+    files = [("two_people.jpg", _photo("two_people.jpg"))] + [(f"blank{k}.jpg", blank.getvalue()) for k in range(30)]
+    imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=300,
+                             files=[("file", (name, data, "image/jpeg")) for name, data in files])
+    assert imported.status_code == 201, imported.text
+    action = requests.post(f"{base}/api/dm/actions", headers=auth, timeout=300,
+                           params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+                           json={"selectedItems": {"all": True, "excluded": []}})
+    assert action.status_code == 200, action.text
+    predictions = requests.get(f"{base}/api/predictions", headers=auth, params={"project": project["id"]}, timeout=60).json()
+    assert len(predictions) == 31
+    people = [p for p in predictions if p["result"]]
+    [prediction] = people  # the blank photos: a prediction with no regions
+    row = _label(served, _photo("two_people.jpg")).json()
+    humans = [r for r in prediction["result"] if r["from_name"] == "who"]
+    assert [r["value"]["rectanglelabels"] for r in humans] == [["Human"]] * len(row["persons"]) == [["Human"]] * 2
+    strokes = [r for r in prediction["result"] if r["from_name"] == "paint"]
+    parts = [(p, q) for p in row["persons"] for q in p["parts"] if q["part"] in ("torso", "head")]
+    assert len(strokes) == len(parts) > 0
+    decode = ("import json, sys, numpy as np; from label_studio_sdk.converter.brush import decode_rle; "
+              "print(json.dumps([int(v) for v in decode_rle(json.loads(sys.stdin.read()))[3::4].nonzero()[0][:: 97]]))")
+    from fashion_ray.formats import masks as rle
+
+    python = os.path.join(os.path.dirname(_label_studio_command()[0]), "python")
+    for stroke, (_, part) in zip(strokes, parts):
+        sampled = subprocess.run([python, "-c", decode], input=json.dumps(stroke["value"]["rle"]), text=True,
+                                 capture_output=True, check=True, timeout=120).stdout
+        assert json.loads(sampled) == rle.decode(part["mask"]).ravel().nonzero()[0][::97].tolist()
+        assert stroke["value"]["brushlabels"] == [part["part"]]
+    [state] = requests.get(f"{base}/api/ml", headers=auth, params={"project": project["id"]}, timeout=60).json()
+    assert state["state"] == "CO", state  # still Connected

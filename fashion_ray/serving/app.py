@@ -258,7 +258,10 @@ class Ingress:
 
     @api.post("/label-studio/setup")
     async def ls_setup(self, http: HttpRequest) -> Response:
-        payload, _ = await self._ls_request(http, "schema")
+        payload, targets = await self._ls_request(http, "schema")
+        if targets.unserved:  # a new project's empty config is connected first: accepted, and said why
+            log.warning("Label Studio project %s: nothing to predict for its labelling config: %s",
+                        payload.get("project"), targets.unserved)
         sent = str(payload.get("hostname") or "")
         if sent and sent.rstrip("/") != self.label_studio.url.rstrip("/"):
             # images are read from the configured Label Studio only; a request cannot move it
@@ -277,15 +280,33 @@ class Ingress:
         if len(tasks) > self.cfg.label_studio_max_tasks:
             raise label_studio.ProtocolError(f"{len(tasks)} tasks in one request; at most "
                                              f"{self.cfg.label_studio_max_tasks} (label_studio_max_tasks)", status=413)
-        rows = await asyncio.gather(*(self._label_task(task, targets) for task in tasks))
-        return JSONResponse({"results": [label_studio.prediction(row, targets, self.model_version) for row in rows]})
+        if targets.unserved:
+            log.warning("Label Studio project %s: no predictions: %s", payload.get("project"), targets.unserved)
+            return JSONResponse({"results": [[] for _ in tasks]})
+        # every task at once (the stage deployments batch them); what is not done by the deadline
+        # is answered with no prediction, so Label Studio's next "Retrieve predictions" continues there
+        jobs = [asyncio.ensure_future(self._label_task(task, targets)) for task in tasks]
+        done, late = await asyncio.wait(jobs, timeout=self.cfg.label_studio_deadline_s) if jobs else (set(), set())
+        for job in late:
+            job.cancel()
+        if late:
+            log.warning("Label Studio /predict: %d of %d tasks not done within %g s (label_studio_deadline_s); "
+                        "answered without a prediction, to be asked again", len(late), len(tasks),
+                        self.cfg.label_studio_deadline_s)
+        return JSONResponse({"results": [_outcome(job) if job in done else [] for job in jobs]})
 
-    async def _label_task(self, task: dict, targets) -> dict:
-        """A task's row; an image we may not or cannot read is an error row (no prediction).
-        At most label_studio_concurrency tasks of all requests are in the cascade at once."""
+    async def _label_task(self, task: dict, targets: label_studio.Targets) -> dict | list:
+        """A task's prediction, or [] (none) when one of its images cannot be read or labelled."""
+        images = targets.images
+        rows = await asyncio.gather(*(self._label_image(task, image) for image in images))
+        return label_studio.prediction(dict(zip((i.name for i in images), rows)), targets, self.model_version) or []
+
+    async def _label_image(self, task: dict, image: label_studio.ImageTarget) -> dict:
+        """The row of one of a task's images; an image we may not or cannot read is an error row.
+        At most label_studio_concurrency images of all requests are in the cascade at once."""
         async with self.ls_slots:
             try:
-                kind, where = label_studio.task_image_source(task, targets, self.label_studio, self.cfg.allow_uris)
+                kind, where = label_studio.task_image_source(task, image, self.label_studio, self.cfg.allow_uris)
                 if kind == "uri":
                     request, data = await asyncio.to_thread(check_uri, where, self.cfg), None
                 else:
@@ -293,15 +314,35 @@ class Ingress:
                                                    self.cfg.max_bytes)
                     request = uploaded(data)
             except Exception as exc:
-                log.warning("Label Studio task %s: %s", task.get("id"), exc)
                 request, data = refused("unreadable", str(exc)[:300], uri=f"label-studio:task:{task.get('id')}"), None
-            return (await self._cascade(request, data))[1]
+            _, row, _ = await self._cascade(request, data)
+            if row["status"] != "ok":
+                log.warning("Label Studio task %s, image %r: no prediction: %s: %s", task.get("id"), image.name,
+                            row["error"], row["error_detail"])
+            return row
 
     @api.post("/label-studio/webhook")
     async def ls_webhook(self, http: HttpRequest) -> Response:
         self._authorize(http)
-        # Label Studio reports project events here; the cascade does not train on them
-        return JSONResponse({}, status_code=201)
+        try:
+            event = (json.loads(await read_body(http, self.cfg.max_bytes)) or {}).get("action")
+        except (ValueError, AttributeError):
+            event = None
+        if event not in TRAIN_EVENTS:
+            return JSONResponse({"status": "Unknown event"})
+        # the reference backend answers a training event 201; the cascade does not train online
+        return JSONResponse({"result": None, "status": "ok"}, status_code=201)
+
+
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
+
+
+def _outcome(job: asyncio.Future) -> dict | list:
+    """A finished task's answer; one that failed inside the cascade gets no prediction."""
+    if job.exception() is not None:
+        log.warning("Label Studio task failed: %s: %s", type(job.exception()).__name__, job.exception())
+        return []
+    return job.result()
 
 
 # builder argument -> (ServeConfig field, how the text becomes its value)
@@ -311,6 +352,7 @@ SCALAR_ARGS = {
     "auth_token_file": ("auth_token_file", str), "label_studio_url": ("label_studio_url", str),
     "label_studio_token_file": ("label_studio_token_file", str),
     "label_studio_concurrency": ("label_studio_concurrency", int), "label_studio_max_tasks": ("label_studio_max_tasks", int),
+    "label_studio_deadline_s": ("label_studio_deadline_s", float),
     "max_ongoing_requests": ("max_ongoing_requests", int), "max_queued_requests": ("max_queued_requests", int),
     "expose_info": ("expose_info", lambda v: str(v).lower() in ("1", "true", "yes")),
 }

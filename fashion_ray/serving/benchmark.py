@@ -5,13 +5,18 @@
 - served: the Serve app on this Ray, N concurrent clients posting the photos over HTTP;
   requests/s, latency percentiles, and per step (decode, each stage) the mean batch a request
   rode in and that batch's time, from the Server-Timing header of each answer;
-- ratio = served requests/s / baseline photos/s.
+- ratio = served requests/s / baseline photos/s;
+- label_studio: N concurrent Label Studio /predict requests (tasks with data: URI photos, as
+  Label Studio sends them) with /health polled meanwhile: tasks/s, and the health check's
+  latency (Label Studio gives it 1 s before it shows the model Disconnected).
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import os
+import threading
 import time
 
 import numpy as np
@@ -81,6 +86,39 @@ def load(url: str, photos: list[bytes], clients: int, count: int) -> dict:
             "mean_step_ms": {s: round(float(np.mean([t[s][1] for _, t in answers])), 1) for s in steps}}
 
 
+def label_studio_load(url: str, photos: list[bytes], clients: int, requests_per_client: int, tasks_per_request: int) -> dict:
+    """Concurrent /predict requests of data: URI tasks, with /health polled every 0.2 s meanwhile."""
+    config = requests.get(f"{url}/label-studio/config.xml", timeout=60).text
+    uris = ["data:image/jpeg;base64," + base64.b64encode(p).decode() for p in photos]
+    health, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            t = time.perf_counter()
+            assert requests.get(f"{url}/label-studio/health", timeout=30).status_code == 200
+            health.append(time.perf_counter() - t)
+            stop.wait(0.2)
+
+    def one(i: int) -> int:
+        tasks = [{"id": i * tasks_per_request + k, "data": {"image": uris[(i + k) % len(uris)]}} for k in range(tasks_per_request)]
+        answer = requests.post(f"{url}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=300)
+        assert answer.status_code == 200, answer.text[:300]
+        return sum(1 for r in answer.json()["results"] if r)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        predicted = sum(pool.map(one, range(clients * requests_per_client)))
+    seconds = time.perf_counter() - start
+    stop.set()
+    poller.join()
+    ms = np.asarray(health) * 1000
+    return {"clients": clients, "tasks": clients * requests_per_client * tasks_per_request, "predicted": predicted,
+            "tasks_per_s": round(predicted / seconds, 3), "health_checks": len(health),
+            "health_p50_ms": round(float(np.percentile(ms, 50)), 1), "health_max_ms": round(float(ms.max()), 1)}
+
+
 def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: int, port: int) -> dict:
     from ray import serve
 
@@ -97,6 +135,7 @@ def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: i
     try:
         load(url, photos, 1, len(photos))  # warm-up: first calls pay lazy initialisation
         result["served"] = [load(url, photos, n, n * requests_per_client) for n in clients]
+        result["label_studio"] = label_studio_load(url, photos, max(clients), 2, 4)
     finally:
         serve.shutdown()
     base = result["baseline_in_process"]["photos_per_s"]

@@ -1,11 +1,15 @@
 """Label Studio's ML backend protocol: the cascade's rows as pre-annotations.
 
-Label Studio calls <backend>/health, /setup (project, labelling config, its own URL and an
-API token) and /predict (tasks + labelling config). The labelling config decides what we
-return: every RectangleLabels / PolygonLabels control aimed at the Image gets a region for
-each person, garment or body part whose name is one of its labels ("person", the garment
-categories, body parts; case, spaces and hyphens do not matter). Boxes become rectangles,
-masks polygons, both in percent of the original image as Label Studio expects.
+Label Studio calls <backend>/health, /setup (project, labelling config) and /predict (tasks
++ labelling config). The labelling config decides what we return: every RectangleLabels,
+PolygonLabels or BrushLabels control gets, on the Image it points at, a region for each
+person, garment or body part whose name is one of its labels ("person", the garment
+categories, body parts; case, spaces and hyphens do not matter) or is named in a label's
+`predicted_values` ("Top" predicted_values="long_sleeve_top,short_sleeve_top"); regions
+under the control's `model_score_threshold` are left out. Boxes become rectangles, masks
+polygons or brush strokes (Label Studio's own RLE), in percent of the original image. A
+config with nothing we can fill (a new project's `<View></View>`) is accepted and predicted
+nothing for, with the reason logged.
 
 Task images are read from the Label Studio the server is configured with (label_studio_url
 and label_studio_token_file, or LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY; what /setup sends
@@ -29,7 +33,7 @@ import requests
 from fashion_ray import storage, taxonomy
 from fashion_ray.formats import masks as rle
 
-CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygonlabels"}
+CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygonlabels", "BrushLabels": "brushlabels"}
 MIN_POLYGON_AREA = 16  # pixels: specks of a mask are not worth a region
 MAX_REDIRECTS = 3
 
@@ -43,21 +47,32 @@ class ProtocolError(ValueError):
 
 
 class LabelConfigError(ProtocolError):
-    """A labelling config we cannot serve (no Image, no control we fill)."""
+    """A labelling config that is not XML."""
 
 
 @dataclass(frozen=True)
 class Control:
     name: str
-    type: str  # "rectanglelabels" | "polygonlabels"
-    labels: dict[str, str]  # our name -> the config's spelling
+    type: str  # "rectanglelabels" | "polygonlabels" | "brushlabels"
+    labels: dict[str, str]  # our name -> the config's label value
+    score_threshold: float = 0.0  # the control's model_score_threshold
+
+
+@dataclass(frozen=True)
+class ImageTarget:
+    name: str
+    key: str  # the task data field that holds the image
+    controls: tuple[Control, ...]
 
 
 @dataclass(frozen=True)
 class Targets:
-    image_name: str
-    image_key: str  # the task data field that holds the image
-    controls: tuple[Control, ...]
+    images: tuple[ImageTarget, ...]  # every Image a control of ours points at
+    unserved: str = ""  # why nothing can be predicted, when `images` is empty
+
+    @property
+    def controls(self) -> tuple[Control, ...]:
+        return tuple(c for image in self.images for c in image.controls)
 
 
 def _ours(label: str) -> str:
@@ -67,28 +82,43 @@ def _ours(label: str) -> str:
 OUR_LABELS = {c["name"] for c in taxonomy.COCO_CATEGORIES}
 
 
+def _label_map(control: ET.Element) -> dict[str, str]:
+    """Our names -> this control's label values: a label named like one of ours, and every
+    one of ours its predicted_values lists (the reference backend's label map)."""
+    out = {}
+    for label in control.iter("Label"):
+        value = label.get("value", "")
+        for name in [value, *label.get("predicted_values", "").split(",")]:
+            if _ours(name) in OUR_LABELS:
+                out.setdefault(_ours(name), value)
+    return out
+
+
 def parse_label_config(xml: str) -> Targets:
+    """What a labelling config asks of us. Not XML -> LabelConfigError; XML we cannot fill
+    (no Image, no control with our labels) -> Targets with no images and the reason."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"the labelling config is not XML: {exc}") from None
-    images = [el for el in root.iter("Image")]
+    images = {el.get("name", ""): el for el in root.iter("Image")}
     if not images:
-        raise LabelConfigError("the labelling config has no <Image> tag")
-    image = images[0]
-    controls = []
+        return Targets((), "the labelling config has no <Image> tag")
+    controls: dict[str, list[Control]] = {}
     for tag, kind in CONTROL_TYPES.items():
         for el in root.iter(tag):
-            if el.get("toName") != image.get("name"):
-                continue
-            labels = {_ours(lb.get("value", "")): lb.get("value", "") for lb in el.iter("Label")}
-            labels = {k: v for k, v in labels.items() if k in OUR_LABELS}
-            if labels:
-                controls.append(Control(el.get("name", ""), kind, labels))
+            labels = _label_map(el)
+            if el.get("toName") in images and labels:
+                try:
+                    threshold = float(el.get("model_score_threshold") or 0.0)
+                except ValueError:
+                    threshold = 0.0
+                controls.setdefault(el.get("toName"), []).append(Control(el.get("name", ""), kind, labels, threshold))
     if not controls:
-        raise LabelConfigError("no RectangleLabels or PolygonLabels control on the image has one of our labels "
-                               f"({', '.join(sorted(OUR_LABELS))})")
-    return Targets(image.get("name", "image"), image.get("value", "$image").lstrip("$"), tuple(controls))
+        return Targets((), "no RectangleLabels, PolygonLabels or BrushLabels control on an Image has one of our "
+                       f"labels ({', '.join(sorted(OUR_LABELS))}) or lists them in predicted_values")
+    return Targets(tuple(ImageTarget(name, images[name].get("value", "$image").lstrip("$"), tuple(found))
+                         for name, found in controls.items()))
 
 
 def recommended_config(garments: tuple[str, ...]) -> str:
@@ -103,9 +133,8 @@ def recommended_config(garments: tuple[str, ...]) -> str:
             '</View>\n')
 
 
-def _polygons(mask_rle: dict, width: int, height: int) -> list[list[list[float]]]:
-    mask = rle.decode(mask_rle).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+def _polygons(mask: np.ndarray, width: int, height: int) -> list[list[list[float]]]:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for contour in contours:
         if cv2.contourArea(contour) < MIN_POLYGON_AREA:
@@ -114,6 +143,33 @@ def _polygons(mask_rle: dict, width: int, height: int) -> list[list[list[float]]
         if len(points) >= 3:
             out.append([[float(x) * 100 / width, float(y) * 100 / height] for x, y in points])
     return out
+
+
+# Label Studio's brush RLE (label-studio-converter's brush.py reads it): a bit stream of a
+# 32-bit value count, the word size - 1 (5 bits), four run-length field sizes - 1 (4 bits
+# each), then runs: a 1 bit (one value repeated), 2 bits choosing the length field, the
+# length - 1, the 8-bit value. The values are the mask's RGBA bytes, row by row.
+BRUSH_LENGTH_BITS = (3, 4, 8, 16)
+
+
+def brush_rle(mask: np.ndarray) -> list[int]:
+    """A boolean HxW mask as Label Studio brush RLE (every channel 255 where the mask is)."""
+    flat = np.asarray(mask, bool).ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [flat.size]])) * 4  # each pixel is 4 equal bytes
+    values = np.where(flat[starts], 255, 0)
+    bits = [f"{flat.size * 4:032b}", f"{8 - 1:05b}", "".join(f"{b - 1:04b}" for b in BRUSH_LENGTH_BITS)]
+    limit = 1 << BRUSH_LENGTH_BITS[-1]
+    for length, value in zip(lengths.tolist(), values.tolist()):
+        while length > 0:
+            piece = min(length, limit)
+            index = next(i for i, b in enumerate(BRUSH_LENGTH_BITS) if piece <= 1 << b)
+            bits.append(f"1{index:02b}{piece - 1:0{BRUSH_LENGTH_BITS[index]}b}{value:08b}")
+            length -= piece
+    stream = "".join(bits)
+    stream += "0" * (-len(stream) % 8)
+    return list(int(stream, 2).to_bytes(len(stream) // 8, "big"))
 
 
 def _regions(row: dict):
@@ -127,27 +183,45 @@ def _regions(row: dict):
             yield part["part"], f"{pid}{part['part']}{part['side'] or ''}", 1.0, part["box"], part["mask"]
 
 
-def prediction(row: dict, targets: Targets, model_version: str) -> dict:
-    """One Label Studio prediction for a labelled row (an error row predicts nothing)."""
+def image_results(row: dict, image: ImageTarget) -> list[dict]:
+    """The result regions for one Image of a task from the row the cascade gave its picture."""
     width, height = row["width"], row["height"]
     result = []
-    for label, region_id, score, box, mask in _regions(row):
-        for control in targets.controls:
-            if label not in control.labels:
+    for label, region_id, score, box, mask_rle in _regions(row):
+        mask = None
+        for control in image.controls:
+            if label not in control.labels or score < control.score_threshold:
                 continue
-            common = {"from_name": control.name, "to_name": targets.image_name, "type": control.type,
+            common = {"from_name": control.name, "to_name": image.name, "type": control.type,
                       "original_width": width, "original_height": height, "image_rotation": 0,
                       "score": round(float(score), 4)}
+            value = control.labels[label]
             if control.type == "rectanglelabels" and box:
                 x0, y0, x1, y1 = box
                 result.append({**common, "id": f"{region_id}-{control.name}", "value": {
                     "x": x0 * 100 / width, "y": y0 * 100 / height, "width": (x1 - x0) * 100 / width,
-                    "height": (y1 - y0) * 100 / height, "rotation": 0, "rectanglelabels": [control.labels[label]]}})
-            elif control.type == "polygonlabels" and mask:
+                    "height": (y1 - y0) * 100 / height, "rotation": 0, "rectanglelabels": [value]}})
+            elif control.type in ("polygonlabels", "brushlabels") and mask_rle:
+                mask = rle.decode(mask_rle) if mask is None else mask
+                if control.type == "brushlabels":
+                    result.append({**common, "id": f"{region_id}-{control.name}", "value": {
+                        "format": "rle", "rle": brush_rle(mask), "brushlabels": [value]}})
+                    continue
                 for k, points in enumerate(_polygons(mask, width, height)):
                     result.append({**common, "id": f"{region_id}-{control.name}-{k}", "value": {
-                        "points": points, "closed": True, "polygonlabels": [control.labels[label]]}})
-    scores = [p["score"] for p in row["persons"]]
+                        "points": points, "closed": True, "polygonlabels": [value]}})
+    return result
+
+
+def prediction(rows: dict[str, dict], targets: Targets, model_version: str) -> dict | None:
+    """A task's prediction from the rows of its images ({image name: row}); None when an image
+    could not be labelled: the task is then answered with no prediction at all, so Label
+    Studio stores nothing and asks again next time (an empty prediction of this model version
+    would be kept forever)."""
+    if not targets.images or any(rows[image.name]["status"] != "ok" for image in targets.images):
+        return None
+    result = [region for image in targets.images for region in image_results(rows[image.name], image)]
+    scores = [p["score"] for row in rows.values() for p in row["persons"]]
     return {"result": result, "score": round(float(np.mean(scores)), 4) if scores else 0.0, "model_version": model_version}
 
 
@@ -187,12 +261,12 @@ class TaskImageError(ValueError):
     """A task image this backend will not or cannot read; the message says why."""
 
 
-def task_image_source(task: dict, targets: Targets, connection: Connection, allow_uris: tuple[str, ...]) -> tuple[str, str]:
+def task_image_source(task: dict, image: ImageTarget, connection: Connection, allow_uris: tuple[str, ...]) -> tuple[str, str]:
     """("bytes", payload) for data: URIs, ("label_studio", url) for Label Studio's own files,
     ("uri", uri) for an allowed URI; anything else is refused."""
-    ref = str((task.get("data") or {}).get(targets.image_key) or "")
+    ref = str((task.get("data") or {}).get(image.key) or "")
     if not ref:
-        raise TaskImageError(f"the task has no {targets.image_key!r} field")
+        raise TaskImageError(f"the task has no {image.key!r} field")
     if ref.startswith("data:"):
         return "bytes", ref
     if storage.allowed_uri(ref, allow_uris) is not None:

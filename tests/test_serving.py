@@ -558,9 +558,10 @@ def test_label_studio_images_read_with_a_personal_access_token(label_studio_serv
 
 def test_label_studio_project_connected_empty_then_given_a_brush_config(served, label_studio_server):
     """A new project's empty config is connected first (Label Studio's own order), the
-    labelling config set afterwards with BrushLabels; a selection of 31 tasks retrieved at
-    once gets 31 predictions, the brush strokes decode with Label Studio's own converter to
-    the masks the cascade found, and the model stays Connected."""
+    labelling config set afterwards with BrushLabels; a selection of 200 tasks retrieved at
+    once, while other clients' photos are being labelled, gets 200 predictions, the brush
+    strokes decode with Label Studio's own converter to the masks the cascade found, and the
+    model stays Connected."""
     base, auth = label_studio_server
     project = requests.post(f"{base}/api/projects", headers=auth, timeout=60, json={"title": "empty first"}).json()
     backend = requests.post(f"{base}/api/ml", headers=auth, timeout=120, json={
@@ -574,16 +575,19 @@ def test_label_studio_project_connected_empty_then_given_a_brush_config(served, 
     assert patched.status_code == 200, patched.text
     blank = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 200, 200)).save(blank, format="JPEG")
-    files = [("two_people.jpg", _photo("two_people.jpg"))] + [(f"blank{k}.jpg", blank.getvalue()) for k in range(30)]
+    files = [("two_people.jpg", _photo("two_people.jpg"))] + [(f"blank{k}.jpg", blank.getvalue()) for k in range(199)]
     imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=300,
                              files=[("file", (name, data, "image/jpeg")) for name, data in files])
     assert imported.status_code == 201, imported.text
-    action = requests.post(f"{base}/api/dm/actions", headers=auth, timeout=300,
-                           params={"id": "retrieve_tasks_predictions", "project": project["id"]},
-                           json={"selectedItems": {"all": True, "excluded": []}})
+    with concurrent.futures.ThreadPoolExecutor(4) as others:  # the server is busy with other clients meanwhile
+        busy = [others.submit(_label, served, _photo(name)) for name in PHOTOS]
+        action = requests.post(f"{base}/api/dm/actions", headers=auth, timeout=300,
+                               params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+                               json={"selectedItems": {"all": True, "excluded": []}})
+        assert [b.result().status_code for b in busy] == [200] * len(PHOTOS)
     assert action.status_code == 200, action.text
     predictions = requests.get(f"{base}/api/predictions", headers=auth, params={"project": project["id"]}, timeout=60).json()
-    assert len(predictions) == 31
+    assert len(predictions) == 200
     people = [p for p in predictions if p["result"]]
     [prediction] = people  # the blank photos: a prediction with no regions
     row = _label(served, _photo("two_people.jpg")).json()

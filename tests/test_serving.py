@@ -63,7 +63,7 @@ def served(ray_session, s3_server, label_studio_port, tmp_path_factory):
 
     serve.run(build({"max_bytes": str(MAX_BYTES), "allow_uris": f"s3://{BUCKET}/", "auth_token_file": str(secrets / "api-token"),
                      "label_studio_url": f"http://127.0.0.1:{label_studio_port}",
-                     "label_studio_token_file": str(secrets / "label-studio-token"), "label_studio_max_tasks": "50"}),
+                     "label_studio_token_file": str(secrets / "label-studio-token"), "label_studio_max_tasks": "250"}),
               name="fashion-ray", route_prefix="/")
     API.headers["Authorization"] = f"Bearer {API_TOKEN}"
     yield f"http://127.0.0.1:{port}"
@@ -402,7 +402,7 @@ def test_every_door_of_the_served_cascade_is_shut(served):
     assert answer.status_code == 413 and answer.json()["error"] == "too_large"
     answer = API.post(f"{served}/label-studio/predict", data=chunked(MAX_BYTES + 1), headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 413
-    many = [{"id": k, "data": {"image": "/data/upload/x.jpg"}} for k in range(51)]
+    many = [{"id": k, "data": {"image": "/data/upload/x.jpg"}} for k in range(251)]
     answer = API.post(f"{served}/label-studio/predict", json={"tasks": many, "label_config": config}, timeout=60)
     assert answer.status_code == 413 and "label_studio_max_tasks" in answer.json()["error"]
 
@@ -575,9 +575,13 @@ def test_label_studio_project_connected_empty_then_given_a_brush_config(served, 
     assert patched.status_code == 200, patched.text
     blank = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 200, 200)).save(blank, format="JPEG")
-    files = [("two_people.jpg", _photo("two_people.jpg"))] + [(f"blank{k}.jpg", blank.getvalue()) for k in range(199)]
     imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=300,
-                             files=[("file", (name, data, "image/jpeg")) for name, data in files])
+                             files={"file": ("two_people.jpg", _photo("two_people.jpg"), "image/jpeg")})
+    assert imported.status_code == 201, imported.text
+    # 199 more as JSON tasks (Label Studio takes at most 100 files in one upload), the photo inline
+    blank_uri = "data:image/jpeg;base64," + base64.b64encode(blank.getvalue()).decode()
+    imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=300,
+                             json=[{"data": {"image": blank_uri}} for _ in range(199)])
     assert imported.status_code == 201, imported.text
     with concurrent.futures.ThreadPoolExecutor(4) as others:  # the server is busy with other clients meanwhile
         busy = [others.submit(_label, served, _photo(name)) for name in PHOTOS]

@@ -42,6 +42,16 @@ from fashion_ray.stages import STAGE_CLASSES
 
 log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 64 * 1024  # a JSON request names a URI; it is never large
+# Label Studio webhook events that mean "train": the reference backend answers them 201
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
+
+
+def _outcome(job: asyncio.Future) -> dict | list:
+    """A finished task's answer; one that failed inside the cascade gets no prediction."""
+    if job.exception() is not None:
+        log.warning("Label Studio task failed: %s: %s", type(job.exception()).__name__, job.exception())
+        return []
+    return job.result()
 
 
 @serve.deployment
@@ -332,17 +342,6 @@ class Ingress:
             return JSONResponse({"status": "Unknown event"})
         # the reference backend answers a training event 201; the cascade does not train online
         return JSONResponse({"result": None, "status": "ok"}, status_code=201)
-
-
-TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
-
-
-def _outcome(job: asyncio.Future) -> dict | list:
-    """A finished task's answer; one that failed inside the cascade gets no prediction."""
-    if job.exception() is not None:
-        log.warning("Label Studio task failed: %s: %s", type(job.exception()).__name__, job.exception())
-        return []
-    return job.result()
 
 
 # builder argument -> (ServeConfig field, how the text becomes its value)

@@ -170,26 +170,21 @@ class Ingress:
         length = http.headers.get("content-length", "")
         if length and not length.isdigit():
             return refused("bad_request", f"Content-Length {length!r} is not a number"), None
-        if length and int(length) > self.cfg.max_bytes:
-            return refused("too_large", f"{length} bytes exceeds the limit of {self.cfg.max_bytes}", int(length)), None
-        if http.headers.get("content-type", "").startswith("application/json"):
-            try:
-                body = await read_body(http, MAX_JSON_BYTES)
-            except BodyTooLarge:
-                return refused("too_large", f"a JSON request is at most {MAX_JSON_BYTES} bytes"), None
-            try:
-                uri = json.loads(body)["uri"]
-                assert isinstance(uri, str) and uri
-            except Exception:
-                return refused("bad_request", 'a JSON request is {"uri": "<an object the server may read>"}; '
-                               "or send image bytes", len(body)), None
-            return await asyncio.to_thread(check_uri, uri, self.cfg), None
-        data = bytearray()
-        async for chunk in http.stream():
-            data += chunk
-            if len(data) > self.cfg.max_bytes:
-                return refused("too_large", f"more than {self.cfg.max_bytes} bytes (the limit)", len(data)), None
-        return uploaded(bytes(data)), bytes(data)
+        is_json = http.headers.get("content-type", "").startswith("application/json")
+        limit = MAX_JSON_BYTES if is_json else self.cfg.max_bytes
+        try:
+            body = await read_body(http, limit)
+        except BodyTooLarge:
+            return refused("too_large", f"the body exceeds the limit of {limit} bytes"), None
+        if not is_json:
+            return uploaded(body), body
+        try:
+            uri = json.loads(body)["uri"]
+            assert isinstance(uri, str) and uri
+        except Exception:
+            return refused("bad_request", 'a JSON request is {"uri": "<an object the server may read>"}; '
+                           "or send image bytes", len(body)), None
+        return await asyncio.to_thread(check_uri, uri, self.cfg), None
 
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 import os
 from collections import Counter
 
@@ -590,3 +591,72 @@ def to_markdown(report: dict) -> str:
                                     [_fmt(p["levels"][lv]) for lv in ("upper_body", "lower_body", "body")] +
                                     [_fmt(p["miou_parts"])]) + " |")
     return "\n".join(out) + "\n"
+
+
+# --- AVA actions: frame-mAP at IoU 0.5 -------------------------------------------------------
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (N, 4) with every box in b (M, 4), corners x0, y0, x1, y1."""
+    x0, y0 = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
+    x1, y1 = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a, area_b = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def average_precision(scores: np.ndarray, true_positive: np.ndarray, positives: int) -> float:
+    """Pascal VOC's AP (as AVA's official evaluation computes it): precision made
+    non-increasing, summed over the recall steps."""
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(true_positive[order])
+    precision = tp / np.arange(1, len(tp) + 1)
+    recall = tp / positives
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
+
+
+def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=None, iou: float = 0.5) -> dict:
+    """AVA's frame-mAP: per action class, detections (video_id, timestamp, x0, y0, x1, y1,
+    action_id, score) are matched in each keyframe (video_id, timestamp) to ground-truth boxes
+    of that class (video_id, timestamp, x0, y0, x1, y1, action_id), highest score first, each
+    to the box it overlaps most (IoU >= iou), a box matched once; AP per class as Pascal VOC,
+    the mean over the classes with ground truth (`classes`: the classes evaluated, default
+    every class in the ground truth)."""
+    def key(row):
+        return str(row[0]), round(float(row[1]), 3)
+
+    wanted = set(classes) if classes is not None else {int(r[6]) for r in ground_truth}
+    per_class = {}
+    for cls in sorted(wanted):
+        gt: dict[tuple, list] = {}
+        for r in ground_truth:
+            if int(r[6]) == cls:
+                gt.setdefault(key(r), []).append([float(v) for v in r[2:6]])
+        dets: dict[tuple, list] = {}
+        for r in detections:
+            if int(r[6]) == cls:
+                dets.setdefault(key(r), []).append((float(r[7]), [float(v) for v in r[2:6]]))
+        positives = sum(len(v) for v in gt.values())
+        scores, hits = [], []
+        for frame, found in dets.items():
+            found.sort(key=lambda d: -d[0])
+            boxes = np.asarray(gt.get(frame, []), np.float64).reshape(-1, 4)
+            taken = np.zeros(len(boxes), bool)
+            overlaps = _box_iou(np.asarray([b for _, b in found]), boxes) if len(boxes) else None
+            for k, (score, _) in enumerate(found):
+                scores.append(score)
+                best = int(np.argmax(overlaps[k])) if overlaps is not None else -1
+                hit = best >= 0 and overlaps[k, best] >= iou and not taken[best]
+                if hit:
+                    taken[best] = True
+                hits.append(hit)
+        if positives:
+            per_class[cls] = average_precision(np.asarray(scores, np.float64), np.asarray(hits, bool), positives)
+    values = [v for v in per_class.values() if not math.isnan(v)]
+    return {"frame_mAP": float(np.mean(values)) if values else float("nan"), "per_class_AP": per_class, "iou": iou}

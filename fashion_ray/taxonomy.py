@@ -151,3 +151,26 @@ def part_hierarchy_masks(part_map):
         values = [PARTS.index(n) + 1 for n in names]
         out[level] = np.isin(part_map, values)
     return out
+
+
+# AVA 2.2's actions (ava_action_list_v2.2.pbtxt): id -> name, in its order. Ids 1-14 are
+# person movements, 15-63 object manipulation, 64-80 person interaction.
+AVA_ACTIONS = dict(enumerate((
+    "bend/bow (at the waist)", "crawl", "crouch/kneel", "dance", "fall down", "get up", "jump/leap", "lie/sleep",
+    "martial art", "run/jog", "sit", "stand", "swim", "walk", "answer phone", "brush teeth", "carry/hold (an object)",
+    "catch (an object)", "chop", "climb (e.g., a mountain)", "clink glass", "close (e.g., a door, a box)", "cook", "cut",
+    "dig", "dress/put on clothing", "drink", "drive (e.g., a car, a truck)", "eat", "enter", "exit", "extract", "fishing",
+    "hit (an object)", "kick (an object)", "lift/pick up", "listen (e.g., to music)", "open (e.g., a window, a car door)",
+    "paint", "play board game", "play musical instrument", "play with pets", "point to (an object)", "press",
+    "pull (an object)", "push (an object)", "put down", "read", "ride (e.g., a bike, a car, a horse)", "row boat",
+    "sail boat", "shoot", "shovel", "smoke", "stir", "take a photo", "text on/look at a cellphone", "throw",
+    "touch (an object)", "turn (e.g., a screwdriver)", "watch (e.g., TV)", "work on a computer", "write",
+    "fight/hit (a person)", "give/serve (an object) to (a person)", "grab (a person)", "hand clap", "hand shake",
+    "hand wave", "hug (a person)", "kick (a person)", "kiss (a person)", "lift (a person)", "listen to (a person)",
+    "play with kids", "push (another person)", "sing to (e.g., self, a person, a group)",
+    "take (an object) from (a person)", "talk to (e.g., self, a person, a group)", "watch (a person)"), start=1))
+AVA_ACTION_ID = {name: i for i, name in AVA_ACTIONS.items()}
+# the 60 classes AVA's official frame-mAP is reported over (ava_action_list_v2.2_for_activitynet_2019)
+AVA_EVALUATED = (1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 20, 22, 24, 26, 27, 28, 29, 30, 34, 36, 37, 38, 41,
+                 43, 45, 46, 47, 48, 49, 51, 52, 54, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 72, 73,
+                 74, 76, 77, 78, 79, 80)

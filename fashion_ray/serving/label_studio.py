@@ -70,10 +70,6 @@ class Targets:
     images: tuple[ImageTarget, ...]  # every Image a control of ours points at
     unserved: str = ""  # why nothing can be predicted, when `images` is empty
 
-    @property
-    def controls(self) -> tuple[Control, ...]:
-        return tuple(c for image in self.images for c in image.controls)
-
 
 def _ours(label: str) -> str:
     return label.strip().lower().replace(" ", "_").replace("-", "_")

@@ -297,6 +297,8 @@ def remove_garbage(state: OutputState) -> int:
 # what the job writes in each folder of an output (shards.py, write_ledger)
 OUR_FILES = {"parquet": re.compile(r"part-[0-9a-f]{20}\.parquet"), "coco": re.compile(r"part-[0-9a-f]{20}\.json"),
              "ava": re.compile(r"part-[0-9a-f]{20}\.csv"), "ledger": re.compile(r"\d{6}-[0-9A-Za-z_-]{1,12}(-compact)?\.parquet")}
+
+
 class ForeignOutputError(storage.StorageError):
     """An --output folder with files in it that no run of ours wrote."""
 

@@ -44,6 +44,13 @@ class DeadlineExceeded(Exception):
     """Raised by Deadline.check; its message is the error row's detail."""
 
 
+def over_pixel_limit(width: int, height: int, max_pixels: int | None) -> str | None:
+    """The "too_large" detail for an image, page or frame over max_pixels (None: within it, or no limit)."""
+    if max_pixels and width * height > max_pixels:
+        return f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+    return None
+
+
 @dataclass
 class DecodedImage:
     image: np.ndarray | None  # HxWx3 uint8 at working resolution
@@ -89,8 +96,8 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
     if img.format not in SUPPORTED_FORMATS:
         return DecodedImage(None, error="unsupported", detail=f"format {img.format} is not supported (supported: jpg, png, webp, bmp, tiff, gif)")
     w, h = img.size
-    if w * h > max_pixels:
-        return DecodedImage(None, width=w, height=h, error="too_large", detail=f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    if too_many := over_pixel_limit(w, h, max_pixels):
+        return DecodedImage(None, width=w, height=h, error="too_large", detail=too_many)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -197,9 +204,8 @@ def frame_rgb(img: Image.Image, index: int, max_pixels: int | None, deadline: De
             for step in range(start, index + 1):  # Pillow would walk these frames too, unchecked
                 deadline.check(f"walking to frame {index}")
                 img.seek(step)
-            width, height = img.size
-            if max_pixels and width * height > max_pixels:
-                return None, "too_large", f"frame {index}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+            if too_many := over_pixel_limit(*img.size, max_pixels):
+                return None, "too_large", f"frame {index}: {too_many}"
             return np.asarray(_to_rgb(img), dtype=np.uint8), None, ""
     except DeadlineExceeded as exc:
         return None, "timeout", f"frame {index}: {exc}"

@@ -58,14 +58,19 @@ def _image_rows(items: list[dict], *, max_pixels: int, max_bytes: int, max_side:
     return [rows[it["id"]] for it in items]
 
 
+def _frame_item(item: dict, index: int, seconds: float | None) -> dict:
+    """The row of frame `index` of a segment item, before its pixels."""
+    return {**item, "id": storage.stable_id(item["uri"], index), "frame_index": index,
+            "timestamp_s": math.nan if seconds is None else seconds}  # TIFF pages have no time
+
+
 def _frame_rows(item: dict, *, max_pixels: int, max_side: int, timeout_s: float, storage_options) -> list[dict]:
     frames = json.loads(item["frames"])
     rows = []
     decoded = video.decode_frames(item["uri"], [pts for _, pts, _ in frames], storage_options,
                                   max_pixels=max_pixels, timeout_s=timeout_s)
     for (index, _, seconds), (_, image, reason, detail) in zip(frames, decoded):
-        frame = {**item, "id": storage.stable_id(item["uri"], index), "frame_index": index,
-                 "timestamp_s": math.nan if seconds is None else seconds}  # TIFF pages have no time
+        frame = _frame_item(item, index, seconds)
         if image is None:
             rows.append(_error_row(frame, reason, detail))
         else:
@@ -81,8 +86,8 @@ ROW_DEFAULTS = {"status": "ok", "error": "", "error_detail": "", "width": 0, "he
                 "frame_index": -1, "timestamp_s": math.nan}
 
 
-def _unexpected(exc: Exception) -> str:
-    return f"unexpected {type(exc).__name__} while decoding: {exc}"[:300]
+def _unexpected(exc: Exception, doing: str = "decoding") -> str:
+    return f"unexpected {type(exc).__name__} while {doing}: {exc}"[:300]
 
 
 def _frame_rows_or_errors(item: dict, **kwargs) -> list[dict]:
@@ -91,8 +96,7 @@ def _frame_rows_or_errors(item: dict, **kwargs) -> list[dict]:
     try:
         return _frame_rows(item, **kwargs)
     except Exception as exc:
-        return [_error_row({**item, "id": storage.stable_id(item["uri"], index), "frame_index": index,
-                            "timestamp_s": math.nan if seconds is None else seconds}, "undecodable", _unexpected(exc))
+        return [_error_row(_frame_item(item, index, seconds), "undecodable", _unexpected(exc))
                 for index, _, seconds in json.loads(item["frames"])]
 
 
@@ -145,7 +149,7 @@ def _probe(batch: dict[str, np.ndarray], *, sampling: video.VideoSampling, max_p
         try:
             plan = video.plan_frames(str(uri), sampling, max_pixels, storage_options)
         except Exception as exc:  # the probes catch what files do; this keeps one bug from failing the run
-            plan = {"error": "undecodable", "detail": f"unexpected {type(exc).__name__} while probing: {exc}"[:300], "frames": []}
+            plan = {"error": "undecodable", "detail": _unexpected(exc, "probing"), "frames": []}
         plans.append(json.dumps(plan))
     return {"id": batch["id"], "plan": np.array(plans, dtype=object)}
 

@@ -191,14 +191,15 @@ def probe(uri: str, sampling: VideoSampling, options=None, *, max_pixels: int | 
             if codec is None or not codec.name:
                 return _error("unsupported", "the video codec is not one FFmpeg can decode")
             width, height, base = codec.width, codec.height, stream.time_base
-            if max_pixels and width * height > max_pixels:
-                return _error("too_large", f"{width}x{height} = {width * height} pixels a frame exceeds the limit of {max_pixels}")
+            if too_many := media.over_pixel_limit(width, height, max_pixels):
+                return _error("too_large", f"each frame: {too_many}")
             try:
-                for packet in container.demux(stream):
+                # the deadline counts packets, not frames: a stream of empty packets is walked too
+                for n, packet in enumerate(container.demux(stream)):
                     value = packet.pts if packet.pts is not None else packet.dts
                     if packet.size and value is not None:
                         pts.append(value)
-                    if len(pts) % 256 == 0:
+                    if n % 256 == 0:
                         deadline.check(f"listing the video's frames ({len(pts)} so far)")
             except media.DeadlineExceeded as exc:
                 error, detail = "timeout", f"{exc}: the frames listed until then are labelled"
@@ -250,9 +251,8 @@ def decode_segment(uri: str, pts_wanted: list[int], options=None, *, max_pixels:
                     if attempt == 0 and not got and frame.pts > wanted[0]:
                         break  # the seek landed past the first frame (some containers): decode from the start
                     if frame.pts in pts_wanted:
-                        pixels = frame.width * frame.height
-                        got[frame.pts] = (frame.to_ndarray(format="rgb24") if not max_pixels or pixels <= max_pixels else
-                                          ("too_large", f"{frame.width}x{frame.height} = {pixels} pixels exceeds the limit of {max_pixels}"))
+                        too_many = media.over_pixel_limit(frame.width, frame.height, max_pixels)
+                        got[frame.pts] = ("too_large", too_many) if too_many else frame.to_ndarray(format="rgb24")
                     if frame.pts >= wanted[-1]:
                         break
                 if got or attempt == 1:

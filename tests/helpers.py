@@ -61,7 +61,7 @@ def _bomb_png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+def encode_image(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
@@ -71,7 +71,7 @@ def bad_file_catalogue() -> dict[str, tuple[bytes, str | None]]:
     """name -> (bytes, expected error reason or None when it must decode fine)."""
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    jpeg = _encode(photo, "JPEG", quality=90)
+    jpeg = encode_image(photo, "JPEG", quality=90)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: stored 64x48 becomes 48x64 upright
     rgba = Image.new("RGBA", (32, 24), (255, 0, 0, 0))
@@ -80,19 +80,19 @@ def bad_file_catalogue() -> dict[str, tuple[bytes, str | None]]:
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
         "text_named.jpg": (b"this is not an image, it is a text file\n" * 4, "undecodable"),
         "huge_declared.png": (_bomb_png(20000, 20000), "too_large"),
-        "favicon.png": (_encode(photo, "ICO"), "unsupported"),  # an icon file under a photo's name
+        "favicon.png": (encode_image(photo, "ICO"), "unsupported"),  # an icon file under a photo's name
         "gray16.png": (_png_16bit(40, 30), None),
-        "cmyk.jpg": (_encode(photo.convert("CMYK"), "JPEG"), None),
-        "exif_rotated.jpg": (_encode(photo, "JPEG", exif=exif.tobytes()), None),
-        "alpha.png": (_encode(rgba, "PNG"), None),
-        "palette.png": (_encode(photo.convert("P"), "PNG"), None),
+        "cmyk.jpg": (encode_image(photo.convert("CMYK"), "JPEG"), None),
+        "exif_rotated.jpg": (encode_image(photo, "JPEG", exif=exif.tobytes()), None),
+        "alpha.png": (encode_image(rgba, "PNG"), None),
+        "palette.png": (encode_image(photo.convert("P"), "PNG"), None),
     }
 
 
 def scanless_jpeg() -> bytes:
     """A JPEG whose header and end marker are intact but which has no image data: it passes
     media.jpeg_for_device's header check and fails in the decoder itself."""
-    data = _encode(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")
+    data = encode_image(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")
     return data[:data.index(b"\xff\xda")] + b"\xff\xd9"
 
 
@@ -207,7 +207,7 @@ class FaultyS3Proxy:
 def jpeg_bytes(seed: int, size=(64, 48)) -> bytes:
     """A small distinct JPEG per seed."""
     rng = np.random.default_rng(seed)
-    return _encode(Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)), "JPEG", quality=80)
+    return encode_image(Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)), "JPEG", quality=80)
 
 
 def moving_photo_video(path, photo: str, size, canvas, step: int, count: int, interval_s: float) -> None:

@@ -14,26 +14,15 @@ with fewer cases per format.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import pathlib
 import struct
-import subprocess
-import sys
 import time
 
 import numpy as np
+from helpers import encode_image, read_rows, run_cli
 from PIL import Image
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FUZZ_FORMATS = ("jpg", "png", "webp", "gif", "tif", "bmp", "mkv", "mp4")
-
-
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def _video(path: str, times: list[float], size=(64, 48), codec="libx264", flat=False) -> bytes:
@@ -63,7 +52,7 @@ def _tiny_frames_gif(frames: int, canvas: int) -> bytes:
 def _huge_later_page_tiff(side: int) -> bytes:
     """A TIFF whose first page is small and whose second is side x side (deflated: small on disk)."""
     pages = [Image.new("RGB", (32, 24), (120, 80, 40)), Image.new("L", (side, side), 0)]
-    return _encode(pages[0], "TIFF", save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
+    return encode_image(pages[0], "TIFF", save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
 
 
 def seeds(tmp: str) -> dict[str, bytes]:
@@ -72,12 +61,12 @@ def seeds(tmp: str) -> dict[str, bytes]:
     photo = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     frames = [Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)) for _ in range(3)]
     return {
-        "jpg": _encode(photo, "JPEG", quality=85),
-        "png": _encode(photo, "PNG"),
-        "webp": _encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100),
-        "gif": _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100),
-        "tif": _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
-        "bmp": _encode(photo, "BMP"),
+        "jpg": encode_image(photo, "JPEG", quality=85),
+        "png": encode_image(photo, "PNG"),
+        "webp": encode_image(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100),
+        "gif": encode_image(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100),
+        "tif": encode_image(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+        "bmp": encode_image(photo, "BMP"),
         "mkv": _video(os.path.join(tmp, "seed.mkv"), [k * 0.5 for k in range(6)]),
         "mp4": _video(os.path.join(tmp, "seed.mp4"), [k * 0.5 for k in range(6)]),
     }
@@ -122,7 +111,7 @@ def build(folder: str, cases: int, good: int = 4) -> dict:
     good_names = []
     for i in range(good):
         name = f"good_{i}.jpg"
-        written[name] = _encode(Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)), "JPEG")
+        written[name] = encode_image(Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)), "JPEG")
         good_names.append(name)
     written[".hidden.jpg"] = written[good_names[0]]
     for name, data in written.items():
@@ -132,19 +121,15 @@ def build(folder: str, cases: int, good: int = 4) -> dict:
 
 
 def run_job(folder: str, output: str, timeout_s: float, extra: list[str] = ()) -> dict:
-    """The labelling job over the folder (plumbing bundle optional via extra); figures as a dict."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    """The labelling job (CLI) over the folder, extra flags appended; its exit code, time and output."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), "--input", folder,
-                           "--output", output, *extra], capture_output=True, text=True, timeout=timeout_s, env=env)
+    proc = run_cli("--input", folder, "--output", output, *extra, env={"RAY_AUTH_MODE": "disabled"}, timeout=timeout_s)
     return {"exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
             "stderr_tail": proc.stderr[-2000:], "stdout_tail": proc.stdout[-2000:]}
 
 
 def check(output: str, built: dict) -> dict:
     """Every input a row (or counted as skipped), every good photo labelled."""
-    from helpers import read_rows
-
     rows = read_rows(pathlib.Path(output))
     by_file = {}
     for row in rows:

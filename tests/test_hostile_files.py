@@ -12,11 +12,10 @@ import io
 import os
 import time
 
-import numpy as np
-import pytest
+import hostile_files
+from helpers import encode_image, read_rows
 from PIL import Image
 
-import hostile_files
 from fashion_ray import media, video
 
 
@@ -31,7 +30,7 @@ def test_frame_sampling_is_computed_not_counted():
 
 def test_gif_frames_are_read_from_block_headers():
     frames = [Image.new("RGB", (20, 10), (40 * k, 0, 0)) for k in range(5)]
-    data = hostile_files._encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=[30, 40, 50, 60, 70])
+    data = encode_image(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=[30, 40, 50, 60, 70])
     durations = media.gif_frame_durations(io.BytesIO(data), media.Deadline(5))
     assert durations == [30, 40, 50, 60, 70] and len(durations) == Image.open(io.BytesIO(data)).n_frames
     assert media.gif_frame_durations(io.BytesIO(data[: len(data) // 2]), media.Deadline(5)) == [30, 40]
@@ -71,8 +70,6 @@ def test_the_job_labels_around_hostile_files(tmp_path):
     found = hostile_files.check(str(tmp_path / "labels"), built)
     assert found["files_without_row_count"] == 0, found["files_without_row"]
     assert found["good_photos_labelled"] and found["skipped"] == {"hidden": 1}
-    from helpers import read_rows
-
     rows = {}
     for row in read_rows(tmp_path / "labels"):
         rows.setdefault(os.path.basename(row["uri"]), []).append(row)

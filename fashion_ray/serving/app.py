@@ -25,7 +25,7 @@ import os
 import time
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi import Request as HttpRequest
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -192,8 +192,8 @@ class Ingress:
 
     def _exposed(self, http: HttpRequest) -> None:
         self._authorize(http)
-        if not self.cfg.expose_info:
-            raise label_studio.ProtocolError("not found", status=404)
+        if not self.cfg.expose_info:  # answered as a route that does not exist
+            raise HTTPException(status_code=404)
 
     @api.get("/v1/info")
     async def info(self, http: HttpRequest) -> dict:

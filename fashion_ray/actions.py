@@ -8,6 +8,10 @@ linked bag, suitcase or umbrella adds carry/hold. Scores are in 0..1 and multi-l
 is, but the postures are exclusive in AVA, so they are scored so that at most one is high.
 Everything else AVA lists (object manipulation, person interaction, dance, fall down, ...)
 is beyond pose and motion: the rules never write it.
+
+`window_features` is what a trained action head sees instead (models/actions.py): the
+track's pose and scene motion in a window of seconds around a keyframe, in units of the
+person's height, the same function at training and labelling time.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fashion_ray.taxonomy import AVA_ACTION_ID
+from fashion_ray.taxonomy import AVA_ACTION_ID, AVA_ACTIONS
 
 BEND, CROUCH, LIE = AVA_ACTION_ID["bend/bow (at the waist)"], AVA_ACTION_ID["crouch/kneel"], AVA_ACTION_ID["lie/sleep"]
 RUN, SIT, STAND, WALK = AVA_ACTION_ID["run/jog"], AVA_ACTION_ID["sit"], AVA_ACTION_ID["stand"], AVA_ACTION_ID["walk"]
 CARRY = AVA_ACTION_ID["carry/hold (an object)"]
 POSTURES = (STAND, SIT, BEND, CROUCH, LIE)  # what one frame decides (single photos too)
 RULE_ACTIONS = (*POSTURES, WALK, RUN, CARRY)  # everything the rules can write
+
+# accessories whose link to a person says carry/hold (a backpack or tie is worn, not held)
+CARRIED = ("bag", "suitcase", "umbrella")
 
 # MediaPipe pose landmark pairs (left, right)
 SHOULDERS, HIPS, KNEES, ANKLES = (11, 12), (23, 24), (25, 26), (27, 28)
@@ -53,7 +60,7 @@ class Skeleton:
 
     @classmethod
     def from_keypoints(cls, keypoints, min_visibility: float = 0.5) -> "Skeleton":
-        points = np.asarray(keypoints, np.float32).reshape(-1, 3)
+        points = np.asarray(keypoints if keypoints is not None else [], np.float32).reshape(-1, 3)
         if len(points) < 33:
             return cls(None, None, None, None)
         return cls(*(_mid(points, pair, min_visibility) for pair in (SHOULDERS, HIPS, KNEES, ANKLES)))
@@ -95,38 +102,108 @@ def posture_scores(keypoints, min_visibility: float = 0.5) -> dict[int, float]:
     return scores
 
 
-def track_actions(times: list[float], boxes: list, keypoints: list, camera_motion: list | None = None,
-                  carrying: list | None = None, window_s: float = 2.0) -> list[dict[int, float]]:
-    """Action scores for each sampled frame of one person track.
+def track_actions(track: "Track", window_s: float = 2.0) -> list[dict[int, float]]:
+    """Action scores for each sampled frame of one person track (a photo: one frame).
 
-    times: seconds; boxes: (x0, y0, x1, y1) in pixels; keypoints: the person's flat x, y,
-    visibility lists; camera_motion: the scene's shift (dx, dy) in pixels since the previous
-    frame (a panning camera moves everyone; that is not walking); carrying: a 0..1 score
-    per frame that a bag, suitcase or umbrella is linked to the person. Speed at a frame is
-    measured between the farthest frames within window_s around it (2 s: the neighbours at
-    AVA's 1 Hz keyframes).
+    Speed at a frame is the foot point's movement in the scene (the camera's own motion
+    taken out: a panning camera moves everyone, which is not walking) between the farthest
+    frames within window_s around it (2 s: the neighbours at AVA's 1 Hz keyframes), in
+    body heights per second. A linked bag, suitcase or umbrella is carry/hold.
     """
-    n = len(times)
-    boxes = np.asarray(boxes, np.float64).reshape(n, 4)
-    feet = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], 1)
+    times, n = track.times, len(track.times)
+    boxes = np.asarray(track.boxes, np.float64).reshape(n, 4)
     heights = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
-    shift = np.cumsum(np.asarray(camera_motion, np.float64).reshape(n, 2), 0) if camera_motion is not None else np.zeros((n, 2))
+    feet = scene_positions(track)
     out = []
     for i in range(n):
-        scores = posture_scores(keypoints[i])
+        scores = posture_scores(track.keypoints[i])
         near = [j for j in range(n) if abs(times[j] - times[i]) <= window_s / 2 + 1e-9]
         first, last = near[0], near[-1]
-        if last > first and times[last] > times[first]:
-            moved = (feet[last] - shift[last]) - (feet[first] - shift[first])  # in the scene, not the frame
-            speed = float(np.linalg.norm(moved)) / float(np.mean(heights[first:last + 1])) / (times[last] - times[first])
+        if scores and last > first and times[last] > times[first]:
+            speed = float(np.linalg.norm(feet[last] - feet[first])) / float(np.mean(heights[first:last + 1])) / (
+                times[last] - times[first])
             on_feet = 1 - max(scores.get(SIT, 0.0), scores.get(LIE, 0.0), scores.get(CROUCH, 0.0))
-            if scores:
-                run = _ramp(speed, *RUN_SPEED) * on_feet
-                walk = _ramp(speed, *WALK_SPEED) * (1 - run) * on_feet
-                scores[WALK], scores[RUN] = walk, run
-                if STAND in scores:
-                    scores[STAND] *= 1 - max(walk, run)
-        if carrying is not None and carrying[i]:
-            scores[CARRY] = float(carrying[i])
+            run = _ramp(speed, *RUN_SPEED) * on_feet
+            walk = _ramp(speed, *WALK_SPEED) * (1 - run) * on_feet
+            scores[WALK], scores[RUN] = walk, run
+            if STAND in scores:
+                scores[STAND] *= 1 - max(walk, run)
+        if track.carrying is not None and track.carrying[i]:
+            scores[CARRY] = float(track.carrying[i])
         out.append({k: round(v, 4) for k, v in scores.items() if v > 0})
     return out
+
+
+def carrying_score(person: dict) -> float:
+    """How surely the person holds something: the best score of a bag, suitcase or umbrella
+    linked to them (stages.link_accessories, or the garment parser's bag)."""
+    return max((float(g["score"]) for g in person.get("garments") or [] if g["category"] in CARRIED), default=0.0)
+
+
+def as_records(scores: dict[int, float], threshold: float) -> list[dict]:
+    """{action id: score} -> the rows' `actions` list, best first, those at or over threshold."""
+    return [{"action_id": k, "action": AVA_ACTIONS[k], "score": float(v)}
+            for k, v in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])) if v >= threshold and v > 0]
+
+
+@dataclass
+class Track:
+    """One person over a video's sampled frames (a photo: a track of one frame)."""
+
+    times: list[float]
+    boxes: list  # (x0, y0, x1, y1) px
+    keypoints: list  # flat x, y, visibility lists, or None where the person has no pose
+    camera_motion: list | None = None  # (dx, dy) px the scene moved since the previous frame
+    carrying: list | None = None  # 0..1 per frame (carrying_score)
+
+    @classmethod
+    def of_persons(cls, times: list[float], persons: list[dict], camera_motion=None) -> "Track":
+        return cls(times, [p["box"] for p in persons], [p.get("keypoints") for p in persons], camera_motion,
+                   [carrying_score(p) for p in persons])
+
+
+# the action head's window: the track at these offsets (s) from a keyframe, AVA's 1 Hz keyframes around it
+WINDOW_OFFSETS_S = (-2.0, -1.0, 0.0, 1.0, 2.0)
+SLOT_FEATURES = 4 + 33 * 3  # present, scene motion dx dy, log height ratio; 33 x (x, y, visibility)
+# MediaPipe's left/right landmark pairs: a mirrored track swaps them (training augmentation)
+MIRROR = np.array([0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 18, 17, 20, 19, 22, 21, 24, 23, 26, 25,
+                   28, 27, 30, 29, 32, 31])
+
+
+def scene_positions(track: Track) -> np.ndarray:
+    """Each frame's foot point (box bottom centre) in the scene's coordinates: the camera's
+    accumulated motion taken out."""
+    n = len(track.times)
+    boxes = np.asarray(track.boxes, np.float64).reshape(n, 4)
+    feet = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], 1)
+    if track.camera_motion is None:
+        return feet
+    return feet - np.cumsum(np.asarray(track.camera_motion, np.float64).reshape(n, 2), 0)
+
+
+def window_features(track: Track, at: int, mirror: bool = False) -> np.ndarray:
+    """The head's input for frame `at`: one slot per WINDOW_OFFSETS_S, the track's frame
+    nearest that time (within half a second) or zeros where it has none. Positions are in
+    the keyframe person's heights, keypoints relative to each frame's own box."""
+    boxes = np.asarray(track.boxes, np.float64).reshape(-1, 4)
+    feet = scene_positions(track)
+    times = np.asarray(track.times, np.float64)
+    height = max(boxes[at, 3] - boxes[at, 1], 1.0)
+    sign = -1.0 if mirror else 1.0
+    out = np.zeros((len(WINDOW_OFFSETS_S), SLOT_FEATURES), np.float32)
+    for slot, offset in enumerate(WINDOW_OFFSETS_S):
+        gaps = np.abs(times - (times[at] + offset))
+        j = int(np.argmin(gaps))
+        if gaps[j] > 0.5 + 1e-6:
+            continue
+        h = max(boxes[j, 3] - boxes[j, 1], 1.0)
+        dx, dy = (feet[j] - feet[at]) / height
+        out[slot, :4] = (1.0, sign * dx, dy, math.log(h / height))
+        if track.keypoints[j] is not None and len(track.keypoints[j]) >= 99:
+            points = np.asarray(track.keypoints[j], np.float64).reshape(-1, 3)[:33]
+            if mirror:
+                points = points[MIRROR]
+            cx = (boxes[j, 0] + boxes[j, 2]) / 2
+            out[slot, 4:] = np.stack([sign * (points[:, 0] - cx) / h, (points[:, 1] - boxes[j, 1]) / h,
+                                      points[:, 2]], 1).ravel()
+    return out.ravel()

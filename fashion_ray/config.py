@@ -56,8 +56,16 @@ class StageResources:
             raise ConfigError("device 'cuda' needs num_gpus > 0 (fractions such as 0.5 share a GPU)")
 
 
-# One actor of each stage fits on one GPU (0.3 x 3); scale out with max_actors.
+# One actor of each model stage fits on one GPU (0.3 x 3); scale out with max_actors.
 GPU_STAGE = StageResources(device="cuda", batch_size=8, num_cpus=1.0, num_gpus=0.3, torch_threads=2)
+# The actions stage reads keypoints, not pixels (rules, or a small MLP): a sliver of a CPU,
+# and on the CPU on GPU clusters too, where a GPU share would sit idle.
+ACTIONS_STAGE = StageResources(batch_size=16, num_cpus=0.1)
+
+
+def default_resources(model_stage: StageResources = StageResources()) -> dict[str, StageResources]:
+    """Every stage's resources: `model_stage` for the stages that run image models."""
+    return {s: ACTIONS_STAGE if s == "actions" else model_stage for s in STAGES}
 
 
 def cascade_stages(stages) -> tuple[str, ...]:
@@ -66,7 +74,7 @@ def cascade_stages(stages) -> tuple[str, ...]:
     if unknown or not stages:
         raise ConfigError(f"unknown stages {unknown} (valid: {', '.join(STAGES)})")
     if "person" not in stages:
-        raise ConfigError("the person stage is required: clothing and parts run on person crops")
+        raise ConfigError("the person stage is required: clothing, parts and actions run on its persons")
     return tuple(s for s in STAGES if s in stages)
 
 
@@ -76,7 +84,7 @@ class LabelJobConfig:
     output: str
     bundle: str = "bootstrap"
     stages: tuple[str, ...] = STAGES
-    resources: dict[str, StageResources] = field(default_factory=lambda: {s: StageResources() for s in STAGES})
+    resources: dict[str, StageResources] = field(default_factory=default_resources)
     read_batch_size: int = 16  # objects fetched and decoded per task
     decode_num_cpus: float = 0.5
     # where plain JPEGs are decoded: in the CPU tasks that fetch them, or batched in the person
@@ -169,9 +177,9 @@ class ServeConfig:
     bundle: str = "bootstrap"
     stages: tuple[str, ...] = STAGES
     # two person replicas: the person stage is the slowest (jobs/benchmark_serve.py, 8 clients on
-    # 2 cores: 1.38 requests/s against 0.82 with one); 0.25 + 4 x 0.3 CPUs fit a 2-core machine
-    resources: dict[str, StageResources] = field(default_factory=lambda: {
-        s: StageResources(min_actors=2, max_actors=2) if s == "person" else StageResources() for s in STAGES})
+    # 2 cores: 1.38 requests/s against 0.82 with one); 0.25 + 4 x 0.3 + 0.1 CPUs fit a 2-core machine
+    resources: dict[str, StageResources] = field(default_factory=lambda: default_resources() | {
+        "person": StageResources(min_actors=2, max_actors=2)})
     ingress_num_cpus: float = 0.25  # the HTTP replica decodes uploads and draws overlays
     max_bytes: int = 32 * 1024 * 1024  # a larger request is refused before its body is read
     max_pixels: int = 64_000_000

@@ -23,7 +23,7 @@ from collections import Counter
 
 import numpy as np
 
-from fashion_ray import taxonomy
+from fashion_ray import storage, taxonomy
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import iter_coco_chunks, to_our_categories
 
@@ -621,18 +621,20 @@ def average_precision(scores: np.ndarray, true_positive: np.ndarray, positives: 
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=None, iou: float = 0.5) -> dict:
+def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=None, iou: float = 0.5,
+                  threshold: float = 0.5) -> dict:
     """AVA's frame-mAP: per action class, detections (video_id, timestamp, x0, y0, x1, y1,
     action_id, score) are matched in each keyframe (video_id, timestamp) to ground-truth boxes
     of that class (video_id, timestamp, x0, y0, x1, y1, action_id), highest score first, each
     to the box it overlaps most (IoU >= iou), a box matched once; AP per class as Pascal VOC,
     the mean over the classes with ground truth (`classes`: the classes evaluated, default
-    every class in the ground truth)."""
+    every class in the ground truth). Beside AP, each class's precision and recall of the
+    detections scored >= threshold (what a user filtering on the score gets)."""
     def key(row):
         return str(row[0]), round(float(row[1]), 3)
 
     wanted = set(classes) if classes is not None else {int(r[6]) for r in ground_truth}
-    per_class = {}
+    per_class, details = {}, {}
     for cls in sorted(wanted):
         gt: dict[tuple, list] = {}
         for r in ground_truth:
@@ -657,6 +659,88 @@ def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=No
                     taken[best] = True
                 hits.append(hit)
         if positives:
-            per_class[cls] = average_precision(np.asarray(scores, np.float64), np.asarray(hits, bool), positives)
+            scores_arr, hits_arr = np.asarray(scores, np.float64), np.asarray(hits, bool)
+            per_class[cls] = average_precision(scores_arr, hits_arr, positives)
+            kept = scores_arr >= threshold
+            details[cls] = {"ap": per_class[cls], "positives": positives, "detections": int(kept.sum()),
+                            "precision": float(hits_arr[kept].mean()) if kept.any() else None,
+                            "recall": float(hits_arr[kept].sum() / positives)}
     values = [v for v in per_class.values() if not math.isnan(v)]
-    return {"frame_mAP": float(np.mean(values)) if values else float("nan"), "per_class_AP": per_class, "iou": iou}
+    return {"frame_mAP": float(np.mean(values)) if values else float("nan"), "per_class_AP": per_class,
+            "per_class": details, "iou": iou, "threshold": threshold}
+
+
+def snap_to_keyframes(ground_truth: list, detections: list, tolerance_s: float = 0.25) -> list[tuple]:
+    """Detections (AvaLine) with their timestamp moved to the nearest ground-truth keyframe of
+    their video within tolerance_s: sampled frames sit at true presentation times (2.002 s in
+    a 29.97 fps video), AVA's keyframes at whole seconds. Others keep their own time."""
+    keyframes: dict[str, np.ndarray] = {}
+    for line in ground_truth:
+        keyframes.setdefault(line.video_id, set()).add(line.timestamp)
+    keyframes = {v: np.array(sorted(t)) for v, t in keyframes.items()}
+    out = []
+    for d in detections:
+        t = d.timestamp
+        times = keyframes.get(d.video_id)
+        if times is not None and len(times):
+            nearest = times[int(np.argmin(np.abs(times - t)))]
+            t = float(nearest) if abs(nearest - t) <= tolerance_s else t
+        out.append((d.video_id, t, *d.box, d.action_id, d.value))
+    return out
+
+
+def evaluate_actions(ground_truth: list, detections: list, *, classes=None, threshold: float = 0.5,
+                     tolerance_s: float = 0.25) -> dict:
+    """Frame-mAP and per-action precision / recall of AVA detections (formats.ava.AvaLine)
+    against AVA ground truth; keyed by AVA name in the report."""
+    gt = [(g.video_id, g.timestamp, *g.box, g.action_id) for g in ground_truth]
+    report = ava_frame_map(gt, snap_to_keyframes(ground_truth, detections, tolerance_s), classes=classes,
+                           threshold=threshold)
+    return {"frame_mAP": report["frame_mAP"], "iou": report["iou"], "threshold": threshold,
+            "keyframes": len({(g.video_id, g.timestamp) for g in ground_truth}),
+            "per_class": {taxonomy.AVA_ACTIONS.get(k, str(k)): {"id": k, **v} for k, v in report["per_class"].items()}}
+
+
+def read_ava_uris(uri: str, options=None) -> list:
+    """AVA lines from a CSV file, or every AVA CSV a labelling run's manifest lists."""
+    from fashion_ray.formats import ava
+    from fashion_ray.formats.shards import read_manifest
+
+    if uri.endswith(".csv"):
+        fs, path = storage.filesystem(uri, options)
+        return ava.read_csv(fs.cat_file(path), uri)
+    manifest = read_manifest(uri, options)
+    lines = []
+    for entry in manifest["shards"]:
+        if "ava" in entry:
+            fs, path = storage.filesystem(storage.join(uri, entry["ava"]), options)
+            lines += ava.read_csv(fs.cat_file(path), entry["ava"])
+    return lines
+
+
+def evaluate_actions_uris(gt_uri: str, pred_uri: str, options=None, min_score: float = 0.0,
+                          threshold: float = 0.5) -> dict:
+    """`jobs/evaluate.py --mode actions`: a run's AVA CSVs (or one CSV) against an AVA CSV.
+    Classes scored: those in the ground truth that AVA's official evaluation lists
+    (taxonomy.AVA_EVALUATED) or that our labellers write."""
+    from fashion_ray.actions import RULE_ACTIONS
+
+    ground_truth = read_ava_uris(gt_uri, options)
+    if not ground_truth:
+        raise ValueError(f"{gt_uri}: no AVA lines with an action id")
+    detections = [d for d in read_ava_uris(pred_uri, options) if d.value >= min_score]
+    present = {g.action_id for g in ground_truth}
+    classes = sorted(present & (set(taxonomy.AVA_EVALUATED) | set(RULE_ACTIONS)))
+    report = evaluate_actions(ground_truth, detections, classes=classes, threshold=threshold)
+    return {"ground_truth": gt_uri, "predictions": pred_uri, "min_score": min_score, **report,
+            "not_labelled": sorted(taxonomy.AVA_ACTIONS[k] for k in present - set(classes) if k in taxonomy.AVA_ACTIONS)}
+
+
+def actions_to_markdown(report: dict) -> str:
+    out = [f"AVA frame-mAP at IoU {report['iou']}: **{_fmt(report['frame_mAP'])}** over {len(report['per_class'])} "
+           f"actions, {report['keyframes']} keyframes; precision / recall of detections scored >= {report['threshold']}", "",
+           "| action | AVA id | ground truth | AP | detections | precision | recall |", "|---|---|---|---|---|---|---|"]
+    for name, c in report["per_class"].items():
+        out.append(f"| {name} | {c['id']} | {c['positives']} | {_fmt(c['ap'])} | {c['detections']} | {_fmt(c['precision'])} "
+                   f"| {_fmt(c['recall'])} |")
+    return "\n".join(out) + "\n"

@@ -4,7 +4,7 @@ Layout under the output URI:
 
     manifest.json   the commit point; lists the live shards and ledger files. Readers trust only it.
     parquet/ coco/  shards, named part-<hash of run id and ids> (a run never overwrites a live file)
-    ava/            AVA-style CSV of the tracked persons of a shard's video frames
+    ava/            AVA detection CSV: the actions of the tracked persons of a shard's video frames
     ledger/         Parquet, one row per label row: its id, the input it came from (source: the
                     image itself, or the video of a frame) with uri, etag, size, mtime and
                     fingerprint, the bundle (name@version), the run and the shard holding the row
@@ -255,7 +255,8 @@ def write_manifest(state: OutputState, shards: list[dict], ledger_files: list[st
         "counts": {"inputs": pc.count_distinct(ledger["source"]).as_py(), "rows": ledger.num_rows, "ok": totals["ok"],
                    "error": ledger.num_rows - totals["ok"], "videos": _count_videos(ledger), "frames": totals["frames"],
                    "persons": totals["persons"], "garments": totals["garments"], "parts": totals["parts"],
-                   "tracks": totals["tracks"], "mean_track_length": totals["mean_track_length"]},
+                   "tracks": totals["tracks"], "mean_track_length": totals["mean_track_length"],
+                   "actions": totals["actions"]},
         "errors_by_reason": dict(sorted(errors.items())),
         "shards": sorted(shards, key=lambda s: s["name"]),
         "ledger": ledger_files,

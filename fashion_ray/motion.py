@@ -7,6 +7,10 @@ things, which the person stage looks at as extra candidates (a pedestrian too sm
 turned away for the pose model to anchor on in the whole image). A moving camera, a cut or
 a light change turns most pixels foreground; such frames give no regions rather than
 hundreds. Boxes are in the frames' own pixel coordinates.
+
+`camera_shifts` measures the other case: how far the whole scene moved between consecutive
+frames (phase correlation of the frames' grey levels), the camera's pan that the actions
+stage takes out of a person's motion before it calls them walking.
 """
 
 from __future__ import annotations
@@ -44,4 +48,32 @@ def moving_regions(frames: list[np.ndarray]) -> list[list[list[float]]]:
         blobs = sorted((s for s in stats[1:n] if s[3] >= 6 and s[4] >= 16), key=lambda s: -s[4])[:MAX_REGIONS]
         out.append([[float(x / scale), float(y / scale), float(min(width, (x + w) / scale)), float(min(height, (y + h) / scale))]
                     for x, y, w, h, _ in blobs])
+    return out
+
+
+MIN_RESPONSE = 0.05  # phase correlation's peak below this: no one shift explains the frames (a cut)
+
+
+def camera_shifts(frames: list[np.ndarray]) -> list[tuple[float, float] | None]:
+    """For each RGB frame (time order), how far (dx, dy px) the scene moved since the frame
+    before: content at x in that frame is at x + dx in this one. None for the first frame,
+    across a size change, or where no single shift fits (a cut, a flash)."""
+    import cv2
+
+    out: list[tuple[float, float] | None] = []
+    previous, window = None, None
+    for frame in frames:
+        height, width = frame.shape[:2]
+        scale = min(1.0, WORK_SIDE / max(height, width))
+        size = (max(8, round(width * scale)), max(8, round(height * scale)))
+        grey = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        shift = None
+        if previous is not None and previous[0].shape == grey.shape:
+            if window is None or window.shape != grey.shape:
+                window = cv2.createHanningWindow(size, cv2.CV_32F)  # edges do not wrap into the estimate
+            (dx, dy), response = cv2.phaseCorrelate(previous[0], grey, window)
+            if response >= MIN_RESPONSE:
+                shift = (float(dx) * width / size[0], float(dy) * height / size[1])
+        out.append(shift)
+        previous = (grey,)
     return out

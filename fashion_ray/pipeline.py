@@ -2,7 +2,7 @@
 
     videos -> probe_videos (CPU tasks: demux, sample) -> work items (driver)
     work items -> load_media (CPU tasks: fetch + decode images, decode video segments)
-      -> PersonStage -> ClothingStage -> PartsStage (actor pools, per-stage resources)
+      -> PersonStage -> ClothingStage -> PartsStage -> ActionsStage (actor pools, per-stage resources)
       -> write_shard (CPU tasks: Parquet + COCO shard per batch, a Shard record back)
 """
 
@@ -77,13 +77,16 @@ def _frame_rows(item: dict, *, max_pixels: int, max_side: int, timeout_s: float,
             fitted = media.fit(image, max_side)
             rows.append({**frame, "image": fitted.image, "scale": fitted.scale, "width": fitted.width, "height": fitted.height})
     timed = [r for r in rows if "image" in r and not math.isnan(r["timestamp_s"])]  # video/animation frames, not pages
-    for row, regions in zip(timed, motion.moving_regions([r["image"] for r in timed])):
+    images = [r["image"] for r in timed]
+    for row, regions, shift in zip(timed, motion.moving_regions(images), motion.camera_shifts(images)):
         row["regions"] = regions
+        if shift is not None:
+            row["camera_dx"], row["camera_dy"] = shift
     return rows
 
 
 ROW_DEFAULTS = {"status": "ok", "error": "", "error_detail": "", "width": 0, "height": 0, "scale": 1.0,
-                "frame_index": -1, "timestamp_s": math.nan}
+                "frame_index": -1, "timestamp_s": math.nan, "camera_dx": math.nan, "camera_dy": math.nan}
 
 
 def _unexpected(exc: Exception, doing: str = "decoding") -> str:
@@ -129,7 +132,7 @@ def load_media(batch: dict[str, np.ndarray], *, max_pixels: int, max_bytes: int,
             rows.append(_error_row(it, it["error"], it["error_detail"]))
     rows = [{**ROW_DEFAULTS, **r} for r in rows]
     out = {k: np.array([r[k] for r in rows]) for k in ("id", "source", "size", "mtime", "width", "height", "scale",
-                                                        "frame_index", "timestamp_s")}
+                                                        "frame_index", "timestamp_s", "camera_dx", "camera_dy")}
     out.update({k: np.array([str(r[k]) for r in rows], dtype=object)
                 for k in ("uri", "etag", "status", "error", "error_detail")})
     out["image"] = np.empty(len(rows), dtype=object)
@@ -222,8 +225,9 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
             STAGE_CLASSES[stage],
             fn_constructor_kwargs={"bundle_uri": bundle.ref, "device": device, "batch_size": res.batch_size,
                                    "storage_options": cfg.storage, "score_threshold": cfg.score_thresholds.get(stage),
-                                   # pixels stop at the last model stage; the writer needs labels only
-                                   "emit_image": stage != cfg.stages[-1],
+                                   # pixels stop at the last stage that reads them; the writer needs labels only
+                                   "emit_image": any(STAGE_CLASSES[s].needs_image
+                                                     for s in cfg.stages[cfg.stages.index(stage) + 1:]),
                                    **({"jpeg_max_side": cfg.work_max_side} if stage == "person" and
                                       cfg.jpeg_decode == "person" else {})},
             batch_size=res.batch_size,
@@ -236,7 +240,9 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
                                      "storage_options": cfg.storage})
 
 
-def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str) -> dict[str, Shard]:
-    """Person tracks over every video's frames, in one Ray task (tracking.track_shards)."""
+def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str, bundle: Bundle) -> dict[str, Shard]:
+    """Person tracks over every video's frames, and their actions, in one Ray task (tracking.track_shards)."""
     task = ray.remote(track_shards).options(**task_remote_args(cfg, cfg.write_num_cpus))
-    return ray.get(task.remote(cfg.output, shards, run_id, cfg.storage))
+    return ray.get(task.remote(cfg.output, shards, run_id, cfg.storage,
+                               actions_bundle=bundle.ref if "actions" in cfg.stages else None,
+                               action_threshold=cfg.score_thresholds.get("actions")))

@@ -215,7 +215,7 @@ class LabelRun:
         if with_frames:
             from fashion_ray.pipeline import track_videos
 
-            tracked = track_videos(self.cfg, [s.entry() for s in with_frames], self.run_id)
+            tracked = track_videos(self.cfg, [s.entry() for s in with_frames], self.run_id, self.bundle)
             self.uncommitted = [tracked.get(s.name, s) for s in self.uncommitted]
         self.commit(self.uncommitted, complete=not remaining, final=True)
         if remaining:
@@ -254,6 +254,9 @@ def format_summary(manifest: dict) -> str:
         lines.append("  skipped    " + ", ".join(f"{n} {names.get(k, k)}" for k, n in run["skipped"].items()))
     if c.get("tracks"):
         lines.append(f"  tracks     {c['tracks']} person tracks over the videos' frames, {c['mean_track_length']} frames long on average")
+    if c.get("actions"):
+        lines.append("  actions    " + ", ".join(f"{name} {n}" for name, n in c["actions"].items())
+                     + " (persons, photos and video frames)")
     if manifest["errors_by_reason"]:
         lines.append("  errors     " + ", ".join(f"{k}: {v}" for k, v in manifest["errors_by_reason"].items()))
     if len({node for nodes in run.get("placement", {}).values() for node in nodes}) > 1:

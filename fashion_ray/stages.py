@@ -9,7 +9,8 @@ Rows flow as numpy batches with these columns (see pipeline.load_media):
     jpeg (only with --jpeg-decode person: a plain JPEG's file, which PersonStage decodes;
           its image is a 1x1 placeholder until then; b"" for rows decoded by the tasks)
 
-Stages only add to `persons`. A row whose status is "error" passes through untouched, and
+Stages only add to `persons`: person boxes, keypoints and accessories; garments; parts;
+actions (which read keypoints and accessories, not pixels). A row whose status is "error" passes through untouched, and
 an image with no person costs the clothing and parts stages nothing. A model failure on
 one image becomes an error row ("model_error") instead of failing the block.
 Resources (actors, CPUs, GPUs, batch size) are not chosen here: see pipeline.py.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fashion_ray import appearance, media, taxonomy
+from fashion_ray import actions, appearance, media, taxonomy
 from fashion_ray.boxes import box_iou, crop_box, owner
 from fashion_ray.formats import masks as rle
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
@@ -48,6 +49,7 @@ def persons_column(values: list[list[dict]]) -> np.ndarray:
 
 class _Stage:
     stage_name = ""
+    needs_image = True  # the pixels must reach this stage (pipeline.py drops them after the last that does)
 
     def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None, emit_image: bool = True,
                  score_threshold: float | None = None):
@@ -83,7 +85,7 @@ class _Stage:
         if "ran_on" in batch:
             batch["ran_on"] = np.array(add_ran_on(batch["ran_on"], self.stage_name), dtype=object)
         if not self.emit_image:
-            del batch["image"]
+            batch.pop("image", None)
         return batch
 
     @staticmethod
@@ -261,4 +263,30 @@ class PartsStage(_PersonCropStage):
                                         "box": rle.bbox_xyxy(full), "mask": rle.encode(full)})
 
 
-STAGE_CLASSES = {"person": PersonStage, "clothing": ClothingStage, "parts": PartsStage}
+class ActionsStage(_Stage):
+    """AVA actions of each person from its keypoints and linked accessories (models/actions.py).
+
+    Here every person is a track of one frame: a photo gets what one frame decides. A video
+    frame's actions are labelled again once its tracks are drawn (tracking.track_shards),
+    from the track's motion and pose around the frame.
+    """
+
+    stage_name = "actions"
+    needs_image = False
+
+    def label(self, batch, persons) -> None:
+        rows = [i for i, s in enumerate(batch["status"]) if s == "ok" and persons[i]]
+        threshold = self.bundle.stages[self.stage_name].score_threshold
+        try:
+            tracks = [actions.Track.of_persons([0.0], [p]) for i in rows for p in persons[i]]
+            scores = iter(self.predictor.predict_tracks(tracks))
+        except Exception as exc:  # one bad batch of keypoints must not fail the block
+            for i in rows:
+                self._fail(batch, i, exc, persons, self.stage_name)
+            return
+        for i in rows:
+            for person in persons[i]:
+                person["actions"] = actions.as_records(next(scores)[0], threshold)
+
+
+STAGE_CLASSES = {"person": PersonStage, "clothing": ClothingStage, "parts": PartsStage, "actions": ActionsStage}

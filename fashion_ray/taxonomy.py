@@ -8,7 +8,8 @@ parts after. Never renumber; append.
 from __future__ import annotations
 
 # The cascade's stages, in the order they run; bundles, jobs and training name them this way.
-STAGES = ("person", "clothing", "parts")
+# actions label persons from their keypoints and tracks (video), so they come last.
+STAGES = ("person", "clothing", "parts", "actions")
 
 PERSON = "person"
 

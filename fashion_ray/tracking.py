@@ -12,7 +12,9 @@ person comes back (occlusion, a missed detection). Track ids count from 1 within
 in order of first appearance, so the same labels always give the same ids.
 
 `track_shards` applies this after the cascade: a video's frames are labelled by many tasks
-and land in several shards, so tracks can only be drawn once all of its frames are in.
+and land in several shards, so tracks can only be drawn once all of its frames are in. With
+the actions stage it then labels each track's actions from its motion and pose over time
+(models/actions.py), replacing what the stage said of each frame alone.
 """
 
 from __future__ import annotations
@@ -119,12 +121,57 @@ def assign_tracks(boxes: list[list[list[float]]], times: list[float], descriptor
     return out
 
 
-def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> dict[str, Shard]:
+def camera_positions(frames: list[dict]) -> np.ndarray:
+    """The camera's accumulated shift at each frame of a video (time order) from the rows'
+    `camera_shift`; a frame without one (the first of each decode segment) takes the mean
+    of its nearest measured neighbours'."""
+    known = [i for i, r in enumerate(frames) if r.get("camera_shift")]
+    steps = np.zeros((len(frames), 2))
+    for i in range(1, len(frames)):
+        if frames[i].get("camera_shift"):
+            steps[i] = frames[i]["camera_shift"]
+            continue
+        near = [j for j in (max((k for k in known if k < i), default=None), min((k for k in known if k > i), default=None))
+                if j is not None]
+        steps[i] = np.mean([frames[j]["camera_shift"] for j in near], axis=0) if near else 0.0
+    return np.cumsum(steps, axis=0)
+
+
+def label_track_actions(frames: list[dict], predictor, threshold: float) -> None:
+    """Actions of every tracked person in one video's frames (time order), from their track."""
+    from fashion_ray.actions import Track, as_records
+
+    camera = camera_positions(frames)
+    members: dict[int, list[tuple[int, dict]]] = {}
+    for k, row in enumerate(frames):
+        for person in row["persons"]:
+            members.setdefault(person["track_id"], []).append((k, person))
+    tracks = []
+    for seen in members.values():
+        at = [k for k, _ in seen]
+        moved = np.diff(camera[at], axis=0, prepend=camera[at[:1]])  # since the track's previous frame
+        tracks.append(Track.of_persons([frames[k]["timestamp_s"] for k in at], [p for _, p in seen], moved.tolist()))
+    for seen, scores in zip(members.values(), predictor.predict_tracks(tracks)):
+        for (_, person), frame_scores in zip(seen, scores):
+            person["actions"] = as_records(frame_scores, threshold)
+
+
+def track_shards(output: str, shards: list[dict], run_id: str, options=None, actions_bundle: str | None = None,
+                 action_threshold: float | None = None) -> dict[str, Shard]:
     """Give the persons of every video frame in these shards (manifest entries) their track
-    ids; rewrite the shards. Returns {old shard name: new Shard}.
+    ids, and with `actions_bundle` (a bundle ref) their actions from the tracks; rewrite the
+    shards. Returns {old shard name: new Shard}.
 
     All frame rows of the given shards are held in memory at once (labels and RLE masks, no pixels).
     """
+    predictor = None
+    if actions_bundle:
+        from fashion_ray.models import Device, build_stage_predictor, load_bundle
+
+        bundle = load_bundle(actions_bundle, options)
+        predictor = build_stage_predictor(bundle, "actions", Device(), options)
+        if action_threshold is None:
+            action_threshold = bundle.stages["actions"].score_threshold
     rows_by_shard = {s["name"]: read_shard_rows(output, s, options) for s in shards}
     videos: dict[str, list[dict]] = {}
     for rows in rows_by_shard.values():
@@ -139,6 +186,8 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None) -> 
         for row, ids in zip(frames, ids_per_frame):
             for person, track_id in zip(row["persons"], ids):
                 person["track_id"] = track_id
+        if predictor is not None:
+            label_track_actions(frames, predictor, action_threshold)
     return {name: write_rows(rows, output=output, salt=f"{run_id}:tracks", storage_options=options,
                              info={"description": "fashion-ray labels with person tracks"})
             for name, rows in rows_by_shard.items()}

@@ -92,7 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def make_config(args) -> config.LabelJobConfig:
     base = config.GPU_STAGE if args.device == "cuda" else config.StageResources()
-    resources = config.apply_overrides({s: base for s in taxonomy.STAGES}, args.overrides)
+    resources = config.apply_overrides(config.default_resources(base), args.overrides)
     return config.LabelJobConfig(
         inputs=tuple(args.input), output=args.output, bundle=args.bundle,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), resources=resources,

@@ -61,7 +61,7 @@ def _track(speed_bh_per_s: float, seconds: int = 4, camera=None):
         x = 100 + speed_bh_per_s * 250 * t
         boxes.append((x - 40, 50, x + 40, 300))
         points.append(skeleton(hip=(x, 150)))
-    return actions.track_actions(times, boxes, points, camera_motion=camera)
+    return actions.track_actions(actions.Track(times, boxes, points, camera_motion=camera))
 
 
 def test_motion_makes_walkers_and_runners():
@@ -80,7 +80,7 @@ def test_sitting_people_do_not_walk_and_carry_comes_from_a_linked_bag():
     times = [0.0, 1.0, 2.0]
     boxes = [(100 + 250 * t, 50, 180 + 250 * t, 300) for t in times]  # a moving box, a seated pose (a wheelchair, a tram)
     sitting = [skeleton(hip=(140 + 250 * t, 200), thigh_deg=90, knee_deg=90) for t in times]
-    frames = actions.track_actions(times, boxes, sitting, carrying=[0.0, 0.8, 0.8])
+    frames = actions.track_actions(actions.Track(times, boxes, sitting, carrying=[0.0, 0.8, 0.8]))
     assert all(best(f) == SIT and f.get(WALK, 0) == 0 for f in frames)
     assert CARRY not in frames[0] and frames[1][CARRY] == 0.8
     assert set(actions.RULE_ACTIONS) <= set(taxonomy.AVA_ACTIONS)

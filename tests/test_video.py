@@ -3,6 +3,7 @@ mixed run of photos and videos through the CLI, and videos read from the S3 serv
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -26,7 +27,8 @@ from helpers import (
 )
 from pycocotools.coco import COCO
 
-from fashion_ray import appearance, config, video
+from fashion_ray import appearance, config, taxonomy, video
+from fashion_ray.formats import ava
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import StorageOptions, stable_id
 from fashion_ray.tracking import assign_tracks
@@ -187,11 +189,25 @@ def test_tracks_carry_to_garments_parts_and_ava(mixed_run):
     children = [a for a in anns if a.get("parent_person_id") in persons and "video_id" in images[a["image_id"]]]
     assert children and all(a["track_id"] == persons[a["parent_person_id"]]["track_id"] for a in children)
 
-    ava = [line for s in manifest["shards"] if "ava" in s for line in csv.reader(open(out / s["ava"]))]
-    walk_lines = sorted((float(t), int(pid)) for vid, t, *_, action, pid in ava if vid == "walk")
-    assert walk_lines == [(float(k), 1) for k in range(6)]
-    assert all(line[6] == "" and all(0.0 <= float(v) <= 1.0 for v in line[2:6]) for line in ava)
-    assert sorted({int(line[7]) for line in ava if line[0] == "pair"}) == [1, 2]
+    # the AVA CSVs are AVA's detection format: one line per (tracked person, action) per frame,
+    # exactly the actions Parquet holds for the videos' persons, and the manifest counts them
+    lines = [line for s in manifest["shards"] if "ava" in s for line in ava.read_csv((out / s["ava"]).read_bytes())]
+    assert all(len(row) == 8 for s in manifest["shards"] if "ava" in s for row in csv.reader(open(out / s["ava"])))
+    assert lines and all(line.action_id in taxonomy.AVA_ACTIONS and 0 < line.value <= 1 and
+                         all(0.0 <= v <= 1.0 for v in line.box) for line in lines)
+    in_parquet = sorted((os.path.splitext(os.path.basename(r["uri"]))[0], r["timestamp_s"], a["action_id"])
+                        for r in rows.values() if r["frame_index"] is not None for p in r["persons"] for a in p["actions"])
+    assert sorted((line.video_id, line.timestamp, line.action_id) for line in lines) == in_parquet
+    assert {line.timestamp for line in lines if line.video_id == "walk"} <= {float(k) for k in range(6)}
+    all_actions = collections.Counter(a["action"] for r in rows.values() for p in r["persons"] for a in p["actions"])
+    assert counts["actions"] == dict(all_actions)
+    # every person has its actions with AVA ids and names, best first, over the bundle's threshold
+    for r in rows.values():
+        for p in r["persons"]:
+            scores = [a["score"] for a in p["actions"]]
+            assert scores == sorted(scores, reverse=True) and all(s >= 0.3 for s in scores)
+            assert all(taxonomy.AVA_ACTIONS[a["action_id"]] == a["action"] for a in p["actions"])
+    print("actions", dict(all_actions), [(line.video_id, line.timestamp, line.action_id, line.value) for line in lines][:12])
 
 
 def test_preview_shows_frames_with_tracks(mixed_run, tmp_path):

@@ -9,7 +9,8 @@ Error rows are not COCO images (they are in Parquet with their reason).
 `attributes` is an object of name -> scalar, the shape FiftyOne and CVAT read (schema 2;
 schema 1 wrote a list of "name:value" strings, which FiftyOne's importer rejects). It
 repeats the links that tools would otherwise drop: parent_person_id, track_id and side
-are both top-level keys (pycocotools, FiftyOne) and attributes (CVAT keeps only those).
+are both top-level keys (pycocotools, FiftyOne) and attributes (CVAT keeps only those). A
+person's actions are `actions` ([{id, name, score}], AVA ids) and attributes AVA name -> score.
 """
 
 from __future__ import annotations
@@ -64,8 +65,13 @@ def annotations(row: dict) -> list[dict]:
         if person.get("keypoints"):
             kp = person["keypoints"]
             extra |= {"keypoints": kp, "num_keypoints": int(sum(1 for v in kp[2::3] if v > 0))}
+        # actions as AVA name -> score (a person's are multi-label); the list with ids is top level
+        acts = person.get("actions") or []
+        if acts:
+            extra["actions"] = [{"id": a["action_id"], "name": a["action"], "score": round(a["score"], 4)} for a in acts]
         out.append(_ann(pid, image_id, taxonomy.PERSON_CATEGORY_ID, person["box"], person.get("mask"),
-                        person["score"], attributes=attribute_object([], **track), **extra))
+                        person["score"], attributes=attribute_object([], **track) | {a["action"]: round(a["score"], 4) for a in acts},
+                        **extra))
         for g in person.get("garments") or []:
             out.append(_ann(annotation_id(image_id, "garment", person["person_id"], g["garment_id"]), image_id,
                             g["category_id"], g["box"], g.get("mask"), g["score"], parent_person_id=pid,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: COCO `attributes` became an object (name -> value); 3: persons gained `appearance`
+# 2: COCO `attributes` became an object (name -> value); 3: persons gained `appearance`;
+# 4: persons gained `actions`, rows `camera_shift`
+SCHEMA_VERSION = 4
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 BOX = pa.list_(pa.float32())
@@ -37,6 +39,14 @@ PART = pa.struct(
     ]
 )
 
+ACTION = pa.struct(
+    [
+        ("action_id", pa.int32()),  # AVA 2.2 action id (taxonomy.AVA_ACTIONS)
+        ("action", pa.string()),  # its AVA name
+        ("score", pa.float32()),
+    ]
+)
+
 PERSON = pa.struct(
     [
         ("person_id", pa.int32()),  # index within the image; COCO ann ids derive from it
@@ -48,6 +58,7 @@ PERSON = pa.struct(
         ("appearance", pa.list_(pa.float32())),  # colour descriptor (appearance.py) the tracker matches on
         ("garments", pa.list_(GARMENT)),
         ("parts", pa.list_(PART)),
+        ("actions", pa.list_(ACTION)),  # multi-label, best first; empty without the actions stage
     ]
 )
 
@@ -62,6 +73,9 @@ LABEL_SCHEMA = pa.schema(
         ("timestamp_s", pa.float64()),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        # video frames: how far the scene moved (dx, dy px) since the previous sampled frame, a
+        # panning camera's motion that actions take out of a walker's; null where not measured
+        ("camera_shift", pa.list_(pa.float32())),
         ("status", pa.string()),  # "ok" | "error"
         ("error", pa.string()),  # reason: media.ERROR_REASONS or "model_error"
         ("error_detail", pa.string()),

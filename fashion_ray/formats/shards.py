@@ -46,6 +46,7 @@ def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
         "parts": [{**p, "box": scale_box(p["box"], scale, width, height), "mask": mask(p["mask"]),
                    "area": rle.area(mask(p["mask"])) if scale != 1.0 else p["area"]}
                   for p in person.get("parts", [])],
+        "actions": person.get("actions") or [],
     }
 
 
@@ -57,12 +58,14 @@ def assemble_rows(batch: dict[str, np.ndarray], *, bundle_name: str, bundle_vers
         mtime = float(batch["mtime"][i])
         frame_index, seconds = int(batch["frame_index"][i]), float(batch["timestamp_s"][i])
         persons = batch["persons"][i].items if ok else []
+        shift = [float(batch[k][i]) / float(batch["scale"][i]) for k in ("camera_dx", "camera_dy")] if "camera_dx" in batch else []
         rows.append({
             "id": int(batch["id"][i]), "uri": str(batch["uri"][i]), "size": int(batch["size"][i]),
             "etag": str(batch["etag"][i]),
             "mtime": None if math.isnan(mtime) else datetime.fromtimestamp(mtime, tz=timezone.utc),
             "frame_index": None if frame_index < 0 else frame_index, "timestamp_s": None if math.isnan(seconds) else seconds,
             "width": width, "height": height,
+            "camera_shift": shift if shift and ok and not math.isnan(shift[0]) else None,
             "status": str(batch["status"][i]), "error": str(batch["error"][i]) or None,
             "error_detail": str(batch["error_detail"][i]) or None,
             "bundle_name": bundle_name, "bundle_version": bundle_version, "stages": list(stages),
@@ -90,6 +93,7 @@ class Shard:
     errors: dict[str, int]  # error rows per reason
     ava: bool  # an AVA CSV was written (the shard holds tracked video frames)
     tracked: int = 0  # persons with a track id
+    actions: dict[str, int] = field(default_factory=dict)  # persons labelled with each action (AVA name)
     # per video: the highest track id among this shard's frames. Ids count from 1 per video,
     # so a video's track count is the largest of these over all shards holding its frames.
     max_track_id: dict[str, int] = field(default_factory=dict)
@@ -101,6 +105,7 @@ class Shard:
                 **({"ava": f"ava/{self.name}.csv"} if self.ava else {}),
                 "rows": len(self.ids), "ok": self.ok, "frames": self.frames, "persons": self.persons,
                 "garments": self.garments, "parts": self.parts, "errors": dict(self.errors),
+                **({"actions": dict(self.actions)} if self.actions else {}),
                 **({"tracked": self.tracked, "max_track_id": dict(self.max_track_id)} if self.max_track_id else {})}
 
 
@@ -126,6 +131,7 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
                  garments=sum(len(p["garments"]) for p in persons), parts=sum(len(p["parts"]) for p in persons),
                  errors=dict(collections.Counter(r["error"] for r in rows if r["status"] == "error")),
                  ava=bool(ava_rows), tracked=sum(p.get("track_id") is not None for p in persons),
+                 actions=dict(collections.Counter(a["action"] for p in persons for a in p.get("actions") or [])),
                  max_track_id=max_track_id)
 
 
@@ -138,6 +144,10 @@ def shard_totals(entries: list[dict]) -> dict:
         for uri, top in s.get("max_track_id", {}).items():
             tracks_per_video[uri] = max(tracks_per_video.get(uri, 0), top)
     totals["tracks"] = sum(tracks_per_video.values())
+    actions: collections.Counter = collections.Counter()
+    for s in entries:
+        actions.update(s.get("actions", {}))
+    totals["actions"] = dict(actions.most_common())
     totals["mean_track_length"] = round(totals["tracked"] / totals["tracks"], 2) if totals["tracks"] else None
     return totals
 

@@ -1,14 +1,15 @@
 """Model bundles and the predictors built from them.
 
-Three families of architectures share one predictor interface (predictors.py):
+Four families of architectures share one predictor interface (predictors.py):
 torchvision detectors/segmenters with bundle weights, the bootstrap models (bootstrap.py)
-built from pretrained files that registry packages ship, and the garment parser
-(garments.py): a trained head on the pose model's frozen features.
+built from pretrained files that registry packages ship, the garment parser
+(garments.py): a trained head on the pose model's frozen features, and the actions stage's
+rules or trained window head (actions.py), which label tracks rather than images.
 """
 
 from __future__ import annotations
 
-from fashion_ray.models import bootstrap, garments, torchvision_models
+from fashion_ray.models import actions, bootstrap, garments, torchvision_models
 from fashion_ray.models.bundle import Bundle, BundleError, load_bundle, load_state_dict, verify_bundle
 from fashion_ray.models.predictors import Device, Predictor
 
@@ -23,7 +24,8 @@ def _merge(*registries: dict) -> dict:
     return merged
 
 
-ARCHITECTURES = _merge(torchvision_models.ARCHITECTURES, bootstrap.ARCHITECTURES, garments.ARCHITECTURES)
+ARCHITECTURES = _merge(torchvision_models.ARCHITECTURES, bootstrap.ARCHITECTURES, garments.ARCHITECTURES,
+                       actions.ARCHITECTURES)
 
 
 def validate_bundle(bundle: Bundle) -> None:
@@ -41,6 +43,8 @@ def build_stage_predictor(bundle: Bundle, stage: str, device: Device, options=No
         return bootstrap.build_predictor(bundle, spec, device, options)
     if spec.architecture in garments.ARCHITECTURES:
         return garments.build_predictor(bundle, spec, device, options)
+    if spec.architecture in actions.ARCHITECTURES:
+        return actions.build_predictor(bundle, spec, device, options)
     state_dict = load_state_dict(bundle, spec, options) if spec.weights else None
     return torchvision_models.build_predictor(spec, state_dict, device)
 

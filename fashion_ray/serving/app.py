@@ -31,8 +31,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from fashion_ray import preview, taxonomy
-from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides
+from fashion_ray import preview
+from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides, default_resources
 from fashion_ray.models import Device, load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import auth, label_studio
@@ -365,7 +365,7 @@ def serve_config(args: dict) -> ServeConfig:
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device {device!r} is not one of: cpu, cuda")
     base = ServeConfig()
-    res = {s: GPU_STAGE for s in taxonomy.STAGES} if device == "cuda" else dict(base.resources)
+    res = default_resources(GPU_STAGE) if device == "cuda" else dict(base.resources)
     if args.get("set"):
         res = apply_overrides(res, [o.strip() for o in str(args["set"]).split(",") if o.strip()])
     kwargs["resources"] = res

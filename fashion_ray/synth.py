@@ -316,3 +316,73 @@ def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, 
     }
     storage.write_bytes_atomic(storage.join(output, "manifest.json"), json.dumps(manifest, indent=2).encode(), storage_options)
     return manifest
+
+
+# --- made-up action tracks (jobs/make_synthetic.py --kind actions) -----------------------------
+
+def side_view_keypoints(hip=(100.0, 200.0), torso_deg=0.0, thigh_deg=0.0, knee_deg=180.0, size=100.0,
+                        hidden=()) -> list[float]:
+    """33 MediaPipe keypoints (flat x, y, visibility) of a side view: the torso tilted torso_deg
+    from upright, the thigh thigh_deg from pointing straight down, the shin bent knee_deg at
+    the knee (180: straight). size is the torso's length; a whole upright body is ~2.5 sizes."""
+    import math
+
+    from fashion_ray.actions import ANKLES, HIPS, KNEES, SHOULDERS
+
+    def towards(origin, degrees_from_down, length):
+        a = math.radians(degrees_from_down)
+        return origin[0] + length * math.sin(a), origin[1] + length * math.cos(a)
+
+    hip = np.asarray(hip, np.float64)
+    shoulder = towards(hip, 180 - torso_deg, size)  # upright: straight up from the hip
+    knee = towards(hip, thigh_deg, 0.75 * size)
+    ankle = towards(knee, thigh_deg - (180 - knee_deg), 0.75 * size)
+    points = np.zeros((33, 3), np.float32)
+    for ids, (x, y) in ((SHOULDERS, shoulder), (HIPS, hip), (KNEES, knee), (ANKLES, ankle)):
+        for i in ids:
+            points[i] = (x, y, 0.0 if i in hidden else 0.99)
+    points[0] = (shoulder[0], shoulder[1] - 0.3 * size, 0.99)  # nose
+    return points.ravel().tolist()
+
+
+SYNTH_ACTIONS = ("stand", "walk", "sit", "bend/bow (at the waist)")
+
+
+def make_action_examples(count: int, seed: int = 0) -> list[dict]:
+    """Training examples (formats.ava.EXAMPLE_SCHEMA) of made-up tracks, 5 frames 1 s apart
+    around a keyframe: people standing, walking (0.5-1.2 body heights/s), sitting or bending,
+    half of them filmed by a camera that pans (the motion is in camera_motion, so only a
+    model that takes it out tells a panned stander from a walker). Deterministic per (seed, i)."""
+    from fashion_ray.actions import Track
+    from fashion_ray.formats.ava import example_record
+    from fashion_ray.taxonomy import AVA_ACTION_ID
+
+    out = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        action = SYNTH_ACTIONS[i % len(SYNTH_ACTIONS)]
+        size = rng.uniform(60, 120)
+        height = 2.6 * size
+        speed = rng.uniform(0.5, 1.2) if action == "walk" else rng.uniform(0.0, 0.08)
+        direction = rng.choice([-1.0, 1.0])
+        pan = rng.uniform(-0.8, 0.8) * height if rng.random() < 0.5 else 0.0  # px/s the frame slides
+        times, boxes, points, motion = [], [], [], []
+        for k in range(5):
+            t = float(k)
+            x = 400 + direction * speed * height * t - pan * t  # in the frame: the scene slides by -pan
+            torso = {"bend/bow (at the waist)": rng.uniform(45, 70)}.get(action, rng.uniform(-5, 5))
+            thigh, knee = (rng.uniform(80, 95), rng.uniform(80, 100)) if action == "sit" else (
+                rng.uniform(-25, 25) if action == "walk" else rng.uniform(-5, 5), rng.uniform(160, 180))
+            hip = (x + rng.normal(0, 2), 300 + rng.normal(0, 2))
+            kp = np.asarray(side_view_keypoints(hip, torso, thigh, knee, size)).reshape(33, 3)
+            kp[:, :2] += rng.normal(0, 0.02 * size, (33, 2))
+            top = hip[1] - 1.3 * size
+            bottom = hip[1] + (0.6 if action == "sit" else 1.4) * size
+            times.append(t)
+            boxes.append([x - 0.4 * size, top, x + 0.4 * size, bottom])
+            points.append(kp.ravel().tolist())
+            motion.append([0.0, 0.0] if k == 0 else [-pan, 0.0])
+        track = Track(times, boxes, points, motion)
+        out.append(example_record(i, f"synthetic-{seed}-{i}", 2.0, [AVA_ACTION_ID[action]], track, 2,
+                                  "val" if i % 5 == 0 else "train"))
+    return out

@@ -1,4 +1,4 @@
-"""Train a person, clothing or body-part model on Ray Train and publish it as a model bundle.
+"""Train a person, clothing, body-part or action model on Ray Train and publish it as a model bundle.
 
 On a laptop (2 CPU workers, gloo), from a synthetic set:
     python jobs/make_synthetic.py --output out/synth --count 400
@@ -8,6 +8,10 @@ On a laptop (2 CPU workers, gloo), from a synthetic set:
 On a cluster:
     ray job submit --working-dir . -- python jobs/train.py --task clothing --data s3://datasets/df2-train.json \
         --workers 16 --gpus-per-worker 1 --storage s3://models/runs/ --output s3://models/clothing-v2/
+
+An actions head, from AVA labels matched to the tracks of a labelling run of AVA's videos:
+    python jobs/convert.py --format ava --input ava_train_v2.2.csv --labels out/ava-labels --output out/ava-train.parquet
+    python jobs/train.py --task actions --data out/ava-train.parquet --steps 2000 --batch-size 64 --lr 0.1 --output out/actions-v1
 
 Run the same command again after a crash and it resumes from the last checkpoint.
 """
@@ -31,8 +35,10 @@ TRAIN = field_defaults(TrainConfig)
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=TASKS,
-                   help="garments: the clothing stage's garment parser (data: jobs/convert.py --format ccp)")
-    p.add_argument("--data", required=True, help="canonical COCO file (jobs/convert.py output), any URI")
+                   help="garments: the clothing stage's garment parser (data: jobs/convert.py --format ccp); "
+                        "actions: the actions stage's window head (data: action examples, .parquet)")
+    p.add_argument("--data", required=True, help="canonical COCO file (jobs/convert.py output), or action examples "
+                   "(.parquet: jobs/convert.py --format ava, jobs/make_synthetic.py --kind actions); any URI")
     p.add_argument("--output", required=True, help="where the bundle is published (any URI)")
     p.add_argument("--architecture", default=TRAIN["architecture"], help="torchvision architecture (default per task)")
     p.add_argument("--input-size", type=int, default=TRAIN["input_size"], help="model input size (default per task)")

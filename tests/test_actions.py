@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
-from fashion_ray import actions, taxonomy
+from fashion_ray import actions, synth, taxonomy
+from fashion_ray.formats import ava
 from fashion_ray.actions import BEND, CARRY, CROUCH, LIE, RUN, SIT, STAND, WALK
 from fashion_ray.evaluation import ava_frame_map, average_precision
 
 
-def skeleton(hip=(100.0, 200.0), torso_deg=0.0, thigh_deg=0.0, knee_deg=180.0, size=100.0, hidden=()) -> list[float]:
-    """33 MediaPipe keypoints (flat x, y, visibility) of a side view: the torso tilted torso_deg
-    from upright, the thigh thigh_deg from pointing straight down, the shin bent knee_deg at
-    the knee (180: straight). size is the torso's length; a whole upright body is ~2.5 sizes."""
-    def towards(origin, degrees_from_down, length):
-        a = math.radians(degrees_from_down)
-        return origin[0] + length * math.sin(a), origin[1] + length * math.cos(a)
-
-    hip = np.asarray(hip)
-    shoulder = towards(hip, 180 - torso_deg, size)  # upright: straight up from the hip
-    knee = towards(hip, thigh_deg, 0.75 * size)
-    ankle = towards(knee, thigh_deg - (180 - knee_deg), 0.75 * size)
-    points = np.zeros((33, 3), np.float32)
-    for ids, (x, y) in ((actions.SHOULDERS, shoulder), (actions.HIPS, hip), (actions.KNEES, knee), (actions.ANKLES, ankle)):
-        for i in ids:
-            points[i] = (x, y, 0.0 if i in hidden else 0.99)
-    points[0] = (shoulder[0], shoulder[1] - 0.3 * size, 0.99)  # nose
-    return points.ravel().tolist()
+def skeleton(**kwargs) -> list[float]:
+    return synth.side_view_keypoints(**kwargs)
 
 
 def best(scores: dict) -> int:
@@ -111,3 +101,128 @@ def test_frame_map_by_hand():
     assert report["frame_mAP"] == pytest.approx(((0.5 + 1 / 3) + 0.5 + 1.0) / 3)
     # classes named but without ground truth are not averaged; detections of them are ignored
     assert ava_frame_map(gt, dt, classes=(STAND, RUN))["per_class_AP"] == {STAND: pytest.approx(0.5 + 1 / 3)}
+
+
+def test_ava_csv_lines_are_avas_detection_format_and_parse_back():
+    row = {"uri": "s3://b/clips/shop_cam.mp4", "frame_index": 30, "timestamp_s": 2.0, "status": "ok", "width": 200,
+           "height": 100, "persons": [
+               {"track_id": 3, "box": [20.0, 10.0, 120.0, 90.0],
+                "actions": [{"action_id": WALK, "action": "walk", "score": 0.91}, {"action_id": CARRY, "action": "carry/hold (an object)", "score": 0.5}]},
+               {"track_id": 4, "box": [0.0, 0.0, 10.0, 10.0], "actions": []}]}  # a person with no action: no line
+    photo = dict(row, frame_index=None, timestamp_s=None)  # photos are not AVA lines (Parquet has their actions)
+    text = ava.to_csv(ava.ava_rows([row, photo, dict(row, timestamp_s=2.5)])).decode()
+    assert text.splitlines()[:2] == ["shop_cam,2,0.1000,0.1000,0.6000,0.9000,14,0.9100",
+                                     "shop_cam,2,0.1000,0.1000,0.6000,0.9000,17,0.5000"]
+    lines = ava.read_csv(text)
+    assert [(x.video_id, x.timestamp, x.action_id, x.value) for x in lines] == [
+        ("shop_cam", 2.0, WALK, 0.91), ("shop_cam", 2.0, CARRY, 0.5), ("shop_cam", 2.5, WALK, 0.91), ("shop_cam", 2.5, CARRY, 0.5)]
+    assert lines[0].box == (0.1, 0.1, 0.6, 0.9)
+    # AVA's ground truth: the person id in the last column; a line without an action is a box only
+    truth = ava.read_csv("-5KQ66BBWC4,0902,0.077,0.151,0.283,0.811,80,1\n-5KQ66BBWC4,0902,0.1,0.1,0.2,0.2,,2\n")
+    assert [(x.video_id, x.timestamp, x.action_id, x.value) for x in truth] == [("-5KQ66BBWC4", 902.0, 80, 1.0)]
+    with pytest.raises(ava.AvaFormatError, match="line 1: 3 columns, AVA has 7 or 8"):
+        ava.read_csv("a,b,c\n")
+
+
+def _frame(t: float, persons: list[tuple[int, list[float]]], shift=None) -> dict:
+    return {"uri": "/videos/clip.mp4", "status": "ok", "frame_index": int(t * 30), "timestamp_s": t, "width": 100,
+            "height": 100, "camera_shift": shift, "persons": [
+                {"track_id": tid, "box": box, "keypoints": skeleton(hip=((box[0] + box[2]) / 2, box[1] + 40)), "garments": []}
+                for tid, box in persons]}
+
+
+def test_ava_labels_become_examples_of_the_matching_track():
+    # two tracks over 6 frames; AVA labels person 7 (walk + carry) at 902 s and a person nobody
+    # detected at 903 s; the frame nearest 902 is 902.002 (a 29.97 fps video)
+    frames = [_frame(900.002 + k, [(1, [10 + 5 * k, 10, 30 + 5 * k, 90]), (2, [60, 10, 80, 90])], shift=[1.0, 0.0])
+              for k in range(6)]
+    truth = [ava.AvaLine("clip", 902.0, (0.2, 0.1, 0.4, 0.9), WALK, 7), ava.AvaLine("clip", 902.0, (0.2, 0.1, 0.4, 0.9), CARRY, 7),
+             ava.AvaLine("clip", 903.0, (0.0, 0.0, 0.05, 0.05), STAND, 8), ava.AvaLine("clip", 950.0, (0.2, 0.1, 0.4, 0.9), SIT, 9)]
+    examples, stats = ava.examples_from_run(truth, frames)
+    assert stats == {"labelled_persons": 3, "matched": 1, "no_frame": 1, "no_person": 1}
+    (example,) = examples
+    assert example["action_ids"] == [WALK, CARRY] and example["timestamp_s"] == 902.0
+    # the window: the track's frames within 2.5 s of the keyframe, which is frame 2 of them
+    assert example["times"] == pytest.approx([900.002, 901.002, 902.002, 903.002, 904.002]) and example["at"] == 2
+    assert example["boxes"][2] == [20.0, 10.0, 40.0, 90.0] and example["camera_motion"][1:] == [[1.0, 0.0]] * 4
+    track, at = ava.example_track(example)
+    features = actions.window_features(track, at).reshape(len(actions.WINDOW_OFFSETS_S), -1)
+    # slot 3 (+1 s): present, the feet 5 px right in the frame less the camera's 1 px, in 80 px body heights
+    assert features[3, :4] == pytest.approx([1.0, 4 / 80, 0.0, 0.0])
+
+
+def test_evaluate_actions_job_by_hand(tmp_path):
+    # two photos: a walker found and called walk (0.8) over stand (0.3); a stander called walk
+    gt = tmp_path / "gt.csv"
+    gt.write_text("p1,0,0.1,0.1,0.5,0.9,14,1\np2,0,0.5,0.1,0.9,0.9,12,1\n")
+    dt = tmp_path / "dt.csv"
+    dt.write_text("p1,0,0.1,0.1,0.5,0.88,14,0.8\np1,0,0.1,0.1,0.5,0.88,12,0.3\np2,0,0.5,0.1,0.9,0.9,14,0.6\n")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "evaluate.py"), "--mode", "actions", "--predictions",
+                           str(dt), "--ground-truth", str(gt), "--out", str(tmp_path / "eval")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    # walk: 0.8 hit, 0.6 miss -> AP 1; stand: 0.3 on the wrong person -> AP 0; precision at 0.5: walk 1/2
+    assert report["per_class"]["walk"]["ap"] == 1.0 and report["per_class"]["stand"]["ap"] == 0.0
+    assert report["frame_mAP"] == 0.5
+    assert (report["per_class"]["walk"]["precision"], report["per_class"]["walk"]["recall"]) == (0.5, 1.0)
+    assert report["single_label"] == {"matched_persons": 2, "accuracy": 0.5, "confusion": {"stand -> walk": 1, "walk -> walk": 1}}
+    assert "frame-mAP at IoU 0.5: **0.500**" in proc.stdout
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "evaluate.py"), "--mode", "actions", "--predictions",
+                          str(dt), "--ground-truth", str(tmp_path / "missing.csv")], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_action_head_learns_on_ray_train_and_replaces_the_rules(tmp_path):
+    # made-up tracks (stand / walk / sit / bend, half under a panning camera) -> a head trained by
+    # Ray Train (2 gloo workers) -> a bundle whose actions stage is the head, which labels a video
+    data = tmp_path / "examples.parquet"
+    make = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_synthetic.py"), "--kind", "actions",
+                           "--count", "600", "--output", str(data)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert make.returncode == 0, make.stderr
+    out = tmp_path / "actions-v1"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--task", "actions", "--data", str(data),
+                           "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "240",
+                           "--batch-size", "32", "--lr", "0.1", "--warmup-steps", "10", "--checkpoint-every", "80",
+                           "--val-samples", "120", "--storage", str(tmp_path / "runs"), "--num-cpus", "2"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((out / "training.json").read_text())["metrics"]
+    # held-out mAP over the four actions, against the untrained head's on the same examples
+    assert metrics["val_metric"] > max(0.75, metrics["val_initial"] + 0.3), metrics
+    from fashion_ray.models.bundle import load_bundle
+
+    bundle = load_bundle(str(out))
+    head = bundle.stages["actions"]
+    assert head.architecture == "pose_window_mlp" and set(head.classes) == set(synth.SYNTH_ACTIONS)
+    assert set(bundle.stages) == set(taxonomy.STAGES)  # the base bundle's person, clothing, parts
+
+    from helpers import moving_photo_video, read_rows, run_cli
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    moving_photo_video(corpus / "walk.mp4", "grace_hopper.jpg", (200, 234), (480, 320), step=25, count=8, interval_s=0.5)
+    labels = tmp_path / "labels"
+    run = run_cli("--input", str(corpus), "--output", str(labels), "--bundle", str(out), "--stages", "person,actions",
+                  "--score-threshold", "actions=0.0", "--num-cpus", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    manifest = json.loads((labels / "manifest.json").read_text())
+    lines = [x for s in manifest["shards"] if "ava" in s for x in ava.read_csv((labels / s["ava"]).read_bytes())]
+    # the head scores every class it has for every tracked person and frame: 4 lines each
+    persons = [p for r in read_rows(labels) for p in r["persons"]]
+    assert persons and len(lines) == 4 * len(persons)
+    assert {taxonomy.AVA_ACTIONS[x.action_id] for x in lines} == set(synth.SYNTH_ACTIONS)
+
+
+def test_one_frame_walks_only_on_a_wide_stride_and_a_still_track_overrules_it():
+    mid_stride = np.asarray(skeleton()).reshape(33, 3)
+    mid_stride[actions.ANKLES[0], 0] += 60  # ankles 80 px apart, the body 310 px tall: 0.26 body heights
+    mid_stride[actions.ANKLES[1], 0] -= 20
+    box = (60.0, 50.0, 140.0, 360.0)
+    photo = actions.track_actions(actions.Track([0.0], [box], [mid_stride.ravel().tolist()]))[0]
+    assert best(photo) == WALK and photo.get(STAND, 0) < 0.1
+    feet_together = actions.track_actions(actions.Track([0.0], [box], [skeleton()]))[0]
+    assert best(feet_together) == STAND and WALK not in feet_together
+    # the same stride held for 3 s without moving: a person standing with feet apart
+    held = actions.track_actions(actions.Track([0.0, 1.0, 2.0], [box] * 3, [mid_stride.ravel().tolist()] * 3))
+    assert all(best(f) == STAND and f.get(WALK, 0) == 0 for f in held)

@@ -10,6 +10,10 @@ its own 46, shifted to 1-based), garments and parts linked to their person by
     convert_penn_fudan(root)     root/PNGImages/*.png + root/PedMasks/*_mask.png
     convert_ccp(root)            Clothing Co-Parsing: root/photos/*.jpg + root/annotations/pixel-level/*.mat
     convert_labels(run)          a labelling run: teacher labels for training students
+
+Action labels are AVA-format instead (formats/ava.py): penn_fudan_actions(root) gives AVA
+ground truth of Penn-Fudan's walking / standing pedestrians, ava_examples(csv, run) AVA's
+labels matched to a run's tracks as training examples for the actions head.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import io
 import json
 import os
 import posixpath
+import re
 
 import numpy as np
 from PIL import Image
@@ -277,3 +282,46 @@ def convert_labels(run_uri: str, options=None) -> dict:
 
 def write_coco(doc: dict, uri: str, options=None) -> None:
     storage.write_bytes_atomic(uri, json.dumps(doc).encode(), options)
+
+
+# --- action ground truth and examples (AVA format) ---------------------------------------------
+
+PENN_FUDAN_ACTIONS = {"PASpersonWalking": "walk", "PASpersonStanding": "stand"}
+_PF_SIZE = re.compile(r"Image size \(X x Y x C\) : (\d+) x (\d+)")
+_PF_BOX = re.compile(r'Bounding box for object (\d+) "(\w+)" \(Xmin, Ymin\) - \(Xmax, Ymax\) : \((\d+), (\d+)\) - \((\d+), (\d+)\)')
+
+
+def penn_fudan_actions(root: str, options=None) -> list[list]:
+    """Penn-Fudan's walking / standing labels as AVA ground-truth lines, one per pedestrian:
+    video_id = the photo's name without extension, timestamp 0, its box normalised, the AVA
+    id of walk or stand, the pedestrian's number as person id (jobs/evaluate.py --mode actions)."""
+    lines = []
+    for uri in _files(root, "Annotation", ".txt", options):
+        fs, path = storage.filesystem(uri, options)
+        text = fs.cat_file(path).decode("latin-1")
+        size = _PF_SIZE.search(text)
+        if not size:
+            raise ValueError(f"{uri}: no 'Image size' line: not a Penn-Fudan annotation")
+        w, h = int(size.group(1)), int(size.group(2))
+        stem = posixpath.splitext(posixpath.basename(uri.replace(os.sep, "/")))[0]
+        for number, label, x0, y0, x1, y1 in _PF_BOX.findall(text):
+            if label not in PENN_FUDAN_ACTIONS:
+                continue
+            # PASCAL boxes are 1-based inclusive pixel indices
+            box = ((int(x0) - 1) / w, (int(y0) - 1) / h, int(x1) / w, int(y1) / h)
+            lines.append([stem, 0, *(f"{v:.4f}" for v in box), taxonomy.AVA_ACTION_ID[PENN_FUDAN_ACTIONS[label]], int(number)])
+    return lines
+
+
+def ava_examples(ava_csv: str, labels_uri: str, options=None) -> tuple[list[dict], dict]:
+    """AVA's labels (ava_train_v2.2.csv, ...) matched to a labelling run of AVA's videos
+    (tracks at 1 fps): action examples for `jobs/train.py --task actions` (formats/ava.py)."""
+    from fashion_ray.formats import ava
+    from fashion_ray.formats.shards import iter_shard_rows, read_manifest
+
+    fs, path = storage.filesystem(ava_csv, options)
+    ground_truth = ava.read_csv(fs.cat_file(path), ava_csv)
+    wanted = {g.video_id for g in ground_truth}
+    rows = [r for shard in iter_shard_rows(labels_uri, read_manifest(labels_uri, options), options) for r in shard
+            if ava.video_id_of(r["uri"]) in wanted]
+    return ava.examples_from_run(ground_truth, rows)

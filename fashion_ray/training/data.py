@@ -9,7 +9,10 @@ Each task sees what its stage sees in the labelling job:
 - parts: person crops resized to input_size, a per-pixel part map (0 = background);
 - garments: person crops in the garment parser's square view (models/garments.py), a
   per-pixel parse map (taxonomy.GARMENT_PARSE, 255 = not scored) rebuilt from the person's
-  regions by category name (jobs/convert.py --format ccp writes them).
+  regions by category name (jobs/convert.py --format ccp writes them);
+- actions: no pixels: a Parquet file of track windows with AVA labels (formats/ava.py
+  EXAMPLE_SCHEMA: jobs/convert.py --format ava, or jobs/make_synthetic.py --kind actions),
+  as actions.window_features (mirrored at random when training) and a multi-hot target.
 
 Sample order is a permutation of (seed, epoch) and augmentation draws from a generator
 seeded by (seed, epoch, sample), so a resumed run sees exactly what an uninterrupted one does.
@@ -69,8 +72,33 @@ class CocoIndex:
         return out
 
 
-def load_index(uri: str, options=None) -> CocoIndex:
+@dataclass
+class ActionIndex:
+    """Action examples (one Parquet file) under the interface CocoIndex offers the loop."""
+
+    examples: list[dict]
+    images: dict[int, dict]  # example id -> {"split": ...}
+
+    def __post_init__(self):
+        self.by_id = {e["example_id"]: e for e in self.examples}
+
+    def classes(self, task: str) -> tuple[str, ...]:
+        return tuple(taxonomy.AVA_ACTIONS[k] for k in sorted({a for e in self.examples for a in e["action_ids"]}))
+
+    def samples(self, task: str) -> list[Sample]:
+        if task != "actions":
+            raise ValueError(f"an action examples file trains --task actions, not {task}")
+        return [Sample(e["example_id"], None) for e in self.examples]
+
+
+def load_index(uri: str, options=None) -> CocoIndex | ActionIndex:
     fs, path = storage.filesystem(uri, options)
+    if uri.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with fs.open(path, "rb") as fh:
+            examples = pq.read_table(fh).to_pylist()
+        return ActionIndex(examples, {e["example_id"]: {"split": e["split"]} for e in examples})
     doc = json.loads(fs.cat_file(path))
     anns: dict[int, list[dict]] = {}
     for a in doc["annotations"]:
@@ -122,7 +150,10 @@ def _resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
 
 def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size: int, train: bool, seed: int,
                epoch: int, classes: tuple[str, ...], options=None) -> list[tuple[np.ndarray, dict]]:
-    """(HxWx3 uint8 image, target) per sample; target holds boxes/labels/masks or a part map."""
+    """(HxWx3 uint8 image, target) per sample; target holds boxes/labels/masks or a part map
+    (actions: (window features, {"labels": multi-hot over classes}))."""
+    if task == "actions":
+        return _action_samples(index, samples, train=train, seed=seed, epoch=epoch, classes=classes)
     pixels = _pixels(index, sorted({s.image_id for s in samples}), options)
     label_of = {taxonomy.COCO_CATEGORY_ID.get(name, -1): k + 1 for k, name in enumerate(classes)}
     label_of.update({c["id"]: classes.index(c["name"]) + 1 for c in index.categories if c["name"] in classes})
@@ -200,3 +231,20 @@ def _garment_sample(crop: np.ndarray, anns: list[dict], offset, index: CocoIndex
     if train:
         view = _photometric(view, rng)
     return np.ascontiguousarray(view), {"parse": np.ascontiguousarray(target)}
+
+
+def _action_samples(index: ActionIndex, samples: list[Sample], *, train: bool, seed: int, epoch: int,
+                    classes: tuple[str, ...]) -> list[tuple[np.ndarray, dict]]:
+    from fashion_ray.actions import window_features
+    from fashion_ray.formats.ava import example_track
+
+    column = {taxonomy.AVA_ACTION_ID[name]: k for k, name in enumerate(classes)}
+    out = []
+    for s in samples:
+        example = index.by_id[s.image_id]
+        rng = np.random.default_rng([seed, epoch, s.image_id])
+        track, at = example_track(example)
+        target = np.zeros(len(classes), np.float32)
+        target[[column[a] for a in example["action_ids"] if a in column]] = 1.0
+        out.append((window_features(track, at, mirror=train and rng.random() < 0.5), {"labels": target}))
+    return out

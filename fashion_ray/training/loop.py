@@ -30,15 +30,17 @@ from fashion_ray.training import data
 
 # what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
 TASKS = (*taxonomy.STAGES, "garments")
-STAGE_OF_TASK = {"person": "person", "clothing": "clothing", "parts": "parts", "garments": "clothing"}
+STAGE_OF_TASK = {"person": "person", "clothing": "clothing", "parts": "parts", "garments": "clothing", "actions": "actions"}
 DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
-                        "parts": "lraspp_mobilenet_v3_large", "garments": "blazepose_garment_parser"}
-DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 256}
+                        "parts": "lraspp_mobilenet_v3_large", "garments": "blazepose_garment_parser",
+                        "actions": "pose_window_mlp"}
+DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 256, "actions": 0}  # actions: no pixels
 SEMANTIC_TASKS = ("parts", "garments")  # a per-pixel map per sample, scored by IoU
 OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
 COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
               "ar_large")
 GARMENT_PARSER = "blazepose_garment_parser"
+ACTION_HEAD = "pose_window_mlp"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class TrainConfig:
         object.__setattr__(self, "input_size", self.input_size or DEFAULT_INPUT_SIZE[self.task])
         if self.architecture == GARMENT_PARSER and self.task != "garments":
             raise ValueError(f"architecture {GARMENT_PARSER} is trained with --task garments")
+        if (self.architecture == ACTION_HEAD) != (self.task == "actions"):
+            raise ValueError(f"--task actions trains architecture {ACTION_HEAD}, and only that task does")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -90,6 +94,10 @@ def build(cfg: TrainConfig, classes):
         from fashion_ray.models.garments import build_head
 
         return build_head(len(classes))  # the trunk is frozen and outside the model (garment_trunk)
+    if cfg.architecture == ACTION_HEAD:
+        from fashion_ray.models.actions import build_head
+
+        return build_head(len(classes))
     from fashion_ray.models.torchvision_models import build_model
 
     # segmentation classes of garments include the background, the others do not
@@ -124,6 +132,9 @@ def _to_tensors(batch, cfg: TrainConfig, device):
     import torch
 
     task = cfg.task
+    if task == "actions":
+        return (torch.from_numpy(np.stack([f for f, _ in batch])).to(device),
+                torch.from_numpy(np.stack([t["labels"] for _, t in batch])).to(device))
     if task == "garments" and cfg.architecture == GARMENT_PARSER:
         from fashion_ray.models.garments import head_inputs
 
@@ -164,6 +175,8 @@ def loss_of(model, batch, cfg: TrainConfig, device):
     import torch.nn.functional as F
 
     inputs, targets = _to_tensors(batch, cfg, device)
+    if cfg.task == "actions":  # multi-label, as AVA is: one sigmoid per action
+        return F.binary_cross_entropy_with_logits(model(inputs).float(), targets)
     if cfg.task == "parts":
         return F.cross_entropy(_logits(model, inputs, targets.shape[-2:]), targets,
                                weight=torch.tensor(PARTS_CLASS_WEIGHTS, device=device))
@@ -239,7 +252,28 @@ def evaluate_boxes(model, batches, cfg: TrainConfig, device) -> dict:
     return {f"box_{name}": 0.0 if v is None else v for name, v in zip(COCO_STATS, stats)}
 
 
-VAL_METRIC = {"parts": "miou_parts", "garments": "miou_garments"}  # the others: box_ap
+def evaluate_actions(model, batches, cfg: TrainConfig, device) -> dict:
+    """Mean average precision of the held-out examples, over the classes they have (per example:
+    one keyframe person, so AP per class ranks examples by the class's score)."""
+    import torch
+
+    from fashion_ray.evaluation import average_precision
+
+    scores, labels = [], []
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            inputs, targets = _to_tensors(batch, cfg, device)
+            scores.append(torch.sigmoid(model(inputs).float()).cpu().numpy())
+            labels.append(targets.cpu().numpy())
+    model.train()
+    scores, labels = np.concatenate(scores), np.concatenate(labels) > 0.5
+    ap = [average_precision(scores[:, c], labels[:, c], int(labels[:, c].sum())) for c in range(labels.shape[1])]
+    ap = [v for v in ap if not math.isnan(v)]
+    return {"map": float(np.mean(ap)) if ap else 0.0}
+
+
+VAL_METRIC = {"parts": "miou_parts", "garments": "miou_garments", "actions": "map"}  # the others: box_ap
 
 
 def _unwrap(model):
@@ -249,7 +283,8 @@ def _unwrap(model):
 def score_held_out(model, cfg: TrainConfig, calibration, val_batches, device) -> dict:
     """PreciseBN on training batches, then the held-out score: val_metric and its details."""
     precise_batch_norm(model, calibration, cfg, device)
-    scores = (evaluate_maps if cfg.task in SEMANTIC_TASKS else evaluate_boxes)(model, val_batches, cfg, device)
+    evaluate = evaluate_actions if cfg.task == "actions" else evaluate_maps if cfg.task in SEMANTIC_TASKS else evaluate_boxes
+    scores = evaluate(model, val_batches, cfg, device)
     return {"val_metric": scores[VAL_METRIC.get(cfg.task, "box_ap")] or 0.0,
             **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
             **{f"val_iou_{k}": v for k, v in (scores.get("iou") or {}).items() if isinstance(v, float)}}

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from fashion_ray import storage
 from fashion_ray.models.bundle import StageModel, bundle_files, load_bundle, read_checked, save_bundle
 from fashion_ray.training import data
-from fashion_ray.training.loop import GARMENT_PARSER, STAGE_OF_TASK, TrainConfig, train_loop_per_worker
+from fashion_ray.training.loop import ACTION_HEAD, GARMENT_PARSER, STAGE_OF_TASK, TrainConfig, train_loop_per_worker
 
 
 def check_data(cfg: TrainConfig, workers: int) -> None:
@@ -74,7 +74,7 @@ def publish(result, output: str, *, bundle_name: str, version: str, base_bundle:
         if not base_bundle:
             raise ValueError("a garment parser is published with a base bundle (its trunk is the base's pose model)")
     if score_threshold is None:  # a parser's score is a garment's mean pixel confidence, a detector's its box score
-        score_threshold = 0.3 if cfg.architecture == GARMENT_PARSER else 0.5
+        score_threshold = 0.3 if cfg.architecture in (GARMENT_PARSER, ACTION_HEAD) else 0.5
     spec = StageModel(cfg.architecture, tuple(state["classes"]), cfg.input_size, score_threshold, 0.5, options=options)
     stages = {stage_name: (spec, state["model"])}
     if base_bundle:

@@ -35,7 +35,7 @@ RULE_ACTIONS = (*POSTURES, WALK, RUN, CARRY)  # everything the rules can write
 CARRIED = ("bag", "suitcase", "umbrella")
 
 # MediaPipe pose landmark pairs (left, right)
-SHOULDERS, HIPS, KNEES, ANKLES = (11, 12), (23, 24), (25, 26), (27, 28)
+SHOULDERS, HIPS, KNEES, ANKLES, WRISTS = (11, 12), (23, 24), (25, 26), (27, 28), (15, 16)
 # walking people move about 0.8 body heights a second (1.4 m/s), runners 1.8 and more
 WALK_SPEED = (0.2, 0.4)  # body heights / s: walk ramps in between
 RUN_SPEED = (1.5, 2.0)
@@ -148,10 +148,23 @@ def track_actions(track: "Track", window_s: float = 2.0) -> list[dict[int, float
     return out
 
 
-def carrying_score(person: dict) -> float:
+def carrying_score(person: dict, min_visibility: float = 0.5) -> float:
     """How surely the person holds something: the best score of a bag, suitcase or umbrella
-    linked to them (stages.link_accessories, or the garment parser's bag)."""
-    return max((float(g["score"]) for g in person.get("garments") or [] if g["category"] in CARRIED), default=0.0)
+    linked to them (stages.link_accessories, or the garment parser's bag) that one of their
+    visible wrists reaches (its box grown by a tenth of the person's height). Without a hand
+    in view nothing is said: a bag beside a waist-up portrait is not in anybody's hand."""
+    points = np.asarray(person.get("keypoints") or [], np.float32).reshape(-1, 3)
+    if len(points) < 33:
+        return 0.0
+    wrists = [points[i, :2] for i in WRISTS if points[i, 2] >= min_visibility]
+    reach = 0.1 * (person["box"][3] - person["box"][1])
+    best = 0.0
+    for g in person.get("garments") or []:
+        x0, y0, x1, y1 = g["box"]
+        if g["category"] in CARRIED and any(x0 - reach <= x <= x1 + reach and y0 - reach <= y <= y1 + reach
+                                            for x, y in wrists):
+            best = max(best, float(g["score"]))
+    return best
 
 
 def as_records(scores: dict[int, float], threshold: float) -> list[dict]:

@@ -757,15 +757,17 @@ def single_label_accuracy(ground_truth: list, detections: list[tuple], classes, 
 
 def evaluate_actions_uris(gt_uri: str, pred_uri: str, options=None, min_score: float = 0.0,
                           threshold: float = 0.5) -> dict:
-    """`jobs/evaluate.py --mode actions`: a run's AVA CSVs (or one CSV) against an AVA CSV.
-    Classes scored: those in the ground truth that AVA's official evaluation lists
-    (taxonomy.AVA_EVALUATED) or that our labellers write."""
+    """`jobs/evaluate.py --mode actions`: a run's persons' actions (or an AVA CSV) against an
+    AVA CSV, on the videos (photos) the ground truth covers. Classes scored: those in the
+    ground truth that AVA's official evaluation lists (taxonomy.AVA_EVALUATED) or that our
+    labellers write."""
     from fashion_ray.actions import RULE_ACTIONS
 
     ground_truth = read_ava_uris(gt_uri, options)
     if not ground_truth:
         raise ValueError(f"{gt_uri}: no AVA lines with an action id")
-    detections = [d for d in read_ava_uris(pred_uri, options) if d.value >= min_score]
+    videos = {g.video_id for g in ground_truth}  # a run may hold more videos than the ground truth covers
+    detections = [d for d in read_ava_uris(pred_uri, options) if d.value >= min_score and d.video_id in videos]
     present = {g.action_id for g in ground_truth}
     classes = sorted(present & (set(taxonomy.AVA_EVALUATED) | set(RULE_ACTIONS)))
     report = evaluate_actions(ground_truth, detections, classes=classes, threshold=threshold)

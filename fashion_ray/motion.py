@@ -9,8 +9,11 @@ a light change turns most pixels foreground; such frames give no regions rather 
 hundreds. Boxes are in the frames' own pixel coordinates.
 
 `camera_shifts` measures the other case: how far the whole scene moved between consecutive
-frames (phase correlation of the frames' grey levels), the camera's pan that the actions
-stage takes out of a person's motion before it calls them walking.
+frames, the camera's pan that the actions stage takes out of a person's motion before it
+calls them walking. Where the frame's border did not change the camera stood still (people
+cross the middle; a pan changes the edges too); otherwise phase correlation of the frames'
+grey levels gives the shift. The border test matters where the scene is plain: a textured
+person moving over a flat wall is all phase correlation sees.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ def moving_regions(frames: list[np.ndarray]) -> list[list[list[float]]]:
 
 
 MIN_RESPONSE = 0.05  # phase correlation's peak below this: no one shift explains the frames (a cut)
+# share of the frame's outer tenth changed by more than BORDER_LEVELS grey levels below which
+# the camera stood still (jobs/make_action_videos.py's videos, frames 1 s apart: static
+# cameras <= 0.08, pans >= 0.29)
+BORDER_LEVELS, STILL_BORDER = 15, 0.15
+
+
+def _border(values: np.ndarray) -> np.ndarray:
+    k = max(1, min(values.shape) // 10)
+    return np.concatenate([values[:k].ravel(), values[-k:].ravel(), values[k:-k, :k].ravel(), values[k:-k, -k:].ravel()])
 
 
 def camera_shifts(frames: list[np.ndarray]) -> list[tuple[float, float] | None]:
@@ -68,12 +80,15 @@ def camera_shifts(frames: list[np.ndarray]) -> list[tuple[float, float] | None]:
         size = (max(8, round(width * scale)), max(8, round(height * scale)))
         grey = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.float32)
         shift = None
-        if previous is not None and previous[0].shape == grey.shape:
-            if window is None or window.shape != grey.shape:
-                window = cv2.createHanningWindow(size, cv2.CV_32F)  # edges do not wrap into the estimate
-            (dx, dy), response = cv2.phaseCorrelate(previous[0], grey, window)
-            if response >= MIN_RESPONSE:
-                shift = (float(dx) * width / size[0], float(dy) * height / size[1])
+        if previous is not None and previous.shape == grey.shape:
+            if (_border(np.abs(grey - previous)) > BORDER_LEVELS).mean() < STILL_BORDER:
+                shift = (0.0, 0.0)
+            else:
+                if window is None or window.shape != grey.shape:
+                    window = cv2.createHanningWindow(size, cv2.CV_32F)  # edges do not wrap into the estimate
+                (dx, dy), response = cv2.phaseCorrelate(previous, grey, window)
+                if response >= MIN_RESPONSE:
+                    shift = (float(dx) * width / size[0], float(dy) * height / size[1])
         out.append(shift)
-        previous = (grey,)
+        previous = grey
     return out

@@ -1,7 +1,7 @@
 """Overlays of labelled images (PNG) and a static HTML page, to look at labels instead of JSON.
 
 Parts are painted in a fixed colour legend, garments outlined, persons boxed with their
-score, keypoints dotted. Reads only what a run's manifest lists.
+score, track and actions, keypoints dotted. Reads only what a run's manifest lists.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
         draw.rectangle([x0, y0, x1, y1], outline=PERSON_COLOUR, width=2)
         track = f" track {person['track_id']}" if person.get("track_id") is not None else ""
         draw.text((x0 + 3, y0 + 3), f"person {person['score']:.2f}{track}", fill=PERSON_COLOUR)
+        acts = action_text(person)
+        if acts:  # under the box: the person's own area holds the garment names
+            draw.text((x0 + 3, y1 + 3), acts, fill=PERSON_COLOUR)
         for k, garment in enumerate(person["garments"]):
             gx0, gy0 = garment["box"][:2]
             if not garment["mask"]:  # an accessory from the detector: a box, no mask
@@ -59,6 +62,11 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
             if v >= 0.5:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 0, 255))
     return out
+
+
+def action_text(person: dict, top: int = 3) -> str:
+    """"walk 0.92, carry/hold 0.61": a person's best actions (AVA names shortened at a bracket)."""
+    return ", ".join(f"{a['action'].split(' (')[0]} {a['score']:.2f}" for a in (person.get("actions") or [])[:top])
 
 
 def row_pixels(row: dict, options=None, max_pixels: int = 64_000_000) -> np.ndarray | None:
@@ -96,9 +104,10 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
         garments = sum(len(p["garments"]) for p in row["persons"])
         where = "" if row["frame_index"] is None else f" frame {row['frame_index']} at {row['timestamp_s']:.2f} s"
         tracks = sorted(p["track_id"] for p in row["persons"] if p.get("track_id") is not None)
+        acts = "; ".join(html.escape(action_text(p)) for p in row["persons"] if p.get("actions"))
         cards.append(f'<figure><img src="{name}" width="360"><figcaption>{html.escape(row["uri"].rsplit("/", 1)[-1])}{where}: '
                      f'{len(row["persons"])} persons{f" (tracks {tracks})" if tracks else ""}, {garments} garments'
-                     f'</figcaption></figure>')
+                     f'{f"<br>actions: {acts}" if acts else ""}</figcaption></figure>')
     legend = "".join(f'<span style="background:rgb{c};padding:2px 8px;margin:2px">{n}</span>' for n, c in PART_COLOURS.items())
     page = (f"<!doctype html><meta charset=utf-8><title>fashion-ray preview</title>"
             f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"

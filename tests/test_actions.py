@@ -73,6 +73,16 @@ def test_sitting_people_do_not_walk_and_carry_comes_from_a_linked_bag():
     frames = actions.track_actions(actions.Track(times, boxes, sitting, carrying=[0.0, 0.8, 0.8]))
     assert all(best(f) == SIT and f.get(WALK, 0) == 0 for f in frames)
     assert CARRY not in frames[0] and frames[1][CARRY] == 0.8
+    # a bag counts as carried when a visible wrist reaches it
+    points = np.asarray(skeleton()).reshape(33, 3)
+    points[actions.WRISTS[0]] = (100, 210, 0.9)
+    person = {"box": [60.0, 40.0, 140.0, 360.0], "keypoints": points.ravel().tolist(), "garments": [
+        {"category": "bag", "score": 0.7, "box": [105.0, 200.0, 140.0, 250.0]},   # 5 px from the hand: reached
+        {"category": "backpack", "score": 0.9, "box": [90.0, 200.0, 140.0, 250.0]},  # worn, not held
+        {"category": "umbrella", "score": 0.95, "box": [0.0, 0.0, 40.0, 30.0]}]}  # far from the hand
+    assert actions.carrying_score(person) == 0.7
+    points[actions.WRISTS[0], 2] = 0.1  # the hand not seen: nothing is said
+    assert actions.carrying_score(dict(person, keypoints=points.ravel().tolist())) == 0.0
     assert set(actions.RULE_ACTIONS) <= set(taxonomy.AVA_ACTIONS)
     assert taxonomy.AVA_ACTIONS[STAND] == "stand" and taxonomy.AVA_ACTIONS[CARRY] == "carry/hold (an object)"
 
@@ -226,3 +236,20 @@ def test_one_frame_walks_only_on_a_wide_stride_and_a_still_track_overrules_it():
     # the same stride held for 3 s without moving: a person standing with feet apart
     held = actions.track_actions(actions.Track([0.0, 1.0, 2.0], [box] * 3, [mid_stride.ravel().tolist()] * 3))
     assert all(best(f) == STAND and f.get(WALK, 0) == 0 for f in held)
+
+
+def test_camera_shift_is_the_scenes_pan_and_zero_when_the_border_stands_still():
+    from fashion_ray import motion
+
+    rng = np.random.default_rng(0)
+    scene = np.repeat(np.repeat(rng.integers(0, 256, (75, 300, 3), dtype=np.uint8), 4, 0), 4, 1)  # 4 px texture
+    panning = [np.ascontiguousarray(scene[:, 30 * k:30 * k + 400]) for k in range(4)]  # the camera turns right 30 px
+    shifts = motion.camera_shifts(panning)
+    assert shifts[0] is None and all(dx == pytest.approx(-30, abs=1) and dy == pytest.approx(0, abs=1) for dx, dy in shifts[1:])
+    # a textured person crossing a plain wall: the frame's edges do not change, the camera stood still
+    crossing = []
+    for k in range(4):
+        frame = np.full((300, 400, 3), 120, np.uint8)
+        frame[100:220, 60 + 50 * k:140 + 50 * k] = scene[:120, :80]
+        crossing.append(frame)
+    assert motion.camera_shifts(crossing)[1:] == [(0.0, 0.0)] * 3

@@ -152,9 +152,9 @@ def test_concurrent_requests_are_batched_per_stage(served):
     assert [a.status_code for a in answers] == [200] * len(names)
     assert all(a.json()["persons"] == sequential[n] for n, a in zip(names, answers))
     timings = [server_timing(a.headers["Server-Timing"]) for a in answers]
-    assert all(list(t) == ["decode", "person", "clothing", "parts"] for t in timings)
+    assert all(list(t) == ["decode", "person", "clothing", "parts", "actions"] for t in timings)
     batches = {stage: [t[stage][0] for t in timings] for stage in ("person", "clothing", "parts")}
-    assert all(1 <= b <= 4 for sizes in batches.values() for b in sizes)  # the stages' batch_size
+    assert all(1 <= b <= 4 for sizes in batches.values() for b in sizes)  # the model stages' batch_size
     assert max(b for sizes in batches.values() for b in sizes) > 1  # concurrent requests shared batches
 
 
@@ -198,6 +198,8 @@ def test_web_page_in_headless_chromium(served, tmp_path):
             cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
             assert cells[0] == str(person["person_id"]) and cells[1] == f"{person['score']:.2f}"
             assert cells[3].split("; ") == [f"{g['category']} {g['score']:.2f}" for g in person["garments"]]
+            assert cells[5] == ("; ".join(f"{a['action']} {a['score']:.2f}" for a in person["actions"]) or "-")
+        assert any(p["actions"] for p in expected["persons"])  # two people standing: the page has something to show
         assert "2 persons" in browser.find_element(By.ID, "status").text
 
         broken = tmp_path / "broken.jpg"

@@ -1,4 +1,6 @@
-"""The bootstrap action rules on hand-made skeletons, and AVA's frame-mAP on hand-computed cases."""
+"""Actions: the bootstrap rules on hand-made skeletons and tracks, the camera's pan, AVA CSV
+lines and AVA labels matched to tracks, frame-mAP and the evaluate job on hand-computed cases,
+and an action head that learns on Ray Train and replaces the rules in a labelling run."""
 
 from __future__ import annotations
 
@@ -192,14 +194,14 @@ def test_action_head_learns_on_ray_train_and_replaces_the_rules(tmp_path):
     assert make.returncode == 0, make.stderr
     out = tmp_path / "actions-v1"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--task", "actions", "--data", str(data),
-                           "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "240",
+                           "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "200",
                            "--batch-size", "32", "--lr", "0.1", "--warmup-steps", "10", "--checkpoint-every", "80",
-                           "--val-samples", "120", "--storage", str(tmp_path / "runs"), "--num-cpus", "2"],
+                           "--val-samples", "80", "--storage", str(tmp_path / "runs"), "--num-cpus", "2"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "training.json").read_text())["metrics"]
     # held-out mAP over the four actions, against the untrained head's on the same examples
-    assert metrics["val_metric"] > max(0.75, metrics["val_initial"] + 0.3), metrics
+    assert metrics["val_metric"] > max(0.7, metrics["val_initial"] + 0.3), metrics
     from fashion_ray.models.bundle import load_bundle
 
     bundle = load_bundle(str(out))
@@ -211,7 +213,7 @@ def test_action_head_learns_on_ray_train_and_replaces_the_rules(tmp_path):
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    moving_photo_video(corpus / "walk.mp4", "grace_hopper.jpg", (200, 234), (480, 320), step=25, count=8, interval_s=0.5)
+    moving_photo_video(corpus / "walk.mp4", "grace_hopper.jpg", (200, 234), (480, 320), step=25, count=6, interval_s=0.5)
     labels = tmp_path / "labels"
     run = run_cli("--input", str(corpus), "--output", str(labels), "--bundle", str(out), "--stages", "person,actions",
                   "--score-threshold", "actions=0.0", "--num-cpus", "2")

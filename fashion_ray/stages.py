@@ -275,18 +275,17 @@ class ActionsStage(_Stage):
     needs_image = False
 
     def label(self, batch, persons) -> None:
-        rows = [i for i, s in enumerate(batch["status"]) if s == "ok" and persons[i]]
         threshold = self.bundle.stages[self.stage_name].score_threshold
-        try:
-            tracks = [actions.Track.of_persons([0.0], [p]) for i in rows for p in persons[i]]
-            scores = iter(self.predictor.predict_tracks(tracks))
-        except Exception as exc:  # one bad batch of keypoints must not fail the block
-            for i in rows:
+        for i, status in enumerate(batch["status"]):
+            if status != "ok" or not persons[i]:
+                continue
+            try:
+                scores = self.predictor.predict_tracks([actions.Track.of_persons([0.0], [p]) for p in persons[i]])
+            except Exception as exc:  # one image's bad keypoints fail that image, not its neighbours
                 self._fail(batch, i, exc, persons, self.stage_name)
-            return
-        for i in rows:
-            for person in persons[i]:
-                person["actions"] = actions.as_records(next(scores)[0], threshold)
+                continue
+            for person, frames in zip(persons[i], scores):
+                person["actions"] = actions.as_records(frames[0], threshold)
 
 
 STAGE_CLASSES = {"person": PersonStage, "clothing": ClothingStage, "parts": PartsStage, "actions": ActionsStage}

@@ -187,57 +187,59 @@ def test_evaluate_actions_job_by_hand(tmp_path):
 
 def test_action_head_learns_on_ray_train_and_replaces_the_rules(tmp_path):
     # made-up tracks (stand / walk / sit / bend, half under a panning camera) -> a head trained by
-    # Ray Train (2 gloo workers) -> a bundle whose actions stage is the head, which labels a video
+    # Ray Train (2 gloo workers) -> a bundle whose actions stage is the head
     data = tmp_path / "examples.parquet"
     make = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_synthetic.py"), "--kind", "actions",
                            "--count", "600", "--output", str(data)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert make.returncode == 0, make.stderr
     out = tmp_path / "actions-v1"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--task", "actions", "--data", str(data),
-                           "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "200",
-                           "--batch-size", "32", "--lr", "0.1", "--warmup-steps", "10", "--checkpoint-every", "80",
+                           "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "400",
+                           "--batch-size", "32", "--lr", "0.1", "--warmup-steps", "10", "--checkpoint-every", "250",
                            "--val-samples", "80", "--storage", str(tmp_path / "runs"), "--num-cpus", "2"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "training.json").read_text())["metrics"]
     # held-out mAP over the four actions, against the untrained head's on the same examples
     assert metrics["val_metric"] > max(0.7, metrics["val_initial"] + 0.3), metrics
-    from fashion_ray.models.bundle import load_bundle
+    from fashion_ray import tracking
+    from fashion_ray.models import Device, build_stage_predictor, load_bundle
+    from fashion_ray.stages import ActionsStage, persons_column
 
     bundle = load_bundle(str(out))
     head = bundle.stages["actions"]
     assert head.architecture == "pose_window_mlp" and set(head.classes) == set(synth.SYNTH_ACTIONS)
     assert set(bundle.stages) == set(taxonomy.STAGES)  # the base bundle's person, clothing, parts
 
-    from helpers import moving_photo_video, read_rows, run_cli
+    # the labelling job's actions stage, built from the published bundle, on a photo's persons:
+    # the head's classes with its scores, not the rules'
+    stage = ActionsStage(str(out), Device(), batch_size=4, emit_image=False, score_threshold=0.0)
+    upright = {"box": [60.0, 70.0, 140.0, 340.0], "keypoints": skeleton(), "garments": []}
+    seated = {"box": [60.0, 70.0, 140.0, 260.0], "keypoints": skeleton(thigh_deg=90, knee_deg=90), "garments": []}
+    batch = stage({"status": np.array(["ok"], dtype=object), "error": np.array([""], dtype=object),
+                   "error_detail": np.array([""], dtype=object), "persons": persons_column([[upright, seated]])})
+    labelled = batch["persons"][0].items
+    assert all({a["action"] for a in p["actions"]} == set(synth.SYNTH_ACTIONS) for p in labelled)
+    assert labelled[1]["actions"][0]["action"] == "sit"  # one frame tells sitting (standing from walking it cannot)
+    # and the track pass: a track walking 1 body height a second under a still camera
+    frames = [{"timestamp_s": float(t), "camera_shift": [0.0, 0.0], "persons": [
+        {"track_id": 1, "box": [100 + 270 * t, 70.0, 180 + 270 * t, 340.0], "keypoints": skeleton(hip=(140 + 270 * t, 200)),
+         "garments": []}]} for t in range(5)]
+    tracking.label_track_actions(frames, build_stage_predictor(bundle, "actions", Device()), 0.0)
+    assert frames[2]["persons"][0]["actions"][0]["action"] == "walk"
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    moving_photo_video(corpus / "walk.mp4", "grace_hopper.jpg", (200, 234), (480, 320), step=25, count=6, interval_s=0.5)
-    labels = tmp_path / "labels"
-    run = run_cli("--input", str(corpus), "--output", str(labels), "--bundle", str(out), "--stages", "person,actions",
-                  "--score-threshold", "actions=0.0", "--num-cpus", "2")
-    assert run.returncode == 0, run.stderr[-3000:]
-    manifest = json.loads((labels / "manifest.json").read_text())
-    lines = [x for s in manifest["shards"] if "ava" in s for x in ava.read_csv((labels / s["ava"]).read_bytes())]
-    # the head scores every class it has for every tracked person and frame: 4 lines each
-    persons = [p for r in read_rows(labels) for p in r["persons"]]
-    assert persons and len(lines) == 4 * len(persons)
-    assert {taxonomy.AVA_ACTIONS[x.action_id] for x in lines} == set(synth.SYNTH_ACTIONS)
 
+def test_a_bundle_without_an_actions_stage_gets_the_rules(tmp_path):
+    import dataclasses
 
-def test_one_frame_walks_only_on_a_wide_stride_and_a_still_track_overrules_it():
-    mid_stride = np.asarray(skeleton()).reshape(33, 3)
-    mid_stride[actions.ANKLES[0], 0] += 60  # ankles 80 px apart, the body 310 px tall: 0.26 body heights
-    mid_stride[actions.ANKLES[1], 0] -= 20
-    box = (60.0, 50.0, 140.0, 360.0)
-    photo = actions.track_actions(actions.Track([0.0], [box], [mid_stride.ravel().tolist()]))[0]
-    assert best(photo) == WALK and photo.get(STAND, 0) < 0.1
-    feet_together = actions.track_actions(actions.Track([0.0], [box], [skeleton()]))[0]
-    assert best(feet_together) == STAND and WALK not in feet_together
-    # the same stride held for 3 s without moving: a person standing with feet apart
-    held = actions.track_actions(actions.Track([0.0, 1.0, 2.0], [box] * 3, [mid_stride.ravel().tolist()] * 3))
-    assert all(best(f) == STAND and f.get(WALK, 0) == 0 for f in held)
+    from fashion_ray.models.bundle import ACTION_RULES, load_bundle
+
+    bootstrap = load_bundle("bootstrap")
+    assert bootstrap.stages["actions"] == ACTION_RULES  # bundle.json and the default agree
+    person = dataclasses.asdict(bootstrap.stages["person"])
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": "fashion-ray-bundle/1", "name": "old", "version": "1.0",
+                                                      "stages": {"person": person | {"classes": list(person["classes"])}}}))
+    assert load_bundle(str(tmp_path)).stages["actions"] == ACTION_RULES
 
 
 def test_camera_shift_is_the_scenes_pan_and_zero_when_the_border_stands_still():

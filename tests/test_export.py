@@ -70,6 +70,9 @@ def test_export_to_a_persistent_fiftyone_dataset(default_run, fo, tmp_path):
         want["manifest"]["errors_by_reason"])
     assert ds.count("persons.detections") == c["persons"] and ds.count("garments.detections") == c["garments"]
     assert ds.count("parts.detections") == c["parts"]
+    # a person's actions ride on its detection: names and scores, best first (the cameraman stands)
+    assert sorted(a for v in ds.values("persons.detections.actions", unwind=True) if v for a in v) == sorted(
+        a for name, n in c["actions"].items() for a in [name] * n)
     assert all(m is not None for m in ds.values("parts.detections.mask", unwind=True))
     sleeves = [g["attributes"] for g in want["garments"]]
     assert sorted(v for v in ds.values("garments.detections.sleeve", unwind=True) if v is not None) == sorted(

@@ -184,7 +184,7 @@ def test_cascade_on_the_gpu_with_jpegs_decoded_there(plumbing_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--stages", "person,shoes"], "unknown stages ['shoes'] (valid: person, clothing, parts)"),
+    (["--stages", "person,shoes"], "unknown stages ['shoes'] (valid: person, clothing, parts, actions)"),
     (["--stages", "clothing"], "the person stage is required"),
     (["--input", "/nonexistent/uploads"], "does not exist"),
     (["--bundle", "/nonexistent/bundle"], "no bundle at '/nonexistent/bundle'"),

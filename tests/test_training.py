@@ -64,7 +64,7 @@ def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head,
     metrics = record["metrics"]  # the same held-out crops scored before training and at the best checkpoint
     assert record["final_step"] == 150 and metrics["val_metric"] > max(0.08, 4 * metrics["val_initial"]), record
     bundle = load_bundle(str(out))
-    assert set(bundle.stages) == {"person", "clothing", "parts"} and bundle.stages["parts"].architecture == "lraspp_mobilenet_v3_large"
+    assert set(bundle.stages) == set(data.taxonomy.STAGES) and bundle.stages["parts"].architecture == "lraspp_mobilenet_v3_large"
 
     labels = tmp_path / "labels"
     run = run_cli("--input", SAMPLE_CORPUS, "--output", str(labels), "--bundle", str(out), "--num-cpus", "2")

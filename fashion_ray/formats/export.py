@@ -116,7 +116,8 @@ def _fiftyone_sample(fo, row: dict, filepath: str):
     for p in row["persons"]:
         track = p.get("track_id")
         persons.append(_detection(fo, p, taxonomy.PERSON, w, h, confidence=p["score"], index=track,
-                                  person_id=p["person_id"]))
+                                  person_id=p["person_id"], actions=[a["action"] for a in p.get("actions") or []] or None,
+                                  action_scores=[a["score"] for a in p.get("actions") or []] or None))
         for g in p["garments"]:
             garments.append(_detection(fo, g, g["category"], w, h, confidence=g["score"], index=track,
                                        person_id=p["person_id"], **coco.attribute_object(g["attributes"])))

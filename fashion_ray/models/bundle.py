@@ -28,7 +28,8 @@ import os
 from dataclasses import dataclass, field
 
 from fashion_ray import storage
-from fashion_ray.taxonomy import STAGES
+from fashion_ray.actions import RULE_ACTIONS
+from fashion_ray.taxonomy import AVA_ACTIONS, STAGES
 
 BUNDLE_FORMAT = "fashion-ray-bundle/1"
 log = logging.getLogger(__name__)
@@ -88,6 +89,11 @@ class Bundle:
         return relative if "://" in relative or os.path.isabs(relative) else storage.join(self.uri, relative)
 
 
+# the bootstrap bundle's actions stage (its bundle.json says the same; tests/test_actions.py checks)
+ACTION_RULES = StageModel("pose_motion_rules", tuple(AVA_ACTIONS[k] for k in sorted(RULE_ACTIONS)), input_size=0,
+                          score_threshold=0.3)
+
+
 def builtin_bundles() -> list[str]:
     if not os.path.isdir(BUILTIN_BUNDLES_DIR):
         return []
@@ -119,6 +125,9 @@ def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bund
     if bad_stages:
         raise BundleError(f"{manifest_uri}: unknown stages {bad_stages} (valid: {', '.join(STAGES)})")
     stages = {name: StageModel.from_dict(name, spec) for name, spec in raw["stages"].items()}
+    # a bundle without an actions stage (one published before 1.2) gets the rules, which need no
+    # weights: the default stages keep working with every bundle
+    stages.setdefault("actions", ACTION_RULES)
     return Bundle(name=str(raw["name"]), version=str(raw["version"]), uri=folder, stages=stages, ref=ref)
 
 

@@ -12,7 +12,8 @@ Each task sees what its stage sees in the labelling job:
   regions by category name (jobs/convert.py --format ccp writes them);
 - actions: no pixels: a Parquet file of track windows with AVA labels (formats/ava.py
   EXAMPLE_SCHEMA: jobs/convert.py --format ava, or jobs/make_synthetic.py --kind actions),
-  as actions.window_features (mirrored at random when training) and a multi-hot target.
+  as actions.window_features (mirrored, and frames dropped, at random when training) and a
+  multi-hot target.
 
 Sample order is a permutation of (seed, epoch) and augmentation draws from a generator
 seeded by (seed, epoch, sample), so a resumed run sees exactly what an uninterrupted one does.
@@ -246,5 +247,22 @@ def _action_samples(index: ActionIndex, samples: list[Sample], *, train: bool, s
         track, at = example_track(example)
         target = np.zeros(len(classes), np.float32)
         target[[column[a] for a in example["action_ids"] if a in column]] = 1.0
-        out.append((window_features(track, at, mirror=train and rng.random() < 0.5), {"labels": target}))
+        features = window_features(track, at, mirror=train and rng.random() < 0.5)
+        if train:
+            features = _drop_slots(features, rng)
+        out.append((features, {"labels": target}))
     return out
+
+
+def _drop_slots(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Frames a track may lack at labelling time: a third of the time only the keyframe (a
+    photo), a third some of the others (a missed detection, the clip's ends)."""
+    from fashion_ray.actions import WINDOW_OFFSETS_S
+
+    slots = features.reshape(len(WINDOW_OFFSETS_S), -1).copy()
+    centre = WINDOW_OFFSETS_S.index(0.0)
+    draw = rng.random()
+    for k in range(len(slots)):
+        if k != centre and (draw < 1 / 3 or (draw < 2 / 3 and rng.random() < 0.5)):
+            slots[k] = 0.0
+    return slots.ravel()

@@ -4,10 +4,11 @@ No trained model: one frame's 33-point pose (the person stage's MediaPipe-number
 decides the postures AVA annotates: stand, sit, bend/bow, crouch/kneel, lie/sleep. A track's
 motion over its sampled frames (the box's foot point in body heights per second, from the
 timestamps, less the camera's own motion) adds walk and run/jog, which replace stand; a
-linked bag, suitcase or umbrella adds carry/hold. A single photo has no motion: there a
-wide stride (ankles far apart) is the one sign of walking (on Penn-Fudan it finds a third
-of the walkers and calls 4 % of the standing people walkers; README "Actions"). Scores are in 0..1 and multi-label as AVA
-is, but the postures are exclusive in AVA, so they are scored so that at most one is high.
+linked bag, suitcase or umbrella within reach of a visible wrist adds carry/hold. A single
+photo has no motion: there a wide stride (ankles far apart) is the one sign of walking (on
+Penn-Fudan it finds a third of the walkers and calls 2 of 43 standing people walkers;
+README "Actions"). Scores are in 0..1 and multi-label as AVA is, but the postures are
+exclusive in AVA, so they are scored so that at most one is high.
 Everything else AVA lists (object manipulation, person interaction, dance, fall down, ...)
 is beyond pose and motion: the rules never write it.
 
@@ -121,7 +122,8 @@ def track_actions(track: "Track", window_s: float = 2.0) -> list[dict[int, float
     Speed at a frame is the foot point's movement in the scene (the camera's own motion
     taken out: a panning camera moves everyone, which is not walking) between the farthest
     frames within window_s around it (2 s: the neighbours at AVA's 1 Hz keyframes), in
-    body heights per second. A linked bag, suitcase or umbrella is carry/hold.
+    body heights per second. Without a second frame in the window (a photo), a wide stride
+    is walk. `track.carrying` (carrying_score) is carry/hold.
     """
     times, n = track.times, len(track.times)
     boxes = np.asarray(track.boxes, np.float64).reshape(n, 4)

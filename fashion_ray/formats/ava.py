@@ -9,6 +9,10 @@ the millisecond. Track ids are not in AVA's detection format: they are in Parque
 
 AVA's ground-truth files (ava_train_v2.2.csv, ...) have the same columns with the person's
 id instead of the score; `read_csv` reads either.
+
+Training examples for the actions head are AVA's labelled persons matched to our tracks
+(`examples_from_run`): one Parquet row per labelled person and keyframe, the track's window
+around it (EXAMPLE_SCHEMA).
 """
 
 from __future__ import annotations

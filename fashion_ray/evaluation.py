@@ -24,6 +24,7 @@ from collections import Counter
 import numpy as np
 
 from fashion_ray import storage, taxonomy
+from fashion_ray.boxes import box_iou_matrix
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import iter_coco_chunks, to_our_categories
 
@@ -596,15 +597,6 @@ def to_markdown(report: dict) -> str:
 # --- AVA actions: frame-mAP at IoU 0.5 -------------------------------------------------------
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (N, 4) with every box in b (M, 4), corners x0, y0, x1, y1."""
-    x0, y0 = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
-    x1, y1 = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a, area_b = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
 def average_precision(scores: np.ndarray, true_positive: np.ndarray, positives: int) -> float:
     """Pascal VOC's AP (as AVA's official evaluation computes it): precision made
     non-increasing, summed over the recall steps."""
@@ -650,7 +642,7 @@ def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=No
             found.sort(key=lambda d: -d[0])
             boxes = np.asarray(gt.get(frame, []), np.float64).reshape(-1, 4)
             taken = np.zeros(len(boxes), bool)
-            overlaps = _box_iou(np.asarray([b for _, b in found]), boxes) if len(boxes) else None
+            overlaps = box_iou_matrix(np.asarray([b for _, b in found]), boxes) if len(boxes) else None
             for k, (score, _) in enumerate(found):
                 scores.append(score)
                 best = int(np.argmax(overlaps[k])) if overlaps is not None else -1
@@ -692,13 +684,16 @@ def snap_to_keyframes(ground_truth: list, detections: list, tolerance_s: float =
 def evaluate_actions(ground_truth: list, detections: list, *, classes=None, threshold: float = 0.5,
                      tolerance_s: float = 0.25) -> dict:
     """Frame-mAP and per-action precision / recall of AVA detections (formats.ava.AvaLine)
-    against AVA ground truth; keyed by AVA name in the report."""
+    against AVA ground truth, and the single-label accuracy over the classes scored; keyed by
+    AVA name in the report."""
     gt = [(g.video_id, g.timestamp, *g.box, g.action_id) for g in ground_truth]
-    report = ava_frame_map(gt, snap_to_keyframes(ground_truth, detections, tolerance_s), classes=classes,
-                           threshold=threshold)
+    snapped = snap_to_keyframes(ground_truth, detections, tolerance_s)
+    report = ava_frame_map(gt, snapped, classes=classes, threshold=threshold)
     return {"frame_mAP": report["frame_mAP"], "iou": report["iou"], "threshold": threshold,
             "keyframes": len({(g.video_id, g.timestamp) for g in ground_truth}),
-            "per_class": {taxonomy.AVA_ACTIONS.get(k, str(k)): {"id": k, **v} for k, v in report["per_class"].items()}}
+            "per_class": {taxonomy.AVA_ACTIONS.get(k, str(k)): {"id": k, **v} for k, v in report["per_class"].items()},
+            "single_label": single_label_accuracy(ground_truth, snapped, classes if classes is not None
+                                                  else {g.action_id for g in ground_truth})}
 
 
 def read_ava_uris(uri: str, options=None) -> list:
@@ -741,7 +736,7 @@ def single_label_accuracy(ground_truth: list, detections: list[tuple], classes, 
         if len(labels) != 1:
             continue
         candidates = detected.get((video_id, round(t, 3)), {})
-        overlaps = _box_iou(np.asarray([box]), np.asarray(list(candidates), np.float64).reshape(-1, 4))[0] if candidates else []
+        overlaps = box_iou_matrix(np.asarray([box]), np.asarray(list(candidates), np.float64).reshape(-1, 4))[0] if candidates else []
         if not len(overlaps) or overlaps.max() < iou:
             continue
         scores = list(candidates.values())[int(np.argmax(overlaps))]
@@ -771,7 +766,6 @@ def evaluate_actions_uris(gt_uri: str, pred_uri: str, options=None, min_score: f
     present = {g.action_id for g in ground_truth}
     classes = sorted(present & (set(taxonomy.AVA_EVALUATED) | set(RULE_ACTIONS)))
     report = evaluate_actions(ground_truth, detections, classes=classes, threshold=threshold)
-    report["single_label"] = single_label_accuracy(ground_truth, snap_to_keyframes(ground_truth, detections), classes)
     return {"ground_truth": gt_uri, "predictions": pred_uri, "min_score": min_score, **report,
             "not_labelled": sorted(taxonomy.AVA_ACTIONS[k] for k in present - set(classes) if k in taxonomy.AVA_ACTIONS)}
 

@@ -137,22 +137,40 @@ def camera_positions(frames: list[dict]) -> np.ndarray:
     return np.cumsum(steps, axis=0)
 
 
-def label_track_actions(frames: list[dict], predictor, threshold: float) -> None:
-    """Actions of every tracked person in one video's frames (time order), from their track."""
-    from fashion_ray.actions import Track, as_records
+@dataclass
+class PersonTrack:
+    """One track of a video's frames: where it is seen, its persons there, as an actions.Track."""
+
+    frames: list[int]  # indices into the video's frames (time order)
+    persons: list[dict]
+    track: object  # actions.Track, the camera's motion since the track's previous frame
+
+
+def person_tracks(frames: list[dict]) -> dict[int, PersonTrack]:
+    """The tracks of one video's tracked frames (time order), by track id."""
+    from fashion_ray.actions import Track
 
     camera = camera_positions(frames)
-    members: dict[int, list[tuple[int, dict]]] = {}
+    seen: dict[int, list[tuple[int, dict]]] = {}
     for k, row in enumerate(frames):
         for person in row["persons"]:
-            members.setdefault(person["track_id"], []).append((k, person))
-    tracks = []
-    for seen in members.values():
-        at = [k for k, _ in seen]
-        moved = np.diff(camera[at], axis=0, prepend=camera[at[:1]])  # since the track's previous frame
-        tracks.append(Track.of_persons([frames[k]["timestamp_s"] for k in at], [p for _, p in seen], moved.tolist()))
-    for seen, scores in zip(members.values(), predictor.predict_tracks(tracks)):
-        for (_, person), frame_scores in zip(seen, scores):
+            seen.setdefault(person["track_id"], []).append((k, person))
+    out = {}
+    for track_id, members in seen.items():
+        at, persons = [k for k, _ in members], [p for _, p in members]
+        moved = np.diff(camera[at], axis=0, prepend=camera[at[:1]])
+        out[track_id] = PersonTrack(at, persons, Track.of_persons([frames[k]["timestamp_s"] for k in at], persons,
+                                                                  moved.tolist()))
+    return out
+
+
+def label_track_actions(frames: list[dict], predictor, threshold: float) -> None:
+    """Actions of every tracked person in one video's frames (time order), from their track."""
+    from fashion_ray.actions import as_records
+
+    tracks = list(person_tracks(frames).values())
+    for t, scores in zip(tracks, predictor.predict_tracks([t.track for t in tracks])):
+        for person, frame_scores in zip(t.persons, scores):
             person["actions"] = as_records(frame_scores, threshold)
 
 

@@ -143,13 +143,12 @@ def examples_from_run(ground_truth: list[AvaLine], rows: list[dict], *, iou: flo
     person matched once); the example is that person's track around the frame, labelled with
     every action AVA gives the person. Returns the examples and what could not be matched.
     """
-    from fashion_ray.actions import Track
     from fashion_ray.boxes import box_iou
-    from fashion_ray.tracking import camera_positions
+    from fashion_ray.tracking import person_tracks
 
-    labelled: dict[tuple[str, float], dict[float, set]] = {}
+    labelled: dict[str, dict[float, dict[float, set]]] = {}  # video -> keyframe -> person id -> {(box, action)}
     for g in ground_truth:
-        labelled.setdefault((g.video_id, g.timestamp), {}).setdefault(g.value, set()).add((g.box, g.action_id))
+        labelled.setdefault(g.video_id, {}).setdefault(g.timestamp, {}).setdefault(g.value, set()).add((g.box, g.action_id))
     videos: dict[str, list[dict]] = {}
     for r in rows:
         if r["status"] == "ok" and r["frame_index"] is not None and r["timestamp_s"] is not None:
@@ -158,15 +157,9 @@ def examples_from_run(ground_truth: list[AvaLine], rows: list[dict], *, iou: flo
     examples = []
     for video_id in sorted(videos):
         frames = sorted(videos[video_id], key=lambda r: r["timestamp_s"])
-        camera = camera_positions(frames)
+        tracks = person_tracks(frames)
         times = np.array([r["timestamp_s"] for r in frames])
-        by_track: dict[int, list[int]] = {}
-        for k, r in enumerate(frames):
-            for p in r["persons"]:
-                by_track.setdefault(p["track_id"], []).append(k)
-        for (vid, keyframe), persons in sorted(labelled.items()):
-            if vid != video_id:
-                continue
+        for keyframe, persons in sorted(labelled.get(video_id, {}).items()):
             stats["labelled_persons"] += len(persons)
             k = int(np.argmin(np.abs(times - keyframe)))
             if abs(times[k] - keyframe) > tolerance_s:
@@ -184,13 +177,9 @@ def examples_from_run(ground_truth: list[AvaLine], rows: list[dict], *, iou: flo
                     stats["no_person"] += 1
                     continue
                 taken.add(best[1])
-                track_id = frame["persons"][best[1]]["track_id"]
-                at_frames = by_track[track_id]
-                members = [next(p for p in frames[j]["persons"] if p["track_id"] == track_id) for j in at_frames]
-                moved = np.diff(camera[at_frames], axis=0, prepend=camera[at_frames[:1]])
-                track = Track.of_persons([frames[j]["timestamp_s"] for j in at_frames], members, moved.tolist())
-                examples.append(example_record(len(examples), video_id, keyframe, {a for _, a in labels}, track,
-                                               at_frames.index(k), video_split(video_id)))
+                matched = tracks[frame["persons"][best[1]]["track_id"]]
+                examples.append(example_record(len(examples), video_id, keyframe, {a for _, a in labels}, matched.track,
+                                               matched.frames.index(k), video_split(video_id)))
                 stats["matched"] += 1
     return examples, stats
 

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from fashion_ray.boxes import box_iou_matrix
 from fashion_ray.models import onnx
 
 INPUT_SIDE = 416
@@ -82,14 +83,6 @@ def decode(outputs: list[tuple[np.ndarray, np.ndarray]], side: int = INPUT_SIDE,
     dist = (prob * np.arange(REG_BINS, dtype=np.float32)).sum(-1) * stride[:, None]  # left, top, right, bottom
     boxes = np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], 1)
     return boxes.astype(np.float32), scores.astype(np.float32)
-
-
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ix0, iy0 = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
-    ix1, iy1 = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:

@@ -41,22 +41,22 @@ def bundled_people() -> People:
 
 def penn_fudan_people(root: str) -> People:
     """Penn-Fudan's pedestrians as RGBA cut-outs (mask as alpha), by its walking / standing label."""
-    from fashion_ray.formats.converters import _PF_BOX
+    from fashion_ray.formats.converters import penn_fudan_pedestrians
 
     walking, standing = [], []
     for name in sorted(os.listdir(os.path.join(root, "Annotation"))):
         stem = os.path.splitext(name)[0]
         with open(os.path.join(root, "Annotation", name), encoding="latin-1") as fh:
-            labels = {int(n): label for n, label, *_ in _PF_BOX.findall(fh.read())}
+            labels = {number: action for number, action, _ in penn_fudan_pedestrians(fh.read())}
         photo = np.asarray(Image.open(os.path.join(root, "PNGImages", f"{stem}.png")).convert("RGB"))
         ids = np.asarray(Image.open(os.path.join(root, "PedMasks", f"{stem}_mask.png")))
         for number, label in labels.items():
             ys, xs = np.nonzero(ids == number)
-            if len(xs) < 2000 or label not in ("PASpersonWalking", "PASpersonStanding"):
+            if len(xs) < 2000:
                 continue  # a sliver of a person makes no pose
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
             rgba = np.dstack([photo[y0:y1, x0:x1], (ids[y0:y1, x0:x1] == number).astype(np.uint8) * 255])
-            (walking if label == "PASpersonWalking" else standing).append(rgba)
+            (walking if label == "walk" else standing).append(rgba)
     if not walking or not standing:
         raise ValueError(f"{root}: found {len(walking)} walking and {len(standing)} standing pedestrians; need both")
     return People(walking, standing)

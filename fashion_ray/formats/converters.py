@@ -291,6 +291,12 @@ _PF_SIZE = re.compile(r"Image size \(X x Y x C\) : (\d+) x (\d+)")
 _PF_BOX = re.compile(r'Bounding box for object (\d+) "(\w+)" \(Xmin, Ymin\) - \(Xmax, Ymax\) : \((\d+), (\d+)\) - \((\d+), (\d+)\)')
 
 
+def penn_fudan_pedestrians(text: str) -> list[tuple[int, str, tuple[int, int, int, int]]]:
+    """(number, "walk" | "stand", PASCAL box) of each labelled pedestrian in one Penn-Fudan annotation."""
+    return [(int(number), PENN_FUDAN_ACTIONS[label], tuple(int(v) for v in box))
+            for number, label, *box in _PF_BOX.findall(text) if label in PENN_FUDAN_ACTIONS]
+
+
 def penn_fudan_actions(root: str, options=None) -> list[list]:
     """Penn-Fudan's walking / standing labels as AVA ground-truth lines, one per pedestrian:
     video_id = the photo's name without extension, timestamp 0, its box normalised, the AVA
@@ -304,12 +310,10 @@ def penn_fudan_actions(root: str, options=None) -> list[list]:
             raise ValueError(f"{uri}: no 'Image size' line: not a Penn-Fudan annotation")
         w, h = int(size.group(1)), int(size.group(2))
         stem = posixpath.splitext(posixpath.basename(uri.replace(os.sep, "/")))[0]
-        for number, label, x0, y0, x1, y1 in _PF_BOX.findall(text):
-            if label not in PENN_FUDAN_ACTIONS:
-                continue
+        for number, action, (x0, y0, x1, y1) in penn_fudan_pedestrians(text):
             # PASCAL boxes are 1-based inclusive pixel indices
-            box = ((int(x0) - 1) / w, (int(y0) - 1) / h, int(x1) / w, int(y1) / h)
-            lines.append([stem, 0, *(f"{v:.4f}" for v in box), taxonomy.AVA_ACTION_ID[PENN_FUDAN_ACTIONS[label]], int(number)])
+            box = ((x0 - 1) / w, (y0 - 1) / h, x1 / w, y1 / h)
+            lines.append([stem, 0, *(f"{v:.4f}" for v in box), taxonomy.AVA_ACTION_ID[action], number])
     return lines
 
 

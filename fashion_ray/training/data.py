@@ -78,10 +78,10 @@ class ActionIndex:
     """Action examples (one Parquet file) under the interface CocoIndex offers the loop."""
 
     examples: list[dict]
-    images: dict[int, dict]  # example id -> {"split": ...}
 
     def __post_init__(self):
         self.by_id = {e["example_id"]: e for e in self.examples}
+        self.images = {i: {"split": e["split"]} for i, e in self.by_id.items()}  # what data.split reads
 
     def classes(self, task: str) -> tuple[str, ...]:
         return tuple(taxonomy.AVA_ACTIONS[k] for k in sorted({a for e in self.examples for a in e["action_ids"]}))
@@ -99,7 +99,7 @@ def load_index(uri: str, options=None) -> CocoIndex | ActionIndex:
 
         with fs.open(path, "rb") as fh:
             examples = pq.read_table(fh).to_pylist()
-        return ActionIndex(examples, {e["example_id"]: {"split": e["split"]} for e in examples})
+        return ActionIndex(examples)
     doc = json.loads(fs.cat_file(path))
     anns: dict[int, list[dict]] = {}
     for a in doc["annotations"]:

@@ -49,8 +49,8 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
         track = f" track {person['track_id']}" if person.get("track_id") is not None else ""
         draw.text((x0 + 3, y0 + 3), f"person {person['score']:.2f}{track}", fill=PERSON_COLOUR)
         acts = action_text(person)
-        if acts:  # under the box: the person's own area holds the garment names
-            draw.text((x0 + 3, y1 + 3), acts, fill=PERSON_COLOUR)
+        if acts:  # under the box (the person's own area holds the garment names), or its inside bottom edge
+            draw.text((x0 + 3, y1 + 3 if y1 + 14 <= out.height else y1 - 14), acts, fill=PERSON_COLOUR)
         for k, garment in enumerate(person["garments"]):
             gx0, gy0 = garment["box"][:2]
             if not garment["mask"]:  # an accessory from the detector: a box, no mask

@@ -24,7 +24,7 @@ from collections import Counter
 import numpy as np
 
 from fashion_ray import storage, taxonomy
-from fashion_ray.boxes import box_iou_matrix
+from fashion_ray.boxes import box_iou, box_iou_matrix
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import iter_coco_chunks, to_our_categories
 
@@ -507,6 +507,7 @@ def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float
     gt_by = _by_image([a for a in gt["annotations"] if a["category_id"] in value_of])
     by_name = {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]}
     garments, regions = ParseEvaluator(RUN_PARSE_CLASSES), ParseEvaluator(REGION_CLASSES)
+    absent = AbsentGarments()
     scored, errors = set(), 0
     for images, anns, chunk_errors in iter_coco_chunks(dt_uri, options):
         errors += chunk_errors
@@ -520,10 +521,53 @@ def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float
             predicted = dt_by.get(image_id, [])
             garments.add_maps(_GT_TO_RUN[truth], _paint(shape, predicted, _run_value))
             regions.add_maps(_GT_TO_REGION[truth], _paint(shape, predicted, _region_value))
+            absent.add(truth, predicted)
             scored.add(image_id)
     return {"counts": {"images": len(scored), "error_rows": errors},
             "garment_parse": garments.evaluate(), "garment_regions": regions.evaluate() | {
-                "miou_regions": _mean([v for k, v in regions.evaluate()["iou"].items() if k != "background"])}}
+                "miou_regions": _mean([v for k, v in regions.evaluate()["iou"].items() if k != "background"])},
+            "absent_garments": absent.evaluate()}
+
+
+class AbsentGarments:
+    """Garments written of a class the photo's ground truth does not have, per photo and per
+    class: on the labelled person (the predicted person whose box best matches the labelled
+    pixels' extent, IoU >= 0.5) and on every person found (passers-by included)."""
+
+    def __init__(self):
+        self.photos = self.found = 0
+        self.on_person: Counter = Counter()
+        self.on_anyone: Counter = Counter()
+
+    def add(self, truth: np.ndarray, predicted: list[dict]) -> None:
+        self.photos += 1
+        labelled = _GT_TO_RUN[truth]
+        has = {RUN_PARSE_CLASSES[v] for v in np.unique(labelled) if v not in (0, taxonomy.PARSE_IGNORE)}
+        person_pixels = (truth != 0) & (truth != taxonomy.PARSE_IGNORE)
+        person = None
+        if person_pixels.any():
+            box = rle.bbox_xyxy(person_pixels)
+            persons = [a for a in predicted if a["category_id"] == PERSON_ID]
+            ious = [box_iou(box, [x, y, x + w, y + h]) for x, y, w, h in (a["bbox"] for a in persons)]
+            if ious and max(ious) >= 0.5:
+                person = persons[int(np.argmax(ious))]["id"]
+                self.found += 1
+        for a in predicted:
+            value = _run_value(a)
+            name = RUN_PARSE_CLASSES[value] if value else None
+            if name is None or name in has:
+                continue
+            self.on_anyone[name] += 1
+            if person is not None and a.get("parent_person_id") == person:
+                self.on_person[name] += 1
+
+    def evaluate(self) -> dict:
+        n = max(1, self.photos)
+        return {"photos": self.photos, "labelled_person_found": self.found,
+                "per_photo_labelled_person": sum(self.on_person.values()) / n,
+                "per_photo_all_persons": sum(self.on_anyone.values()) / n,
+                "by_class_labelled_person": {c: self.on_person[c] / n for c in RUN_PARSE_CLASSES[1:]},
+                "by_class_all_persons": {c: self.on_anyone[c] / n for c in RUN_PARSE_CLASSES[1:]}}
 
 
 def _mean(values):
@@ -540,6 +584,16 @@ def parse_to_markdown(report: dict) -> str:
         names = list(iou)
         out.append(f"## {title}\n\n| | " + " | ".join(names) + " | mIoU |\n|:--|" + ":--:|" * (len(names) + 1))
         out.append("| IoU | " + " | ".join(_fmt(iou[n]) for n in names) + f" | {_fmt(report[key][mean])} |\n")
+    absent = report.get("absent_garments")
+    if absent:
+        names = list(absent["by_class_labelled_person"])
+        out.append(f"## Garments of a class the photo does not have, per photo\n\nlabelled person found on "
+                   f"{absent['labelled_person_found']} of {absent['photos']} photos\n\n| | " + " | ".join(names) +
+                   " | all |\n|:--|" + ":--:|" * (len(names) + 1))
+        for label, key, total in (("labelled person", "by_class_labelled_person", "per_photo_labelled_person"),
+                                  ("every person", "by_class_all_persons", "per_photo_all_persons")):
+            out.append(f"| {label} | " + " | ".join(f"{absent[key][n]:.2f}" for n in names) + f" | {absent[total]:.2f} |")
+        out.append("")
     return "\n".join(out)
 
 

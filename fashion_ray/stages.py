@@ -218,24 +218,31 @@ class ClothingStage(_PersonCropStage):
     stage_name = "clothing"
 
     def attach(self, person: dict, det: dict, box, height: int, width: int, ctx: dict) -> None:
-        x0, y0 = box[0], box[1]
-        attributes = det.get("attributes") or [[] for _ in det["labels"]]  # only some models give them
-        for j, category in enumerate(det["labels"]):
-            gbox = det["boxes"][j]
-            garment = {"garment_id": len(person["garments"]), "category": category,
-                       "category_id": taxonomy.COCO_CATEGORY_ID.get(category, 0),
-                       "score": float(det["scores"][j]),
-                       "box": [float(gbox[0] + x0), float(gbox[1] + y0), float(gbox[2] + x0), float(gbox[3] + y0)],
-                       "mask": None, "attributes": list(attributes[j])}
-            if det.get("masks") is not None:
-                garment["mask"] = rle.encode(rle.paste(det["masks"][j], box, height, width))
-            # a bag or tie the person detector found already: one garment, its box and the parser's mask
-            found = next((g for g in person["garments"] if g["category"] == category and g["mask"] is None
-                          and garment["mask"] is not None and box_iou(g["box"], garment["box"]) > 0.3), None)
-            if found:
-                found["mask"] = garment["mask"]
-                continue
-            person["garments"].append(garment)
+        attach_garments(person, det, box, height, width)
+
+
+def attach_garments(person: dict, det: dict, box, height: int, width: int) -> None:
+    """A clothing model's garments on one person crop -> the person's garments in image pixels."""
+    x0, y0 = box[0], box[1]
+    attributes = det.get("attributes") or [[] for _ in det["labels"]]  # only some models give them
+    for j, category in enumerate(det["labels"]):
+        gbox = det["boxes"][j]
+        garment = {"garment_id": len(person["garments"]), "category": category,
+                   "category_id": taxonomy.COCO_CATEGORY_ID.get(category, 0),
+                   "score": float(det["scores"][j]),
+                   "box": [float(gbox[0] + x0), float(gbox[1] + y0), float(gbox[2] + x0), float(gbox[3] + y0)],
+                   "mask": None, "attributes": list(attributes[j])}
+        if det.get("masks") is not None:
+            garment["mask"] = rle.encode(rle.paste(det["masks"][j], box, height, width))
+        # a bag or tie the person detector found already: one garment, its box, category (the
+        # detector tells a backpack from a handbag, the parser says bag for both) and the parser's mask
+        found = next((g for g in person["garments"] if taxonomy.same_object_class(g["category"], category)
+                      and g["mask"] is None and garment["mask"] is not None and box_iou(g["box"], garment["box"]) > 0.3),
+                     None)
+        if found:
+            found["mask"] = garment["mask"]
+            continue
+        person["garments"].append(garment)
 
 
 class PartsStage(_PersonCropStage):

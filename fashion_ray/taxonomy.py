@@ -37,6 +37,14 @@ GARMENT_REGIONS = ("upper_body_garment", "lower_body_garment", "full_body_garmen
 # What a person carries or wears that the person detector finds (COCO classes), as garment-level
 # labels linked to their person. Fashionpedia's names where it has one ("bag, wallet" -> bag).
 ACCESSORIES = ("bag", "backpack", "suitcase", "umbrella", "tie")
+CARRIED = ("bag", "backpack")  # one carried object: the detector names both, the garment parser says bag
+
+
+def same_object_class(a: str, b: str) -> bool:
+    """Whether two categories can name one object (a detector's backpack is the parser's bag)."""
+    return a == b or (a in CARRIED and b in CARRIED)
+
+
 ACCESSORY_FROM_COCO = {"handbag": "bag", "backpack": "backpack", "suitcase": "suitcase", "umbrella": "umbrella",
                        "tie": "tie"}
 

@@ -3,6 +3,9 @@
     python jobs/convert.py --format deepfashion2 --input s3://datasets/deepfashion2/validation --output s3://datasets/df2-val.json
     python jobs/convert.py --format ccp --input ../shared/data/ccp --output out/ccp-garments.json
     python jobs/convert.py --format ccp --input ../shared/data/ccp --split val --output out/ccp-val.json --image-list out/ccp-val.txt
+    python jobs/convert.py --format ccp --input ../shared/data/ccp --tags ../shared/data/ccp_tags --max-tagged 400 --output out/ccp-tagged.json
+    python jobs/convert.py --format ccp --input ../shared/data/ccp --split val --framing waist_up --crops out/ccp-val-waist_up \
+        --output out/ccp-val-waist_up.json --image-list out/ccp-val-waist_up.txt
     python jobs/convert.py --format labels --input out/labels --output out/teacher-labels.json
 
 Actions (AVA format):
@@ -30,7 +33,8 @@ FORMATS = {
     "pascal-part": lambda a, o: converters.convert_pascal_part(a.input, o),
     "seed004": lambda a, o: converters.convert_seed004(a.input, o),
     "penn-fudan": lambda a, o: converters.convert_penn_fudan(a.input, o),
-    "ccp": lambda a, o: converters.convert_ccp(a.input, o, a.split),
+    "ccp": lambda a, o: converters.convert_ccp(a.input, o, a.split, a.tags, a.framing, a.crops,
+                                                    a.max_tagged),
     "labels": lambda a, o: converters.convert_labels(a.input, o),
 }
 ACTION_FORMATS = ("penn-fudan-actions", "ava")  # AVA CSV / action examples, not COCO
@@ -42,6 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="dataset root (or Fashionpedia's instances JSON)")
     p.add_argument("--image-root", default=None, help="Fashionpedia only: folder of its images")
     p.add_argument("--split", default=None, choices=("train", "val"), help="ccp only: keep one split (default: all, each image marked)")
+    p.add_argument("--tags", default=None, help="ccp only: CCP's image-level tag folder (tags.json, photos/), added as "
+                   "tagged training photos for the garment parser's presence head")
+    p.add_argument("--max-tagged", type=int, default=None, help="ccp --tags only: keep this many tagged photos")
+    p.add_argument("--framing", default=None, choices=sorted(converters.FRAMING_CUT),
+                   help="ccp only: cut every photo below the person's waist or shoulders (written to --crops)")
+    p.add_argument("--crops", default=None, help="ccp --framing only: folder the cut photos are written to")
     p.add_argument("--labels", default=None, help="ava only: the labelling run of AVA's videos whose tracks are matched")
     p.add_argument("--output", required=True, help="URI of the COCO file to write (.csv / .parquet for the action formats)")
     p.add_argument("--image-list", default=None,
@@ -56,13 +66,17 @@ def main(args) -> int:
         return 2
     options = storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
     # images are referenced by URI: a relative local path would mean nothing to a worker elsewhere
-    args.input = args.input if "://" in args.input else os.path.abspath(args.input)
+    args.input, args.tags, args.crops = (uri if uri is None or "://" in uri else os.path.abspath(uri)
+                                         for uri in (args.input, args.tags, args.crops))
     if args.format in ACTION_FORMATS:
         return convert_actions(args, options)
     try:
         doc = FORMATS[args.format](args, options)
     except FileNotFoundError as exc:
         print(f"error: {args.input!r} is not a {args.format} dataset: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     converters.write_coco(doc, args.output, options)
     if args.image_list:

@@ -14,6 +14,7 @@ from helpers import read_rows
 from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
 from fashion_ray.formats import masks as rle
+from fashion_ray.models.blazepose import collapsed_pose
 
 HAND_BOXES = {
     "astronaut.jpg": [(20, 15, 365, 512)],
@@ -38,7 +39,12 @@ def test_every_person_found_with_a_matching_box(photos, name):
         best = max(box_iou(hand, p["box"]) for p in persons)
         assert best >= 0.5, (name, hand, [p["box"] for p in persons])
     for p in persons:
-        assert p["score"] >= 0.5 and len(p["keypoints"]) == 33 * 3 and p["mask"] is not None
+        assert p["score"] >= 0.5 and p["mask"] is not None
+        # BlazePose folds Grace Hopper's body onto her face (shoulders inside it): a collapsed
+        # pose keeps box and mask and loses its landmarks; everyone else keeps theirs
+        assert (p["keypoints"] is None) == (name == "grace_hopper.jpg")
+        if p["keypoints"] is not None:
+            assert len(p["keypoints"]) == 33 * 3 and collapsed_pose(np.reshape(p["keypoints"], (33, 3))) is None
 
 
 def _centroid_y(mask: np.ndarray) -> float:
@@ -55,11 +61,12 @@ def test_parts_are_inside_the_person_and_disjoint(photos, name):
             assert m.sum() == part["area"] > 0
             assert not (m & ~body).any(), f"{part['part']} leaves the person mask"
             union += m
-        assert union.max() == 1, "a pixel belongs to two parts"
-        assert {"head", "torso"} <= {p["part"] for p in person["parts"]}
+        assert union.max() <= 1, "a pixel belongs to two parts"
+        # parts are drawn from landmarks: a person without them (a collapsed pose) has none
+        assert ({"head", "torso"} <= {p["part"] for p in person["parts"]}) == (person["keypoints"] is not None)
 
 
-@pytest.mark.parametrize("name", ["astronaut.jpg", "camera.jpg", "grace_hopper.jpg"])
+@pytest.mark.parametrize("name", ["astronaut.jpg", "camera.jpg"])
 def test_head_above_torso_above_legs(photos, name):
     person = photos[name]["persons"][0]
     by_part: dict[str, np.ndarray] = {}
@@ -74,8 +81,6 @@ def test_head_above_torso_above_legs(photos, name):
     assert ("upper_leg" in by_part) == (name == "camera.jpg")  # only the camera man shows legs
     sides = {p["side"] for p in person["parts"] if p["part"] in ("upper_arm", "lower_arm", "upper_leg", "lower_leg")}
     assert sides <= {"left", "right"}
-    if name == "grace_hopper.jpg":
-        assert not sides  # a head-and-shoulders portrait shows no limbs
     if name == "camera.jpg":
         assert sides  # the camera man shows his limbs
     # (the astronaut's arms hang inside the suit's sleeves past the frame: BlazePose heavy gives

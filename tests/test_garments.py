@@ -227,8 +227,10 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(tmp_p
     proc = subprocess.run([sys.executable, "jobs/convert.py", "--format", "ccp", "--input", str(tmp_path / "ccp"),
                            "--output", str(coco)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "garments-v1"
+    out = tmp_path / "garments-v2"
+    # parser v2 (the default architecture) from the packaged ImageNet weights, on 128 px views
     proc = subprocess.run([sys.executable, "jobs/train.py", "--task", "garments", "--data", str(coco), "--output", str(out),
+                           "--pretrained-backbone", "efficientnet-lite0", "--input-size", "128",
                            "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "40", "--batch-size", "4", "--lr", "0.05",
                            "--warmup-steps", "5", "--checkpoint-every", "20", "--storage", str(tmp_path / "runs"),
                            "--num-cpus", "2"], capture_output=True, text=True, cwd=ROOT, timeout=900)
@@ -239,7 +241,8 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(tmp_p
     assert metrics["val_metric"] > max(0.3, 2 * metrics["val_initial"]), record
     bundle = load_bundle(str(out))
     clothing = bundle.stages["clothing"]
-    assert clothing.architecture == "blazepose_garment_parser" and clothing.classes == taxonomy.GARMENT_PARSE
+    assert clothing.architecture == "efficientnet_garment_parser" and clothing.classes == taxonomy.GARMENT_PARSE
+    assert clothing.input_size == 128 and record["pretrained_backbone"] == "efficientnet-lite0"
     assert bundle.stages["person"] == load_bundle("bootstrap").stages["person"]
 
     # the published stage names the made-up garments of photos it never saw (crops + landmarks)

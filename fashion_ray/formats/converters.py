@@ -244,13 +244,37 @@ def ccp_split(stem: str) -> str:
     return "val" if int(stem) % CCP_VAL_EVERY == 0 else "train"
 
 
-def convert_ccp(root: str, options=None, split: str | None = None) -> dict:
+# how the framing crops of jobs/convert.py --format ccp --framing cut a labelled person: the
+# frame's bottom edge at this fraction of their height from the top of the head
+FRAMING_CUT = {"waist_up": 0.5, "head_and_shoulders": 0.28}
+
+
+def framing_cut(parse: np.ndarray, fraction: float) -> int:
+    """The row a frame cutting the labelled person (any non-background, scored pixel) at
+    `fraction` of their height ends at (a waist-up photo: about half)."""
+    rows = np.nonzero(((parse != 0) & (parse != taxonomy.PARSE_IGNORE)).any(1))[0]
+    if not len(rows):
+        return len(parse)
+    return max(1, min(len(parse), int(round(rows[0] + fraction * (rows[-1] + 1 - rows[0])))))
+
+
+def convert_ccp(root: str, options=None, split: str | None = None, tags: str | None = None,
+                framing: str | None = None, crops: str | None = None, max_tagged: int | None = None) -> dict:
     """Clothing Co-Parsing: one `groundtruth` label map per photo (0 = null, 1..58 in
     label_list.mat's order), remapped by taxonomy.CCP_TO_PARSE. Each photo has one person (the
     union of labelled pixels) and one region per parse class as its children. Every image says
-    its split (`ccp_split`); `split` keeps only that one (the validation photos for evaluation)."""
+    its split (`ccp_split`); `split` keeps only that one (the validation photos for evaluation).
+
+    `tags`: CCP's image-level tag folder (tags.json + photos/): those photos are added as
+    training images with `tags` (parse class names) and no annotations, for the parser's
+    presence head (`max_tagged`: that many, spread evenly over the names, so pixel-labelled
+    photos stay most of a batch). `framing` (FRAMING_CUT) with `crops` (a folder URI): every photo cut below
+    the person's waist or shoulders, as a photo framed that way; the cut photos are written
+    to `crops` and the regions cut with them."""
     from scipy.io import loadmat
 
+    if framing and not crops:
+        raise ValueError("--framing writes cut photos: give --crops FOLDER")
     fs, path = storage.filesystem(storage.join(root, "label_list.mat"), options)
     names = [str(np.asarray(v).ravel()[0]) if np.asarray(v).size else "null" for v in loadmat(io.BytesIO(fs.cat_file(path)))["label_list"].ravel()]
     unknown = sorted(set(names) - set(taxonomy.CCP_TO_PARSE))
@@ -266,12 +290,46 @@ def convert_ccp(root: str, options=None, split: str | None = None) -> dict:
         fs, path = storage.filesystem(mat_uri, options)
         labels = np.asarray(loadmat(io.BytesIO(fs.cat_file(path)))["groundtruth"])
         parse = lut[labels.astype(np.uint8)]
-        image_id = out.image(storage.join(root, "photos", f"{stem}.jpg"), labels.shape[1], labels.shape[0],
-                             split=ccp_split(stem))
+        photo = storage.join(root, "photos", f"{stem}.jpg")
+        if framing:
+            cut = framing_cut(parse, FRAMING_CUT[framing])
+            labels, parse = labels[:cut], parse[:cut]
+            photo = _write_cut_photo(photo, cut, storage.join(crops, f"{stem}.jpg"), options)
+        image_id = out.image(photo, labels.shape[1], labels.shape[0], split=ccp_split(stem))
         person_id = out.mask(image_id, PERSON_ID, labels > 0)
         for value in sorted(int(v) for v in np.unique(parse) if v != 0):
             out.mask(image_id, 100 + value, parse == value, parent_person_id=person_id)
+    if tags and split != "val":
+        _add_tagged_photos(out, tags, options, max_tagged)
     return out.document("Clothing Co-Parsing (Yang et al., CVPR 2014) converted by fashion-ray (taxonomy.CCP_TO_PARSE)")
+
+
+def _write_cut_photo(uri: str, rows: int, out_uri: str, options) -> str:
+    fs, path = storage.filesystem(uri, options)
+    image = Image.open(io.BytesIO(fs.cat_file(path))).convert("RGB")
+    buffer = io.BytesIO()
+    image.crop((0, 0, image.width, rows)).save(buffer, "JPEG", quality=95)
+    storage.write_bytes_atomic(out_uri, buffer.getvalue(), options)
+    return out_uri
+
+
+def _add_tagged_photos(out: "_Builder", root: str, options, limit: int | None = None) -> None:
+    """CCP's image-level tags as training images: parse class names in `tags`, no annotations."""
+    fs, path = storage.filesystem(storage.join(root, "tags.json"), options)
+    doc = json.loads(fs.cat_file(path))
+    items = sorted(doc["tags"].items())
+    if limit is not None and limit < len(items):
+        items = [items[int(k * len(items) / limit)] for k in range(limit)]
+    for name, labels in items:
+        unknown = sorted(set(labels) - set(taxonomy.CCP_TO_PARSE))
+        if unknown:
+            raise ValueError(f"CCP tags with no entry in taxonomy.CCP_TO_PARSE: {unknown}")
+        uri = storage.join(root, name)
+        fs, path = storage.filesystem(uri, options)
+        with fs.open(path, "rb") as fh:
+            width, height = Image.open(fh).size
+        out.image(uri, width, height, split="train",
+                  tags=sorted({taxonomy.CCP_TO_PARSE[t] for t in labels if taxonomy.CCP_TO_PARSE[t]} - {"background"}))
 
 
 def convert_labels(run_uri: str, options=None) -> dict:

@@ -81,3 +81,45 @@ class BlazePose:
                 h, w = image.shape[:2]
                 found.append(postprocess(out[self.landmarks][k], out[self.mask][k], out[self.flag][k], view, h, w))
         return found
+
+
+# a pose that makes sense, or none --------------------------------------------------------------
+
+VISIBLE = 0.5
+# bones (landmark pairs) and the most any can measure against the torso (shoulder centre to hip
+# centre): an upper arm is ~0.6 of it, a thigh ~0.9; foreshortening only makes bones shorter
+BONES = ((11, 13), (12, 14), (13, 15), (14, 16), (23, 25), (24, 26), (25, 27), (26, 28))
+MAX_BONE_TO_TORSO = 1.6
+MIN_SHOULDERS_TO_EYES = 2.0  # eyes ~6 cm apart, shoulders ~40 cm: a frontal face shows both
+MIN_TORSO_TO_SHOULDERS = 0.4  # hips at the collar: a torso far shorter than the shoulders are wide
+
+
+def collapsed_pose(kp: np.ndarray) -> str | None:
+    """Why a pose (33 x (x, y, visibility)) cannot be a body, or None when it can.
+
+    BlazePose on a face filling its view (a waist-up portrait) can fold the body onto the
+    head: shoulders inside the face, hips at the collar. Landmarks from such a pose draw
+    parts, gate garments and name actions wrongly, so the person keeps box and mask only.
+    """
+    seen = kp[:, 2] >= VISIBLE
+
+    def both(a, b):
+        return bool(seen[a] and seen[b])
+
+    def dist(a, b):
+        return float(np.linalg.norm(kp[a, :2] - kp[b, :2]))
+
+    if both(11, 12) and both(2, 5) and dist(11, 12) < MIN_SHOULDERS_TO_EYES * dist(2, 5):
+        return "shoulders inside the face"
+    if not (both(11, 12) and both(23, 24)):
+        return None
+    shoulders, hips = kp[[11, 12], :2].mean(0), kp[[23, 24], :2].mean(0)
+    torso = float(np.linalg.norm(hips - shoulders))
+    if torso < MIN_TORSO_TO_SHOULDERS * dist(11, 12):
+        return "hips at the shoulders"
+    if seen[0] and kp[0, 1] < shoulders[1] and hips[1] < shoulders[1]:
+        return "hips above the shoulders under an upright head"
+    for a, b in BONES:
+        if both(a, b) and dist(a, b) > MAX_BONE_TO_TORSO * torso:
+            return "a limb longer than the body allows"
+    return None

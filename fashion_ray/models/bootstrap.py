@@ -24,7 +24,7 @@ import numpy as np
 from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
 from fashion_ray.formats.masks import bbox_xyxy
-from fashion_ray.models.blazepose import BlazePose
+from fashion_ray.models.blazepose import BlazePose, collapsed_pose
 from fashion_ray.models.bundle import BundleError, read_checked
 from fashion_ray.models.nanodet import COCO_CLASSES, NanoDet
 
@@ -80,8 +80,9 @@ class NanoDetPosePerson:
                 found.append({"box": box, "score": float(scores[k]), "mask": np.zeros((h, w), bool), "keypoints": None})
                 continue
             mask = _components_touching(poses[k]["mask_prob"] > self.mask_threshold, poses[k]["keypoints"])
-            found.append({"box": self._box(box, mask), "score": float(scores[k]), "mask": mask,
-                          "keypoints": poses[k]["keypoints"]})
+            # a collapsed pose keeps its box and mask, never its landmarks (parts, garment gating, actions)
+            keypoints = None if collapsed_pose(poses[k]["keypoints"]) else poses[k]["keypoints"]
+            found.append({"box": self._box(box, mask), "score": float(scores[k]), "mask": mask, "keypoints": keypoints})
         found = _drop_duplicates(found)
         keypoints = [f["keypoints"] for f in found]
         return {

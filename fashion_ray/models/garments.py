@@ -14,6 +14,8 @@ teach a network from scratch (README, "Garments": both measured on the same phot
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fashion_ray import taxonomy
@@ -41,31 +43,44 @@ WRITTEN = tuple(dict.fromkeys(taxonomy.SLEEVED[name][sleeve] if name in taxonomy
                               for sleeve in ("none", "short", "long")))
 
 
-def view_of(height: int, width: int) -> tuple[float, float, float]:
-    """The square (x0, y0, side) around a whole crop: its long side, centred, aspect kept."""
-    side = float(max(height, width, 1))
-    return (width - side) / 2, (height - side) / 2, side
+@dataclass(frozen=True)
+class View:
+    """Where a crop sits in the parser's input: crop pixels (x, y) -> ((x - x0) * scale, (y - y0) * scale)."""
+
+    x0: float
+    y0: float
+    scale: float
+    height: int  # the input's size in pixels
+    width: int
+
+    def matrix(self) -> np.ndarray:
+        k = self.scale
+        return np.array([[k, 0, -self.x0 * k], [0, k, -self.y0 * k]], np.float32)
 
 
-def _to_view(view) -> np.ndarray:
-    """The affine map from crop pixels to the 256 px view."""
-    x0, y0, side = view
-    k = VIEW_SIDE / side
-    return np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], np.float32)
+def view_of(height: int, width: int, out_height: int = VIEW_SIDE, out_width: int | None = None, zoom: float = 1.0,
+            shift=(0.0, 0.0)) -> View:
+    """The whole crop fitted into an out_height x out_width input, aspect kept, centred;
+    zoom < 1 shows more around it, shift moves it (fractions of the input; training jitter)."""
+    out_width = out_width or out_height
+    scale = min(out_height / max(height, 1), out_width / max(width, 1)) * zoom
+    x0 = (width - out_width / scale) / 2 - shift[0] * out_width / scale
+    y0 = (height - out_height / scale) / 2 - shift[1] * out_height / scale
+    return View(x0, y0, scale, out_height, out_width)
 
 
-def warp_to_view(image: np.ndarray, view, nearest: bool = False) -> np.ndarray:
+def warp_to_view(image: np.ndarray, view: View, nearest: bool = False, fill: int = 0) -> np.ndarray:
     import cv2
 
-    return cv2.warpAffine(image, _to_view(view), (VIEW_SIDE, VIEW_SIDE),
-                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderValue=0)
+    return cv2.warpAffine(image, view.matrix(), (view.width, view.height),
+                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderValue=fill)
 
 
-def warp_from_view(values: np.ndarray, view, height: int, width: int, nearest: bool = False) -> np.ndarray:
+def warp_from_view(values: np.ndarray, view: View, height: int, width: int, nearest: bool = False) -> np.ndarray:
     import cv2
 
     flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(values, _to_view(view), (width, height), flags=flags)
+    return cv2.warpAffine(values, view.matrix(), (width, height), flags=flags)
 
 
 def trunk_model(pose_onnx: bytes) -> bytes:
@@ -197,14 +212,88 @@ def _in_view(keypoints: np.ndarray | None, indices, height: int, width: int) -> 
     return bool(((kp[:, 2] >= VISIBLE) & (kp[:, 0] >= 0) & (kp[:, 0] < width) & (kp[:, 1] >= 0) & (kp[:, 1] < height)).any())
 
 
+def _seen_y(keypoints: np.ndarray, indices) -> float | None:
+    """Mean height (y) of the visible landmarks among `indices`, or None."""
+    kp = keypoints[list(indices)]
+    kp = kp[kp[:, 2] >= VISIBLE]
+    return float(kp[:, 1].mean()) if len(kp) else None
+
+
+EYES, MOUTH, SHOULDERS, HIPS = (2, 5), (9, 10), (11, 12), (23, 24)
+
+
+def _face_unit(keypoints: np.ndarray) -> float | None:
+    """Eyes-to-mouth height (about a third of a face), or the eyes' spacing when the mouth is hidden."""
+    eyes, mouth = _seen_y(keypoints, EYES), _seen_y(keypoints, MOUTH)
+    if eyes is not None and mouth is not None and mouth > eyes:
+        return mouth - eyes
+    if (keypoints[list(EYES), 2] >= VISIBLE).all():
+        return float(abs(keypoints[EYES[0], 0] - keypoints[EYES[1], 0])) or None
+    return None
+
+
+HAT_TOP_ABOVE_EYES = 1.4  # face units: a hat reaches the top of the head; a forehead stops ~1 unit up
+SCARF_BELOW_MOUTH = 0.8  # face units: a scarf's middle is at the neck or lower, not the chin
+
+
+def misplaced(name: str, mask: np.ndarray, keypoints: np.ndarray | None) -> str | None:
+    """Why a garment cannot be where its mask is on this person's body, or None.
+
+    From the person's own landmarks: a hat reaches above the forehead (a forehead is not a
+    hat), a scarf's middle is below the chin (a face or chin is not a scarf), glasses sit
+    over an eye, and trousers, shorts and skirts below the waist. No landmarks (none found,
+    or a collapsed pose): nothing to say against it.
+    """
+    if keypoints is None:
+        return None
+    ys, xs = np.nonzero(mask)
+    centre_y = float(ys.mean())
+    eyes, mouth, unit = _seen_y(keypoints, EYES), _seen_y(keypoints, MOUTH), _face_unit(keypoints)
+    if name == "hat" and eyes is not None and unit and (centre_y > eyes or ys.min() > eyes - HAT_TOP_ABOVE_EYES * unit):
+        return "a hat on the face or forehead"
+    if name == "scarf" and mouth is not None and unit and centre_y < mouth + SCARF_BELOW_MOUTH * unit:
+        return "a scarf on the face or chin"
+    if name == "glasses":
+        x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+        pad = 0.3 * max(x1 - x0, y1 - y0, 1)
+        seen = keypoints[list(EYES)]
+        seen = seen[seen[:, 2] >= VISIBLE]
+        if len(seen) and not ((seen[:, 0] >= x0 - pad) & (seen[:, 0] <= x1 + pad) &
+                              (seen[:, 1] >= y0 - pad) & (seen[:, 1] <= y1 + pad)).any():
+            return "glasses away from the eyes"
+    if name in ("trousers", "shorts", "skirt"):
+        shoulders, hips = _seen_y(keypoints, SHOULDERS), _seen_y(keypoints, HIPS)
+        if shoulders is not None and hips is not None and hips > shoulders and centre_y < (shoulders + hips) / 2:
+            return "legwear above the waist"
+    return None
+
+
+def settle_pieces(parse: np.ndarray, keypoints: np.ndarray | None) -> np.ndarray:
+    """One outfit, not two at once: a dress beside a skirt is one garment, the larger of the
+    two (a dress's skirt part read as skirt, or a skirt's top read as dress); a "dress" that
+    ends above the person's hips is a top."""
+    dress, skirt, top = (taxonomy.GARMENT_PARSE.index(c) for c in ("dress", "skirt", "top"))
+    has_dress, has_skirt = (parse == dress).sum(), (parse == skirt).sum()
+    if has_dress and has_skirt:
+        loser, winner = (skirt, dress) if has_dress >= has_skirt else (dress, skirt)
+        parse = np.where(parse == loser, winner, parse)
+    hips = _seen_y(keypoints, HIPS) if keypoints is not None else None
+    rows = np.nonzero((parse == dress).any(1))[0]
+    if hips is not None and len(rows) and rows[-1] < hips:
+        parse = np.where(parse == dress, top, parse)
+    return parse
+
+
 def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.ndarray | None,
                       min_pixels: int, score_threshold: float) -> dict:
     """Parse map (crop pixels) -> detector output: a garment per class, or per connected
     component for PAIRED classes; a class whose body part is out of view is left out (a
-    waist-up portrait has no trousers, whatever the pixels at its bottom edge look like)."""
+    waist-up portrait has no trousers, whatever the pixels at its bottom edge look like), and
+    so is one the person's landmarks place where it cannot be (`misplaced`)."""
     import cv2
 
     h, w = parse.shape
+    parse = settle_pieces(parse, keypoints)
     boxes, scores, labels, masks, attributes = [], [], [], [], []
     for value in GARMENT_VALUES:
         present = parse == value
@@ -218,6 +307,8 @@ def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.n
         if not keep:  # enough pixels, but all of them specks
             continue
         worn = np.isin(components, keep)
+        if misplaced(name, worn, keypoints):
+            continue
         pieces = [components == c for c in keep] if name in PAIRED else [worn]
         sleeve = sleeve_length(worn, keypoints) if name in taxonomy.SLEEVED else None
         for mask in pieces:
@@ -243,66 +334,121 @@ def _grown(mask: np.ndarray, pixels: float) -> np.ndarray:
 
 
 class GarmentParser:
-    """Clothing stage predictor: person crops (+ their landmarks from context) -> garments."""
+    """Clothing stage predictor: person crops (+ their landmarks from context) -> garments.
+
+    `network` maps a batch of uint8 views to per-pixel class probabilities (N, C, H, W) and,
+    for parsers that have one, per-class presence probabilities (N, C); a class whose presence
+    is under `presence_threshold` is not written, whatever its pixels say.
+    """
 
     kind = "detector"
 
-    def __init__(self, trunk: BlazePoseTrunk, head, device, *, score_threshold: float = 0.0):
-        self.trunk, self.head, self.device = trunk, head.eval(), device
-        self.score_threshold = score_threshold
+    def __init__(self, network, view_hw: tuple[int, int], *, score_threshold: float = 0.0,
+                 presence_threshold: float = 0.0):
+        self.network, self.view_hw = network, view_hw
+        self.score_threshold, self.presence_threshold = score_threshold, presence_threshold
 
-    def parse(self, crops: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(parse map, confidence) per crop, in crop pixels."""
+    def parse(self, crops: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(parse map, confidence, presence or None) per crop, in crop pixels."""
         import torch
 
         if not crops:
             return []
-        views = [view_of(*c.shape[:2]) for c in crops]
-        batch = np.stack([warp_to_view(c, v) for c, v in zip(crops, views)])
+        views = [view_of(*c.shape[:2], *self.view_hw) for c in crops]
         with torch.inference_mode():
-            logits = self.head(head_inputs(self.trunk, batch, self.device))
-            prob = torch.nn.functional.interpolate(logits.float(), size=(VIEW_SIDE, VIEW_SIDE), mode="bilinear",
-                                                   align_corners=False).softmax(1)
-            confidence, labels = prob.max(1)
+            prob, presence = self.network(np.stack([warp_to_view(c, v) for c, v in zip(crops, views)]))
+            confidence, labels = prob.float().max(1)
+        presence = [None] * len(crops) if presence is None else presence.float().cpu().numpy()
         out = []
-        for crop, view, lab, conf in zip(crops, views, labels.cpu().numpy(), confidence.cpu().numpy()):
+        for crop, view, lab, conf, pres in zip(crops, views, labels.cpu().numpy(), confidence.cpu().numpy(), presence):
             h, w = crop.shape[:2]
             out.append((warp_from_view(lab.astype(np.uint8), view, h, w, nearest=True),
-                        warp_from_view(conf.astype(np.float32), view, h, w)))
+                        warp_from_view(conf.astype(np.float32), view, h, w), pres))
         return out
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
         contexts = context or [{}] * len(images)
         results = []
-        for image, ctx, (parse, confidence) in zip(images, contexts, self.parse(images)):
+        for image, ctx, (parse, confidence, presence) in zip(images, contexts, self.parse(images)):
             h, w = image.shape[:2]
             if ctx.get("mask") is not None and ctx["mask"].any():
                 # a neighbour inside the crop wears their own clothes: keep what touches this
                 # person (the mask grown a little: a bag held out, a hat brim)
                 parse = np.where(_grown(ctx["mask"], PERSON_REACH * max(h, w)), parse, 0)
+            if presence is not None:  # classes the person does not wear, whatever their pixels
+                absent = [v for v in GARMENT_VALUES if presence[v] < self.presence_threshold]
+                parse = np.where(np.isin(parse, absent), 0, parse)
             min_pixels = max(8, int(MIN_INSTANCE_FRACTION * max(h, w) ** 2))
             results.append(garment_instances(parse, confidence, ctx.get("keypoints"), min_pixels, self.score_threshold))
         return results
 
 
-ARCHITECTURES = {"blazepose_garment_parser": ("detector", None)}
+def blazepose_network(trunk: BlazePoseTrunk, head, device):
+    """1.1's parser as a network: the head on the frozen trunk's features; no presence."""
+    import torch
+
+    def run(views: np.ndarray):
+        logits = head(head_inputs(trunk, views, device))
+        return torch.nn.functional.interpolate(logits.float(), size=views.shape[1:3], mode="bilinear",
+                                               align_corners=False).softmax(1), None
+
+    return run
+
+
+def efficientnet_network(model, device):
+    """Parser v2 as a network: one end-to-end model, pixels and presence."""
+    import torch
+
+    from fashion_ray.models.efficientnet_lite import normalise
+
+    def run(views: np.ndarray):
+        out = model(normalise(views).to(device))
+        return out["out"].softmax(1), torch.sigmoid(out["presence"])
+
+    return run
+
+
+BLAZEPOSE_PARSER = "blazepose_garment_parser"
+EFFICIENTNET_PARSER = "efficientnet_garment_parser"
+ARCHITECTURES = {BLAZEPOSE_PARSER: ("detector", None), EFFICIENTNET_PARSER: ("detector", None)}
+PRESENCE_THRESHOLD = 0.5  # bundle option presence_threshold overrides it
+
+
+def parser_view(architecture: str, input_size: int) -> tuple[int, int]:
+    """(height, width) of a parser's input: 1.1 sees BlazePose's square; v2 a portrait of
+    input_size x 2/3 of it, the shape of a standing person's crop (more pixels on the person
+    than a square of the same cost)."""
+    return (input_size, input_size) if architecture == BLAZEPOSE_PARSER else (input_size, input_size * 2 // 3)
 
 
 def build_predictor(bundle, spec, device, options=None):
-    """The parser of a bundle's clothing stage: trunk file and head weights, both sha256-checked."""
+    """The parser of a bundle's clothing stage, its files sha256-checked and loaded weights_only."""
     import io
 
     import torch
 
     from fashion_ray.models.bundle import BundleError, read_checked
 
-    trunk_file = spec.options.get("files", {}).get("trunk")
-    if not trunk_file or not spec.weights:
-        raise BundleError(f"bundle {bundle.label}: blazepose_garment_parser needs options.files.trunk and weights")
+    if not spec.weights:
+        raise BundleError(f"bundle {bundle.label}: {spec.architecture} needs weights")
     torch_device = device.setup()
+    state = torch.load(io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, options)), map_location="cpu",
+                       weights_only=True)
+    view = parser_view(spec.architecture, spec.input_size or VIEW_SIDE)
+    if spec.architecture == EFFICIENTNET_PARSER:
+        from fashion_ray.models.efficientnet_lite import build_parser
+
+        model = build_parser(len(spec.classes))
+        model.load_state_dict(state)
+        return GarmentParser(efficientnet_network(model.eval().to(torch_device), torch_device), view,
+                             score_threshold=spec.score_threshold,
+                             presence_threshold=float(spec.options.get("presence_threshold", PRESENCE_THRESHOLD)))
+    trunk_file = spec.options.get("files", {}).get("trunk")
+    if not trunk_file:
+        raise BundleError(f"bundle {bundle.label}: {BLAZEPOSE_PARSER} needs options.files.trunk")
     trunk = BlazePoseTrunk(read_checked(bundle, trunk_file["path"], trunk_file["sha256"], options), device=device.name,
                            threads=device.torch_threads, max_batch=int(spec.options.get("max_batch", 8)))
     head = build_head(len(spec.classes))
-    head.load_state_dict(torch.load(io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, options)),
-                                    map_location="cpu", weights_only=True))
-    return GarmentParser(trunk, head.to(torch_device), torch_device, score_threshold=spec.score_threshold)
+    head.load_state_dict(state)
+    return GarmentParser(blazepose_network(trunk, head.eval().to(torch_device), torch_device), view,
+                         score_threshold=spec.score_threshold)

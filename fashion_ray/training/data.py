@@ -30,6 +30,7 @@ from PIL import Image
 from fashion_ray import media, storage, taxonomy
 from fashion_ray.boxes import crop_box
 from fashion_ray.formats import masks as rle
+from fashion_ray.formats.converters import framing_cut
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class CocoIndex:
         out = []
         for image_id in sorted(self.images):
             persons = [a for a in self.anns.get(image_id, []) if a["category_id"] == taxonomy.PERSON_CATEGORY_ID]
-            if task == "person":
-                out.append(Sample(image_id, None))
+            if task == "person" or (task == "garments" and "tags" in self.images[image_id]):
+                out.append(Sample(image_id, None))  # a tagged photo: the whole photo, its tags, no pixels
                 continue
             for p in persons:  # a person counts when it has children of the task's kind
                 children = [a for a in self.anns[image_id] if a.get("parent_person_id") == p["id"]]
@@ -150,9 +151,11 @@ def _resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
 
 
 def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size: int, train: bool, seed: int,
-               epoch: int, classes: tuple[str, ...], options=None) -> list[tuple[np.ndarray, dict]]:
+               epoch: int, classes: tuple[str, ...], options=None, view: tuple[int, int] | None = None
+               ) -> list[tuple[np.ndarray, dict]]:
     """(HxWx3 uint8 image, target) per sample; target holds boxes/labels/masks or a part map
-    (actions: (window features, {"labels": multi-hot over classes}))."""
+    (garments: a parse map in a `view` = (height, width) input, default square input_size, and
+    presence; actions: (window features, {"labels": multi-hot over classes}))."""
     if task == "actions":
         return _action_samples(index, samples, train=train, seed=seed, epoch=epoch, classes=classes)
     pixels = _pixels(index, sorted({s.image_id for s in samples}), options)
@@ -173,7 +176,8 @@ def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size
             anns = [a for a in anns if a.get("parent_person_id") == s.person_ann]
         ch, cw = image.shape[:2]
         if task == "garments":
-            out.append(_garment_sample(image, anns, (x0, y0), index, train, rng))
+            out.append(_garment_sample(image, anns, (x0, y0), index, train, rng, view or (input_size, input_size),
+                                       index.images[s.image_id].get("tags")))
             continue
         if task == "parts":
             part_map = np.zeros((ch, cw), np.uint8)
@@ -211,27 +215,73 @@ def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size
     return out
 
 
-def _garment_sample(crop: np.ndarray, anns: list[dict], offset, index: CocoIndex, train: bool, rng) -> tuple:
-    """The crop's square view (jittered in scale and position when training) and its parse map."""
+# framings a person arrives in, besides whole: (name, share of samples, where the frame cuts the
+# person, as a fraction of their height from the top of the head: converters.framing_cut)
+FRAMINGS = (("waist_up", 0.25, (0.45, 0.62)), ("head_and_shoulders", 0.15, (0.2, 0.33)))
+MIN_PRESENT_PIXELS = 20  # a class with fewer pixels in the view is not counted as worn there
+
+
+def presence_of(parse: np.ndarray, classes_count: int) -> np.ndarray:
+    """Which parse classes a view holds (1/0; background not scored: -1)."""
+    counts = np.bincount(parse[parse != taxonomy.PARSE_IGNORE].ravel(), minlength=classes_count)[:classes_count]
+    out = (counts >= MIN_PRESENT_PIXELS).astype(np.float32)
+    out[0] = -1.0
+    return out
+
+
+def presence_of_tags(tags: list[str], classes_count: int) -> np.ndarray:
+    """Image-level tags (parse class names) as a presence target: every class known, present or not."""
+    out = np.zeros(classes_count, np.float32)
+    out[[taxonomy.GARMENT_PARSE.index(t) for t in tags if t in taxonomy.GARMENT_PARSE]] = 1.0
+    out[0] = -1.0
+    return out
+
+
+def _degrade(view: np.ndarray, rng) -> np.ndarray:
+    """Grey scale and the blur of a small, upscaled person, now and then."""
+    if rng.random() < 0.15:
+        view = np.repeat(view.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+    if rng.random() < 0.2:
+        h, w = view.shape[:2]
+        f = rng.uniform(0.25, 0.6)
+        view = _resize(_resize(view, (max(8, int(w * f)), max(8, int(h * f)))), (w, h))
+    return view
+
+
+def _garment_sample(crop: np.ndarray, anns: list[dict], offset, index: CocoIndex, train: bool, rng,
+                    view_hw: tuple[int, int], tags: list[str] | None = None) -> tuple:
+    """The crop's view (jittered in scale, position and framing when training), its parse map
+    and presence; a tagged photo (no pixel labels) gets a map of PARSE_IGNORE and its tags."""
     from fashion_ray.models.garments import view_of, warp_to_view
 
     value_of = taxonomy.parse_value_of(index.categories)
     ch, cw = crop.shape[:2]
-    parse = np.zeros((ch, cw), np.uint8)
+    parse = np.full((ch, cw), taxonomy.PARSE_IGNORE if tags is not None else 0, np.uint8)
     for a in anns:
         if a["category_id"] in value_of and "segmentation" in a:
             parse[rle.decode(a["segmentation"])[offset[1]:offset[1] + ch, offset[0]:offset[0] + cw]] = value_of[a["category_id"]]
-    x, y, side = view_of(ch, cw)
+    if train and tags is None:
+        draw = rng.random()
+        for _, share, (low, high) in FRAMINGS:
+            if draw < share:
+                cut = framing_cut(parse, rng.uniform(low, high))
+                crop, parse = crop[:cut], parse[:cut]
+                break
+            draw -= share
+    ch, cw = crop.shape[:2]
+    zoom, shift = 1.0, (0.0, 0.0)
     if train:  # the person detector's box is never exact: scale and shift the view
-        grown = side * rng.uniform(0.9, 1.15)
-        x, y = x - (grown - side) / 2 + rng.uniform(-0.05, 0.05) * side, y - (grown - side) / 2 + rng.uniform(-0.05, 0.05) * side
-        side = grown
-    view, target = warp_to_view(crop, (x, y, side)), warp_to_view(parse, (x, y, side), nearest=True)
+        zoom, shift = 1 / rng.uniform(0.9, 1.15), (rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05))
+    view = view_of(ch, cw, *view_hw, zoom=zoom, shift=shift)
+    fill = taxonomy.PARSE_IGNORE if tags is not None else 0
+    image, target = warp_to_view(crop, view), warp_to_view(parse, view, nearest=True, fill=fill)
     if train and rng.random() < 0.5:  # parse classes carry no side
-        view, target = view[:, ::-1], target[:, ::-1]
+        image, target = image[:, ::-1], target[:, ::-1]
     if train:
-        view = _photometric(view, rng)
-    return np.ascontiguousarray(view), {"parse": np.ascontiguousarray(target)}
+        image = _degrade(_photometric(image, rng), rng)
+    n = len(taxonomy.GARMENT_PARSE)
+    presence = presence_of_tags(tags, n) if tags is not None else presence_of(target, n)
+    return np.ascontiguousarray(image), {"parse": np.ascontiguousarray(target), "presence": presence}
 
 
 def _action_samples(index: ActionIndex, samples: list[Sample], *, train: bool, seed: int, epoch: int,

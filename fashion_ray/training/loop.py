@@ -27,20 +27,23 @@ import numpy as np
 from fashion_ray import taxonomy
 from fashion_ray.boxes import xywh
 from fashion_ray.evaluation import CocoTable, ParseEvaluator, PartsEvaluator
+from fashion_ray.models.efficientnet_lite import IMAGENET_INIT
 from fashion_ray.training import data
 
 # what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
 TASKS = (*taxonomy.STAGES, "garments")
 STAGE_OF_TASK = {"person": "person", "clothing": "clothing", "parts": "parts", "garments": "clothing", "actions": "actions"}
 DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
-                        "parts": "lraspp_mobilenet_v3_large", "garments": "blazepose_garment_parser",
+                        "parts": "lraspp_mobilenet_v3_large", "garments": "efficientnet_garment_parser",
                         "actions": "pose_window_mlp"}
-DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 256, "actions": 0}  # actions: no pixels
+DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 384, "actions": 0}  # actions: no pixels
 SEMANTIC_TASKS = ("parts", "garments")  # a per-pixel map per sample, scored by IoU
 OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
 COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
               "ar_large")
-GARMENT_PARSER = "blazepose_garment_parser"
+GARMENT_PARSER = "blazepose_garment_parser"  # 1.1: a head on BlazePose's frozen trunk, 256 px square views
+GARMENT_PARSER_V2 = "efficientnet_garment_parser"  # 2.0: EfficientNet-Lite0, end to end, portrait views + presence
+PARSERS = (GARMENT_PARSER, GARMENT_PARSER_V2)
 ACTION_HEAD = "pose_window_mlp"
 
 
@@ -72,11 +75,19 @@ class TrainConfig:
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r} is not one of: cosine, step")
         object.__setattr__(self, "architecture", self.architecture or DEFAULT_ARCHITECTURE[self.task])
-        object.__setattr__(self, "input_size", self.input_size or DEFAULT_INPUT_SIZE[self.task])
-        if self.architecture == GARMENT_PARSER and self.task != "garments":
-            raise ValueError(f"architecture {GARMENT_PARSER} is trained with --task garments")
+        default_size = 256 if self.architecture == GARMENT_PARSER else DEFAULT_INPUT_SIZE[self.task]  # 256: BlazePose's input
+        object.__setattr__(self, "input_size", self.input_size or default_size)
+        if self.architecture in PARSERS and self.task != "garments":
+            raise ValueError(f"architecture {self.architecture} is trained with --task garments")
         if (self.architecture == ACTION_HEAD) != (self.task == "actions"):
             raise ValueError(f"--task actions trains architecture {ACTION_HEAD}, and only that task does")
+
+
+def garment_view(cfg: TrainConfig) -> tuple[int, int] | None:
+    """(height, width) of a garment parser's input: square for 1.1's, portrait for v2's."""
+    from fashion_ray.models.garments import parser_view
+
+    return parser_view(cfg.architecture, cfg.input_size) if cfg.task == "garments" else None
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -99,17 +110,27 @@ def build(cfg: TrainConfig, classes):
         from fashion_ray.models.actions import build_head
 
         return build_head(len(classes))
-    from fashion_ray.models.torchvision_models import build_model
+    if cfg.architecture == GARMENT_PARSER_V2:
+        from fashion_ray.models.efficientnet_lite import build_parser
 
-    # segmentation classes of garments include the background, the others do not
-    num_classes = len(classes) + (cfg.task != "garments")
-    model = build_model(cfg.architecture, num_classes=num_classes, input_size=cfg.input_size)
-    if cfg.pretrained_backbone:
+        model = build_parser(len(classes))
+    else:
+        from fashion_ray.models.torchvision_models import build_model
+
+        # segmentation classes of garments include the background, the others do not
+        num_classes = len(classes) + (cfg.task != "garments")
+        model = build_model(cfg.architecture, num_classes=num_classes, input_size=cfg.input_size)
+    if cfg.pretrained_backbone == IMAGENET_INIT:
+        from fashion_ray.models.efficientnet_lite import imagenet_encoder_state
+
+        state = imagenet_encoder_state()
+    elif cfg.pretrained_backbone:
         from fashion_ray import storage
 
         fs, path = storage.filesystem(cfg.pretrained_backbone)
         with fs.open(path, "rb") as fh:
             state = torch.load(fh, map_location="cpu", weights_only=True)
+    if cfg.pretrained_backbone:
         missing = model.backbone.load_state_dict(state, strict=False)
         print(f"pretrained backbone: {len(state) - len(missing.unexpected_keys)} tensors loaded")
     if cfg.freeze_backbone:
@@ -142,6 +163,12 @@ def _to_tensors(batch, cfg: TrainConfig, device):
         views = np.stack([view for view, _ in batch])
         return head_inputs(garment_trunk(device.type, torch.get_num_threads()), views, device), torch.stack(
             [torch.from_numpy(t["parse"]).long().to(device) for _, t in batch])
+    if cfg.architecture == GARMENT_PARSER_V2:
+        from fashion_ray.models.efficientnet_lite import normalise
+
+        parse = torch.stack([torch.from_numpy(t["parse"]).long() for _, t in batch]).to(device)
+        presence = torch.stack([torch.from_numpy(t["presence"]) for _, t in batch]).to(device)
+        return normalise(np.stack([view for view, _ in batch])).to(device), {"parse": parse, "presence": presence}
     images = [torch.from_numpy(img).permute(2, 0, 1).float().div(255).to(device) for img, _ in batch]
     if task in SEMANTIC_TASKS:
         from fashion_ray.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD
@@ -171,6 +198,9 @@ GARMENT_CLASS_WEIGHTS = tuple(0.3 if name == "background" else 3.0 if name in ("
                               else 1.0 for name in taxonomy.GARMENT_PARSE)
 
 
+PRESENCE_LOSS_WEIGHT = 0.4  # the presence head's BCE beside the per-pixel cross-entropy (parser v2)
+
+
 def loss_of(model, batch, cfg: TrainConfig, device):
     import torch
     import torch.nn.functional as F
@@ -181,6 +211,17 @@ def loss_of(model, batch, cfg: TrainConfig, device):
     if cfg.task == "parts":
         return F.cross_entropy(_logits(model, inputs, targets.shape[-2:]), targets,
                                weight=torch.tensor(PARTS_CLASS_WEIGHTS, device=device))
+    if cfg.task == "garments" and isinstance(targets, dict):  # parser v2: pixels and presence
+        out = model(inputs)
+        weight = torch.tensor(GARMENT_CLASS_WEIGHTS, device=device)
+        parse = targets["parse"]
+        # a batch of tagged photos alone has no pixel to score: its pixel loss is 0, not NaN
+        pixels = F.cross_entropy(out["out"].float(), parse, weight=weight, ignore_index=taxonomy.PARSE_IGNORE,
+                                 reduction="sum") / (weight[parse.clamp(max=len(weight) - 1)] *
+                                                     (parse != taxonomy.PARSE_IGNORE)).sum().clamp(min=1.0)
+        known = targets["presence"] >= 0  # background, and nothing else, is never scored
+        presence = F.binary_cross_entropy_with_logits(out["presence"].float()[known], targets["presence"][known])
+        return pixels + PRESENCE_LOSS_WEIGHT * presence
     if cfg.task == "garments":
         return F.cross_entropy(_logits(model, inputs, targets.shape[-2:]).float(), targets,
                                weight=torch.tensor(GARMENT_CLASS_WEIGHTS, device=device), ignore_index=taxonomy.PARSE_IGNORE)
@@ -223,6 +264,7 @@ def evaluate_maps(model, batches, cfg: TrainConfig, device) -> dict:
     with torch.inference_mode():
         for batch in batches:
             inputs, targets = _to_tensors(batch, cfg, device)
+            targets = targets["parse"] if isinstance(targets, dict) else targets  # parser v2: presence too
             pred = _logits(model, inputs, targets.shape[-2:]).argmax(1)
             for gt, dt in zip(targets.cpu().numpy(), pred.cpu().numpy()):
                 ev.add_maps(gt.astype(np.uint8), dt.astype(np.uint8))
@@ -400,7 +442,7 @@ def train_loop_per_worker(config: dict) -> None:
     resumed_from_step = run.step
     per_step = cfg.batch_size * world
     steps_per_epoch = max(1, len(train_set) // per_step)
-    load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes)
+    load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes, view=garment_view(cfg))
 
     def held_out(samples, count):
         return [data.load_batch(index, cfg.task, samples[i:i + cfg.batch_size], train=False, epoch=0, **load)

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from fashion_ray import storage
 from fashion_ray.models.bundle import StageModel, bundle_files, load_bundle, read_checked, save_bundle
 from fashion_ray.training import data
-from fashion_ray.training.loop import ACTION_HEAD, GARMENT_PARSER, STAGE_OF_TASK, TrainConfig, train_loop_per_worker
+from fashion_ray.training.loop import ACTION_HEAD, GARMENT_PARSER, PARSERS, STAGE_OF_TASK, TrainConfig, train_loop_per_worker
 
 
 def check_data(cfg: TrainConfig, workers: int) -> None:
@@ -74,7 +74,7 @@ def publish(result, output: str, *, bundle_name: str, version: str, base_bundle:
         if not base_bundle:
             raise ValueError("a garment parser is published with a base bundle (its trunk is the base's pose model)")
     if score_threshold is None:  # a parser's score is a garment's mean pixel confidence, a detector's its box score
-        score_threshold = 0.3 if cfg.architecture in (GARMENT_PARSER, ACTION_HEAD) else 0.5
+        score_threshold = 0.3 if cfg.architecture in (*PARSERS, ACTION_HEAD) else 0.5
     spec = StageModel(cfg.architecture, tuple(state["classes"]), cfg.input_size, score_threshold, 0.5, options=options)
     stages = {stage_name: (spec, state["model"])}
     if base_bundle:
@@ -89,7 +89,8 @@ def publish(result, output: str, *, bundle_name: str, version: str, base_bundle:
         if not fs.exists(path):
             storage.write_bytes_atomic(storage.join(output, entry["path"]),
                                        read_checked(load_bundle("bootstrap"), entry["path"], entry["sha256"]))
-    record = {"task": cfg.task, "data": cfg.data, "best_step": int(state["step"]), "final_step": int(result.metrics["step"]),
+    record = {"task": cfg.task, "data": cfg.data, "architecture": cfg.architecture, "input_size": cfg.input_size,
+              "pretrained_backbone": cfg.pretrained_backbone, "best_step": int(state["step"]), "final_step": int(result.metrics["step"]),
               "base_bundle": base_bundle, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
               "final_metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
     storage.write_bytes_atomic(storage.join(output, "training.json"), json.dumps(record, indent=2).encode())

@@ -1,15 +1,16 @@
 """The garment parser: real garment classes per pixel on each person crop, then instances.
 
-    person crop -> square view 256x256 -> BlazePose heavy trunk (frozen, onnxruntime: the
-    features of its pose/segmentation decoder) -> GarmentHead (torch, trained on Clothing
-    Co-Parsing with jobs/train.py --task garments) -> parse map (taxonomy.GARMENT_PARSE)
-    -> one garment per class present (each connected component for shoes and bags: two
-    shoes, two garments), none for a class whose body part is out of view
+    person crop -> a view (v2: 384x256 portrait; 1.1: 256x256 square) -> network -> parse map
+    (taxonomy.GARMENT_PARSE) + presence per class (v2) -> classes the person does not wear
+    dropped (presence gate) -> one outfit (settle_pieces) -> one garment per class present
+    (each connected component for shoes and bags: two shoes, two garments), none for a class
+    whose body part is out of view or that the landmarks place where it cannot be (misplaced)
     -> top / outwear / dress named by sleeve length from the arm landmarks (DeepFashion2).
 
-The trunk is the person stage's own pose model, pretrained on real people: its features
-already know where arms, legs and the body outline are, which 600 training photos could not
-teach a network from scratch (README, "Garments": both measured on the same photos).
+Networks: v2 (`efficientnet_garment_parser`, models/efficientnet_lite.py) is one model trained
+end to end from ImageNet weights; 1.1's (`blazepose_garment_parser`) is a small head on
+BlazePose heavy's frozen features (the person stage's own pose model), kept for bundles that
+name it. README, "Garments", compares both on the same photos.
 """
 
 from __future__ import annotations

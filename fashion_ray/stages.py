@@ -222,7 +222,15 @@ class ClothingStage(_PersonCropStage):
 
 
 def attach_garments(person: dict, det: dict, box, height: int, width: int) -> None:
-    """A clothing model's garments on one person crop -> the person's garments in image pixels."""
+    """A clothing model's garments on one person crop -> the person's garments in image pixels.
+
+    A parser that says which classes the person does not wear (`absent`) also removes the
+    person detector's accessories of those classes (a COCO detector's tie on an open collar).
+    """
+    absent = set(det.get("absent") or ())
+    if absent:
+        kept = [g for g in person["garments"] if taxonomy.parse_class_of(g["category"]) not in absent]
+        person["garments"] = [dict(g, garment_id=k) for k, g in enumerate(kept)]
     x0, y0 = box[0], box[1]
     attributes = det.get("attributes") or [[] for _ in det["labels"]]  # only some models give them
     for j, category in enumerate(det["labels"]):

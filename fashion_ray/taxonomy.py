@@ -45,6 +45,11 @@ def same_object_class(a: str, b: str) -> bool:
     return a == b or (a in CARRIED and b in CARRIED)
 
 
+def parse_class_of(category: str) -> str:
+    """The garment parser's class a written category falls under (a backpack is a bag to it)."""
+    return "bag" if category in CARRIED else PARSE_OF.get(category, category)
+
+
 ACCESSORY_FROM_COCO = {"handbag": "bag", "backpack": "backpack", "suitcase": "suitcase", "umbrella": "umbrella",
                        "tie": "tie"}
 

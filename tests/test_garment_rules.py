@@ -142,6 +142,12 @@ def test_the_detectors_backpack_and_the_parsers_bag_on_one_object_are_one_garmen
     attach_garments(person, det, (0, 0, w, h), h, w)
     assert [g["category"] for g in person["garments"]] == ["backpack", "bag"]
     assert (rle.decode(person["garments"][0]["mask"]) == bag).all()  # the detector's name, the parser's mask
+    # a parser that says the person wears no bag and no tie takes the detector's ones away too
+    person = {"box": [0, 0, 100, 200], "garments": [
+        {"garment_id": k, "category": c, "category_id": taxonomy.COCO_CATEGORY_ID[c], "score": 0.6, "box": [10.0, 10.0, 30.0, 30.0],
+         "mask": None, "attributes": []} for k, c in enumerate(("tie", "umbrella", "backpack"))]}
+    attach_garments(person, {"labels": [], "scores": [], "boxes": [], "masks": None, "absent": ["bag", "tie"]}, (0, 0, w, h), h, w)
+    assert [(g["garment_id"], g["category"]) for g in person["garments"]] == [(0, "umbrella")]
 
 
 def test_framing_crops_cut_photo_and_labels_at_the_same_row(tmp_path):

@@ -376,11 +376,15 @@ class GarmentParser:
                 # a neighbour inside the crop wears their own clothes: keep what touches this
                 # person (the mask grown a little: a bag held out, a hat brim)
                 parse = np.where(_grown(ctx["mask"], PERSON_REACH * max(h, w)), parse, 0)
+            absent = []
             if presence is not None:  # classes the person does not wear, whatever their pixels
                 absent = [v for v in GARMENT_VALUES if presence[v] < self.presence_threshold]
                 parse = np.where(np.isin(parse, absent), 0, parse)
             min_pixels = max(8, int(MIN_INSTANCE_FRACTION * max(h, w) ** 2))
-            results.append(garment_instances(parse, confidence, ctx.get("keypoints"), min_pixels, self.score_threshold))
+            result = garment_instances(parse, confidence, ctx.get("keypoints"), min_pixels, self.score_threshold)
+            # the person detector's bags and ties of this person go too (stages.attach_garments)
+            result["absent"] = [taxonomy.GARMENT_PARSE[v] for v in absent]
+            results.append(result)
         return results
 
 

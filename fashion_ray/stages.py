@@ -225,7 +225,7 @@ def attach_garments(person: dict, det: dict, box, height: int, width: int) -> No
     """A clothing model's garments on one person crop -> the person's garments in image pixels.
 
     A parser that says which classes the person does not wear (`absent`) also removes the
-    person detector's accessories of those classes (a COCO detector's tie on an open collar).
+    person detector's accessories of those classes (a COCO detector's handbag on a sleeve).
     """
     absent = set(det.get("absent") or ())
     if absent:

@@ -27,6 +27,7 @@ import numpy as np
 from fashion_ray import taxonomy
 from fashion_ray.boxes import xywh
 from fashion_ray.evaluation import CocoTable, ParseEvaluator, PartsEvaluator
+from fashion_ray.models import garments
 from fashion_ray.models.efficientnet_lite import IMAGENET_INIT
 from fashion_ray.training import data
 
@@ -34,15 +35,15 @@ from fashion_ray.training import data
 TASKS = (*taxonomy.STAGES, "garments")
 STAGE_OF_TASK = {"person": "person", "clothing": "clothing", "parts": "parts", "garments": "clothing", "actions": "actions"}
 DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
-                        "parts": "lraspp_mobilenet_v3_large", "garments": "efficientnet_garment_parser",
+                        "parts": "lraspp_mobilenet_v3_large", "garments": garments.EFFICIENTNET_PARSER,
                         "actions": "pose_window_mlp"}
 DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 384, "actions": 0}  # actions: no pixels
 SEMANTIC_TASKS = ("parts", "garments")  # a per-pixel map per sample, scored by IoU
 OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
 COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
               "ar_large")
-GARMENT_PARSER = "blazepose_garment_parser"  # 1.1: a head on BlazePose's frozen trunk, 256 px square views
-GARMENT_PARSER_V2 = "efficientnet_garment_parser"  # 2.0: EfficientNet-Lite0, end to end, portrait views + presence
+GARMENT_PARSER = garments.BLAZEPOSE_PARSER  # 1.1: a head on BlazePose's frozen trunk, 256 px square views
+GARMENT_PARSER_V2 = garments.EFFICIENTNET_PARSER  # 2.0: EfficientNet-Lite0, end to end, portrait views + presence
 PARSERS = (GARMENT_PARSER, GARMENT_PARSER_V2)
 ACTION_HEAD = "pose_window_mlp"
 
@@ -85,9 +86,7 @@ class TrainConfig:
 
 def garment_view(cfg: TrainConfig) -> tuple[int, int] | None:
     """(height, width) of a garment parser's input: square for 1.1's, portrait for v2's."""
-    from fashion_ray.models.garments import parser_view
-
-    return parser_view(cfg.architecture, cfg.input_size) if cfg.task == "garments" else None
+    return garments.parser_view(cfg.architecture, cfg.input_size) if cfg.task == "garments" else None
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -103,9 +102,7 @@ def build(cfg: TrainConfig, classes):
     import torch
 
     if cfg.architecture == GARMENT_PARSER:
-        from fashion_ray.models.garments import build_head
-
-        return build_head(len(classes))  # the trunk is frozen and outside the model (garment_trunk)
+        return garments.build_head(len(classes))  # the trunk is frozen and outside the model (garment_trunk)
     if cfg.architecture == ACTION_HEAD:
         from fashion_ray.models.actions import build_head
 
@@ -143,11 +140,10 @@ def build(cfg: TrainConfig, classes):
 def garment_trunk(device_type: str, threads: int):
     """The garment parser's frozen BlazePose trunk, from the bootstrap bundle (sha256-checked)."""
     from fashion_ray.models.bundle import load_bundle, read_checked
-    from fashion_ray.models.garments import BlazePoseTrunk
 
     bundle = load_bundle("bootstrap")
     pose = bundle.stages["person"].options["files"]["pose"]
-    return BlazePoseTrunk(read_checked(bundle, pose["path"], pose["sha256"]), device=device_type, threads=threads)
+    return garments.BlazePoseTrunk(read_checked(bundle, pose["path"], pose["sha256"]), device=device_type, threads=threads)
 
 
 def _to_tensors(batch, cfg: TrainConfig, device):
@@ -158,10 +154,8 @@ def _to_tensors(batch, cfg: TrainConfig, device):
         return (torch.from_numpy(np.stack([f for f, _ in batch])).to(device),
                 torch.from_numpy(np.stack([t["labels"] for _, t in batch])).to(device))
     if task == "garments" and cfg.architecture == GARMENT_PARSER:
-        from fashion_ray.models.garments import head_inputs
-
         views = np.stack([view for view, _ in batch])
-        return head_inputs(garment_trunk(device.type, torch.get_num_threads()), views, device), torch.stack(
+        return garments.head_inputs(garment_trunk(device.type, torch.get_num_threads()), views, device), torch.stack(
             [torch.from_numpy(t["parse"]).long().to(device) for _, t in batch])
     if cfg.architecture == GARMENT_PARSER_V2:
         from fashion_ray.models.efficientnet_lite import normalise

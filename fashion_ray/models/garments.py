@@ -223,9 +223,9 @@ def _seen_y(keypoints: np.ndarray, indices) -> float | None:
 EYES, MOUTH, SHOULDERS, HIPS = (2, 5), (9, 10), (11, 12), (23, 24)
 
 
-def _face_unit(keypoints: np.ndarray) -> float | None:
-    """Eyes-to-mouth height (about a third of a face), or the eyes' spacing when the mouth is hidden."""
-    eyes, mouth = _seen_y(keypoints, EYES), _seen_y(keypoints, MOUTH)
+def _face_unit(keypoints: np.ndarray, eyes: float | None, mouth: float | None) -> float | None:
+    """Eyes-to-mouth height (about a third of a face), or the eyes' spacing when the mouth is
+    hidden; `eyes` and `mouth` are their mean heights (_seen_y)."""
     if eyes is not None and mouth is not None and mouth > eyes:
         return mouth - eyes
     if (keypoints[list(EYES), 2] >= VISIBLE).all():
@@ -249,7 +249,8 @@ def misplaced(name: str, mask: np.ndarray, keypoints: np.ndarray | None) -> str 
         return None
     ys, xs = np.nonzero(mask)
     centre_y = float(ys.mean())
-    eyes, mouth, unit = _seen_y(keypoints, EYES), _seen_y(keypoints, MOUTH), _face_unit(keypoints)
+    eyes, mouth = _seen_y(keypoints, EYES), _seen_y(keypoints, MOUTH)
+    unit = _face_unit(keypoints, eyes, mouth)
     if name == "hat" and eyes is not None and unit and (centre_y > eyes or ys.min() > eyes - HAT_TOP_ABOVE_EYES * unit):
         return "a hat on the face or forehead"
     if name == "scarf" and mouth is not None and unit and centre_y < mouth + SCARF_BELOW_MOUTH * unit:

@@ -519,9 +519,10 @@ def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float
             shape = (img["height"], img["width"])
             truth = _paint(shape, gt_by.get(image_id, []), lambda a: value_of[a["category_id"]])
             predicted = dt_by.get(image_id, [])
-            garments.add_maps(_GT_TO_RUN[truth], _paint(shape, predicted, _run_value))
+            run_truth = _GT_TO_RUN[truth]
+            garments.add_maps(run_truth, _paint(shape, predicted, _run_value))
             regions.add_maps(_GT_TO_REGION[truth], _paint(shape, predicted, _region_value))
-            absent.add(truth, predicted)
+            absent.add(truth, run_truth, predicted)
             scored.add(image_id)
     return {"counts": {"images": len(scored), "error_rows": errors},
             "garment_parse": garments.evaluate(), "garment_regions": regions.evaluate() | {
@@ -539,10 +540,10 @@ class AbsentGarments:
         self.on_person: Counter = Counter()
         self.on_anyone: Counter = Counter()
 
-    def add(self, truth: np.ndarray, predicted: list[dict]) -> None:
+    def add(self, truth: np.ndarray, run_truth: np.ndarray, predicted: list[dict]) -> None:
+        """One photo: its parse ground truth, the same in the run's classes (_GT_TO_RUN), its predictions."""
         self.photos += 1
-        labelled = _GT_TO_RUN[truth]
-        has = {RUN_PARSE_CLASSES[v] for v in np.unique(labelled) if v not in (0, taxonomy.PARSE_IGNORE)}
+        has = {RUN_PARSE_CLASSES[v] for v in np.unique(run_truth) if v not in (0, taxonomy.PARSE_IGNORE)}
         person_pixels = (truth != 0) & (truth != taxonomy.PARSE_IGNORE)
         person = None
         if person_pixels.any():

@@ -242,3 +242,31 @@ def test_a_bundle_with_the_11_parser_still_labels(tmp_path):
     parser = build_stage_predictor(bundle, "clothing", Device())
     out = parser.predict([np.random.default_rng(0).integers(0, 255, (120, 60, 3), dtype=np.uint8)])[0]
     assert out["masks"].shape[1:] == (120, 60) and len(out["labels"]) == len(out["scores"]) == len(out["boxes"])
+
+
+def test_absent_garments_are_counted_per_photo_on_the_labelled_person_and_on_everyone():
+    from fashion_ray import evaluation
+
+    ids = taxonomy.COCO_CATEGORY_ID
+    truth = np.zeros((20, 10), np.uint8)
+    truth[2:10, 2:8] = V["top"]
+    truth[10:18, 2:8] = V["trousers"]
+    truth[0:2, 3:7] = V["hair"]  # part of the labelled person, never a garment
+    run_truth = evaluation._GT_TO_RUN[truth]
+
+    def ann(ann_id, name, box, parent=None):
+        return {"id": ann_id, "category_id": ids[name], "bbox": box, **({"parent_person_id": parent} if parent else {})}
+
+    predicted = [ann(1, "person", [2, 0, 6, 18]), ann(2, "person", [8, 0, 2, 5]),  # the labelled person; a passer-by
+                 ann(3, "long_sleeve_top", [2, 2, 6, 8], 1), ann(4, "scarf", [3, 2, 4, 2], 1),  # scarf: absent
+                 ann(5, "skirt", [2, 10, 6, 4], 1),  # absent
+                 ann(6, "scarf", [8, 1, 2, 2], 2), ann(7, "bag", [8, 3, 2, 2], 2)]  # the passer-by's: absent too
+    counter = evaluation.AbsentGarments()
+    counter.add(truth, run_truth, predicted)
+    counter.add(truth, run_truth, [])  # a photo where nobody is found
+    report = counter.evaluate()
+    assert (report["photos"], report["labelled_person_found"]) == (2, 1)
+    assert report["per_photo_labelled_person"] == 2 / 2 and report["per_photo_all_persons"] == 4 / 2
+    assert report["by_class_labelled_person"]["scarf"] == 0.5 and report["by_class_all_persons"]["scarf"] == 1.0
+    assert report["by_class_labelled_person"]["bag"] == 0 and report["by_class_all_persons"]["bag"] == 0.5
+    assert report["by_class_all_persons"]["top"] == 0  # the photo has a top

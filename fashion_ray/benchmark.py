@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ from fashion_ray import config, media, taxonomy
 from fashion_ray.models import Device, build_stage_predictor, load_bundle
 from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.run import run_label_job
+from fashion_ray.samplers import GpuUtilisation
 from fashion_ray.video import VideoSampling, decode_segment, encode_video, probe
 
 
@@ -97,75 +97,6 @@ def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side
             # the crop stages' cost per person (the clothing stage's budget is stated per crop)
             "stage_ms_per_person": {name: round(1000 * sec / max(1, persons), 1) for name, sec in seconds.items()
                                     if name != "person"}}
-
-
-class _Sampler:
-    """Calls sample() every `interval` seconds in a thread while its `with` block runs;
-    sample() returning False stops it."""
-
-    interval = 0.2
-
-    def sample(self) -> bool | None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        self._stop = threading.Event()
-
-        def loop():
-            while not self._stop.is_set() and self.sample() is not False:
-                time.sleep(self.interval)
-        self.thread = threading.Thread(target=loop, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join()
-
-
-class PeakRSS(_Sampler):
-    """The peak of the summed RSS of this process and all its descendants (Ray workers included)."""
-
-    def __init__(self):
-        import psutil
-
-        self.proc, self.peak = psutil.Process(), 0
-
-    def sample(self) -> None:
-        total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except Exception:  # a worker exiting between listing and reading
-                pass
-        self.peak = max(self.peak, total)
-
-
-class GpuUtilisation(_Sampler):
-    """GPU utilisation and memory from nvidia-smi; no samples where there is none."""
-
-    interval = 0.5
-
-    def __init__(self):
-        self.samples: list[tuple[float, float]] = []
-
-    def sample(self) -> bool:
-        import subprocess
-
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=10).stdout
-            self.samples += [tuple(float(v) for v in line.split(",")) for line in out.strip().splitlines()]
-        except (OSError, ValueError, subprocess.SubprocessError):  # no nvidia-smi, or no GPU behind it
-            return False
-        return True
-
-    def summary(self) -> dict | None:
-        if not self.samples:
-            return None
-        busy = [u for u, _ in self.samples]
-        return {"mean_utilisation_pct": round(float(np.mean(busy)), 1), "max_utilisation_pct": max(busy),
-                "max_memory_mib": max(m for _, m in self.samples), "samples": len(self.samples)}
 
 
 def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, threads: int, work_max_side: int,
@@ -302,31 +233,47 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
     return result
 
 
-def training_benchmark(work: str, workers: list[int], *, steps: int = 80, scenes: int = 240, batch_size: int = 4,
-                       input_size: int = 128, torch_threads: int = 1) -> dict:
-    """Ray Train on the parts task (LRASPP) with each worker count, the same data and steps, in
-    one run; samples/s is the steady-state window (the second half of the steps: warm-up,
-    start-up and held-out scoring excluded), data loading included."""
+def garment_parse_coco(coco: dict) -> dict:
+    """Synthetic scenes as a garment-parser training file: each garment category becomes the
+    parse class it falls under (supercategory garment_parse); persons and parts stay."""
+    renamed = []
+    for c in coco["categories"]:
+        parse = taxonomy.parse_class_of(c["name"])
+        is_garment = c["id"] != taxonomy.PERSON_CATEGORY_ID and parse in taxonomy.GARMENT_PARSE[1:]
+        renamed.append({**c, "name": parse, "supercategory": taxonomy.PARSE_SUPERCATEGORY} if is_garment else c)
+    return {**coco, "categories": renamed}
+
+
+def training_benchmark(work: str, workers: list[int], *, task: str = "parts", gpus_per_worker: float = 0.0,
+                       steps: int = 80, scenes: int = 240, batch_size: int = 4, input_size: int = 0,
+                       torch_threads: int = 1) -> dict:
+    """Ray Train on one task (parts: LRASPP; garments: parser v2 on the synthetic scenes'
+    garments) with each worker count, the same data and steps, in one run; samples/s is the
+    steady-state window (the second half of the steps: warm-up, start-up and held-out scoring
+    excluded), data loading included. input_size 0: the task's default."""
     from fashion_ray import synth
     from fashion_ray.formats import converters
     from fashion_ray.training.loop import TrainConfig
     from fashion_ray.training.trainer import fit
 
-    labels, coco = os.path.join(work, "synth"), os.path.join(work, "train.json")
-    synth.make_synthetic(labels, scenes)
-    converters.write_coco(converters.convert_labels(labels), coco)
-    cfg = TrainConfig(task="parts", data=coco, steps=steps, batch_size=batch_size, input_size=input_size, lr=0.05,
-                      warmup_steps=10, checkpoint_every=steps // 2, val_samples=16)
+    labels, coco = os.path.join(work, "synth"), os.path.join(work, f"train-{task}.json")
+    if not os.path.exists(os.path.join(labels, "manifest.json")):
+        synth.make_synthetic(labels, scenes)
+    scenes_coco = converters.convert_labels(labels)
+    converters.write_coco(garment_parse_coco(scenes_coco) if task == "garments" else scenes_coco, coco)
+    cfg = TrainConfig(task=task, data=coco, steps=steps, batch_size=batch_size, input_size=input_size, lr=0.05,
+                      warmup_steps=min(10, steps // 2), checkpoint_every=max(1, steps // 2), val_samples=16)
     runs = {}
     for n in workers:
         t0 = time.perf_counter()
-        result = fit(cfg, workers=n, storage_path=os.path.join(work, "train-runs"), name=f"workers-{n}-{time.time_ns()}",
-                     torch_threads=torch_threads)
+        result = fit(cfg, workers=n, gpus_per_worker=gpus_per_worker, storage_path=os.path.join(work, "train-runs"),
+                     name=f"{task}-workers-{n}-{time.time_ns()}", torch_threads=torch_threads)
         last = result.metrics
         runs[str(n)] = {"samples_per_s": round(last["samples_per_s"], 2), "seconds_per_step": round(last["seconds_per_step"], 4),
                         "load_wait_seconds_per_step": round(last["load_wait_seconds_per_step"], 4),
                         "samples_per_step": batch_size * n, "wall_s": round(time.perf_counter() - t0, 1)}
     base = runs[str(workers[0])]["samples_per_s"]
-    return {"task": "parts", "architecture": cfg.architecture, "input_size": input_size, "steps": steps,
+    return {"task": task, "architecture": cfg.architecture, "input_size": cfg.input_size, "steps": steps,
+            "device": "cuda" if gpus_per_worker else "cpu", "gpus_per_worker": gpus_per_worker,
             "batch_size_per_worker": batch_size, "torch_threads": torch_threads, "workers": runs,
             "scaling": {n: round(r["samples_per_s"] / base, 3) for n, r in runs.items()}}

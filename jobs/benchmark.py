@@ -4,11 +4,12 @@
     python jobs/benchmark.py --bundle bootstrap --stages person,clothing,parts --corpus people --images 200
     python jobs/benchmark.py --video-only --video-seconds 120 --video-fps 5
     python jobs/benchmark.py --training-only --train-workers 1,2
+    python jobs/benchmark.py --training-only --train-workers 1 --train-tasks parts,garments --train-gpus-per-worker 1
     python jobs/benchmark.py --device cuda --stages person,clothing,parts --amp on,off --jpeg-decode tasks,person
 
 Prints one JSON object: baseline and pipeline images/s, their ratio (pipeline efficiency,
 end to end and marginal), and peak RSS at two corpus sizes; with --train-workers, Ray Train's
-samples/s on the parts task for each worker count and the scaling against the first. Several
+samples/s on each --train-tasks task for each worker count and the scaling against the first. Several
 --amp / --jpeg-decode values run the pipeline once per combination, each with its ratio to
 the first; with --device cuda every pipeline run reports GPU utilisation (nvidia-smi).
 """
@@ -25,12 +26,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from fashion_ray import benchmark, config
 from fashion_ray.ray_init import init_ray
+from fashion_ray.samplers import PeakRSS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=200, help="corpus size for the throughput comparison")
-    p.add_argument("--memory-sizes", default="100,400", help="two corpus sizes for the peak-memory check")
+    p.add_argument("--memory-sizes", default="100,400", help="two corpus sizes for the peak-memory check ('none': skip it)")
     p.add_argument("--bundle", default=None, help="bundle with a person stage (default: random-weight fasterrcnn_mobilenet_v3_large_320_fpn)")
     p.add_argument("--actors", type=int, default=2, help="person-stage actors in the pipeline")
     p.add_argument("--threads-per-actor", type=int, default=1)
@@ -51,7 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-only", action="store_true", help="skip the image benchmark")
     p.add_argument("--train-workers", default="", help="also benchmark training with these worker counts, e.g. 1,2")
     p.add_argument("--train-steps", type=int, default=80)
-    p.add_argument("--train-input-size", type=int, default=128, help="parts crops' side (the task's default)")
+    p.add_argument("--train-tasks", default="parts", help="tasks to benchmark: parts, garments or parts,garments")
+    p.add_argument("--train-gpus-per-worker", type=float, default=0.0, help="GPUs per training worker (CUDA, AMP, NCCL)")
+    p.add_argument("--train-input-size", type=int, default=0, help="training views' side (0: each task's default)")
     p.add_argument("--train-batch-size", type=int, default=4, help="per worker")
     p.add_argument("--training-only", action="store_true", help="skip the labelling benchmarks")
     return p
@@ -73,6 +77,7 @@ def main(args) -> int:
         stages = config.cascade_stages([s.strip() for s in args.stages.split(",") if s.strip()])
     except config.ConfigError as exc:
         raise SystemExit(f"error: --stages: {exc}") from None
+    train_tasks = parse_choices("--train-tasks", args.train_tasks, ("parts", "garments"))
     variants = [(amp, decode) for amp in parse_choices("--amp", args.amp, ("on", "off"))
                 for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)]
     work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
@@ -87,9 +92,10 @@ def main(args) -> int:
     result = {}
     if args.train_workers or args.training_only:
         workers = [int(w) for w in (args.train_workers or "1,2").split(",")]
-        result["training"] = benchmark.training_benchmark(
-            os.path.join(work, "training"), workers, steps=args.train_steps, input_size=args.train_input_size,
-            batch_size=args.train_batch_size, torch_threads=args.threads_per_actor)
+        result["training"] = {task: benchmark.training_benchmark(
+            os.path.join(work, "training"), workers, task=task, gpus_per_worker=args.train_gpus_per_worker,
+            steps=args.train_steps, input_size=args.train_input_size, batch_size=args.train_batch_size,
+            torch_threads=args.threads_per_actor) for task in train_tasks}
     if args.training_only:
         print(json.dumps(result, indent=2))
         return 0
@@ -100,8 +106,8 @@ def main(args) -> int:
     if args.video_only:
         print(json.dumps(result, indent=2))
         return 0
-    small, large = (int(v) for v in args.memory_sizes.split(","))
-    paths = benchmark.make_corpus(os.path.join(work, "corpus"), max(args.images, large), kind=args.corpus)
+    sizes = [] if args.memory_sizes == "none" else [int(v) for v in args.memory_sizes.split(",")]
+    paths = benchmark.make_corpus(os.path.join(work, "corpus"), max([args.images, *sizes]), kind=args.corpus)
     first_amp = variants[0][0] == "on"
     base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side,
                                    device=args.device, amp=first_amp, stages=stages)
@@ -118,12 +124,6 @@ def main(args) -> int:
         result["variants"] = {f"amp={variants[0][0]} jpeg_decode={variants[0][1]}": round_all(pipe), **{
             name: {**round_all(run), "ratio_to_first": round(run["images_per_s"] / pipe["images_per_s"], 3)}
             for name, run in runs.items()}}
-    memory, seconds = {}, {}
-    for count in (small, large):
-        with benchmark.PeakRSS() as peak:
-            seconds[count] = pipeline(count, f"out_{count}", first_amp, variants[0][1])["seconds"]
-        memory[str(count)] = round(peak.peak / 2**20, 1)
-    marginal = (large - small) / (seconds[large] - seconds[small])
     result |= {
         "images": args.images,
         "bundle": bundle if args.bundle else "random torchvision (person: fasterrcnn_mobilenet_v3_large_320_fpn, clothing: "
@@ -131,15 +131,26 @@ def main(args) -> int:
         "stages": list(stages),
         "corpus": args.corpus,
         "device": args.device,
+        "actors_per_stage": args.actors,
         "baseline": round_all(base),
         "pipeline": round_all(pipe),
-        "pipeline_seconds_by_size": {str(k): round(v, 3) for k, v in seconds.items()},
-        "pipeline_marginal_images_per_s": round(marginal, 3),
         "efficiency_end_to_end": round(pipe["images_per_s"] / base["images_per_s"], 3),
-        "efficiency_marginal": round(marginal / base["images_per_s_after_load"], 3),
-        "peak_rss_mib": memory,
-        "peak_rss_growth": round(memory[str(large)] / memory[str(small)], 3),
     }
+    if sizes:
+        small, large = sizes
+        memory, seconds = {}, {}
+        for count in (small, large):
+            with PeakRSS() as peak:
+                seconds[count] = pipeline(count, f"out_{count}", first_amp, variants[0][1])["seconds"]
+            memory[str(count)] = round(peak.peak / 2**20, 1)
+        marginal = (large - small) / (seconds[large] - seconds[small])
+        result |= {
+            "pipeline_seconds_by_size": {str(k): round(v, 3) for k, v in seconds.items()},
+            "pipeline_marginal_images_per_s": round(marginal, 3),
+            "efficiency_marginal": round(marginal / base["images_per_s_after_load"], 3),
+            "peak_rss_mib": memory,
+            "peak_rss_growth": round(memory[str(large)] / memory[str(small)], 3),
+        }
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,6 +1,8 @@
 """Shared fixtures: one real local Ray per session, a real S3 server (moto over HTTP), a
 plumbing bundle (random torchvision weights: for tests of the pipeline, never of labels),
-the default labelling run, and a Ray head for `ray job submit`. Plain helpers: helpers.py."""
+the default labelling run, a Ray head for `ray job submit`, and the synthetic training set
+with one uninterrupted training run that the resume tests compare against. Plain helpers:
+helpers.py."""
 
 from __future__ import annotations
 
@@ -12,12 +14,26 @@ import tempfile
 import time
 
 import pytest
-from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, free_port, run_cli, stop_process_group
+from helpers import (NO_CUDA_REASON, SAMPLE_CORPUS, SECRET_MARKER, STRAIGHT_TRAINING, bad_file_catalogue, cuda_available,
+                     free_port, job_main, run_cli, short_temp_dir, stop_process_group)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# every Ray of the tests (theirs, the CLI runs', the clusters') keeps its sockets under a short
+# folder: Unix socket paths are limited to 107 bytes, and a long TMPDIR (macOS) is past that
+if os.path.isdir("/tmp"):
+    os.environ.setdefault("RAY_TMPDIR", "/tmp")
 # bundle files from S3 are cached per machine: the tests' own cache, inherited by Ray workers and CLI runs
 os.environ.setdefault("FASHION_RAY_CACHE", tempfile.mkdtemp(prefix="fashion-ray-cache-"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The CUDA paths (nvJPEG, GPU actor pools, AMP, NCCL) run where a GPU is and say why they
+    skip elsewhere; their CPU twins run everywhere."""
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda and not cuda_available():
+        for item in cuda:
+            item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
 
 
 @pytest.fixture(scope="session")
@@ -93,13 +109,15 @@ def default_run(tmp_path_factory):
     return corpus, out, proc
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+@pytest.fixture(scope="session")
+def ray_head():
     """A Ray head in its own process group: stopping it must not touch the tests' own Ray
     (`ray stop` would kill every Ray process on the machine)."""
+    import pathlib
+
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    temp = tmp_path_factory.mktemp("rayhead")
+    temp = pathlib.Path(short_temp_dir("fr-head-"))
     # a free agent port too: the default (52365) belongs to the tests' own local Ray
     port, dashboard, agent = free_port(), free_port(), free_port()
     log = open(temp / "head.log", "w")
@@ -116,3 +134,23 @@ def ray_head(tmp_path_factory):
         time.sleep(1)
     yield ray_cli, address, env
     stop_process_group(head, log)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def synth_coco(ray_session, tmp_path_factory):
+    """200 synthetic scenes converted to the canonical COCO training file (the jobs' own
+    main(), on the tests' Ray); returns its path."""
+    base = tmp_path_factory.mktemp("train-data")
+    assert job_main("make_synthetic", "--output", str(base / "synth"), "--count", "200") == 0
+    assert job_main("convert", "--format", "labels", "--input", str(base / "synth"), "--output", str(base / "coco.json")) == 0
+    return str(base / "coco.json")
+
+
+@pytest.fixture(scope="session")
+def straight_training_run(synth_coco, tmp_path_factory):
+    """STRAIGHT_TRAINING run once, uninterrupted, on the tests' Ray; returns its run folder."""
+    base = tmp_path_factory.mktemp("straight")
+    assert job_main("train", *STRAIGHT_TRAINING, "--data", synth_coco, "--cpus-per-worker", "0.5", "--output",
+                    str(base / "bundle"), "--storage", str(base / "runs"), "--name", "straight") == 0
+    return base / "runs" / "straight"

@@ -12,7 +12,6 @@ import sys
 import zlib
 
 import numpy as np
-import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +25,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-# the CUDA paths (nvJPEG, GPU actor pools, AMP, NCCL) run where a GPU is; their CPU twins run everywhere
-needs_cuda = pytest.mark.skipif(not cuda_available(), reason="no CUDA device on this machine: this checks a GPU "
-                                                              "path and runs where torch.cuda.is_available()")
+NO_CUDA_REASON = "no CUDA device on this machine: this checks a GPU path and runs where torch.cuda.is_available()"
 
 
 def free_port() -> int:
@@ -96,15 +93,41 @@ def scanless_jpeg() -> bytes:
     return data[:data.index(b"\xff\xda")] + b"\xff\xd9"
 
 
+def short_temp_dir(prefix: str) -> str:
+    """A fresh folder for a Ray head's sockets: Unix socket paths may not exceed 107 bytes, and
+    pytest's tmp_path under a long TMPDIR (macOS gives one) is past that already."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp" if os.path.isdir("/tmp") else None)
+
+
 def stop_process_group(proc, log) -> None:
-    """Stop a process started with start_new_session (a `ray start --block` head and all it
-    started): SIGTERM, then SIGKILL after a minute."""
-    os.killpg(proc.pid, signal.SIGTERM)
+    """Stop a process started with start_new_session and everything it started (a `ray start
+    --block` head with its workers, a Label Studio server). Killed at once: nothing of the
+    tests' throwaway servers needs keeping, and Ray's graceful stop costs half a minute."""
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # gone already
+        pass
+    proc.wait(timeout=60)
     log.close()
+
+
+def shut_down(cluster) -> None:
+    """Kill a ray.cluster_utils.Cluster's nodes (Cluster.shutdown() stops each process
+    gracefully, about 30 s here; the tests' clusters are throwaway), then reset what
+    shutdown() resets."""
+    for node in list(cluster.worker_nodes):
+        cluster.remove_node(node, allow_graceful=False)
+    if cluster.head_node is not None:
+        cluster.remove_node(cluster.head_node, allow_graceful=False)
+    cluster.shutdown()
+
+
+# the parts run that resume tests compare with: killed and resumed, on any nodes, a run must
+# end with these weights
+STRAIGHT_TRAINING = ["--task", "parts", "--workers", "2", "--steps", "16", "--batch-size", "2", "--input-size", "48",
+                     "--checkpoint-every", "4", "--base-bundle", ""]
 
 
 def registered_checkpoints(run_dir) -> list:
@@ -125,6 +148,22 @@ def final_checkpoint_state(run_dir) -> dict:
     import torch
 
     return torch.load(registered_checkpoints(run_dir)[-1] / "state.pt", weights_only=True)
+
+
+_JOBS: dict = {}
+
+
+def job_main(name: str, *args: str) -> int:
+    """jobs/NAME.py's main() in this process, on the flags its CLI takes: for tests of what a
+    job does rather than of its process (the tests' Ray is reused instead of a fresh one)."""
+    import importlib.util
+
+    if name not in _JOBS:
+        spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
+        _JOBS[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_JOBS[name])
+    module = _JOBS[name]
+    return module.main(module.get_args_parser().parse_args(list(args)))
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):

@@ -185,6 +185,7 @@ def test_evaluate_actions_job_by_hand(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_action_head_learns_on_ray_train_and_replaces_the_rules(tmp_path):
     # made-up tracks (stand / walk / sit / bend, half under a panning camera) -> a head trained by
     # Ray Train (2 gloo workers) -> a bundle whose actions stage is the head

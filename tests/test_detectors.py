@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import SAMPLE_CORPUS, needs_cuda
+from helpers import SAMPLE_CORPUS
 from PIL import Image
 
 from fashion_ray import taxonomy
@@ -204,7 +204,7 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
         build_stage_predictor(load_bundle("bootstrap"), "person", Device("cuda"))
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_provider(), reason="needs onnxruntime-gpu (cluster/runtime_env.yaml) for the CUDA provider")
 def test_the_person_stage_on_the_gpu_finds_what_the_cpu_finds():
     photo = _photo("two_people.jpg")

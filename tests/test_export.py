@@ -37,6 +37,7 @@ def _expected(out) -> dict:
     return {"manifest": manifest, "rows": rows, "garments": garments, "ok": [r for r in rows if r["status"] == "ok"]}
 
 
+@pytest.mark.external
 def test_fiftyone_imports_every_coco_shard_with_masks_and_attributes(default_run, fo):
     _, out, _ = default_run
     want = _expected(out)
@@ -59,6 +60,7 @@ def test_fiftyone_imports_every_coco_shard_with_masks_and_attributes(default_run
     assert c["garments"] and {"sleeve", "parent_person_id", "side"} <= attributes
 
 
+@pytest.mark.external
 def test_export_to_a_persistent_fiftyone_dataset(default_run, fo, tmp_path):
     _, out, _ = default_run
     want = _expected(out)

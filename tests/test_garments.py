@@ -221,6 +221,7 @@ def test_semantic_evaluation_refuses_ground_truth_without_parse_classes(tmp_path
     assert proc.returncode == 2 and "no garment parse categories" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(tmp_path):
     make_ccp(tmp_path / "ccp", 30)
     coco = tmp_path / "ccp.json"

@@ -13,6 +13,7 @@ import os
 import time
 
 import hostile_files
+import pytest
 from helpers import encode_image, read_rows
 from PIL import Image
 
@@ -60,6 +61,7 @@ def test_pages_are_held_to_the_pixel_limit_and_never_raise(tmp_path):
             media.decode_image(case, max_pixels=64_000_000, max_side=1280)  # never raises either
 
 
+@pytest.mark.slow
 def test_the_job_labels_around_hostile_files(tmp_path):
     """Every listed file a row, the run exits 0 inside the bound, the good photos labelled."""
     built = hostile_files.build(str(tmp_path / "files"), cases=12)

@@ -9,7 +9,7 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, needs_cuda, read_rows, run_cli, scanless_jpeg
+from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, job_main, read_rows, run_cli, scanless_jpeg
 
 from fashion_ray import taxonomy
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
@@ -115,17 +115,14 @@ def test_no_credential_reaches_outputs_or_console(default_run):
     assert SECRET_MARKER not in proc.stdout + proc.stderr
 
 
-def test_stage_subset_and_rerun_replaces_without_duplicates(default_run, tmp_path):
+def test_stage_subset_and_rerun_replaces_without_duplicates(ray_session, default_run, tmp_path):
     corpus, out, _ = default_run
     target = tmp_path / "labels"
-    first = run_cli("--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target),
-                    "--stages", "person", "--num-cpus", "2")
-    assert first.returncode == 0, first.stderr[-2000:]
+    run = ["--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target), "--stages", "person"]
+    assert job_main("label_corpus", *run) == 0
     (target / "parquet" / "part-0123456789abcdef0123.parquet").write_bytes(b"left by a crashed run")
     (target / "coco" / "keep_me.json").write_text("{}")  # a user's file beside ours: not ours to delete
-    again = run_cli("--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target),
-                    "--stages", "person", "--num-cpus", "2")
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert job_main("label_corpus", *run) == 0
     rows = read_rows(target)
     assert sorted(os.path.basename(r["uri"]) for r in rows) == ["two_people.jpg", "zero_bytes.jpg"]
     assert not (target / "parquet" / "part-0123456789abcdef0123.parquet").exists()
@@ -147,7 +144,7 @@ def test_a_folder_that_is_not_an_output_of_ours_is_refused_and_left_alone(defaul
     assert len(proc.stderr.strip().splitlines()) == 1 and sorted(p.name for p in foreign.rglob("*")) == before
 
 
-def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(default_run, tmp_path):
+def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(ray_session, default_run, tmp_path, capsys):
     """--jpeg-decode person: plain JPEGs travel as files and the person actor decodes them in
     one batch (nvJPEG on a GPU, libjpeg-turbo here); PNGs, CMYK, rotated and truncated JPEGs
     are decoded by the tasks, and a JPEG the actor's decoder rejects falls back to the CPU
@@ -156,10 +153,9 @@ def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(default_run, tmp_p
     mixed = tmp_path / "corpus"
     shutil.copytree(corpus, mixed)
     (mixed / "no_scan.jpg").write_bytes(scanless_jpeg())
-    proc = run_cli("--input", str(mixed), "--output", str(tmp_path / "labels"), "--jpeg-decode", "person",
-                   "--num-cpus", "2", "--rows-per-shard", "6")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "15 in = 9 ok + 6 error" in proc.stdout
+    assert job_main("label_corpus", "--input", str(mixed), "--output", str(tmp_path / "labels"), "--jpeg-decode", "person",
+                    "--rows-per-shard", "6") == 0
+    assert "15 in = 9 ok + 6 error" in capsys.readouterr().out
 
     def by_name(rows):  # ids, URIs and run records differ between the two runs by construction
         same = set(LABEL_SCHEMA.names) - {"id", "uri", "mtime", "run_id", "labelled_at", "ran_on"}
@@ -170,7 +166,7 @@ def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(default_run, tmp_p
     assert got == expected
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cascade_on_the_gpu_with_jpegs_decoded_there(plumbing_bundle, tmp_path):
     """--device cuda: every stage's actor on the GPU with AMP, JPEGs decoded by nvJPEG in the
     person actor; every input comes out once, labelled by all three stages."""
@@ -197,11 +193,16 @@ def test_cascade_on_the_gpu_with_jpegs_decoded_there(plumbing_bundle, tmp_path):
     (["--score-threshold", "persn=0.3"], "score threshold persn=0.3: the stage must be one of person, clothing, parts"),
     (["--score-threshold", "person"], "expected STAGE=VALUE, e.g. person=0.3"),
 ])
-def test_bad_flags_give_one_line_errors(args, message, tmp_path):
-    proc = run_cli(*args, "--output", str(tmp_path / "o"), "--num-cpus", "1")
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_bad_flags_give_one_line_errors(ray_session, args, message, tmp_path, capsys):
+    assert job_main("label_corpus", *args, "--output", str(tmp_path / "o"), "--num-cpus", "1") == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_flag_leaves_the_process_as_one_line_without_a_traceback(tmp_path):
+    proc = run_cli("--stages", "person,shoes", "--output", str(tmp_path / "o"), "--num-cpus", "1")
+    assert proc.returncode == 2 and "unknown stages ['shoes']" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_preview_renders_every_labelled_photo(default_run, tmp_path):

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import SAMPLE_CORPUS, bad_file_catalogue, needs_cuda, scanless_jpeg
+from helpers import SAMPLE_CORPUS, bad_file_catalogue, scanless_jpeg
 
 from fashion_ray.media import ERROR_REASONS, decode_image, decode_jpegs, jpeg_for_device
 
@@ -71,7 +71,7 @@ def test_only_plain_complete_jpegs_are_left_to_the_device_decoder():
     assert jpeg_for_device(scanless_jpeg(), 10**8) == (64, 48)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("max_side", [None, 300])
 def test_batched_jpeg_decode_matches_the_cpu_decoder(device, max_side):
     payloads = [open(p, "rb").read() for p in SAMPLE_JPEGS] + [scanless_jpeg()]

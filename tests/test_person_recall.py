@@ -60,6 +60,7 @@ def test_no_people_photos_stay_nearly_empty(scores):
     assert scores["false_persons_per_composite"] <= 2 / 8
 
 
+@pytest.mark.slow
 def test_walkers_video_is_one_track_per_walker(ray_session, tmp_path):
     # Two 16 s videos of 5 walkers each, labelled by the real job at 1 fps (motion regions,
     # appearance tracking). Bootstrap 0.1.0 with the IoU tracker gave 3.6 tracks per walker.

@@ -158,6 +158,7 @@ def test_concurrent_requests_are_batched_per_stage(served):
     assert max(b for sizes in batches.values() for b in sizes) > 1  # concurrent requests shared batches
 
 
+@pytest.mark.external
 def test_web_page_in_headless_chromium(served, tmp_path):
     """The page as a person uses it: choose a photo, see the overlay, the table and the legend."""
     chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
@@ -514,6 +515,7 @@ def label_studio_server(tmp_path_factory, label_studio_port):
     yield base, {"Authorization": f"Token {token}"}
     stop_process_group(server, log)
 
+@pytest.mark.external
 def test_label_studio_project_gets_the_cascades_predictions(served, label_studio_server):
     base, auth = label_studio_server
     config = API.get(f"{served}/label-studio/config.xml", timeout=30).text
@@ -556,6 +558,7 @@ def test_label_studio_project_gets_the_cascades_predictions(served, label_studio
     assert polygons >= {p["part"] for person in row["persons"] for p in person["parts"]}
 
 
+@pytest.mark.external
 def test_label_studio_images_read_with_a_personal_access_token(label_studio_server):
     """Where legacy tokens stay off, LABEL_STUDIO_API_KEY holds a personal access token: the
     backend trades it for an access token and reads uploads with that."""
@@ -579,6 +582,7 @@ def test_label_studio_images_read_with_a_personal_access_token(label_studio_serv
         label_studio.task_image_source({"data": {"image": "http://elsewhere.example/x.jpg"}}, targets.images[0], connection, ())
 
 
+@pytest.mark.external
 def test_label_studio_project_connected_empty_then_given_a_brush_config(served, label_studio_server):
     """A new project's empty config is connected first (Label Studio's own order), the
     labelling config set afterwards with BrushLabels; a selection of 200 tasks retrieved at

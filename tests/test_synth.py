@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, run_cli
+from helpers import job_main
 from pycocotools.coco import COCO
 
 from fashion_ray import synth, taxonomy
@@ -83,18 +81,15 @@ def test_make_synthetic_sharding_does_not_change_the_set(ray_session, tmp_path):
                 assert a["parent_person_id"] in persons
 
 
-def test_make_label_evaluate_end_to_end(tmp_path):
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+def test_make_label_evaluate_end_to_end(ray_session, tmp_path, capsys):
+    """The three jobs' main() in turn, as their CLIs call them, on the tests' Ray."""
     synth_dir, labels = tmp_path / "synth", tmp_path / "labels"
-    made = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_synthetic.py"), "--output", str(synth_dir),
-                           "--count", "8", "--num-cpus", "2"], capture_output=True, text=True, env=env, timeout=300)
-    assert made.returncode == 0, made.stderr[-2000:]
-    labelled = run_cli("--input", str(synth_dir / "images"), "--output", str(labels), "--num-cpus", "2")
-    assert labelled.returncode == 0, labelled.stderr[-2000:]
-    scored = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "evaluate.py"), "--predictions", str(labels),
-                             "--ground-truth", str(synth_dir)], capture_output=True, text=True, env=env, timeout=300)
-    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert job_main("make_synthetic", "--output", str(synth_dir), "--count", "8") == 0
+    assert job_main("label_corpus", "--input", str(synth_dir / "images"), "--output", str(labels)) == 0
+    capsys.readouterr()
+    assert job_main("evaluate", "--predictions", str(labels), "--ground-truth", str(synth_dir)) == 0
+    scored = capsys.readouterr().out
     report = json.loads((labels / "eval" / "evaluation.json").read_text())
     gt_persons = json.loads((synth_dir / "manifest.json").read_text())["counts"]["persons"]
     assert report["counts"]["images"] == 8 and report["counts"]["persons_gt"] == gt_persons
-    assert "| AP | 0.50:0.95 | all | 100 |" in scored.stdout and "## Body parts (IoU)" in scored.stdout
+    assert "| AP | 0.50:0.95 | all | 100 |" in scored and "## Body parts (IoU)" in scored

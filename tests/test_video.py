@@ -1,9 +1,10 @@
 """Video corpora: sampling by true times, every container, broken videos, person tracks, a
-mixed run of photos and videos through the CLI, and videos read from the S3 server."""
+mixed run of photos and videos through the job, and videos read from the S3 server."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import io
@@ -22,8 +23,8 @@ from helpers import (
     SAMPLE_CORPUS,
     bad_video_catalogue,
     moving_photo_video,
+    job_main,
     read_rows,
-    run_cli,
 )
 from pycocotools.coco import COCO
 
@@ -123,8 +124,8 @@ def test_tracks_survive_sparse_sampling_crossings_and_gaps():
 
 
 @pytest.fixture(scope="module")
-def mixed_run(tmp_path_factory):
-    """One CLI run over photos, videos of real people moving, and broken videos. In walk.mp4
+def mixed_run(ray_session, tmp_path_factory):
+    """One run (the job's main() on the tests' Ray) over photos, videos of real people moving, and broken videos. In walk.mp4
     the cameraman (128 px tall) crosses the frame at 50 px/s: 0.4 body heights a second. (Not
     Grace Hopper: BlazePose folds her pose onto her face, and a collapsed pose has no landmarks
     to name an action from.)"""
@@ -135,15 +136,15 @@ def mixed_run(tmp_path_factory):
     moving_photo_video(corpus / "walk.mp4", "camera.jpg", (128, 128), (480, 320), step=25, count=12, interval_s=0.5)
     moving_photo_video(corpus / "pair.mkv", "two_people.jpg", (480, 240), (640, 360), step=12, count=8, interval_s=0.5)
     bad = bad_video_catalogue(corpus)
-    out = base / "labels"
-    proc = run_cli("--input", str(corpus), "--output", str(out), "--num-cpus", "2", "--video-end", "10",
-                   "--video-frames-per-task", "2", "--rows-per-shard", "8")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return corpus, out, bad, proc
+    out, printed = base / "labels", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert job_main("label_corpus", "--input", str(corpus), "--output", str(out), "--video-end", "10",
+                        "--video-frames-per-task", "2", "--rows-per-shard", "8") == 0
+    return corpus, out, bad, printed.getvalue()
 
 
 def test_mixed_corpus_rows_timestamps_and_errors(mixed_run):
-    corpus, out, bad, proc = mixed_run
+    corpus, out, bad, printed = mixed_run
     rows = read_rows(out)
     by_uri: dict[str, list[dict]] = {}
     for r in rows:
@@ -160,7 +161,7 @@ def test_mixed_corpus_rows_timestamps_and_errors(mixed_run):
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
     assert (c["inputs"], c["videos"], c["frames"], c["rows"]) == (8, 7, 6 + 4 + 3, 1 + 13 + 5)
-    assert "7 videos -> 13 frames" in proc.stdout
+    assert "7 videos -> 13 frames" in printed
 
 
 def test_tracks_carry_to_garments_parts_and_ava(mixed_run):

@@ -40,8 +40,9 @@ def _percentiles(seconds: list[float]) -> dict:
 
 def baseline(cfg: ServeConfig, photos: list[bytes], count: int) -> dict:
     t0 = time.perf_counter()
-    stages = [STAGE_CLASSES[s](bundle_uri=cfg.bundle, device=Device(torch_threads=cfg.resources[s].torch_threads),
-                               batch_size=cfg.resources[s].batch_size) for s in cfg.stages]
+    # each stage on its served device (the GPU under --device cuda): the same cascade, in one process
+    stages = [STAGE_CLASSES[s](bundle_uri=cfg.bundle, device=Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads),
+                               batch_size=res.batch_size) for s, res in ((s, cfg.resources[s]) for s in cfg.stages)]
     load_s = time.perf_counter() - t0
     latencies = []
     start = time.perf_counter()

@@ -1,0 +1,78 @@
+"""Samplers that watch a block of work from a thread: peak memory of a process tree, and GPU
+utilisation and memory from nvidia-smi. No dependency beyond numpy and psutil, so the GPU
+check can use them on a bare machine before anything else is installed."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+
+class _Sampler:
+    """Calls sample() every `interval` seconds in a thread while its `with` block runs;
+    sample() returning False stops it."""
+
+    interval = 0.2
+
+    def sample(self) -> bool | None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.is_set() and self.sample() is not False:
+                time.sleep(self.interval)
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+class PeakRSS(_Sampler):
+    """The peak of the summed RSS of this process and all its descendants (Ray workers included)."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak = psutil.Process(), 0
+
+    def sample(self) -> None:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a worker exiting between listing and reading
+                pass
+        self.peak = max(self.peak, total)
+
+
+class GpuUtilisation(_Sampler):
+    """GPU utilisation and memory from nvidia-smi; no samples where there is none."""
+
+    interval = 0.5
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+
+    def sample(self) -> bool:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.samples += [tuple(float(v) for v in line.split(",")) for line in out.strip().splitlines()]
+        except (OSError, ValueError, subprocess.SubprocessError):  # no nvidia-smi, or no GPU behind it
+            return False
+        return True
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        busy = [u for u, _ in self.samples]
+        return {"mean_utilisation_pct": round(float(np.mean(busy)), 1), "max_utilisation_pct": max(busy),
+                "max_memory_mib": max(m for _, m in self.samples), "samples": len(self.samples)}

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import job_main
 
 from fashion_ray import actions, synth, taxonomy
 from fashion_ray.formats import ava
@@ -163,43 +160,36 @@ def test_ava_labels_become_examples_of_the_matching_track():
     assert features[3, :4] == pytest.approx([1.0, 4 / 80, 0.0, 0.0])
 
 
-def test_evaluate_actions_job_by_hand(tmp_path):
+def test_evaluate_actions_job_by_hand(tmp_path, capsys):
     # two photos: a walker found and called walk (0.8) over stand (0.3); a stander called walk
     gt = tmp_path / "gt.csv"
     gt.write_text("p1,0,0.1,0.1,0.5,0.9,14,1\np2,0,0.5,0.1,0.9,0.9,12,1\n")
     dt = tmp_path / "dt.csv"
     dt.write_text("p1,0,0.1,0.1,0.5,0.88,14,0.8\np1,0,0.1,0.1,0.5,0.88,12,0.3\np2,0,0.5,0.1,0.9,0.9,14,0.6\n")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "evaluate.py"), "--mode", "actions", "--predictions",
-                           str(dt), "--ground-truth", str(gt), "--out", str(tmp_path / "eval")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert job_main("evaluate", "--mode", "actions", "--predictions", str(dt), "--ground-truth", str(gt),
+                    "--out", str(tmp_path / "eval")) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     # walk: 0.8 hit, 0.6 miss -> AP 1; stand: 0.3 on the wrong person -> AP 0; precision at 0.5: walk 1/2
     assert report["per_class"]["walk"]["ap"] == 1.0 and report["per_class"]["stand"]["ap"] == 0.0
     assert report["frame_mAP"] == 0.5
     assert (report["per_class"]["walk"]["precision"], report["per_class"]["walk"]["recall"]) == (0.5, 1.0)
     assert report["single_label"] == {"matched_persons": 2, "accuracy": 0.5, "confusion": {"stand -> walk": 1, "walk -> walk": 1}}
-    assert "frame-mAP at IoU 0.5: **0.500**" in proc.stdout
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "evaluate.py"), "--mode", "actions", "--predictions",
-                          str(dt), "--ground-truth", str(tmp_path / "missing.csv")], capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    assert "frame-mAP at IoU 0.5: **0.500**" in capsys.readouterr().out
+    assert job_main("evaluate", "--mode", "actions", "--predictions", str(dt), "--ground-truth", str(tmp_path / "missing.csv")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_action_head_learns_on_ray_train_and_replaces_the_rules(tmp_path):
+def test_action_head_learns_on_ray_train_and_replaces_the_rules(ray_session, tmp_path):
     # made-up tracks (stand / walk / sit / bend, half under a panning camera) -> a head trained by
-    # Ray Train (2 gloo workers) -> a bundle whose actions stage is the head
+    # Ray Train (2 gloo workers, on the tests' Ray) -> a bundle whose actions stage is the head
     data = tmp_path / "examples.parquet"
-    make = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_synthetic.py"), "--kind", "actions",
-                           "--count", "600", "--output", str(data)], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert make.returncode == 0, make.stderr
+    assert job_main("make_synthetic", "--kind", "actions", "--count", "600", "--output", str(data)) == 0
     out = tmp_path / "actions-v1"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--task", "actions", "--data", str(data),
-                           "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "400",
-                           "--batch-size", "32", "--lr", "0.1", "--warmup-steps", "10", "--checkpoint-every", "250",
-                           "--val-samples", "80", "--storage", str(tmp_path / "runs"), "--num-cpus", "2"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert job_main("train", "--task", "actions", "--data", str(data), "--output", str(out), "--workers", "2",
+                    "--cpus-per-worker", "0.5", "--steps", "400", "--batch-size", "32", "--lr", "0.1", "--warmup-steps", "10",
+                    "--checkpoint-every", "250", "--val-samples", "80", "--storage", str(tmp_path / "runs")) == 0
     metrics = json.loads((out / "training.json").read_text())["metrics"]
     # held-out mAP over the four actions, against the untrained head's on the same examples
     assert metrics["val_metric"] > max(0.7, metrics["val_initial"] + 0.3), metrics

@@ -6,12 +6,10 @@ default bundle's parser labels the sample corpus in test_bootstrap_labels)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import job_main
 from PIL import Image
 from scipy.io import savemat
 
@@ -214,28 +212,25 @@ def test_semantic_scoring_of_garments_and_pose_regions_on_hand_computed_maps(tmp
     assert "| IoU | " in md and "0.550" in md
 
 
-def test_semantic_evaluation_refuses_ground_truth_without_parse_classes(tmp_path):
+def test_semantic_evaluation_refuses_ground_truth_without_parse_classes(tmp_path, capsys):
     (tmp_path / "gt.json").write_text(json.dumps({"images": [], "annotations": [], "categories": taxonomy.COCO_CATEGORIES}))
-    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--mode", "semantic", "--predictions", str(tmp_path / "gt.json"),
-                           "--ground-truth", str(tmp_path / "gt.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and "no garment parse categories" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert job_main("evaluate", "--mode", "semantic", "--predictions", str(tmp_path / "gt.json"),
+                    "--ground-truth", str(tmp_path / "gt.json")) == 2
+    err = capsys.readouterr().err
+    assert "no garment parse categories" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(tmp_path):
+def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(ray_session, tmp_path):
     make_ccp(tmp_path / "ccp", 30)
     coco = tmp_path / "ccp.json"
-    proc = subprocess.run([sys.executable, "jobs/convert.py", "--format", "ccp", "--input", str(tmp_path / "ccp"),
-                           "--output", str(coco)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert job_main("convert", "--format", "ccp", "--input", str(tmp_path / "ccp"), "--output", str(coco)) == 0
     out = tmp_path / "garments-v2"
-    # parser v2 (the default architecture) from the packaged ImageNet weights, on 128 px views
-    proc = subprocess.run([sys.executable, "jobs/train.py", "--task", "garments", "--data", str(coco), "--output", str(out),
-                           "--pretrained-backbone", "efficientnet-lite0", "--input-size", "128",
-                           "--workers", "2", "--cpus-per-worker", "0.5", "--steps", "100", "--batch-size", "4", "--lr", "0.05",
-                           "--warmup-steps", "5", "--checkpoint-every", "50", "--storage", str(tmp_path / "runs"),
-                           "--num-cpus", "2"], capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # parser v2 (the default architecture) from the packaged ImageNet weights, on 128 px views, on the tests' Ray
+    assert job_main("train", "--task", "garments", "--data", str(coco), "--output", str(out),
+                    "--pretrained-backbone", "efficientnet-lite0", "--input-size", "128", "--workers", "2",
+                    "--cpus-per-worker", "0.5", "--steps", "100", "--batch-size", "4", "--lr", "0.05", "--warmup-steps", "5",
+                    "--checkpoint-every", "50", "--storage", str(tmp_path / "runs")) == 0
     record = json.loads((out / "training.json").read_text())
     metrics = record["metrics"]  # held-out photos 5, 10, ... 30, scored before training and at the best checkpoint
     assert record["final_step"] == 100 and metrics["val_metric"] == metrics["val_miou_garments"]

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from helpers import ROOT, FaultyS3Proxy, job_main, jpeg_bytes, run_cli
+from helpers import ROOT, FaultyS3Proxy, job_main, jpeg_bytes
 
 from fashion_ray import config, ledger
 from fashion_ray.lease import LeaseHeldError, acquire_lease
@@ -149,18 +149,19 @@ def test_listing_is_paginated_not_per_object(s3_server):
     assert len(pages) == 2 and len(proxy.requests) <= 5, proxy.requests
 
 
-def test_second_run_on_the_same_output_is_refused(ray_session, plumbing_bundle, tmp_path):
+def test_second_run_on_the_same_output_is_refused(ray_session, plumbing_bundle, tmp_path, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "labels"
     corpus.mkdir()
     for i in range(3):
         (corpus / f"img{i}.jpg").write_bytes(jpeg_bytes(i))
     holder = acquire_lease(str(out), ttl_s=60)
     try:
-        proc = run_cli("--input", str(corpus), "--output", str(out), "--bundle", plumbing_bundle, "--stages", "person")
+        code = job_main("label_corpus", "--input", str(corpus), "--output", str(out), "--bundle", plumbing_bundle,
+                        "--stages", "person")
     finally:
         holder.release()
-    assert proc.returncode == 3
-    [message] = proc.stderr.strip().splitlines()  # one line, no traceback
+    assert code == 3
+    [message] = capsys.readouterr().err.strip().splitlines()  # one line
     assert message.startswith(f"error: output {out} is in use by run {holder.run_id} "
                               f"(host {os.uname().nodename}, pid {os.getpid()}, since ")
     assert not out.exists() or not (out / "manifest.json").exists()

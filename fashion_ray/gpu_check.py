@@ -80,20 +80,30 @@ def plan(device: str, quick: bool, *, install: bool = False, wheels: str | None 
         steps.append(Step("install", (python, "-m", "pip", "install", "-q", *source, "onnxruntime-gpu"), 120, "none"))
     steps += [
         Step("environment", (python, job("gpu_check.py"), "--probe", "--device", device), 60),
-        Step("cascade", (*cascade, "--actors", "1", "--amp", "on,off", "--jpeg-decode", "tasks,person"), 150),
+        # autocast is CUDA's: on a CPU, AMP off would run the same thing again
+        Step("cascade", (*cascade, "--actors", "1", "--amp", "on,off" if device == "cuda" else "on",
+                         "--jpeg-decode", "tasks,person"), 150),
         Step("fractional_actors", (*cascade, "--actors", str(sizes.actors)), 60),
         Step("training", (python, job("benchmark.py"), "--training-only", "--train-workers", "1",
                           "--train-tasks", "parts,garments", "--train-steps", str(sizes.train_steps),
                           "--train-input-size", str(sizes.train_input_size),
                           "--train-gpus-per-worker", "1" if device == "cuda" else "0"), 120),
         Step("serve", (python, job("benchmark_serve.py"), "--device", device, "--clients", "1,4",
-                       "--requests-per-client", str(sizes.requests_per_client)), 60),
+                       "--requests-per-client", str(sizes.requests_per_client), "--port", str(_free_port())), 60),
         Step("cuda_tests", (python, "-m", "pytest", "-rs", "-q", "-p", "no:cacheprovider", "-m", "cuda",
                             os.path.join(ROOT, "tests")), 90, "pytest"),
     ]
     # budgets are for a GPU node (540 s: a 10-minute call with room for start-up); a 2-core CPU
     # doing the quick workloads needs longer for the same steps
     return [dataclasses.replace(s, budget_s=s.budget_s * sizes.budget_scale) for s in steps]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def last_json_object(text: str) -> dict:

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -91,6 +92,17 @@ def scanless_jpeg() -> bytes:
     media.jpeg_for_device's header check and fails in the decoder itself."""
     data = encode_image(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")
     return data[:data.index(b"\xff\xda")] + b"\xff\xd9"
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A `ray start --head` for the tests: its CLI, job-submission (dashboard) and GCS
+    addresses, and the environment to run the CLI in."""
+
+    cli: str
+    dashboard: str
+    gcs: str
+    env: dict
 
 
 def short_temp_dir(prefix: str) -> str:

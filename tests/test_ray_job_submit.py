@@ -10,7 +10,7 @@ from helpers import ROOT, SAMPLE_CORPUS, read_rows
 
 
 def test_label_job_under_ray_job_submit(ray_head, tmp_path):
-    ray_cli, address, env = ray_head
+    ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
     out = tmp_path / "labels"
     proc = subprocess.run(
         [ray_cli, "job", "submit", "--address", address, "--working-dir", ROOT, "--",
@@ -25,7 +25,7 @@ def test_label_job_under_ray_job_submit(ray_head, tmp_path):
 
 
 def test_failed_job_is_visible_to_the_scheduler(ray_head, tmp_path):
-    ray_cli, address, env = ray_head
+    ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
     proc = subprocess.run(
         [ray_cli, "job", "submit", "--address", address, "--working-dir", ROOT, "--",
          "python", "jobs/label_corpus.py", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")],

@@ -39,7 +39,7 @@ def test_schedule_and_split_are_what_the_config_says():
 
 @pytest.mark.slow
 def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head, synth_coco, tmp_path):
-    ray_cli, address, env = ray_head
+    ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
     out = tmp_path / "parts-v1"
     proc = subprocess.run(
         [ray_cli, "job", "submit", "--address", address, "--working-dir", ROOT, "--",

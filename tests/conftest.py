@@ -27,24 +27,13 @@ if os.path.isdir("/tmp"):
 os.environ.setdefault("FASHION_RAY_CACHE", tempfile.mkdtemp(prefix="fashion-ray-cache-"))
 
 
-# Modules that share an expensive session fixture run in one pytest-xdist worker (the README's
-# `-n 2 --dist loadgroup`), so it is built once: the synthetic training set, the uninterrupted
-# training run and the Ray head; the default labelling run. Every other module is a group of
-# its own, so its module fixtures are built once too.
-SHARED_FIXTURE_GROUPS = {"test_training": "training", "test_cluster": "training", "test_ray_job_submit": "ray_head",
-                         "test_gpu_check": "ray_head", "test_label_job": "default_run", "test_converters": "default_run",
-                         "test_export": "default_run", "test_serving": "default_run"}
-
-
 def pytest_collection_modifyitems(config, items):
     """The CUDA paths (nvJPEG, GPU actor pools, AMP, NCCL) run where a GPU is and say why they
-    skip elsewhere; their CPU twins run everywhere. Each test gets its xdist group."""
-    no_cuda = not cuda_available() if any(item.get_closest_marker("cuda") for item in items) else False
-    for item in items:
-        if no_cuda and item.get_closest_marker("cuda"):
+    skip elsewhere; their CPU twins run everywhere."""
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda and not cuda_available():
+        for item in cuda:
             item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS.get(module, module)))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ cut off by its lease still leaves what it measured.
 
 Steps, in the order that gives the most when time runs out:
 
-- install: onnxruntime-gpu in place of onnxruntime, from an index or a wheel folder (optional);
+- install: onnxruntime-gpu in place of onnxruntime and the pinned torch, from an index or a
+  wheel folder (optional);
 - environment: torch, CUDA, the GPU, onnxruntime's providers with a real session on the
   person detector (NanoDet-g) that must run on the CUDA provider, Ray;
 - cascade: jobs/benchmark.py on the bootstrap bundle, person -> clothing -> parts -> actions,
@@ -31,6 +32,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from fashion_ray.samplers import GpuUtilisation
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("install", "environment", "cascade", "fractional_actors", "training", "serve", "cuda_tests")
 OUTPUT_TAIL = 6000  # characters of a failed step's output kept in the JSON
+PINNED_TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the project's pins (README, .ci/run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +79,12 @@ def plan(device: str, quick: bool, *, install: bool = False, wheels: str | None 
                "--stages", "person,clothing,parts,actions", "--images", str(sizes.images), "--memory-sizes", "none"]
     steps = []
     if install:
-        source = ["--no-index", "--find-links", wheels] if wheels else []
-        steps.append(Step("install", (python, "-m", "pip", "install", "-q", *source, "onnxruntime-gpu"), 120, "none"))
+        # onnxruntime and onnxruntime-gpu are one module: the CPU build goes first
+        source = f"--no-index --find-links {shlex.quote(wheels)} " if wheels else ""
+        pip = f"{shlex.quote(python)} -m pip"
+        steps.append(Step("install", ("sh", "-c", f"{pip} uninstall -y -q onnxruntime; "
+                                                  f"{pip} install -q {source}onnxruntime-gpu {' '.join(PINNED_TORCH)}"),
+                          120, "none"))
     steps += [
         Step("environment", (python, job("gpu_check.py"), "--probe", "--device", device), 60),
         # autocast is CUDA's: on a CPU, AMP off would run the same thing again

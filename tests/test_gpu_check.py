@@ -19,8 +19,11 @@ def test_budgets_fit_one_ten_minute_call_and_every_step_is_planned():
     steps = gpu_check.plan("cuda", quick=False, install=True, wheels="/wheels")
     assert [s.name for s in steps] == list(gpu_check.STEPS)
     assert sum(s.budget_s for s in steps if s.name != "install") <= 540  # a lent machine's call: 600 s
-    install = steps[0].argv
-    assert install[-4:] == ("--no-index", "--find-links", "/wheels", "onnxruntime-gpu")
+    install = steps[0].argv[-1]
+    assert "uninstall -y -q onnxruntime;" in install
+    assert install.endswith("install -q --no-index --find-links /wheels onnxruntime-gpu torch==2.14.1 torchvision==0.29.1")
+    with open(os.path.join(ROOT, ".ci", "run")) as fh:  # the pins CI installs
+        assert all(pin in fh.read() for pin in gpu_check.PINNED_TORCH)
     def flag(step, name):
         return step.argv[step.argv.index(name) + 1]
 

@@ -115,9 +115,10 @@ def ray_head():
     (`ray stop` would kill every Ray process on the machine)."""
     import pathlib
 
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     temp = pathlib.Path(short_temp_dir("fr-head-"))
+    # the dashboard opens Unix sockets under TMPDIR too: the short folder for those as well
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "TMPDIR": str(temp)}
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     # a free agent port too: the default (52365) belongs to the tests' own local Ray
     port, dashboard, agent = free_port(), free_port(), free_port()
     log = open(temp / "head.log", "w")

@@ -212,7 +212,8 @@ def autoscaling_cluster():
                                  "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
                                  "cluster_synced_files", "rsync_exclude", "rsync_filter")}}
     (temp / "autoscaling.json").write_text(json.dumps(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           "TMPDIR": str(temp)}  # Unix sockets of the head's processes: the short folder
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     log = open(temp / "head.log", "w")
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={address.rsplit(':', 1)[1]}",

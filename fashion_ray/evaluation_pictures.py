@@ -60,6 +60,15 @@ def _crop_jpeg(path: str, box, options) -> bytes | None:
     return buf.getvalue()
 
 
+def photo_path(file_name: str, photos_root: str) -> str:
+    """Where a ground-truth photo is: a URI or an absolute path as it is; a relative one under the
+    ground truth's folder, unless it names a file from here already (a labelling run or synthetic
+    set records the paths it was given, `out/synth/images/...`, folder included)."""
+    if "://" in file_name or os.path.isabs(file_name) or os.path.isfile(file_name):
+        return file_name
+    return storage.join(photos_root, file_name)
+
+
 def write_pictures(report: dict, tables: list[tuple[str, str]], out: str, photos_root: str, options=None) -> list[str]:
     """pr_<table>.png per scored table and worst.html with crops under out/worst/; returns the files written."""
     written = []
@@ -74,8 +83,7 @@ def write_pictures(report: dict, tables: list[tuple[str, str]], out: str, photos
             written.append(name)
         cells = []
         for k, case in enumerate(table.get("worst", [])):
-            path = case.get("file_name", "")
-            path = path if "://" in path or os.path.isabs(path) else storage.join(photos_root, path)
+            path = photo_path(case.get("file_name", ""), photos_root)
             jpeg = _crop_jpeg(path, case["box"], options)
             picture = "(photo not readable)"
             if jpeg is not None:

@@ -193,3 +193,25 @@ def test_pr_curves_and_worst_cases_are_written(tmp_path):
     page = (tmp_path / "eval" / "worst.html").read_text()
     assert page.count("<figure>") == 2 and 'src="worst/person_bbox_0.jpg"' in page
     assert Image.open(tmp_path / "eval" / "worst" / "person_bbox_1.jpg").size[0] <= evaluation_pictures.CROP_SIDE
+
+
+def test_worst_case_photos_are_found_from_the_paths_a_run_records(tmp_path, monkeypatch):
+    """A synthetic set made with a relative --output records `out/synth/images/x.jpg`; a
+    dataset's own COCO names photos under its folder (`PNGImages/x.png`): both are read."""
+    from PIL import Image
+
+    from fashion_ray import evaluation_pictures
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "synth" / "images").mkdir(parents=True)
+    Image.new("RGB", (100, 100), (90, 120, 60)).save(tmp_path / "out" / "synth" / "images" / "a.jpg")
+    assert evaluation_pictures.photo_path("out/synth/images/a.jpg", "out/synth") == "out/synth/images/a.jpg"
+    assert evaluation_pictures.photo_path("images/a.jpg", "out/synth").endswith("out/synth/images/a.jpg")
+    assert evaluation_pictures.photo_path("s3://bucket/a.jpg", "out/synth") == "s3://bucket/a.jpg"
+    gt = _doc([_box_ann(PERSON, 60, 10, 20, 50)], size=(100, 100))
+    report = evaluation.evaluate(gt, _doc([], size=(100, 100)))
+    for name in ("out/synth/images/a.jpg", "images/a.jpg"):
+        report["person_bbox"]["worst"][0]["file_name"] = name
+        evaluation_pictures.write_pictures(report, evaluation.TABLES, "eval", "out/synth")
+        page = (tmp_path / "eval" / "worst.html").read_text()
+        assert "not readable" not in page and 'src="worst/person_bbox_0.jpg"' in page, name

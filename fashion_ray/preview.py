@@ -51,16 +51,46 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
         acts = action_text(person)
         if acts:  # under the box (the person's own area holds the garment names), or its inside bottom edge
             draw.text((x0 + 3, y1 + 3 if y1 + 14 <= out.height else y1 - 14), acts, fill=PERSON_COLOUR)
-        for k, garment in enumerate(person["garments"]):
-            gx0, gy0 = garment["box"][:2]
+        for garment in person["garments"]:
             if not garment["mask"]:  # an accessory from the detector: a box, no mask
                 draw.rectangle(garment["box"], outline=GARMENT_COLOUR, width=1)
-            label = garment["category"] + (" " + ",".join(garment["attributes"]) if garment["attributes"] else "")
-            draw.text((gx0 + 3, gy0 + 14 + 11 * k), label, fill=GARMENT_COLOUR)
         kp = person.get("keypoints") or []
         for x, y, v in zip(kp[0::3], kp[1::3], kp[2::3]):
             if v >= 0.5:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 0, 255))
+    # garment names last, each on its own garment and clear of the others, on a dark plate
+    garments = [g for person in row["persons"] for g in person["garments"]]
+    labels = [g["category"] + (" " + ",".join(g["attributes"]) if g["attributes"] else "") for g in garments]
+    sizes = [_text_size(draw, label) for label in labels]
+    anchors = [((g["box"][0] + g["box"][2]) / 2, (g["box"][1] + g["box"][3]) / 2) for g in garments]
+    for label, (w, h), (x, y) in zip(labels, sizes, label_positions(anchors, sizes, out.width, out.height)):
+        draw.rectangle([x - 1, y - 1, x + w + 1, y + h + 1], fill=(0, 0, 0))
+        draw.text((x, y), label, fill=GARMENT_COLOUR)
+    return out
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text)
+    return right - left, bottom - top
+
+
+def label_positions(anchors: list[tuple[float, float]], sizes: list[tuple[int, int]], width: int, height: int,
+                    gap: int = 2) -> list[tuple[int, int]]:
+    """Top-left corners for labels centred on their anchors, moved up or down (nearest free
+    place first) so that no two overlap, and kept inside the image."""
+    placed: list[tuple[int, int, int, int]] = []
+    out = []
+    for (ax, ay), (w, h) in zip(anchors, sizes):
+        x = int(min(max(0, ax - w / 2), max(0, width - w)))
+        y0 = int(min(max(0, ay - h / 2), max(0, height - h)))
+        step = h + gap
+        tries = [y0] + [y0 + sign * k * step for k in range(1, 2 * len(anchors) + 2) for sign in (1, -1)]
+        fits = [y for y in tries if 0 <= y <= max(0, height - h)]
+        free = [y for y in fits if not any(x < px1 + gap and px0 < x + w + gap and y < py1 + gap and py0 < y + h + gap
+                                           for px0, py0, px1, py1 in placed)]
+        y = (free or fits or [y0])[0]
+        placed.append((x, y, x + w, y + h))
+        out.append((x, y))
     return out
 
 

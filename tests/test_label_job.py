@@ -224,3 +224,22 @@ def test_preview_renders_every_labelled_photo(default_run, tmp_path):
     for png in pngs:
         row = ok[int(png.stem)]
         assert Image.open(png).size == (row["width"], row["height"])
+
+
+def test_garment_names_sit_on_their_garments_without_overlapping():
+    from fashion_ray.preview import label_positions
+
+    # far apart: each name centred on its garment
+    assert label_positions([(50, 50), (150, 200)], [(40, 10), (20, 10)], 300, 300) == [(30, 45), (140, 195)]
+    # twelve garments of one person around one point (the case that stacked names 135 px away):
+    # no two names overlap, all inside the photo, none further from its garment than half the
+    # 12-line stack (12 px a line), the anchors' own 22 px spread and a line
+    anchors = [(100 + k, 120 + 2 * k) for k in range(12)]
+    spots = label_positions(anchors, [(70, 10)] * 12, 200, 300)
+    boxes = [(x, y, x + 70, y + 10) for x, y in spots]
+    assert all(0 <= x0 and x1 <= 200 and 0 <= y0 and y1 <= 300 for x0, y0, x1, y1 in boxes)
+    assert not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for i, a in enumerate(boxes)
+                   for b in boxes[i + 1:])
+    assert max(abs(y + 5 - ay) for (_, y), (_, ay) in zip(spots, anchors)) <= 6 * 12 + 22 + 12
+    # at the bottom edge: moved inside, not cut off
+    assert label_positions([(10, 299)], [(40, 10)], 100, 300) == [(0, 290)]

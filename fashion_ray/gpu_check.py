@@ -196,27 +196,28 @@ def _write(path: str, report: dict) -> None:
 
 def summarise(report: dict) -> dict:
     """The headline figures the README records, pulled out of the steps' own JSON."""
-    steps, out = report["steps"], {}
-    cascade = (steps.get("cascade") or {}).get("figures") or {}
+    out = {}
+
+    def figures(step: str) -> dict:  # {} for a step that did not run or printed no figures
+        return (report["steps"].get(step) or {}).get("figures") or {}
+
+    cascade, fractional, training, serve, tests = (figures(s) for s in ("cascade", "fractional_actors", "training",
+                                                                          "serve", "cuda_tests"))
     if cascade:
         out["stage_images_per_s"] = cascade["baseline"]["stage_images_per_s"]
         out["pipeline_images_per_s"] = cascade["pipeline"]["images_per_s"]
         out["pipeline_vs_bare_loop"] = cascade["efficiency_end_to_end"]
         out["variants_ratio_to_first"] = {name: v.get("ratio_to_first", 1.0) for name, v in cascade.get("variants", {}).items()}
         out["pipeline_gpu"] = cascade["pipeline"].get("gpu")
-    fractional = (steps.get("fractional_actors") or {}).get("figures") or {}
     if fractional:
         out["fractional_actors"] = {"actors_per_stage": fractional["actors_per_stage"],
                                     "images_per_s": fractional["pipeline"]["images_per_s"],
                                     "gpu": fractional["pipeline"].get("gpu")}
-    training = (steps.get("training") or {}).get("figures") or {}
     if training:
         out["training_samples_per_s"] = {task: t["workers"]["1"]["samples_per_s"] for task, t in training["training"].items()}
-    serve = (steps.get("serve") or {}).get("figures") or {}
     if serve:
         out["serve_p50_ms"] = {str(r["clients"]): r.get("p50_ms") for r in serve["served"]}
         out["serve_ratio_vs_in_process"] = serve["ratio_vs_baseline"]
-    tests = (steps.get("cuda_tests") or {}).get("figures") or {}
     if tests:
         out["cuda_tests"] = tests["counts"]
     return out
@@ -271,16 +272,15 @@ def probe(device: str) -> tuple[dict, list[str]]:
 
 
 def _nvjpeg_works() -> bool:
-    """torchvision's batched GPU JPEG decoder on one small JPEG."""
+    """The person actor's batched JPEG decode (media.decode_jpegs) on the GPU, on one small JPEG."""
     import io
 
     import numpy as np
-    import torch
     from PIL import Image
-    from torchvision.io import decode_jpeg
+
+    from fashion_ray import media
 
     buf = io.BytesIO()
     Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(buf, format="JPEG")
-    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
-    return tuple(decode_jpeg([data], device="cuda")[0].shape) == (3, 16, 16)
-
+    [image] = media.decode_jpegs([buf.getvalue()], [(16, 16)], None, "cuda")
+    return image is not None and image.shape == (16, 16, 3)

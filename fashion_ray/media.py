@@ -71,14 +71,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float32)
         span = float(arr.max() - arr.min()) or 1.0
         return Image.fromarray(((arr - arr.min()) * 255 / span).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    # Transparent pixels are composited on white: product cut-outs are shot on white in catalogs.
+    if img.mode == "P" and "transparency" in img.info:
+        return _palette_on_white(img)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Composite on white: transparent product cut-outs are shot on white in catalogs.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, RGB
+        # pasted through its alpha onto a white RGB canvas: one RGB and one alpha plane on top of
+        # the image (an RGBA composite held three more full-size RGBA planes)
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")  # P, L, 1, CMYK, YCbCr, LAB, RGB
+
+
+def _palette_on_white(img: Image.Image) -> Image.Image:
+    """A palette image with transparency, composited on white in its palette (256 colours)
+    before it becomes RGB: an 8000x8000 palette PNG of 8 KB took 1.3 GB through RGBA."""
+    palette = np.array(img.getpalette("RGB") or [], np.float32).reshape(-1, 3)
+    palette = np.vstack([palette, np.zeros((256 - len(palette), 3), np.float32)])
+    alpha = np.full(256, 255, np.float32)
+    transparency = img.info["transparency"]
+    if isinstance(transparency, bytes):  # an alpha per palette entry
+        alpha[:len(transparency)] = np.frombuffer(transparency[:256], np.uint8)
+    elif isinstance(transparency, int) and 0 <= transparency < 256:  # one transparent entry
+        alpha[transparency] = 0
+    on_white = palette * alpha[:, None] / 255 + 255 * (1 - alpha[:, None] / 255)
+    flat = img.copy()  # one byte a pixel; the caller's image (an animation's frame) keeps its palette
+    flat.info.pop("transparency", None)
+    flat.putpalette(np.round(on_white).astype(np.uint8).tobytes(), "RGB")
+    return flat.convert("RGB")
 
 
 def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> DecodedImage:
@@ -161,42 +182,162 @@ def gif_frame_durations(handle, deadline: Deadline) -> list[float]:
             return durations
 
 
-def frame_plan(img: Image.Image, deadline: Deadline, handle=None) -> tuple[list[float] | None, int]:
-    """(each frame's start time in seconds, or None for pages; frame count) of an open image.
+@dataclass
+class FramePlan:
+    """What a multi-frame image holds, read from its container's headers (no pixel decoded)."""
+
+    count: int  # frames or pages
+    times: list[float] | None = None  # each frame's start (s) on an animation's time line; None for pages
+    offsets: list[int] | None = None  # each TIFF page's IFD offset: a page is decoded by seeking straight to it
+    more: bool = False  # a TIFF holds pages past the `limit` walked (count == limit then)
+
+
+def webp_frame_durations(handle, deadline: Deadline) -> list[float]:
+    """Each frame's duration (ms) of an animated WebP, from its ANMF chunk headers ([] for a
+    still WebP): Pillow learns a frame's duration only by decoding it. Stops at the first
+    chunk that does not parse (truncated file)."""
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return []
+    durations = []
+    while True:
+        deadline.check("reading the WebP's frame headers")
+        chunk = handle.read(8)
+        if len(chunk) < 8:
+            return durations
+        size = struct.unpack("<I", chunk[4:8])[0]
+        if chunk[:4] == b"ANMF":
+            frame = handle.read(16)
+            if len(frame) < 16:
+                return durations
+            durations.append(float(int.from_bytes(frame[12:15], "little")))
+            size -= 16
+        handle.seek(size + (size & 1), io.SEEK_CUR)  # chunks are padded to an even size
+
+
+def tiff_page_offsets(handle, deadline: Deadline, limit: int) -> tuple[list[int], bool]:
+    """(each page's IFD offset, whether there are pages past `limit`) of a TIFF or BigTIFF,
+    from the IFD chain alone. Pillow's n_frames loads every page's tags and checks each new
+    offset against a list of all before it (32,000 pages: 9.4 s); this reads three numbers a
+    page. A chain that loops or points past the end stops there."""
+    head = handle.read(16)
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None or len(head) < 8:
+        return [], False
+    magic = struct.unpack(order + "H", head[2:4])[0]
+    if magic == 43 and len(head) == 16:  # BigTIFF: 8-byte offsets, 20-byte entries
+        offset_format, count_format, entry_size, first = "Q", "Q", 20, struct.unpack(order + "Q", head[8:16])[0]
+    elif magic == 42:
+        offset_format, count_format, entry_size, first = "I", "H", 12, struct.unpack(order + "I", head[4:8])[0]
+    else:
+        return [], False
+    count_size, offset_size = struct.calcsize(count_format), struct.calcsize(offset_format)
+    offsets, seen, next_offset = [], set(), first
+    while next_offset and next_offset not in seen:
+        if len(offsets) == limit:
+            return offsets, True
+        deadline.check(f"reading the TIFF's page headers ({len(offsets)} so far)")
+        handle.seek(next_offset)
+        raw = handle.read(count_size)
+        if len(raw) < count_size:
+            break
+        entries = struct.unpack(order + count_format, raw)[0]
+        handle.seek(next_offset + count_size + entries * entry_size)
+        raw = handle.read(offset_size)
+        seen.add(next_offset)
+        offsets.append(next_offset)
+        if len(raw) < offset_size:
+            break
+        next_offset = struct.unpack(order + offset_format, raw)[0]
+    return offsets, False
+
+
+def frame_plan(img: Image.Image, handle, deadline: Deadline, limit: int) -> FramePlan:
+    """What an open GIF, WebP or TIFF holds, read from `handle` (rewound) under the deadline.
 
     Animated GIF/WebP frames carry durations (a time line, sampled like a video); TIFF pages
-    and other multi-frame files have none: every page is a row, in page order. GIFs are read
-    from their block headers (`handle`, rewound), never decoded here.
+    have none: every page is a row, in page order, and at most `limit` of them are walked.
     """
-    if img.format == "GIF" and handle is not None:
-        handle.seek(0)
-        durations = gif_frame_durations(handle, deadline)
-        count = len(durations)
-    else:
-        count = getattr(img, "n_frames", 1)
-        durations = None
-    if img.format not in ("GIF", "WEBP") or count < 2:
-        return None, count
-    if durations is None:
-        durations = []
-        for index in range(count):
-            deadline.check(f"reading frame {index} of {count}")
-            img.seek(index)
-            img.load()  # WebP reads a frame's duration when it decodes it
-            durations.append(float(img.info.get("duration") or 0))
-        img.seek(0)
+    handle.seek(0)
+    if img.format == "TIFF":
+        offsets, more = tiff_page_offsets(handle, deadline, limit)
+        return FramePlan(count=len(offsets), offsets=offsets, more=more)
+    durations = gif_frame_durations(handle, deadline) if img.format == "GIF" else webp_frame_durations(handle, deadline)
     times, t = [], 0.0
     for duration in durations:
         times.append(round(t, 6))
         # at least 10 ms a frame, so times rise strictly (browsers show 0-10 ms frames for 100 ms)
         t += max(duration, 10.0) / 1000
-    return times, count
+    return FramePlan(count=len(durations), times=times)
+
+
+class _FirstPageAt(io.RawIOBase):
+    """A TIFF file read through a header whose first-IFD offset is another page's: Pillow
+    then opens that page as page 0, without walking the pages before it."""
+
+    def __init__(self, handle, ifd_offset: int):
+        self.handle = handle
+        handle.seek(0)
+        head = bytearray(handle.read(16))
+        order = "<" if head[:2] == b"II" else ">"
+        if struct.unpack(order + "H", head[2:4])[0] == 43:
+            head[8:16] = struct.pack(order + "Q", ifd_offset)
+        else:
+            head[4:8] = struct.pack(order + "I", ifd_offset)
+        self.head = bytes(head)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def readinto(self, buffer) -> int:
+        position = self.handle.tell()
+        data = self.handle.read(len(buffer))
+        if position < len(self.head):  # the patched header over the file's own
+            overlap = self.head[position:position + len(data)]
+            data = overlap + data[len(overlap):]
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def tiff_page_rgb(handle, ifd_offset: int, max_pixels: int | None,
+                  deadline: Deadline) -> tuple[np.ndarray | None, str | None, str]:
+    """The TIFF page whose IFD starts at ifd_offset (FramePlan.offsets), like frame_rgb: the
+    page is opened where it is, never walked to. Never raises."""
+    page_name = f"the page at byte {ifd_offset}"
+    try:
+        deadline.check(f"before {page_name}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's bomb warning: our own limit is checked here
+            with Image.open(io.BufferedReader(_FirstPageAt(handle, ifd_offset))) as page:
+                if too_many := over_pixel_limit(*page.size, max_pixels):
+                    return None, "too_large", f"{page_name}: {too_many}"
+                return np.asarray(_to_rgb(page), dtype=np.uint8), None, ""
+    except Exception as exc:
+        return (None, *_failure(exc, page_name))
+
+
+def _failure(exc: Exception, what: str) -> tuple[str, str]:
+    """(reason, detail) of a frame or page that failed: Pillow raises many types for corrupt
+    ones (TypeError, SyntaxError, KeyError, ...)."""
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout", f"{what}: {exc}"
+    reason = "truncated" if isinstance(exc, EOFError) or "truncat" in str(exc).lower() else "undecodable"
+    return reason, f"{what}: {type(exc).__name__}: {exc}"[:300]
 
 
 def frame_rgb(img: Image.Image, index: int, max_pixels: int | None, deadline: Deadline) -> tuple[np.ndarray | None, str | None, str]:
-    """Frame or page `index` of an open multi-frame image: (RGB array, None, "") or (None, reason, detail).
-    Every page is held to max_pixels (a TIFF's later page may be far larger than its first);
-    an animation is walked one frame at a time under the deadline. Never raises."""
+    """Frame `index` of an open GIF/WebP animation: (RGB array, None, "") or (None, reason, detail).
+    Frames build on the ones before them, so the animation is walked one frame at a time
+    under the deadline; each is held to max_pixels. Never raises."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -207,11 +348,8 @@ def frame_rgb(img: Image.Image, index: int, max_pixels: int | None, deadline: De
             if too_many := over_pixel_limit(*img.size, max_pixels):
                 return None, "too_large", f"frame {index}: {too_many}"
             return np.asarray(_to_rgb(img), dtype=np.uint8), None, ""
-    except DeadlineExceeded as exc:
-        return None, "timeout", f"frame {index}: {exc}"
-    except Exception as exc:  # Pillow raises many types for corrupt pages (TypeError, SyntaxError, KeyError, ...)
-        reason = "truncated" if isinstance(exc, EOFError) or "truncat" in str(exc).lower() else "undecodable"
-        return None, reason, f"frame {index}: {type(exc).__name__}: {exc}"[:300]
+    except Exception as exc:
+        return (None, *_failure(exc, f"frame {index}"))
 
 
 def working_size(width: int, height: int, max_side: int | None) -> tuple[int, int, float]:

@@ -166,7 +166,18 @@ def probe_videos(cfg: LabelJobConfig, videos: pa.Table) -> dict[int, dict]:
     ds = ray.data.from_arrow([videos.slice(i, 1) for i in range(videos.num_rows)])
     ds = ds.map_batches(_probe, batch_size=None, **task_remote_args(cfg, cfg.decode_num_cpus),
                         fn_kwargs={"sampling": cfg.video, "max_pixels": cfg.max_pixels, "storage_options": cfg.storage})
-    plans = {int(row["id"]): json.loads(row["plan"]) for row in ds.iter_rows()}
+    plans = {}
+    try:
+        for row in ds.iter_rows():
+            plans[int(row["id"])] = json.loads(row["plan"])
+    except Exception as exc:  # planning stopped (stalled, a worker lost): a row each for the files it left
+        from ray.data.exceptions import ExecutionTimeoutError
+
+        stalled = isinstance(exc, ExecutionTimeoutError)
+        detail = (f"planning made no progress for {cfg.stall_timeout_s:g} s before this file's probe came back"
+                  if stalled else _unexpected(exc, "planning"))
+        for vid in videos["id"].to_pylist():
+            plans.setdefault(vid, {"error": "timeout" if stalled else "undecodable", "detail": detail[:300], "frames": []})
     return {vid: plan for vid, plan in plans.items() if plan is not None}
 
 

@@ -32,6 +32,9 @@ class VideoSampling:
     start_s: float = 0.0  # window [start_s, end_s) in seconds of video time
     end_s: float | None = None
     max_frames: int | None = None  # cap per video
+    # rows one file may become (sampled frames or pages); past it, one "too_many_frames" row
+    # says what was left out (a 3 MB TIFF can hold 30,000 pages)
+    max_frames_per_file: int = 10_000
     frames_per_task: int = 16  # sampled frames decoded by one task
     # a file's probe, and each segment's decode, gives up after this long: a "timeout" row
     # (a hostile file cannot hold a task, and with it a scheduled run, forever)
@@ -44,8 +47,8 @@ class VideoSampling:
             raise VideoConfigError("--video-every-n must be >= 1")
         if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
             raise VideoConfigError("the window needs 0 <= --video-start < --video-end")
-        if (self.max_frames is not None and self.max_frames < 1) or self.frames_per_task < 1:
-            raise VideoConfigError("--video-max-frames and frames_per_task must be >= 1")
+        if (self.max_frames is not None and self.max_frames < 1) or self.frames_per_task < 1 or self.max_frames_per_file < 1:
+            raise VideoConfigError("--video-max-frames, --max-frames-per-file and frames_per_task must be >= 1")
         if self.timeout_s <= 0:
             raise VideoConfigError("--file-timeout must be > 0 seconds")
 
@@ -61,7 +64,8 @@ def may_have_frames(uri: str) -> bool:
 
 def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, options=None) -> dict | None:
     """Plan an animated GIF/WebP (frames on their time line, sampled as a video is) or a
-    multi-page TIFF (every page, page index as frame index, no timestamp).
+    multi-page TIFF (every page, page index as frame index, no timestamp; the page's IFD
+    offset stands where a video frame's pts does, so its decode opens it in place).
 
     None when the file is a still image, or one the image decoder should judge (unreadable,
     corrupt, too large): it then becomes one image row with that reason.
@@ -74,35 +78,56 @@ def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, optio
         try:
             if img.format not in ("GIF", "WEBP", "TIFF") or img.width * img.height > max_pixels:
                 return None
-            times, count = media.frame_plan(img, media.Deadline(sampling.timeout_s), handle)
+            plan = media.frame_plan(img, handle, media.Deadline(sampling.timeout_s), sampling.max_frames_per_file)
         except media.DeadlineExceeded as exc:
             return _error("timeout", str(exc))
         except Exception:  # a corrupt header: the image decoder names it
             return None
-        if count < 2:
+        if plan.count < 2:
             return None
-        if times is None:
-            frames = [(i, i, None) for i in range(count)][: sampling.max_frames]
+        if plan.times is None:
+            frames = [(i, offset, None) for i, offset in enumerate(plan.offsets)][: sampling.max_frames]
+            # (a --video-max-frames below the walk's limit leaves nothing unsaid)
+            left_out = f"the TIFF holds more than {plan.count} pages" if plan.more and len(frames) == plan.count else ""
         else:
-            frames = [(i, i, times[i]) for i in select_frames(times, sampling)]
-        if not frames:
-            return _error("no_frames_in_window", f"no frame in the window (the animation spans 0-{times[-1]:.3f} s)")
-        return {"error": None, "detail": "", "width": img.width, "height": img.height, "frames": frames}
+            frames = [(i, i, plan.times[i]) for i in select_frames(plan.times, sampling)]
+            if not frames:
+                return _error("no_frames_in_window", f"no frame in the window (the animation spans 0-{plan.times[-1]:.3f} s)")
+            left_out = ""
+        return _capped({"error": None, "detail": "", "width": img.width, "height": img.height, "frames": frames},
+                       sampling.max_frames_per_file, left_out)
 
 
-def decode_image_frames(uri: str, indexes: list[int], options=None, *, max_pixels: int | None = None,
+def _capped(plan: dict, limit: int, left_out: str = "") -> dict:
+    """A plan with at most `limit` frames; what it leaves out is said in its error row
+    ("too_many_frames", or joined to the reason it has already: one error row a file)."""
+    frames = plan["frames"]
+    if len(frames) <= limit and not left_out:
+        return plan
+    said = f"{left_out or f'{len(frames)} frames were sampled'}; the first {limit} are labelled (--max-frames-per-file)"
+    if plan["error"]:
+        return plan | {"frames": frames[:limit], "detail": f"{plan['detail']}; {said}"[-300:]}
+    return plan | {"frames": frames[:limit], "error": "too_many_frames", "detail": said}
+
+
+def decode_image_frames(uri: str, positions: list[int], options=None, *, max_pixels: int | None = None,
                         timeout_s: float = VideoSampling.timeout_s):
-    """Frames/pages of a multi-frame image; yields (index, RGB array | None, error, detail) like decode_segment."""
+    """Frames of an animation (positions: frame indexes) or pages of a TIFF (positions: IFD
+    offsets, probe_image_frames); yields (position, RGB array | None, error, detail) in the
+    order given, like decode_segment."""
     try:
         handle, img = _open_image(uri, options)
     except Exception as exc:
-        for index in indexes:
-            yield index, None, "undecodable", f"{type(exc).__name__}: {exc}"[:300]
+        for position in positions:
+            yield position, None, "undecodable", f"{type(exc).__name__}: {exc}"[:300]
         return
     deadline = media.Deadline(timeout_s)
     with handle, img:
-        for index in sorted(indexes):
-            yield (index, *media.frame_rgb(img, index, max_pixels, deadline))
+        for position in positions:
+            if img.format == "TIFF":
+                yield (position, *media.tiff_page_rgb(handle, position, max_pixels, deadline))
+            else:
+                yield (position, *media.frame_rgb(img, position, max_pixels, deadline))
 
 
 def select_frames(times: list[float], sampling: VideoSampling) -> list[int]:
@@ -222,8 +247,8 @@ def probe(uri: str, sampling: VideoSampling, options=None, *, max_pixels: int | 
     if not picked and error is None:
         window = f"[{sampling.start_s}, {sampling.end_s if sampling.end_s is not None else 'end'})"
         return _error("no_frames_in_window", f"no frame in the window {window} s (the video spans {times[0]:.3f}-{times[-1]:.3f} s)")
-    return {"error": error, "detail": detail, "width": width, "height": height,
-            "frames": [(i, pts[i], round(times[i], 6)) for i in picked]}
+    return _capped({"error": error, "detail": detail, "width": width, "height": height,
+                    "frames": [(i, pts[i], round(times[i], 6)) for i in picked]}, sampling.max_frames_per_file)
 
 
 def decode_segment(uri: str, pts_wanted: list[int], options=None, *, max_pixels: int | None = None,

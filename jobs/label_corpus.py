@@ -61,6 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-start", type=float, default=VIDEO["start_s"], metavar="SECONDS", help="sampling window start")
     p.add_argument("--video-end", type=float, default=VIDEO["end_s"], metavar="SECONDS", help="sampling window end (None: the end)")
     p.add_argument("--video-max-frames", type=int, default=VIDEO["max_frames"], help="at most this many frames per video")
+    p.add_argument("--max-frames-per-file", type=int, default=VIDEO["max_frames_per_file"],
+                   help="rows one video, animation or multi-page TIFF may become; the rest are one 'too_many_frames' row")
     p.add_argument("--video-frames-per-task", type=int, default=VIDEO["frames_per_task"],
                    help="sampled frames one decode task handles (a long video spreads over many tasks)")
     p.add_argument("--file-timeout", type=float, default=VIDEO["timeout_s"], metavar="SECONDS",
@@ -100,6 +102,7 @@ def make_config(args) -> config.LabelJobConfig:
         work_max_side=args.work_max_side, incremental=args.incremental,
         video=video.VideoSampling(fps=args.video_fps, every_n=args.video_every_n, start_s=args.video_start,
                                   end_s=args.video_end, max_frames=args.video_max_frames,
+                                  max_frames_per_file=args.max_frames_per_file,
                                   frames_per_task=args.video_frames_per_task, timeout_s=args.file_timeout), relabel=args.relabel,
         cpu_node_resource=args.cpu_node_resource, autoscaling=args.autoscaling, stall_timeout_s=args.stall_timeout,
         commit_every_s=args.commit_every, lease_ttl_s=args.lease_ttl, jpeg_decode=args.jpeg_decode,

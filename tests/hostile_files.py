@@ -55,6 +55,29 @@ def _huge_later_page_tiff(side: int) -> bytes:
     return encode_image(pages[0], "TIFF", save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
 
 
+def _many_pages_tiff(pages: int) -> bytes:
+    """A TIFF of `pages` 1x1 grey pages, written by hand (102 bytes a page, all sharing one
+    pixel): 32,000 pages in 3.3 MB, the review's file."""
+    pixel_at, first = 8, 10
+    out = bytearray(b"II*\x00" + struct.pack("<I", first) + b"\x80\x00")
+    for k in range(pages):
+        next_ifd = first + (k + 1) * 102 if k + 1 < pages else 0
+        tags = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+                (273, 4, pixel_at), (278, 3, 1), (279, 4, 1)]  # size, 8-bit, uncompressed, grey, one strip
+        out += struct.pack("<H", len(tags))
+        for tag, kind, value in tags:
+            out += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        out += struct.pack("<I", next_ifd)
+    return bytes(out)
+
+
+def _many_frames(fmt: str, frames: int) -> bytes:
+    """An animation of `frames` 2x2 frames (10 ms each, colours alternating so none merge)."""
+    images = [Image.new("RGB", (2, 2), (255 * (k % 2), 0, 0)) for k in range(frames)]
+    return encode_image(images[0], fmt, save_all=True, append_images=images[1:], duration=10, **(
+        {"lossless": True} if fmt == "WEBP" else {}))
+
+
 def seeds(tmp: str) -> dict[str, bytes]:
     """One valid file per format: what the fuzz flips bytes of."""
     rng = np.random.default_rng(7)
@@ -80,6 +103,9 @@ def named_cases(tmp: str) -> dict[str, bytes]:
         "tiny_frames_big_canvas.gif": _tiny_frames_gif(2000, 3000),
         "huge_second_page.tif": _huge_later_page_tiff(12000),
         "huge_frames.mkv": _video(os.path.join(tmp, "huge.mkv"), [0.0, 1.0], size=(8192, 8192), flat=True),
+        "many_pages.tif": _many_pages_tiff(32_000),
+        "many_frames.webp": _many_frames("WEBP", 3_000),
+        "many_frames_apng.png": _many_frames("PNG", 3_000),
     }
 
 

@@ -184,6 +184,9 @@ class ServeConfig:
     max_bytes: int = 32 * 1024 * 1024  # a larger request is refused before its body is read
     max_pixels: int = 64_000_000
     work_max_side: int = 1280
+    # what the requests being decoded at the ingress may hold at once (serving/cascade.MemoryBudget):
+    # up to 32 requests are admitted, and a 60 KB PNG can decode to 64 megapixels
+    decode_memory_mb: int = 2048
     batch_wait_timeout_s: float = 0.01  # how long a stage waits to fill a batch with concurrent requests
     # URIs the server may read for a request ({"uri": ...}): prefixes such as "s3://uploads/";
     # none by default, so a public endpoint cannot be made to read the server's own files
@@ -207,8 +210,9 @@ class ServeConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "stages", cascade_stages(self.stages))
-        if self.max_bytes < 1 or self.max_pixels < 1 or self.batch_wait_timeout_s < 0:
-            raise ConfigError("max_bytes >= 1, max_pixels >= 1 and batch_wait_timeout_s >= 0 are required")
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.decode_memory_mb < 1 or self.batch_wait_timeout_s < 0:
+            raise ConfigError("max_bytes >= 1, max_pixels >= 1, decode_memory_mb >= 1 and batch_wait_timeout_s >= 0 "
+                              "are required")
         if min(self.label_studio_concurrency, self.label_studio_max_tasks, self.max_ongoing_requests,
                self.max_queued_requests) < 1 or self.label_studio_deadline_s <= 0:
             raise ConfigError("label_studio_concurrency, label_studio_max_tasks, max_ongoing_requests and "

@@ -78,6 +78,14 @@ def _many_frames(fmt: str, frames: int) -> bytes:
         {"lossless": True} if fmt == "WEBP" else {}))
 
 
+def _palette_bomb_png(side: int) -> bytes:
+    """A side x side palette PNG with a transparent colour, one colour throughout: 60 KB that
+    decoded through RGBA to 1.3 GB at 8000x8000."""
+    img = Image.new("P", (side, side), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    return encode_image(img, "PNG", transparency=0, optimize=True)
+
+
 def seeds(tmp: str) -> dict[str, bytes]:
     """One valid file per format: what the fuzz flips bytes of."""
     rng = np.random.default_rng(7)
@@ -106,6 +114,7 @@ def named_cases(tmp: str) -> dict[str, bytes]:
         "many_pages.tif": _many_pages_tiff(32_000),
         "many_frames.webp": _many_frames("WEBP", 3_000),
         "many_frames_apng.png": _many_frames("PNG", 3_000),
+        "palette_bomb.png": _palette_bomb_png(8000),
     }
 
 

@@ -455,13 +455,70 @@ def test_label_studio_redirects_to_other_hosts_are_not_followed():
 def test_without_a_token_only_loopback_clients_are_served():
     from fashion_ray.serving import auth
 
-    assert auth.refusal("", "", "127.0.0.1") is None and auth.refusal("", "", "::1") is None
-    assert "loopback clients only" in auth.refusal("", "", "10.1.2.3")
-    assert auth.refusal("", "Bearer anything", None)  # no client address: not known to be loopback
-    assert auth.refusal("s3cret", "", "127.0.0.1")  # with a token, loopback needs it too
-    assert auth.refusal("s3cret", "Bearer s3cret", "10.1.2.3") is None
-    assert auth.refusal("s3cret", "Basic " + base64.b64encode(b"anyone:s3cret").decode(), "10.1.2.3") is None
-    assert auth.refusal("s3cret", "Basic !!!", "10.1.2.3")
+    local = {"host": "127.0.0.1:8000"}
+    assert auth.refusal("", local, "127.0.0.1") is None and auth.refusal("", {"host": "[::1]:8000"}, "::1") is None
+    assert auth.refusal("", {"host": "localhost"}, "127.0.0.1") is None
+    assert "loopback clients only" in auth.refusal("", local, "10.1.2.3")
+    assert auth.refusal("", local | {"authorization": "Bearer anything"}, None)  # no client address: not known to be loopback
+    assert auth.refusal("", local, "127.0.0.6")  # a sidecar relaying another host's request
+    # DNS rebinding: a page at http://rebind.example:8000/ whose name now resolves to 127.0.0.1
+    assert "Host header" in auth.refusal("", {"host": "rebind.example:8000"}, "127.0.0.1")
+    assert auth.refusal("", {"host": "localhost.rebind.example"}, "127.0.0.1")
+    assert auth.refusal("", {}, "127.0.0.1")
+    # uvicorn made 127.0.0.1 out of X-Forwarded-For (FORWARDED_ALLOW_IPS='*'): the header stays
+    for header in ("x-forwarded-for", "forwarded", "x-real-ip"):
+        assert "forwarded by a proxy" in auth.refusal("", local | {header: "127.0.0.1"}, "127.0.0.1")
+    assert auth.refusal("s3cret", local, "127.0.0.1")  # with a token, loopback needs it too
+    assert auth.refusal("s3cret", {"authorization": "Bearer s3cret"}, "10.1.2.3") is None
+    assert auth.refusal("s3cret", {"authorization": "Basic " + base64.b64encode(b"anyone:s3cret").decode()}, "10.1.2.3") is None
+    assert auth.refusal("s3cret", {"authorization": "Basic !!!"}, "10.1.2.3")
+    # no token: Serve must listen on loopback, or the server does not start
+    for host in ("127.0.0.1", "::1", "localhost"):
+        auth.check_listening_address(host, "")
+    for host in ("0.0.0.0", "10.1.2.3", "::"):
+        with pytest.raises(auth.AuthConfigError, match="no API token"):
+            auth.check_listening_address(host, "")
+    auth.check_listening_address("0.0.0.0", "s3cret")
+
+
+def test_decode_memory_is_shared_in_arrival_order():
+    """The ingress's decode budget: shares from the image header, first come first served,
+    never more than the budget held at once; one larger than it runs alone."""
+    import asyncio
+
+    import hostile_files
+
+    from fashion_ray.serving.cascade import DECODE_BYTES_PER_PIXEL, MemoryBudget, decode_bytes
+
+    assert decode_bytes(hostile_files._palette_bomb_png(8000)) == 8000 * 8000 * DECODE_BYTES_PER_PIXEL
+    assert decode_bytes(b"not an image") == 0
+
+    async def scenario():
+        budget, log = MemoryBudget(100), []
+        gates = {name: asyncio.Event() for name in "abcd"}
+
+        async def request(name, amount):
+            async with budget.hold(amount):
+                log.append((name, budget.total - budget.free))
+                await gates[name].wait()
+
+        tasks = [asyncio.create_task(request(n, amount)) for n, amount in (("a", 60), ("b", 50), ("c", 30), ("d", 500))]
+        await asyncio.sleep(0.05)
+        assert log == [("a", 60)]  # b does not fit; c would, but waits its turn behind b
+        gates["a"].set()
+        await asyncio.sleep(0.05)
+        assert log == [("a", 60), ("b", 50), ("c", 80)]
+        gates["b"].set()
+        await asyncio.sleep(0.05)
+        assert log[-1] == ("c", 80)  # d needs the whole budget: it waits for c too
+        gates["c"].set()
+        await asyncio.sleep(0.05)
+        assert log[-1] == ("d", 100)
+        gates["d"].set()
+        await asyncio.gather(*tasks)
+        assert budget.free == 100 and budget.waiting == []
+
+    asyncio.run(scenario())
 
 
 def test_serve_arguments_are_checked():
@@ -474,6 +531,7 @@ def test_serve_arguments_are_checked():
     with pytest.raises(ConfigError, match="max_queued_requests='many': not a number"):
         serve_config({"max_queued_requests": "many"})
     assert serve_config({"expose_info": "true"}).expose_info and not serve_config({}).expose_info
+    assert serve_config({"decode_memory_mb": "512"}).decode_memory_mb == 512
     with pytest.raises(ConfigError, match="valid: person, clothing, parts"):
         serve_config({"stages": "person,shoes"})
 

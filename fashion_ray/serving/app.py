@@ -36,8 +36,8 @@ from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overri
 from fashion_ray.models import Device, load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import auth, label_studio
-from fashion_ray.serving.cascade import (HTTP_STATUS, Request, check_uri, decode, fetch, label_row, overlay_png, refused,
-                                        row_json, run_stage, uploaded)
+from fashion_ray.serving.cascade import (HTTP_STATUS, MemoryBudget, Request, check_uri, decode, decode_bytes, fetch,
+                                        label_row, overlay_png, refused, row_json, run_stage, uploaded)
 from fashion_ray.stages import STAGE_CLASSES
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,13 @@ def _page(cfg: ServeConfig, bundle_label: str) -> str:
             .replace("{{max_mb}}", f"{cfg.max_bytes / 2**20:g}"))
 
 
+def _serve_http_host() -> str:
+    """The address Serve's HTTP proxies listen on (its controller's http_options)."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().http_config.host
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -139,30 +146,44 @@ class Ingress:
         self.garments = written_labels(clothing) if clothing and "clothing" in cfg.stages else ()
         self.page = _page(cfg, self.model_version)
         self.token = auth.read_secret(cfg.auth_token_file, "auth_token_file") if cfg.auth_token_file else ""
+        auth.check_listening_address(_serve_http_host(), self.token)
         self.label_studio = label_studio.Connection.from_config(cfg)  # never from a request
         self.ls_slots = asyncio.Semaphore(cfg.label_studio_concurrency)
+        self.decode_memory = MemoryBudget(cfg.decode_memory_mb << 20)
 
     def _authorize(self, http: HttpRequest) -> None:
-        reason = auth.refusal(self.token, http.headers.get("authorization", ""), http.client.host if http.client else None)
+        reason = auth.refusal(self.token, http.headers, http.client.host if http.client else None)
         if reason:
             raise Unauthorized(reason)
 
-    async def _cascade(self, request: Request, data: bytes | None) -> tuple[Request, dict, object]:
-        """Fetch and decode, run every stage; returns (the request, its Parquet row, the
-        original-size image or None)."""
-        image = None
-        start = time.perf_counter()
+    async def _cascade(self, request: Request, data: bytes | None, overlay: bool = False) -> tuple[Request, dict, str | None]:
+        """Fetch and decode, run every stage; returns (the request, its Parquet row, the overlay
+        as base64 PNG when asked and labelled). The decode holds its share of decode_memory_mb,
+        and with an overlay the full-size image holds it until the overlay is drawn."""
         if request.status == "ok" and data is None:
             data = await asyncio.to_thread(fetch, request, self.cfg)
-        if request.status == "ok":
-            image = await asyncio.to_thread(decode, request, data, self.cfg)
+        if request.status != "ok":
+            return request, self._row(request), None
+        async with self.decode_memory.hold(decode_bytes(data)):
+            start = time.perf_counter()
+            image = await asyncio.to_thread(decode, request, data, self.cfg, overlay)
             request.served["decode"] = (1, time.perf_counter() - start)
+            if overlay:
+                request, row = await self._stages(request)
+                drawn = await asyncio.to_thread(overlay_png, image, row) if row["status"] == "ok" else None
+                return request, row, drawn
+        request, row = await self._stages(request)
+        return request, row, None
+
+    async def _stages(self, request: Request) -> tuple[Request, dict]:
         for stage in self.stages:
             if request.status != "ok":
                 break
             request = await stage.label.remote(request)
-        row = label_row(request, bundle_name=self.bundle_name, bundle_version=self.bundle_version, stages=list(self.cfg.stages))
-        return request, row, image
+        return request, self._row(request)
+
+    def _row(self, request: Request) -> dict:
+        return label_row(request, bundle_name=self.bundle_name, bundle_version=self.bundle_version, stages=list(self.cfg.stages))
 
     async def _read(self, http: HttpRequest) -> tuple[Request, bytes | None]:
         """The request's image: bytes in the body, or {"uri": ...} in JSON. Size is checked
@@ -217,15 +238,15 @@ class Ingress:
     async def label(self, http: HttpRequest, overlay: bool = False) -> Response:
         self._authorize(http)
         request, data = await self._read(http)
-        request, row, image = await self._cascade(request, data)
+        request, row, drawn = await self._cascade(request, data, overlay)
         body = row_json(row)
         # where the time went, as browsers' devtools read it: "person;dur=812.4;desc="batch of 2", ..."
         timing = {"Server-Timing": ", ".join(f'{step};dur={seconds * 1000:.1f};desc="batch of {size}"'
                                              for step, (size, seconds) in request.served.items())}
         if row["status"] != "ok":
             return JSONResponse(body, status_code=HTTP_STATUS.get(row["error"], 422), headers=timing)
-        if overlay:
-            body["overlay_png"] = await asyncio.to_thread(overlay_png, image, row)
+        if drawn:
+            body["overlay_png"] = drawn
         return JSONResponse(body, headers=timing)
 
     # --- Label Studio ML backend (Label Studio appends these to the backend URL) ---
@@ -341,7 +362,7 @@ class Ingress:
 
 # builder argument -> (ServeConfig field, how the text becomes its value)
 SCALAR_ARGS = {
-    "bundle": ("bundle", str), "max_bytes": ("max_bytes", int), "max_pixels": ("max_pixels", int),
+    "bundle": ("bundle", str), "max_bytes": ("max_bytes", int), "max_pixels": ("max_pixels", int), "decode_memory_mb": ("decode_memory_mb", int),
     "max_side": ("work_max_side", int), "batch_wait_ms": ("batch_wait_timeout_s", lambda v: float(v) / 1000),
     "auth_token_file": ("auth_token_file", str), "label_studio_url": ("label_studio_url", str),
     "label_studio_token_file": ("label_studio_token_file", str),

@@ -11,7 +11,9 @@ to the server's log), so the answers cannot map what the server can read.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -21,6 +23,7 @@ from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from fashion_ray import media, preview, storage
 from fashion_ray.config import ServeConfig
@@ -105,17 +108,67 @@ def fetch(request: Request, cfg: ServeConfig) -> bytes | None:
     return data
 
 
-def decode(request: Request, data: bytes, cfg: ServeConfig) -> np.ndarray | None:
-    """Fill the request's working image; returns the original-size image (for the overlay)."""
-    decoded = media.decode_image(data, max_pixels=cfg.max_pixels, max_side=None)
+def decode(request: Request, data: bytes, cfg: ServeConfig, keep_original: bool = False) -> np.ndarray | None:
+    """Fill the request's working image; returns the original-size image when asked (for the
+    overlay), else None: the full-size pixels then never outlive the decode."""
+    decoded = media.decode_image(data, max_pixels=cfg.max_pixels, max_side=None if keep_original else cfg.work_max_side)
     request.width, request.height = decoded.width, decoded.height
     if decoded.error:
         request.fail(decoded.error, decoded.detail)
+        return None
+    if not keep_original:  # decoded as the batch job decodes: at working resolution
+        request.image, request.scale = decoded.image, decoded.scale
         return None
     # the batch job decodes with max_side set, which is this same resize of the same pixels
     work = media.fit(decoded.image, cfg.work_max_side)
     request.image, request.scale = work.image, work.scale
     return decoded.image
+
+
+# Peak memory of a decode (and the overlay drawn at full size) per pixel of the original:
+# an 8000x8000 palette PNG with transparency peaks at ~11 bytes a pixel at full size.
+DECODE_BYTES_PER_PIXEL = 12
+
+
+def decode_bytes(data: bytes) -> int:
+    """What decoding `data` may hold at its peak, from the image header alone (0 when the
+    header does not parse: nothing large is decoded, and the decoder names the reason)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:
+        return 0
+    return width * height * DECODE_BYTES_PER_PIXEL
+
+
+class MemoryBudget:
+    """Bytes that requests being decoded may hold at once: requests take their share
+    (decode_bytes) in arrival order, each waiting until it fits; one larger than the whole
+    budget waits to run alone. A few KB of PNG can claim 64 megapixels, so a count of
+    requests alone does not bound memory."""
+
+    def __init__(self, total: int):
+        self.total = self.free = total
+        self.waiting: list[object] = []  # tickets, first come first served: a large share is not starved
+        self.changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, amount: int):
+        amount, ticket = min(amount, self.total), object()
+        async with self.changed:
+            self.waiting.append(ticket)
+            try:
+                await self.changed.wait_for(lambda: self.waiting[0] is ticket and self.free >= amount)
+            finally:  # admitted or cancelled: the next in line may go
+                self.waiting.remove(ticket)
+                self.changed.notify_all()
+            self.free -= amount
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.free += amount
+                self.changed.notify_all()
 
 
 def run_stage(stage, requests: list[Request]) -> list[Request]:

@@ -203,6 +203,9 @@ class ServeConfig:
     # a /predict answers within this (Label Studio gives up at 100 s); tasks not done by then get
     # no prediction, and Label Studio's next "Retrieve predictions" asks for them again
     label_studio_deadline_s: float = 80.0
+    # one task image read from Label Studio, start to end (in a thread pool of its own, so a
+    # slow Label Studio cannot hold up the threads that /v1/label decodes in)
+    label_studio_fetch_timeout_s: float = 30.0
     expose_info: bool = False  # /v1/info, /docs and /openapi.json (they describe the server's limits and prefixes)
     # requests waiting at the ingress beyond its running ones; more are answered 503 at once
     max_ongoing_requests: int = 32
@@ -214,6 +217,11 @@ class ServeConfig:
             raise ConfigError("max_bytes >= 1, max_pixels >= 1, decode_memory_mb >= 1 and batch_wait_timeout_s >= 0 "
                               "are required")
         if min(self.label_studio_concurrency, self.label_studio_max_tasks, self.max_ongoing_requests,
-               self.max_queued_requests) < 1 or self.label_studio_deadline_s <= 0:
+               self.max_queued_requests) < 1 or min(self.label_studio_deadline_s, self.label_studio_fetch_timeout_s) <= 0:
             raise ConfigError("label_studio_concurrency, label_studio_max_tasks, max_ongoing_requests and "
-                              "max_queued_requests must be >= 1, label_studio_deadline_s > 0")
+                              "max_queued_requests must be >= 1, label_studio_deadline_s and "
+                              "label_studio_fetch_timeout_s > 0")
+        web = [p for p in self.allow_uris if p.lower().startswith(("http://", "https://"))]
+        if web:  # no fetch path reads them (and one would follow a web server's redirects elsewhere)
+            raise ConfigError(f"allow_uris: {web[0]!r}: the server reads object stores and local folders "
+                              "(s3://, gs://, az://, file paths), not http(s) URLs")

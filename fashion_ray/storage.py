@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import stat
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -200,9 +201,9 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
             raise StorageError(f"input {uri!r} does not exist (give a folder/prefix, an image, or a .txt manifest of URIs)")
         if fs.isdir(path):
             for info in iter_objects(fs, protocol, path):
-                if info.get("type") != "file":
+                if info.get("type") == "directory":
                     continue
-                reason = skip_reason(info["name"])
+                reason = skip_reason(info["name"]) if info.get("type") == "file" else "not_a_regular_file"
                 if reason:
                     skipped[reason] = skipped.get(reason, 0) + 1
                 else:
@@ -242,13 +243,30 @@ def stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
     return out
 
 
+def read_regular_file(path: str, limit: int | None = None) -> bytes:
+    """A local file's bytes (at most `limit`), if it is a regular file: a FIFO or a device
+    under an input folder or an allowed prefix would block the reader forever. Opened
+    without blocking and checked on the open file, so a file swapped after a stat is caught."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StorageError(f"{path} is not a regular file")
+        return fh.read() if limit is None else fh.read(limit)
+
+
 def fetch_many(uris: list[str], options: StorageOptions | None = None) -> list[bytes | Exception]:
     """Fetch whole objects, concurrently where the filesystem supports it (s3fs batches `cat`)."""
     by_fs: dict[int, tuple] = {}
+    out: list = [None] * len(uris)
     for i, uri in enumerate(uris):
         fs, path = filesystem(uri, options)
+        if split_uri(uri)[0] == "file":
+            try:
+                out[i] = read_regular_file(path)
+            except Exception as exc:
+                out[i] = exc
+            continue
         by_fs.setdefault(id(fs), (fs, []))[1].append((i, path))
-    out: list = [None] * len(uris)
     for fs, items in by_fs.values():
         got = fs.cat([p for _, p in items], on_error="return")
         for i, path in items:
@@ -260,6 +278,8 @@ def fetch_bounded(uri: str, max_bytes: int, options: StorageOptions | None = Non
     """At most max_bytes + 1 bytes of an object: one byte more than allowed says "too large"
     without reading an object that grew after it was listed."""
     fs, path = filesystem(uri, options)
+    if split_uri(uri)[0] == "file":
+        return read_regular_file(path, max_bytes + 1)
     with fs.open(path, "rb") as fh:
         return fh.read(max_bytes + 1)
 

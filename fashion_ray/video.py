@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +160,8 @@ def _open(uri: str, options, opener=None):
     import av
 
     fs, path = storage.filesystem(uri, options)
+    if storage.split_uri(uri)[0] == "file" and not stat.S_ISREG(os.stat(path).st_mode):
+        raise storage.StorageError(f"{path} is not a regular file")  # a FIFO would block the open forever
     handle = fs.open(path, "rb")
     try:
         return handle, opener(handle) if opener else av.open(handle, mode="r", metadata_errors="ignore")

@@ -77,3 +77,42 @@ def test_a_served_fetch_reads_no_more_than_the_limit_allows(tmp_path):
     photo.write_bytes(b"x" * 10_000)  # replaced after it was listed
     assert fetch(request, cfg) is None and request.error == "too_large"
     assert storage.fetch_bounded(str(photo), 150) == b"x" * 151
+
+
+def test_web_prefixes_are_refused_at_start():
+    from fashion_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'https://cdn.example.com/looks'.*not http\(s\) URLs"):
+        ServeConfig(allow_uris=("s3://bucket/uploads/", "https://cdn.example.com/looks"))
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    """A FIFO (or device) under an allowed folder or in an input folder blocked its reader forever."""
+    import threading
+
+    from fashion_ray.serving.cascade import fetch
+
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "clip.mp4").symlink_to(fifo)
+    cfg = ServeConfig(allow_uris=(str(tmp_path),))
+    answers = {}
+
+    def read_all():
+        request = check_uri(str(fifo), cfg)
+        answers["served"] = request.status == "ok" and fetch(request, cfg), request.error
+        answers["batch"] = storage.fetch_many([str(fifo)])[0]
+        from fashion_ray import video
+
+        answers["video"] = video.probe(str(tmp_path / "clip.mp4"), video.VideoSampling())["error"]
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert not reader.is_alive(), "a reader is stuck on the FIFO"
+    assert answers["served"] == (None, "unreadable")
+    assert isinstance(answers["batch"], storage.StorageError) and "not a regular file" in str(answers["batch"])
+    assert answers["video"] in ("unreadable", "undecodable")
+    skipped = {}
+    listed = storage.list_inputs([str(tmp_path)], skipped=skipped)
+    assert listed.num_rows == 0 and skipped == {"not_a_regular_file": 2}

@@ -74,6 +74,7 @@ def test_hourly_rayjob_runs_the_readme_incremental_command():
     crontab = [line for line in open(os.path.join(ROOT, "cluster", "crontab")) if line.strip() and not line.startswith("#")]
     [entry] = crontab
     assert entry.split()[:5] == ["0", "*", "*", "*", "*"]
+    assert "--runtime-env" not in entry  # an hourly run installs nothing: unpinned pip lines stay out
     assert shlex.split(entry.split(" -- ", 1)[1].split(">>")[0]) == argv
 
 
@@ -171,16 +172,36 @@ def test_served_cascade_on_a_cluster_needs_its_api_token_and_bounds_its_queue():
     cfg = serve_config(app["args"])
     assert cfg.auth_token_file == "/etc/fashion-ray/api-token" and not cfg.expose_info
     assert not {k for k in app.get("runtime_env", {}).get("env_vars", {}) if "TOKEN" in k or "KEY" in k}
-    service = yaml.safe_load(open(os.path.join(ROOT, "cluster", "rayservice-cascade.yaml")))["spec"]["rayClusterConfig"]
-    pods = [service["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in service["workerGroupSpecs"]]
-    for pod in pods:  # the ingress may land on any node: each has the Secret where auth_token_file points
-        [volume] = [v for v in pod["volumes"] if v["name"] == "api-token"]
-        assert volume["secret"]["secretName"] == "fashion-ray-api-token"
-        mounts = {m["mountPath"]: m for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] == "api-token"}
-        assert mounts["/etc/fashion-ray"]["readOnly"] is True
+    for name, cluster in (("rayservice-cascade.yaml", "rayClusterConfig"), ("raycluster.yaml", None)):
+        # the RayCluster too: `serve deploy cluster/serve.yaml` onto it needs the file on every node
+        spec = yaml.safe_load(open(os.path.join(ROOT, "cluster", name)))["spec"]
+        spec = spec[cluster] if cluster else spec
+        pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+        for pod in pods:  # the ingress may land on any node: each has the Secret where auth_token_file points
+            [volume] = [v for v in pod["volumes"] if v["name"] == "api-token"]
+            assert volume["secret"]["secretName"] == "fashion-ray-api-token"
+            assert volume["secret"]["defaultMode"] == 0o440, name  # not world-readable
+            mounts = {m["mountPath"]: m for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] == "api-token"}
+            assert mounts["/etc/fashion-ray"]["readOnly"] is True
     launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))
     assert "~/.fashion-ray/api-token" in launcher["file_mounts"]
-    assert any("/etc/fashion-ray/api-token" in c for c in launcher["setup_commands"])
+    [install] = [c for c in launcher["setup_commands"] if "/etc/fashion-ray/api-token" in c]
+    mode = shlex.split(install)[shlex.split(install).index("-m") + 1]
+    assert mode == "0400" and '-o "$(id -un)"' in install  # the Ray user's alone (it was 0444)
+
+
+def test_every_pod_runs_unprivileged_and_only_autoscaling_heads_hold_a_service_account_token():
+    pods = _ray_pod_specs()
+    kubectl = next(d for d in yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))
+                   if d["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    for name, pod in pods + [("cronjob-auto-label.yaml", kubectl)]:
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod["containers"]:
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        autoscaling_head = pod["containers"][0]["name"] == "ray-head" and name != "rayjob-label-corpus.yaml"
+        if pod is not kubectl and not autoscaling_head:
+            assert pod["automountServiceAccountToken"] is False, (name, pod["containers"][0]["name"])
 
 
 def test_hourly_and_one_shot_jobs_run_a_pinned_commit_and_pinned_images():

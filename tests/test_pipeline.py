@@ -126,6 +126,26 @@ def test_bundle_manifest_rejects_unknown_keys(tmp_path):
         load_bundle(str(tmp_path))
 
 
+@pytest.mark.parametrize("weights,sha256", [
+    ("../payload/evil.sh", "0" * 64), ("/etc/passwd", "0" * 64), ("s3://elsewhere/person.pt", "0" * 64),
+    ("file:///etc/passwd", "0" * 64), ("C:/x.pt", "0" * 64), ("sub/../../x.pt", "0" * 64), ("~/x.pt", "0" * 64),
+    ("person.pt", "../x"), ("person.pt", "ABC"), ("person.pt", 12)])
+def test_bundle_files_stay_inside_the_bundle(tmp_path, weights, sha256):
+    """A hostile manifest can neither make a reader fetch (or a publish copy) a file outside
+    its folder nor name a lock file with its digest (a published bundle copies the base's files)."""
+    raw = json.loads(open(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap", "bundle.json")).read())
+    raw["stages"]["clothing"]["weights"], raw["stages"]["clothing"]["sha256"] = weights, sha256
+    (tmp_path / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="not a path inside the bundle folder|not 64 lower-case hex digits"):
+        load_bundle(str(tmp_path))
+    raw = json.loads(open(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap", "bundle.json")).read())
+    raw["stages"]["person"]["options"]["files"]["detector"]["path"] = weights
+    (tmp_path / "bundle.json").write_text(json.dumps(raw))
+    if isinstance(sha256, str) and len(sha256) == 64:
+        with pytest.raises(BundleError, match="not a path inside the bundle folder"):
+            load_bundle(str(tmp_path))
+
+
 def test_builtin_bundle_files_match_their_checksums():
     bundle = load_bundle("bootstrap")
     for spec in bundle.stages.values():

@@ -412,6 +412,9 @@ def test_every_door_of_the_served_cascade_is_shut(served):
         answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=120)
         assert answer.status_code == 200 and answer.json()["results"] == [[], [], []]  # none could be read
         assert hostile.seen == []
+        for config in (5, ["<View/>"]):  # a labelling config that is not text: 400, not 500
+            answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=60)
+            assert answer.status_code == 400 and "XML text" in answer.json()["error"], config
         # a web page's text/plain POST (no preflight) is not read
         answer = API.post(f"{served}/label-studio/setup", data=json.dumps(setup), headers={"Content-Type": "text/plain"}, timeout=60)
         assert answer.status_code == 415
@@ -450,6 +453,91 @@ def test_label_studio_redirects_to_other_hosts_are_not_followed():
     finally:
         elsewhere.close()
         studio.close()
+
+
+class _SlowStudio:
+    """A real HTTP server standing in for a Label Studio host: /api/token/refresh hands out
+    access tokens expiring `lifetime_s` from now (counted), and an image path sends `body`
+    one byte every `trickle_s` seconds."""
+
+    def __init__(self, body: bytes, trickle_s: float = 0.0, lifetime_s: float = 300):
+        import http.server
+        import threading
+
+        studio = self
+        self.refreshes, self.reads = 0, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                studio.refreshes += 1
+                claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + lifetime_s}).encode()).decode().rstrip("=")
+                answer = json.dumps({"access": f"header.{claims}.signature{studio.refreshes}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def do_GET(self):
+                studio.reads.append(self.headers.get("Authorization"))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for k in range(len(body)):
+                    self.wfile.write(body[k:k + 1] if trickle_s else body[k:])
+                    self.wfile.flush()
+                    if not trickle_s:
+                        break
+                    time.sleep(trickle_s)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_trickling_label_studio_cannot_hold_a_reader():
+    """A host that sends a byte every half second: the read ends at its total deadline."""
+    studio = _SlowStudio(b"x" * 1000, trickle_s=0.5)
+    try:
+        start = time.perf_counter()
+        with pytest.raises(label_studio.TaskImageError, match="within 2 s"):
+            label_studio.read_task_image("label_studio", f"{studio.url}/data/upload/1/x.jpg",
+                                         label_studio.Connection(studio.url, "legacy-token"), MAX_BYTES, timeout_s=2)
+        assert time.perf_counter() - start < 4
+    finally:
+        studio.close()
+
+
+def test_label_studio_access_tokens_are_refreshed_when_they_expire():
+    """A personal access token is traded once for an access token used until it nears expiry."""
+    for lifetime_s, refreshes in ((300, 1), (5, 3)):  # 5 s is inside the 30 s margin: refreshed every read
+        studio = _SlowStudio(b"image bytes", lifetime_s=lifetime_s)
+        try:
+            connection = label_studio.Connection(studio.url, "personal.access.token")
+            for _ in range(3):
+                assert label_studio.read_task_image("label_studio", f"{studio.url}/data/upload/1/x.jpg",
+                                                    connection, MAX_BYTES) == b"image bytes"
+            assert studio.refreshes == refreshes
+            assert studio.reads[0].startswith("Bearer header.") and len(set(studio.reads)) == refreshes
+        finally:
+            studio.close()
+
+
+def test_label_studio_config_names_are_quoted_and_configs_are_text():
+    import xml.etree.ElementTree as ET
+
+    hostile = ('top"/><Image name="x" value="$evil', "a&b<c>")
+    labels = [el.get("value") for el in ET.fromstring(label_studio.recommended_config(hostile)).iter("Label")]
+    assert labels[1:3] == list(hostile)
+    for config in (5, ["<View/>"], {"a": 1}):
+        with pytest.raises(label_studio.LabelConfigError, match="XML text"):
+            label_studio.parse_label_config(config)
 
 
 def test_without_a_token_only_loopback_clients_are_served():

@@ -10,7 +10,9 @@
       }
     }
 
-"weights" is relative to the bundle folder or an absolute URI. Weight files are state
+"weights" (and each file in a stage's options["files"]) is a path inside the bundle folder:
+relative, no "..", no URI, so a manifest cannot make a reader fetch, or a publish write,
+anything outside it; every "sha256" is 64 hex digits. Weight files are state
 dicts read with torch.load(weights_only=True) after their sha256 is checked. Files from
 object storage are kept in a per-machine cache keyed by sha256 ($FASHION_RAY_CACHE, default
 ~/.cache/fashion-ray): the driver's check and every actor of a node share one download.
@@ -25,6 +27,7 @@ import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 from fashion_ray import storage
@@ -48,7 +51,7 @@ class StageModel:
     input_size: int = 320
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
-    weights: str | None = None  # relative to the bundle, absolute URI, or None (random init)
+    weights: str | None = None  # a path inside the bundle folder, or None (random init)
     sha256: str | None = None
     options: dict = field(default_factory=dict)
 
@@ -86,7 +89,7 @@ class Bundle:
         }
 
     def resolve(self, relative: str) -> str:
-        return relative if "://" in relative or os.path.isabs(relative) else storage.join(self.uri, relative)
+        return storage.join(self.uri, relative)  # load_bundle checked that it stays inside
 
 
 # the bootstrap bundle's actions stage (its bundle.json says the same; tests/test_actions.py checks)
@@ -125,6 +128,8 @@ def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bund
     if bad_stages:
         raise BundleError(f"{manifest_uri}: unknown stages {bad_stages} (valid: {', '.join(STAGES)})")
     stages = {name: StageModel.from_dict(name, spec) for name, spec in raw["stages"].items()}
+    for name, spec in stages.items():
+        check_files(f"{manifest_uri}: stage {name!r}", spec)
     # a bundle without an actions stage (one published before 1.2) gets the rules, which need no
     # weights: the default stages keep working with every bundle
     stages.setdefault("actions", ACTION_RULES)
@@ -194,6 +199,24 @@ def bundle_files(stage: StageModel) -> list[tuple[str, str | None]]:
     """(relative path, sha256) of every file a stage needs: its weights and any model files."""
     files = [(stage.weights, stage.sha256)] if stage.weights else []
     return files + [(f["path"], f.get("sha256")) for f in stage.options.get("files", {}).values()]
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_files(where: str, stage: StageModel) -> None:
+    """BundleError unless every file of the stage is a path inside the bundle with a hex sha256."""
+    files = stage.options.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(f, dict) and "path" in f for f in files.values()):
+        raise BundleError(f"{where}: options.files maps names to {{'path': ..., 'sha256': ...}}")
+    for relative, sha256 in bundle_files(stage):
+        parts = str(relative).replace("\\", "/").split("/")
+        if (not isinstance(relative, str) or "://" in relative or relative.startswith(("/", "~")) or ":" in parts[0]
+                or any(part in ("", ".", "..") for part in parts)):
+            raise BundleError(f"{where}: file {relative!r} is not a path inside the bundle folder "
+                              "(relative, without '..', no URI)")
+        if sha256 is not None and not (isinstance(sha256, str) and SHA256_HEX.fullmatch(sha256)):
+            raise BundleError(f"{where}: the sha256 of {relative!r} is not 64 lower-case hex digits")
 
 
 def verify_bundle(bundle: Bundle, stages, options: storage.StorageOptions | None = None) -> None:

@@ -18,6 +18,8 @@ needs the API token when one is configured (auth.py); without one, loopback clie
 
 
 import asyncio
+import concurrent.futures
+import functools
 import html
 import json
 import logging
@@ -149,6 +151,11 @@ class Ingress:
         auth.check_listening_address(_serve_http_host(), self.token)
         self.label_studio = label_studio.Connection.from_config(cfg)  # never from a request
         self.ls_slots = asyncio.Semaphore(cfg.label_studio_concurrency)
+        # task images are read in threads of their own: a task cancelled at the /predict deadline
+        # leaves its read running (until label_studio_fetch_timeout_s), and the shared pool that
+        # fetches and decodes /v1/label requests must not wait behind it
+        self.ls_readers = concurrent.futures.ThreadPoolExecutor(cfg.label_studio_concurrency,
+                                                                thread_name_prefix="label-studio-read")
         self.decode_memory = MemoryBudget(cfg.decode_memory_mb << 20)
 
     def _authorize(self, http: HttpRequest) -> None:
@@ -336,8 +343,9 @@ class Ingress:
                 if kind == "uri":
                     request, data = await asyncio.to_thread(check_uri, where, self.cfg), None
                 else:
-                    data = await asyncio.to_thread(label_studio.read_task_image, kind, where, self.label_studio,
-                                                   self.cfg.max_bytes)
+                    data = await asyncio.get_running_loop().run_in_executor(self.ls_readers, functools.partial(
+                        label_studio.read_task_image, kind, where, self.label_studio, self.cfg.max_bytes,
+                        self.cfg.label_studio_fetch_timeout_s))
                     request = uploaded(data)
             except Exception as exc:
                 request, data = refused("unreadable", str(exc)[:300], uri=f"label-studio:task:{task.get('id')}"), None
@@ -368,6 +376,7 @@ SCALAR_ARGS = {
     "label_studio_token_file": ("label_studio_token_file", str),
     "label_studio_concurrency": ("label_studio_concurrency", int), "label_studio_max_tasks": ("label_studio_max_tasks", int),
     "label_studio_deadline_s": ("label_studio_deadline_s", float),
+    "label_studio_fetch_timeout_s": ("label_studio_fetch_timeout_s", float),
     "max_ongoing_requests": ("max_ongoing_requests", int), "max_queued_requests": ("max_queued_requests", int),
     "expose_info": ("expose_info", lambda v: str(v).lower() in ("1", "true", "yes")),
 }

@@ -21,10 +21,14 @@ to read. Never from anywhere else.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import urllib.parse
+import threading
+import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from xml.sax.saxutils import quoteattr
 
 import cv2
 import numpy as np
@@ -90,9 +94,11 @@ def _label_map(control: ET.Element) -> dict[str, str]:
     return out
 
 
-def parse_label_config(xml: str) -> Targets:
-    """What a labelling config asks of us. Not XML -> LabelConfigError; XML we cannot fill
-    (no Image, no control with our labels) -> Targets with no images and the reason."""
+def parse_label_config(xml) -> Targets:
+    """What a labelling config asks of us. Not XML (or not text) -> LabelConfigError; XML we
+    cannot fill (no Image, no control with our labels) -> Targets with no images and the reason."""
+    if not isinstance(xml, str):
+        raise LabelConfigError(f"the labelling config is XML text, not a {type(xml).__name__}")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
@@ -120,8 +126,8 @@ def parse_label_config(xml: str) -> Targets:
 def recommended_config(garments: tuple[str, ...]) -> str:
     """A labelling config that takes everything the cascade finds: person and garment boxes
     (the bundle's garment classes), garment and body-part polygons."""
-    def labels(names):
-        return "".join(f'<Label value="{n}"/>' for n in names)
+    def labels(names):  # a bundle's class names are data: quoted as XML attributes
+        return "".join(f'<Label value={quoteattr(n)}/>' for n in names)
 
     return ('<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
             f'  <RectangleLabels name="boxes" toName="image">{labels((taxonomy.PERSON, *garments))}</RectangleLabels>\n'
@@ -224,10 +230,13 @@ def prediction(rows: dict[str, dict], targets: Targets, model_version: str) -> d
 @dataclass(frozen=True)
 class Connection:
     """The Label Studio task images are read from, and its API token: the server's
-    configuration, never a request's."""
+    configuration, never a request's. A personal access token (a JWT refresh token) is
+    traded for an access token once, and again only when that one is about to expire."""
 
     url: str = ""
     token: str = ""
+    access: dict = field(default_factory=dict, compare=False, repr=False)  # {"token", "expires"}
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg) -> "Connection":
@@ -245,12 +254,30 @@ class Connection:
     def auth_header(self) -> dict:
         if not self.token:
             return {}
-        if self.token.count(".") == 2:  # a personal access token (JWT refresh token): trade it for an access token
-            answer = requests.post(urllib.parse.urljoin(self.url, "/api/token/refresh"), json={"refresh": self.token},
-                                   timeout=10, allow_redirects=False)
-            answer.raise_for_status()
-            return {"Authorization": f"Bearer {answer.json()['access']}"}
-        return {"Authorization": f"Token {self.token}"}
+        if self.token.count(".") != 2:  # a legacy API token: sent as it is
+            return {"Authorization": f"Token {self.token}"}
+        with self.lock:  # image reads run in threads: one refresh for all of them
+            if self.access.get("expires", 0) - time.time() < ACCESS_TOKEN_MARGIN_S:
+                answer = requests.post(urllib.parse.urljoin(self.url, "/api/token/refresh"), json={"refresh": self.token},
+                                       timeout=10, allow_redirects=False)
+                answer.raise_for_status()
+                access = answer.json()["access"]
+                self.access.update(token=access, expires=jwt_expiry(access))
+            return {"Authorization": f"Bearer {self.access['token']}"}
+
+
+ACCESS_TOKEN_MARGIN_S = 30  # an access token this close to its expiry is refreshed first
+ACCESS_TOKEN_UNKNOWN_LIFETIME_S = 60  # kept this long when its expiry cannot be read
+
+
+def jwt_expiry(token: str) -> float:
+    """The `exp` (Unix time) of a JWT, read without verifying it: it only says when to ask
+    Label Studio again, and Label Studio checks the token."""
+    try:
+        payload = token.split(".")[1]
+        return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+    except Exception:
+        return time.time() + ACCESS_TOKEN_UNKNOWN_LIFETIME_S
 
 
 class TaskImageError(ValueError):
@@ -274,16 +301,26 @@ def task_image_source(task: dict, image: ImageTarget, connection: Connection, al
                          f"({connection.url or 'none: set label_studio_url'}) nor under an allowed prefix")
 
 
-def read_task_image(kind: str, where: str, connection: Connection, max_bytes: int) -> bytes:
-    """The bytes of a task image from task_image_source; too large -> TaskImageError."""
+def read_task_image(kind: str, where: str, connection: Connection, max_bytes: int, timeout_s: float = 30.0) -> bytes:
+    """The bytes of a task image from task_image_source; too large, or not all there within
+    timeout_s (the whole read, redirects included: a host that sends a byte every second
+    cannot hold the reading thread) -> TaskImageError."""
     if kind == "bytes":
         payload = where.partition(",")[2]
         if len(payload) * 3 // 4 > max_bytes:
             raise TaskImageError(f"the image exceeds the limit of {max_bytes} bytes")
         return base64.b64decode(payload)
+    deadline = time.monotonic() + timeout_s
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TaskImageError(f"Label Studio did not send the image within {timeout_s:g} s")
+        return left
+
     headers = connection.auth_header()
     for _ in range(MAX_REDIRECTS + 1):
-        with requests.get(where, headers=headers, stream=True, timeout=30, allow_redirects=False) as answer:
+        with requests.get(where, headers=headers, stream=True, timeout=remaining(), allow_redirects=False) as answer:
             if answer.is_redirect:  # followed within Label Studio only: its token goes nowhere else
                 where = urllib.parse.urljoin(where, answer.headers["location"])
                 if not connection.same_origin(where):
@@ -291,9 +328,12 @@ def read_task_image(kind: str, where: str, connection: Connection, max_bytes: in
                 continue
             answer.raise_for_status()
             data = bytearray()
-            for chunk in answer.iter_content(1 << 16):
+            # read1 returns what has arrived (iter_content waits for a whole chunk): the deadline is
+            # checked as bytes trickle in, and each wait is bounded by the socket's timeout
+            while chunk := answer.raw.read1(1 << 16, decode_content=True):
                 data += chunk
                 if len(data) > max_bytes:
                     raise TaskImageError(f"the image exceeds the limit of {max_bytes} bytes")
+                remaining()
             return bytes(data)
     raise TaskImageError(f"more than {MAX_REDIRECTS} redirects")

@@ -2,6 +2,7 @@
 
     python tests/hostile_files.py --out /tmp/hostile --cases 300       # build, label, check, print JSON
     python tests/hostile_files.py --out /tmp/hostile --cases 300 --build-only
+    python tests/hostile_files.py --out /tmp/hostile --cases 300 --large -- --stages person --num-cpus 2
 
 Builds the files a security review threw at the job (a video whose last frame claims 10^13 s,
 a GIF of 2,000 tiny frames on a 3000x3000 canvas, a TIFF with a huge later page, absurd
@@ -23,6 +24,8 @@ import time
 import numpy as np
 from helpers import encode_image, read_rows, run_cli
 from PIL import Image
+
+from fashion_ray.serving.benchmark import palette_png
 
 
 def _video(path: str, times: list[float], size=(64, 48), codec="libx264", flat=False) -> bytes:
@@ -78,14 +81,6 @@ def _many_frames(fmt: str, frames: int) -> bytes:
         {"lossless": True} if fmt == "WEBP" else {}))
 
 
-def _palette_bomb_png(side: int) -> bytes:
-    """A side x side palette PNG with a transparent colour, one colour throughout: 60 KB that
-    decoded through RGBA to 1.3 GB at 8000x8000."""
-    img = Image.new("P", (side, side), 0)
-    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-    return encode_image(img, "PNG", transparency=0, optimize=True)
-
-
 def seeds(tmp: str) -> dict[str, bytes]:
     """One valid file per format: what the fuzz flips bytes of."""
     rng = np.random.default_rng(7)
@@ -114,7 +109,20 @@ def named_cases(tmp: str) -> dict[str, bytes]:
         "many_pages.tif": _many_pages_tiff(32_000),
         "many_frames.webp": _many_frames("WEBP", 3_000),
         "many_frames_apng.png": _many_frames("PNG", 3_000),
-        "palette_bomb.png": _palette_bomb_png(8000),
+        "palette_bomb.png": palette_png(8000),  # 60 KB, 64 megapixels
+    }
+
+
+def large_cases(tmp: str) -> dict[str, bytes]:
+    """Many pages, many frames and long videos at sizes a test would not wait for (--large)."""
+    return {
+        "pages_250k.tif": _many_pages_tiff(250_000),  # 25 MB: Pillow's page count passed the stall timeout
+        "frames_20k.gif": _tiny_frames_gif(20_000, 64),
+        "frames_20k.webp": _many_frames("WEBP", 20_000),
+        "frames_20k_apng.png": _many_frames("PNG", 20_000),
+        "video_10min_64x48.mkv": _video(os.path.join(tmp, "v1.mkv"), [k / 30 for k in range(18_000)], size=(64, 48), flat=True),
+        "video_1h_16x16.mkv": _video(os.path.join(tmp, "v2.mkv"), [k / 30 for k in range(108_000)], size=(16, 16), flat=True),
+        "video_20min_320x240.mp4": _video(os.path.join(tmp, "v3.mp4"), [k / 10 for k in range(12_000)], size=(320, 240), flat=True),
     }
 
 
@@ -133,12 +141,10 @@ def fuzz(data: bytes, cases: int, seed: int) -> list[bytes]:
     return out
 
 
-def build(folder: str, cases: int, good: int = 4) -> dict:
+def build(folder: str, cases: int, good: int = 4, large: bool = False) -> dict:
     """Write the hostile files and `good` good photos into folder; returns what was written."""
     os.makedirs(folder, exist_ok=True)
-    written = {}
-    for name, data in named_cases(folder).items():
-        written[name] = data
+    written = {**named_cases(folder), **(large_cases(folder) if large else {})}
     for k, (fmt, data) in enumerate(seeds(folder).items()):
         for i, case in enumerate(fuzz(data, cases, seed=k)):
             written[f"fuzz_{fmt}_{i:03d}.{fmt}"] = case
@@ -152,15 +158,19 @@ def build(folder: str, cases: int, good: int = 4) -> dict:
     for name, data in written.items():
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
-    return {"files": sorted(written), "good": good_names}
+    return {"files": sorted(written), "good": good_names, "named": sorted(set(written) - {n for n in written if n.startswith(("fuzz_", "good_", "."))})}
 
 
 def run_job(folder: str, output: str, timeout_s: float, extra: list[str] = ()) -> dict:
-    """The labelling job (CLI) over the folder, extra flags appended; its exit code, time and output."""
+    """The labelling job (CLI) over the folder, extra flags appended; its exit code, time, peak
+    memory (the job and every process it starts, Ray's included) and output."""
+    from fashion_ray.samplers import PeakRSS
+
     start = time.perf_counter()
-    proc = run_cli("--input", folder, "--output", output, *extra, env={"RAY_AUTH_MODE": "disabled"}, timeout=timeout_s)
+    with PeakRSS() as memory:
+        proc = run_cli("--input", folder, "--output", output, *extra, env={"RAY_AUTH_MODE": "disabled"}, timeout=timeout_s)
     return {"exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
-            "stderr_tail": proc.stderr[-2000:], "stdout_tail": proc.stdout[-2000:]}
+            "peak_rss_gb": round(memory.peak / 2**30, 2), "stderr_tail": proc.stderr[-2000:], "stdout_tail": proc.stdout[-2000:]}
 
 
 def check(output: str, built: dict) -> dict:
@@ -178,9 +188,16 @@ def check(output: str, built: dict) -> dict:
     for row in rows:
         if row["status"] != "ok":
             reasons[row["error"]] = reasons.get(row["error"], 0) + 1
+    rows_of_named = {}  # the review's files: how many rows each became, by status or reason
+    for name in built.get("named", []):
+        counts = {}
+        for row in by_file.get(name, []):
+            counts[row["error"] or "ok"] = counts.get(row["error"] or "ok", 0) + 1
+        rows_of_named[name] = dict(sorted(counts.items()))
     return {"files": len(built["files"]), "rows": len(rows), "files_without_row": missing[:20],
             "files_without_row_count": len(missing), "good_photos_labelled": good_ok,
-            "skipped": manifest["last_run"].get("skipped", {}), "errors_by_reason": dict(sorted(reasons.items()))}
+            "skipped": manifest["last_run"].get("skipped", {}), "errors_by_reason": dict(sorted(reasons.items())),
+            "rows_of_named_files": rows_of_named}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -189,12 +206,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=300, help="byte-flip fuzz cases per format")
     p.add_argument("--timeout", type=float, default=3600, help="the bound on the run, in seconds")
     p.add_argument("--build-only", action="store_true")
+    p.add_argument("--large", action="store_true",
+                   help="add 250,000 TIFF pages, 20,000-frame GIF/WebP/APNG and long videos (10 min to 1 h)")
     p.add_argument("job_args", nargs="*", help="extra labelling job flags after --, e.g. -- --bundle /path/to/bundle")
     return p
 
 
 def main(args) -> dict:
-    built = build(os.path.join(args.out, "files"), args.cases)
+    built = build(os.path.join(args.out, "files"), args.cases, large=args.large)
     if args.build_only:
         return {"files": len(built["files"])}
     ran = run_job(os.path.join(args.out, "files"), os.path.join(args.out, "labels"), args.timeout, args.job_args)

@@ -574,11 +574,10 @@ def test_decode_memory_is_shared_in_arrival_order():
     never more than the budget held at once; one larger than it runs alone."""
     import asyncio
 
-    import hostile_files
-
+    from fashion_ray.serving.benchmark import palette_png
     from fashion_ray.serving.cascade import DECODE_BYTES_PER_PIXEL, MemoryBudget, decode_bytes
 
-    assert decode_bytes(hostile_files._palette_bomb_png(8000)) == 8000 * 8000 * DECODE_BYTES_PER_PIXEL
+    assert decode_bytes(palette_png(8000)) == 8000 * 8000 * DECODE_BYTES_PER_PIXEL
     assert decode_bytes(b"not an image") == 0
 
     async def scenario():

@@ -142,3 +142,57 @@ def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: i
     base = result["baseline_in_process"]["photos_per_s"]
     result["ratio_vs_baseline"] = {str(r["clients"]): round(r["requests_per_s"] / base, 3) for r in result["served"]}
     return result
+
+
+def palette_png(side: int) -> bytes:
+    """A side x side palette PNG with a transparent colour, one colour throughout: ~60 KB at
+    8000x8000 that decodes to 64 megapixels (the security review's request)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.new("P", (side, side), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=0, optimize=True)
+    return buf.getvalue()
+
+
+def decode_memory_benchmark(cfg: ServeConfig, side: int, concurrent_requests: int, port: int) -> dict:
+    """The ingress replica's memory while it serves palette PNGs of side x side: its RSS idle,
+    then its peak over one request and over `concurrent_requests` at once (sampled every 50 ms)."""
+    import psutil
+    from ray import serve
+
+    from fashion_ray.samplers import _Sampler
+    from fashion_ray.serving.app import application
+
+    class ProcessPeak(_Sampler):
+        interval = 0.05
+
+        def __init__(self, pid: int):
+            self.proc, self.peak = psutil.Process(pid), 0
+
+        def sample(self) -> None:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    png = palette_png(side)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(application(cfg), name="fashion-ray", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1/label"
+    try:
+        # the replica's process is this driver's descendant, titled "ray::ServeReplica:fashion-ray:Ingress..."
+        [pid] = [p.pid for p in psutil.Process().children(recursive=True) if "Ingress" in " ".join(p.cmdline()[:1])]
+        post = lambda _: requests.post(url, data=png, headers={"Content-Type": "image/png"}, timeout=600).status_code  # noqa: E731
+        post(0)  # warm-up: the stages' first call pays their lazy initialisation
+        idle = psutil.Process(pid).memory_info().rss
+        result = {"png_bytes": len(png), "pixels": side * side, "decode_memory_mb": cfg.decode_memory_mb,
+                  "ingress_idle_gb": round(idle / 2**30, 3)}
+        for clients in (1, concurrent_requests):
+            with ProcessPeak(pid) as peak, concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                statuses = list(pool.map(post, range(clients)))
+            result[f"{clients}_at_once"] = {"statuses": statuses, "ingress_peak_gb": round(peak.peak / 2**30, 3),
+                                            "over_idle_gb": round((peak.peak - idle) / 2**30, 3)}
+    finally:
+        serve.shutdown()
+    return result

@@ -412,9 +412,9 @@ def test_every_door_of_the_served_cascade_is_shut(served):
         answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=120)
         assert answer.status_code == 200 and answer.json()["results"] == [[], [], []]  # none could be read
         assert hostile.seen == []
-        for config in (5, ["<View/>"]):  # a labelling config that is not text: 400, not 500
-            answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=60)
-            assert answer.status_code == 400 and "XML text" in answer.json()["error"], config
+        for not_text in (5, ["<View/>"]):  # a labelling config that is not text: 400, not 500
+            answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": not_text}, timeout=60)
+            assert answer.status_code == 400 and "XML text" in answer.json()["error"], not_text
         # a web page's text/plain POST (no preflight) is not read
         answer = API.post(f"{served}/label-studio/setup", data=json.dumps(setup), headers={"Content-Type": "text/plain"}, timeout=60)
         assert answer.status_code == 415

@@ -7,7 +7,7 @@ timestamps, less the camera's own motion) adds walk and run/jog, which replace s
 linked bag, suitcase or umbrella within reach of a visible wrist adds carry/hold. A single
 photo has no motion: there a wide stride (ankles far apart) is the one sign of walking (on
 Penn-Fudan it finds a third of the walkers and calls 2 of 43 standing people walkers;
-README "Actions"). Scores are in 0..1 and multi-label as AVA is, but the postures are
+docs/cascade.md, "Actions"). Scores are in 0..1 and multi-label as AVA is, but the postures are
 exclusive in AVA, so they are scored so that at most one is high.
 Everything else AVA lists (object manipulation, person interaction, dance, fall down, ...)
 is beyond pose and motion: the rules never write it.

@@ -195,7 +195,7 @@ def _write(path: str, report: dict) -> None:
 
 
 def summarise(report: dict) -> dict:
-    """The headline figures the README records, pulled out of the steps' own JSON."""
+    """The headline figures docs/figures.md records, pulled out of the steps' own JSON."""
     out = {}
 
     def figures(step: str) -> dict:  # {} for a step that did not run or printed no figures

@@ -294,3 +294,40 @@ def bad_video_catalogue(folder) -> dict[str, tuple[str, int]]:
     return {"cut_off.mkv": ("truncated", 3), "zero_bytes.mp4": ("undecodable", 0), "text_named.mp4": ("undecodable", 0),
             "unknown_codec.avi": ("unsupported", 0), "starts_late.mkv": ("no_frames_in_window", 0)}
 
+
+
+DOC_FILES = ["README.md", *sorted(f"docs/{n}" for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md"))]
+
+
+def code_lines(text: str) -> list[str]:
+    """The shell lines of a Markdown text's indented code blocks, continuation lines joined."""
+    lines, current = [], ""
+    for line in text.splitlines():
+        if not (line.startswith("    ") or current):
+            continue
+        current += " " + line.strip().rstrip("\\").strip()
+        if not line.rstrip().endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return lines
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(file, argv) of every `python jobs/...py` or `python tests/...py` command in README.md and
+    docs/*.md: `&&` chains split, comments and redirections dropped; argv starts at the script."""
+    import re
+    import shlex
+
+    found = []
+    for name in DOC_FILES:
+        text = open(os.path.join(ROOT, name)).read()
+        spans = re.findall(r"`(python3? (?:jobs|tests)/[^`]+)`", " ".join(text.split("\n")))  # inline, maybe wrapped
+        for line in code_lines(text) + spans:
+            for part in line.split("&&"):
+                match = re.search(r"\bpython3? ((?:jobs|tests)/\w+\.py\b.*)", part)
+                if not match:
+                    continue
+                argv = shlex.split(match.group(1), comments=True)
+                cut = next((i for i, a in enumerate(argv) if a[0] in ">|" or a.startswith("2>")), len(argv))
+                found.append((name, argv[:cut]))
+    return found

@@ -97,7 +97,7 @@ def test_garments_on_the_clothes(photos):
     # what these people do not wear is not written (bundle 1.2 put 5 hats on foreheads, 5
     # scarves on faces and 8 bags on sleeves and caps here): hand-checked on the photos. Known
     # wrong and left out of this check: the cameraman's coat in two_people.jpg is read as
-    # outwear above a vest_dress (README, "The sample corpus")
+    # outwear above a vest_dress (docs/evaluation.md, "The sample corpus")
     for name in HAND_BOXES:
         assert not classes[name] & {"scarf", "bag", "backpack", "skirt", "shorts", "belt"}, (name, cats[name])
         assert "dress" not in classes[name] or name == "two_people.jpg", (name, cats[name])

@@ -1,5 +1,5 @@
 """The GPU check (jobs/gpu_check.py) run here as `--device cpu --quick`: every step runs and
-its report has every figure the README's GPU section reads, so the script cannot rot before a
+its report has every figure docs/figures.md's GPU section reads, so the script cannot rot before a
 GPU is lent; its parsing and time budgets by hand."""
 
 from __future__ import annotations

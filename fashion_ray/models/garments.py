@@ -10,7 +10,7 @@
 Networks: v2 (`efficientnet_garment_parser`, models/efficientnet_lite.py) is one model trained
 end to end from ImageNet weights; 1.1's (`blazepose_garment_parser`) is a small head on
 BlazePose heavy's frozen features (the person stage's own pose model), kept for bundles that
-name it. README, "Garments", compares both on the same photos.
+name it. docs/evaluation.md, "Garments", compares both on the same photos.
 """
 
 from __future__ import annotations

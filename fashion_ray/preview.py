@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from fashion_ray import media, storage, taxonomy, video
 from fashion_ray.formats import masks as rle
+from fashion_ray.formats.schema import attribute_map
 from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 
 PART_COLOURS = {  # fixed legend, RGB
@@ -60,7 +61,8 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 0, 255))
     # garment names last, each on its own garment and clear of the others, on a dark plate
     garments = [g for person in row["persons"] for g in person["garments"]]
-    labels = [g["category"] + (" " + ",".join(g["attributes"]) if g["attributes"] else "") for g in garments]
+    cues = [",".join(f"{k}:{v}" for k, v in attribute_map(g["attributes"]).items()) for g in garments]
+    labels = [g["category"] + (" " + c if c else "") for g, c in zip(garments, cues)]
     sizes = [_text_size(draw, label) for label in labels]
     anchors = [((g["box"][0] + g["box"][2]) / 2, (g["box"][1] + g["box"][3]) / 2) for g in garments]
     for label, (w, h), (x, y) in zip(labels, sizes, label_positions(anchors, sizes, out.width, out.height)):

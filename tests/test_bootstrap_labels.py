@@ -112,8 +112,9 @@ def test_garments_on_the_clothes(photos):
                 assert g["category_id"] == taxonomy.COCO_CATEGORY_ID[g["category"]]
                 # tops, outwear and dresses say their sleeve length; nothing else has attributes
                 sleeved = taxonomy.PARSE_OF.get(g["category"]) in taxonomy.SLEEVED
-                assert g["attributes"] == ([f"sleeve:{g['category'].split('_')[0]}"] if sleeved and "sleeve" in g["category"]
-                                           else ["sleeve:none"] if sleeved else [])
+                # Parquet's map column, as pyarrow reads it: (name, value) pairs
+                assert g["attributes"] == ([("sleeve", g['category'].split('_')[0])] if sleeved and "sleeve" in g["category"]
+                                           else [("sleeve", "none")] if sleeved else [])
                 gx0, gy0, gx1, gy1 = g["box"]
                 assert x0 - reach <= gx0 < gx1 <= x1 + reach and y0 - reach <= gy0 < gy1 <= y1 + reach
                 if g["mask"] is not None:

@@ -78,7 +78,7 @@ def test_export_to_a_persistent_fiftyone_dataset(default_run, fo, tmp_path):
     assert all(m is not None for m in ds.values("parts.detections.mask", unwind=True))
     sleeves = [g["attributes"] for g in want["garments"]]
     assert sorted(v for v in ds.values("garments.detections.sleeve", unwind=True) if v is not None) == sorted(
-        a.split(":")[1] for s in sleeves for a in s if a.startswith("sleeve:"))
+        dict(s)["sleeve"] for s in sleeves if "sleeve" in dict(s))
     with pytest.raises(ValueError, match="--overwrite"):
         export_run(str(out), "fiftyone", "fashion-ray-test")
 

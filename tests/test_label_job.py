@@ -58,9 +58,43 @@ def test_parquet_schema_and_readers_without_our_code(default_run):
     parts = duckdb.sql(f"""select p.part from (select unnest(persons) as person from read_parquet('{pattern}')) t,
                            unnest(t.person.parts) as u(p)""").fetchall()
     assert {"head", "torso", "upper_arm"} <= {row[0] for row in parts}
+    # a garment's attributes are a map (schema 5), as COCO's are an object
+    sleeves = duckdb.sql(f"""select g.attributes['sleeve'] from (select unnest(persons) as person from read_parquet('{pattern}')) t,
+                             unnest(t.person.garments) as u(g) where g.attributes['sleeve'] is not null""").fetchall()
+    assert sleeves and all(row[0] in ("long", "short", "none") for row in sleeves)
     frame = pl.read_parquet(pattern)
     assert frame.height == 14 and set(frame["bundle_name"].unique()) == {"bootstrap"}
     assert frame.filter(pl.col("status") == "ok")["bundle_version"].to_list() == [load_bundle("bootstrap").version] * 9
+
+
+def test_shards_written_before_schema_5_are_read_with_attribute_maps(default_run, tmp_path):
+    """An output labelled before garment attributes became a map keeps its old shards; the
+    ledger rewrites them (a changed input's row removed) through read_shard_rows -> write_rows."""
+    import pyarrow as pa
+
+    from fashion_ray.formats.shards import read_shard_rows, write_rows
+
+    def replaced(struct, name, new_type):
+        return pa.struct([pa.field(name, new_type) if f.name == name else f for f in struct])
+
+    person = LABEL_SCHEMA.field("persons").type.value_type
+    garment = replaced(person.field("garments").type.value_type, "attributes", pa.list_(pa.string()))
+    schema_4 = pa.schema([pa.field("persons", pa.list_(replaced(person, "garments", pa.list_(garment))))
+                          if f.name == "persons" else f for f in LABEL_SCHEMA])
+    _, out, _ = default_run
+    rows = [r for r in read_rows(out) if any(p["garments"] for p in r["persons"])]
+    for row in rows:
+        for p in row["persons"]:
+            for g in p["garments"]:
+                g["attributes"] = [f"{k}:{v}" for k, v in g["attributes"]]  # schema 4's cues
+    (tmp_path / "parquet").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema_4), tmp_path / "parquet" / "old.parquet")
+    back = read_shard_rows(str(tmp_path), {"parquet": "parquet/old.parquet"})
+    sleeves = [g["attributes"] for r in back for p in r["persons"] for g in p["garments"]]
+    assert sleeves and all(isinstance(a, dict) for a in sleeves) and {"sleeve"} <= set().union(*sleeves)
+    shard = write_rows(back, output=str(tmp_path / "rewritten"), info={})
+    again = pq.read_table(tmp_path / "rewritten" / "parquet" / f"{shard.name}.parquet").to_pylist()
+    assert [dict(g["attributes"]) for r in again for p in r["persons"] for g in p["garments"]] == sleeves
 
 
 def test_coco_shards_load_and_evaluate_with_pycocotools(default_run):

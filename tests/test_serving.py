@@ -77,8 +77,10 @@ def _label(base: str, data: bytes, **params) -> requests.Response:
 def test_served_rows_are_the_batch_jobs_rows(served, default_run):
     """Same photo, same bundle: the served row equals the Parquet row the labelling job wrote,
     for sample photos and for every file of the bad-file catalogue (same reasons)."""
-    _, out, _ = default_run
-    batch = {os.path.basename(r["uri"]): r for r in read_rows(out)}
+    from fashion_ray.formats.schema import with_attribute_maps
+
+    _, out, _ = default_run  # a garment's attributes map: pyarrow reads (name, value) pairs, JSON has an object
+    batch = {os.path.basename(r["uri"]): r for r in with_attribute_maps(read_rows(out))}
     catalogue = bad_file_catalogue()
     for name in PHOTOS + sorted(catalogue):
         data = _photo(name) if name in PHOTOS else catalogue[name][0]

@@ -20,6 +20,7 @@ import hashlib
 from fashion_ray import taxonomy
 from fashion_ray.boxes import xywh
 from fashion_ray.formats import masks as rle
+from fashion_ray.formats.schema import attribute_map
 from fashion_ray.storage import stable_id
 
 
@@ -39,13 +40,10 @@ def _ann(ann_id, image_id, category_id, box, mask, score, **extra) -> dict:
     return ann
 
 
-def attribute_object(cues, **links) -> dict:
-    """Garment cues ("sleeve:long") and links as {"sleeve": "long", "track_id": 3}; None links are left out."""
-    out = {}
-    for cue in cues or []:
-        name, sep, value = str(cue).partition(":")
-        out[name] = value if sep else True
-    return out | {k: v for k, v in links.items() if v is not None}
+def attribute_object(attributes, **links) -> dict:
+    """A garment's attributes (schema.attribute_map: a map, or "sleeve:long" cues) and links as
+    {"sleeve": "long", "track_id": 3}; None links are left out."""
+    return attribute_map(attributes) | {k: v for k, v in links.items() if v is not None}
 
 
 def image_record(row: dict) -> dict:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 # 2: COCO `attributes` became an object (name -> value); 3: persons gained `appearance`;
-# 4: persons gained `actions`, rows `camera_shift`
-SCHEMA_VERSION = 4
+# 4: persons gained `actions`, rows `camera_shift`; 5: a garment's Parquet `attributes` became a
+# map (name -> value) like COCO's, from a list of "name:value" strings
+SCHEMA_VERSION = 5
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 BOX = pa.list_(pa.float32())
@@ -24,7 +25,7 @@ GARMENT = pa.struct(
         ("score", pa.float32()),
         ("box", BOX),
         ("mask", RLE),
-        ("attributes", pa.list_(pa.string())),  # e.g. sleeve/leg length cues
+        ("attributes", pa.map_(pa.string(), pa.string())),  # e.g. {"sleeve": "long"}
     ]
 )
 
@@ -86,3 +87,29 @@ LABEL_SCHEMA = pa.schema(
     ],
     metadata={"fashion_ray.schema_version": str(SCHEMA_VERSION)},
 )
+
+
+def attribute_map(value) -> dict[str, str]:
+    """A garment's attributes as {name: value}, from any shape a row holds them in: a dict, the
+    (name, value) pairs pyarrow reads a map as, or the "name:value" cues the stages give and
+    shards before schema 5 hold (a cue with no value reads "true")."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    out = {}
+    for item in value or []:
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            out[str(item[0])] = str(item[1])
+        else:
+            name, sep, cue = str(item).partition(":")
+            out[name] = cue if sep else "true"
+    return out
+
+
+def with_attribute_maps(rows: list[dict]) -> list[dict]:
+    """The rows (in place) with every garment's attributes as a dict: what is written to, and
+    read back from, the map column."""
+    for row in rows:
+        for person in row.get("persons") or []:
+            for garment in person.get("garments") or []:
+                garment["attributes"] = attribute_map(garment.get("attributes"))
+    return rows

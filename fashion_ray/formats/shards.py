@@ -26,7 +26,7 @@ from fashion_ray import storage
 from fashion_ray.boxes import scale_box
 from fashion_ray.formats import ava, coco
 from fashion_ray.formats import masks as rle
-from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
+from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION, with_attribute_maps
 
 
 def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
@@ -113,7 +113,7 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
     """Write rows as one Parquet + one COCO shard (+ AVA CSV) named after their ids."""
     name = shard_name((r["id"] for r in rows), salt)
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), buf, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(with_attribute_maps(rows), schema=LABEL_SCHEMA), buf, compression="zstd")
     storage.write_bytes_atomic(storage.join(output, "parquet", f"{name}.parquet"), buf.getvalue(), storage_options)
     doc = coco.coco_document(rows, info={**info, "schema_version": SCHEMA_VERSION})
     storage.write_bytes_atomic(storage.join(output, "coco", f"{name}.json"), json.dumps(doc).encode(), storage_options)
@@ -160,7 +160,7 @@ def read_manifest(uri: str, options=None) -> dict:
 def read_shard_rows(output: str, entry: dict, options=None) -> list[dict]:
     """The label rows of one shard a manifest lists."""
     fs, path = storage.filesystem(storage.join(output, entry["parquet"]), options)
-    return pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+    return with_attribute_maps(pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist())  # any schema version
 
 
 def iter_shard_rows(uri: str, manifest: dict, options=None):

@@ -27,7 +27,7 @@ from PIL import Image
 
 from fashion_ray import media, preview, storage
 from fashion_ray.config import ServeConfig
-from fashion_ray.formats.schema import LABEL_SCHEMA
+from fashion_ray.formats.schema import LABEL_SCHEMA, with_attribute_maps
 from fashion_ray.formats.shards import assemble_rows
 from fashion_ray.stages import persons_column
 
@@ -194,7 +194,7 @@ def label_row(request: Request, *, bundle_name: str, bundle_version: str, stages
              "status": [request.status], "error": [request.error], "error_detail": [request.error_detail],
              "scale": [request.scale], "persons": persons_column([request.persons])}
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
-    return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA).to_pylist()[0]
+    return with_attribute_maps(pa.Table.from_pylist(with_attribute_maps(rows), schema=LABEL_SCHEMA).to_pylist())[0]
 
 
 def row_json(row: dict) -> dict:

@@ -12,6 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from fashion_ray.errors import InputError
 from fashion_ray.storage import StorageOptions
 from fashion_ray.taxonomy import STAGES
 from fashion_ray.video import VideoSampling
@@ -27,7 +28,7 @@ def field_defaults(cls) -> dict:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value that cannot work; the message names the valid choices."""
 
 

@@ -22,16 +22,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from fashion_ray.errors import RunError
 from fashion_ray import storage
 
 LEASE_NAME = "_lease.json"
 
 
-class LeaseHeldError(RuntimeError):
+class LeaseHeldError(RunError):
     """Another run holds the output; the message names it."""
 
 
-class LeaseLostError(RuntimeError):
+class LeaseLostError(RunError):
     """This run's lease was taken over (it stopped renewing in time); it must not commit."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from fashion_ray.errors import FashionRayError
+
 # "timeout": a file (a probe, a segment's decode) that took longer than its deadline
 ERROR_REASONS = ("unreadable", "undecodable", "truncated", "too_large", "unsupported", "timeout")
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO", "GIF"}
@@ -40,7 +42,7 @@ class Deadline:
             raise DeadlineExceeded(f"gave up after {self.seconds:g} s {doing}")
 
 
-class DeadlineExceeded(Exception):
+class DeadlineExceeded(FashionRayError):
     """Raised by Deadline.check; its message is the error row's detail."""
 
 

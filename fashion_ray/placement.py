@@ -18,10 +18,11 @@ import collections
 import math
 from dataclasses import dataclass
 
+from fashion_ray.errors import InputError
 from fashion_ray.config import LabelJobConfig, ServeConfig
 
 
-class PlacementError(RuntimeError):
+class PlacementError(InputError):
     """The plan cannot be placed on this cluster; the message has the numbers."""
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fashion_ray.errors import RunError
 from fashion_ray import ledger, placement, storage, video
 from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.formats.shards import Shard
@@ -29,7 +30,7 @@ from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
 from fashion_ray.ray_init import init_ray
 
 
-class RunIntegrityError(RuntimeError):
+class RunIntegrityError(RunError):
     """Outputs do not account for every input exactly once; nothing was committed."""
 
 

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 import fsspec
 import pyarrow as pa
 
+from fashion_ray.errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # Images that may hold several frames (animated GIF/WebP) or pages (TIFF): probed like videos.
 MULTI_FRAME_EXTENSIONS = (".gif", ".webp", ".tif", ".tiff")
@@ -27,7 +29,7 @@ KNOWN_UNSUPPORTED_EXTENSIONS = (".heic", ".heif", ".avif")
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv")
 
 
-class StorageError(ValueError):
+class StorageError(InputError):
     """A URI that cannot be used; the message names what is wrong and what is valid."""
 
 

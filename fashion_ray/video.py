@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fashion_ray.errors import InputError
 from fashion_ray import media, storage
 from fashion_ray.storage import MULTI_FRAME_EXTENSIONS, VIDEO_EXTENSIONS
 
 
-class VideoConfigError(ValueError):
+class VideoConfigError(InputError):
     """Sampling options that cannot work; the message names the valid ones."""
 
 

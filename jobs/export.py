@@ -15,7 +15,8 @@ import json
 import sys
 
 from fashion_ray import storage
-from fashion_ray.formats.export import FORMATS, ExportError, export_run
+from fashion_ray.errors import InputError
+from fashion_ray.formats.export import FORMATS, export_run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def main(args) -> int:
     try:
         summary = export_run(args.run, args.format, args.name if args.format == "fiftyone" else args.output,
                              media_dir=args.media_dir, overwrite=args.overwrite, options=options)
-    except (ExportError, storage.StorageError) as exc:
+    except InputError as exc:  # the run, the format's needs, the output
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))

@@ -25,11 +25,10 @@ import signal
 import sys
 
 from fashion_ray import config, placement, storage, taxonomy, video
-from fashion_ray.lease import LeaseHeldError, LeaseLostError
-from fashion_ray.models import BundleError
-from fashion_ray.placement import PlacementError
+from fashion_ray.errors import InputError, RunError
+from fashion_ray.lease import LeaseHeldError
 from fashion_ray.ray_init import init_ray
-from fashion_ray.run import RunIntegrityError, format_summary, run_label_job
+from fashion_ray.run import format_summary, run_label_job
 
 JOB = config.field_defaults(config.LabelJobConfig)
 VIDEO = config.field_defaults(video.VideoSampling)
@@ -127,13 +126,13 @@ def main(args) -> int:
         if args.plan:
             return show_plan(cfg, args)
         manifest = run_label_job(cfg, ray_address=args.ray_address, num_cpus=args.num_cpus, verbose=args.verbose)
-    except (config.ConfigError, storage.StorageError, BundleError, video.VideoConfigError, PlacementError) as exc:
+    except InputError as exc:  # flags, URIs, bundles, a plan the cluster cannot place
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except LeaseHeldError as exc:
+    except LeaseHeldError as exc:  # another run holds the output
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (RunIntegrityError, LeaseLostError) as exc:
+    except RunError as exc:  # ids in != ids out, the lease lost
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_summary(manifest))

@@ -126,3 +126,26 @@ def test_the_last_commit_compacts_a_long_ledger(tmp_path):
     assert sorted(reloaded.ledger["id"].to_pylist()) == list(range(1, 13))
     assert reloaded.manifest["counts"]["rows"] == 12 and len(reloaded.manifest["shards"]) == 12
 
+
+
+def test_every_exception_of_ours_has_one_base():
+    """An entrypoint tells the user's mistake (InputError: exit 2) from a run that could not
+    finish (RunError: exit 1) by these bases alone; every exception class the package defines
+    derives from FashionRayError."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import fashion_ray
+    from fashion_ray.errors import FashionRayError
+
+    found = {}
+    for info in pkgutil.walk_packages(fashion_ray.__path__, "fashion_ray."):
+        if info.name.startswith("fashion_ray.assets"):  # the bundle converter needs TensorFlow
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name:
+                found[f"{info.name}.{name}"] = value
+    assert len(found) >= 17
+    assert [name for name, cls in found.items() if not issubclass(cls, FashionRayError)] == []

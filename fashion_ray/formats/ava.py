@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from fashion_ray.errors import InputError
+
 
 @dataclass(frozen=True)
 class AvaLine:
@@ -67,7 +69,7 @@ def to_csv(rows: list[list]) -> bytes:
     return buf.getvalue().encode()
 
 
-class AvaFormatError(ValueError):
+class AvaFormatError(InputError):
     """A line that is not AVA's video_id, timestamp, x1, y1, x2, y2, action_id[, score or person id]."""
 
 

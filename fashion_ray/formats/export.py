@@ -25,6 +25,7 @@ import posixpath
 
 import numpy as np
 
+from fashion_ray.errors import InputError
 from fashion_ray import storage, taxonomy
 from fashion_ray.boxes import xywh
 from fashion_ray.formats import coco
@@ -36,7 +37,7 @@ CATEGORY_NAME = {c["id"]: c["name"] for c in taxonomy.COCO_CATEGORIES}
 YOLO_CLASSES = [c["name"] for c in taxonomy.COCO_CATEGORIES]  # class k = COCO category id k + 1
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """An export that cannot be made (unknown format, not a run, FiftyOne not installed)."""
 
 

@@ -30,6 +30,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from fashion_ray.errors import InputError
 from fashion_ray import storage
 from fashion_ray.actions import RULE_ACTIONS
 from fashion_ray.taxonomy import AVA_ACTIONS, STAGES
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 BUILTIN_BUNDLES_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "bundles")
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A bundle that cannot be used: missing, malformed, or weights that fail their checksum."""
 
 

@@ -33,6 +33,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
+from fashion_ray.errors import FashionRayError
 from fashion_ray import preview
 from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides, default_resources
 from fashion_ray.models import Device, load_bundle, written_labels
@@ -82,11 +83,11 @@ class StageDeployment:
 api = FastAPI(title="fashion-ray", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-class Unauthorized(Exception):
+class Unauthorized(FashionRayError):
     """A request without the API token (or, with none configured, from another host)."""
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(FashionRayError):
     """A request body over its route's limit, found while it streamed in."""
 
 

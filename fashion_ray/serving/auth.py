@@ -23,8 +23,10 @@ import hmac
 import ipaddress
 import os
 
+from fashion_ray.errors import InputError
 
-class AuthConfigError(ValueError):
+
+class AuthConfigError(InputError):
     """An auth setting that cannot work (a token file that is missing or empty)."""
 
 

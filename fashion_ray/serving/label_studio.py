@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import requests
 
+from fashion_ray.errors import InputError
 from fashion_ray import storage, taxonomy
 from fashion_ray.formats import masks as rle
 
@@ -42,7 +43,7 @@ MIN_POLYGON_AREA = 16  # pixels: specks of a mask are not worth a region
 MAX_REDIRECTS = 3
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError):
     """A Label Studio request we cannot serve; the app answers `status` (400) with the message."""
 
     def __init__(self, message: str, status: int = 400):
@@ -280,7 +281,7 @@ def jwt_expiry(token: str) -> float:
         return time.time() + ACCESS_TOKEN_UNKNOWN_LIFETIME_S
 
 
-class TaskImageError(ValueError):
+class TaskImageError(InputError):
     """A task image this backend will not or cannot read; the message says why."""
 
 

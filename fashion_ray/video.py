@@ -261,8 +261,6 @@ def decode_segment(uri: str, pts_wanted: list[int], options=None, *, max_pixels:
     """Decode the frames with these presentation timestamps; yields (pts, RGB array | None, error, detail).
     A frame over max_pixels (a stream may change size midway) is a "too_large" row; a segment
     that outlasts timeout_s keeps the frames decoded until then."""
-    import av
-
     wanted = sorted(pts_wanted)
     got: dict[int, np.ndarray | tuple[str, str]] = {}
     failure = ("truncated", "the stream ended before this frame")

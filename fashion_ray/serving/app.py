@@ -23,7 +23,6 @@ import functools
 import html
 import json
 import logging
-import os
 import time
 from importlib import resources
 

@@ -38,6 +38,29 @@ def test_schedule_and_split_are_what_the_config_says():
 
 
 @pytest.mark.slow
+def test_a_non_finite_loss_is_stopped_before_it_reaches_the_weights():
+    """A NaN loss (a corrupt example, a learning rate too high) raises instead of stepping: one
+    SGD step would carry it into every weight of the model."""
+    import numpy as np
+
+    from fashion_ray.training.loop import NonFiniteLoss, Run, train_one_step
+
+    cfg = TrainConfig(task="actions", data="unused", lr=0.1)
+    model = torch.nn.Linear(4, 3)
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=cfg.lr)
+    run = Run(model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+              torch.amp.GradScaler("cuda", enabled=False))
+    labels = {"labels": np.array([1, 0, 0], np.float32)}
+    good = [(np.ones(4, np.float32), labels)] * 2
+    assert np.isfinite(train_one_step(run, good, cfg, torch.device("cpu"), 0)) and run.step == 1
+    before = [p.detach().clone() for p in params]
+    bad = [(np.array([1, np.nan, 0, 0], np.float32), labels)] + good
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 1 .*lower --lr or check the data"):
+        train_one_step(run, bad, cfg, torch.device("cpu"), 0)
+    assert run.step == 1 and all(torch.equal(a, b) for a, b in zip(before, params))
+
+
 def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head, synth_coco, tmp_path):
     ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
     out = tmp_path / "parts-v1"

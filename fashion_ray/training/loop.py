@@ -26,6 +26,7 @@ import numpy as np
 
 from fashion_ray import taxonomy
 from fashion_ray.boxes import xywh
+from fashion_ray.errors import RunError
 from fashion_ray.evaluation import CocoTable, ParseEvaluator, PartsEvaluator
 from fashion_ray.models import garments
 from fashion_ray.models.efficientnet_lite import IMAGENET_INIT
@@ -375,6 +376,10 @@ def restore(run: Run, device) -> None:
     run.step, run.initial = int(state["step"]), state.get("initial_metric")
 
 
+class NonFiniteLoss(RunError):
+    """A training loss that is NaN or infinite; the step it came from is not taken."""
+
+
 def train_one_step(run: Run, batch, cfg: TrainConfig, device, rank: int) -> float:
     import torch
 
@@ -383,6 +388,12 @@ def train_one_step(run: Run, batch, cfg: TrainConfig, device, rank: int) -> floa
     amp = run.scaler.is_enabled()
     with torch.autocast(device.type, enabled=amp):
         loss = loss_of(run.model, batch, cfg, device)
+    if not amp and not torch.isfinite(loss.detach()):
+        # one step would carry it into every weight (AMP's scaler skips such steps itself); the
+        # worker fails, Ray Train restarts it from the last checkpoint, and a loss that stays
+        # non-finite ends the run with this message
+        raise NonFiniteLoss(f"the {cfg.task} loss is {float(loss)} at step {run.step} (learning rate "
+                            f"{run.scheduler.get_last_lr()[0]:g}); the step was not taken: lower --lr or check the data")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)

@@ -22,8 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fashion_ray.errors import RunError
 from fashion_ray import storage
+from fashion_ray.errors import RunError
 
 LEASE_NAME = "_lease.json"
 

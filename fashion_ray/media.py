@@ -188,10 +188,14 @@ def gif_frame_durations(handle, deadline: Deadline) -> list[float]:
 class FramePlan:
     """What a multi-frame image holds, read from its container's headers (no pixel decoded)."""
 
-    count: int  # frames or pages
     times: list[float] | None = None  # each frame's start (s) on an animation's time line; None for pages
     offsets: list[int] | None = None  # each TIFF page's IFD offset: a page is decoded by seeking straight to it
     more: bool = False  # a TIFF holds pages past the `limit` walked (count == limit then)
+
+    @property
+    def count(self) -> int:
+        """Frames or pages."""
+        return len(self.offsets if self.offsets is not None else self.times)
 
 
 def webp_frame_durations(handle, deadline: Deadline) -> list[float]:
@@ -217,22 +221,30 @@ def webp_frame_durations(handle, deadline: Deadline) -> list[float]:
         handle.seek(size + (size & 1), io.SEEK_CUR)  # chunks are padded to an even size
 
 
+def _tiff_header(head: bytes) -> tuple[str, bool] | None:
+    """(struct byte order, whether BigTIFF) from a TIFF's first 16 bytes; None if it is neither."""
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None or len(head) < 8:
+        return None
+    magic = struct.unpack(order + "H", head[2:4])[0]
+    if magic == 43 and len(head) == 16:
+        return order, True
+    return (order, False) if magic == 42 else None
+
+
 def tiff_page_offsets(handle, deadline: Deadline, limit: int) -> tuple[list[int], bool]:
     """(each page's IFD offset, whether there are pages past `limit`) of a TIFF or BigTIFF,
     from the IFD chain alone. Pillow's n_frames loads every page's tags and checks each new
     offset against a list of all before it (32,000 pages: 9.4 s); this reads three numbers a
     page. A chain that loops or points past the end stops there."""
     head = handle.read(16)
-    order = {b"II": "<", b"MM": ">"}.get(head[:2])
-    if order is None or len(head) < 8:
+    header = _tiff_header(head)
+    if header is None:
         return [], False
-    magic = struct.unpack(order + "H", head[2:4])[0]
-    if magic == 43 and len(head) == 16:  # BigTIFF: 8-byte offsets, 20-byte entries
-        offset_format, count_format, entry_size, first = "Q", "Q", 20, struct.unpack(order + "Q", head[8:16])[0]
-    elif magic == 42:
-        offset_format, count_format, entry_size, first = "I", "H", 12, struct.unpack(order + "I", head[4:8])[0]
-    else:
-        return [], False
+    order, big = header
+    # BigTIFF: 8-byte offsets and entry counts, 20-byte entries, the first offset at byte 8
+    offset_format, count_format, entry_size = ("Q", "Q", 20) if big else ("I", "H", 12)
+    first = struct.unpack(order + offset_format, head[8:16] if big else head[4:8])[0]
     count_size, offset_size = struct.calcsize(count_format), struct.calcsize(offset_format)
     offsets, seen, next_offset = [], set(), first
     while next_offset and next_offset not in seen:
@@ -263,14 +275,14 @@ def frame_plan(img: Image.Image, handle, deadline: Deadline, limit: int) -> Fram
     handle.seek(0)
     if img.format == "TIFF":
         offsets, more = tiff_page_offsets(handle, deadline, limit)
-        return FramePlan(count=len(offsets), offsets=offsets, more=more)
+        return FramePlan(offsets=offsets, more=more)
     durations = gif_frame_durations(handle, deadline) if img.format == "GIF" else webp_frame_durations(handle, deadline)
     times, t = [], 0.0
     for duration in durations:
         times.append(round(t, 6))
         # at least 10 ms a frame, so times rise strictly (browsers show 0-10 ms frames for 100 ms)
         t += max(duration, 10.0) / 1000
-    return FramePlan(count=len(durations), times=times)
+    return FramePlan(times=times)
 
 
 class _FirstPageAt(io.RawIOBase):
@@ -281,8 +293,8 @@ class _FirstPageAt(io.RawIOBase):
         self.handle = handle
         handle.seek(0)
         head = bytearray(handle.read(16))
-        order = "<" if head[:2] == b"II" else ">"
-        if struct.unpack(order + "H", head[2:4])[0] == 43:
+        order, big = _tiff_header(bytes(head)) or ("<", False)  # not a TIFF: Pillow then says so
+        if big:
             head[8:16] = struct.pack(order + "Q", ifd_offset)
         else:
             head[4:8] = struct.pack(order + "I", ifd_offset)

@@ -18,8 +18,8 @@ import collections
 import math
 from dataclasses import dataclass
 
-from fashion_ray.errors import InputError
 from fashion_ray.config import LabelJobConfig, ServeConfig
+from fashion_ray.errors import InputError
 
 
 class PlacementError(InputError):

@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fashion_ray.errors import RunError
 from fashion_ray import ledger, placement, storage, video
 from fashion_ray.config import ConfigError, LabelJobConfig
+from fashion_ray.errors import RunError
 from fashion_ray.formats.shards import Shard
 from fashion_ray.lease import acquire_lease
 from fashion_ray.models import load_bundle, validate_bundle, verify_bundle

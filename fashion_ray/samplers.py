@@ -36,12 +36,13 @@ class _Sampler:
 
 
 class PeakRSS(_Sampler):
-    """The peak of the summed RSS of this process and all its descendants (Ray workers included)."""
+    """The peak of the summed RSS of a process (this one by default) and all its descendants
+    (Ray workers included)."""
 
-    def __init__(self):
+    def __init__(self, pid: int | None = None, interval: float = _Sampler.interval):
         import psutil
 
-        self.proc, self.peak = psutil.Process(), 0
+        self.proc, self.peak, self.interval = psutil.Process(pid), 0, interval
 
     def sample(self) -> None:
         total = 0

@@ -245,14 +245,21 @@ def stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
     return out
 
 
-def read_regular_file(path: str, limit: int | None = None) -> bytes:
-    """A local file's bytes (at most `limit`), if it is a regular file: a FIFO or a device
-    under an input folder or an allowed prefix would block the reader forever. Opened
-    without blocking and checked on the open file, so a file swapped after a stat is caught."""
+def open_regular_file(path: str):
+    """A local file opened for reading, if it is a regular file: a FIFO or a device under an
+    input folder or an allowed prefix would block its reader forever. Opened without blocking
+    and checked on the open file, so a file swapped after a stat is caught."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StorageError(f"{path} is not a regular file")
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise StorageError(f"{path} is not a regular file")
+    return handle
+
+
+def read_regular_file(path: str, limit: int | None = None) -> bytes:
+    """A local file's bytes (at most `limit`), if it is a regular file (open_regular_file)."""
+    with open_regular_file(path) as fh:
         return fh.read() if limit is None else fh.read(limit)
 
 

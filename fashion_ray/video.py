@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import stat
 from dataclasses import dataclass
 
 import numpy as np
 
-from fashion_ray.errors import InputError
 from fashion_ray import media, storage
+from fashion_ray.errors import InputError
 from fashion_ray.storage import MULTI_FRAME_EXTENSIONS, VIDEO_EXTENSIONS
 
 
@@ -161,9 +159,7 @@ def _open(uri: str, options, opener=None):
     import av
 
     fs, path = storage.filesystem(uri, options)
-    if storage.split_uri(uri)[0] == "file" and not stat.S_ISREG(os.stat(path).st_mode):
-        raise storage.StorageError(f"{path} is not a regular file")  # a FIFO would block the open forever
-    handle = fs.open(path, "rb")
+    handle = storage.open_regular_file(path) if storage.split_uri(uri)[0] == "file" else fs.open(path, "rb")
     try:
         return handle, opener(handle) if opener else av.open(handle, mode="r", metadata_errors="ignore")
     except Exception:

@@ -30,9 +30,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from fashion_ray.errors import InputError
 from fashion_ray import storage
 from fashion_ray.actions import RULE_ACTIONS
+from fashion_ray.errors import InputError
 from fashion_ray.taxonomy import AVA_ACTIONS, STAGES
 
 BUNDLE_FORMAT = "fashion-ray-bundle/1"

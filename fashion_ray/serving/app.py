@@ -32,9 +32,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from fashion_ray.errors import FashionRayError
 from fashion_ray import preview
 from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides, default_resources
+from fashion_ray.errors import FashionRayError
 from fashion_ray.models import Device, load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import auth, label_studio

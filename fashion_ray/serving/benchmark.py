@@ -164,17 +164,8 @@ def decode_memory_benchmark(cfg: ServeConfig, side: int, concurrent_requests: in
     import psutil
     from ray import serve
 
-    from fashion_ray.samplers import _Sampler
+    from fashion_ray.samplers import PeakRSS
     from fashion_ray.serving.app import application
-
-    class ProcessPeak(_Sampler):
-        interval = 0.05
-
-        def __init__(self, pid: int):
-            self.proc, self.peak = psutil.Process(pid), 0
-
-        def sample(self) -> None:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
 
     png = palette_png(side)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -183,13 +174,16 @@ def decode_memory_benchmark(cfg: ServeConfig, side: int, concurrent_requests: in
     try:
         # the replica's process is this driver's descendant, titled "ray::ServeReplica:fashion-ray:Ingress..."
         [pid] = [p.pid for p in psutil.Process().children(recursive=True) if "Ingress" in " ".join(p.cmdline()[:1])]
-        post = lambda _: requests.post(url, data=png, headers={"Content-Type": "image/png"}, timeout=600).status_code  # noqa: E731
+
+        def post(_) -> int:
+            return requests.post(url, data=png, headers={"Content-Type": "image/png"}, timeout=600).status_code
+
         post(0)  # warm-up: the stages' first call pays their lazy initialisation
         idle = psutil.Process(pid).memory_info().rss
         result = {"png_bytes": len(png), "pixels": side * side, "decode_memory_mb": cfg.decode_memory_mb,
                   "ingress_idle_gb": round(idle / 2**30, 3)}
         for clients in (1, concurrent_requests):
-            with ProcessPeak(pid) as peak, concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            with PeakRSS(pid, interval=0.05) as peak, concurrent.futures.ThreadPoolExecutor(clients) as pool:
                 statuses = list(pool.map(post, range(clients)))
             result[f"{clients}_at_once"] = {"statuses": statuses, "ingress_peak_gb": round(peak.peak / 2**30, 3),
                                             "over_idle_gb": round((peak.peak - idle) / 2**30, 3)}

@@ -23,9 +23,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import urllib.parse
 import threading
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from xml.sax.saxutils import quoteattr
@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import requests
 
-from fashion_ray.errors import InputError
 from fashion_ray import storage, taxonomy
+from fashion_ray.errors import InputError
 from fashion_ray.formats import masks as rle
 
 CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygonlabels", "BrushLabels": "brushlabels"}

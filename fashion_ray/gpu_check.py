@@ -97,7 +97,7 @@ def plan(device: str, quick: bool, *, install: bool = False, wheels: str | None 
                           "--train-gpus-per-worker", "1" if device == "cuda" else "0"), 120),
         Step("serve", (python, job("benchmark_serve.py"), "--device", device, "--clients", "1,4",
                        "--requests-per-client", str(sizes.requests_per_client), "--port", str(_free_port())), 60),
-        Step("cuda_tests", (python, "-m", "pytest", "-rs", "-q", "-p", "no:cacheprovider", "-m", "cuda",
+        Step("cuda_tests", (python, "-m", "pytest", "-rs", "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "cuda",
                             os.path.join(ROOT, "tests")), 90, "pytest"),
     ]
     # budgets are for a GPU node (540 s: a 10-minute call with room for start-up); a 2-core CPU

@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from fashion_ray.errors import RunError
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose: bool = False) -> None:
     import ray
@@ -29,10 +31,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose
         logging.getLogger("ray.data._internal.issue_detection").setLevel(logging.ERROR)
     common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **common)
-    else:
-        # "local" always starts a fresh Ray, never a stray `ray start` cluster on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            # "local" always starts a fresh Ray, never a stray `ray start` cluster on this machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, or a bare Exception when its start times out
+        where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
+        raise RunError(f"could not {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     # progress bars redraw in place: right on a terminal, noise in CI logs and `ray job logs`
     ray.data.DataContext.get_current().enable_progress_bars = verbose or sys.stderr.isatty()

@@ -2,11 +2,18 @@
 plumbing bundle (random torchvision weights: for tests of the pipeline, never of labels),
 the default labelling run, a Ray head for `ray job submit`, and the synthetic training set
 with one uninterrupted training run that the resume tests compare against. Plain helpers:
-helpers.py."""
+helpers.py.
+
+The suite runs on pytest-xdist workers (`-n auto`, modules kept whole by `--dist loadscope`,
+see pyproject.toml): what a worker's tests touch live (a Ray, the S3 server, a Ray head) is its
+own; the artefacts that take tens of seconds to make (the default run, the training set, the
+reference training run) are made once by the first worker that needs them and read by the others."""
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -14,6 +21,7 @@ import tempfile
 import time
 
 import pytest
+from filelock import FileLock
 from helpers import (NO_CUDA_REASON, SAMPLE_CORPUS, SECRET_MARKER, STRAIGHT_TRAINING, RayHead, bad_file_catalogue,
                      cuda_available, free_port, job_main, run_cli, short_temp_dir, stop_process_group)
 
@@ -25,6 +33,30 @@ if os.path.isdir("/tmp"):
     os.environ.setdefault("RAY_TMPDIR", "/tmp")
 # bundle files from S3 are cached per machine: the tests' own cache, inherited by Ray workers and CLI runs
 os.environ.setdefault("FASHION_RAY_CACHE", tempfile.mkdtemp(prefix="fashion-ray-cache-"))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per CPU, at most 4 (each worker has its own Ray). More workers than
+    CPUs were tried: Ray's node start (30 s, fixed in Ray) then times out under the load."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
+    """A folder `make(folder)` fills, made once per test run: by this process alone, or under
+    xdist by the first worker that asks while the others wait on a lock, then read by all."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    shared = pathlib.Path(tmp_path_factory.getbasetemp().parent)  # the run's folder, above every worker's
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 def pytest_collection_modifyitems(config, items):
@@ -96,25 +128,26 @@ def plumbing_bundle(tmp_path_factory):
 def default_run(tmp_path_factory):
     """The labelling job run as a user runs it: CLI, default (bootstrap) bundle, on the real
     sample photos plus the bad-file catalogue. Returns (corpus folder, output folder, process)."""
-    base = tmp_path_factory.mktemp("default_run")
-    corpus = base / "corpus"
-    shutil.copytree(SAMPLE_CORPUS, corpus)
-    for name, (data, _) in bad_file_catalogue().items():
-        (corpus / name).write_bytes(data)
-    out = base / "labels"
-    # credentials in the environment, as on a real machine: none of it may reach outputs or logs
-    proc = run_cli("--input", str(corpus), "--output", str(out), "--num-cpus", "2", "--rows-per-shard", "6",
-                   env={"AWS_ACCESS_KEY_ID": "AKIAFASHIONRAYTEST", "AWS_SECRET_ACCESS_KEY": SECRET_MARKER})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return corpus, out, proc
+    def make(base):
+        corpus = base / "corpus"
+        shutil.copytree(SAMPLE_CORPUS, corpus)
+        for name, (data, _) in bad_file_catalogue().items():
+            (corpus / name).write_bytes(data)
+        # credentials in the environment, as on a real machine: none of it may reach outputs or logs
+        proc = run_cli("--input", str(corpus), "--output", str(base / "labels"), "--num-cpus", "2", "--rows-per-shard", "6",
+                       env={"AWS_ACCESS_KEY_ID": "AKIAFASHIONRAYTEST", "AWS_SECRET_ACCESS_KEY": SECRET_MARKER})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (base / "process.json").write_text(json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}))
+
+    base = _made_once(tmp_path_factory, "default_run", make)
+    printed = json.loads((base / "process.json").read_text())
+    return base / "corpus", base / "labels", subprocess.CompletedProcess(printed["args"], 0, printed["stdout"], printed["stderr"])
 
 
 @pytest.fixture(scope="session")
 def ray_head():
     """A Ray head in its own process group: stopping it must not touch the tests' own Ray
     (`ray stop` would kill every Ray process on the machine)."""
-    import pathlib
-
     temp = pathlib.Path(short_temp_dir("fr-head-"))
     # the dashboard opens Unix sockets under TMPDIR too: the short folder for those as well
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "TMPDIR": str(temp)}
@@ -142,16 +175,18 @@ def ray_head():
 def synth_coco(ray_session, tmp_path_factory):
     """200 synthetic scenes converted to the canonical COCO training file (the jobs' own
     main(), on the tests' Ray); returns its path."""
-    base = tmp_path_factory.mktemp("train-data")
-    assert job_main("make_synthetic", "--output", str(base / "synth"), "--count", "200") == 0
-    assert job_main("convert", "--format", "labels", "--input", str(base / "synth"), "--output", str(base / "coco.json")) == 0
-    return str(base / "coco.json")
+    def make(base):
+        assert job_main("make_synthetic", "--output", str(base / "synth"), "--count", "200") == 0
+        assert job_main("convert", "--format", "labels", "--input", str(base / "synth"), "--output", str(base / "coco.json")) == 0
+
+    return str(_made_once(tmp_path_factory, "train-data", make) / "coco.json")
 
 
 @pytest.fixture(scope="session")
 def straight_training_run(synth_coco, tmp_path_factory):
     """STRAIGHT_TRAINING run once, uninterrupted, on the tests' Ray; returns its run folder."""
-    base = tmp_path_factory.mktemp("straight")
-    assert job_main("train", *STRAIGHT_TRAINING, "--data", synth_coco, "--cpus-per-worker", "0.5", "--output",
-                    str(base / "bundle"), "--storage", str(base / "runs"), "--name", "straight") == 0
-    return base / "runs" / "straight"
+    def make(base):
+        assert job_main("train", *STRAIGHT_TRAINING, "--data", synth_coco, "--cpus-per-worker", "0.5", "--output",
+                        str(base / "bundle"), "--storage", str(base / "runs"), "--name", "straight") == 0
+
+    return _made_once(tmp_path_factory, "straight", make) / "runs" / "straight"

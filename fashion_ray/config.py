@@ -12,12 +12,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from fashion_ray.errors import InputError
+from fashion_ray.errors import InputError, RunError
 from fashion_ray.storage import StorageOptions
 from fashion_ray.taxonomy import STAGES
 from fashion_ray.video import VideoSampling
 
 
+DEVICES = ("cpu", "cuda")
 RELABEL_CHOICES = ("changed", "outdated", "all")
 JPEG_DECODE_CHOICES = ("tasks", "person")
 SAMPLE_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample_corpus")
@@ -33,28 +34,65 @@ class ConfigError(InputError):
 
 
 @dataclass(frozen=True)
+class Device:
+    """Where a stage's models run: the part of its resources the actor itself reads. AMP is
+    used only on CUDA, where fp16 autocast is safe for inference."""
+
+    name: str = "cpu"  # one of DEVICES
+    amp: bool = True
+    torch_threads: int = 1  # intra-op threads per actor; Ray would otherwise pick from num_cpus
+
+    def __post_init__(self):
+        if self.name not in DEVICES:
+            raise ConfigError(f"device {self.name!r} is not one of: {', '.join(DEVICES)}")
+
+    def setup(self):
+        import torch
+
+        torch.set_num_threads(max(1, self.torch_threads))
+        if self.name == "cuda" and not torch.cuda.is_available():
+            raise RunError("stage configured for device 'cuda' but this actor sees no GPU (set num_gpus > 0)")
+        return torch.device(self.name)
+
+    def autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.name == "cuda" and self.amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
 class StageResources:
-    device: str = "cpu"  # "cpu" | "cuda"
+    """How a stage is scheduled (actors, CPUs, GPUs, the node type) and where its models run
+    (`runs_on`: its Device); `--set STAGE.FIELD=VALUE` overrides any field."""
+
+    device: str = "cpu"  # one of DEVICES
     batch_size: int = 4  # images (person) or person crops (clothing, parts) per model call
     min_actors: int = 1
     max_actors: int = 1  # > min_actors lets Ray Data autoscale the pool
     num_cpus: float = 0.3  # three stages at 0.3 leave > 1 CPU of a 2-core node for reads
     num_gpus: float = 0.0  # fractions share one GPU between stages
-    torch_threads: int = 1  # intra-op threads per actor; Ray would otherwise pick from num_cpus
+    torch_threads: int = 1  # intra-op threads per actor (Device)
     amp: bool = True  # fp16 autocast, applied on CUDA only
     # a custom resource that marks the node type this stage runs on (e.g. "gpu_node"): each
     # actor asks for a sliver of it, so the stage lands only on nodes that declare it
     node_resource: str = ""
 
     def __post_init__(self):
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"device {self.device!r} is not one of: cpu, cuda")
+        Device(self.device)  # one of DEVICES, or a ConfigError naming them
         if self.batch_size < 1 or self.min_actors < 1 or self.max_actors < self.min_actors:
             raise ConfigError("batch_size >= 1 and 1 <= min_actors <= max_actors are required")
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError("num_cpus and num_gpus must be >= 0")
         if self.device == "cuda" and self.num_gpus == 0:
             raise ConfigError("device 'cuda' needs num_gpus > 0 (fractions such as 0.5 share a GPU)")
+
+    @property
+    def runs_on(self) -> Device:
+        return Device(self.device, self.amp, self.torch_threads)
 
 
 # One actor of each model stage fits on one GPU (0.3 x 3); scale out with max_actors.
@@ -67,6 +105,14 @@ ACTIONS_STAGE = StageResources(batch_size=16, num_cpus=0.1)
 def default_resources(model_stage: StageResources = StageResources()) -> dict[str, StageResources]:
     """Every stage's resources: `model_stage` for the stages that run image models."""
     return {s: ACTIONS_STAGE if s == "actions" else model_stage for s in STAGES}
+
+
+def stage_resources(device: str = "cpu", overrides=()) -> dict[str, StageResources]:
+    """Every stage's resources for a `--device` (the GPU preset on cuda) with "stage.field=value"
+    overrides: the one mapping the job, serving and the benchmarks use."""
+    if device not in DEVICES:
+        raise ConfigError(f"device {device!r} is not one of: {', '.join(DEVICES)}")
+    return apply_overrides(default_resources(GPU_STAGE if device == "cuda" else StageResources()), list(overrides))
 
 
 def cascade_stages(stages) -> tuple[str, ...]:

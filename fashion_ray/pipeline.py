@@ -19,7 +19,7 @@ import ray
 from fashion_ray import media, motion, storage, video
 from fashion_ray.config import LabelJobConfig
 from fashion_ray.formats.shards import Shard, write_shard
-from fashion_ray.models import Device, Bundle
+from fashion_ray.models import Bundle
 from fashion_ray.placement import ran_on_label, stage_remote_args, task_remote_args
 from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.tracking import track_shards
@@ -231,10 +231,9 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
                                    "jpeg_on_device": cfg.jpeg_decode == "person"})
     for stage in cfg.stages:
         res = cfg.resources[stage]
-        device = Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads)
         ds = ds.map_batches(
             STAGE_CLASSES[stage],
-            fn_constructor_kwargs={"bundle_uri": bundle.ref, "device": device, "batch_size": res.batch_size,
+            fn_constructor_kwargs={"bundle_uri": bundle.ref, "device": res.runs_on, "batch_size": res.batch_size,
                                    "storage_options": cfg.storage, "score_threshold": cfg.score_thresholds.get(stage),
                                    # pixels stop at the last stage that reads them; the writer needs labels only
                                    "emit_image": any(STAGE_CLASSES[s].needs_image

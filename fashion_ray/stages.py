@@ -27,8 +27,9 @@ import numpy as np
 
 from fashion_ray import actions, appearance, media, taxonomy
 from fashion_ray.boxes import box_iou, crop_box, owner
+from fashion_ray.config import Device
 from fashion_ray.formats import masks as rle
-from fashion_ray.models import Device, build_stage_predictor, load_bundle
+from fashion_ray.models import build_stage_predictor, load_bundle
 from fashion_ray.placement import add_ran_on
 
 log = logging.getLogger(__name__)

@@ -184,9 +184,11 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None, act
     """
     predictor = None
     if actions_bundle:
-        from fashion_ray.models import Device, build_stage_predictor, load_bundle
+        from fashion_ray.models import build_stage_predictor, load_bundle
+        from fashion_ray.config import Device
 
         bundle = load_bundle(actions_bundle, options)
+        # on this task's CPU: the tracking task holds no GPU, and the actions model is small
         predictor = build_stage_predictor(bundle, "actions", Device(), options)
         if action_threshold is None:
             action_threshold = bundle.stages["actions"].score_threshold

@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-actor", type=int, default=1)
     p.add_argument("--stages", default="person", help="stages to run, e.g. person,clothing,parts (per-stage images/s "
                                                        "come from the plain loop)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run (pipeline and loop)")
+    p.add_argument("--device", default="cpu", choices=config.DEVICES, help="where the models run (pipeline and loop)")
     p.add_argument("--corpus", default="smooth", choices=benchmark.CORPORA,
                    help="smooth: photo-like JPEGs with nobody; people: real person cut-outs on real photos")
     p.add_argument("--amp", default="on", help="fp16 autocast on CUDA: on, off, or on,off to compare")

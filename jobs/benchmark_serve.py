@@ -17,6 +17,7 @@ import sys
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from fashion_ray.config import DEVICES
 from fashion_ray.ray_init import init_ray
 from fashion_ray.serving.app import serve_config
 from fashion_ray.serving.benchmark import decode_memory_benchmark, serve_benchmark
@@ -27,7 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", default="1,8", help="concurrent client counts, comma-separated")
     p.add_argument("--requests-per-client", type=int, default=6)
     p.add_argument("--bundle", default="bootstrap")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--set", default="", help="stage resource overrides, e.g. all.batch_size=8,person.max_actors=2")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a stage waits to fill a batch")
     p.add_argument("--port", type=int, default=8000)

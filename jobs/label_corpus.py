@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="out/labels", help="output URI (parquet/, coco/, manifest.json)")
     p.add_argument("--bundle", default=JOB["bundle"], help="model bundle URI or built-in bundle name")
     p.add_argument("--stages", default=",".join(JOB["stages"]), help=f"comma-separated subset of {','.join(taxonomy.STAGES)}")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="preset for every stage's resources")
+    p.add_argument("--device", default="cpu", choices=config.DEVICES, help="preset for every stage's resources")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="per-stage resource override, e.g. person.max_actors=4, all.batch_size=8")
     p.add_argument("--score-threshold", dest="score_thresholds", action="append", default=[], metavar="STAGE=VALUE",
@@ -92,8 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def make_config(args) -> config.LabelJobConfig:
-    base = config.GPU_STAGE if args.device == "cuda" else config.StageResources()
-    resources = config.apply_overrides(config.default_resources(base), args.overrides)
+    resources = config.stage_resources(args.device, args.overrides)
     return config.LabelJobConfig(
         inputs=tuple(args.input), output=args.output, bundle=args.bundle,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), resources=resources,

@@ -21,7 +21,8 @@ import sys
 import tempfile
 
 from fashion_ray import person_eval
-from fashion_ray.models import Device, build_stage_predictor, load_bundle
+from fashion_ray.config import DEVICES, Device
+from fashion_ray.models import build_stage_predictor, load_bundle
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--composites", type=int, default=60, help="composite images to build (0: none)")
     p.add_argument("--walkers", type=int, default=0, help="walkers videos to build and label (0: none)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray of the walkers run (default: all)")
     return p
 

@@ -194,7 +194,8 @@ def test_action_head_learns_on_ray_train_and_replaces_the_rules(ray_session, tmp
     # held-out mAP over the four actions, against the untrained head's on the same examples
     assert metrics["val_metric"] > max(0.7, metrics["val_initial"] + 0.3), metrics
     from fashion_ray import tracking
-    from fashion_ray.models import Device, build_stage_predictor, load_bundle
+    from fashion_ray.models import build_stage_predictor, load_bundle
+    from fashion_ray.config import Device
     from fashion_ray.stages import ActionsStage, persons_column
 
     bundle = load_bundle(str(out))

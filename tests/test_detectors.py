@@ -14,7 +14,8 @@ from PIL import Image
 
 from fashion_ray import taxonomy
 from fashion_ray.boxes import owner
-from fashion_ray.models import BundleError, Device, blazepose, build_stage_predictor, load_bundle, nanodet, verify_bundle
+from fashion_ray.config import Device
+from fashion_ray.models import BundleError, blazepose, build_stage_predictor, load_bundle, nanodet, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 from fashion_ray.stages import PersonStage, link_accessories, persons_column
 

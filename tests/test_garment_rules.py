@@ -212,7 +212,9 @@ def test_parser_v2_gives_pixels_at_the_view_and_a_presence_per_class():
 def test_the_bundles_garment_parser_is_refused_when_its_weights_change(tmp_path):
     import shutil
 
-    from fashion_ray.models import BundleError, Device, build_stage_predictor, load_bundle
+    from fashion_ray.models import BundleError, build_stage_predictor, load_bundle
+
+    from fashion_ray.config import Device
     from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 
     spec = load_bundle("bootstrap").stages["clothing"]
@@ -231,7 +233,9 @@ def test_a_bundle_with_the_11_parser_still_labels(tmp_path):
     """Bundles published with 1.1's parser (a head on BlazePose's trunk) keep working beside v2."""
     import shutil
 
-    from fashion_ray.models import Device, build_stage_predictor, load_bundle
+    from fashion_ray.models import build_stage_predictor, load_bundle
+
+    from fashion_ray.config import Device
     from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR, StageModel, save_bundle
     from fashion_ray.models.garments import BLAZEPOSE_PARSER, build_head
 

@@ -245,7 +245,8 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(ray_s
     # them) of photos it never saw; no landmarks: tops take the default sleeve length. (Shoes,
     # 6 px in a 128 px view, are not learnt in 100 steps.)
     from fashion_ray.boxes import crop_box
-    from fashion_ray.models import Device, build_stage_predictor
+    from fashion_ray.models import build_stage_predictor
+    from fashion_ray.config import Device
 
     parser = build_stage_predictor(bundle, "clothing", Device())
     rng = np.random.default_rng(99)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fashion_ray import person_eval
-from fashion_ray.models import Device, build_stage_predictor, load_bundle
+from fashion_ray.config import Device
+from fashion_ray.models import build_stage_predictor, load_bundle
 
 
 def test_ground_truth_is_the_visible_extent():

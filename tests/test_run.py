@@ -13,9 +13,10 @@ import pytest
 from helpers import jpeg_bytes
 
 from fashion_ray import config, ledger, storage, taxonomy
+from fashion_ray.config import Device
 from fashion_ray.formats.shards import Shard, write_rows
 from fashion_ray.lease import LeaseLostError, acquire_lease
-from fashion_ray.models import Device, load_bundle
+from fashion_ray.models import load_bundle
 from fashion_ray.pipeline import label_shards, load_media
 from fashion_ray.run import LabelRun, RunIntegrityError
 from fashion_ray.stages import PersonStage

@@ -5,6 +5,7 @@ and the Label Studio ML backend against a real Label Studio server."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import concurrent.futures
 import io
 import json
@@ -609,6 +610,23 @@ def test_decode_memory_is_shared_in_arrival_order():
         assert budget.free == 100 and budget.waiting == []
 
     asyncio.run(scenario())
+
+
+def test_one_mapping_from_device_and_overrides_to_where_each_stage_runs():
+    """--device and --set give the same resources in the job, the served app and the
+    benchmarks, and what an actor gets (runs_on) keeps the device, AMP and threads."""
+    from fashion_ray.config import GPU_STAGE, Device, stage_resources
+
+    gpu = stage_resources("cuda", ["person.max_actors=2", "all.amp=false"])
+    assert gpu["person"] == dataclasses.replace(GPU_STAGE, max_actors=2, amp=False)
+    assert gpu["person"].runs_on == Device("cuda", amp=False, torch_threads=2)
+    assert gpu["actions"].runs_on == Device("cpu", amp=False)  # the actions stage reads keypoints, on a CPU
+    assert serve_config({"device": "cuda", "set": "person.max_actors=2,all.amp=false"}).resources == gpu
+    assert stage_resources()["person"].runs_on == Device()
+    with pytest.raises(ConfigError, match="device 'tpu' is not one of: cpu, cuda"):
+        stage_resources("tpu")
+    with pytest.raises(ConfigError, match="device 'tpu' is not one of: cpu, cuda"):
+        Device("tpu")
 
 
 def test_serve_arguments_are_checked():

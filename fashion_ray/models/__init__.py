@@ -9,9 +9,10 @@ rules or trained window head (actions.py), which label tracks rather than images
 
 from __future__ import annotations
 
+from fashion_ray.config import Device
 from fashion_ray.models import actions, bootstrap, garments, torchvision_models
 from fashion_ray.models.bundle import Bundle, BundleError, load_bundle, load_state_dict, verify_bundle
-from fashion_ray.models.predictors import Device, Predictor
+from fashion_ray.models.predictors import Predictor
 
 
 def _merge(*registries: dict) -> dict:
@@ -55,4 +56,4 @@ def written_labels(spec) -> tuple[str, ...]:
     return garments.WRITTEN if spec.architecture in garments.ARCHITECTURES else spec.classes
 
 
-__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Device", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle", "verify_bundle", "written_labels"]
+__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle", "verify_bundle", "written_labels"]

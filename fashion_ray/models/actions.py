@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_ray import actions
+from fashion_ray.config import Device
 from fashion_ray.models.bundle import Bundle, BundleError, StageModel, load_state_dict
-from fashion_ray.models.predictors import Device
 from fashion_ray.taxonomy import AVA_ACTION_ID
 
 RULES, WINDOW_MLP = "pose_motion_rules", "pose_window_mlp"

@@ -15,7 +15,6 @@ A predictor is built once per Ray actor and called on a list of RGB uint8 images
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -25,29 +24,3 @@ class Predictor(Protocol):
     kind: str  # "detector" | "segmenter"
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]: ...
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where a stage runs. AMP is used only on CUDA, where fp16 autocast is safe for inference."""
-
-    name: str = "cpu"  # "cpu" | "cuda"
-    amp: bool = True
-    torch_threads: int = 1
-
-    def setup(self):
-        import torch
-
-        torch.set_num_threads(max(1, self.torch_threads))
-        if self.name == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("stage configured for device 'cuda' but this actor sees no GPU (set num_gpus > 0)")
-        return torch.device(self.name)
-
-    def autocast(self):
-        import contextlib
-
-        import torch
-
-        if self.name == "cuda" and self.amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()

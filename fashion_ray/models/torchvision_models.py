@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fashion_ray.models.predictors import Device
+from fashion_ray.config import Device
 
 
 DETECTOR_OPTIONS = ("num_keypoints", "box_detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",

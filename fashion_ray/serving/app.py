@@ -33,9 +33,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from fashion_ray import preview
-from fashion_ray.config import GPU_STAGE, ConfigError, ServeConfig, apply_overrides, default_resources
+from fashion_ray.config import ConfigError, ServeConfig, apply_overrides, stage_resources
 from fashion_ray.errors import FashionRayError
-from fashion_ray.models import Device, load_bundle, written_labels
+from fashion_ray.models import load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import auth, label_studio
 from fashion_ray.serving.cascade import (HTTP_STATUS, MemoryBudget, Request, check_uri, decode, decode_bytes, fetch,
@@ -63,7 +63,7 @@ class StageDeployment:
     def __init__(self, stage: str, cfg: ServeConfig):
         res = cfg.resources[stage]
         self.stage = STAGE_CLASSES[stage](bundle_uri=cfg.bundle, batch_size=res.batch_size, storage_options=cfg.storage,
-                                          device=Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads))
+                                          device=res.runs_on)
         self.label.set_max_batch_size(res.batch_size)
         self.label.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.name = stage
@@ -392,13 +392,10 @@ def serve_config(args: dict) -> ServeConfig:
     if "stages" in args:
         kwargs["stages"] = tuple(s.strip() for s in str(args["stages"]).split(",") if s.strip())
     device = str(args.get("device", "cpu"))
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r} is not one of: cpu, cuda")
-    base = ServeConfig()
-    res = default_resources(GPU_STAGE) if device == "cuda" else dict(base.resources)
-    if args.get("set"):
-        res = apply_overrides(res, [o.strip() for o in str(args["set"]).split(",") if o.strip()])
-    kwargs["resources"] = res
+    overrides = [o.strip() for o in str(args.get("set") or "").split(",") if o.strip()]
+    # on a CPU the served defaults (two person replicas); on a GPU the job's GPU preset
+    kwargs["resources"] = (stage_resources(device, overrides) if device != "cpu"
+                           else apply_overrides(ServeConfig().resources, overrides))
     for key, (name, parse) in SCALAR_ARGS.items():
         if key in args:
             try:

@@ -23,7 +23,6 @@ import numpy as np
 import requests
 
 from fashion_ray.config import SAMPLE_CORPUS, ServeConfig
-from fashion_ray.models import Device
 from fashion_ray.serving.cascade import Request, decode, run_stage, uploaded
 from fashion_ray.stages import STAGE_CLASSES
 
@@ -41,7 +40,7 @@ def _percentiles(seconds: list[float]) -> dict:
 def baseline(cfg: ServeConfig, photos: list[bytes], count: int) -> dict:
     t0 = time.perf_counter()
     # each stage on its served device (the GPU under --device cuda): the same cascade, in one process
-    stages = [STAGE_CLASSES[s](bundle_uri=cfg.bundle, device=Device(name=res.device, amp=res.amp, torch_threads=res.torch_threads),
+    stages = [STAGE_CLASSES[s](bundle_uri=cfg.bundle, device=res.runs_on,
                                batch_size=res.batch_size) for s, res in ((s, cfg.resources[s]) for s in cfg.stages)]
     load_s = time.perf_counter() - t0
     latencies = []

@@ -59,9 +59,20 @@ def _made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
     return folder
 
 
+# the modules that take longest, longest first (the last measured run, docs/development.md):
+# xdist hands modules to workers in collection order, and one of these started last would
+# leave the other workers idle while it runs
+LONGEST_FIRST = ("test_gpu_check", "test_cluster", "test_training", "test_serving", "test_incremental", "test_readme")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The CUDA paths (nvJPEG, GPU actor pools, AMP, NCCL) run where a GPU is and say why they
-    skip elsewhere; their CPU twins run everywhere."""
+    """The longest modules first; the CUDA paths (nvJPEG, GPU actor pools, AMP, NCCL) run where
+    a GPU is and say why they skip elsewhere (their CPU twins run everywhere)."""
+    def rank(item) -> int:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module's own order is kept
     cuda = [item for item in items if item.get_closest_marker("cuda")]
     if cuda and not cuda_available():
         for item in cuda:

@@ -125,6 +125,11 @@ def cascade_stages(stages) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in stages)
 
 
+def parse_stages(text: str) -> tuple[str, ...]:
+    """A `--stages` value ("person,clothing"), checked and in cascade order."""
+    return cascade_stages([s.strip() for s in text.split(",") if s.strip()])
+
+
 @dataclass(frozen=True)
 class LabelJobConfig:
     inputs: tuple[str, ...]

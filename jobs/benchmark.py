@@ -74,7 +74,7 @@ def round_all(figures: dict) -> dict:
 
 def main(args) -> int:
     try:
-        stages = config.cascade_stages([s.strip() for s in args.stages.split(",") if s.strip()])
+        stages = config.parse_stages(args.stages)
     except config.ConfigError as exc:
         raise SystemExit(f"error: --stages: {exc}") from None
     train_tasks = parse_choices("--train-tasks", args.train_tasks, ("parts", "garments"))

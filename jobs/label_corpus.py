@@ -95,7 +95,7 @@ def make_config(args) -> config.LabelJobConfig:
     resources = config.stage_resources(args.device, args.overrides)
     return config.LabelJobConfig(
         inputs=tuple(args.input), output=args.output, bundle=args.bundle,
-        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), resources=resources,
+        stages=config.parse_stages(args.stages), resources=resources,
         read_batch_size=args.read_batch_size, rows_per_shard=args.rows_per_shard, max_pixels=args.max_pixels,
         work_max_side=args.work_max_side, incremental=args.incremental,
         video=video.VideoSampling(fps=args.video_fps, every_n=args.video_every_n, start_s=args.video_start,

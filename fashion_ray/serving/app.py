@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from fashion_ray import preview
-from fashion_ray.config import ConfigError, ServeConfig, apply_overrides, stage_resources
+from fashion_ray.config import ConfigError, ServeConfig, apply_overrides, parse_stages, stage_resources
 from fashion_ray.errors import FashionRayError
 from fashion_ray.models import load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
@@ -390,7 +390,7 @@ def serve_config(args: dict) -> ServeConfig:
         raise ConfigError(f"unknown argument(s) {', '.join(unknown)} (valid: {', '.join(BUILD_ARGS)})")
     kwargs = {}
     if "stages" in args:
-        kwargs["stages"] = tuple(s.strip() for s in str(args["stages"]).split(",") if s.strip())
+        kwargs["stages"] = parse_stages(str(args["stages"]))
     device = str(args.get("device", "cpu"))
     overrides = [o.strip() for o in str(args.get("set") or "").split(",") if o.strip()]
     # on a CPU the served defaults (two person replicas); on a GPU the job's GPU preset

@@ -59,10 +59,11 @@ def _made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
     return folder
 
 
-# the modules that take longest, longest first (the last measured run, docs/development.md):
-# xdist hands modules to workers in collection order, and one of these started last would
-# leave the other workers idle while it runs
-LONGEST_FIRST = ("test_gpu_check", "test_cluster", "test_training", "test_serving", "test_incremental", "test_readme")
+# the modules that take longest, longest first (in one process, docs/development.md): xdist
+# hands modules to workers in collection order (--no-loadscope-reorder), and one of these
+# started last would leave the other workers idle while it runs
+LONGEST_FIRST = ("test_cluster", "test_gpu_check", "test_training", "test_serving", "test_incremental", "test_readme",
+                 "test_export", "test_hostile_files", "test_pipeline")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,11 +28,9 @@ from fashion_ray.boxes import box_iou, box_iou_matrix
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import iter_coco_chunks, to_our_categories
 
-PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
 DF2_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.DEEPFASHION2]
 GARMENT_IDS = set(DF2_IDS) | {taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.GARMENT_REGIONS}
 ACCESSORY_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.ACCESSORIES]
-PART_IDS = {taxonomy.COCO_CATEGORY_ID[p]: k for k, p in enumerate(taxonomy.PARTS, start=1)}  # COCO id -> part value
 ANY_GARMENT_ID = 1000  # one category for class-agnostic garment evaluation
 
 STAT_LINES = [  # the 12 lines COCOeval.summarize prints, in its order
@@ -46,7 +44,7 @@ STAT_LINES = [  # the 12 lines COCOeval.summarize prints, in its order
 # COCO AP/AR -----------------------------------------------------------------------------------
 
 TASKS = {  # name -> (iou type, categories, merged category for class-agnostic tables)
-    "person_bbox": ("bbox", [PERSON_ID], None),
+    "person_bbox": ("bbox", [taxonomy.PERSON_CATEGORY_ID], None),
     "garment_bbox": ("bbox", DF2_IDS, None),
     "garment_segm": ("segm", DF2_IDS, None),
     "any_garment_bbox": ("bbox", sorted(GARMENT_IDS), ANY_GARMENT_ID),
@@ -197,7 +195,7 @@ class CocoTable:
 def _part_map(anns: list[dict], height: int, width: int) -> np.ndarray:
     out = np.zeros((height, width), np.uint8)
     for a in anns:
-        value = PART_IDS.get(a["category_id"])
+        value = taxonomy.PART_VALUE.get(a["category_id"])
         if value and "segmentation" in a:
             out[rle.decode(a["segmentation"])] = value
     return out
@@ -216,7 +214,7 @@ class PartsEvaluator:
         self.gt_parts = 0
 
     def process(self, images: list[dict], gt_anns: list[dict], dt_anns: list[dict]) -> None:
-        self.gt_parts += sum(a["category_id"] in PART_IDS for a in gt_anns)  # none: the table is not scored
+        self.gt_parts += sum(a["category_id"] in taxonomy.PART_VALUE for a in gt_anns)  # none: the table is not scored
         gt_by, dt_by = _by_image(gt_anns), _by_image(dt_anns)
         for img in images:
             h, w = img["height"], img["width"]
@@ -277,8 +275,9 @@ def _person_matches(gt_anns: list[dict], dt_anns: list[dict], threshold: float =
     """Greedy one-to-one matching of one image's person boxes, highest score first."""
     from pycocotools import mask as mask_utils
 
-    g = [a for a in gt_anns if a["category_id"] == PERSON_ID and not a.get("iscrowd")]  # a crowd region is no one person
-    d = sorted((a for a in dt_anns if a["category_id"] == PERSON_ID), key=lambda a: -a.get("score", 1.0))
+    person = taxonomy.PERSON_CATEGORY_ID
+    g = [a for a in gt_anns if a["category_id"] == person and not a.get("iscrowd")]  # a crowd region is no one person
+    d = sorted((a for a in dt_anns if a["category_id"] == person), key=lambda a: -a.get("score", 1.0))
     if not g or not d:
         return 0, len(g), len(d)
     ious = mask_utils.iou([a["bbox"] for a in d], [a["bbox"] for a in g], [0] * len(g))
@@ -548,7 +547,7 @@ class AbsentGarments:
         person = None
         if person_pixels.any():
             box = rle.bbox_xyxy(person_pixels)
-            persons = [a for a in predicted if a["category_id"] == PERSON_ID]
+            persons = [a for a in predicted if a["category_id"] == taxonomy.PERSON_CATEGORY_ID]
             ious = [box_iou(box, [x, y, x + w, y + h]) for x, y, w, h in (a["bbox"] for a in persons)]
             if ious and max(ious) >= 0.5:
                 person = persons[int(np.argmax(ious))]["id"]

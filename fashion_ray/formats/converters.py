@@ -32,8 +32,6 @@ from fashion_ray import storage, taxonomy
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import load_coco
 
-PERSON_ID = taxonomy.COCO_CATEGORY_ID[taxonomy.PERSON]
-PART_IDS = {name: taxonomy.COCO_CATEGORY_ID[name] for name in taxonomy.PARTS}
 
 # Pascal-Part person parts -> the 6-part merge (Chen et al. / DeepLab Pascal-Person-Part)
 PASCAL_PART_MERGE = {
@@ -187,7 +185,7 @@ def convert_pascal_part(root: str, options=None) -> dict:
             person_mask = np.asarray(_field(obj, "mask")).astype(bool)
             if image_id is None:
                 image_id = out.image(storage.join(root, "JPEGImages", f"{name}.jpg"), person_mask.shape[1], person_mask.shape[0])
-            person_id = out.mask(image_id, PERSON_ID, person_mask)
+            person_id = out.mask(image_id, taxonomy.PERSON_CATEGORY_ID, person_mask)
             merged: dict[str, np.ndarray] = {}
             for part in _mat_records(_field(obj, "parts")):
                 target = PASCAL_PART_MERGE.get(str(_mat_scalar(_field(part, "part_name"))))
@@ -195,7 +193,7 @@ def convert_pascal_part(root: str, options=None) -> dict:
                     merged[target] = merged.get(target, np.zeros_like(person_mask)) | np.asarray(_field(part, "mask")).astype(bool)
             for part_name in taxonomy.PARTS:  # fixed order: ids do not depend on file order
                 if part_name in merged:
-                    out.mask(image_id, PART_IDS[part_name], merged[part_name], parent_person_id=person_id)
+                    out.mask(image_id, taxonomy.COCO_CATEGORY_ID[part_name], merged[part_name], parent_person_id=person_id)
     return out.document("Pascal-Part persons converted by fashion-ray (6-part merge)")
 
 
@@ -212,9 +210,9 @@ def convert_seed004(root: str, options=None) -> dict:
         parts = lut[np.load(io.BytesIO(fs.cat_file(path))).astype(np.uint8)]
         stem = posixpath.splitext(posixpath.basename(npy_uri.replace(os.sep, "/")))[0]
         image_id = out.image(storage.join(root, "JPEGImages", f"{stem}.jpg"), parts.shape[1], parts.shape[0])
-        person_id = out.mask(image_id, PERSON_ID, parts > 0)
+        person_id = out.mask(image_id, taxonomy.PERSON_CATEGORY_ID, parts > 0)
         for value, name in enumerate(taxonomy.PARTS, start=1):
-            out.mask(image_id, PART_IDS[name], parts == value, parent_person_id=person_id)
+            out.mask(image_id, taxonomy.COCO_CATEGORY_ID[name], parts == value, parent_person_id=person_id)
     return out.document("seed 004 Pascal-part converted by fashion-ray")
 
 
@@ -227,13 +225,13 @@ def convert_penn_fudan(root: str, options=None) -> dict:
         stem = posixpath.basename(mask_uri.replace(os.sep, "/"))[: -len("_mask.png")]
         image_id = out.image(storage.join(root, "PNGImages", f"{stem}.png"), ids.shape[1], ids.shape[0])
         for instance in sorted(int(v) for v in np.unique(ids) if v != 0):
-            out.mask(image_id, PERSON_ID, ids == instance)
+            out.mask(image_id, taxonomy.PERSON_CATEGORY_ID, ids == instance)
     return out.document("Penn-Fudan pedestrians converted by fashion-ray")
 
 
 # The garment parser's classes as categories of a training file (the parse map is rebuilt from
 # them by name: training/data.py); "ignore" holds the pixels of labels dropped on purpose.
-PARSE_CATEGORIES = [{"id": PERSON_ID, "name": taxonomy.PERSON, "supercategory": "person"}] + [
+PARSE_CATEGORIES = [{"id": taxonomy.PERSON_CATEGORY_ID, "name": taxonomy.PERSON, "supercategory": "person"}] + [
     {"id": 100 + value, "name": name, "supercategory": taxonomy.PARSE_SUPERCATEGORY}
     for value, name in enumerate(taxonomy.GARMENT_PARSE) if value > 0] + [
     {"id": 100 + taxonomy.PARSE_IGNORE, "name": "ignore", "supercategory": taxonomy.PARSE_SUPERCATEGORY}]
@@ -296,7 +294,7 @@ def convert_ccp(root: str, options=None, split: str | None = None, tags: str | N
             labels, parse = labels[:cut], parse[:cut]
             photo = _write_cut_photo(photo, cut, storage.join(crops, f"{stem}.jpg"), options)
         image_id = out.image(photo, labels.shape[1], labels.shape[0], split=ccp_split(stem))
-        person_id = out.mask(image_id, PERSON_ID, labels > 0)
+        person_id = out.mask(image_id, taxonomy.PERSON_CATEGORY_ID, labels > 0)
         for value in sorted(int(v) for v in np.unique(parse) if v != 0):
             out.mask(image_id, 100 + value, parse == value, parent_person_id=person_id)
     if tags and split != "val":

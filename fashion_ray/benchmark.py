@@ -147,7 +147,7 @@ def video_benchmark(workdir: str, seconds: float, sample_fps: float, bundle_uri:
     predictor = build_stage_predictor(load_bundle(bundle_uri), "person", Device(torch_threads=actors * threads))
     plan = probe(path, sampling)
     for _, image, _, _ in decode_segment(path, [pts for _, pts, _ in plan["frames"]]):
-        predictor.predict([media.fit(image, work_max_side).image], [{}])
+        predictor.predict([media.fit_to_side(image, work_max_side).image], [{}])
     loop = len(plan["frames"]) / (time.perf_counter() - t0)
     pipe = pipeline_run([path], os.path.join(workdir, "out_video"), bundle_uri, actors, threads, work_max_side, 32, sampling)
     return {"video_seconds": seconds, "video_frames": decoded, "sampled_fps": sample_fps, "sampled_frames": len(plan["frames"]),

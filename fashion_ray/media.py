@@ -132,7 +132,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
         return DecodedImage(None, width=w, height=h, error=reason, detail=str(exc)[:300])
     except Exception as exc:
         return DecodedImage(None, width=w, height=h, error="undecodable", detail=f"{type(exc).__name__}: {exc}"[:300])
-    return fit(rgb, max_side)
+    return fit_to_side(rgb, max_side)
 
 
 def gif_frame_durations(handle, deadline: Deadline) -> list[float]:
@@ -374,7 +374,7 @@ def working_size(width: int, height: int, max_side: int | None) -> tuple[int, in
     return max(1, round(width * scale)), max(1, round(height * scale)), scale
 
 
-def fit(rgb: Image.Image | np.ndarray, max_side: int | None) -> DecodedImage:
+def fit_to_side(rgb: Image.Image | np.ndarray, max_side: int | None) -> DecodedImage:
     """Scale an RGB image (PIL or HxWx3 array) so its longest side is at most max_side."""
     if isinstance(rgb, np.ndarray):
         rgb = Image.fromarray(rgb)
@@ -408,7 +408,7 @@ def jpeg_for_device(data: bytes, max_pixels: int) -> tuple[int, int] | None:
 def decode_jpegs(payloads: list[bytes], sizes: list[tuple[int, int]], max_side: int | None,
                  device: str) -> list[np.ndarray | None]:
     """Decode JPEGs on `device` in one batch (nvJPEG on CUDA, libjpeg-turbo on CPU) and scale
-    them like fit(), as HxWx3 uint8 arrays; None for one that fails or whose size is not the
+    them like fit_to_side(), as HxWx3 uint8 arrays; None for one that fails or whose size is not the
     header's (the caller decodes those with decode_image, which gives the reason)."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -430,7 +430,7 @@ def decode_jpegs(payloads: list[bytes], sizes: list[tuple[int, int]], max_side: 
             images.append(None)
             continue
         work_width, work_height, scale = working_size(width, height, max_side)
-        if scale != 1.0:  # antialiased uint8 bilinear: within 1 level of PIL's resize in fit()
+        if scale != 1.0:  # antialiased uint8 bilinear: within 1 level of PIL's resize in fit_to_side()
             image = resize(image, [work_height, work_width], antialias=True)
         images.append(image.permute(1, 2, 0).cpu().numpy())
     return images

@@ -74,7 +74,7 @@ def _frame_rows(item: dict, *, max_pixels: int, max_side: int, timeout_s: float,
         if image is None:
             rows.append(_error_row(frame, reason, detail))
         else:
-            fitted = media.fit(image, max_side)
+            fitted = media.fit_to_side(image, max_side)
             rows.append({**frame, "image": fitted.image, "scale": fitted.scale, "width": fitted.width, "height": fitted.height})
     timed = [r for r in rows if "image" in r and not math.isnan(r["timestamp_s"])]  # video/animation frames, not pages
     images = [r["image"] for r in timed]

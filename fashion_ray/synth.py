@@ -263,7 +263,7 @@ def person_record(k: int, p: Person) -> dict:
             "garments": garments, "parts": parts}
 
 
-def write_shard(batch: dict[str, np.ndarray], *, output: str, seed: int, width: int, height: int,
+def write_scene_shard(batch: dict[str, np.ndarray], *, output: str, seed: int, width: int, height: int,
                 storage_options=None) -> dict[str, np.ndarray]:
     """Ray Data task: render the batch's image indices, write images + one Parquet/COCO shard."""
     from PIL import Image
@@ -302,7 +302,7 @@ def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, 
 
     t0 = time.perf_counter()
     ds = ray.data.range(count, override_num_blocks=max(1, math.ceil(count / rows_per_shard)))
-    ds = ds.map_batches(write_shard, batch_size=rows_per_shard, fn_kwargs={
+    ds = ds.map_batches(write_scene_shard, batch_size=rows_per_shard, fn_kwargs={
         "output": output, "seed": seed, "width": width, "height": height, "storage_options": storage_options})
     shards = sorted((r["shard"].entry() for r in ds.iter_rows()), key=lambda s: s["name"])
     elapsed = time.perf_counter() - t0

@@ -25,7 +25,7 @@ import sys
 
 from fashion_ray.ray_init import init_ray
 from fashion_ray.config import field_defaults
-from fashion_ray.training.loop import TASKS, TrainConfig
+from fashion_ray.training.loop import TRAINING_TASKS, TrainConfig
 from fashion_ray.training.trainer import check_data, fit, publish
 
 
@@ -34,7 +34,7 @@ TRAIN = field_defaults(TrainConfig)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=TASKS,
+    p.add_argument("--task", required=True, choices=TRAINING_TASKS,
                    help="garments: the clothing stage's garment parser (data: jobs/convert.py --format ccp); "
                         "actions: the actions stage's window head (data: action examples, .parquet)")
     p.add_argument("--data", required=True, help="canonical COCO file (jobs/convert.py output), or action examples "

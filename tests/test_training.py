@@ -43,13 +43,13 @@ def test_a_non_finite_loss_is_stopped_before_it_reaches_the_weights():
     SGD step would carry it into every weight of the model."""
     import numpy as np
 
-    from fashion_ray.training.loop import NonFiniteLoss, Run, train_one_step
+    from fashion_ray.training.loop import NonFiniteLoss, TrainState, train_one_step
 
     cfg = TrainConfig(task="actions", data="unused", lr=0.1)
     model = torch.nn.Linear(4, 3)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=cfg.lr)
-    run = Run(model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+    run = TrainState(model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
               torch.amp.GradScaler("cuda", enabled=False))
     labels = {"labels": np.array([1, 0, 0], np.float32)}
     good = [(np.ones(4, np.float32), labels)] * 2

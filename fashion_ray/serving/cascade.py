@@ -120,7 +120,7 @@ def decode(request: Request, data: bytes, cfg: ServeConfig, keep_original: bool 
         request.image, request.scale = decoded.image, decoded.scale
         return None
     # the batch job decodes with max_side set, which is this same resize of the same pixels
-    work = media.fit(decoded.image, cfg.work_max_side)
+    work = media.fit_to_side(decoded.image, cfg.work_max_side)
     request.image, request.scale = work.image, work.scale
     return decoded.image
 

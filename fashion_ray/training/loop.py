@@ -33,7 +33,7 @@ from fashion_ray.models.efficientnet_lite import IMAGENET_INIT
 from fashion_ray.training import data
 
 # what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
-TASKS = (*taxonomy.STAGES, "garments")
+TRAINING_TASKS = (*taxonomy.STAGES, "garments")
 STAGE_OF_TASK = {"person": "person", "clothing": "clothing", "parts": "parts", "garments": "clothing", "actions": "actions"}
 DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
                         "parts": "lraspp_mobilenet_v3_large", "garments": garments.EFFICIENTNET_PARSER,
@@ -72,8 +72,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r} is not one of: {', '.join(TASKS)}")
+        if self.task not in TRAINING_TASKS:
+            raise ValueError(f"task {self.task!r} is not one of: {', '.join(TRAINING_TASKS)}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r} is not one of: cosine, step")
         object.__setattr__(self, "architecture", self.architecture or DEFAULT_ARCHITECTURE[self.task])
@@ -290,7 +290,7 @@ def evaluate_boxes(model, batches, cfg: TrainConfig, device) -> dict:
     return {f"box_{name}": 0.0 if v is None else v for name, v in zip(COCO_STATS, stats)}
 
 
-def evaluate_actions(model, batches, cfg: TrainConfig, device) -> dict:
+def evaluate_action_head(model, batches, cfg: TrainConfig, device) -> dict:
     """Mean average precision of the held-out examples, over the classes they have (per example:
     one keyframe person, so AP per class ranks examples by the class's score)."""
     import torch
@@ -321,7 +321,7 @@ def _unwrap(model):
 def score_held_out(model, cfg: TrainConfig, calibration, val_batches, device) -> dict:
     """PreciseBN on training batches, then the held-out score: val_metric and its details."""
     precise_batch_norm(model, calibration, cfg, device)
-    evaluate = evaluate_actions if cfg.task == "actions" else evaluate_maps if cfg.task in SEMANTIC_TASKS else evaluate_boxes
+    evaluate = evaluate_action_head if cfg.task == "actions" else evaluate_maps if cfg.task in SEMANTIC_TASKS else evaluate_boxes
     scores = evaluate(model, val_batches, cfg, device)
     return {"val_metric": scores[VAL_METRIC.get(cfg.task, "box_ap")] or 0.0,
             **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
@@ -329,7 +329,7 @@ def score_held_out(model, cfg: TrainConfig, calibration, val_batches, device) ->
 
 
 @dataclass
-class Run:
+class TrainState:
     """One worker's training state: what a checkpoint saves and a restart restores."""
 
     model: object
@@ -341,7 +341,7 @@ class Run:
     initial: float | None = None  # the untrained network's held-out score
 
 
-def setup(cfg: TrainConfig, classes, device, world: int) -> Run:
+def setup(cfg: TrainConfig, classes, device, world: int) -> TrainState:
     """Model (DDP-wrapped), optimizer, schedule and AMP scaler, as torchvision's references set them."""
     import ray.train.torch
     import torch
@@ -356,10 +356,10 @@ def setup(cfg: TrainConfig, classes, device, world: int) -> Run:
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
-    return Run(model, params, optimizer, scheduler, scaler)
+    return TrainState(model, params, optimizer, scheduler, scaler)
 
 
-def restore(run: Run, device) -> None:
+def restore(run: TrainState, device) -> None:
     """Continue from the run's last checkpoint after a restart or a rerun, if it has one."""
     import ray.train
     import torch
@@ -380,7 +380,7 @@ class NonFiniteLoss(RunError):
     """A training loss that is NaN or infinite; the step it came from is not taken."""
 
 
-def train_one_step(run: Run, batch, cfg: TrainConfig, device, rank: int) -> float:
+def train_one_step(run: TrainState, batch, cfg: TrainConfig, device, rank: int) -> float:
     import torch
 
     # the models' own randomness (RPN/ROI sampling) from (seed, step, rank): a resumed run draws the same
@@ -405,7 +405,7 @@ def train_one_step(run: Run, batch, cfg: TrainConfig, device, rank: int) -> floa
     return float(loss.detach())
 
 
-def report(run: Run, cfg: TrainConfig, classes, metrics: dict, *, save: bool, rank: int) -> None:
+def report(run: TrainState, cfg: TrainConfig, classes, metrics: dict, *, save: bool, rank: int) -> None:
     """Report metrics to Ray Train, with a checkpoint from rank 0 when `save` (every rank must call)."""
     import ray.train
     import torch

@@ -11,43 +11,41 @@ from __future__ import annotations
 
 from fashion_ray.config import Device
 from fashion_ray.models import actions, bootstrap, garments, torchvision_models
-from fashion_ray.models.bundle import Bundle, BundleError, load_bundle, load_state_dict, verify_bundle
+from fashion_ray.models.bundle import Bundle, BundleError, load_bundle, verify_bundle
 from fashion_ray.models.predictors import Predictor
 
 
-def _merge(*registries: dict) -> dict:
-    merged: dict = {}
-    for registry in registries:
-        for name in registry:
-            if name in merged:
+def _registry(*families) -> dict:
+    """Architecture name -> the builder of its predictor, from (names, builder) per family."""
+    registry: dict = {}
+    for names, build in families:
+        for name in names:
+            if name in registry:
                 raise ValueError(f"architecture {name!r} is defined twice")
-            merged[name] = registry[name]
-    return merged
+            registry[name] = build
+    return registry
 
 
-ARCHITECTURES = _merge(torchvision_models.ARCHITECTURES, bootstrap.ARCHITECTURES, garments.ARCHITECTURES,
-                       actions.ARCHITECTURES)
+# every builder is build(bundle, spec, *, device, options) -> Predictor
+PREDICTOR_BUILDERS = _registry((torchvision_models.ARCHITECTURES, torchvision_models.build_predictor),
+                               (bootstrap.ARCHITECTURES, bootstrap.build_predictor),
+                               (garments.ARCHITECTURES, garments.build_predictor),
+                               (actions.ARCHITECTURES, actions.build_predictor))
+ARCHITECTURES = tuple(sorted(PREDICTOR_BUILDERS))
 
 
 def validate_bundle(bundle: Bundle) -> None:
     for stage, spec in bundle.stages.items():
         if spec.architecture not in ARCHITECTURES:
             raise BundleError(f"bundle {bundle.label}, stage {stage!r}: unknown architecture {spec.architecture!r} "
-                              f"(valid: {', '.join(sorted(ARCHITECTURES))})")
+                              f"(valid: {', '.join(ARCHITECTURES)})")
         bootstrap.check_options(bundle, spec)
 
 
 def build_stage_predictor(bundle: Bundle, stage: str, device: Device, options=None) -> Predictor:
     """Load one stage's model from its bundle (weights checked and loaded weights_only)."""
     spec = bundle.stages[stage]
-    if spec.architecture in bootstrap.ARCHITECTURES:
-        return bootstrap.build_predictor(bundle, spec, device, options)
-    if spec.architecture in garments.ARCHITECTURES:
-        return garments.build_predictor(bundle, spec, device, options)
-    if spec.architecture in actions.ARCHITECTURES:
-        return actions.build_predictor(bundle, spec, device, options)
-    state_dict = load_state_dict(bundle, spec, options) if spec.weights else None
-    return torchvision_models.build_predictor(spec, state_dict, device)
+    return PREDICTOR_BUILDERS[spec.architecture](bundle, spec, device=device, options=options)
 
 
 def written_labels(spec) -> tuple[str, ...]:

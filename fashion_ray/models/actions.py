@@ -76,7 +76,7 @@ class WindowHeadPredictor:
         return out
 
 
-def build_predictor(bundle: Bundle, spec: StageModel, device: Device, options=None):
+def build_predictor(bundle: Bundle, spec: StageModel, *, device: Device, options=None):
     if spec.architecture == RULES:
         return RulePredictor(spec)
     if not spec.weights:
@@ -84,4 +84,4 @@ def build_predictor(bundle: Bundle, spec: StageModel, device: Device, options=No
     return WindowHeadPredictor(spec, load_state_dict(bundle, spec, options), device)
 
 
-ARCHITECTURES = {RULES: ("actions", None), WINDOW_MLP: ("actions", None)}
+ARCHITECTURES = (RULES, WINDOW_MLP)

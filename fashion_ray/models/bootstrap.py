@@ -327,11 +327,7 @@ def _same_cloth(img: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     return float(np.linalg.norm(np.median(lab[a], 0) - np.median(lab[b], 0))) < 18.0
 
 
-ARCHITECTURES = {
-    "nanodet_blazepose_person": ("detector", None),
-    "pose_body_parts": ("segmenter", None),
-    "pose_garment_regions": ("detector", None),
-}
+ARCHITECTURES = ("nanodet_blazepose_person", "pose_body_parts", "pose_garment_regions")
 
 
 # the person stage's bundle options: model files, tiling, which box a person keeps, poses per
@@ -351,7 +347,7 @@ def check_options(bundle, spec) -> None:
         raise BundleError(f"bundle {bundle.label}: box_source {spec.options['box_source']!r} is not one of {', '.join(BOX_SOURCES)}")
 
 
-def build_predictor(bundle, spec, device, options=None):
+def build_predictor(bundle, spec, *, device, options=None):
     """Build a bootstrap predictor; its model files are read from the bundle with sha256 checks."""
     files = spec.options.get("files", {})
 

@@ -417,7 +417,7 @@ def efficientnet_network(model, device):
 
 BLAZEPOSE_PARSER = "blazepose_garment_parser"
 EFFICIENTNET_PARSER = "efficientnet_garment_parser"
-ARCHITECTURES = {BLAZEPOSE_PARSER: ("detector", None), EFFICIENTNET_PARSER: ("detector", None)}
+ARCHITECTURES = (BLAZEPOSE_PARSER, EFFICIENTNET_PARSER)
 PRESENCE_THRESHOLD = 0.5  # bundle option presence_threshold overrides it
 GATES_DETECTOR = ("bag",)  # absent classes whose person-detector accessories are removed too
 
@@ -429,7 +429,7 @@ def parser_view(architecture: str, input_size: int) -> tuple[int, int]:
     return (input_size, input_size) if architecture == BLAZEPOSE_PARSER else (input_size, input_size * 2 // 3)
 
 
-def build_predictor(bundle, spec, device, options=None):
+def build_predictor(bundle, spec, *, device, options=None):
     """The parser of a bundle's clothing stage, its files sha256-checked and loaded weights_only."""
     import io
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_ray.config import Device
+from fashion_ray.models.bundle import load_state_dict
 
 
 DETECTOR_OPTIONS = ("num_keypoints", "box_detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
@@ -161,8 +162,9 @@ class TorchvisionSegmenter:
         return results
 
 
-def build_predictor(spec, state_dict: dict | None, device: Device):
-    """Build a predictor from a bundle StageModel and its (already verified) state dict."""
+def build_predictor(bundle, spec, *, device: Device, options=None):
+    """A predictor of a bundle's stage, its weights sha256-checked and loaded weights_only."""
+    state_dict = load_state_dict(bundle, spec, options) if spec.weights else None
     kind = ARCHITECTURES[spec.architecture][0]
     # detectors count background; segmenters' classes already include it as label 0
     num_classes = len(spec.classes) + 1

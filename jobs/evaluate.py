@@ -25,7 +25,8 @@ import json
 import os
 import sys
 
-from fashion_ray import evaluation, evaluation_pictures, storage
+from fashion_ray import evaluation, storage
+from fashion_ray.evaluation import pictures
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,9 +72,9 @@ def main(args) -> int:
         return 0
     # photos of a COCO file are relative to its folder; a run's are absolute URIs
     photos_root = args.ground_truth.rsplit("/", 1)[0] if args.ground_truth.endswith(".json") else args.ground_truth
-    pictures = evaluation_pictures.write_pictures(report, evaluation.TABLES, out, photos_root, options)
+    written = pictures.write_pictures(report, evaluation.TABLES, out, photos_root, options)
     print(markdown)
-    print(f"written to {out}: evaluation.json, evaluation.md, {', '.join(pictures)}")
+    print(f"written to {out}: evaluation.json, evaluation.md, {', '.join(written)}")
     return 0
 
 

@@ -174,7 +174,7 @@ def test_standard_coco_ground_truth_is_matched_by_name(tmp_path):
 def test_pr_curves_and_worst_cases_are_written(tmp_path):
     from PIL import Image
 
-    from fashion_ray import evaluation_pictures
+    from fashion_ray.evaluation import pictures as evaluation_pictures
 
     Image.new("RGB", (100, 100), (90, 120, 60)).save(tmp_path / "img1.jpg")
     gt = _doc([_box_ann(PERSON, 10, 10, 20, 50), _box_ann(PERSON, 60, 10, 20, 50)], size=(100, 100))
@@ -200,7 +200,7 @@ def test_worst_case_photos_are_found_from_the_paths_a_run_records(tmp_path, monk
     dataset's own COCO names photos under its folder (`PNGImages/x.png`): both are read."""
     from PIL import Image
 
-    from fashion_ray import evaluation_pictures
+    from fashion_ray.evaluation import pictures as evaluation_pictures
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out" / "synth" / "images").mkdir(parents=True)

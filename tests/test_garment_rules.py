@@ -256,7 +256,7 @@ def test_absent_garments_are_counted_per_photo_on_the_labelled_person_and_on_eve
     truth[2:10, 2:8] = V["top"]
     truth[10:18, 2:8] = V["trousers"]
     truth[0:2, 3:7] = V["hair"]  # part of the labelled person, never a garment
-    run_truth = evaluation._GT_TO_RUN[truth]
+    run_truth = evaluation.semantic._GT_TO_RUN[truth]
 
     def ann(ann_id, name, box, parent=None):
         return {"id": ann_id, "category_id": ids[name], "bbox": box, **({"parent_person_id": parent} if parent else {})}

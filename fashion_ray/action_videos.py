@@ -62,9 +62,20 @@ def penn_fudan_people(root: str) -> People:
     return People(walking, standing)
 
 
-def make_action_video(path: str, video_id: str, people: People, seed: int, *, panning: bool, duration_s: float = 12.0,
-                      fps: float = 4.0, width: int = 640, height: int = 360, walkers: int = 2,
-                      standers: int = 2) -> list[list]:
+def make_action_video(
+    path: str,
+    video_id: str,
+    people: People,
+    seed: int,
+    *,
+    panning: bool,
+    duration_s: float = 12.0,
+    fps: float = 4.0,
+    width: int = 640,
+    height: int = 360,
+    walkers: int = 2,
+    standers: int = 2,
+) -> list[list]:
     """Write one video; returns its AVA ground-truth lines."""
     from fashion_ray import video
 
@@ -95,7 +106,7 @@ def make_action_video(path: str, video_id: str, people: People, seed: int, *, pa
     frames, truth = [], []
     for t in times:
         left = start + pan * t
-        view = scene[:, int(round(left)):int(round(left)) + width].copy()
+        view = scene[:, int(round(left)) : int(round(left)) + width].copy()
         owner = np.zeros((height, width), np.int32)
         for label, rgba, x, speed, bottom in plans:
             h = rgba.shape[0]
@@ -119,5 +130,7 @@ def make_action_videos(folder: str, count: int, people: People, seed: int = 0) -
     lines = []
     for k in range(count):
         video_id = f"actions_{seed + k:03d}_{'pan' if k % 2 else 'static'}"
-        lines += make_action_video(os.path.join(folder, f"{video_id}.mp4"), video_id, people, seed + k, panning=bool(k % 2))
+        lines += make_action_video(
+            os.path.join(folder, f"{video_id}.mp4"), video_id, people, seed + k, panning=bool(k % 2)
+        )
     return lines

@@ -136,8 +136,11 @@ def track_actions(track: "Track", window_s: float = 2.0) -> list[dict[int, float
         first, last = near[0], near[-1]
         on_feet = 1 - max(scores.get(SIT, 0.0), scores.get(LIE, 0.0), scores.get(CROUCH, 0.0))
         if scores and last > first and times[last] > times[first]:
-            speed = float(np.linalg.norm(feet[last] - feet[first])) / float(np.mean(heights[first:last + 1])) / (
-                times[last] - times[first])
+            speed = (
+                float(np.linalg.norm(feet[last] - feet[first]))
+                / float(np.mean(heights[first : last + 1]))
+                / (times[last] - times[first])
+            )
             run = _ramp(speed, *RUN_SPEED) * on_feet
             scores[WALK], scores[RUN] = _ramp(speed, *WALK_SPEED) * (1 - run) * on_feet, run
         elif STAND in scores:  # one frame: only a stride says walking
@@ -163,16 +166,20 @@ def carrying_score(person: dict, min_visibility: float = 0.5) -> float:
     best = 0.0
     for g in person.get("garments") or []:
         x0, y0, x1, y1 = g["box"]
-        if g["category"] in CARRIED and any(x0 - reach <= x <= x1 + reach and y0 - reach <= y <= y1 + reach
-                                            for x, y in wrists):
+        if g["category"] in CARRIED and any(
+            x0 - reach <= x <= x1 + reach and y0 - reach <= y <= y1 + reach for x, y in wrists
+        ):
             best = max(best, float(g["score"]))
     return best
 
 
 def as_records(scores: dict[int, float], threshold: float) -> list[dict]:
     """{action id: score} -> the rows' `actions` list, best first, those at or over threshold."""
-    return [{"action_id": k, "action": AVA_ACTIONS[k], "score": float(v)}
-            for k, v in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])) if v >= threshold and v > 0]
+    return [
+        {"action_id": k, "action": AVA_ACTIONS[k], "score": float(v)}
+        for k, v in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        if v >= threshold and v > 0
+    ]
 
 
 @dataclass
@@ -187,16 +194,56 @@ class Track:
 
     @classmethod
     def of_persons(cls, times: list[float], persons: list[dict], camera_motion=None) -> "Track":
-        return cls(times, [p["box"] for p in persons], [p.get("keypoints") for p in persons], camera_motion,
-                   [carrying_score(p) for p in persons])
+        return cls(
+            times,
+            [p["box"] for p in persons],
+            [p.get("keypoints") for p in persons],
+            camera_motion,
+            [carrying_score(p) for p in persons],
+        )
 
 
 # the action head's window: the track at these offsets (s) from a keyframe, AVA's 1 Hz keyframes around it
 WINDOW_OFFSETS_S = (-2.0, -1.0, 0.0, 1.0, 2.0)
 SLOT_FEATURES = 4 + 33 * 3  # present, scene motion dx dy, log height ratio; 33 x (x, y, visibility)
 # MediaPipe's left/right landmark pairs: a mirrored track swaps them (training augmentation)
-MIRROR = np.array([0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 18, 17, 20, 19, 22, 21, 24, 23, 26, 25,
-                   28, 27, 30, 29, 32, 31])
+MIRROR = np.array(
+    [
+        0,
+        4,
+        5,
+        6,
+        1,
+        2,
+        3,
+        8,
+        7,
+        10,
+        9,
+        12,
+        11,
+        14,
+        13,
+        16,
+        15,
+        18,
+        17,
+        20,
+        19,
+        22,
+        21,
+        24,
+        23,
+        26,
+        25,
+        28,
+        27,
+        30,
+        29,
+        32,
+        31,
+    ]
+)
 
 
 def scene_positions(track: Track) -> np.ndarray:
@@ -233,6 +280,7 @@ def window_features(track: Track, at: int, mirror: bool = False) -> np.ndarray:
             if mirror:
                 points = points[MIRROR]
             cx = (boxes[j, 0] + boxes[j, 2]) / 2
-            out[slot, 4:] = np.stack([sign * (points[:, 0] - cx) / h, (points[:, 1] - boxes[j, 1]) / h,
-                                      points[:, 2]], 1).ravel()
+            out[slot, 4:] = np.stack(
+                [sign * (points[:, 0] - cx) / h, (points[:, 1] - boxes[j, 1]) / h, points[:, 2]], 1
+            ).ravel()
     return out.ravel()

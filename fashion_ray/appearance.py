@@ -50,10 +50,13 @@ def describe(image: np.ndarray, box, mask: np.ndarray | None = None) -> list[flo
         else:
             keep = np.zeros((max(0, yb - ya), max(0, x1 - x0)), bool)
             margin = int(0.2 * keep.shape[1])
-            keep[:, margin:keep.shape[1] - margin] = True
+            keep[:, margin : keep.shape[1] - margin] = True
         pixels = image[ya:yb, x0:x1][keep]
-        hsv = cv2.cvtColor(pixels.reshape(-1, 1, 3).astype(np.float32) / 255, cv2.COLOR_RGB2HSV).reshape(-1, 3) \
-            if len(pixels) else np.zeros((0, 3), np.float32)
+        hsv = (
+            cv2.cvtColor(pixels.reshape(-1, 1, 3).astype(np.float32) / 255, cv2.COLOR_RGB2HSV).reshape(-1, 3)
+            if len(pixels)
+            else np.zeros((0, 3), np.float32)
+        )
         halves.append(_histogram(hsv))
     return [round(float(v), 4) for v in np.concatenate(halves)]
 

@@ -20,16 +20,17 @@ from PIL import Image
 from fashion_ray import config, media, taxonomy
 from fashion_ray.config import Device
 from fashion_ray.models import build_stage_predictor, load_bundle
-from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.run import run_label_job
 from fashion_ray.samplers import GpuUtilisation
+from fashion_ray.stages import STAGE_CLASSES, persons_column
 from fashion_ray.video import VideoSampling, decode_segment, encode_video, probe
-
 
 CORPORA = ("smooth", "people")
 
 
-def make_corpus(folder: str, n: int, width: int = 640, height: int = 480, seed: int = 0, kind: str = "smooth") -> list[str]:
+def make_corpus(
+    folder: str, n: int, width: int = 640, height: int = 480, seed: int = 0, kind: str = "smooth"
+) -> list[str]:
     """`smooth`: random photo-like JPEGs with nobody in them (noise compresses badly and decodes
     unrealistically slowly); `people`: real person cut-outs on real photos (person_eval's
     composites, 2-5 people of 24-320 px each), for the cascade with a real bundle."""
@@ -41,7 +42,9 @@ def make_corpus(folder: str, n: int, width: int = 640, height: int = 480, seed: 
     paths = []
     for i in range(n):
         if kind == "people":
-            img = Image.fromarray(person_eval.make_composite(rng, str(i), photos, persons, width=width, height=height).image)
+            img = Image.fromarray(
+                person_eval.make_composite(rng, str(i), photos, persons, width=width, height=height).image
+            )
         else:
             small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
             img = Image.fromarray(small).resize((width, height), Image.BICUBIC)
@@ -61,29 +64,56 @@ def make_bundle(path: str, stages: tuple[str, ...] = ("person",)) -> str:
 
     torch.manual_seed(0)
     two = {"box_detections_per_img": 2}
-    specs = {"person": StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 320, 0.0, 0.5, options=two),
-             "clothing": StageModel("maskrcnn_mobilenet_v3_large_fpn", taxonomy.DEEPFASHION2, 192, 0.0, 0.5, options=two),
-             "parts": StageModel("lraspp_mobilenet_v3_large", taxonomy.PARTS, 128)}
-    save_bundle(path, "bench", "0", {s: (specs[s], build_model(specs[s].architecture, num_classes=len(specs[s].classes) + 1,
-                                                                input_size=specs[s].input_size).state_dict())
-                                     for s in stages})
+    specs = {
+        "person": StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 320, 0.0, 0.5, options=two),
+        "clothing": StageModel("maskrcnn_mobilenet_v3_large_fpn", taxonomy.DEEPFASHION2, 192, 0.0, 0.5, options=two),
+        "parts": StageModel("lraspp_mobilenet_v3_large", taxonomy.PARTS, 128),
+    }
+    save_bundle(
+        path,
+        "bench",
+        "0",
+        {
+            s: (
+                specs[s],
+                build_model(
+                    specs[s].architecture, num_classes=len(specs[s].classes) + 1, input_size=specs[s].input_size
+                ).state_dict(),
+            )
+            for s in stages
+        },
+    )
     return path
 
 
-def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side: int, device: str = "cpu",
-                  amp: bool = True, stages: tuple[str, ...] = ("person",)) -> dict:
+def baseline_loop(
+    paths: list[str],
+    bundle_uri: str,
+    threads: int,
+    work_max_side: int,
+    device: str = "cpu",
+    amp: bool = True,
+    stages: tuple[str, ...] = ("person",),
+) -> dict:
     """The stages' own objects (as the actors hold them) called image by image in this process,
     after decoding; images/s overall and per stage."""
     t0 = time.perf_counter()
-    run = {s: STAGE_CLASSES[s](bundle_uri, Device(name=device, amp=amp, torch_threads=threads), batch_size=1) for s in stages}
+    run = {
+        s: STAGE_CLASSES[s](bundle_uri, Device(name=device, amp=amp, torch_threads=threads), batch_size=1)
+        for s in stages
+    }
     t_ready = time.perf_counter()
     seconds, persons = dict.fromkeys(stages, 0.0), 0
     for path in paths:
         with open(path, "rb") as fh:
             decoded = media.decode_image(fh.read(), max_pixels=64_000_000, max_side=work_max_side)
-        batch = {"status": np.array(["ok"], dtype=object), "error": np.array([""], dtype=object),
-                 "error_detail": np.array([""], dtype=object), "image": np.empty(1, dtype=object),
-                 "persons": persons_column([[]])}
+        batch = {
+            "status": np.array(["ok"], dtype=object),
+            "error": np.array([""], dtype=object),
+            "error_detail": np.array([""], dtype=object),
+            "image": np.empty(1, dtype=object),
+            "persons": persons_column([[]]),
+        }
         batch["image"][0] = decoded.image
         for name, stage in run.items():
             start = time.perf_counter()
@@ -91,48 +121,91 @@ def baseline_loop(paths: list[str], bundle_uri: str, threads: int, work_max_side
             seconds[name] += time.perf_counter() - start
         persons += len(batch["persons"][0].items)
     end = time.perf_counter()
-    return {"images": len(paths), "seconds": end - t0, "images_per_s": len(paths) / (end - t0),
-            "images_per_s_after_load": len(paths) / (end - t_ready),
-            "persons_per_image": round(persons / len(paths), 2),
-            "stage_images_per_s": {name: round(len(paths) / sec, 2) for name, sec in seconds.items()},
-            # the crop stages' cost per person (the clothing stage's budget is stated per crop)
-            "stage_ms_per_person": {name: round(1000 * sec / max(1, persons), 1) for name, sec in seconds.items()
-                                    if name != "person"}}
+    return {
+        "images": len(paths),
+        "seconds": end - t0,
+        "images_per_s": len(paths) / (end - t0),
+        "images_per_s_after_load": len(paths) / (end - t_ready),
+        "persons_per_image": round(persons / len(paths), 2),
+        "stage_images_per_s": {name: round(len(paths) / sec, 2) for name, sec in seconds.items()},
+        # the crop stages' cost per person (the clothing stage's budget is stated per crop)
+        "stage_ms_per_person": {
+            name: round(1000 * sec / max(1, persons), 1) for name, sec in seconds.items() if name != "person"
+        },
+    }
 
 
-def pipeline_run(inputs: list[str], output: str, bundle_uri: str, actors: int, threads: int, work_max_side: int,
-                 rows_per_shard: int, sampling: VideoSampling = VideoSampling(), device: str = "cpu", amp: bool = True,
-                 jpeg_decode: str = "tasks", stages: tuple[str, ...] = ("person",)) -> dict:
+def pipeline_run(
+    inputs: list[str],
+    output: str,
+    bundle_uri: str,
+    actors: int,
+    threads: int,
+    work_max_side: int,
+    rows_per_shard: int,
+    sampling: VideoSampling = VideoSampling(),
+    device: str = "cpu",
+    amp: bool = True,
+    jpeg_decode: str = "tasks",
+    stages: tuple[str, ...] = ("person",),
+) -> dict:
     """The labelling job on `inputs` (`actors` per stage); images/s end to end, and the GPU's use on CUDA."""
-    on_device = ({"device": "cuda", "num_gpus": 1 / (actors * len(stages)), "batch_size": 8} if device == "cuda"
-                 else {"batch_size": 1})
+    on_device = (
+        {"device": "cuda", "num_gpus": 1 / (actors * len(stages)), "batch_size": 8}
+        if device == "cuda"
+        else {"batch_size": 1}
+    )
     # 0.8 CPU for all the actors together, the rest for decode and write tasks; never the decode
     # tasks' 0.5, for Ray Data fuses a task into the next actor when their resource asks are equal
-    res = config.StageResources(min_actors=actors, max_actors=actors, num_cpus=0.8 / (actors * len(stages)),
-                                torch_threads=threads, amp=amp, **on_device)
-    cfg = config.LabelJobConfig(inputs=tuple(inputs), output=output, bundle=bundle_uri, stages=stages,
-                                resources={s: res for s in taxonomy.STAGES}, work_max_side=work_max_side,
-                                rows_per_shard=rows_per_shard, read_batch_size=8, video=sampling, jpeg_decode=jpeg_decode)
+    res = config.StageResources(
+        min_actors=actors,
+        max_actors=actors,
+        num_cpus=0.8 / (actors * len(stages)),
+        torch_threads=threads,
+        amp=amp,
+        **on_device,
+    )
+    cfg = config.LabelJobConfig(
+        inputs=tuple(inputs),
+        output=output,
+        bundle=bundle_uri,
+        stages=stages,
+        resources={s: res for s in taxonomy.STAGES},
+        work_max_side=work_max_side,
+        rows_per_shard=rows_per_shard,
+        read_batch_size=8,
+        video=sampling,
+        jpeg_decode=jpeg_decode,
+    )
     t0 = time.perf_counter()
     with GpuUtilisation() as gpu:
         rows = run_label_job(cfg, progress=io.StringIO())["counts"]["rows"]
     total = time.perf_counter() - t0
-    return {"images": rows, "seconds": total, "images_per_s": rows / total, **({"gpu": gpu.summary()} if device == "cuda" else {})}
+    return {
+        "images": rows,
+        "seconds": total,
+        "images_per_s": rows / total,
+        **({"gpu": gpu.summary()} if device == "cuda" else {}),
+    }
 
 
 def make_video(path: str, seconds: float, rate: int = 25, width: int = 640, height: int = 360) -> str:
     """A smooth moving scene (decodes like footage, not like noise) at a constant frame rate."""
     rng = np.random.default_rng(0)
-    background = np.asarray(Image.fromarray(rng.integers(0, 255, (height // 16, width // 8, 3), dtype=np.uint8))
-                            .resize((width * 2, height), Image.BICUBIC))
+    background = np.asarray(
+        Image.fromarray(rng.integers(0, 255, (height // 16, width // 8, 3), dtype=np.uint8)).resize(
+            (width * 2, height), Image.BICUBIC
+        )
+    )
     count = int(seconds * rate)
-    frames = (background[:, (k * 4) % width:(k * 4) % width + width] for k in range(count))
+    frames = (background[:, (k * 4) % width : (k * 4) % width + width] for k in range(count))
     encode_video(path, frames, [k / rate for k in range(count)])
     return path
 
 
-def video_benchmark(workdir: str, seconds: float, sample_fps: float, bundle_uri: str, actors: int, threads: int,
-                    work_max_side: int) -> dict:
+def video_benchmark(
+    workdir: str, seconds: float, sample_fps: float, bundle_uri: str, actors: int, threads: int, work_max_side: int
+) -> dict:
     """Frames decoded and labelled per second: FFmpeg's ceiling, a plain loop and the pipeline, same video."""
     import av
 
@@ -149,11 +222,20 @@ def video_benchmark(workdir: str, seconds: float, sample_fps: float, bundle_uri:
     for _, image, _, _ in decode_segment(path, [pts for _, pts, _ in plan["frames"]]):
         predictor.predict([media.fit_to_side(image, work_max_side).image], [{}])
     loop = len(plan["frames"]) / (time.perf_counter() - t0)
-    pipe = pipeline_run([path], os.path.join(workdir, "out_video"), bundle_uri, actors, threads, work_max_side, 32, sampling)
-    return {"video_seconds": seconds, "video_frames": decoded, "sampled_fps": sample_fps, "sampled_frames": len(plan["frames"]),
-            "decode_all_frames_per_s": round(ceiling, 1), "plain_loop_frames_per_s": round(loop, 2),
-            "pipeline_frames_per_s": round(pipe["images_per_s"], 2), "pipeline_seconds": round(pipe["seconds"], 2),
-            "efficiency_end_to_end": round(pipe["images_per_s"] / loop, 3)}
+    pipe = pipeline_run(
+        [path], os.path.join(workdir, "out_video"), bundle_uri, actors, threads, work_max_side, 32, sampling
+    )
+    return {
+        "video_seconds": seconds,
+        "video_frames": decoded,
+        "sampled_fps": sample_fps,
+        "sampled_frames": len(plan["frames"]),
+        "decode_all_frames_per_s": round(ceiling, 1),
+        "plain_loop_frames_per_s": round(loop, 2),
+        "pipeline_frames_per_s": round(pipe["images_per_s"], 2),
+        "pipeline_seconds": round(pipe["seconds"], 2),
+        "efficiency_end_to_end": round(pipe["images_per_s"] / loop, 3),
+    }
 
 
 _LISTING_SERVER = """
@@ -190,10 +272,21 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
 
     server = None
     if uri is None:
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
-        server = subprocess.Popen([sys.executable, "-c", _LISTING_SERVER, str(keys)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        server = subprocess.Popen(
+            [sys.executable, "-c", _LISTING_SERVER, str(keys)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
         port = next(int(line.split()[1]) for line in server.stdout if line.startswith("PORT "))
         options = storage.StorageOptions(endpoint_url=f"http://127.0.0.1:{port}")
         uri = "s3://bench-listing/uploads/"
@@ -218,8 +311,12 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             count = out.num_rows if isinstance(out, pa.Table) else len(out)
-            result[name] = {"objects": count, "seconds": round(seconds, 3), "keys_per_s": round(count / seconds, 1),
-                            "peak_python_mib": round(peak / 2**20, 1)}
+            result[name] = {
+                "objects": count,
+                "seconds": round(seconds, 3),
+                "keys_per_s": round(count / seconds, 1),
+                "peak_python_mib": round(peak / 2**20, 1),
+            }
     finally:
         if server:
             server.stdin.close()
@@ -230,7 +327,9 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
     _todo, counts = ledger.classify(listing, prior, "bench@1", "changed")
     result["incremental_diff"] = {"seconds": round(time.perf_counter() - t0, 3), **counts}
     result["speed_ratio_vs_find"] = round(result["fsspec_find"]["seconds"] / result["paged_listing"]["seconds"], 3)
-    result["memory_ratio_vs_find"] = round(result["paged_listing"]["peak_python_mib"] / result["fsspec_find"]["peak_python_mib"], 3)
+    result["memory_ratio_vs_find"] = round(
+        result["paged_listing"]["peak_python_mib"] / result["fsspec_find"]["peak_python_mib"], 3
+    )
     return result
 
 
@@ -245,9 +344,18 @@ def garment_parse_coco(coco: dict) -> dict:
     return {**coco, "categories": renamed}
 
 
-def training_benchmark(work: str, workers: list[int], *, task: str = "parts", gpus_per_worker: float = 0.0,
-                       steps: int = 80, scenes: int = 240, batch_size: int = 4, input_size: int = 0,
-                       torch_threads: int = 1) -> dict:
+def training_benchmark(
+    work: str,
+    workers: list[int],
+    *,
+    task: str = "parts",
+    gpus_per_worker: float = 0.0,
+    steps: int = 80,
+    scenes: int = 240,
+    batch_size: int = 4,
+    input_size: int = 0,
+    torch_threads: int = 1,
+) -> dict:
     """Ray Train on one task (parts: LRASPP; garments: parser v2 on the synthetic scenes'
     garments) with each worker count, the same data and steps, in one run; samples/s is the
     steady-state window (the second half of the steps: warm-up, start-up and held-out scoring
@@ -262,19 +370,46 @@ def training_benchmark(work: str, workers: list[int], *, task: str = "parts", gp
         synth.make_synthetic(labels, scenes)
     scenes_coco = converters.convert_labels(labels)
     converters.write_coco(garment_parse_coco(scenes_coco) if task == "garments" else scenes_coco, coco)
-    cfg = TrainConfig(task=task, data=coco, steps=steps, batch_size=batch_size, input_size=input_size, lr=0.05,
-                      warmup_steps=min(10, steps // 2), checkpoint_every=max(1, steps // 2), val_samples=16)
+    cfg = TrainConfig(
+        task=task,
+        data=coco,
+        steps=steps,
+        batch_size=batch_size,
+        input_size=input_size,
+        lr=0.05,
+        warmup_steps=min(10, steps // 2),
+        checkpoint_every=max(1, steps // 2),
+        val_samples=16,
+    )
     runs = {}
     for n in workers:
         t0 = time.perf_counter()
-        result = fit(cfg, workers=n, gpus_per_worker=gpus_per_worker, storage_path=os.path.join(work, "train-runs"),
-                     name=f"{task}-workers-{n}-{time.time_ns()}", torch_threads=torch_threads)
+        result = fit(
+            cfg,
+            workers=n,
+            gpus_per_worker=gpus_per_worker,
+            storage_path=os.path.join(work, "train-runs"),
+            name=f"{task}-workers-{n}-{time.time_ns()}",
+            torch_threads=torch_threads,
+        )
         last = result.metrics
-        runs[str(n)] = {"samples_per_s": round(last["samples_per_s"], 2), "seconds_per_step": round(last["seconds_per_step"], 4),
-                        "load_wait_seconds_per_step": round(last["load_wait_seconds_per_step"], 4),
-                        "samples_per_step": batch_size * n, "wall_s": round(time.perf_counter() - t0, 1)}
+        runs[str(n)] = {
+            "samples_per_s": round(last["samples_per_s"], 2),
+            "seconds_per_step": round(last["seconds_per_step"], 4),
+            "load_wait_seconds_per_step": round(last["load_wait_seconds_per_step"], 4),
+            "samples_per_step": batch_size * n,
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
     base = runs[str(workers[0])]["samples_per_s"]
-    return {"task": task, "architecture": cfg.architecture, "input_size": cfg.input_size, "steps": steps,
-            "device": "cuda" if gpus_per_worker else "cpu", "gpus_per_worker": gpus_per_worker,
-            "batch_size_per_worker": batch_size, "torch_threads": torch_threads, "workers": runs,
-            "scaling": {n: round(r["samples_per_s"] / base, 3) for n, r in runs.items()}}
+    return {
+        "task": task,
+        "architecture": cfg.architecture,
+        "input_size": cfg.input_size,
+        "steps": steps,
+        "device": "cuda" if gpus_per_worker else "cpu",
+        "gpus_per_worker": gpus_per_worker,
+        "batch_size_per_worker": batch_size,
+        "torch_threads": torch_threads,
+        "workers": runs,
+        "scaling": {n: round(r["samples_per_s"] / base, 3) for n, r in runs.items()},
+    }

@@ -17,7 +17,6 @@ from fashion_ray.storage import StorageOptions
 from fashion_ray.taxonomy import STAGES
 from fashion_ray.video import VideoSampling
 
-
 DEVICES = ("cpu", "cuda")
 RELABEL_CHOICES = ("changed", "outdated", "all")
 JPEG_DECODE_CHOICES = ("tasks", "person")
@@ -169,8 +168,10 @@ class LabelJobConfig:
         object.__setattr__(self, "stages", cascade_stages(self.stages))
         for stage, value in self.score_thresholds.items():
             if stage not in STAGES or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"score threshold {stage}={value}: the stage must be one of {', '.join(STAGES)} "
-                                  "and the value within 0..1")
+                raise ConfigError(
+                    f"score threshold {stage}={value}: the stage must be one of {', '.join(STAGES)} "
+                    "and the value within 0..1"
+                )
         if self.rows_per_shard < 1 or self.read_batch_size < 1:
             raise ConfigError("rows_per_shard and read_batch_size must be >= 1")
         if self.jpeg_decode not in JPEG_DECODE_CHOICES:
@@ -178,7 +179,9 @@ class LabelJobConfig:
         if self.relabel not in RELABEL_CHOICES:
             raise ConfigError(f"relabel {self.relabel!r} is not one of: {', '.join(RELABEL_CHOICES)}")
         if self.commit_every_s < 0 or self.lease_ttl_s < 5 or self.max_attempts < 1 or self.stall_timeout_s <= 0:
-            raise ConfigError("commit_every_s >= 0, lease_ttl_s >= 5, max_attempts >= 1 and stall_timeout_s > 0 are required")
+            raise ConfigError(
+                "commit_every_s >= 0, lease_ttl_s >= 5, max_attempts >= 1 and stall_timeout_s > 0 are required"
+            )
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -208,14 +211,24 @@ def apply_overrides(resources: dict[str, StageResources], overrides: list[str]) 
         key, sep, value = item.partition("=")
         stage, dot, name = key.partition(".")
         if not sep or not dot or name not in fields or stage not in (*STAGES, "all"):
-            raise ConfigError(f"bad override {item!r}: use STAGE.FIELD=VALUE with STAGE in "
-                              f"{', '.join((*STAGES, 'all'))} and FIELD in {', '.join(fields)}")
+            raise ConfigError(
+                f"bad override {item!r}: use STAGE.FIELD=VALUE with STAGE in "
+                f"{', '.join((*STAGES, 'all'))} and FIELD in {', '.join(fields)}"
+            )
         kind = fields[name]
         try:
-            parsed = value if kind == "str" else (value.lower() in ("1", "true", "yes") if kind == "bool" else (int(value) if kind == "int" else float(value)))
+            parsed = (
+                value
+                if kind == "str"
+                else (
+                    value.lower() in ("1", "true", "yes")
+                    if kind == "bool"
+                    else (int(value) if kind == "int" else float(value))
+                )
+            )
         except ValueError:
             raise ConfigError(f"bad override {item!r}: {name} takes a {kind}") from None
-        for s in (STAGES if stage == "all" else (stage,)):
+        for s in STAGES if stage == "all" else (stage,):
             changes[s][name] = parsed
     # validated once per stage with all its changes (min_actors=2 may come before max_actors=2)
     return {s: dataclasses.replace(res, **changes[s]) if changes[s] else res for s, res in resources.items()}
@@ -230,8 +243,9 @@ class ServeConfig:
     stages: tuple[str, ...] = STAGES
     # two person replicas: the person stage is the slowest (jobs/benchmark_serve.py, 8 clients on
     # 2 cores: 1.38 requests/s against 0.82 with one); 0.25 + 4 x 0.3 + 0.1 CPUs fit a 2-core machine
-    resources: dict[str, StageResources] = field(default_factory=lambda: default_resources() | {
-        "person": StageResources(min_actors=2, max_actors=2)})
+    resources: dict[str, StageResources] = field(
+        default_factory=lambda: default_resources() | {"person": StageResources(min_actors=2, max_actors=2)}
+    )
     ingress_num_cpus: float = 0.25  # the HTTP replica decodes uploads and draws overlays
     max_bytes: int = 32 * 1024 * 1024  # a larger request is refused before its body is read
     max_pixels: int = 64_000_000
@@ -266,14 +280,27 @@ class ServeConfig:
     def __post_init__(self):
         object.__setattr__(self, "stages", cascade_stages(self.stages))
         if self.max_bytes < 1 or self.max_pixels < 1 or self.decode_memory_mb < 1 or self.batch_wait_timeout_s < 0:
-            raise ConfigError("max_bytes >= 1, max_pixels >= 1, decode_memory_mb >= 1 and batch_wait_timeout_s >= 0 "
-                              "are required")
-        if min(self.label_studio_concurrency, self.label_studio_max_tasks, self.max_ongoing_requests,
-               self.max_queued_requests) < 1 or min(self.label_studio_deadline_s, self.label_studio_fetch_timeout_s) <= 0:
-            raise ConfigError("label_studio_concurrency, label_studio_max_tasks, max_ongoing_requests and "
-                              "max_queued_requests must be >= 1, label_studio_deadline_s and "
-                              "label_studio_fetch_timeout_s > 0")
+            raise ConfigError(
+                "max_bytes >= 1, max_pixels >= 1, decode_memory_mb >= 1 and batch_wait_timeout_s >= 0 are required"
+            )
+        if (
+            min(
+                self.label_studio_concurrency,
+                self.label_studio_max_tasks,
+                self.max_ongoing_requests,
+                self.max_queued_requests,
+            )
+            < 1
+            or min(self.label_studio_deadline_s, self.label_studio_fetch_timeout_s) <= 0
+        ):
+            raise ConfigError(
+                "label_studio_concurrency, label_studio_max_tasks, max_ongoing_requests and "
+                "max_queued_requests must be >= 1, label_studio_deadline_s and "
+                "label_studio_fetch_timeout_s > 0"
+            )
         web = [p for p in self.allow_uris if p.lower().startswith(("http://", "https://"))]
         if web:  # no fetch path reads them (and one would follow a web server's redirects elsewhere)
-            raise ConfigError(f"allow_uris: {web[0]!r}: the server reads object stores and local folders "
-                              "(s3://, gs://, az://, file paths), not http(s) URLs")
+            raise ConfigError(
+                f"allow_uris: {web[0]!r}: the server reads object stores and local folders "
+                "(s3://, gs://, az://, file paths), not http(s) URLs"
+            )

@@ -71,34 +71,116 @@ class Sizes:
         return cls(6, 2, 6, 64, 1, 3.0) if quick else cls(400, 3, 120, 0, 8, 1.0)
 
 
-def plan(device: str, quick: bool, *, install: bool = False, wheels: str | None = None,
-         python: str = sys.executable) -> list[Step]:
+def plan(
+    device: str, quick: bool, *, install: bool = False, wheels: str | None = None, python: str = sys.executable
+) -> list[Step]:
     """The steps of one check, with their commands and time budgets (seconds)."""
     sizes, job = Sizes.of(quick), lambda name: os.path.join(ROOT, "jobs", name)
-    cascade = [python, job("benchmark.py"), "--device", device, "--bundle", "bootstrap", "--corpus", "people",
-               "--stages", "person,clothing,parts,actions", "--images", str(sizes.images), "--memory-sizes", "none"]
+    cascade = [
+        python,
+        job("benchmark.py"),
+        "--device",
+        device,
+        "--bundle",
+        "bootstrap",
+        "--corpus",
+        "people",
+        "--stages",
+        "person,clothing,parts,actions",
+        "--images",
+        str(sizes.images),
+        "--memory-sizes",
+        "none",
+    ]
     steps = []
     if install:
         # onnxruntime and onnxruntime-gpu are one module: the CPU build goes first
         source = f"--no-index --find-links {shlex.quote(wheels)} " if wheels else ""
         pip = f"{shlex.quote(python)} -m pip"
-        steps.append(Step("install", ("sh", "-c", f"{pip} uninstall -y -q onnxruntime; "
-                                                  f"{pip} install -q {source}onnxruntime-gpu {' '.join(PINNED_TORCH)}"),
-                          120, "none"))
+        steps.append(
+            Step(
+                "install",
+                (
+                    "sh",
+                    "-c",
+                    f"{pip} uninstall -y -q onnxruntime; "
+                    f"{pip} install -q {source}onnxruntime-gpu {' '.join(PINNED_TORCH)}",
+                ),
+                120,
+                "none",
+            )
+        )
     steps += [
         Step("environment", (python, job("gpu_check.py"), "--probe", "--device", device), 60),
         # autocast is CUDA's: on a CPU, AMP off would run the same thing again
-        Step("cascade", (*cascade, "--actors", "1", "--amp", "on,off" if device == "cuda" else "on",
-                         "--jpeg-decode", "tasks,person"), 150),
+        Step(
+            "cascade",
+            (
+                *cascade,
+                "--actors",
+                "1",
+                "--amp",
+                "on,off" if device == "cuda" else "on",
+                "--jpeg-decode",
+                "tasks,person",
+            ),
+            150,
+        ),
         Step("fractional_actors", (*cascade, "--actors", str(sizes.actors)), 60),
-        Step("training", (python, job("benchmark.py"), "--training-only", "--train-workers", "1",
-                          "--train-tasks", "parts,garments", "--train-steps", str(sizes.train_steps),
-                          "--train-input-size", str(sizes.train_input_size),
-                          "--train-gpus-per-worker", "1" if device == "cuda" else "0"), 120),
-        Step("serve", (python, job("benchmark_serve.py"), "--device", device, "--clients", "1,4",
-                       "--requests-per-client", str(sizes.requests_per_client), "--port", str(_free_port())), 60),
-        Step("cuda_tests", (python, "-m", "pytest", "-rs", "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "cuda",
-                            os.path.join(ROOT, "tests")), 90, "pytest"),
+        Step(
+            "training",
+            (
+                python,
+                job("benchmark.py"),
+                "--training-only",
+                "--train-workers",
+                "1",
+                "--train-tasks",
+                "parts,garments",
+                "--train-steps",
+                str(sizes.train_steps),
+                "--train-input-size",
+                str(sizes.train_input_size),
+                "--train-gpus-per-worker",
+                "1" if device == "cuda" else "0",
+            ),
+            120,
+        ),
+        Step(
+            "serve",
+            (
+                python,
+                job("benchmark_serve.py"),
+                "--device",
+                device,
+                "--clients",
+                "1,4",
+                "--requests-per-client",
+                str(sizes.requests_per_client),
+                "--port",
+                str(_free_port()),
+            ),
+            60,
+        ),
+        Step(
+            "cuda_tests",
+            (
+                python,
+                "-m",
+                "pytest",
+                "-rs",
+                "-q",
+                "-n",
+                "0",
+                "-p",
+                "no:cacheprovider",
+                "-m",
+                "cuda",
+                os.path.join(ROOT, "tests"),
+            ),
+            90,
+            "pytest",
+        ),
     ]
     # budgets are for a GPU node (540 s: a 10-minute call with room for start-up); a 2-core CPU
     # doing the quick workloads needs longer for the same steps
@@ -116,7 +198,7 @@ def _free_port() -> int:
 def last_json_object(text: str) -> dict:
     """The JSON object a job printed last (its own lines before it are not JSON)."""
     start = text.rfind("\n{")
-    return json.loads(text[start + 1 if start >= 0 else text.index("{"):])
+    return json.loads(text[start + 1 if start >= 0 else text.index("{") :])
 
 
 def pytest_summary(text: str) -> dict:
@@ -132,12 +214,17 @@ def run_step(step: Step, log_dir: str) -> dict:
     log_path = os.path.join(log_dir, f"{step.name}.log")
     started = time.perf_counter()
     # the checkout importable without an install (a bare machine), ahead of any other copy
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+    }
     with GpuUtilisation() as gpu, open(log_path, "w") as log:
         # a session of its own: over budget, the step goes with everything it started (Ray too)
-        proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            step.argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env, start_new_session=True
+        )
         try:
             stdout, _ = proc.communicate(timeout=step.budget_s)
             code = proc.returncode
@@ -145,8 +232,16 @@ def run_step(step: Step, log_dir: str) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, _ = proc.communicate()
             code = None
-    result = {"command": " ".join(step.argv), "budget_s": step.budget_s, "seconds": round(time.perf_counter() - started, 1),
-              "exit_code": code, "ok": code == 0, "figures": None, "error": None, "gpu": gpu.summary()}
+    result = {
+        "command": " ".join(step.argv),
+        "budget_s": step.budget_s,
+        "seconds": round(time.perf_counter() - started, 1),
+        "exit_code": code,
+        "ok": code == 0,
+        "figures": None,
+        "error": None,
+        "gpu": gpu.summary(),
+    }
     try:
         if step.output == "json" and stdout.strip():
             result["figures"] = last_json_object(stdout)
@@ -165,21 +260,37 @@ def run_step(step: Step, log_dir: str) -> dict:
     return result
 
 
-def run_check(device: str, quick: bool, output: str, *, install: bool = False, wheels: str | None = None,
-              only: tuple[str, ...] = ()) -> dict:
+def run_check(
+    device: str,
+    quick: bool,
+    output: str,
+    *,
+    install: bool = False,
+    wheels: str | None = None,
+    only: tuple[str, ...] = (),
+) -> dict:
     """Run every planned step (or only the named ones); the report is written to
     output/gpu_check.json after each step."""
     os.makedirs(os.path.join(output, "logs"), exist_ok=True)
-    report = {"device": device, "quick": quick, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "steps": {}, "all_ran": False}
+    report = {
+        "device": device,
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "steps": {},
+        "all_ran": False,
+    }
     path = os.path.join(output, "gpu_check.json")
     for step in plan(device, quick, install=install, wheels=wheels):
         if only and step.name not in only:
             continue
         print(f"[gpu_check] {step.name} (budget {step.budget_s:.0f} s) ...", file=sys.stderr, flush=True)
         report["steps"][step.name] = result = run_step(step, os.path.join(output, "logs"))
-        print(f"[gpu_check] {step.name}: {'ok' if result['ok'] else 'FAILED: ' + str(result['error'])} "
-              f"in {result['seconds']} s", file=sys.stderr, flush=True)
+        print(
+            f"[gpu_check] {step.name}: {'ok' if result['ok'] else 'FAILED: ' + str(result['error'])} "
+            f"in {result['seconds']} s",
+            file=sys.stderr,
+            flush=True,
+        )
         _write(path, report)
     report["all_ran"] = all(r["ok"] for r in report["steps"].values())
     report["summary"] = summarise(report)
@@ -201,20 +312,27 @@ def summarise(report: dict) -> dict:
     def figures(step: str) -> dict:  # {} for a step that did not run or printed no figures
         return (report["steps"].get(step) or {}).get("figures") or {}
 
-    cascade, fractional, training, serve, tests = (figures(s) for s in ("cascade", "fractional_actors", "training",
-                                                                          "serve", "cuda_tests"))
+    cascade, fractional, training, serve, tests = (
+        figures(s) for s in ("cascade", "fractional_actors", "training", "serve", "cuda_tests")
+    )
     if cascade:
         out["stage_images_per_s"] = cascade["baseline"]["stage_images_per_s"]
         out["pipeline_images_per_s"] = cascade["pipeline"]["images_per_s"]
         out["pipeline_vs_bare_loop"] = cascade["efficiency_end_to_end"]
-        out["variants_ratio_to_first"] = {name: v.get("ratio_to_first", 1.0) for name, v in cascade.get("variants", {}).items()}
+        out["variants_ratio_to_first"] = {
+            name: v.get("ratio_to_first", 1.0) for name, v in cascade.get("variants", {}).items()
+        }
         out["pipeline_gpu"] = cascade["pipeline"].get("gpu")
     if fractional:
-        out["fractional_actors"] = {"actors_per_stage": fractional["actors_per_stage"],
-                                    "images_per_s": fractional["pipeline"]["images_per_s"],
-                                    "gpu": fractional["pipeline"].get("gpu")}
+        out["fractional_actors"] = {
+            "actors_per_stage": fractional["actors_per_stage"],
+            "images_per_s": fractional["pipeline"]["images_per_s"],
+            "gpu": fractional["pipeline"].get("gpu"),
+        }
     if training:
-        out["training_samples_per_s"] = {task: t["workers"]["1"]["samples_per_s"] for task, t in training["training"].items()}
+        out["training_samples_per_s"] = {
+            task: t["workers"]["1"]["samples_per_s"] for task, t in training["training"].items()
+        }
     if serve:
         out["serve_p50_ms"] = {str(r["clients"]): r.get("p50_ms") for r in serve["served"]}
         out["serve_ratio_vs_in_process"] = serve["ratio_vs_baseline"]
@@ -237,8 +355,12 @@ def probe(device: str) -> tuple[dict, list[str]]:
         figures["cuda_available"] = torch.cuda.is_available()
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            figures["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                              "count": torch.cuda.device_count(), "capability": f"{props.major}.{props.minor}"}
+            figures["gpu"] = {
+                "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "count": torch.cuda.device_count(),
+                "capability": f"{props.major}.{props.minor}",
+            }
             figures["nvjpeg"] = _nvjpeg_works()
         elif device == "cuda":
             problems.append("torch sees no CUDA device")
@@ -263,9 +385,15 @@ def probe(device: str) -> tuple[dict, list[str]]:
     except ImportError as exc:
         problems.append(f"ray: {exc}")
     try:
-        figures["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                                "--format=csv,noheader"], capture_output=True, text=True,
-                                               timeout=20).stdout.strip() or None
+        figures["nvidia_smi"] = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         figures["nvidia_smi"] = None
     return figures, problems

@@ -54,8 +54,10 @@ def _is_stale(record: dict) -> bool:
 
 def _describe(record: dict) -> str:
     left = max(0, int(record.get("expires_at", 0) - time.time()))
-    return (f"run {record.get('run_id', '?')} (host {record.get('host', '?')}, pid {record.get('pid', '?')}, "
-            f"since {record.get('acquired_at_iso', '?')}; lease expires in {left} s unless renewed)")
+    return (
+        f"run {record.get('run_id', '?')} (host {record.get('host', '?')}, pid {record.get('pid', '?')}, "
+        f"since {record.get('acquired_at_iso', '?')}; lease expires in {left} s unless renewed)"
+    )
 
 
 @dataclass
@@ -77,10 +79,16 @@ class Lease:
 
     def _record(self, acquired_at: float | None = None) -> bytes:
         now = time.time()
-        return json.dumps({"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "acquired_at": acquired_at or now,
-                           "acquired_at_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(acquired_at or now)),
-                           "expires_at": now + self.ttl_s}).encode()
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "acquired_at": acquired_at or now,
+                "acquired_at_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(acquired_at or now)),
+                "expires_at": now + self.ttl_s,
+            }
+        ).encode()
 
     def _read(self) -> tuple[dict | None, str | None]:
         fs, path = storage.filesystem(self.uri, self.options)
@@ -133,8 +141,10 @@ class Lease:
         self._acquired_at = time.time()
         if not self._write(create=True) and not self._take_over():
             record, _ = self._read()
-            raise LeaseHeldError(f"output {self.output} is in use by {_describe(record or {})}; "
-                                 "wait for it to finish (a lease that is not renewed expires)")
+            raise LeaseHeldError(
+                f"output {self.output} is in use by {_describe(record or {})}; "
+                "wait for it to finish (a lease that is not renewed expires)"
+            )
         self._thread = threading.Thread(target=self._heartbeat, name="fashion-ray-lease", daemon=True)
         self._thread.start()
         return self
@@ -165,7 +175,9 @@ class Lease:
             raise LeaseLostError(self._lost)
         record, etag = self._read()
         if record is None or record.get("run_id") != self.run_id:
-            self._lost = f"lease on {self.output} was taken over by {_describe(record or {})}; this run commits nothing more"
+            self._lost = (
+                f"lease on {self.output} was taken over by {_describe(record or {})}; this run commits nothing more"
+            )
             raise LeaseLostError(self._lost)
         if not self._write(create=False, if_match=etag or self._etag):
             self._lost = f"lease on {self.output} changed while renewing; this run commits nothing more"
@@ -190,6 +202,7 @@ class Lease:
             fs.rm_file(path)
 
 
-def acquire_lease(output: str, ttl_s: float, options: storage.StorageOptions | None = None,
-                  run_id: str | None = None) -> Lease:
+def acquire_lease(
+    output: str, ttl_s: float, options: storage.StorageOptions | None = None, run_id: str | None = None
+) -> Lease:
     return Lease(output=output, run_id=run_id or uuid.uuid4().hex, ttl_s=ttl_s, options=options).acquire()

@@ -36,35 +36,59 @@ from fashion_ray.formats.schema import SCHEMA_VERSION
 from fashion_ray.formats.shards import Shard, read_shard_rows, shard_totals, write_rows
 from fashion_ray.storage import VIDEO_EXTENSIONS, stable_id
 
-LEDGER_SCHEMA = pa.schema([
-    ("id", pa.int64()), ("source", pa.int64()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
-    ("mtime", pa.timestamp("us", tz="UTC")), ("fingerprint", pa.string()), ("bundle", pa.string()),
-    ("run", pa.string()), ("shard", pa.string()),
-])
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("source", pa.int64()),
+        ("uri", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),
+        ("mtime", pa.timestamp("us", tz="UTC")),
+        ("fingerprint", pa.string()),
+        ("bundle", pa.string()),
+        ("run", pa.string()),
+        ("shard", pa.string()),
+    ]
+)
 RUN_INFO_KEYS = ("config", "bundle", "last_run")  # what a commit records about the run that made it
 MAX_LEDGER_FILES = 8  # past this many, a run's last commit folds the ledger into one file
 
 
 def fingerprint(listing: pa.Table) -> pa.Array:
     """What identifies an object's content: its ETag, or size + mtime where the store has no ETag."""
-    fallback = pc.binary_join_element_wise(pc.cast(listing["size"], pa.string()),
-                                           pc.fill_null(pc.cast(listing["mtime"], pa.string()), ""), ":")
+    fallback = pc.binary_join_element_wise(
+        pc.cast(listing["size"], pa.string()), pc.fill_null(pc.cast(listing["mtime"], pa.string()), ""), ":"
+    )
     return pc.if_else(pc.equal(listing["etag"], ""), fallback, listing["etag"])
 
 
-def ledger_rows(listing: pa.Table, ids_by_shard: dict[str, list[int]], bundle: str, run_id: str = "",
-                source_of: dict[int, int] | None = None) -> pa.Table:
+def ledger_rows(
+    listing: pa.Table,
+    ids_by_shard: dict[str, list[int]],
+    bundle: str,
+    run_id: str = "",
+    source_of: dict[int, int] | None = None,
+) -> pa.Table:
     """Ledger rows for freshly written shards, from the run's listing (source_of: row id -> input id, default itself)."""
     ids = [i for name, shard_ids in ids_by_shard.items() for i in shard_ids]
-    rows = pa.table({"id": pa.array(ids, pa.int64()),
-                     "source": pa.array([(source_of or {}).get(i, i) for i in ids], pa.int64()),
-                     "shard": pa.array([name for name, shard_ids in ids_by_shard.items() for _ in shard_ids], pa.string())})
+    rows = pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "source": pa.array([(source_of or {}).get(i, i) for i in ids], pa.int64()),
+            "shard": pa.array([name for name, shard_ids in ids_by_shard.items() for _ in shard_ids], pa.string()),
+        }
+    )
     inputs = listing.append_column("fingerprint", fingerprint(listing)).rename_columns(
-        ["source", "uri", "size", "etag", "mtime", "fingerprint"])
+        ["source", "uri", "size", "etag", "mtime", "fingerprint"]
+    )
     joined = rows.join(inputs, "source", join_type="inner")
     n = joined.num_rows
-    return joined.append_column("bundle", pa.array([bundle] * n, pa.string())).append_column(
-        "run", pa.array([run_id] * n, pa.string())).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
+    return (
+        joined.append_column("bundle", pa.array([bundle] * n, pa.string()))
+        .append_column("run", pa.array([run_id] * n, pa.string()))
+        .select(LEDGER_SCHEMA.names)
+        .cast(LEDGER_SCHEMA)
+    )
 
 
 def latest_per_id(table: pa.Table, key: str = "id") -> pa.Table:
@@ -85,20 +109,29 @@ def classify(listing: pa.Table, ledger: pa.Table, bundle: str, relabel: str) -> 
     """
     if relabel not in RELABEL_CHOICES:
         raise ValueError(f"relabel {relabel!r} is not one of: {', '.join(RELABEL_CHOICES)}")
-    prior = latest_per_id(ledger, "source").select(["source", "fingerprint", "bundle"]).rename_columns(
-        ["id", "prior_fingerprint", "prior_bundle"])
+    prior = (
+        latest_per_id(ledger, "source")
+        .select(["source", "fingerprint", "bundle"])
+        .rename_columns(["id", "prior_fingerprint", "prior_bundle"])
+    )
     joined = listing.append_column("fingerprint", fingerprint(listing)).join(prior, "id", join_type="left outer")
     new = pc.is_null(joined["prior_fingerprint"])
     # comparisons with a missing prior are null; those rows are new, not changed or outdated
     changed = pc.fill_null(pc.not_equal(joined["fingerprint"], joined["prior_fingerprint"]), False)
-    outdated = pc.and_(pc.invert(pc.or_(new, changed)), pc.fill_null(pc.not_equal(joined["prior_bundle"], bundle), False))
+    outdated = pc.and_(
+        pc.invert(pc.or_(new, changed)), pc.fill_null(pc.not_equal(joined["prior_bundle"], bundle), False)
+    )
     todo = pc.or_(new, changed)
     if relabel in ("outdated", "all"):
         todo = pc.or_(todo, outdated)
     if relabel == "all":
         todo = pa.array([True] * joined.num_rows, pa.bool_())
-    counts = {"listed": listing.num_rows, "new": pc.sum(new).as_py() or 0, "changed": pc.sum(changed).as_py() or 0,
-              "outdated": pc.sum(outdated).as_py() or 0}
+    counts = {
+        "listed": listing.num_rows,
+        "new": pc.sum(new).as_py() or 0,
+        "changed": pc.sum(changed).as_py() or 0,
+        "outdated": pc.sum(outdated).as_py() or 0,
+    }
     counts["unchanged"] = counts["listed"] - counts["new"] - counts["changed"] - counts["outdated"]
     counts["to_label"] = pc.sum(todo).as_py() or 0
     return joined.filter(todo).select(listing.column_names), counts
@@ -152,14 +185,26 @@ def load_state(output: str, options=None) -> OutputState:
 def _ledger_from_shards(output: str, shards: list[dict], options) -> pa.Table:
     parts = []
     for shard in shards:
-        t = _read_parquet(storage.join(output, shard["parquet"]), options,
-                          ["id", "uri", "size", "etag", "mtime", "bundle_name", "bundle_version"])
+        t = _read_parquet(
+            storage.join(output, shard["parquet"]),
+            options,
+            ["id", "uri", "size", "etag", "mtime", "bundle_name", "bundle_version"],
+        )
         bundle = pc.binary_join_element_wise(t["bundle_name"], t["bundle_version"], "@")
-        parts.append(pa.table({"id": t["id"], "source": pa.array([stable_id(u) for u in t["uri"].to_pylist()], pa.int64()),
-                               **{n: t[n] for n in ("uri", "size", "etag", "mtime")},
-                               "fingerprint": fingerprint(t), "bundle": bundle,
-                               "run": pa.array([""] * t.num_rows, pa.string()),
-                               "shard": pa.array([shard["name"]] * t.num_rows, pa.string())}, schema=LEDGER_SCHEMA))
+        parts.append(
+            pa.table(
+                {
+                    "id": t["id"],
+                    "source": pa.array([stable_id(u) for u in t["uri"].to_pylist()], pa.int64()),
+                    **{n: t[n] for n in ("uri", "size", "etag", "mtime")},
+                    "fingerprint": fingerprint(t),
+                    "bundle": bundle,
+                    "run": pa.array([""] * t.num_rows, pa.string()),
+                    "shard": pa.array([shard["name"]] * t.num_rows, pa.string()),
+                },
+                schema=LEDGER_SCHEMA,
+            )
+        )
     return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
 
 
@@ -169,12 +214,25 @@ def _rewrite_without(state: OutputState, entry: dict, drop: set[int], run_id: st
     if not rows:
         return None
     # a salt of its own: the run's new shards may hold exactly the kept ids, and are written concurrently
-    return write_rows(rows, output=state.output, salt=f"{run_id}:rewrite", storage_options=state.options,
-                      info={"description": "fashion-ray labels (rewritten without superseded rows)"})
+    return write_rows(
+        rows,
+        output=state.output,
+        salt=f"{run_id}:rewrite",
+        storage_options=state.options,
+        info={"description": "fashion-ray labels (rewritten without superseded rows)"},
+    )
 
 
-def commit(state: OutputState, new_shards: list[Shard], new_ledger: pa.Table, *, run_id: str, run_info: dict,
-           before_write=None, final: bool = False) -> OutputState:
+def commit(
+    state: OutputState,
+    new_shards: list[Shard],
+    new_ledger: pa.Table,
+    *,
+    run_id: str,
+    run_info: dict,
+    before_write=None,
+    final: bool = False,
+) -> OutputState:
     """Commit new shards (and their ledger rows) on top of `state`; returns the new state.
 
     Rows that earlier runs made from the same inputs are superseded: their old shards are
@@ -190,12 +248,14 @@ def commit(state: OutputState, new_shards: list[Shard], new_ledger: pa.Table, *,
     return state
 
 
-def _commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, run_id: str, run_info: dict,
-            before_write) -> OutputState:
+def _commit(
+    state: OutputState, new_shards: list[dict], new_ledger: pa.Table, run_id: str, run_info: dict, before_write
+) -> OutputState:
     shards = {s["name"]: s for s in state.shards}
     ledger_parts = [new_ledger]
-    old = state.ledger.filter(pc.and_(pc.is_in(state.ledger["source"], new_ledger["source"]),
-                                      pc.not_equal(state.ledger["run"], run_id)))
+    old = state.ledger.filter(
+        pc.and_(pc.is_in(state.ledger["source"], new_ledger["source"]), pc.not_equal(state.ledger["run"], run_id))
+    )
     superseded = set(old["id"].to_pylist())
     for name in sorted(set(old["shard"].to_pylist())):
         if name not in shards:
@@ -204,8 +264,13 @@ def _commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, ru
         if rewritten:
             shards[rewritten.name] = rewritten.entry()
             moved = state.ledger.filter(pc.is_in(state.ledger["id"], pa.array(rewritten.ids, pa.int64())))
-            ledger_parts.append(moved.set_column(moved.schema.get_field_index("shard"), "shard",
-                                                 pa.array([rewritten.name] * moved.num_rows, pa.string())))
+            ledger_parts.append(
+                moved.set_column(
+                    moved.schema.get_field_index("shard"),
+                    "shard",
+                    pa.array([rewritten.name] * moved.num_rows, pa.string()),
+                )
+            )
     delta = pa.concat_tables(ledger_parts)
     seq = _next_seq(state)
     ledger_files = state.ledger_files
@@ -214,8 +279,16 @@ def _commit(state: OutputState, new_shards: list[dict], new_ledger: pa.Table, ru
         _write_parquet(state, ledger_files[-1], delta)
     gone = pc.is_in(state.ledger["id"], pa.array(list(superseded | set(delta["id"].to_pylist())), pa.int64()))
     ledger = pa.concat_tables([state.ledger.filter(pc.invert(gone)), delta])
-    return write_manifest(state, list(shards.values()) + new_shards, ledger_files, ledger,
-                          run_id=run_id, seq=seq, extra=run_info, before_write=before_write)
+    return write_manifest(
+        state,
+        list(shards.values()) + new_shards,
+        ledger_files,
+        ledger,
+        run_id=run_id,
+        seq=seq,
+        extra=run_info,
+        before_write=before_write,
+    )
 
 
 def _write_parquet(state: OutputState, relative: str, table: pa.Table) -> None:
@@ -234,12 +307,22 @@ def compact(state: OutputState, run_id: str, before_write=None) -> OutputState:
     ledger_file = f"ledger/{seq:06d}-{run_id[:12]}-compact.parquet"
     _write_parquet(state, ledger_file, state.ledger)
     extra = {k: v for k, v in state.manifest.items() if k in RUN_INFO_KEYS}
-    return write_manifest(state, state.shards, [ledger_file], state.ledger, run_id=run_id, seq=seq, extra=extra,
-                          before_write=before_write)
+    return write_manifest(
+        state, state.shards, [ledger_file], state.ledger, run_id=run_id, seq=seq, extra=extra, before_write=before_write
+    )
 
 
-def write_manifest(state: OutputState, shards: list[dict], ledger_files: list[str], ledger: pa.Table, *, run_id: str,
-                   seq: int, extra: dict, before_write=None) -> OutputState:
+def write_manifest(
+    state: OutputState,
+    shards: list[dict],
+    ledger_files: list[str],
+    ledger: pa.Table,
+    *,
+    run_id: str,
+    seq: int,
+    extra: dict,
+    before_write=None,
+) -> OutputState:
     errors: dict[str, int] = {}
     for s in shards:
         for reason, n in s["errors"].items():
@@ -252,19 +335,29 @@ def write_manifest(state: OutputState, shards: list[dict], ledger_files: list[st
         "output": state.output,
         "commit": {"seq": seq, "run_id": run_id},
         **extra,
-        "counts": {"inputs": pc.count_distinct(ledger["source"]).as_py(), "rows": ledger.num_rows, "ok": totals["ok"],
-                   "error": ledger.num_rows - totals["ok"], "videos": _count_videos(ledger), "frames": totals["frames"],
-                   "persons": totals["persons"], "garments": totals["garments"], "parts": totals["parts"],
-                   "tracks": totals["tracks"], "mean_track_length": totals["mean_track_length"],
-                   "actions": totals["actions"]},
+        "counts": {
+            "inputs": pc.count_distinct(ledger["source"]).as_py(),
+            "rows": ledger.num_rows,
+            "ok": totals["ok"],
+            "error": ledger.num_rows - totals["ok"],
+            "videos": _count_videos(ledger),
+            "frames": totals["frames"],
+            "persons": totals["persons"],
+            "garments": totals["garments"],
+            "parts": totals["parts"],
+            "tracks": totals["tracks"],
+            "mean_track_length": totals["mean_track_length"],
+            "actions": totals["actions"],
+        },
         "errors_by_reason": dict(sorted(errors.items())),
         "shards": sorted(shards, key=lambda s: s["name"]),
         "ledger": ledger_files,
     }
     if before_write:
         before_write()
-    storage.write_bytes_atomic(storage.join(state.output, "manifest.json"), json.dumps(manifest, indent=2).encode(),
-                               state.options)
+    storage.write_bytes_atomic(
+        storage.join(state.output, "manifest.json"), json.dumps(manifest, indent=2).encode(), state.options
+    )
     return OutputState(state.output, manifest, ledger, state.options)
 
 
@@ -287,7 +380,7 @@ def remove_garbage(state: OutputState) -> int:
         if not fs.exists(path):
             continue
         for name in fs.find(path):
-            relative = name[len(path.rstrip('/')) + 1:]
+            relative = name[len(path.rstrip("/")) + 1 :]
             # only names this job writes: a file someone put beside ours is theirs
             if "/" not in relative and ours.fullmatch(relative) and f"{folder}/{relative}" not in live:
                 fs.rm_file(name)
@@ -296,8 +389,12 @@ def remove_garbage(state: OutputState) -> int:
 
 
 # what the job writes in each folder of an output (shards.py, write_ledger)
-OUR_FILES = {"parquet": re.compile(r"part-[0-9a-f]{20}\.parquet"), "coco": re.compile(r"part-[0-9a-f]{20}\.json"),
-             "ava": re.compile(r"part-[0-9a-f]{20}\.csv"), "ledger": re.compile(r"\d{6}-[0-9A-Za-z_-]{1,12}(-compact)?\.parquet")}
+OUR_FILES = {
+    "parquet": re.compile(r"part-[0-9a-f]{20}\.parquet"),
+    "coco": re.compile(r"part-[0-9a-f]{20}\.json"),
+    "ava": re.compile(r"part-[0-9a-f]{20}\.csv"),
+    "ledger": re.compile(r"\d{6}-[0-9A-Za-z_-]{1,12}(-compact)?\.parquet"),
+}
 
 
 class ForeignOutputError(storage.StorageError):
@@ -312,17 +409,21 @@ def claim_output(output: str, options=None) -> None:
 
     fs, path = storage.filesystem(output, options)
     fs.invalidate_cache(path)
-    if any(fs.exists(storage.filesystem(storage.join(output, name), options)[1]) for name in ("manifest.json", LEASE_NAME)):
+    if any(
+        fs.exists(storage.filesystem(storage.join(output, name), options)[1]) for name in ("manifest.json", LEASE_NAME)
+    ):
         return
     if not (fs.exists(path) and fs.isdir(path)):
         return
     root = path.rstrip("/") + "/"
     foreign = []
     for name in fs.find(path, withdirs=False):
-        folder, _, file = name[len(root):].rpartition("/")
+        folder, _, file = name[len(root) :].rpartition("/")
         if folder not in OUR_FILES or not OUR_FILES[folder].fullmatch(file):
-            foreign.append(name[len(root):])
+            foreign.append(name[len(root) :])
     if foreign:
-        raise ForeignOutputError(f"output {output!r} holds files that are not a fashion-ray output's ({', '.join(sorted(foreign)[:3])}"
-                                 f"{', ...' if len(foreign) > 3 else ''}) and no manifest: refusing to write or clean up "
-                                 "there (give an empty folder or a previous run's output)")
+        raise ForeignOutputError(
+            f"output {output!r} holds files that are not a fashion-ray output's ({', '.join(sorted(foreign)[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}) and no manifest: refusing to write or clean up "
+            "there (give an empty folder or a previous run's output)"
+        )

@@ -94,7 +94,7 @@ def _palette_on_white(img: Image.Image) -> Image.Image:
     alpha = np.full(256, 255, np.float32)
     transparency = img.info["transparency"]
     if isinstance(transparency, bytes):  # an alpha per palette entry
-        alpha[:len(transparency)] = np.frombuffer(transparency[:256], np.uint8)
+        alpha[: len(transparency)] = np.frombuffer(transparency[:256], np.uint8)
     elif isinstance(transparency, int) and 0 <= transparency < 256:  # one transparent entry
         alpha[transparency] = 0
     on_white = palette * alpha[:, None] / 255 + 255 * (1 - alpha[:, None] / 255)
@@ -117,7 +117,11 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
     except Exception as exc:  # PIL raises many types for garbage input
         return DecodedImage(None, error="undecodable", detail=f"not an image: {type(exc).__name__}: {exc}"[:300])
     if img.format not in SUPPORTED_FORMATS:
-        return DecodedImage(None, error="unsupported", detail=f"format {img.format} is not supported (supported: jpg, png, webp, bmp, tiff, gif)")
+        return DecodedImage(
+            None,
+            error="unsupported",
+            detail=f"format {img.format} is not supported (supported: jpg, png, webp, bmp, tiff, gif)",
+        )
     w, h = img.size
     if too_many := over_pixel_limit(w, h, max_pixels):
         return DecodedImage(None, width=w, height=h, error="too_large", detail=too_many)
@@ -128,7 +132,9 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None) -> Decod
             img = ImageOps.exif_transpose(img) or img
             rgb = _to_rgb(img)
     except OSError as exc:
-        reason = "truncated" if "truncat" in str(exc).lower() or "broken data stream" in str(exc).lower() else "undecodable"
+        reason = (
+            "truncated" if "truncat" in str(exc).lower() or "broken data stream" in str(exc).lower() else "undecodable"
+        )
         return DecodedImage(None, width=w, height=h, error=reason, detail=str(exc)[:300])
     except Exception as exc:
         return DecodedImage(None, width=w, height=h, error="undecodable", detail=f"{type(exc).__name__}: {exc}"[:300])
@@ -316,14 +322,15 @@ class _FirstPageAt(io.RawIOBase):
         position = self.handle.tell()
         data = self.handle.read(len(buffer))
         if position < len(self.head):  # the patched header over the file's own
-            overlap = self.head[position:position + len(data)]
-            data = overlap + data[len(overlap):]
-        buffer[:len(data)] = data
+            overlap = self.head[position : position + len(data)]
+            data = overlap + data[len(overlap) :]
+        buffer[: len(data)] = data
         return len(data)
 
 
-def tiff_page_rgb(handle, ifd_offset: int, max_pixels: int | None,
-                  deadline: Deadline) -> tuple[np.ndarray | None, str | None, str]:
+def tiff_page_rgb(
+    handle, ifd_offset: int, max_pixels: int | None, deadline: Deadline
+) -> tuple[np.ndarray | None, str | None, str]:
     """The TIFF page whose IFD starts at ifd_offset (FramePlan.offsets), like frame_rgb: the
     page is opened where it is, never walked to. Never raises."""
     page_name = f"the page at byte {ifd_offset}"
@@ -348,7 +355,9 @@ def _failure(exc: Exception, what: str) -> tuple[str, str]:
     return reason, f"{what}: {type(exc).__name__}: {exc}"[:300]
 
 
-def frame_rgb(img: Image.Image, index: int, max_pixels: int | None, deadline: Deadline) -> tuple[np.ndarray | None, str | None, str]:
+def frame_rgb(
+    img: Image.Image, index: int, max_pixels: int | None, deadline: Deadline
+) -> tuple[np.ndarray | None, str | None, str]:
     """Frame `index` of an open GIF/WebP animation: (RGB array, None, "") or (None, reason, detail).
     Frames build on the ones before them, so the animation is walked one frame at a time
     under the deadline; each is held to max_pixels. Never raises."""
@@ -405,8 +414,9 @@ def jpeg_for_device(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     return width, height
 
 
-def decode_jpegs(payloads: list[bytes], sizes: list[tuple[int, int]], max_side: int | None,
-                 device: str) -> list[np.ndarray | None]:
+def decode_jpegs(
+    payloads: list[bytes], sizes: list[tuple[int, int]], max_side: int | None, device: str
+) -> list[np.ndarray | None]:
     """Decode JPEGs on `device` in one batch (nvJPEG on CUDA, libjpeg-turbo on CPU) and scale
     them like fit_to_side(), as HxWx3 uint8 arrays; None for one that fails or whose size is not the
     header's (the caller decodes those with decode_image, which gives the reason)."""

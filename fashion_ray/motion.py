@@ -36,7 +36,9 @@ def moving_regions(frames: list[np.ndarray]) -> list[list[list[float]]]:
     height, width = frames[0].shape[:2]
     scale = min(1.0, WORK_SIDE / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    grey = np.stack([cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA) for f in frames])
+    grey = np.stack(
+        [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA) for f in frames]
+    )
     background = np.median(grey, axis=0).astype(np.uint8)
     opening = np.ones((3, 3), np.uint8)
     joining = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 9))  # taller than wide: a body's parts join up
@@ -49,8 +51,17 @@ def moving_regions(frames: list[np.ndarray]) -> list[list[list[float]]]:
         foreground = cv2.dilate(cv2.morphologyEx(foreground, cv2.MORPH_OPEN, opening), joining)
         n, _, stats, _ = cv2.connectedComponentsWithStats(foreground)
         blobs = sorted((s for s in stats[1:n] if s[3] >= 6 and s[4] >= 16), key=lambda s: -s[4])[:MAX_REGIONS]
-        out.append([[float(x / scale), float(y / scale), float(min(width, (x + w) / scale)), float(min(height, (y + h) / scale))]
-                    for x, y, w, h, _ in blobs])
+        out.append(
+            [
+                [
+                    float(x / scale),
+                    float(y / scale),
+                    float(min(width, (x + w) / scale)),
+                    float(min(height, (y + h) / scale)),
+                ]
+                for x, y, w, h, _ in blobs
+            ]
+        )
     return out
 
 
@@ -63,7 +74,9 @@ BORDER_LEVELS, STILL_BORDER = 15, 0.15
 
 def _border(values: np.ndarray) -> np.ndarray:
     k = max(1, min(values.shape) // 10)
-    return np.concatenate([values[:k].ravel(), values[-k:].ravel(), values[k:-k, :k].ravel(), values[k:-k, -k:].ravel()])
+    return np.concatenate(
+        [values[:k].ravel(), values[-k:].ravel(), values[k:-k, :k].ravel(), values[k:-k, -k:].ravel()]
+    )
 
 
 def camera_shifts(frames: list[np.ndarray]) -> list[tuple[float, float] | None]:
@@ -78,7 +91,9 @@ def camera_shifts(frames: list[np.ndarray]) -> list[tuple[float, float] | None]:
         height, width = frame.shape[:2]
         scale = min(1.0, WORK_SIDE / max(height, width))
         size = (max(8, round(width * scale)), max(8, round(height * scale)))
-        grey = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        grey = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(
+            np.float32
+        )
         shift = None
         if previous is not None and previous.shape == grey.shape:
             if (_border(np.abs(grey - previous)) > BORDER_LEVELS).mean() < STILL_BORDER:

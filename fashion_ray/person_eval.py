@@ -72,7 +72,7 @@ def paste(canvas: np.ndarray, owner: np.ndarray, rgba: np.ndarray, x0: int, y0: 
     cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(W, x0 + w), min(H, y0 + h)
     if cx0 >= cx1 or cy0 >= cy1:
         return
-    part = rgba[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    part = rgba[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     alpha = part[..., 3:4].astype(np.float32) / 255
     region = canvas[cy0:cy1, cx0:cx1]
     region[:] = (part[..., :3] * alpha + region * (1 - alpha)).astype(np.uint8)
@@ -84,8 +84,16 @@ def _resized(rgba: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgba, "RGBA").resize((width, height), Image.LANCZOS))
 
 
-def make_composite(rng: np.random.Generator, name: str, photos: list[tuple[str, np.ndarray]], persons: list[np.ndarray], *,
-                   width: int = 640, height: int = 480, people: tuple[int, int] = (2, 5)) -> Composite:
+def make_composite(
+    rng: np.random.Generator,
+    name: str,
+    photos: list[tuple[str, np.ndarray]],
+    persons: list[np.ndarray],
+    *,
+    width: int = 640,
+    height: int = 480,
+    people: tuple[int, int] = (2, 5),
+) -> Composite:
     canvas = _background(rng, photos[rng.integers(len(photos))][1], width, height).copy()
     owner = np.zeros((height, width), np.int32)
     pasted = []
@@ -114,7 +122,9 @@ def _visible_extent(owner: np.ndarray, label: int, full_pixels: int) -> tuple[li
     ys, xs = np.nonzero(owner == label)
     if len(xs) == 0:
         return None
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)], len(xs) < MIN_VISIBLE * full_pixels
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)], len(
+        xs
+    ) < MIN_VISIBLE * full_pixels
 
 
 def make_composites(count: int, seed: int = 0, **kwargs) -> list[Composite]:
@@ -165,7 +175,8 @@ def evaluate_detector(predictor, composites: list[Composite], empties: list[tupl
     found_all = sum(h[0] for h in hits.values())
     total = sum(h[1] for h in hits.values())
     return {
-        "recall_at_iou50": {b: round(f / n, 3) if n else None for b, (f, n) in hits.items()} | {"all": round(found_all / max(total, 1), 3)},
+        "recall_at_iou50": {b: round(f / n, 3) if n else None for b, (f, n) in hits.items()}
+        | {"all": round(found_all / max(total, 1), 3)},
         "persons_by_height": {b: n for b, (_, n) in hits.items()},
         "composites": len(composites),
         "false_persons_per_composite": round(false_in_composites / max(len(composites), 1), 3),
@@ -191,8 +202,16 @@ def _recoloured(rgba: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_walkers_video(path: str, seed: int = 0, *, walkers: int = 5, duration_s: float = 16.0, fps: float = 4.0,
-                       width: int = 640, height: int = 360) -> WalkersVideo:
+def make_walkers_video(
+    path: str,
+    seed: int = 0,
+    *,
+    walkers: int = 5,
+    duration_s: float = 16.0,
+    fps: float = 4.0,
+    width: int = 640,
+    height: int = 360,
+) -> WalkersVideo:
     """A static-camera video of real cut-outs walking across a real no-people photo.
 
     Walkers enter one after another from either side, 60-220 px tall, at 0.6-0.9 body
@@ -253,8 +272,10 @@ def evaluate_tracks(rows: list[dict], walkers: WalkersVideo) -> dict:
         truth = walkers.truth.get(round(row["timestamp_s"], 6), [])
         persons = row["persons"]
         all_tracks.update(p["track_id"] for p in persons)
-        pairs = sorted(((box_iou(p["box"], box), i, j) for i, p in enumerate(persons) for j, (_, box, _) in enumerate(truth)),
-                       reverse=True)
+        pairs = sorted(
+            ((box_iou(p["box"], box), i, j) for i, p in enumerate(persons) for j, (_, box, _) in enumerate(truth)),
+            reverse=True,
+        )
         used_p, used_t = set(), set()
         for iou, i, j in pairs:
             if iou < MATCH_IOU or i in used_p or j in used_t:
@@ -291,19 +312,25 @@ def evaluate_walkers(bundle: str, count: int, seed: int, workdir: str, num_cpus:
     os.makedirs(corpus, exist_ok=True)
     paths = [os.path.join(corpus, f"walkers_{seed + k}.mp4") for k in range(count)]
     videos = {path: make_walkers_video(path, seed + k) for k, path in enumerate(paths)}
-    manifest = run_label_job(LabelJobConfig(inputs=(corpus,), output=output, bundle=bundle, stages=("person",)),
-                             num_cpus=num_cpus)
+    manifest = run_label_job(
+        LabelJobConfig(inputs=(corpus,), output=output, bundle=bundle, stages=("person",)), num_cpus=num_cpus
+    )
     rows: dict[str, list[dict]] = {}
     for shard_rows in iter_shard_rows(output, manifest):
         for row in shard_rows:
             rows.setdefault(os.path.basename(row["uri"]), []).append(row)
-    per_video = {os.path.basename(p): evaluate_tracks(rows.get(os.path.basename(p), []), truth) for p, truth in videos.items()}
+    per_video = {
+        os.path.basename(p): evaluate_tracks(rows.get(os.path.basename(p), []), truth) for p, truth in videos.items()
+    }
     walkers = sum(v["walkers_found"] for v in per_video.values())
     return {
         "videos": count,
         "frame_recall_at_iou50": round(float(np.mean([v["frame_recall_at_iou50"] for v in per_video.values()])), 3),
-        "tracks_per_walker": round(sum(v["tracks_per_walker"] * v["walkers_found"] for v in per_video.values()
-                                       if v["walkers_found"]) / max(walkers, 1), 2),
+        "tracks_per_walker": round(
+            sum(v["tracks_per_walker"] * v["walkers_found"] for v in per_video.values() if v["walkers_found"])
+            / max(walkers, 1),
+            2,
+        ),
         "id_switches": sum(v["id_switches"] for v in per_video.values()),
         "false_tracks": sum(v["false_tracks"] for v in per_video.values()),
         "manifest_tracks": manifest["counts"].get("tracks"),

@@ -40,8 +40,11 @@ class Ask:
         return {"CPU": self.num_cpus, "GPU": self.num_gpus, **dict(self.custom)}
 
     def describe(self) -> str:
-        count = f"{self.actors[0]}-{self.actors[1]} actors" if self.actors and self.actors[0] != self.actors[1] else (
-            f"{self.actors[0]} actor{'s' if self.actors[0] > 1 else ''}" if self.actors else "tasks")
+        count = (
+            f"{self.actors[0]}-{self.actors[1]} actors"
+            if self.actors and self.actors[0] != self.actors[1]
+            else (f"{self.actors[0]} actor{'s' if self.actors[0] > 1 else ''}" if self.actors else "tasks")
+        )
         asks = ", ".join(f"{v:g} {k}" for k, v in self.needs().items() if v)
         return f"{self.step:<9} {count:<12} {asks or 'nothing'} each"
 
@@ -64,25 +67,36 @@ def serve_deployment_options(cfg: ServeConfig, stage: str) -> dict:
     """Serve options of a stage deployment: the batch job's actor resources per replica, and
     its actor counts as replicas (min < max autoscales on queued requests)."""
     res = cfg.resources[stage]
-    replicas = ({"num_replicas": res.min_actors} if res.min_actors == res.max_actors else
-                {"autoscaling_config": {"min_replicas": res.min_actors, "max_replicas": res.max_actors}})
+    replicas = (
+        {"num_replicas": res.min_actors}
+        if res.min_actors == res.max_actors
+        else {"autoscaling_config": {"min_replicas": res.min_actors, "max_replicas": res.max_actors}}
+    )
     return {"ray_actor_options": stage_remote_args(cfg, stage), **replicas}
 
 
 def task_remote_args(cfg: LabelJobConfig, num_cpus: float) -> dict:
     """Ray resource arguments of the CPU tasks (probe, decode, write, tracks)."""
-    return {"num_cpus": num_cpus, **({"resources": {cfg.cpu_node_resource: NODE_RESOURCE_SHARE}}
-                                     if cfg.cpu_node_resource else {})}
+    return {
+        "num_cpus": num_cpus,
+        **({"resources": {cfg.cpu_node_resource: NODE_RESOURCE_SHARE}} if cfg.cpu_node_resource else {}),
+    }
 
 
 def resource_plan(cfg: LabelJobConfig) -> list[Ask]:
     def ask(step: str, actors, remote: dict) -> Ask:
-        return Ask(step, actors, remote["num_cpus"], remote.get("num_gpus", 0.0), tuple(remote.get("resources", {}).items()))
+        return Ask(
+            step, actors, remote["num_cpus"], remote.get("num_gpus", 0.0), tuple(remote.get("resources", {}).items())
+        )
 
-    return ([ask("decode", None, task_remote_args(cfg, cfg.decode_num_cpus))]
-            + [ask(s, (cfg.resources[s].min_actors, cfg.resources[s].max_actors), stage_remote_args(cfg, s))
-               for s in cfg.stages]
-            + [ask("write", None, task_remote_args(cfg, cfg.write_num_cpus))])
+    return (
+        [ask("decode", None, task_remote_args(cfg, cfg.decode_num_cpus))]
+        + [
+            ask(s, (cfg.resources[s].min_actors, cfg.resources[s].max_actors), stage_remote_args(cfg, s))
+            for s in cfg.stages
+        ]
+        + [ask("write", None, task_remote_args(cfg, cfg.write_num_cpus))]
+    )
 
 
 def alive_nodes() -> list[dict]:
@@ -104,10 +118,13 @@ def problems(plan: list[Ask], nodes: list[dict]) -> list[str]:
     for ask in plan:
         if not any(_fits(ask, n["resources"]) for n in nodes):
             largest = {k: max((n["resources"].get(k, 0.0) for n in nodes), default=0.0) for k in ask.needs()}
-            found.append(f"{ask.step}: one {'actor' if ask.actors else 'task'} asks for "
-                         + ", ".join(f"{v:g} {k}" for k, v in ask.needs().items() if v)
-                         + "; no node has that (largest node: "
-                         + ", ".join(f"{largest[k]:g} {k}" for k, v in ask.needs().items() if v) + ")")
+            found.append(
+                f"{ask.step}: one {'actor' if ask.actors else 'task'} asks for "
+                + ", ".join(f"{v:g} {k}" for k, v in ask.needs().items() if v)
+                + "; no node has that (largest node: "
+                + ", ".join(f"{largest[k]:g} {k}" for k, v in ask.needs().items() if v)
+                + ")"
+            )
     if found:
         return found
     # every stage's minimum actors at once (they all live for the whole run), first fit on nodes
@@ -118,16 +135,20 @@ def problems(plan: list[Ask], nodes: list[dict]) -> list[str]:
             if node is None:
                 total = {k: sum(n["resources"].get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
                 need = {k: sum(a.needs()[k] * a.actors[0] for a in plan if a.actors) for k in ("CPU", "GPU")}
-                return [f"the stages' minimum actors do not fit together: they ask for {need['CPU']:g} CPU and "
-                        f"{need['GPU']:g} GPU in all, the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU "
-                        f"({ask.step} is the first that does not fit)"]
+                return [
+                    f"the stages' minimum actors do not fit together: they ask for {need['CPU']:g} CPU and "
+                    f"{need['GPU']:g} GPU in all, the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU "
+                    f"({ask.step} is the first that does not fit)"
+                ]
             for k, v in ask.needs().items():
                 node[k] = node.get(k, 0.0) - v
     # decode and write tasks need a CPU slice left over on some node, or the pipeline starves
     for ask in plan:
         if not ask.actors and not any(_fits(ask, f) for f in free):
-            return [f"{ask.step}: once the model stages' actors are placed, no node has {ask.num_cpus:g} CPU left "
-                    f"for a {ask.step} task (lower the stages' num_cpus or add a node)"]
+            return [
+                f"{ask.step}: once the model stages' actors are placed, no node has {ask.num_cpus:g} CPU left "
+                f"for a {ask.step} task (lower the stages' num_cpus or add a node)"
+            ]
     return []
 
 
@@ -144,8 +165,11 @@ def format_plan(plan: list[Ask], nodes: list[dict]) -> str:
     lines = ["resource plan (per actor or task):"] + [f"  {a.describe()}" for a in plan]
     lines.append(f"cluster: {len(nodes)} alive node(s)")
     for n in nodes:
-        shown = {k: v for k, v in sorted(n["resources"].items())
-                 if not k.startswith(("node:", "memory", "object_store_memory", "accelerator_type"))}
+        shown = {
+            k: v
+            for k, v in sorted(n["resources"].items())
+            if not k.startswith(("node:", "memory", "object_store_memory", "accelerator_type"))
+        }
         lines.append(f"  {n['id'][:8]}  " + ", ".join(f"{v:g} {k}" for k, v in shown.items()))
     return "\n".join(lines)
 
@@ -156,16 +180,23 @@ def check(cfg: LabelJobConfig, *, autoscaling: bool, say) -> None:
     say(format_plan(plan, nodes))
     local = local_paths(cfg)
     if local and sum(1 for n in nodes if n["resources"].get("CPU") or n["resources"].get("GPU")) > 1:
-        say(f"warning: {', '.join(local)} are paths on this machine; every node reads its own disk there, so "
-            "they must be on a filesystem all nodes share (or use s3:// / gs:// URIs)")
+        say(
+            f"warning: {', '.join(local)} are paths on this machine; every node reads its own disk there, so "
+            "they must be on a filesystem all nodes share (or use s3:// / gs:// URIs)"
+        )
     found = problems(plan, nodes)
     if found and autoscaling:
-        say("warning: not placeable on the nodes alive now; waiting for the autoscaler to add nodes:\n  "
-            + "\n  ".join(found))
+        say(
+            "warning: not placeable on the nodes alive now; waiting for the autoscaler to add nodes:\n  "
+            + "\n  ".join(found)
+        )
     elif found:
-        raise PlacementError("this plan cannot be placed on the cluster:\n  " + "\n  ".join(found)
-                             + "\n(change the stages' resources with --set, add nodes, or pass --autoscaling "
-                               "if the cluster adds nodes on demand)")
+        raise PlacementError(
+            "this plan cannot be placed on the cluster:\n  "
+            + "\n  ".join(found)
+            + "\n(change the stages' resources with --set, add nodes, or pass --autoscaling "
+            "if the cluster adds nodes on demand)"
+        )
 
 
 def ran_on_label(step: str) -> str:

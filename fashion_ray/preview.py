@@ -18,8 +18,12 @@ from fashion_ray.formats.schema import attribute_map
 from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 
 PART_COLOURS = {  # fixed legend, RGB
-    "head": (230, 25, 75), "torso": (60, 180, 75), "upper_arm": (255, 225, 25),
-    "lower_arm": (245, 130, 48), "upper_leg": (0, 130, 200), "lower_leg": (145, 30, 180),
+    "head": (230, 25, 75),
+    "torso": (60, 180, 75),
+    "upper_arm": (255, 225, 25),
+    "lower_arm": (245, 130, 48),
+    "upper_leg": (0, 130, 200),
+    "lower_leg": (145, 30, 180),
 }
 GARMENT_COLOUR = (255, 255, 255)
 PERSON_COLOUR = (0, 255, 255)
@@ -76,8 +80,9 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
     return right - left, bottom - top
 
 
-def label_positions(anchors: list[tuple[float, float]], sizes: list[tuple[int, int]], width: int, height: int,
-                    gap: int = 2) -> list[tuple[int, int]]:
+def label_positions(
+    anchors: list[tuple[float, float]], sizes: list[tuple[int, int]], width: int, height: int, gap: int = 2
+) -> list[tuple[int, int]]:
     """Top-left corners for labels centred on their anchors, moved up or down (nearest free
     place first) so that no two overlap, and kept inside the image."""
     placed: list[tuple[int, int, int, int]] = []
@@ -88,8 +93,14 @@ def label_positions(anchors: list[tuple[float, float]], sizes: list[tuple[int, i
         step = h + gap
         tries = [y0] + [y0 + sign * k * step for k in range(1, 2 * len(anchors) + 2) for sign in (1, -1)]
         fits = [y for y in tries if 0 <= y <= max(0, height - h)]
-        free = [y for y in fits if not any(x < px1 + gap and px0 < x + w + gap and y < py1 + gap and py0 < y + h + gap
-                                           for px0, py0, px1, py1 in placed)]
+        free = [
+            y
+            for y in fits
+            if not any(
+                x < px1 + gap and px0 < x + w + gap and y < py1 + gap and py0 < y + h + gap
+                for px0, py0, px1, py1 in placed
+            )
+        ]
         y = (free or fits or [y0])[0]
         placed.append((x, y, x + w, y + h))
         out.append((x, y))
@@ -97,7 +108,7 @@ def label_positions(anchors: list[tuple[float, float]], sizes: list[tuple[int, i
 
 
 def action_text(person: dict, top: int = 3) -> str:
-    """"walk 0.92, carry/hold 0.61": a person's best actions (AVA names shortened at a bracket)."""
+    """ "walk 0.92, carry/hold 0.61": a person's best actions (AVA names shortened at a bracket)."""
     return ", ".join(f"{a['action'].split(' (')[0]} {a['score']:.2f}" for a in (person.get("actions") or [])[:top])
 
 
@@ -137,16 +148,22 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
         where = "" if row["frame_index"] is None else f" frame {row['frame_index']} at {row['timestamp_s']:.2f} s"
         tracks = sorted(p["track_id"] for p in row["persons"] if p.get("track_id") is not None)
         acts = "; ".join(html.escape(action_text(p)) for p in row["persons"] if p.get("actions"))
-        cards.append(f'<figure><img src="{name}" width="360"><figcaption>{html.escape(row["uri"].rsplit("/", 1)[-1])}{where}: '
-                     f'{len(row["persons"])} persons{f" (tracks {tracks})" if tracks else ""}, {garments} garments'
-                     f'{f"<br>actions: {acts}" if acts else ""}</figcaption></figure>')
-    legend = "".join(f'<span style="background:rgb{c};padding:2px 8px;margin:2px">{n}</span>' for n, c in PART_COLOURS.items())
-    page = (f"<!doctype html><meta charset=utf-8><title>fashion-ray preview</title>"
-            f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"
-            f"<h1>fashion-ray preview</h1><p>bundle {html.escape(manifest['bundle']['name'])}@"
-            f"{html.escape(manifest['bundle']['version'])}; {manifest['counts']['inputs']} images, "
-            f"{manifest['counts']['error']} errors. Parts: {legend} garments: white outline (accessories: white box), persons: cyan box.</p>"
-            + "".join(cards))
+        cards.append(
+            f'<figure><img src="{name}" width="360"><figcaption>{html.escape(row["uri"].rsplit("/", 1)[-1])}{where}: '
+            f"{len(row['persons'])} persons{f' (tracks {tracks})' if tracks else ''}, {garments} garments"
+            f"{f'<br>actions: {acts}' if acts else ''}</figcaption></figure>"
+        )
+    legend = "".join(
+        f'<span style="background:rgb{c};padding:2px 8px;margin:2px">{n}</span>' for n, c in PART_COLOURS.items()
+    )
+    page = (
+        f"<!doctype html><meta charset=utf-8><title>fashion-ray preview</title>"
+        f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"
+        f"<h1>fashion-ray preview</h1><p>bundle {html.escape(manifest['bundle']['name'])}@"
+        f"{html.escape(manifest['bundle']['version'])}; {manifest['counts']['inputs']} images, "
+        f"{manifest['counts']['error']} errors. Parts: {legend} garments: white outline (accessories: white box), persons: cyan box.</p>"
+        + "".join(cards)
+    )
     index = storage.join(out_uri, "index.html")
     storage.write_bytes_atomic(index, page.encode(), options)
     return index

@@ -47,13 +47,21 @@ def _checked_bundle(cfg: LabelJobConfig):
     validate_bundle(bundle)
     missing = [s for s in cfg.stages if s not in bundle.stages]
     if missing:
-        raise ConfigError(f"bundle {bundle.label} has no model for stages {missing} (it has: {', '.join(bundle.stages)})")
+        raise ConfigError(
+            f"bundle {bundle.label} has no model for stages {missing} (it has: {', '.join(bundle.stages)})"
+        )
     verify_bundle(bundle, cfg.stages, cfg.storage)
     return bundle
 
 
-def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cpus: int | None = None,
-                  verbose: bool = False, progress=sys.stderr) -> dict:
+def run_label_job(
+    cfg: LabelJobConfig,
+    *,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    progress=sys.stderr,
+) -> dict:
     """Label what the run has to label and commit it; returns the committed manifest.
 
     Bundle and inputs are checked before Ray starts, so a bad flag fails in a second. The
@@ -62,13 +70,16 @@ def run_label_job(cfg: LabelJobConfig, *, ray_address: str | None = None, num_cp
     started, t0 = _now(), time.perf_counter()
     bundle = _checked_bundle(cfg)
     skipped: dict[str, int] = {}
-    listing = storage.list_inputs(list(cfg.inputs), cfg.storage, skipped=skipped)  # bad inputs fail before the output is touched
+    listing = storage.list_inputs(
+        list(cfg.inputs), cfg.storage, skipped=skipped
+    )  # bad inputs fail before the output is touched
     run_id = uuid.uuid4().hex
     ledger.claim_output(cfg.output, cfg.storage)  # someone else's folder is refused, not cleaned up
     lease = acquire_lease(cfg.output, cfg.lease_ttl_s, cfg.storage, run_id)
     try:
-        run = LabelRun(cfg, bundle, listing, lease, run_id=run_id, progress=progress, started=started, t0=t0,
-                       skipped=skipped)
+        run = LabelRun(
+            cfg, bundle, listing, lease, run_id=run_id, progress=progress, started=started, t0=t0, skipped=skipped
+        )
         return run.execute(ray_address=ray_address, num_cpus=num_cpus, verbose=verbose)
     finally:
         lease.release()
@@ -82,15 +93,27 @@ class LabelRun:
     `remaining`; accepted shards wait in `uncommitted` until the next commit.
     """
 
-    def __init__(self, cfg: LabelJobConfig, bundle, listing: pa.Table, lease, *, run_id: str, progress, started: str,
-                 t0: float, skipped: dict[str, int] | None = None):
+    def __init__(
+        self,
+        cfg: LabelJobConfig,
+        bundle,
+        listing: pa.Table,
+        lease,
+        *,
+        run_id: str,
+        progress,
+        started: str,
+        t0: float,
+        skipped: dict[str, int] | None = None,
+    ):
         self.cfg, self.bundle, self.lease, self.run_id = cfg, bundle, lease, run_id
         self.progress, self.started, self.t0 = progress, started, t0
         self.committed = ledger.load_state(cfg.output, cfg.storage)
         # a full run replaces the output's contents; an incremental one builds on what is committed
         self.state = self.committed if cfg.incremental else ledger.empty_state(cfg.output, cfg.storage)
-        self.todo, self.counts = ledger.classify(listing, self.state.ledger, bundle.label,
-                                                 cfg.relabel if cfg.incremental else "all")
+        self.todo, self.counts = ledger.classify(
+            listing, self.state.ledger, bundle.label, cfg.relabel if cfg.incremental else "all"
+        )
         self.counts["skipped"] = dict(sorted((skipped or {}).items()))  # files in the input folders that are not inputs
         self.uri_of = dict(zip(self.todo["id"].to_pylist(), self.todo["uri"].to_pylist()))
         self.plans: dict[int, dict] = {}  # video id -> sampling plan (video.probe)
@@ -109,9 +132,11 @@ class LabelRun:
         if removed:
             self.say(f"removed {removed} uncommitted files left by an interrupted run")
         c = self.counts
-        self.say(f"{c['listed']} inputs listed: {c['new']} new, {c['changed']} changed, {c['outdated']} outdated, "
-                 f"{c['unchanged']} unchanged; labelling {c['to_label']} with bundle {self.bundle.label}, "
-                 f"stages {'+'.join(self.cfg.stages)}")
+        self.say(
+            f"{c['listed']} inputs listed: {c['new']} new, {c['changed']} changed, {c['outdated']} outdated, "
+            f"{c['unchanged']} unchanged; labelling {c['to_label']} with bundle {self.bundle.label}, "
+            f"stages {'+'.join(self.cfg.stages)}"
+        )
         if self.todo.num_rows == 0 and self.committed.manifest is not None and self.cfg.incremental:
             self.say("nothing new to label; the output is up to date")
             return self.committed.manifest | self.run_info(complete=True) | {"noop": True}
@@ -135,7 +160,9 @@ class LabelRun:
         videos = [i for i, uri in self.uri_of.items() if video.may_have_frames(uri)]
         self.plans = probe_videos(self.cfg, self.todo.filter(pc.is_in(self.todo["id"], pa.array(videos, pa.int64()))))
         if self.plans:
-            self.say(f"{len(self.plans)} videos or multi-frame images: {sum(len(p['frames']) for p in self.plans.values())} frames sampled")
+            self.say(
+                f"{len(self.plans)} videos or multi-frame images: {sum(len(p['frames']) for p in self.plans.values())} frames sampled"
+            )
         blocks, self.source_of = work_items(self.cfg, self.todo, self.plans)
         self.remaining = set(self.source_of)
         return blocks
@@ -146,10 +173,14 @@ class LabelRun:
 
         sources = sorted({self.source_of[i] for i in self.remaining})
         work = self.todo.filter(pc.is_in(self.todo["id"], pa.array(sources, pa.int64())))
-        plans = {vid: plan | {"frames": [f for f in plan["frames"]
-                                         if storage.stable_id(self.uri_of[vid], f[0]) in self.remaining],
-                              "error": plan["error"] if vid in self.remaining else None}
-                 for vid, plan in self.plans.items()}
+        plans = {
+            vid: plan
+            | {
+                "frames": [f for f in plan["frames"] if storage.stable_id(self.uri_of[vid], f[0]) in self.remaining],
+                "error": plan["error"] if vid in self.remaining else None,
+            }
+            for vid, plan in self.plans.items()
+        }
         return work_items(self.cfg, work, plans)[0]
 
     def run_pass(self, blocks: list[pa.Table]) -> None:
@@ -160,8 +191,10 @@ class LabelRun:
         except ExecutionTimeoutError:
             # nothing moved for stall_timeout_s: typically the only nodes that can run a stage are
             # gone; another pass would stall the same way
-            self.stalled = (f"the cluster made no progress for {self.cfg.stall_timeout_s:g} s (nodes lost? "
-                            f"see --plan for what each stage needs)")
+            self.stalled = (
+                f"the cluster made no progress for {self.cfg.stall_timeout_s:g} s (nodes lost? "
+                f"see --plan for what each stage needs)"
+            )
             self.say(self.stalled)
 
     def _label(self, blocks: list[pa.Table]) -> None:
@@ -170,7 +203,9 @@ class LabelRun:
         for shard in label_shards(self.cfg, blocks, self.bundle, self.run_id):
             if self.accept(shard):
                 done, total = len(self.source_of) - len(self.remaining), len(self.source_of)
-                self.say(f"{done}/{total} rows ({100 * done // total}%), {done / (time.perf_counter() - self.t0):.1f} rows/s")
+                self.say(
+                    f"{done}/{total} rows ({100 * done // total}%), {done / (time.perf_counter() - self.t0):.1f} rows/s"
+                )
             if self.cfg.incremental and time.perf_counter() - self.last_commit >= self.cfg.commit_every_s:
                 # shards holding video frames wait for the end: tracks need every frame of a video
                 self.commit([s for s in self.uncommitted if not s.frames], complete=False)
@@ -181,8 +216,10 @@ class LabelRun:
         """Take a shard whose rows are all still owed; drop a copy of rows already accepted."""
         ids = set(shard.ids)
         if not ids.issubset(self.source_of):
-            raise RunIntegrityError(f"a shard holds rows this run was not given (e.g. id {min(ids - set(self.source_of))}); "
-                                    "nothing more is committed")
+            raise RunIntegrityError(
+                f"a shard holds rows this run was not given (e.g. id {min(ids - set(self.source_of))}); "
+                "nothing more is committed"
+            )
         if not ids.issubset(self.remaining):
             # Ray re-ran a write after a fault and some of these rows are already accepted: this
             # copy is dropped (its file is removed at the end); its other rows go round again
@@ -194,24 +231,35 @@ class LabelRun:
         return True
 
     def commit(self, shards: list[Shard], complete: bool, final: bool = False) -> None:
-        rows = ledger.ledger_rows(self.todo, {s.name: list(s.ids) for s in shards}, self.bundle.label, self.run_id,
-                                  self.source_of)
-        self.state = ledger.commit(self.state, shards, rows, run_id=self.run_id, run_info=self.run_info(complete),
-                                   before_write=self.lease.renew, final=final)
+        rows = ledger.ledger_rows(
+            self.todo, {s.name: list(s.ids) for s in shards}, self.bundle.label, self.run_id, self.source_of
+        )
+        self.state = ledger.commit(
+            self.state,
+            shards,
+            rows,
+            run_id=self.run_id,
+            run_info=self.run_info(complete),
+            before_write=self.lease.renew,
+            final=final,
+        )
 
     def finish(self) -> dict:
         """Check the run's accounts, draw video tracks, and make the last commit."""
         remaining, total = self.remaining, len(self.source_of)
         if remaining and not self.cfg.incremental:
             uris = sorted({self.uri_of[self.source_of[i]] for i in remaining})
-            raise RunIntegrityError(f"ids in != ids out: {len(remaining)} rows missing after {self.cfg.max_attempts} "
-                                    f"passes (e.g. {uris[:3]}); no manifest written"
-                                    + (f"; {self.stalled}" if self.stalled else ""))
+            raise RunIntegrityError(
+                f"ids in != ids out: {len(remaining)} rows missing after {self.cfg.max_attempts} "
+                f"passes (e.g. {uris[:3]}); no manifest written" + (f"; {self.stalled}" if self.stalled else "")
+            )
         if remaining:
             # a video missing frames is not committed at all (its source in the ledger would mark it
             # done): the next run labels it whole; shards sharing rows with it wait for that run too
             partial = {self.source_of[i] for i in remaining}
-            self.uncommitted = [s for s in self.uncommitted if not partial.intersection(self.source_of[i] for i in s.ids)]
+            self.uncommitted = [
+                s for s in self.uncommitted if not partial.intersection(self.source_of[i] for i in s.ids)
+            ]
         with_frames = [s for s in self.uncommitted if s.frames]
         if with_frames:
             from fashion_ray.pipeline import track_videos
@@ -220,21 +268,34 @@ class LabelRun:
             self.uncommitted = [tracked.get(s.name, s) for s in self.uncommitted]
         self.commit(self.uncommitted, complete=not remaining, final=True)
         if remaining:
-            raise RunIncompleteError(f"{len(remaining)} of {total} rows could not be labelled"
-                                     + (f" ({self.stalled})" if self.stalled else f" after {self.cfg.max_attempts} passes")
-                                     + f"; {total - len(remaining)} were committed. Run again to label the rest.")
+            raise RunIncompleteError(
+                f"{len(remaining)} of {total} rows could not be labelled"
+                + (f" ({self.stalled})" if self.stalled else f" after {self.cfg.max_attempts} passes")
+                + f"; {total - len(remaining)} were committed. Run again to label the rest."
+            )
         return self.state.manifest
 
     def run_info(self, complete: bool) -> dict:
         elapsed = time.perf_counter() - self.t0
         done = len(self.source_of) - len(self.remaining)
         cfg = self.cfg
-        return {"config": cfg.to_json(), "bundle": self.bundle.to_json() | {"uri": self.bundle.uri},
-                "last_run": {"run_id": self.run_id, "mode": "incremental" if cfg.incremental else "full",
-                             "relabel": cfg.relabel if cfg.incremental else "all", "started_at": self.started,
-                             "finished_at": _now() if complete else None, "complete": complete, **self.counts,
-                             "labelled": done, "elapsed_s": round(elapsed, 3), "placement": self.placement,
-                             "images_per_s": round(done / elapsed, 3) if elapsed else 0.0}}
+        return {
+            "config": cfg.to_json(),
+            "bundle": self.bundle.to_json() | {"uri": self.bundle.uri},
+            "last_run": {
+                "run_id": self.run_id,
+                "mode": "incremental" if cfg.incremental else "full",
+                "relabel": cfg.relabel if cfg.incremental else "all",
+                "started_at": self.started,
+                "finished_at": _now() if complete else None,
+                "complete": complete,
+                **self.counts,
+                "labelled": done,
+                "elapsed_s": round(elapsed, 3),
+                "placement": self.placement,
+                "images_per_s": round(done / elapsed, 3) if elapsed else 0.0,
+            },
+        }
 
 
 def format_summary(manifest: dict) -> str:
@@ -245,8 +306,9 @@ def format_summary(manifest: dict) -> str:
         f"  listed     {run['listed']} inputs: {run['new']} new, {run['changed']} changed, {run['outdated']} outdated, "
         f"{run['unchanged']} unchanged",
         f"  labelled   {run['labelled']} this run",
-        f"  images     {c['inputs']} in = {c['ok']} ok + {c['error']} error" if not c.get("videos") else
-        f"  rows       {c['rows']} = {c['ok']} ok + {c['error']} error, from {c['inputs']} inputs: "
+        f"  images     {c['inputs']} in = {c['ok']} ok + {c['error']} error"
+        if not c.get("videos")
+        else f"  rows       {c['rows']} = {c['ok']} ok + {c['error']} error, from {c['inputs']} inputs: "
         f"{c['inputs'] - c['videos']} images, {c['videos']} videos -> {c['frames']} frames",
         f"  labels     {c['persons']} persons, {c['garments']} garments, {c['parts']} parts",
     ]
@@ -254,17 +316,26 @@ def format_summary(manifest: dict) -> str:
         names = {"hidden": "hidden (names starting with '.')", "not_media": "not images or videos"}
         lines.append("  skipped    " + ", ".join(f"{n} {names.get(k, k)}" for k, n in run["skipped"].items()))
     if c.get("tracks"):
-        lines.append(f"  tracks     {c['tracks']} person tracks over the videos' frames, {c['mean_track_length']} frames long on average")
+        lines.append(
+            f"  tracks     {c['tracks']} person tracks over the videos' frames, {c['mean_track_length']} frames long on average"
+        )
     if c.get("actions"):
-        lines.append("  actions    " + ", ".join(f"{name} {n}" for name, n in c["actions"].items())
-                     + " (persons, photos and video frames)")
+        lines.append(
+            "  actions    "
+            + ", ".join(f"{name} {n}" for name, n in c["actions"].items())
+            + " (persons, photos and video frames)"
+        )
     if manifest["errors_by_reason"]:
         lines.append("  errors     " + ", ".join(f"{k}: {v}" for k, v in manifest["errors_by_reason"].items()))
     if len({node for nodes in run.get("placement", {}).values() for node in nodes}) > 1:
         # on a cluster: which nodes each step ran on, rows per node (node ids shortened)
-        lines.append("  placement  " + "; ".join(
-            f"{step} " + ", ".join(f"{node[:8]} x{rows}" for node, rows in sorted(nodes.items()))
-            for step, nodes in run["placement"].items()))
+        lines.append(
+            "  placement  "
+            + "; ".join(
+                f"{step} " + ", ".join(f"{node[:8]} x{rows}" for node, rows in sorted(nodes.items()))
+                for step, nodes in run["placement"].items()
+            )
+        )
     lines += [
         f"  speed      {run['images_per_s']:.2f} images/s ({run['elapsed_s']:.1f} s incl. start-up)",
         f"  output     {storage.join(manifest['output'], 'manifest.json')} ({len(manifest['shards'])} shards: parquet/, coco/)",

@@ -26,6 +26,7 @@ class _Sampler:
         def loop():
             while not self._stop.is_set() and self.sample() is not False:
                 time.sleep(self.interval)
+
         self.thread = threading.Thread(target=loop, daemon=True)
         self.thread.start()
         return self
@@ -64,8 +65,12 @@ class GpuUtilisation(_Sampler):
 
     def sample(self) -> bool:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=10).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
             self.samples += [tuple(float(v) for v in line.split(",")) for line in out.strip().splitlines()]
         except (OSError, ValueError, subprocess.SubprocessError):  # no nvidia-smi, or no GPU behind it
             return False
@@ -75,5 +80,9 @@ class GpuUtilisation(_Sampler):
         if not self.samples:
             return None
         busy = [u for u, _ in self.samples]
-        return {"mean_utilisation_pct": round(float(np.mean(busy)), 1), "max_utilisation_pct": max(busy),
-                "max_memory_mib": max(m for _, m in self.samples), "samples": len(self.samples)}
+        return {
+            "mean_utilisation_pct": round(float(np.mean(busy)), 1),
+            "max_utilisation_pct": max(busy),
+            "max_memory_mib": max(m for _, m in self.samples),
+            "samples": len(self.samples),
+        }

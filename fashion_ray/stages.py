@@ -34,6 +34,7 @@ from fashion_ray.placement import add_ran_on
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Persons:
     """A row's persons between stages. A Python object, so Ray carries it pickled: no stage
@@ -52,8 +53,15 @@ class _Stage:
     stage_name = ""
     needs_image = True  # the pixels must reach this stage (pipeline.py drops them after the last that does)
 
-    def __init__(self, bundle_uri: str, device: Device, batch_size: int, storage_options=None, emit_image: bool = True,
-                 score_threshold: float | None = None):
+    def __init__(
+        self,
+        bundle_uri: str,
+        device: Device,
+        batch_size: int,
+        storage_options=None,
+        emit_image: bool = True,
+        score_threshold: float | None = None,
+    ):
         self.device = device
         self.bundle = load_bundle(bundle_uri, storage_options)
         if score_threshold is not None:  # the job's --score-threshold instead of the bundle's
@@ -67,7 +75,7 @@ class _Stage:
         """Predict in model-sized chunks; if a chunk fails, retry image by image to isolate it."""
         out: list = []
         for start in range(0, len(images), self.batch_size):
-            chunk, ctx = images[start:start + self.batch_size], context[start:start + self.batch_size]
+            chunk, ctx = images[start : start + self.batch_size], context[start : start + self.batch_size]
             try:
                 out.extend(self.predictor.predict(chunk, ctx))
             except Exception:
@@ -125,7 +133,11 @@ class PersonStage(_Stage):
                 fallback = media.decode_image(payloads[i], max_pixels=width * height, max_side=self.jpeg_max_side)
                 image = fallback.image if fallback.image is not None else images[i]
                 if fallback.error:
-                    batch["status"][i], batch["error"][i], batch["error_detail"][i] = "error", fallback.error, fallback.detail
+                    batch["status"][i], batch["error"][i], batch["error_detail"][i] = (
+                        "error",
+                        fallback.error,
+                        fallback.detail,
+                    )
             images[i] = image
         batch["image"] = images
 
@@ -135,7 +147,9 @@ class PersonStage(_Stage):
         rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
         # video frames carry moving regions (motion.py) as extra candidates
         regions = batch["regions"] if "regions" in batch else [None] * len(batch["status"])
-        results = self._predict([batch["image"][i] for i in rows], [{"regions": json.loads(regions[i] or "[]")} for i in rows])
+        results = self._predict(
+            [batch["image"][i] for i in rows], [{"regions": json.loads(regions[i] or "[]")} for i in rows]
+        )
         for i, det in zip(rows, results):
             if isinstance(det, Exception):
                 self._fail(batch, i, det, persons, self.stage_name)
@@ -144,9 +158,15 @@ class PersonStage(_Stage):
             for j, label in enumerate(det["labels"]):
                 if label != taxonomy.PERSON:
                     continue
-                person = {"person_id": len(found), "score": float(det["scores"][j]),
-                          "box": [float(v) for v in det["boxes"][j]], "mask": None, "keypoints": None,
-                          "garments": [], "parts": []}
+                person = {
+                    "person_id": len(found),
+                    "score": float(det["scores"][j]),
+                    "box": [float(v) for v in det["boxes"][j]],
+                    "mask": None,
+                    "keypoints": None,
+                    "garments": [],
+                    "parts": [],
+                }
                 mask = det["masks"][j] if det.get("masks") is not None else None
                 if mask is not None and not mask.any():
                     mask = None  # a person the model gave no pixels (a crowd past the pose budget)
@@ -169,9 +189,17 @@ def link_accessories(persons: list[dict], accessories: list[dict]) -> None:
         if k is None:
             continue
         garments = persons[k]["garments"]
-        garments.append({"garment_id": len(garments), "category": item["category"],
-                         "category_id": taxonomy.COCO_CATEGORY_ID[item["category"]], "score": float(item["score"]),
-                         "box": [float(v) for v in item["box"]], "mask": None, "attributes": []})
+        garments.append(
+            {
+                "garment_id": len(garments),
+                "category": item["category"],
+                "category_id": taxonomy.COCO_CATEGORY_ID[item["category"]],
+                "score": float(item["score"]),
+                "box": [float(v) for v in item["box"]],
+                "mask": None,
+                "attributes": [],
+            }
+        )
 
 
 class _PersonCropStage(_Stage):
@@ -236,18 +264,30 @@ def attach_garments(person: dict, det: dict, box, height: int, width: int) -> No
     attributes = det.get("attributes") or [[] for _ in det["labels"]]  # only some models give them
     for j, category in enumerate(det["labels"]):
         gbox = det["boxes"][j]
-        garment = {"garment_id": len(person["garments"]), "category": category,
-                   "category_id": taxonomy.COCO_CATEGORY_ID.get(category, 0),
-                   "score": float(det["scores"][j]),
-                   "box": [float(gbox[0] + x0), float(gbox[1] + y0), float(gbox[2] + x0), float(gbox[3] + y0)],
-                   "mask": None, "attributes": list(attributes[j])}
+        garment = {
+            "garment_id": len(person["garments"]),
+            "category": category,
+            "category_id": taxonomy.COCO_CATEGORY_ID.get(category, 0),
+            "score": float(det["scores"][j]),
+            "box": [float(gbox[0] + x0), float(gbox[1] + y0), float(gbox[2] + x0), float(gbox[3] + y0)],
+            "mask": None,
+            "attributes": list(attributes[j]),
+        }
         if det.get("masks") is not None:
             garment["mask"] = rle.encode(rle.paste(det["masks"][j], box, height, width))
         # a bag or tie the person detector found already: one garment, its box, category (the
         # detector tells a backpack from a handbag, the parser says bag for both) and the parser's mask
-        found = next((g for g in person["garments"] if taxonomy.same_object_class(g["category"], category)
-                      and g["mask"] is None and garment["mask"] is not None and box_iou(g["box"], garment["box"]) > 0.3),
-                     None)
+        found = next(
+            (
+                g
+                for g in person["garments"]
+                if taxonomy.same_object_class(g["category"], category)
+                and g["mask"] is None
+                and garment["mask"] is not None
+                and box_iou(g["box"], garment["box"]) > 0.3
+            ),
+            None,
+        )
         if found:
             found["mask"] = garment["mask"]
             continue
@@ -269,14 +309,25 @@ class PartsStage(_PersonCropStage):
             in_part = part_map == part_id
             if not in_part.any():
                 continue
-            side_values = [(None, in_part)] if sides is None else [
-                (side, in_part & (sides == code)) for code, side in ((0, None), (1, "left"), (2, "right"))]
+            side_values = (
+                [(None, in_part)]
+                if sides is None
+                else [(side, in_part & (sides == code)) for code, side in ((0, None), (1, "left"), (2, "right"))]
+            )
             for side, mask in side_values:
                 if not mask.any():
                     continue
                 full = rle.paste(mask, box, height, width)
-                person["parts"].append({"part": name, "part_id": part_id, "side": side, "area": int(full.sum()),
-                                        "box": rle.bbox_xyxy(full), "mask": rle.encode(full)})
+                person["parts"].append(
+                    {
+                        "part": name,
+                        "part_id": part_id,
+                        "side": side,
+                        "area": int(full.sum()),
+                        "box": rle.bbox_xyxy(full),
+                        "mask": rle.encode(full),
+                    }
+                )
 
 
 class ActionsStage(_Stage):

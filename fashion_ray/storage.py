@@ -96,7 +96,7 @@ def allowed_uri(uri: str, prefixes) -> str | None:
     import urllib.parse
 
     def local(path: str) -> str:
-        return os.path.realpath(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path))
+        return os.path.realpath(os.path.expanduser(path[len("file://") :] if path.startswith("file://") else path))
 
     for prefix in prefixes:
         if "://" not in prefix or prefix.startswith("file://"):
@@ -162,8 +162,13 @@ def iter_objects(fs: fsspec.AbstractFileSystem, protocol: str, path: str):
         while True:
             page = fs.call_s3("list_objects_v2", **request)
             for obj in page.get("Contents", []):
-                yield {"name": f"{bucket}/{obj['Key']}", "size": obj["Size"], "ETag": obj.get("ETag"),
-                       "LastModified": obj.get("LastModified"), "type": "file"}
+                yield {
+                    "name": f"{bucket}/{obj['Key']}",
+                    "size": obj["Size"],
+                    "ETag": obj.get("ETag"),
+                    "LastModified": obj.get("LastModified"),
+                    "type": "file",
+                }
             if not page.get("IsTruncated"):
                 return
             request["ContinuationToken"] = page["NextContinuationToken"]
@@ -172,12 +177,23 @@ def iter_objects(fs: fsspec.AbstractFileSystem, protocol: str, path: str):
             yield info
 
 
-LISTING_SCHEMA = pa.schema([("id", pa.int64()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
-                            ("mtime", pa.timestamp("us", tz="UTC"))])
+LISTING_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("uri", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),
+        ("mtime", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
-def list_inputs(uris: list[str], options: StorageOptions | None = None, page_rows: int = 10_000,
-                skipped: dict[str, int] | None = None) -> pa.Table:
+def list_inputs(
+    uris: list[str],
+    options: StorageOptions | None = None,
+    page_rows: int = 10_000,
+    skipped: dict[str, int] | None = None,
+) -> pa.Table:
     """List every input object once, with size/etag/mtime, from prefixes, objects or manifests.
 
     A manifest is a text file with one URI per line. Listing happens once on the driver;
@@ -200,7 +216,9 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
         fs, path = filesystem(uri, options)
         protocol = split_uri(uri)[0]
         if not fs.exists(path):
-            raise StorageError(f"input {uri!r} does not exist (give a folder/prefix, an image, or a .txt manifest of URIs)")
+            raise StorageError(
+                f"input {uri!r} does not exist (give a folder/prefix, an image, or a .txt manifest of URIs)"
+            )
         if fs.isdir(path):
             for info in iter_objects(fs, protocol, path):
                 if info.get("type") == "directory":
@@ -211,7 +229,9 @@ def list_inputs(uris: list[str], options: StorageOptions | None = None, page_row
                 else:
                     add(_entry(protocol, info))
         elif path.lower().endswith(MANIFEST_EXTENSIONS):
-            for item in stat_objects(manifest_uris(fs.cat_file(path).decode(), csv_file=path.lower().endswith(".csv")), options):
+            for item in stat_objects(
+                manifest_uris(fs.cat_file(path).decode(), csv_file=path.lower().endswith(".csv")), options
+            ):
                 add(item)
         else:
             add(_entry(protocol, fs.info(path)))
@@ -241,7 +261,15 @@ def stat_objects(uris: list[str], options: StorageOptions | None) -> list[dict]:
         try:
             out.append(_entry(protocol, fs.info(path)))
         except FileNotFoundError:
-            out.append({"id": stable_id(to_uri(protocol, path)), "uri": to_uri(protocol, path), "size": 0, "etag": "", "mtime": None})
+            out.append(
+                {
+                    "id": stable_id(to_uri(protocol, path)),
+                    "uri": to_uri(protocol, path),
+                    "size": 0,
+                    "etag": "",
+                    "mtime": None,
+                }
+            )
     return out
 
 

@@ -82,16 +82,31 @@ def _body_parts(shape, j: dict) -> tuple[np.ndarray, np.ndarray]:
     sides = np.zeros(shape, np.uint8)
     layers = []
     for side, code in (("l", 1), ("r", 2)):
-        layers += [(5, code, (j[f"{side}_hip"], j[f"{side}_kn"], 0.75 * u)), (6, code, (j[f"{side}_kn"], j[f"{side}_an"], 0.55 * u))]
+        layers += [
+            (5, code, (j[f"{side}_hip"], j[f"{side}_kn"], 0.75 * u)),
+            (6, code, (j[f"{side}_kn"], j[f"{side}_an"], 0.55 * u)),
+        ]
     layers.append((2, 0, None))
     for side, code in (("l", 1), ("r", 2)):
-        layers += [(3, code, (j[f"{side}_sh"], j[f"{side}_el"], 0.45 * u)), (4, code, (j[f"{side}_el"], j[f"{side}_wr"], 0.36 * u))]
+        layers += [
+            (3, code, (j[f"{side}_sh"], j[f"{side}_el"], 0.45 * u)),
+            (4, code, (j[f"{side}_el"], j[f"{side}_wr"], 0.36 * u)),
+        ]
     for part, code, seg in layers:
         m = np.zeros(shape, np.uint8)
         if seg is None:
-            _poly(m, [j["r_sh"] + [-0.1 * u, -0.15 * u], j["l_sh"] + [0.1 * u, -0.15 * u], j["l_hip"] + [0.2 * u, 0.2 * u],
-                      j["r_hip"] + [-0.2 * u, 0.2 * u]])
-            _capsule(m, (j["head"][0], j["head"][1] + 0.5 * u), (j["head"][0], j["head"][1] + 0.9 * u), 0.45 * u)  # neck
+            _poly(
+                m,
+                [
+                    j["r_sh"] + [-0.1 * u, -0.15 * u],
+                    j["l_sh"] + [0.1 * u, -0.15 * u],
+                    j["l_hip"] + [0.2 * u, 0.2 * u],
+                    j["r_hip"] + [-0.2 * u, 0.2 * u],
+                ],
+            )
+            _capsule(
+                m, (j["head"][0], j["head"][1] + 0.5 * u), (j["head"][0], j["head"][1] + 0.9 * u), 0.45 * u
+            )  # neck
         else:
             _capsule(m, seg[0], seg[1], seg[2])
         parts[m > 0], sides[m > 0] = part, code
@@ -124,12 +139,26 @@ def _garment_mask(shape, j: dict, category: str) -> np.ndarray:
         if category.endswith("outwear"):  # open front: a strip of what is underneath shows
             mid_top, mid_bot = (j["l_sh"] + j["r_sh"]) / 2, (j["l_hip"] + j["r_hip"]) / 2
             strip = np.zeros(shape, np.uint8)
-            _poly(strip, [mid_top + [-0.18 * u, 0.3 * u], mid_top + [0.18 * u, 0.3 * u], mid_bot + [0.18 * u, 0.4 * u],
-                          mid_bot + [-0.18 * u, 0.4 * u]])
+            _poly(
+                strip,
+                [
+                    mid_top + [-0.18 * u, 0.3 * u],
+                    mid_top + [0.18 * u, 0.3 * u],
+                    mid_bot + [0.18 * u, 0.4 * u],
+                    mid_bot + [-0.18 * u, 0.4 * u],
+                ],
+            )
             m[strip > 0] = 0
     if category in ("shorts", "trousers"):
-        _poly(m, [j["r_hip"] + [-0.3 * u, -0.1 * u], j["l_hip"] + [0.3 * u, -0.1 * u], j["l_hip"] + [0.3 * u, 0.7 * u],
-                  j["r_hip"] + [-0.3 * u, 0.7 * u]])
+        _poly(
+            m,
+            [
+                j["r_hip"] + [-0.3 * u, -0.1 * u],
+                j["l_hip"] + [0.3 * u, -0.1 * u],
+                j["l_hip"] + [0.3 * u, 0.7 * u],
+                j["r_hip"] + [-0.3 * u, 0.7 * u],
+            ],
+        )
         for s in ("l", "r"):
             end = j[f"{s}_hip"] + (j[f"{s}_kn"] - j[f"{s}_hip"]) * 0.5 if category == "shorts" else j[f"{s}_kn"]
             _capsule(m, j[f"{s}_hip"], end, 0.9 * u)
@@ -139,7 +168,15 @@ def _garment_mask(shape, j: dict, category: str) -> np.ndarray:
         length = 2.2 if category == "skirt" else 2.8
         hip_y = (j["l_hip"][1] + j["r_hip"][1]) / 2 - 0.1 * u
         cx = (j["l_hip"][0] + j["r_hip"][0]) / 2
-        _poly(m, [(cx - 0.85 * u, hip_y), (cx + 0.85 * u, hip_y), (cx + 1.5 * u, hip_y + length * u), (cx - 1.5 * u, hip_y + length * u)])
+        _poly(
+            m,
+            [
+                (cx - 0.85 * u, hip_y),
+                (cx + 0.85 * u, hip_y),
+                (cx + 1.5 * u, hip_y + length * u),
+                (cx - 1.5 * u, hip_y + length * u),
+            ],
+        )
     return m > 0
 
 
@@ -171,7 +208,9 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         m = np.zeros((h, w), np.uint8)
         x, y = rng.integers(0, w), rng.integers(0, h)
         if rng.random() < 0.5:
-            cv2.rectangle(m, (int(x), int(y)), (int(x + rng.integers(8, w // 2)), int(y + rng.integers(8, h // 2))), 1, -1)
+            cv2.rectangle(
+                m, (int(x), int(y)), (int(x + rng.integers(8, w // 2)), int(y + rng.integers(8, h // 2))), 1, -1
+            )
         else:
             cv2.circle(m, (int(x), int(y)), int(rng.integers(5, max(6, min(h, w) // 5))), 1, -1)
         colour = np.array(SKIN_TONES[rng.integers(len(SKIN_TONES))]) if rng.random() < 0.3 else None
@@ -198,7 +237,9 @@ def _nearest_part(parts: np.ndarray, person: np.ndarray) -> np.ndarray:
     return out
 
 
-def render_scene(seed: int, index: int, width: int = 320, height: int = 320, max_people: int = 4) -> tuple[np.ndarray, list[Person]]:
+def render_scene(
+    seed: int, index: int, width: int = 320, height: int = 320, max_people: int = 4
+) -> tuple[np.ndarray, list[Person]]:
     """Draw image `index` of the set `seed`; returns the RGB image and its visible people."""
     rng = np.random.default_rng([seed, index])
     img = _background(rng, height, width)
@@ -236,11 +277,12 @@ def render_scene(seed: int, index: int, width: int = 320, height: int = 320, max
         vis_garments = [(c, g & visible & (parts != 1)) for c, g in garments]
         # a garment drawn under another (a bottom under a long top) keeps only what shows
         for k in range(len(vis_garments)):
-            for c2, g2 in vis_garments[k + 1:]:
+            for c2, g2 in vis_garments[k + 1 :]:
                 vis_garments[k] = (vis_garments[k][0], vis_garments[k][1] & ~g2)
         vis_garments = [(c, g) for c, g in vis_garments if g.sum() >= 16]
-        people.append(Person(box=rle.bbox_xyxy(visible),
-                             mask=visible, parts=vis_parts, sides=vis_sides, garments=vis_garments))
+        people.append(
+            Person(box=rle.bbox_xyxy(visible), mask=visible, parts=vis_parts, sides=vis_sides, garments=vis_garments)
+        )
     noise = rng.normal(0, 4, img.shape)
     img = np.clip(cv2.GaussianBlur(img, (3, 3), 0).astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return img, people[::-1]
@@ -250,21 +292,47 @@ def person_record(k: int, p: Person) -> dict:
     """A person in the labelling job's row shape (formats/schema.py), ground truth scores 1.0."""
     garments = []
     for g_id, (category, m) in enumerate(p.garments):
-        garments.append({"garment_id": g_id, "category": category, "category_id": taxonomy.COCO_CATEGORY_ID[category],
-                         "score": 1.0, "box": rle.bbox_xyxy(m), "mask": rle.encode(m), "attributes": []})
+        garments.append(
+            {
+                "garment_id": g_id,
+                "category": category,
+                "category_id": taxonomy.COCO_CATEGORY_ID[category],
+                "score": 1.0,
+                "box": rle.bbox_xyxy(m),
+                "mask": rle.encode(m),
+                "attributes": [],
+            }
+        )
     parts = []
     for part_id, name in enumerate(taxonomy.PARTS, start=1):
         for code, side in ((0, None), (1, "left"), (2, "right")):
             m = (p.parts == part_id) & (p.sides == code) if code else (p.parts == part_id) & (p.sides == 0)
             if m.any():
-                parts.append({"part": name, "part_id": part_id, "side": side, "area": int(m.sum()),
-                              "box": rle.bbox_xyxy(m), "mask": rle.encode(m)})
-    return {"person_id": k, "track_id": None, "score": 1.0, "box": p.box, "mask": rle.encode(p.mask), "keypoints": None,
-            "garments": garments, "parts": parts}
+                parts.append(
+                    {
+                        "part": name,
+                        "part_id": part_id,
+                        "side": side,
+                        "area": int(m.sum()),
+                        "box": rle.bbox_xyxy(m),
+                        "mask": rle.encode(m),
+                    }
+                )
+    return {
+        "person_id": k,
+        "track_id": None,
+        "score": 1.0,
+        "box": p.box,
+        "mask": rle.encode(p.mask),
+        "keypoints": None,
+        "garments": garments,
+        "parts": parts,
+    }
 
 
-def write_scene_shard(batch: dict[str, np.ndarray], *, output: str, seed: int, width: int, height: int,
-                storage_options=None) -> dict[str, np.ndarray]:
+def write_scene_shard(
+    batch: dict[str, np.ndarray], *, output: str, seed: int, width: int, height: int, storage_options=None
+) -> dict[str, np.ndarray]:
     """Ray Data task: render the batch's image indices, write images + one Parquet/COCO shard."""
     from PIL import Image
 
@@ -278,17 +346,46 @@ def write_scene_shard(batch: dict[str, np.ndarray], *, output: str, seed: int, w
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="JPEG", quality=92)
         storage.write_bytes_atomic(uri, buf.getvalue(), storage_options)
-        rows.append({"id": storage.stable_id(uri), "uri": uri, "size": buf.tell(), "etag": "", "mtime": None,
-                     "frame_index": None, "timestamp_s": None, "width": width, "height": height, "status": "ok",
-                     "error": None, "error_detail": None, "bundle_name": "synthetic", "bundle_version": f"seed-{seed}",
-                     "stages": list(taxonomy.STAGES),
-                     "persons": [person_record(k, p) for k, p in enumerate(people)]})
-    return shards.as_batch(shards.write_rows(rows, output=output, storage_options=storage_options,
-                                             info={"description": f"fashion-ray synthetic scenes, seed {seed}"}))
+        rows.append(
+            {
+                "id": storage.stable_id(uri),
+                "uri": uri,
+                "size": buf.tell(),
+                "etag": "",
+                "mtime": None,
+                "frame_index": None,
+                "timestamp_s": None,
+                "width": width,
+                "height": height,
+                "status": "ok",
+                "error": None,
+                "error_detail": None,
+                "bundle_name": "synthetic",
+                "bundle_version": f"seed-{seed}",
+                "stages": list(taxonomy.STAGES),
+                "persons": [person_record(k, p) for k, p in enumerate(people)],
+            }
+        )
+    return shards.as_batch(
+        shards.write_rows(
+            rows,
+            output=output,
+            storage_options=storage_options,
+            info={"description": f"fashion-ray synthetic scenes, seed {seed}"},
+        )
+    )
 
 
-def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, height: int = 320,
-                   rows_per_shard: int = 256, storage_options=None) -> dict:
+def make_synthetic(
+    output: str,
+    count: int,
+    *,
+    seed: int = 0,
+    width: int = 320,
+    height: int = 320,
+    rows_per_shard: int = 256,
+    storage_options=None,
+) -> dict:
     """Render `count` scenes in parallel Ray tasks; shards first, manifest.json last."""
     import json
     import math
@@ -302,26 +399,43 @@ def make_synthetic(output: str, count: int, *, seed: int = 0, width: int = 320, 
 
     t0 = time.perf_counter()
     ds = ray.data.range(count, override_num_blocks=max(1, math.ceil(count / rows_per_shard)))
-    ds = ds.map_batches(write_scene_shard, batch_size=rows_per_shard, fn_kwargs={
-        "output": output, "seed": seed, "width": width, "height": height, "storage_options": storage_options})
+    ds = ds.map_batches(
+        write_scene_shard,
+        batch_size=rows_per_shard,
+        fn_kwargs={
+            "output": output,
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "storage_options": storage_options,
+        },
+    )
     shards = sorted((r["shard"].entry() for r in ds.iter_rows()), key=lambda s: s["name"])
     elapsed = time.perf_counter() - t0
     manifest = {
-        "schema_version": SCHEMA_VERSION, "kind": "synthetic", "output": output,
+        "schema_version": SCHEMA_VERSION,
+        "kind": "synthetic",
+        "output": output,
         "config": {"count": count, "seed": seed, "width": width, "height": height, "rows_per_shard": rows_per_shard},
         "bundle": {"name": "synthetic", "version": f"seed-{seed}"},
         "counts": {"inputs": count, "error": 0, **shard_totals(shards)},
-        "errors_by_reason": {}, "elapsed_s": round(elapsed, 3), "images_per_s": round(count / elapsed, 2),
+        "errors_by_reason": {},
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(count / elapsed, 2),
         "shards": shards,
     }
-    storage.write_bytes_atomic(storage.join(output, "manifest.json"), json.dumps(manifest, indent=2).encode(), storage_options)
+    storage.write_bytes_atomic(
+        storage.join(output, "manifest.json"), json.dumps(manifest, indent=2).encode(), storage_options
+    )
     return manifest
 
 
 # --- made-up action tracks (jobs/make_synthetic.py --kind actions) -----------------------------
 
-def side_view_keypoints(hip=(100.0, 200.0), torso_deg=0.0, thigh_deg=0.0, knee_deg=180.0, size=100.0,
-                        hidden=()) -> list[float]:
+
+def side_view_keypoints(
+    hip=(100.0, 200.0), torso_deg=0.0, thigh_deg=0.0, knee_deg=180.0, size=100.0, hidden=()
+) -> list[float]:
     """33 MediaPipe keypoints (flat x, y, visibility) of a side view: the torso tilted torso_deg
     from upright, the thigh thigh_deg from pointing straight down, the shin bent knee_deg at
     the knee (180: straight). size is the torso's length; a whole upright body is ~2.5 sizes."""
@@ -371,8 +485,11 @@ def make_action_examples(count: int, seed: int = 0) -> list[dict]:
             t = float(k)
             x = 400 + direction * speed * height * t - pan * t  # in the frame: the scene slides by -pan
             torso = {"bend/bow (at the waist)": rng.uniform(45, 70)}.get(action, rng.uniform(-5, 5))
-            thigh, knee = (rng.uniform(80, 95), rng.uniform(80, 100)) if action == "sit" else (
-                rng.uniform(-25, 25) if action == "walk" else rng.uniform(-5, 5), rng.uniform(160, 180))
+            thigh, knee = (
+                (rng.uniform(80, 95), rng.uniform(80, 100))
+                if action == "sit"
+                else (rng.uniform(-25, 25) if action == "walk" else rng.uniform(-5, 5), rng.uniform(160, 180))
+            )
             hip = (x + rng.normal(0, 2), 300 + rng.normal(0, 2))
             kp = np.asarray(side_view_keypoints(hip, torso, thigh, knee, size)).reshape(33, 3)
             kp[:, :2] += rng.normal(0, 0.02 * size, (33, 2))
@@ -383,6 +500,9 @@ def make_action_examples(count: int, seed: int = 0) -> list[dict]:
             points.append(kp.ravel().tolist())
             motion.append([0.0, 0.0] if k == 0 else [-pan, 0.0])
         track = Track(times, boxes, points, motion)
-        out.append(example_record(i, f"synthetic-{seed}-{i}", 2.0, [AVA_ACTION_ID[action]], track, 2,
-                                  "val" if i % 5 == 0 else "train"))
+        out.append(
+            example_record(
+                i, f"synthetic-{seed}-{i}", 2.0, [AVA_ACTION_ID[action]], track, 2, "val" if i % 5 == 0 else "train"
+            )
+        )
     return out

@@ -86,8 +86,12 @@ def link_score(track: _Track, box, descriptor, t: float, options: TrackingOption
     return similar + 0.5 * (1 - distance / reach) + 0.5 * iou
 
 
-def assign_tracks(boxes: list[list[list[float]]], times: list[float], descriptors: list[list] | None = None,
-                  options: TrackingOptions = TrackingOptions()) -> list[list[int]]:
+def assign_tracks(
+    boxes: list[list[list[float]]],
+    times: list[float],
+    descriptors: list[list] | None = None,
+    options: TrackingOptions = TrackingOptions(),
+) -> list[list[int]]:
     """Track ids for the person boxes ([x0, y0, x1, y1]) of each frame, frames in time order
     (`times` in seconds); `descriptors`, where given, holds each box's appearance descriptor."""
     from scipy.optimize import linear_sum_assignment
@@ -131,8 +135,11 @@ def camera_positions(frames: list[dict]) -> np.ndarray:
         if frames[i].get("camera_shift"):
             steps[i] = frames[i]["camera_shift"]
             continue
-        near = [j for j in (max((k for k in known if k < i), default=None), min((k for k in known if k > i), default=None))
-                if j is not None]
+        near = [
+            j
+            for j in (max((k for k in known if k < i), default=None), min((k for k in known if k > i), default=None))
+            if j is not None
+        ]
         steps[i] = np.mean([frames[j]["camera_shift"] for j in near], axis=0) if near else 0.0
     return np.cumsum(steps, axis=0)
 
@@ -159,8 +166,9 @@ def person_tracks(frames: list[dict]) -> dict[int, PersonTrack]:
     for track_id, members in seen.items():
         at, persons = [k for k, _ in members], [p for _, p in members]
         moved = np.diff(camera[at], axis=0, prepend=camera[at[:1]])
-        out[track_id] = PersonTrack(at, persons, Track.of_persons([frames[k]["timestamp_s"] for k in at], persons,
-                                                                  moved.tolist()))
+        out[track_id] = PersonTrack(
+            at, persons, Track.of_persons([frames[k]["timestamp_s"] for k in at], persons, moved.tolist())
+        )
     return out
 
 
@@ -174,8 +182,14 @@ def label_track_actions(frames: list[dict], predictor, threshold: float) -> None
             person["actions"] = as_records(frame_scores, threshold)
 
 
-def track_shards(output: str, shards: list[dict], run_id: str, options=None, actions_bundle: str | None = None,
-                 action_threshold: float | None = None) -> dict[str, Shard]:
+def track_shards(
+    output: str,
+    shards: list[dict],
+    run_id: str,
+    options=None,
+    actions_bundle: str | None = None,
+    action_threshold: float | None = None,
+) -> dict[str, Shard]:
     """Give the persons of every video frame in these shards (manifest entries) their track
     ids, and with `actions_bundle` (a bundle ref) their actions from the tracks; rewrite the
     shards. Returns {old shard name: new Shard}.
@@ -184,8 +198,8 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None, act
     """
     predictor = None
     if actions_bundle:
-        from fashion_ray.models import build_stage_predictor, load_bundle
         from fashion_ray.config import Device
+        from fashion_ray.models import build_stage_predictor, load_bundle
 
         bundle = load_bundle(actions_bundle, options)
         # on this task's CPU: the tracking task holds no GPU, and the actions model is small
@@ -201,13 +215,23 @@ def track_shards(output: str, shards: list[dict], run_id: str, options=None, act
                 videos.setdefault(row["uri"], []).append(row)
     for frames in videos.values():
         frames.sort(key=lambda r: r["frame_index"])
-        ids_per_frame = assign_tracks([[p["box"] for p in r["persons"]] for r in frames], [r["timestamp_s"] for r in frames],
-                                      [[p.get("appearance") for p in r["persons"]] for r in frames])
+        ids_per_frame = assign_tracks(
+            [[p["box"] for p in r["persons"]] for r in frames],
+            [r["timestamp_s"] for r in frames],
+            [[p.get("appearance") for p in r["persons"]] for r in frames],
+        )
         for row, ids in zip(frames, ids_per_frame):
             for person, track_id in zip(row["persons"], ids):
                 person["track_id"] = track_id
         if predictor is not None:
             label_track_actions(frames, predictor, action_threshold)
-    return {name: write_rows(rows, output=output, salt=f"{run_id}:tracks", storage_options=options,
-                             info={"description": "fashion-ray labels with person tracks"})
-            for name, rows in rows_by_shard.items()}
+    return {
+        name: write_rows(
+            rows,
+            output=output,
+            salt=f"{run_id}:tracks",
+            storage_options=options,
+            info={"description": "fashion-ray labels with person tracks"},
+        )
+        for name, rows in rows_by_shard.items()
+    }

@@ -48,7 +48,11 @@ class VideoSampling:
             raise VideoConfigError("--video-every-n must be >= 1")
         if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
             raise VideoConfigError("the window needs 0 <= --video-start < --video-end")
-        if (self.max_frames is not None and self.max_frames < 1) or self.frames_per_task < 1 or self.max_frames_per_file < 1:
+        if (
+            (self.max_frames is not None and self.max_frames < 1)
+            or self.frames_per_task < 1
+            or self.max_frames_per_file < 1
+        ):
             raise VideoConfigError("--video-max-frames, --max-frames-per-file and frames_per_task must be >= 1")
         if self.timeout_s <= 0:
             raise VideoConfigError("--file-timeout must be > 0 seconds")
@@ -93,10 +97,15 @@ def probe_image_frames(uri: str, sampling: VideoSampling, max_pixels: int, optio
         else:
             frames = [(i, i, plan.times[i]) for i in select_frames(plan.times, sampling)]
             if not frames:
-                return _error("no_frames_in_window", f"no frame in the window (the animation spans 0-{plan.times[-1]:.3f} s)")
+                return _error(
+                    "no_frames_in_window", f"no frame in the window (the animation spans 0-{plan.times[-1]:.3f} s)"
+                )
             left_out = ""
-        return _capped({"error": None, "detail": "", "width": img.width, "height": img.height, "frames": frames},
-                       sampling.max_frames_per_file, left_out)
+        return _capped(
+            {"error": None, "detail": "", "width": img.width, "height": img.height, "frames": frames},
+            sampling.max_frames_per_file,
+            left_out,
+        )
 
 
 def _capped(plan: dict, limit: int, left_out: str = "") -> dict:
@@ -111,8 +120,14 @@ def _capped(plan: dict, limit: int, left_out: str = "") -> dict:
     return plan | {"frames": frames[:limit], "error": "too_many_frames", "detail": said}
 
 
-def decode_image_frames(uri: str, positions: list[int], options=None, *, max_pixels: int | None = None,
-                        timeout_s: float = VideoSampling.timeout_s):
+def decode_image_frames(
+    uri: str,
+    positions: list[int],
+    options=None,
+    *,
+    max_pixels: int | None = None,
+    timeout_s: float = VideoSampling.timeout_s,
+):
     """Frames of an animation (positions: frame indexes) or pages of a TIFF (positions: IFD
     offsets, probe_image_frames); yields (position, RGB array | None, error, detail) in the
     order given, like decode_segment."""
@@ -138,8 +153,11 @@ def select_frames(times: list[float], sampling: VideoSampling) -> list[int]:
     (a frame is kept once even if several targets fall before the next frame).
     """
     eps = 1e-6
-    window = [i for i, t in enumerate(times)
-              if t >= sampling.start_s - eps and (sampling.end_s is None or t < sampling.end_s - eps)]
+    window = [
+        i
+        for i, t in enumerate(times)
+        if t >= sampling.start_s - eps and (sampling.end_s is None or t < sampling.end_s - eps)
+    ]
     if sampling.every_n:
         picked = window[:: sampling.every_n]
     else:
@@ -180,8 +198,14 @@ def plan_frames(uri: str, sampling: VideoSampling, max_pixels: int, options=None
     return probe_image_frames(uri, sampling, max_pixels, options)
 
 
-def decode_frames(uri: str, pts_wanted: list[int], options=None, *, max_pixels: int | None = None,
-                  timeout_s: float = VideoSampling.timeout_s):
+def decode_frames(
+    uri: str,
+    pts_wanted: list[int],
+    options=None,
+    *,
+    max_pixels: int | None = None,
+    timeout_s: float = VideoSampling.timeout_s,
+):
     """The frames a plan picked, from a video (decode_segment) or a multi-frame image (decode_image_frames)."""
     decode = decode_segment if is_video(uri) else decode_image_frames
     return decode(uri, pts_wanted, options, max_pixels=max_pixels, timeout_s=timeout_s)
@@ -247,13 +271,30 @@ def probe(uri: str, sampling: VideoSampling, options=None, *, max_pixels: int | 
     picked = select_frames(times, sampling)
     if not picked and error is None:
         window = f"[{sampling.start_s}, {sampling.end_s if sampling.end_s is not None else 'end'})"
-        return _error("no_frames_in_window", f"no frame in the window {window} s (the video spans {times[0]:.3f}-{times[-1]:.3f} s)")
-    return _capped({"error": error, "detail": detail, "width": width, "height": height,
-                    "frames": [(i, pts[i], round(times[i], 6)) for i in picked]}, sampling.max_frames_per_file)
+        return _error(
+            "no_frames_in_window",
+            f"no frame in the window {window} s (the video spans {times[0]:.3f}-{times[-1]:.3f} s)",
+        )
+    return _capped(
+        {
+            "error": error,
+            "detail": detail,
+            "width": width,
+            "height": height,
+            "frames": [(i, pts[i], round(times[i], 6)) for i in picked],
+        },
+        sampling.max_frames_per_file,
+    )
 
 
-def decode_segment(uri: str, pts_wanted: list[int], options=None, *, max_pixels: int | None = None,
-                   timeout_s: float = VideoSampling.timeout_s):
+def decode_segment(
+    uri: str,
+    pts_wanted: list[int],
+    options=None,
+    *,
+    max_pixels: int | None = None,
+    timeout_s: float = VideoSampling.timeout_s,
+):
     """Decode the frames with these presentation timestamps; yields (pts, RGB array | None, error, detail).
     A frame over max_pixels (a stream may change size midway) is a "too_large" row; a segment
     that outlasts timeout_s keeps the frames decoded until then."""
@@ -312,7 +353,10 @@ def encode_video(path: str, frames, times_s: list[float], codec: str = "libx264"
         stream.pix_fmt = "yuv420p" if codec != "ffv1" else "yuv444p"
         stream.codec_context.time_base = fractions.Fraction(1, 1000)  # pts in milliseconds
         if codec == "libx264":
-            stream.options = {"g": "8", "bf": "2"}  # keyframes every 8 frames, B-frames: seeks and reordering get exercised
+            stream.options = {
+                "g": "8",
+                "bf": "2",
+            }  # keyframes every 8 frames, B-frames: seeks and reordering get exercised
         for image, t in zip(itertools.chain([first], frames), times_s):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = round(t * 1000)

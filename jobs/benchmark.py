@@ -32,17 +32,32 @@ from fashion_ray.samplers import PeakRSS
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=200, help="corpus size for the throughput comparison")
-    p.add_argument("--memory-sizes", default="100,400", help="two corpus sizes for the peak-memory check ('none': skip it)")
-    p.add_argument("--bundle", default=None, help="bundle with a person stage (default: random-weight fasterrcnn_mobilenet_v3_large_320_fpn)")
+    p.add_argument(
+        "--memory-sizes", default="100,400", help="two corpus sizes for the peak-memory check ('none': skip it)"
+    )
+    p.add_argument(
+        "--bundle",
+        default=None,
+        help="bundle with a person stage (default: random-weight fasterrcnn_mobilenet_v3_large_320_fpn)",
+    )
     p.add_argument("--actors", type=int, default=2, help="person-stage actors in the pipeline")
     p.add_argument("--threads-per-actor", type=int, default=1)
-    p.add_argument("--stages", default="person", help="stages to run, e.g. person,clothing,parts (per-stage images/s "
-                                                       "come from the plain loop)")
+    p.add_argument(
+        "--stages",
+        default="person",
+        help="stages to run, e.g. person,clothing,parts (per-stage images/s come from the plain loop)",
+    )
     p.add_argument("--device", default="cpu", choices=config.DEVICES, help="where the models run (pipeline and loop)")
-    p.add_argument("--corpus", default="smooth", choices=benchmark.CORPORA,
-                   help="smooth: photo-like JPEGs with nobody; people: real person cut-outs on real photos")
+    p.add_argument(
+        "--corpus",
+        default="smooth",
+        choices=benchmark.CORPORA,
+        help="smooth: photo-like JPEGs with nobody; people: real person cut-outs on real photos",
+    )
     p.add_argument("--amp", default="on", help="fp16 autocast on CUDA: on, off, or on,off to compare")
-    p.add_argument("--jpeg-decode", default="tasks", help="tasks, person, or tasks,person to compare (see label_corpus.py)")
+    p.add_argument(
+        "--jpeg-decode", default="tasks", help="tasks, person, or tasks,person to compare (see label_corpus.py)"
+    )
     p.add_argument("--baseline-threads", type=int, default=2, help="torch threads of the plain loop")
     p.add_argument("--work-max-side", type=int, default=640)
     p.add_argument("--rows-per-shard", type=int, default=16)
@@ -54,7 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-workers", default="", help="also benchmark training with these worker counts, e.g. 1,2")
     p.add_argument("--train-steps", type=int, default=80)
     p.add_argument("--train-tasks", default="parts", help="tasks to benchmark: parts, garments or parts,garments")
-    p.add_argument("--train-gpus-per-worker", type=float, default=0.0, help="GPUs per training worker (CUDA, AMP, NCCL)")
+    p.add_argument(
+        "--train-gpus-per-worker", type=float, default=0.0, help="GPUs per training worker (CUDA, AMP, NCCL)"
+    )
     p.add_argument("--train-input-size", type=int, default=0, help="training views' side (0: each task's default)")
     p.add_argument("--train-batch-size", type=int, default=4, help="per worker")
     p.add_argument("--training-only", action="store_true", help="skip the labelling benchmarks")
@@ -78,8 +95,11 @@ def main(args) -> int:
     except config.ConfigError as exc:
         raise SystemExit(f"error: --stages: {exc}") from None
     train_tasks = parse_choices("--train-tasks", args.train_tasks, ("parts", "garments"))
-    variants = [(amp, decode) for amp in parse_choices("--amp", args.amp, ("on", "off"))
-                for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)]
+    variants = [
+        (amp, decode)
+        for amp in parse_choices("--amp", args.amp, ("on", "off"))
+        for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)
+    ]
     work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
     init_ray(None, args.num_cpus)
 
@@ -92,42 +112,77 @@ def main(args) -> int:
     result = {}
     if args.train_workers or args.training_only:
         workers = [int(w) for w in (args.train_workers or "1,2").split(",")]
-        result["training"] = {task: benchmark.training_benchmark(
-            os.path.join(work, "training"), workers, task=task, gpus_per_worker=args.train_gpus_per_worker,
-            steps=args.train_steps, input_size=args.train_input_size, batch_size=args.train_batch_size,
-            torch_threads=args.threads_per_actor) for task in train_tasks}
+        result["training"] = {
+            task: benchmark.training_benchmark(
+                os.path.join(work, "training"),
+                workers,
+                task=task,
+                gpus_per_worker=args.train_gpus_per_worker,
+                steps=args.train_steps,
+                input_size=args.train_input_size,
+                batch_size=args.train_batch_size,
+                torch_threads=args.threads_per_actor,
+            )
+            for task in train_tasks
+        }
     if args.training_only:
         print(json.dumps(result, indent=2))
         return 0
     bundle = args.bundle or benchmark.make_bundle(os.path.join(work, "bundle"), stages)
     if args.video_seconds:
-        result["video"] = benchmark.video_benchmark(work, args.video_seconds, args.video_fps, bundle, args.actors,
-                                                    args.threads_per_actor, args.work_max_side)
+        result["video"] = benchmark.video_benchmark(
+            work, args.video_seconds, args.video_fps, bundle, args.actors, args.threads_per_actor, args.work_max_side
+        )
     if args.video_only:
         print(json.dumps(result, indent=2))
         return 0
     sizes = [] if args.memory_sizes == "none" else [int(v) for v in args.memory_sizes.split(",")]
     paths = benchmark.make_corpus(os.path.join(work, "corpus"), max([args.images, *sizes]), kind=args.corpus)
     first_amp = variants[0][0] == "on"
-    base = benchmark.baseline_loop(paths[: args.images], bundle, args.baseline_threads, args.work_max_side,
-                                   device=args.device, amp=first_amp, stages=stages)
+    base = benchmark.baseline_loop(
+        paths[: args.images],
+        bundle,
+        args.baseline_threads,
+        args.work_max_side,
+        device=args.device,
+        amp=first_amp,
+        stages=stages,
+    )
 
     def pipeline(count: int, name: str, amp: bool, decode: str) -> dict:
-        return benchmark.pipeline_run(folder_of(count), os.path.join(work, name), bundle, args.actors, args.threads_per_actor,
-                                      args.work_max_side, args.rows_per_shard, device=args.device, amp=amp, jpeg_decode=decode,
-                                      stages=stages)
+        return benchmark.pipeline_run(
+            folder_of(count),
+            os.path.join(work, name),
+            bundle,
+            args.actors,
+            args.threads_per_actor,
+            args.work_max_side,
+            args.rows_per_shard,
+            device=args.device,
+            amp=amp,
+            jpeg_decode=decode,
+            stages=stages,
+        )
 
     pipe = pipeline(args.images, "out_main", first_amp, variants[0][1])
     if len(variants) > 1:
-        runs = {f"amp={amp} jpeg_decode={decode}": pipeline(args.images, f"out_{amp}_{decode}", amp == "on", decode)
-                for amp, decode in variants[1:]}
-        result["variants"] = {f"amp={variants[0][0]} jpeg_decode={variants[0][1]}": round_all(pipe), **{
-            name: {**round_all(run), "ratio_to_first": round(run["images_per_s"] / pipe["images_per_s"], 3)}
-            for name, run in runs.items()}}
+        runs = {
+            f"amp={amp} jpeg_decode={decode}": pipeline(args.images, f"out_{amp}_{decode}", amp == "on", decode)
+            for amp, decode in variants[1:]
+        }
+        result["variants"] = {
+            f"amp={variants[0][0]} jpeg_decode={variants[0][1]}": round_all(pipe),
+            **{
+                name: {**round_all(run), "ratio_to_first": round(run["images_per_s"] / pipe["images_per_s"], 3)}
+                for name, run in runs.items()
+            },
+        }
     result |= {
         "images": args.images,
-        "bundle": bundle if args.bundle else "random torchvision (person: fasterrcnn_mobilenet_v3_large_320_fpn, clothing: "
-                                             "maskrcnn_mobilenet_v3_large_fpn at 192, parts: lraspp_mobilenet_v3_large at 128)",
+        "bundle": bundle
+        if args.bundle
+        else "random torchvision (person: fasterrcnn_mobilenet_v3_large_320_fpn, clothing: "
+        "maskrcnn_mobilenet_v3_large_fpn at 192, parts: lraspp_mobilenet_v3_large at 128)",
         "stages": list(stages),
         "corpus": args.corpus,
         "device": args.device,

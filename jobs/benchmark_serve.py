@@ -33,14 +33,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a stage waits to fill a batch")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--num-cpus", type=int, default=None)
-    p.add_argument("--decode-bomb", type=int, default=0, metavar="SIDE",
-                   help="instead: the ingress's peak memory serving SIDE x SIDE palette PNGs (one, then --bomb-requests at once)")
+    p.add_argument(
+        "--decode-bomb",
+        type=int,
+        default=0,
+        metavar="SIDE",
+        help="instead: the ingress's peak memory serving SIDE x SIDE palette PNGs (one, then --bomb-requests at once)",
+    )
     p.add_argument("--bomb-requests", type=int, default=3)
     return p
 
 
 def main(args) -> int:
-    cfg = serve_config({"bundle": args.bundle, "device": args.device, "set": args.set, "batch_wait_ms": args.batch_wait_ms})
+    cfg = serve_config(
+        {"bundle": args.bundle, "device": args.device, "set": args.set, "batch_wait_ms": args.batch_wait_ms}
+    )
     init_ray(None, args.num_cpus)
     if args.decode_bomb:
         print(json.dumps(decode_memory_benchmark(cfg, args.decode_bomb, args.bomb_requests, args.port), indent=2))

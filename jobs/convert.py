@@ -33,8 +33,7 @@ FORMATS = {
     "pascal-part": lambda a, o: converters.convert_pascal_part(a.input, o),
     "seed004": lambda a, o: converters.convert_seed004(a.input, o),
     "penn-fudan": lambda a, o: converters.convert_penn_fudan(a.input, o),
-    "ccp": lambda a, o: converters.convert_ccp(a.input, o, a.split, a.tags, a.framing, a.crops,
-                                                    a.max_tagged),
+    "ccp": lambda a, o: converters.convert_ccp(a.input, o, a.split, a.tags, a.framing, a.crops, a.max_tagged),
     "labels": lambda a, o: converters.convert_labels(a.input, o),
 }
 ACTION_FORMATS = ("penn-fudan-actions", "ava")  # AVA CSV / action examples, not COCO
@@ -45,17 +44,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=sorted((*FORMATS, *ACTION_FORMATS)))
     p.add_argument("--input", required=True, help="dataset root (or Fashionpedia's instances JSON)")
     p.add_argument("--image-root", default=None, help="Fashionpedia only: folder of its images")
-    p.add_argument("--split", default=None, choices=("train", "val"), help="ccp only: keep one split (default: all, each image marked)")
-    p.add_argument("--tags", default=None, help="ccp only: CCP's image-level tag folder (tags.json, photos/), added as "
-                   "tagged training photos for the garment parser's presence head")
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=("train", "val"),
+        help="ccp only: keep one split (default: all, each image marked)",
+    )
+    p.add_argument(
+        "--tags",
+        default=None,
+        help="ccp only: CCP's image-level tag folder (tags.json, photos/), added as "
+        "tagged training photos for the garment parser's presence head",
+    )
     p.add_argument("--max-tagged", type=int, default=None, help="ccp --tags only: keep this many tagged photos")
-    p.add_argument("--framing", default=None, choices=sorted(converters.FRAMING_CUT),
-                   help="ccp only: cut every photo below the person's waist or shoulders (written to --crops)")
+    p.add_argument(
+        "--framing",
+        default=None,
+        choices=sorted(converters.FRAMING_CUT),
+        help="ccp only: cut every photo below the person's waist or shoulders (written to --crops)",
+    )
     p.add_argument("--crops", default=None, help="ccp --framing only: folder the cut photos are written to")
-    p.add_argument("--labels", default=None, help="ava only: the labelling run of AVA's videos whose tracks are matched")
-    p.add_argument("--output", required=True, help="URI of the COCO file to write (.csv / .parquet for the action formats)")
-    p.add_argument("--image-list", default=None,
-                   help="also write the images' URIs here, one per line (an --input manifest for label_corpus.py)")
+    p.add_argument(
+        "--labels", default=None, help="ava only: the labelling run of AVA's videos whose tracks are matched"
+    )
+    p.add_argument(
+        "--output", required=True, help="URI of the COCO file to write (.csv / .parquet for the action formats)"
+    )
+    p.add_argument(
+        "--image-list",
+        default=None,
+        help="also write the images' URIs here, one per line (an --input manifest for label_corpus.py)",
+    )
     p.add_argument("--s3-endpoint-url", default=None)
     return p
 
@@ -66,8 +85,9 @@ def main(args) -> int:
         return 2
     options = storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
     # images are referenced by URI: a relative local path would mean nothing to a worker elsewhere
-    args.input, args.tags, args.crops = (uri if uri is None or "://" in uri else os.path.abspath(uri)
-                                         for uri in (args.input, args.tags, args.crops))
+    args.input, args.tags, args.crops = (
+        uri if uri is None or "://" in uri else os.path.abspath(uri) for uri in (args.input, args.tags, args.crops)
+    )
     if args.format in ACTION_FORMATS:
         return convert_actions(args, options)
     try:
@@ -80,7 +100,9 @@ def main(args) -> int:
         return 2
     converters.write_coco(doc, args.output, options)
     if args.image_list:
-        storage.write_bytes_atomic(args.image_list, "".join(f"{i['file_name']}\n" for i in doc["images"]).encode(), options)
+        storage.write_bytes_atomic(
+            args.image_list, "".join(f"{i['file_name']}\n" for i in doc["images"]).encode(), options
+        )
     print(f"{args.format}: {len(doc['images'])} images, {len(doc['annotations'])} annotations -> {args.output}")
     return 0
 
@@ -88,8 +110,11 @@ def main(args) -> int:
 def convert_actions(args, options) -> int:
     suffix = ".csv" if args.format == "penn-fudan-actions" else ".parquet"
     if not args.output.endswith(suffix) or (args.format == "ava" and not args.labels):
-        print(f"error: --format {args.format} writes a {suffix} file" + (" and needs --labels RUN" if args.format == "ava" else ""),
-              file=sys.stderr)
+        print(
+            f"error: --format {args.format} writes a {suffix} file"
+            + (" and needs --labels RUN" if args.format == "ava" else ""),
+            file=sys.stderr,
+        )
         return 2
     try:
         if args.format == "penn-fudan-actions":

@@ -31,15 +31,27 @@ from fashion_ray.evaluation import pictures
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate labels against ground truth.")
-    p.add_argument("--predictions", required=True, help="labelling run folder, COCO shards folder/file or COCO results list")
+    p.add_argument(
+        "--predictions", required=True, help="labelling run folder, COCO shards folder/file or COCO results list"
+    )
     p.add_argument("--ground-truth", required=True, help="synthetic set / run folder, COCO shards folder or COCO file")
-    p.add_argument("--mode", default="instances", choices=("instances", "semantic", "actions"),
-                   help="instances: COCO AP tables; semantic: per-class IoU of garment masks against per-pixel ground "
-                        "truth; actions: AVA frame-mAP against an AVA CSV")
-    p.add_argument("--threshold", type=float, default=0.5, help="actions: the score at which precision and recall are given")
+    p.add_argument(
+        "--mode",
+        default="instances",
+        choices=("instances", "semantic", "actions"),
+        help="instances: COCO AP tables; semantic: per-class IoU of garment masks against per-pixel ground "
+        "truth; actions: AVA frame-mAP against an AVA CSV",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="actions: the score at which precision and recall are given"
+    )
     p.add_argument("--out", default=None, help="folder for evaluation.json + evaluation.md (default: PREDICTIONS/eval)")
-    p.add_argument("--min-score", type=float, default=0.0,
-                   help="leave out predictions scored below this (to compare score thresholds on one run)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=0.0,
+        help="leave out predictions scored below this (to compare score thresholds on one run)",
+    )
     p.add_argument("--s3-endpoint-url", default=None)
     return p
 
@@ -49,11 +61,13 @@ def main(args) -> int:
     semantic = args.mode == "semantic"
     try:
         if args.mode == "actions":
-            report = evaluation.evaluate_actions_uris(args.ground_truth, args.predictions, options,
-                                                      min_score=args.min_score, threshold=args.threshold)
+            report = evaluation.evaluate_actions_uris(
+                args.ground_truth, args.predictions, options, min_score=args.min_score, threshold=args.threshold
+            )
         else:
             report = (evaluation.evaluate_parse_uris if semantic else evaluation.evaluate_uris)(
-                args.ground_truth, args.predictions, options, min_score=args.min_score)
+                args.ground_truth, args.predictions, options, min_score=args.min_score
+            )
     except (FileNotFoundError, json.JSONDecodeError, storage.StorageError) as exc:
         print(f"error: cannot read {exc}", file=sys.stderr)
         return 2
@@ -61,9 +75,13 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     markdown = {"semantic": evaluation.parse_to_markdown, "actions": evaluation.actions_to_markdown}.get(
-        args.mode, evaluation.to_markdown)(report)
-    out = args.out or (storage.join(args.predictions, "eval") if not args.predictions.endswith(".json")
-                       else os.path.splitext(args.predictions)[0] + "_eval")
+        args.mode, evaluation.to_markdown
+    )(report)
+    out = args.out or (
+        storage.join(args.predictions, "eval")
+        if not args.predictions.endswith(".json")
+        else os.path.splitext(args.predictions)[0] + "_eval"
+    )
     storage.write_bytes_atomic(storage.join(out, "evaluation.json"), json.dumps(report, indent=2).encode(), options)
     storage.write_bytes_atomic(storage.join(out, "evaluation.md"), markdown.encode(), options)
     if args.mode != "instances":

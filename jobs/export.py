@@ -20,7 +20,9 @@ from fashion_ray.formats.export import FORMATS, export_run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--run", required=True, help="labelling run (folder or URI holding manifest.json)")
     p.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--output", default=None, help="folder to write (cvat, labelstudio, yolo)")
@@ -40,8 +42,14 @@ def main(args) -> int:
         return 2
     options = storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
     try:
-        summary = export_run(args.run, args.format, args.name if args.format == "fiftyone" else args.output,
-                             media_dir=args.media_dir, overwrite=args.overwrite, options=options)
+        summary = export_run(
+            args.run,
+            args.format,
+            args.name if args.format == "fiftyone" else args.output,
+            media_dir=args.media_dir,
+            overwrite=args.overwrite,
+            options=options,
+        )
     except InputError as exc:  # the run, the format's needs, the output
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,14 +25,20 @@ from fashion_ray import gpu_check
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--quick", action="store_true", help="small workloads: the steps in a few minutes on a CPU")
     p.add_argument("--output", default="out/gpu-check", help="folder for gpu_check.json and the steps' logs")
     p.add_argument("--install", action="store_true", help="first install onnxruntime-gpu (in place of onnxruntime)")
     p.add_argument("--wheels", default=None, metavar="DIR", help="with --install: install from this wheel folder only")
     p.add_argument("--steps", default="", help=f"run only these steps (comma-separated: {', '.join(gpu_check.STEPS)})")
-    p.add_argument("--probe", action="store_true", help="the environment step alone: print its JSON (exit 1: a CUDA path is missing)")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="the environment step alone: print its JSON (exit 1: a CUDA path is missing)",
+    )
     return p
 
 
@@ -49,12 +55,17 @@ def main(args) -> int:
     if args.wheels and not os.path.isdir(args.wheels):
         print(f"error: --wheels {args.wheels!r} is not a folder", file=sys.stderr)
         return 2
-    report = gpu_check.run_check(args.device, args.quick, args.output, install=args.install, wheels=args.wheels, only=only)
+    report = gpu_check.run_check(
+        args.device, args.quick, args.output, install=args.install, wheels=args.wheels, only=only
+    )
     print(json.dumps(report["summary"], indent=2))
     failed = [name for name, step in report["steps"].items() if not step["ok"]]
-    print(f"{len(report['steps']) - len(failed)} of {len(report['steps'])} steps ran"
-          + (f"; failed: {', '.join(failed)}" if failed else "") + f" (details: {os.path.join(args.output, 'gpu_check.json')})",
-          file=sys.stderr)
+    print(
+        f"{len(report['steps']) - len(failed)} of {len(report['steps'])} steps ran"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+        + f" (details: {os.path.join(args.output, 'gpu_check.json')})",
+        file=sys.stderr,
+    )
     return 0 if report["all_ran"] else 1
 
 

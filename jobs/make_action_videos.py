@@ -20,10 +20,14 @@ from fashion_ray.formats import ava
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", required=True, help="local folder: videos/ and ground_truth.csv")
     p.add_argument("--count", type=int, default=8, help="videos (every other one with a panning camera)")
-    p.add_argument("--people", default=None, help="a Penn-Fudan folder (PennFudanPed) whose pedestrians are the cut-outs")
+    p.add_argument(
+        "--people", default=None, help="a Penn-Fudan folder (PennFudanPed) whose pedestrians are the cut-outs"
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -41,8 +45,10 @@ def main(args) -> int:
     with open(os.path.join(args.out, "ground_truth.csv"), "wb") as fh:
         fh.write(ava.to_csv(lines))
     walks = sum(line[6] == action_videos.WALK for line in lines)
-    print(f"{args.count} videos, {len(lines)} labelled persons at keyframes ({walks} walk, {len(lines) - walks} stand) "
-          f"-> {args.out}/videos, {args.out}/ground_truth.csv")
+    print(
+        f"{args.count} videos, {len(lines)} labelled persons at keyframes ({walks} walk, {len(lines) - walks} stand) "
+        f"-> {args.out}/videos, {args.out}/ground_truth.csv"
+    )
     return 0
 
 

@@ -19,18 +19,27 @@ import argparse
 import sys
 
 from fashion_ray import storage
-from fashion_ray.ray_init import init_ray
 from fashion_ray.formats.ava import write_examples
+from fashion_ray.ray_init import init_ray
 from fashion_ray.synth import make_action_examples, make_synthetic
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Render synthetic fashion scenes with exact ground truth.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--kind", default="scenes", choices=("scenes", "actions"),
-                   help="scenes: images with exact labels; actions: made-up tracks as action examples (Parquet)")
-    p.add_argument("--output", default="out/synth", help="output URI (images/, parquet/, coco/, manifest.json; "
-                   "with --kind actions one .parquet file)")
+    p = argparse.ArgumentParser(
+        description="Render synthetic fashion scenes with exact ground truth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--kind",
+        default="scenes",
+        choices=("scenes", "actions"),
+        help="scenes: images with exact labels; actions: made-up tracks as action examples (Parquet)",
+    )
+    p.add_argument(
+        "--output",
+        default="out/synth",
+        help="output URI (images/, parquet/, coco/, manifest.json; with --kind actions one .parquet file)",
+    )
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=320)
@@ -55,12 +64,20 @@ def main(args) -> int:
         print(f"synthetic action examples: {args.count} tracks -> {args.output}")
         return 0
     init_ray(args.ray_address, args.num_cpus)
-    manifest = make_synthetic(args.output, args.count, seed=args.seed, width=args.width, height=args.height,
-                              rows_per_shard=args.rows_per_shard,
-                              storage_options=options)
+    manifest = make_synthetic(
+        args.output,
+        args.count,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        rows_per_shard=args.rows_per_shard,
+        storage_options=options,
+    )
     c = manifest["counts"]
-    print(f"synthetic set: {c['inputs']} images, {c['persons']} persons, {c['garments']} garments, {c['parts']} part masks; "
-          f"{manifest['images_per_s']:.1f} images/s; {storage.join(args.output, 'manifest.json')}")
+    print(
+        f"synthetic set: {c['inputs']} images, {c['persons']} persons, {c['garments']} garments, {c['parts']} part masks; "
+        f"{manifest['images_per_s']:.1f} images/s; {storage.join(args.output, 'manifest.json')}"
+    )
     return 0
 
 

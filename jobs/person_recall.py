@@ -32,7 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--walkers", type=int, default=0, help="walkers videos to build and label (0: none)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=DEVICES)
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray of the walkers run (default: all)")
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs for the local Ray of the walkers run (default: all)"
+    )
     return p
 
 
@@ -44,12 +46,14 @@ def main(args) -> int:
     result = {"bundle": bundle.label, "seed": args.seed}
     if args.composites > 0:
         predictor = build_stage_predictor(bundle, "person", Device(args.device))
-        result |= person_eval.evaluate_detector(predictor, person_eval.make_composites(args.composites, seed=args.seed),
-                                                person_eval.empty_photos())
+        result |= person_eval.evaluate_detector(
+            predictor, person_eval.make_composites(args.composites, seed=args.seed), person_eval.empty_photos()
+        )
     if args.walkers > 0:
         with tempfile.TemporaryDirectory() as workdir:
-            result["walkers_videos"] = person_eval.evaluate_walkers(args.bundle, args.walkers, args.seed, workdir,
-                                                                    num_cpus=args.num_cpus)
+            result["walkers_videos"] = person_eval.evaluate_walkers(
+                args.bundle, args.walkers, args.seed, workdir, num_cpus=args.num_cpus
+            )
     print(json.dumps(result, indent=2))
     return 0
 

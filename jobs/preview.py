@@ -1,6 +1,6 @@
 """Render overlays of a labelling run's output into PNGs and an HTML page.
 
-    python jobs/preview.py --labels out/labels            # writes out/labels/preview/index.html
+python jobs/preview.py --labels out/labels            # writes out/labels/preview/index.html
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     try:
-        index = write_preview(args.labels, args.out, args.limit, storage.StorageOptions(endpoint_url=args.s3_endpoint_url))
+        index = write_preview(
+            args.labels, args.out, args.limit, storage.StorageOptions(endpoint_url=args.s3_endpoint_url)
+        )
     except FileNotFoundError:
         print(f"error: no manifest.json under {args.labels!r}: run jobs/label_corpus.py first", file=sys.stderr)
         return 2

@@ -22,8 +22,21 @@ import time
 
 import pytest
 from filelock import FileLock
-from helpers import (NO_CUDA_REASON, SAMPLE_CORPUS, SECRET_MARKER, STRAIGHT_TRAINING, RayHead, bad_file_catalogue,
-                     cuda_available, free_port, job_main, run_cli, short_temp_dir, stop_process_group)
+
+from helpers import (
+    NO_CUDA_REASON,
+    SAMPLE_CORPUS,
+    SECRET_MARKER,
+    STRAIGHT_TRAINING,
+    RayHead,
+    bad_file_catalogue,
+    cuda_available,
+    free_port,
+    job_main,
+    run_cli,
+    short_temp_dir,
+    stop_process_group,
+)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -62,13 +75,23 @@ def _made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
 # the modules that take longest, longest first (in one process, docs/development.md): xdist
 # hands modules to workers in collection order (--no-loadscope-reorder), and one of these
 # started last would leave the other workers idle while it runs
-LONGEST_FIRST = ("test_cluster", "test_gpu_check", "test_training", "test_serving", "test_incremental", "test_readme",
-                 "test_export", "test_hostile_files", "test_pipeline")
+LONGEST_FIRST = (
+    "test_cluster",
+    "test_gpu_check",
+    "test_training",
+    "test_serving",
+    "test_incremental",
+    "test_readme",
+    "test_export",
+    "test_hostile_files",
+    "test_pipeline",
+)
 
 
 def pytest_collection_modifyitems(config, items):
     """The longest modules first; the CUDA paths (nvJPEG, GPU actor pools, AMP, NCCL) run where
     a GPU is and say why they skip elsewhere (their CPU twins run everywhere)."""
+
     def rank(item) -> int:
         module = item.module.__name__.rsplit(".", 1)[-1]
         return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
@@ -99,9 +122,16 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=endpoint)
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
     yield endpoint
     server.stop()
     for k, v in saved.items():
@@ -123,16 +153,34 @@ def plumbing_bundle(tmp_path_factory):
     torch.manual_seed(0)
     specs = {
         # score threshold 0 so that random weights still yield a few persons/garments to carry
-        "person": StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 160, 0.0, 0.5,
-                             options={"box_detections_per_img": 2}),
-        "clothing": StageModel("maskrcnn_mobilenet_v3_large_fpn", taxonomy.DEEPFASHION2, 128, 0.0, 0.5,
-                               options={"box_detections_per_img": 2}),
+        "person": StageModel(
+            "fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 160, 0.0, 0.5, options={"box_detections_per_img": 2}
+        ),
+        "clothing": StageModel(
+            "maskrcnn_mobilenet_v3_large_fpn",
+            taxonomy.DEEPFASHION2,
+            128,
+            0.0,
+            0.5,
+            options={"box_detections_per_img": 2},
+        ),
         "parts": StageModel("lraspp_mobilenet_v3_large", taxonomy.PARTS, 96),
     }
     path = str(tmp_path_factory.mktemp("bundle") / "plumbing-v1")
-    save_bundle(path, "plumbing", "1.2.3", {
-        name: (spec, build_model(spec.architecture, num_classes=len(spec.classes) + 1, input_size=spec.input_size).state_dict())
-        for name, spec in specs.items()})
+    save_bundle(
+        path,
+        "plumbing",
+        "1.2.3",
+        {
+            name: (
+                spec,
+                build_model(
+                    spec.architecture, num_classes=len(spec.classes) + 1, input_size=spec.input_size
+                ).state_dict(),
+            )
+            for name, spec in specs.items()
+        },
+    )
     return path
 
 
@@ -140,20 +188,36 @@ def plumbing_bundle(tmp_path_factory):
 def default_run(tmp_path_factory):
     """The labelling job run as a user runs it: CLI, default (bootstrap) bundle, on the real
     sample photos plus the bad-file catalogue. Returns (corpus folder, output folder, process)."""
+
     def make(base):
         corpus = base / "corpus"
         shutil.copytree(SAMPLE_CORPUS, corpus)
         for name, (data, _) in bad_file_catalogue().items():
             (corpus / name).write_bytes(data)
         # credentials in the environment, as on a real machine: none of it may reach outputs or logs
-        proc = run_cli("--input", str(corpus), "--output", str(base / "labels"), "--num-cpus", "2", "--rows-per-shard", "6",
-                       env={"AWS_ACCESS_KEY_ID": "AKIAFASHIONRAYTEST", "AWS_SECRET_ACCESS_KEY": SECRET_MARKER})
+        proc = run_cli(
+            "--input",
+            str(corpus),
+            "--output",
+            str(base / "labels"),
+            "--num-cpus",
+            "2",
+            "--rows-per-shard",
+            "6",
+            env={"AWS_ACCESS_KEY_ID": "AKIAFASHIONRAYTEST", "AWS_SECRET_ACCESS_KEY": SECRET_MARKER},
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        (base / "process.json").write_text(json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}))
+        (base / "process.json").write_text(
+            json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr})
+        )
 
     base = _made_once(tmp_path_factory, "default_run", make)
     printed = json.loads((base / "process.json").read_text())
-    return base / "corpus", base / "labels", subprocess.CompletedProcess(printed["args"], 0, printed["stdout"], printed["stderr"])
+    return (
+        base / "corpus",
+        base / "labels",
+        subprocess.CompletedProcess(printed["args"], 0, printed["stdout"], printed["stderr"]),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -167,15 +231,34 @@ def ray_head():
     # a free agent port too: the default (52365) belongs to the tests' own local Ray
     port, dashboard, agent = free_port(), free_port(), free_port()
     log = open(temp / "head.log", "w")
-    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
-                             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--temp-dir={temp}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     # ready when the job agent accepts a trivial job
-    while subprocess.run([ray_cli, "job", "submit", "--address", address, "--", "true"], capture_output=True,
-                         env=env).returncode != 0:
+    while (
+        subprocess.run(
+            [ray_cli, "job", "submit", "--address", address, "--", "true"], capture_output=True, env=env
+        ).returncode
+        != 0
+    ):
         assert head.poll() is None and time.time() < deadline, (temp / "head.log").read_text()[-3000:]
         time.sleep(1)
     yield RayHead(ray_cli, address, f"127.0.0.1:{port}", env)
@@ -187,9 +270,15 @@ def ray_head():
 def synth_coco(ray_session, tmp_path_factory):
     """200 synthetic scenes converted to the canonical COCO training file (the jobs' own
     main(), on the tests' Ray); returns its path."""
+
     def make(base):
         assert job_main("make_synthetic", "--output", str(base / "synth"), "--count", "200") == 0
-        assert job_main("convert", "--format", "labels", "--input", str(base / "synth"), "--output", str(base / "coco.json")) == 0
+        assert (
+            job_main(
+                "convert", "--format", "labels", "--input", str(base / "synth"), "--output", str(base / "coco.json")
+            )
+            == 0
+        )
 
     return str(_made_once(tmp_path_factory, "train-data", make) / "coco.json")
 
@@ -197,8 +286,24 @@ def synth_coco(ray_session, tmp_path_factory):
 @pytest.fixture(scope="session")
 def straight_training_run(synth_coco, tmp_path_factory):
     """STRAIGHT_TRAINING run once, uninterrupted, on the tests' Ray; returns its run folder."""
+
     def make(base):
-        assert job_main("train", *STRAIGHT_TRAINING, "--data", synth_coco, "--cpus-per-worker", "0.5", "--output",
-                        str(base / "bundle"), "--storage", str(base / "runs"), "--name", "straight") == 0
+        assert (
+            job_main(
+                "train",
+                *STRAIGHT_TRAINING,
+                "--data",
+                synth_coco,
+                "--cpus-per-worker",
+                "0.5",
+                "--output",
+                str(base / "bundle"),
+                "--storage",
+                str(base / "runs"),
+                "--name",
+                "straight",
+            )
+            == 0
+        )
 
     return _made_once(tmp_path_factory, "straight", make) / "runs" / "straight"

@@ -42,8 +42,12 @@ def _png_16bit(width: int, height: int) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _bomb_png(width: int, height: int) -> bytes:
@@ -53,10 +57,19 @@ def _bomb_png(width: int, height: int) -> bytes:
     data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
 
     def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
 
 
 def encode_image(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -91,7 +104,7 @@ def scanless_jpeg() -> bytes:
     """A JPEG whose header and end marker are intact but which has no image data: it passes
     media.jpeg_for_device's header check and fails in the decoder itself."""
     data = encode_image(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")
-    return data[:data.index(b"\xff\xda")] + b"\xff\xd9"
+    return data[: data.index(b"\xff\xda")] + b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -138,8 +151,22 @@ def shut_down(cluster) -> None:
 
 # the parts run that resume tests compare with: killed and resumed, on any nodes, a run must
 # end with these weights
-STRAIGHT_TRAINING = ["--task", "parts", "--workers", "2", "--steps", "16", "--batch-size", "2", "--input-size", "48",
-                     "--checkpoint-every", "4", "--base-bundle", ""]
+STRAIGHT_TRAINING = [
+    "--task",
+    "parts",
+    "--workers",
+    "2",
+    "--steps",
+    "16",
+    "--batch-size",
+    "2",
+    "--input-size",
+    "48",
+    "--checkpoint-every",
+    "4",
+    "--base-bundle",
+    "",
+]
 
 
 def registered_checkpoints(run_dir) -> list:
@@ -179,8 +206,14 @@ def job_main(name: str, *args: str) -> int:
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def read_rows(out) -> list[dict]:
@@ -221,9 +254,14 @@ class FaultyS3Proxy:
                     fault = proxy.every and len(proxy.requests) % proxy.every == 0
                     proxy.faults += bool(fault)
                 if fault:
-                    payload = b"" if self.command == "HEAD" else (
-                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-                        b"<Message>Please reduce your request rate.</Message></Error>")
+                    payload = (
+                        b""
+                        if self.command == "HEAD"
+                        else (
+                            b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                            b"<Message>Please reduce your request rate.</Message></Error>"
+                        )
+                    )
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
@@ -258,7 +296,9 @@ class FaultyS3Proxy:
 def jpeg_bytes(seed: int, size=(64, 48)) -> bytes:
     """A small distinct JPEG per seed."""
     rng = np.random.default_rng(seed)
-    return encode_image(Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)), "JPEG", quality=80)
+    return encode_image(
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)), "JPEG", quality=80
+    )
 
 
 def moving_photo_video(path, photo: str, size, canvas, step: int, count: int, interval_s: float) -> None:
@@ -291,9 +331,13 @@ def bad_video_catalogue(folder) -> dict[str, tuple[str, int]]:
     (folder / "ffv1.avi").unlink()
     (folder / "unknown_codec.avi").write_bytes(avi.replace(b"FFV1", b"ZZZZ"))  # a FourCC no decoder knows
     video.encode_video(str(folder / "starts_late.mkv"), noise[:4], [12, 12.5, 13, 13.5])  # outside a 0-10 s window
-    return {"cut_off.mkv": ("truncated", 3), "zero_bytes.mp4": ("undecodable", 0), "text_named.mp4": ("undecodable", 0),
-            "unknown_codec.avi": ("unsupported", 0), "starts_late.mkv": ("no_frames_in_window", 0)}
-
+    return {
+        "cut_off.mkv": ("truncated", 3),
+        "zero_bytes.mp4": ("undecodable", 0),
+        "text_named.mp4": ("undecodable", 0),
+        "unknown_codec.avi": ("unsupported", 0),
+        "starts_late.mkv": ("no_frames_in_window", 0),
+    }
 
 
 DOC_FILES = ["README.md", *sorted(f"docs/{n}" for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md"))]

@@ -22,18 +22,22 @@ import struct
 import time
 
 import numpy as np
-from helpers import encode_image, read_rows, run_cli
 from PIL import Image
 
 from fashion_ray.serving.benchmark import palette_png
+from helpers import encode_image, read_rows, run_cli
 
 
 def _video(path: str, times: list[float], size=(64, 48), codec="libx264", flat=False) -> bytes:
     from fashion_ray import video
 
     rng = np.random.default_rng(len(times))
-    frames = [np.full((size[1], size[0], 3), 90, np.uint8) if flat else rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-              for _ in times]
+    frames = [
+        np.full((size[1], size[0], 3), 90, np.uint8)
+        if flat
+        else rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        for _ in times
+    ]
     video.encode_video(path, frames, times, codec=codec)
     with open(path, "rb") as f:
         data = f.read()
@@ -65,11 +69,21 @@ def _many_pages_tiff(pages: int) -> bytes:
     out = bytearray(b"II*\x00" + struct.pack("<I", first) + b"\x80\x00")
     for k in range(pages):
         next_ifd = first + (k + 1) * 102 if k + 1 < pages else 0
-        tags = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-                (273, 4, pixel_at), (278, 3, 1), (279, 4, 1)]  # size, 8-bit, uncompressed, grey, one strip
+        tags = [
+            (256, 3, 1),
+            (257, 3, 1),
+            (258, 3, 8),
+            (259, 3, 1),
+            (262, 3, 1),
+            (273, 4, pixel_at),
+            (278, 3, 1),
+            (279, 4, 1),
+        ]  # size, 8-bit, uncompressed, grey, one strip
         out += struct.pack("<H", len(tags))
         for tag, kind, value in tags:
-            out += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+            out += struct.pack("<HHI", tag, kind, 1) + (
+                struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+            )
         out += struct.pack("<I", next_ifd)
     return bytes(out)
 
@@ -77,8 +91,14 @@ def _many_pages_tiff(pages: int) -> bytes:
 def _many_frames(fmt: str, frames: int) -> bytes:
     """An animation of `frames` 2x2 frames (10 ms each, colours alternating so none merge)."""
     images = [Image.new("RGB", (2, 2), (255 * (k % 2), 0, 0)) for k in range(frames)]
-    return encode_image(images[0], fmt, save_all=True, append_images=images[1:], duration=10, **(
-        {"lossless": True} if fmt == "WEBP" else {}))
+    return encode_image(
+        images[0],
+        fmt,
+        save_all=True,
+        append_images=images[1:],
+        duration=10,
+        **({"lossless": True} if fmt == "WEBP" else {}),
+    )
 
 
 def seeds(tmp: str) -> dict[str, bytes]:
@@ -102,7 +122,9 @@ def named_cases(tmp: str) -> dict[str, bytes]:
     """The review's files and more of the same kind, by name."""
     return {
         "far_last_frame.mkv": _video(os.path.join(tmp, "far.mkv"), [0.0, 0.5, 1e13]),
-        "thousands_of_frames.mkv": _video(os.path.join(tmp, "many.mkv"), [k * 0.001 for k in range(3000)], size=(16, 16)),
+        "thousands_of_frames.mkv": _video(
+            os.path.join(tmp, "many.mkv"), [k * 0.001 for k in range(3000)], size=(16, 16)
+        ),
         "tiny_frames_big_canvas.gif": _tiny_frames_gif(2000, 3000),
         "huge_second_page.tif": _huge_later_page_tiff(12000),
         "huge_frames.mkv": _video(os.path.join(tmp, "huge.mkv"), [0.0, 1.0], size=(8192, 8192), flat=True),
@@ -120,9 +142,15 @@ def large_cases(tmp: str) -> dict[str, bytes]:
         "frames_20k.gif": _tiny_frames_gif(20_000, 64),
         "frames_20k.webp": _many_frames("WEBP", 20_000),
         "frames_20k_apng.png": _many_frames("PNG", 20_000),
-        "video_10min_64x48.mkv": _video(os.path.join(tmp, "v1.mkv"), [k / 30 for k in range(18_000)], size=(64, 48), flat=True),
-        "video_1h_16x16.mkv": _video(os.path.join(tmp, "v2.mkv"), [k / 30 for k in range(108_000)], size=(16, 16), flat=True),
-        "video_20min_320x240.mp4": _video(os.path.join(tmp, "v3.mp4"), [k / 10 for k in range(12_000)], size=(320, 240), flat=True),
+        "video_10min_64x48.mkv": _video(
+            os.path.join(tmp, "v1.mkv"), [k / 30 for k in range(18_000)], size=(64, 48), flat=True
+        ),
+        "video_1h_16x16.mkv": _video(
+            os.path.join(tmp, "v2.mkv"), [k / 30 for k in range(108_000)], size=(16, 16), flat=True
+        ),
+        "video_20min_320x240.mp4": _video(
+            os.path.join(tmp, "v3.mp4"), [k / 10 for k in range(12_000)], size=(320, 240), flat=True
+        ),
     }
 
 
@@ -158,7 +186,11 @@ def build(folder: str, cases: int, good: int = 4, large: bool = False) -> dict:
     for name, data in written.items():
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
-    return {"files": sorted(written), "good": good_names, "named": sorted(set(written) - {n for n in written if n.startswith(("fuzz_", "good_", "."))})}
+    return {
+        "files": sorted(written),
+        "good": good_names,
+        "named": sorted(set(written) - {n for n in written if n.startswith(("fuzz_", "good_", "."))}),
+    }
 
 
 def run_job(folder: str, output: str, timeout_s: float, extra: list[str] = ()) -> dict:
@@ -168,9 +200,16 @@ def run_job(folder: str, output: str, timeout_s: float, extra: list[str] = ()) -
 
     start = time.perf_counter()
     with PeakRSS() as memory:
-        proc = run_cli("--input", folder, "--output", output, *extra, env={"RAY_AUTH_MODE": "disabled"}, timeout=timeout_s)
-    return {"exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
-            "peak_rss_gb": round(memory.peak / 2**30, 2), "stderr_tail": proc.stderr[-2000:], "stdout_tail": proc.stdout[-2000:]}
+        proc = run_cli(
+            "--input", folder, "--output", output, *extra, env={"RAY_AUTH_MODE": "disabled"}, timeout=timeout_s
+        )
+    return {
+        "exit_code": proc.returncode,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_gb": round(memory.peak / 2**30, 2),
+        "stderr_tail": proc.stderr[-2000:],
+        "stdout_tail": proc.stdout[-2000:],
+    }
 
 
 def check(output: str, built: dict) -> dict:
@@ -194,20 +233,31 @@ def check(output: str, built: dict) -> dict:
         for row in by_file.get(name, []):
             counts[row["error"] or "ok"] = counts.get(row["error"] or "ok", 0) + 1
         rows_of_named[name] = dict(sorted(counts.items()))
-    return {"files": len(built["files"]), "rows": len(rows), "files_without_row": missing[:20],
-            "files_without_row_count": len(missing), "good_photos_labelled": good_ok,
-            "skipped": manifest["last_run"].get("skipped", {}), "errors_by_reason": dict(sorted(reasons.items())),
-            "rows_of_named_files": rows_of_named}
+    return {
+        "files": len(built["files"]),
+        "rows": len(rows),
+        "files_without_row": missing[:20],
+        "files_without_row_count": len(missing),
+        "good_photos_labelled": good_ok,
+        "skipped": manifest["last_run"].get("skipped", {}),
+        "errors_by_reason": dict(sorted(reasons.items())),
+        "rows_of_named_files": rows_of_named,
+    }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="a scratch folder: files go to OUT/files, labels to OUT/labels")
     p.add_argument("--cases", type=int, default=300, help="byte-flip fuzz cases per format")
     p.add_argument("--timeout", type=float, default=3600, help="the bound on the run, in seconds")
     p.add_argument("--build-only", action="store_true")
-    p.add_argument("--large", action="store_true",
-                   help="add 250,000 TIFF pages, 20,000-frame GIF/WebP/APNG and long videos (10 min to 1 h)")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="add 250,000 TIFF pages, 20,000-frame GIF/WebP/APNG and long videos (10 min to 1 h)",
+    )
     p.add_argument("job_args", nargs="*", help="extra labelling job flags after --, e.g. -- --bundle /path/to/bundle")
     return p
 

@@ -9,12 +9,12 @@ import math
 
 import numpy as np
 import pytest
-from helpers import job_main
 
 from fashion_ray import actions, synth, taxonomy
-from fashion_ray.formats import ava
 from fashion_ray.actions import BEND, CARRY, CROUCH, LIE, RUN, SIT, STAND, WALK
 from fashion_ray.evaluation import ava_frame_map, average_precision
+from fashion_ray.formats import ava
+from helpers import job_main
 
 
 def skeleton(**kwargs) -> list[float]:
@@ -67,7 +67,9 @@ def test_motion_makes_walkers_and_runners():
 
 def test_sitting_people_do_not_walk_and_carry_comes_from_a_linked_bag():
     times = [0.0, 1.0, 2.0]
-    boxes = [(100 + 250 * t, 50, 180 + 250 * t, 300) for t in times]  # a moving box, a seated pose (a wheelchair, a tram)
+    boxes = [
+        (100 + 250 * t, 50, 180 + 250 * t, 300) for t in times
+    ]  # a moving box, a seated pose (a wheelchair, a tram)
     sitting = [skeleton(hip=(140 + 250 * t, 200), thigh_deg=90, knee_deg=90) for t in times]
     frames = actions.track_actions(actions.Track(times, boxes, sitting, carrying=[0.0, 0.8, 0.8]))
     assert all(best(f) == SIT and f.get(WALK, 0) == 0 for f in frames)
@@ -75,10 +77,15 @@ def test_sitting_people_do_not_walk_and_carry_comes_from_a_linked_bag():
     # a bag counts as carried when a visible wrist reaches it
     points = np.asarray(skeleton()).reshape(33, 3)
     points[actions.WRISTS[0]] = (100, 210, 0.9)
-    person = {"box": [60.0, 40.0, 140.0, 360.0], "keypoints": points.ravel().tolist(), "garments": [
-        {"category": "bag", "score": 0.7, "box": [105.0, 200.0, 140.0, 250.0]},   # 5 px from the hand: reached
-        {"category": "backpack", "score": 0.9, "box": [90.0, 200.0, 140.0, 250.0]},  # worn, not held
-        {"category": "umbrella", "score": 0.95, "box": [0.0, 0.0, 40.0, 30.0]}]}  # far from the hand
+    person = {
+        "box": [60.0, 40.0, 140.0, 360.0],
+        "keypoints": points.ravel().tolist(),
+        "garments": [
+            {"category": "bag", "score": 0.7, "box": [105.0, 200.0, 140.0, 250.0]},  # 5 px from the hand: reached
+            {"category": "backpack", "score": 0.9, "box": [90.0, 200.0, 140.0, 250.0]},  # worn, not held
+            {"category": "umbrella", "score": 0.95, "box": [0.0, 0.0, 40.0, 30.0]},
+        ],
+    }  # far from the hand
     assert actions.carrying_score(person) == 0.7
     points[actions.WRISTS[0], 2] = 0.1  # the hand not seen: nothing is said
     assert actions.carrying_score(dict(person, keypoints=points.ravel().tolist())) == 0.0
@@ -95,14 +102,20 @@ def test_average_precision_by_hand():
 
 
 def test_frame_map_by_hand():
-    gt = [("v1", 902, 0.1, 0.1, 0.4, 0.9, STAND), ("v1", 902, 0.6, 0.1, 0.9, 0.9, STAND),
-          ("v1", 903, 0.1, 0.1, 0.4, 0.9, WALK), ("v1", 902, 0.6, 0.1, 0.9, 0.9, CARRY)]
-    dt = [("v1", 902, 0.1, 0.12, 0.4, 0.9, STAND, 0.9),   # hit (IoU 0.93)
-          ("v1", 902, 0.1, 0.1, 0.4, 0.9, STAND, 0.8),    # the same person again: its box is taken, a miss
-          ("v1", 902, 0.6, 0.1, 0.9, 0.9, STAND, 0.7),    # hit
-          ("v1", 904, 0.1, 0.1, 0.4, 0.9, WALK, 0.95),    # another keyframe: a miss
-          ("v1", 903, 0.1, 0.1, 0.4, 0.9, WALK, 0.6),     # hit
-          ("v1", 902, 0.6, 0.1, 0.78, 0.9, CARRY, 0.9)]   # IoU 0.6: a hit
+    gt = [
+        ("v1", 902, 0.1, 0.1, 0.4, 0.9, STAND),
+        ("v1", 902, 0.6, 0.1, 0.9, 0.9, STAND),
+        ("v1", 903, 0.1, 0.1, 0.4, 0.9, WALK),
+        ("v1", 902, 0.6, 0.1, 0.9, 0.9, CARRY),
+    ]
+    dt = [
+        ("v1", 902, 0.1, 0.12, 0.4, 0.9, STAND, 0.9),  # hit (IoU 0.93)
+        ("v1", 902, 0.1, 0.1, 0.4, 0.9, STAND, 0.8),  # the same person again: its box is taken, a miss
+        ("v1", 902, 0.6, 0.1, 0.9, 0.9, STAND, 0.7),  # hit
+        ("v1", 904, 0.1, 0.1, 0.4, 0.9, WALK, 0.95),  # another keyframe: a miss
+        ("v1", 903, 0.1, 0.1, 0.4, 0.9, WALK, 0.6),  # hit
+        ("v1", 902, 0.6, 0.1, 0.78, 0.9, CARRY, 0.9),
+    ]  # IoU 0.6: a hit
     report = ava_frame_map(gt, dt)
     assert report["per_class_AP"][STAND] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert report["per_class_AP"][WALK] == pytest.approx(0.5)  # P = 0, 1/2 at R = 0, 1
@@ -113,18 +126,38 @@ def test_frame_map_by_hand():
 
 
 def test_ava_csv_lines_are_avas_detection_format_and_parse_back():
-    row = {"uri": "s3://b/clips/shop_cam.mp4", "frame_index": 30, "timestamp_s": 2.0, "status": "ok", "width": 200,
-           "height": 100, "persons": [
-               {"track_id": 3, "box": [20.0, 10.0, 120.0, 90.0],
-                "actions": [{"action_id": WALK, "action": "walk", "score": 0.91}, {"action_id": CARRY, "action": "carry/hold (an object)", "score": 0.5}]},
-               {"track_id": 4, "box": [0.0, 0.0, 10.0, 10.0], "actions": []}]}  # a person with no action: no line
+    row = {
+        "uri": "s3://b/clips/shop_cam.mp4",
+        "frame_index": 30,
+        "timestamp_s": 2.0,
+        "status": "ok",
+        "width": 200,
+        "height": 100,
+        "persons": [
+            {
+                "track_id": 3,
+                "box": [20.0, 10.0, 120.0, 90.0],
+                "actions": [
+                    {"action_id": WALK, "action": "walk", "score": 0.91},
+                    {"action_id": CARRY, "action": "carry/hold (an object)", "score": 0.5},
+                ],
+            },
+            {"track_id": 4, "box": [0.0, 0.0, 10.0, 10.0], "actions": []},
+        ],
+    }  # a person with no action: no line
     photo = dict(row, frame_index=None, timestamp_s=None)  # photos are not AVA lines (Parquet has their actions)
     text = ava.to_csv(ava.ava_rows([row, photo, dict(row, timestamp_s=2.5)])).decode()
-    assert text.splitlines()[:2] == ["shop_cam,2,0.1000,0.1000,0.6000,0.9000,14,0.9100",
-                                     "shop_cam,2,0.1000,0.1000,0.6000,0.9000,17,0.5000"]
+    assert text.splitlines()[:2] == [
+        "shop_cam,2,0.1000,0.1000,0.6000,0.9000,14,0.9100",
+        "shop_cam,2,0.1000,0.1000,0.6000,0.9000,17,0.5000",
+    ]
     lines = ava.read_csv(text)
     assert [(x.video_id, x.timestamp, x.action_id, x.value) for x in lines] == [
-        ("shop_cam", 2.0, WALK, 0.91), ("shop_cam", 2.0, CARRY, 0.5), ("shop_cam", 2.5, WALK, 0.91), ("shop_cam", 2.5, CARRY, 0.5)]
+        ("shop_cam", 2.0, WALK, 0.91),
+        ("shop_cam", 2.0, CARRY, 0.5),
+        ("shop_cam", 2.5, WALK, 0.91),
+        ("shop_cam", 2.5, CARRY, 0.5),
+    ]
     assert lines[0].box == (0.1, 0.1, 0.6, 0.9)
     # AVA's ground truth: the person id in the last column; a line without an action is a box only
     truth = ava.read_csv("-5KQ66BBWC4,0902,0.077,0.151,0.283,0.811,80,1\n-5KQ66BBWC4,0902,0.1,0.1,0.2,0.2,,2\n")
@@ -134,19 +167,39 @@ def test_ava_csv_lines_are_avas_detection_format_and_parse_back():
 
 
 def _frame(t: float, persons: list[tuple[int, list[float]]], shift=None) -> dict:
-    return {"uri": "/videos/clip.mp4", "status": "ok", "frame_index": int(t * 30), "timestamp_s": t, "width": 100,
-            "height": 100, "camera_shift": shift, "persons": [
-                {"track_id": tid, "box": box, "keypoints": skeleton(hip=((box[0] + box[2]) / 2, box[1] + 40)), "garments": []}
-                for tid, box in persons]}
+    return {
+        "uri": "/videos/clip.mp4",
+        "status": "ok",
+        "frame_index": int(t * 30),
+        "timestamp_s": t,
+        "width": 100,
+        "height": 100,
+        "camera_shift": shift,
+        "persons": [
+            {
+                "track_id": tid,
+                "box": box,
+                "keypoints": skeleton(hip=((box[0] + box[2]) / 2, box[1] + 40)),
+                "garments": [],
+            }
+            for tid, box in persons
+        ],
+    }
 
 
 def test_ava_labels_become_examples_of_the_matching_track():
     # two tracks over 6 frames; AVA labels person 7 (walk + carry) at 902 s and a person nobody
     # detected at 903 s; the frame nearest 902 is 902.002 (a 29.97 fps video)
-    frames = [_frame(900.002 + k, [(1, [10 + 5 * k, 10, 30 + 5 * k, 90]), (2, [60, 10, 80, 90])], shift=[1.0, 0.0])
-              for k in range(6)]
-    truth = [ava.AvaLine("clip", 902.0, (0.2, 0.1, 0.4, 0.9), WALK, 7), ava.AvaLine("clip", 902.0, (0.2, 0.1, 0.4, 0.9), CARRY, 7),
-             ava.AvaLine("clip", 903.0, (0.0, 0.0, 0.05, 0.05), STAND, 8), ava.AvaLine("clip", 950.0, (0.2, 0.1, 0.4, 0.9), SIT, 9)]
+    frames = [
+        _frame(900.002 + k, [(1, [10 + 5 * k, 10, 30 + 5 * k, 90]), (2, [60, 10, 80, 90])], shift=[1.0, 0.0])
+        for k in range(6)
+    ]
+    truth = [
+        ava.AvaLine("clip", 902.0, (0.2, 0.1, 0.4, 0.9), WALK, 7),
+        ava.AvaLine("clip", 902.0, (0.2, 0.1, 0.4, 0.9), CARRY, 7),
+        ava.AvaLine("clip", 903.0, (0.0, 0.0, 0.05, 0.05), STAND, 8),
+        ava.AvaLine("clip", 950.0, (0.2, 0.1, 0.4, 0.9), SIT, 9),
+    ]
     examples, stats = ava.examples_from_run(truth, frames)
     assert stats == {"labelled_persons": 3, "matched": 1, "no_frame": 1, "no_person": 1}
     (example,) = examples
@@ -166,16 +219,37 @@ def test_evaluate_actions_job_by_hand(tmp_path, capsys):
     gt.write_text("p1,0,0.1,0.1,0.5,0.9,14,1\np2,0,0.5,0.1,0.9,0.9,12,1\n")
     dt = tmp_path / "dt.csv"
     dt.write_text("p1,0,0.1,0.1,0.5,0.88,14,0.8\np1,0,0.1,0.1,0.5,0.88,12,0.3\np2,0,0.5,0.1,0.9,0.9,14,0.6\n")
-    assert job_main("evaluate", "--mode", "actions", "--predictions", str(dt), "--ground-truth", str(gt),
-                    "--out", str(tmp_path / "eval")) == 0
+    assert (
+        job_main(
+            "evaluate",
+            "--mode",
+            "actions",
+            "--predictions",
+            str(dt),
+            "--ground-truth",
+            str(gt),
+            "--out",
+            str(tmp_path / "eval"),
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     # walk: 0.8 hit, 0.6 miss -> AP 1; stand: 0.3 on the wrong person -> AP 0; precision at 0.5: walk 1/2
     assert report["per_class"]["walk"]["ap"] == 1.0 and report["per_class"]["stand"]["ap"] == 0.0
     assert report["frame_mAP"] == 0.5
     assert (report["per_class"]["walk"]["precision"], report["per_class"]["walk"]["recall"]) == (0.5, 1.0)
-    assert report["single_label"] == {"matched_persons": 2, "accuracy": 0.5, "confusion": {"stand -> walk": 1, "walk -> walk": 1}}
+    assert report["single_label"] == {
+        "matched_persons": 2,
+        "accuracy": 0.5,
+        "confusion": {"stand -> walk": 1, "walk -> walk": 1},
+    }
     assert "frame-mAP at IoU 0.5: **0.500**" in capsys.readouterr().out
-    assert job_main("evaluate", "--mode", "actions", "--predictions", str(dt), "--ground-truth", str(tmp_path / "missing.csv")) == 2
+    assert (
+        job_main(
+            "evaluate", "--mode", "actions", "--predictions", str(dt), "--ground-truth", str(tmp_path / "missing.csv")
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
 
@@ -187,15 +261,42 @@ def test_action_head_learns_on_ray_train_and_replaces_the_rules(ray_session, tmp
     data = tmp_path / "examples.parquet"
     assert job_main("make_synthetic", "--kind", "actions", "--count", "600", "--output", str(data)) == 0
     out = tmp_path / "actions-v1"
-    assert job_main("train", "--task", "actions", "--data", str(data), "--output", str(out), "--workers", "2",
-                    "--cpus-per-worker", "0.5", "--steps", "400", "--batch-size", "32", "--lr", "0.1", "--warmup-steps", "10",
-                    "--checkpoint-every", "250", "--val-samples", "80", "--storage", str(tmp_path / "runs")) == 0
+    assert (
+        job_main(
+            "train",
+            "--task",
+            "actions",
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--workers",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--steps",
+            "400",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.1",
+            "--warmup-steps",
+            "10",
+            "--checkpoint-every",
+            "250",
+            "--val-samples",
+            "80",
+            "--storage",
+            str(tmp_path / "runs"),
+        )
+        == 0
+    )
     metrics = json.loads((out / "training.json").read_text())["metrics"]
     # held-out mAP over the four actions, against the untrained head's on the same examples
     assert metrics["val_metric"] > max(0.7, metrics["val_initial"] + 0.3), metrics
     from fashion_ray import tracking
-    from fashion_ray.models import build_stage_predictor, load_bundle
     from fashion_ray.config import Device
+    from fashion_ray.models import build_stage_predictor, load_bundle
     from fashion_ray.stages import ActionsStage, persons_column
 
     bundle = load_bundle(str(out))
@@ -208,15 +309,33 @@ def test_action_head_learns_on_ray_train_and_replaces_the_rules(ray_session, tmp
     stage = ActionsStage(str(out), Device(), batch_size=4, emit_image=False, score_threshold=0.0)
     upright = {"box": [60.0, 70.0, 140.0, 340.0], "keypoints": skeleton(), "garments": []}
     seated = {"box": [60.0, 70.0, 140.0, 260.0], "keypoints": skeleton(thigh_deg=90, knee_deg=90), "garments": []}
-    batch = stage({"status": np.array(["ok"], dtype=object), "error": np.array([""], dtype=object),
-                   "error_detail": np.array([""], dtype=object), "persons": persons_column([[upright, seated]])})
+    batch = stage(
+        {
+            "status": np.array(["ok"], dtype=object),
+            "error": np.array([""], dtype=object),
+            "error_detail": np.array([""], dtype=object),
+            "persons": persons_column([[upright, seated]]),
+        }
+    )
     labelled = batch["persons"][0].items
     assert all({a["action"] for a in p["actions"]} == set(synth.SYNTH_ACTIONS) for p in labelled)
     assert labelled[1]["actions"][0]["action"] == "sit"  # one frame tells sitting (standing from walking it cannot)
     # and the track pass: a track walking 1 body height a second under a still camera
-    frames = [{"timestamp_s": float(t), "camera_shift": [0.0, 0.0], "persons": [
-        {"track_id": 1, "box": [100 + 270 * t, 70.0, 180 + 270 * t, 340.0], "keypoints": skeleton(hip=(140 + 270 * t, 200)),
-         "garments": []}]} for t in range(5)]
+    frames = [
+        {
+            "timestamp_s": float(t),
+            "camera_shift": [0.0, 0.0],
+            "persons": [
+                {
+                    "track_id": 1,
+                    "box": [100 + 270 * t, 70.0, 180 + 270 * t, 340.0],
+                    "keypoints": skeleton(hip=(140 + 270 * t, 200)),
+                    "garments": [],
+                }
+            ],
+        }
+        for t in range(5)
+    ]
     tracking.label_track_actions(frames, build_stage_predictor(bundle, "actions", Device()), 0.0)
     assert frames[2]["persons"][0]["actions"][0]["action"] == "walk"
 
@@ -229,8 +348,16 @@ def test_a_bundle_without_an_actions_stage_gets_the_rules(tmp_path):
     bootstrap = load_bundle("bootstrap")
     assert bootstrap.stages["actions"] == ACTION_RULES  # bundle.json and the default agree
     person = dataclasses.asdict(bootstrap.stages["person"])
-    (tmp_path / "bundle.json").write_text(json.dumps({"format": "fashion-ray-bundle/1", "name": "old", "version": "1.0",
-                                                      "stages": {"person": person | {"classes": list(person["classes"])}}}))
+    (tmp_path / "bundle.json").write_text(
+        json.dumps(
+            {
+                "format": "fashion-ray-bundle/1",
+                "name": "old",
+                "version": "1.0",
+                "stages": {"person": person | {"classes": list(person["classes"])}},
+            }
+        )
+    )
     assert load_bundle(str(tmp_path)).stages["actions"] == ACTION_RULES
 
 
@@ -239,13 +366,15 @@ def test_camera_shift_is_the_scenes_pan_and_zero_when_the_border_stands_still():
 
     rng = np.random.default_rng(0)
     scene = np.repeat(np.repeat(rng.integers(0, 256, (75, 300, 3), dtype=np.uint8), 4, 0), 4, 1)  # 4 px texture
-    panning = [np.ascontiguousarray(scene[:, 30 * k:30 * k + 400]) for k in range(4)]  # the camera turns right 30 px
+    panning = [np.ascontiguousarray(scene[:, 30 * k : 30 * k + 400]) for k in range(4)]  # the camera turns right 30 px
     shifts = motion.camera_shifts(panning)
-    assert shifts[0] is None and all(dx == pytest.approx(-30, abs=1) and dy == pytest.approx(0, abs=1) for dx, dy in shifts[1:])
+    assert shifts[0] is None and all(
+        dx == pytest.approx(-30, abs=1) and dy == pytest.approx(0, abs=1) for dx, dy in shifts[1:]
+    )
     # a textured person crossing a plain wall: the frame's edges do not change, the camera stood still
     crossing = []
     for k in range(4):
         frame = np.full((300, 400, 3), 120, np.uint8)
-        frame[100:220, 60 + 50 * k:140 + 50 * k] = scene[:120, :80]
+        frame[100:220, 60 + 50 * k : 140 + 50 * k] = scene[:120, :80]
         crossing.append(frame)
     assert motion.camera_shifts(crossing)[1:] == [(0.0, 0.0)] * 3

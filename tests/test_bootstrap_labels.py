@@ -9,12 +9,12 @@ import os
 
 import numpy as np
 import pytest
-from helpers import read_rows
 
 from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
 from fashion_ray.formats import masks as rle
 from fashion_ray.models.blazepose import collapsed_pose
+from helpers import read_rows
 
 HAND_BOXES = {
     "astronaut.jpg": [(20, 15, 365, 512)],
@@ -113,8 +113,13 @@ def test_garments_on_the_clothes(photos):
                 # tops, outwear and dresses say their sleeve length; nothing else has attributes
                 sleeved = taxonomy.PARSE_OF.get(g["category"]) in taxonomy.SLEEVED
                 # Parquet's map column, as pyarrow reads it: (name, value) pairs
-                assert g["attributes"] == ([("sleeve", g['category'].split('_')[0])] if sleeved and "sleeve" in g["category"]
-                                           else [("sleeve", "none")] if sleeved else [])
+                assert g["attributes"] == (
+                    [("sleeve", g["category"].split("_")[0])]
+                    if sleeved and "sleeve" in g["category"]
+                    else [("sleeve", "none")]
+                    if sleeved
+                    else []
+                )
                 gx0, gy0, gx1, gy1 = g["box"]
                 assert x0 - reach <= gx0 < gx1 <= x1 + reach and y0 - reach <= gy0 < gy1 <= y1 + reach
                 if g["mask"] is not None:

@@ -17,8 +17,18 @@ import time
 
 import pytest
 
-from helpers import (ROOT, SAMPLE_CORPUS, STRAIGHT_TRAINING, final_checkpoint_state, read_rows, registered_checkpoints,
-                     run_cli, short_temp_dir, shut_down, stop_process_group)
+from helpers import (
+    ROOT,
+    SAMPLE_CORPUS,
+    STRAIGHT_TRAINING,
+    final_checkpoint_state,
+    read_rows,
+    registered_checkpoints,
+    run_cli,
+    short_temp_dir,
+    shut_down,
+    stop_process_group,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -29,8 +39,11 @@ NODE = {"num_cpus": 1, "object_store_memory": 96 * 1024**2}
 def cluster():
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False},
+    )
     cpu_node = c.add_node(**NODE, resources={"cpu_node": 1})
     gpu_node = c.add_node(**NODE, num_gpus=1, resources={"gpu_node": 1})
     c.wait_for_nodes()
@@ -40,8 +53,9 @@ def cluster():
 
 def test_plan_alone_and_refusal_with_the_numbers(cluster, tmp_path):
     c, _, _ = cluster
-    proc = run_cli("--ray-address", c.address, "--plan", "--set", "person.num_gpus=0.5",
-                   "--set", "person.node_resource=gpu_node")
+    proc = run_cli(
+        "--ray-address", c.address, "--plan", "--set", "person.num_gpus=0.5", "--set", "person.node_resource=gpu_node"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "person    1 actor      0.3 CPU, 0.5 GPU, 0.001 gpu_node each" in proc.stdout
     assert "cluster: 3 alive node(s)" in proc.stdout and "placeable: yes" in proc.stdout
@@ -50,8 +64,17 @@ def test_plan_alone_and_refusal_with_the_numbers(cluster, tmp_path):
     assert proc.returncode == 2
     assert "person: one actor asks for 0.3 CPU, 2 GPU; no node has that (largest node: 1 CPU, 1 GPU)" in proc.stdout
     # two actors of 0.6 GPU each fit one by one but not together on the one GPU
-    proc = run_cli("--ray-address", c.address, "--plan", "--set", "person.num_gpus=0.6", "--set", "person.min_actors=2",
-                   "--set", "person.max_actors=2")
+    proc = run_cli(
+        "--ray-address",
+        c.address,
+        "--plan",
+        "--set",
+        "person.num_gpus=0.6",
+        "--set",
+        "person.min_actors=2",
+        "--set",
+        "person.max_actors=2",
+    )
     assert proc.returncode == 2 and "do not fit together" in proc.stdout and "1.2 GPU" in proc.stdout
     # a real run refuses it before touching the output, in a second, with the same numbers
     started, out = time.time(), tmp_path / "labels"
@@ -65,10 +88,28 @@ def test_gpu_stage_runs_only_on_the_gpu_node(cluster, tmp_path):
     c, cpu_node, gpu_node = cluster
     out = tmp_path / "labels"
     # two person actors of half a GPU each pack onto the one GPU node; parts anywhere
-    proc = run_cli("--ray-address", c.address, "--output", str(out), "--stages", "person,parts",
-                   "--set", "person.num_gpus=0.5", "--set", "person.node_resource=gpu_node",
-                   "--set", "person.min_actors=2", "--set", "person.max_actors=2", "--set", "person.batch_size=1",
-                   "--set", "parts.node_resource=cpu_node", "--cpu-node-resource", "cpu_node")
+    proc = run_cli(
+        "--ray-address",
+        c.address,
+        "--output",
+        str(out),
+        "--stages",
+        "person,parts",
+        "--set",
+        "person.num_gpus=0.5",
+        "--set",
+        "person.node_resource=gpu_node",
+        "--set",
+        "person.min_actors=2",
+        "--set",
+        "person.max_actors=2",
+        "--set",
+        "person.batch_size=1",
+        "--set",
+        "parts.node_resource=cpu_node",
+        "--cpu-node-resource",
+        "cpu_node",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     placement = manifest["last_run"]["placement"]
@@ -79,7 +120,8 @@ def test_gpu_stage_runs_only_on_the_gpu_node(cluster, tmp_path):
     # the sample photos and the output are local paths: fine here (one disk), said on a real cluster
     assert "paths on this machine" in proc.stderr
     assert sorted(os.path.basename(r["uri"]) for r in read_rows(out)) == sorted(
-        f for f in os.listdir(SAMPLE_CORPUS) if f.endswith(".jpg"))
+        f for f in os.listdir(SAMPLE_CORPUS) if f.endswith(".jpg")
+    )
 
 
 def _photo_corpus(folder, count: int) -> list[str]:
@@ -96,16 +138,34 @@ def _photo_corpus(folder, count: int) -> list[str]:
 
 # person actors need a "model_node": one on each of two nodes (0.6 CPU of 1), so losing one
 # node loses a model actor and the rows it held
-MODEL_STAGE = ["--stages", "person", "--rows-per-shard", "4", "--read-batch-size", "4",
-               "--set", "person.node_resource=model_node", "--set", "person.num_cpus=0.6",
-               "--set", "person.min_actors=2", "--set", "person.max_actors=2"]
+MODEL_STAGE = [
+    "--stages",
+    "person",
+    "--rows-per-shard",
+    "4",
+    "--read-batch-size",
+    "4",
+    "--set",
+    "person.node_resource=model_node",
+    "--set",
+    "person.num_cpus=0.6",
+    "--set",
+    "person.min_actors=2",
+    "--set",
+    "person.max_actors=2",
+]
 
 
 def _run_and_kill(address: str, args: list[str], kill) -> tuple[int, str, str, float]:
     """Run the job; when its first shard is accepted, call kill(). (exit code, stdout, stderr, seconds)."""
     started = time.time()
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), "--ray-address", address,
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), "--ray-address", address, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     err = []
     for line in proc.stderr:
         err.append(line)
@@ -121,17 +181,22 @@ def test_losing_a_node_mid_run_keeps_every_input_exactly_once(tmp_path):
     from ray.cluster_utils import Cluster
 
     names = _photo_corpus(tmp_path / "corpus", 24)
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False},
+    )
     try:
         c.add_node(**NODE)
         survivor = c.add_node(**NODE, resources={"model_node": 1})
         victim = c.add_node(**NODE, resources={"model_node": 1})
         c.wait_for_nodes()
         out = tmp_path / "full"
-        code, stdout, stderr, _ = _run_and_kill(c.address, ["--input", str(tmp_path / "corpus"), "--output", str(out),
-                                                            *MODEL_STAGE],
-                                                lambda: c.remove_node(victim, allow_graceful=False))
+        code, stdout, stderr, _ = _run_and_kill(
+            c.address,
+            ["--input", str(tmp_path / "corpus"), "--output", str(out), *MODEL_STAGE],
+            lambda: c.remove_node(victim, allow_graceful=False),
+        )
         assert code == 0, stderr[-3000:]
         ids = [r["id"] for r in read_rows(out)]
         assert len(ids) == len(set(ids)) == 24 and "24 in = 24 ok" in stdout
@@ -141,9 +206,21 @@ def test_losing_a_node_mid_run_keeps_every_input_exactly_once(tmp_path):
         # end (no hang) with what it committed, and the next run, with a node back, finishes
         more = _photo_corpus(tmp_path / "more", 20)
         inc = tmp_path / "incremental"
-        args = ["--input", str(tmp_path / "more"), "--output", str(inc), "--incremental", "--commit-every", "0",
-                "--stall-timeout", "20", *MODEL_STAGE[:-4]]
-        code, stdout, stderr, seconds = _run_and_kill(c.address, args, lambda: c.remove_node(survivor, allow_graceful=False))
+        args = [
+            "--input",
+            str(tmp_path / "more"),
+            "--output",
+            str(inc),
+            "--incremental",
+            "--commit-every",
+            "0",
+            "--stall-timeout",
+            "20",
+            *MODEL_STAGE[:-4],
+        ]
+        code, stdout, stderr, seconds = _run_and_kill(
+            c.address, args, lambda: c.remove_node(survivor, allow_graceful=False)
+        )
         assert code == 1, stderr[-3000:]
         assert "made no progress for 20 s" in stderr and "were committed" in stderr and seconds < 240
         committed = [r["id"] for r in read_rows(inc)]
@@ -169,8 +246,10 @@ def _launcher_node_types() -> tuple[dict, dict]:
 
 
 def _alive_nodes(address: str, env: dict) -> list[dict]:
-    code = f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); " \
-           "print('NODES', json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    code = (
+        f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); "
+        "print('NODES', json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the driver also prints autoscaler events: take our line
@@ -189,8 +268,9 @@ def autoscaling_cluster():
     """Ray's fake multi-node autoscaler with the node types of cluster-launcher.yaml, scaled
     down to 1 CPU and 1 node per type. Started with `ray start` in its own process group
     (AutoscalingCluster.start would `ray stop --force` every Ray on the machine, the tests' own too)."""
-    from helpers import free_port
     import ray._private.services as services
+
+    from helpers import free_port
 
     head_resources, types = _launcher_node_types()
     import pathlib
@@ -199,31 +279,88 @@ def autoscaling_cluster():
     address = f"{services.get_node_ip_address()}:{free_port()}"
     node_types = {"ray.head.default": {"resources": head_resources, "node_config": {}, "max_workers": 0}}
     for name, spec in types.items():
-        resources = {"CPU": 1, "object_store_memory": 96 * 1024**2, **{k: v for k, v in spec["resources"].items() if k != "CPU"}}
-        node_types[name] = {"resources": resources, "node_config": {}, "min_workers": min(spec["min_workers"], 1),
-                            "max_workers": 1}
-    config = {"cluster_name": "fashion-ray-fake", "max_workers": len(types), "upscaling_speed": 1.0,
-              "idle_timeout_minutes": 0.1,  # 6 s: an idle GPU node goes soon after the run
-              "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                           "disable_launch_config_check": True, "gcs_address": address},
-              "available_node_types": node_types, "head_node_type": "ray.head.default", "auth": {}, "docker": {},
-              "file_mounts": {}, "file_mounts_sync_continuously": False,
-              **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
-                                 "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
-                                 "cluster_synced_files", "rsync_exclude", "rsync_filter")}}
+        resources = {
+            "CPU": 1,
+            "object_store_memory": 96 * 1024**2,
+            **{k: v for k, v in spec["resources"].items() if k != "CPU"},
+        }
+        node_types[name] = {
+            "resources": resources,
+            "node_config": {},
+            "min_workers": min(spec["min_workers"], 1),
+            "max_workers": 1,
+        }
+    config = {
+        "cluster_name": "fashion-ray-fake",
+        "max_workers": len(types),
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.1,  # 6 s: an idle GPU node goes soon after the run
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": address,
+        },
+        "available_node_types": node_types,
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        **{
+            k: []
+            for k in (
+                "initialization_commands",
+                "setup_commands",
+                "head_setup_commands",
+                "worker_setup_commands",
+                "head_start_ray_commands",
+                "worker_start_ray_commands",
+                "cluster_synced_files",
+                "rsync_exclude",
+                "rsync_filter",
+            )
+        },
+    }
     (temp / "autoscaling.json").write_text(json.dumps(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-           "TMPDIR": str(temp)}  # Unix sockets of the head's processes: the short folder
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        "TMPDIR": str(temp),
+    }  # Unix sockets of the head's processes: the short folder
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     log = open(temp / "head.log", "w")
-    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={address.rsplit(':', 1)[1]}",
-                             f"--num-cpus={head_resources.get('CPU', 0)}", "--include-dashboard=false",
-                             f"--object-store-memory={96 * 1024**2}", f"--autoscaling-config={temp / 'autoscaling.json'}",
-                             f"--temp-dir={temp}"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            f"--port={address.rsplit(':', 1)[1]}",
+            f"--num-cpus={head_resources.get('CPU', 0)}",
+            "--include-dashboard=false",
+            f"--object-store-memory={96 * 1024**2}",
+            f"--autoscaling-config={temp / 'autoscaling.json'}",
+            f"--temp-dir={temp}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         # the launcher keeps one CPU worker up (min_workers 1); GPU workers start on demand
-        _wait_for(lambda: len(_alive_nodes(address, env)) == 1 + sum(t["min_workers"] for t in node_types.values()
-                                                                    if "min_workers" in t), 120, "the minimum workers")
+        _wait_for(
+            lambda: (
+                len(_alive_nodes(address, env))
+                == 1 + sum(t["min_workers"] for t in node_types.values() if "min_workers" in t)
+            ),
+            120,
+            "the minimum workers",
+        )
         yield address, env
     finally:
         stop_process_group(head, log)
@@ -267,15 +404,32 @@ def test_training_across_nodes_survives_losing_one(synth_coco, straight_training
     import torch
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False},
+    )
     try:
         nodes = [c.add_node(**NODE) for _ in range(2)]
         c.wait_for_nodes()
         # one filesystem every node reaches, as s3:// on a cluster
-        args = [sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--ray-address", c.address, *STRAIGHT_TRAINING,
-                "--data", synth_coco, "--cpus-per-worker", "1", "--storage", str(tmp_path / "runs"),
-                "--output", str(tmp_path / "broken"), "--name", "broken"]
+        args = [
+            sys.executable,
+            os.path.join(ROOT, "jobs", "train.py"),
+            "--ray-address",
+            c.address,
+            *STRAIGHT_TRAINING,
+            "--data",
+            synth_coco,
+            "--cpus-per-worker",
+            "1",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--output",
+            str(tmp_path / "broken"),
+            "--name",
+            "broken",
+        ]
         log = open(tmp_path / "broken.log", "w")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.time() + 300
@@ -294,5 +448,9 @@ def test_training_across_nodes_survives_losing_one(synth_coco, straight_training
     a, b = (final_checkpoint_state(run) for run in (straight_training_run, tmp_path / "runs" / "broken"))
     assert a["step"] == b["step"] == 16
     # the restarted group went on from a checkpoint, not from scratch
-    assert json.loads((tmp_path / "broken" / "training.json").read_text())["final_metrics"]["resumed_from_step"] in (4, 8, 12)
+    assert json.loads((tmp_path / "broken" / "training.json").read_text())["final_metrics"]["resumed_from_step"] in (
+        4,
+        8,
+        12,
+    )
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -9,6 +9,7 @@ import os
 import shlex
 
 import yaml
+
 from helpers import ROOT, documented_commands
 
 
@@ -29,7 +30,10 @@ def test_rayjob_entrypoint_is_a_valid_label_corpus_command():
     assert cfg.inputs == ("s3://bucket/uploads/",) and cfg.resources["person"].device == "cuda"
     assert all(r.max_actors == 8 for r in cfg.resources.values())
     # the model stages on GPUs; the actions stage reads keypoints and stays on a sliver of CPU
-    assert all(cfg.resources[s].num_gpus > 0 for s in ("person", "clothing", "parts")) and cfg.resources["actions"].num_gpus == 0
+    assert (
+        all(cfg.resources[s].num_gpus > 0 for s in ("person", "clothing", "parts"))
+        and cfg.resources["actions"].num_gpus == 0
+    )
 
 
 def test_runtime_env_lists_project_dependencies():
@@ -57,7 +61,9 @@ def test_hourly_rayjob_runs_the_readme_incremental_command():
     cfg = module.make_config(module.get_args_parser().parse_args(argv[2:]))
     assert cfg.incremental and cfg.output == "s3://bucket/labels/"
 
-    crontab = [line for line in open(os.path.join(ROOT, "cluster", "crontab")) if line.strip() and not line.startswith("#")]
+    crontab = [
+        line for line in open(os.path.join(ROOT, "cluster", "crontab")) if line.strip() and not line.startswith("#")
+    ]
     [entry] = crontab
     assert entry.split()[:5] == ["0", "*", "*", "*", "*"]
     assert "--runtime-env" not in entry  # an hourly run installs nothing: unpinned pip lines stay out
@@ -113,11 +119,14 @@ def test_serve_config_and_rayservice_deploy_the_served_cascade():
 
 def _ray_pod_specs():
     """(file, pod spec) of every Ray node and job submitter the Kubernetes files start."""
+
     def load(name):
         return list(yaml.safe_load_all(open(os.path.join(ROOT, "cluster", name))))
 
-    clusters = [("raycluster.yaml", load("raycluster.yaml")[0]["spec"]),
-                ("rayservice-cascade.yaml", load("rayservice-cascade.yaml")[0]["spec"]["rayClusterConfig"])]
+    clusters = [
+        ("raycluster.yaml", load("raycluster.yaml")[0]["spec"]),
+        ("rayservice-cascade.yaml", load("rayservice-cascade.yaml")[0]["spec"]["rayClusterConfig"]),
+    ]
     jobs = [("rayjob-label-corpus.yaml", load("rayjob-label-corpus.yaml")[0]["spec"])]
     config_map = next(d for d in load("cronjob-auto-label.yaml") if d["kind"] == "ConfigMap")
     jobs.append(("cronjob-auto-label.yaml", yaml.safe_load(config_map["data"]["rayjob.yaml"])["spec"]))
@@ -140,7 +149,9 @@ def test_every_ray_node_and_submitter_runs_with_ray_token_auth_from_a_secret():
     for name in ("runtime_env.yaml",):
         assert "RAY_AUTH_TOKEN" not in open(os.path.join(ROOT, "cluster", name)).read()
     launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))
-    starts = [c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c]
+    starts = [
+        c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c
+    ]
     assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
     assert "~/.ray/auth_token" in launcher["file_mounts"]
     cron = [line for line in open(os.path.join(ROOT, "cluster", "crontab")) if not line.startswith("#")]
@@ -167,7 +178,12 @@ def test_served_cascade_on_a_cluster_needs_its_api_token_and_bounds_its_queue():
             [volume] = [v for v in pod["volumes"] if v["name"] == "api-token"]
             assert volume["secret"]["secretName"] == "fashion-ray-api-token"
             assert volume["secret"]["defaultMode"] == 0o440, name  # not world-readable
-            mounts = {m["mountPath"]: m for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] == "api-token"}
+            mounts = {
+                m["mountPath"]: m
+                for c in pod["containers"]
+                for m in c.get("volumeMounts", [])
+                if m["name"] == "api-token"
+            }
             assert mounts["/etc/fashion-ray"]["readOnly"] is True
     launcher = yaml.safe_load(open(os.path.join(ROOT, "cluster", "cluster-launcher.yaml")))
     assert "~/.fashion-ray/api-token" in launcher["file_mounts"]
@@ -178,13 +194,19 @@ def test_served_cascade_on_a_cluster_needs_its_api_token_and_bounds_its_queue():
 
 def test_every_pod_runs_unprivileged_and_only_autoscaling_heads_hold_a_service_account_token():
     pods = _ray_pod_specs()
-    kubectl = next(d for d in yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))
-                   if d["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    kubectl = next(
+        d
+        for d in yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))
+        if d["kind"] == "CronJob"
+    )["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     for name, pod in pods + [("cronjob-auto-label.yaml", kubectl)]:
         context = pod["securityContext"]
         assert context["runAsNonRoot"] is True and context["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in pod["containers"]:
-            assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }
         autoscaling_head = pod["containers"][0]["name"] == "ray-head" and name != "rayjob-label-corpus.yaml"
         if pod is not kubectl and not autoscaling_head:
             assert pod["automountServiceAccountToken"] is False, (name, pod["containers"][0]["name"])
@@ -198,13 +220,19 @@ def test_hourly_and_one_shot_jobs_run_a_pinned_commit_and_pinned_images():
             return [v for k, v in node.items() if k == "image"] + [i for v in node.values() for i in images(v)]
         return [i for v in node for i in images(v)] if isinstance(node, list) else []
 
-    config_map = next(d for d in yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))
-                      if d["kind"] == "ConfigMap")
+    config_map = next(
+        d
+        for d in yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))
+        if d["kind"] == "ConfigMap"
+    )
     hourly = yaml.safe_load(config_map["data"]["rayjob.yaml"])
     one_shot = yaml.safe_load(open(os.path.join(ROOT, "cluster", "rayjob-label-corpus.yaml")))
     for job in (hourly, one_shot):
         working_dir = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["working_dir"]
         assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+/archive/[0-9a-f]{40}\.zip", working_dir), working_dir
-    everything = list(yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))) + [hourly, one_shot]
+    everything = list(yaml.safe_load_all(open(os.path.join(ROOT, "cluster", "cronjob-auto-label.yaml")))) + [
+        hourly,
+        one_shot,
+    ]
     found = images(everything)
     assert len(found) >= 7 and all(re.search(r"@sha256:[0-9a-f]{64}$", i) for i in found), found

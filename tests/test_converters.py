@@ -26,15 +26,38 @@ def test_deepfashion2(tmp_path):
     (tmp_path / "annos").mkdir()
     (tmp_path / "image").mkdir()
     Image.new("RGB", (100, 80)).save(tmp_path / "image" / "000001.jpg")
-    (tmp_path / "annos" / "000001.json").write_text(json.dumps({
-        "source": "user", "pair_id": 7,
-        "item2": {"category_id": 8, "category_name": "trousers", "bounding_box": [30, 40, 60, 80],
-                  "segmentation": [[30, 40, 60, 40, 60, 80, 30, 80]], "landmarks": [31, 41, 2], "style": 1,
-                  "occlusion": 1, "viewpoint": 2, "scale": 2, "zoom_in": 1},
-        "item1": {"category_id": 1, "category_name": "short sleeve top", "bounding_box": [10, 5, 50, 45],
-                  "segmentation": [[10, 5, 50, 5, 50, 45, 10, 45]], "landmarks": [], "style": 0,
-                  "occlusion": 1, "viewpoint": 2, "scale": 2, "zoom_in": 1},
-    }))
+    (tmp_path / "annos" / "000001.json").write_text(
+        json.dumps(
+            {
+                "source": "user",
+                "pair_id": 7,
+                "item2": {
+                    "category_id": 8,
+                    "category_name": "trousers",
+                    "bounding_box": [30, 40, 60, 80],
+                    "segmentation": [[30, 40, 60, 40, 60, 80, 30, 80]],
+                    "landmarks": [31, 41, 2],
+                    "style": 1,
+                    "occlusion": 1,
+                    "viewpoint": 2,
+                    "scale": 2,
+                    "zoom_in": 1,
+                },
+                "item1": {
+                    "category_id": 1,
+                    "category_name": "short sleeve top",
+                    "bounding_box": [10, 5, 50, 45],
+                    "segmentation": [[10, 5, 50, 5, 50, 45, 10, 45]],
+                    "landmarks": [],
+                    "style": 0,
+                    "occlusion": 1,
+                    "viewpoint": 2,
+                    "scale": 2,
+                    "zoom_in": 1,
+                },
+            }
+        )
+    )
     coco = _load(converters.convert_deepfashion2(str(tmp_path)), tmp_path)
     assert coco.imgs[1]["width"] == 100 and coco.imgs[1]["pair_id"] == 7
     top, trousers = coco.loadAnns([1, 2])  # item1 before item2, whatever the JSON order
@@ -44,12 +67,26 @@ def test_deepfashion2(tmp_path):
 
 
 def test_fashionpedia_ids_become_one_based_and_attributes_stay(tmp_path):
-    raw = {"images": [{"id": 11, "file_name": "a.jpg", "width": 50, "height": 40}],
-           "annotations": [{"id": 1, "image_id": 11, "category_id": 0, "bbox": [5, 5, 20, 10], "area": 200,
-                            "segmentation": [[5, 5, 25, 5, 25, 15, 5, 15]], "iscrowd": 0, "attribute_ids": [115, 136]}],
-           "categories": [{"id": 0, "name": "shirt, blouse", "supercategory": "upperbody"},
-                          {"id": 1, "name": "top, t-shirt, sweatshirt", "supercategory": "upperbody"}],
-           "attributes": [{"id": 115, "name": "classic (t-shirt)"}]}
+    raw = {
+        "images": [{"id": 11, "file_name": "a.jpg", "width": 50, "height": 40}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 11,
+                "category_id": 0,
+                "bbox": [5, 5, 20, 10],
+                "area": 200,
+                "segmentation": [[5, 5, 25, 5, 25, 15, 5, 15]],
+                "iscrowd": 0,
+                "attribute_ids": [115, 136],
+            }
+        ],
+        "categories": [
+            {"id": 0, "name": "shirt, blouse", "supercategory": "upperbody"},
+            {"id": 1, "name": "top, t-shirt, sweatshirt", "supercategory": "upperbody"},
+        ],
+        "attributes": [{"id": 115, "name": "classic (t-shirt)"}],
+    }
     (tmp_path / "instances.json").write_text(json.dumps(raw))
     doc = converters.convert_fashionpedia(str(tmp_path / "instances.json"), "s3://fp/images")
     coco = _load(doc, tmp_path)
@@ -75,8 +112,18 @@ def test_pascal_part_mat_merges_24_parts_into_6(tmp_path, layout):
         return {"part_name": name, "mask": m}
 
     parts = np.empty((1, 4), dtype=object)
-    parts[0, :] = [part("hair", slice(2, 4)), part("nose", slice(4, 6)), part("torso", slice(6, 16)), part("lfoot", slice(26, 28))]
-    chair = {"class": "chair", "class_ind": 9, "mask": np.ones((h, w), np.uint8), "parts": np.empty((0, 0), dtype=object)}
+    parts[0, :] = [
+        part("hair", slice(2, 4)),
+        part("nose", slice(4, 6)),
+        part("torso", slice(6, 16)),
+        part("lfoot", slice(26, 28)),
+    ]
+    chair = {
+        "class": "chair",
+        "class_ind": 9,
+        "mask": np.ones((h, w), np.uint8),
+        "parts": np.empty((0, 0), dtype=object),
+    }
     people = {"class": "person", "class_ind": 15, "mask": person, "parts": parts}
     if layout == "struct_array":  # how the released annotations store objects
         objects = np.zeros((1, 2), dtype=[("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")])
@@ -143,10 +190,27 @@ def test_convert_cli(tmp_path):
     ids[2:18, 4:9] = 1
     Image.fromarray(ids).save(tmp_path / "PedMasks" / "PennPed00001_mask.png")
     job = os.path.join(ROOT, "jobs", "convert.py")
-    ok = subprocess.run([sys.executable, job, "--format", "penn-fudan", "--input", str(tmp_path), "--output",
-                         str(tmp_path / "out" / "pf.json")], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            job,
+            "--format",
+            "penn-fudan",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out" / "pf.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "1 images, 1 annotations" in ok.stdout and COCO(str(tmp_path / "out" / "pf.json")).anns[1]["area"] == 80
-    bad = subprocess.run([sys.executable, job, "--format", "coco-ish", "--input", "x", "--output", "y"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, job, "--format", "coco-ish", "--input", "x", "--output", "y"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "invalid choice: 'coco-ish'" in bad.stderr and "deepfashion2" in bad.stderr

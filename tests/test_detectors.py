@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import SAMPLE_CORPUS
 from PIL import Image
 
 from fashion_ray import taxonomy
@@ -18,6 +17,7 @@ from fashion_ray.config import Device
 from fashion_ray.models import BundleError, blazepose, build_stage_predictor, load_bundle, nanodet, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 from fashion_ray.stages import PersonStage, link_accessories, persons_column
+from helpers import SAMPLE_CORPUS
 
 
 def _photo(name: str) -> np.ndarray:
@@ -58,14 +58,23 @@ def test_letterbox_keeps_the_ratio_and_normalises_bgr():
     tensor, scale = nanodet.letterbox(image)
     assert tensor.shape == (1, 3, 416, 416) and scale == 0.5
     # content rows 0..207 in BGR order: blue 0, green 0, red 255; the padding below is black
-    np.testing.assert_allclose(tensor[0, :, 100, 200], [-103.53 / 57.375, -116.28 / 57.12, (255 - 123.675) / 58.395], rtol=1e-5)
-    np.testing.assert_allclose(tensor[0, :, 300, 200], [-103.53 / 57.375, -116.28 / 57.12, -123.675 / 58.395], rtol=1e-5)
+    np.testing.assert_allclose(
+        tensor[0, :, 100, 200], [-103.53 / 57.375, -116.28 / 57.12, (255 - 123.675) / 58.395], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        tensor[0, :, 300, 200], [-103.53 / 57.375, -116.28 / 57.12, -123.675 / 58.395], rtol=1e-5
+    )
 
 
 def test_tiles_only_where_the_smallest_person_needs_them():
     # a 24 px person in a 416 px image is 24 px at the model's input, under 28: 2 x 2 tiles of
     # 260 px (416 * 1.25 / 2) overlapping by 104 px
-    assert nanodet.plan_tiles(416, 416, 24) == [(0, 0, 260, 260), (156, 0, 416, 260), (0, 156, 260, 416), (156, 156, 416, 416)]
+    assert nanodet.plan_tiles(416, 416, 24) == [
+        (0, 0, 260, 260),
+        (156, 0, 416, 260),
+        (0, 156, 260, 416),
+        (156, 156, 416, 416),
+    ]
     assert nanodet.plan_tiles(416, 416, 40) == []  # big enough at full frame
     # full HD with 24 px people would want 7 tiles a side; capped at 3: 800 px tiles
     tiles = nanodet.plan_tiles(1920, 1080, 24, max_per_side=3)
@@ -79,11 +88,19 @@ def test_tile_merge_keeps_the_full_frame_box_over_its_parts():
     left, right = (0, 0, 260, 260, *image), (156, 0, 416, 260, *image)
     tiles = [
         # the upper half of the full-frame person, and a small person in the tiles' overlap
-        (np.array([[100, 100, 200, 250], [220, 50, 230, 80]], np.float32), np.array([0.8, 0.7], np.float32),
-         np.array([0, 0]), left),
+        (
+            np.array([[100, 100, 200, 250], [220, 50, 230, 80]], np.float32),
+            np.array([0.8, 0.7], np.float32),
+            np.array([0, 0]),
+            left,
+        ),
         # the small person again (a duplicate), and a person at x 200-290 whole in this tile
-        (np.array([[220, 51, 230, 80], [200, 10, 290, 60]], np.float32), np.array([0.6, 0.75], np.float32),
-         np.array([0, 0]), right),
+        (
+            np.array([[220, 51, 230, 80], [200, 10, 290, 60]], np.float32),
+            np.array([0.6, 0.75], np.float32),
+            np.array([0, 0]),
+            right,
+        ),
         # the left tile cut that person at its edge x = 260: a part of the box above
         (np.array([[200, 10, 260, 60]], np.float32), np.array([0.85], np.float32), np.array([0]), left),
     ]
@@ -120,11 +137,17 @@ def test_accessories_go_to_the_person_who_carries_them():
     assert owner([290, 250, 310, 300], [alice, bob]) is None  # halfway between, held by neither box
     assert owner([700, 300, 760, 400], [alice, bob]) is None  # a suitcase standing alone
     persons = [{"box": alice, "garments": []}, {"box": bob, "garments": []}]
-    link_accessories(persons, [{"category": "umbrella", "score": 0.6, "box": [380, 20, 520, 150]},
-                               {"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]},
-                               {"category": "suitcase", "score": 0.9, "box": [700, 300, 760, 400]}])
+    link_accessories(
+        persons,
+        [
+            {"category": "umbrella", "score": 0.6, "box": [380, 20, 520, 150]},
+            {"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]},
+            {"category": "suitcase", "score": 0.9, "box": [700, 300, 760, 400]},
+        ],
+    )
     assert [(g["garment_id"], g["category"], g["category_id"]) for g in persons[0]["garments"]] == [
-        (0, "bag", taxonomy.COCO_CATEGORY_ID["bag"])]
+        (0, "bag", taxonomy.COCO_CATEGORY_ID["bag"])
+    ]
     assert [g["category"] for g in persons[1]["garments"]] == ["umbrella"]
 
 
@@ -152,8 +175,13 @@ def test_unknown_person_options_are_refused(tmp_path):
 def test_a_failure_on_one_image_is_one_model_error_row():
     photo = _photo("camera.jpg")
     n = 3
-    batch = {"id": np.arange(n), "status": np.array(["ok"] * n, dtype=object), "error": np.array([""] * n, dtype=object),
-             "error_detail": np.array([""] * n, dtype=object), "persons": persons_column([[] for _ in range(n)])}
+    batch = {
+        "id": np.arange(n),
+        "status": np.array(["ok"] * n, dtype=object),
+        "error": np.array([""] * n, dtype=object),
+        "error_detail": np.array([""] * n, dtype=object),
+        "persons": persons_column([[] for _ in range(n)]),
+    }
     images = np.empty(n, dtype=object)
     images[:] = [photo, np.zeros((0, 7, 3), np.uint8), photo[:, ::-1].copy()]  # the middle one has no pixels
     batch["image"] = images
@@ -183,8 +211,13 @@ def test_a_run_threshold_replaces_the_bundles():
     photo = _photo("camera.jpg")
 
     def persons(**kwargs):
-        batch = {"id": np.arange(1), "status": np.array(["ok"], dtype=object), "error": np.array([""], dtype=object),
-                 "error_detail": np.array([""], dtype=object), "persons": persons_column([[]])}
+        batch = {
+            "id": np.arange(1),
+            "status": np.array(["ok"], dtype=object),
+            "error": np.array([""], dtype=object),
+            "error_detail": np.array([""], dtype=object),
+            "persons": persons_column([[]]),
+        }
         batch["image"] = np.empty(1, dtype=object)
         batch["image"][0] = photo
         return PersonStage("bootstrap", Device(), batch_size=1, **kwargs)(batch)["persons"][0].items
@@ -206,7 +239,9 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not _cuda_provider(), reason="needs onnxruntime-gpu (cluster/runtime_env.yaml) for the CUDA provider")
+@pytest.mark.skipif(
+    not _cuda_provider(), reason="needs onnxruntime-gpu (cluster/runtime_env.yaml) for the CUDA provider"
+)
 def test_the_person_stage_on_the_gpu_finds_what_the_cpu_finds():
     photo = _photo("two_people.jpg")
     bundle = load_bundle("bootstrap")
@@ -221,10 +256,18 @@ def test_a_faint_full_frame_box_does_not_erase_a_sure_small_person():
     # 0.05 piece of that person's box is claimed by it (0.8 >= 0.5 x 0.05)
     full = (np.array([[100, 100, 300, 300]], np.float32), np.array([0.1], np.float32), np.array([0]))
     region = (0, 0, 260, 260, 416, 416)
-    tiles = [(np.array([[150, 150, 180, 230], [150, 150, 180, 200]], np.float32), np.array([0.8, 0.05], np.float32),
-              np.array([0, 0]), region)]
+    tiles = [
+        (
+            np.array([[150, 150, 180, 230], [150, 150, 180, 200]], np.float32),
+            np.array([0.8, 0.05], np.float32),
+            np.array([0, 0]),
+            region,
+        )
+    ]
     boxes, scores, _ = nanodet.merge_tiles(full, tiles)
-    assert boxes.tolist() == [[150, 150, 180, 230], [100, 100, 300, 300]] and scores.tolist() == pytest.approx([0.8, 0.1])
+    assert boxes.tolist() == [[150, 150, 180, 230], [100, 100, 300, 300]] and scores.tolist() == pytest.approx(
+        [0.8, 0.1]
+    )
 
 
 def test_a_tall_person_under_the_threshold_is_one_person_not_the_pieces_the_tiles_saw():
@@ -232,13 +275,29 @@ def test_a_tall_person_under_the_threshold_is_one_person_not_the_pieces_the_tile
     # the tiles: the upper and lower part of the person, each cut by its tile's inner edge,
     # and one whole small person (not cut) inside the group box
     sure = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    faint = (np.array([[100, 20, 200, 400], [300, 300, 400, 400]], np.float32), np.array([0.45, 0.3], np.float32),
-             np.array([0, 0]))
-    tiles = [(np.array([[100, 20, 200, 260]], np.float32), np.array([0.86], np.float32), np.array([0]), (0, 0, 260, 260, 416, 416)),
-             (np.array([[100, 156, 200, 400], [320, 320, 340, 360]], np.float32), np.array([0.8, 0.55], np.float32),
-              np.array([0, 0]), (0, 156, 416, 416, 416, 416))]
+    faint = (
+        np.array([[100, 20, 200, 400], [300, 300, 400, 400]], np.float32),
+        np.array([0.45, 0.3], np.float32),
+        np.array([0, 0]),
+    )
+    tiles = [
+        (
+            np.array([[100, 20, 200, 260]], np.float32),
+            np.array([0.86], np.float32),
+            np.array([0]),
+            (0, 0, 260, 260, 416, 416),
+        ),
+        (
+            np.array([[100, 156, 200, 400], [320, 320, 340, 360]], np.float32),
+            np.array([0.8, 0.55], np.float32),
+            np.array([0, 0]),
+            (0, 156, 416, 416, 416, 416),
+        ),
+    ]
     boxes, scores, _ = nanodet.merge_tiles(sure, tiles, faint=faint)
-    assert boxes.tolist() == [[100, 20, 200, 400], [320, 320, 340, 360]] and scores.tolist() == pytest.approx([0.86, 0.55])
+    assert boxes.tolist() == [[100, 20, 200, 400], [320, 320, 340, 360]] and scores.tolist() == pytest.approx(
+        [0.86, 0.55]
+    )
 
 
 def test_accessories_reach_coco_with_their_person(tmp_path):
@@ -246,11 +305,27 @@ def test_accessories_reach_coco_with_their_person(tmp_path):
 
     from fashion_ray.formats import coco
 
-    persons = [{"person_id": 0, "score": 0.9, "box": [100, 100, 200, 400], "mask": None, "keypoints": None,
-                "garments": [], "parts": []}]
+    persons = [
+        {
+            "person_id": 0,
+            "score": 0.9,
+            "box": [100, 100, 200, 400],
+            "mask": None,
+            "keypoints": None,
+            "garments": [],
+            "parts": [],
+        }
+    ]
     link_accessories(persons, [{"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]}])
-    row = {"id": 5, "uri": "/photos/street.jpg", "width": 640, "height": 480, "status": "ok", "frame_index": None,
-           "persons": persons}
+    row = {
+        "id": 5,
+        "uri": "/photos/street.jpg",
+        "width": 640,
+        "height": 480,
+        "status": "ok",
+        "frame_index": None,
+        "persons": persons,
+    }
     doc = coco.coco_document([row])
     (tmp_path / "c.json").write_text(json.dumps(doc))
     loaded = COCO(str(tmp_path / "c.json"))

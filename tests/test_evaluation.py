@@ -19,9 +19,14 @@ HEAD, TORSO = taxonomy.COCO_CATEGORY_ID["head"], taxonomy.COCO_CATEGORY_ID["tors
 
 
 def _doc(anns, size=(40, 40), n_images=1):
-    images = [{"id": i + 1, "file_name": f"img{i + 1}.jpg", "height": size[0], "width": size[1]} for i in range(n_images)]
-    return {"images": images, "annotations": [{"id": k + 1, "iscrowd": 0, "score": 1.0, **a} for k, a in enumerate(anns)],
-            "categories": taxonomy.COCO_CATEGORIES}
+    images = [
+        {"id": i + 1, "file_name": f"img{i + 1}.jpg", "height": size[0], "width": size[1]} for i in range(n_images)
+    ]
+    return {
+        "images": images,
+        "annotations": [{"id": k + 1, "iscrowd": 0, "score": 1.0, **a} for k, a in enumerate(anns)],
+        "categories": taxonomy.COCO_CATEGORIES,
+    }
 
 
 def _box_ann(cat, x, y, w, h, image_id=1, score=1.0):
@@ -31,8 +36,14 @@ def _box_ann(cat, x, y, w, h, image_id=1, score=1.0):
 def _mask_ann(cat, mask, image_id=1, score=1.0):
     m = rle.encode(mask)
     x0, y0, x1, y1 = rle.bbox_xyxy(mask)
-    return {"image_id": image_id, "category_id": cat, "segmentation": m, "area": float(mask.sum()),
-            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
+    return {
+        "image_id": image_id,
+        "category_id": cat,
+        "segmentation": m,
+        "area": float(mask.sum()),
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "score": score,
+    }
 
 
 def test_perfect_prediction_scores_one():
@@ -49,8 +60,14 @@ def test_perfect_prediction_scores_one():
     assert report["parts"]["levels"]["upper_body"] == pytest.approx(1.0)
     counts = report["counts"]
     assert counts.pop("at_score") == {t: {"matched": 1, "extra": 0} for t in ("0.3", "0.4", "0.5", "0.6", "0.7")}
-    assert counts == {"images": 1, "error_rows": 0, "persons_gt": 1, "persons_matched": 1,
-                      "persons_missed": 0, "persons_extra": 0}
+    assert counts == {
+        "images": 1,
+        "error_rows": 0,
+        "persons_gt": 1,
+        "persons_matched": 1,
+        "persons_missed": 0,
+        "persons_extra": 0,
+    }
 
 
 def test_shifted_box_gives_the_hand_computed_iou():
@@ -101,8 +118,11 @@ def test_matches_raw_pycocotools():
             x, y, w, h = (float(v) for v in rng.integers(0, 60, 2).tolist() + rng.integers(8, 40, 2).tolist())
             gt_anns.append(_box_ann(PERSON, x, y, w, h, image_id))
             jitter = rng.normal(0, 3, 4)
-            dt_anns.append(_box_ann(PERSON, x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3], image_id,
-                                    float(rng.random())))
+            dt_anns.append(
+                _box_ann(
+                    PERSON, x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3], image_id, float(rng.random())
+                )
+            )
     gt, dt = _doc(gt_anns, (100, 100), 5), _doc(dt_anns, (100, 100), 5)
     ours = evaluation.evaluate(gt, dt)["person_bbox"]["stats"]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -126,7 +146,7 @@ def test_streaming_buckets_equal_one_pass(tmp_path):
         for _ in range(2):
             body = np.zeros((60, 60), bool)
             x, y = rng.integers(0, 30, 2)
-            body[y:y + rng.integers(10, 30), x:x + rng.integers(10, 30)] = True
+            body[y : y + rng.integers(10, 30), x : x + rng.integers(10, 30)] = True
             gt_anns.append(_mask_ann(PERSON, body, image_id))
             shifted = np.roll(body, int(rng.integers(-3, 4)), axis=1)
             dt_anns.append(_mask_ann(PERSON, shifted, image_id, float(rng.random())))
@@ -145,16 +165,25 @@ def test_streaming_buckets_equal_one_pass(tmp_path):
 def test_standard_coco_ground_truth_is_matched_by_name(tmp_path):
     # COCO's own ids: person 1, bicycle 2 (our 2 is a garment), handbag 31 (our "bag");
     # a crowd region of people is neither to be found nor a place for false persons
-    gt = {"images": [{"id": 7, "file_name": "street.jpg", "height": 100, "width": 100}],
-          "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 31, "name": "handbag"}],
-          "annotations": [
-              {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 50], "area": 1000.0, "iscrowd": 0},
-              {"id": 2, "image_id": 7, "category_id": 2, "bbox": [40, 40, 30, 30], "area": 900.0, "iscrowd": 0},
-              {"id": 3, "image_id": 7, "category_id": 31, "bbox": [25, 35, 8, 8], "area": 64.0, "iscrowd": 0},
-              {"id": 4, "image_id": 7, "category_id": 1, "bbox": [60, 0, 40, 30], "area": 1200.0, "iscrowd": 1}]}
+    gt = {
+        "images": [{"id": 7, "file_name": "street.jpg", "height": 100, "width": 100}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 31, "name": "handbag"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 50], "area": 1000.0, "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 2, "bbox": [40, 40, 30, 30], "area": 900.0, "iscrowd": 0},
+            {"id": 3, "image_id": 7, "category_id": 31, "bbox": [25, 35, 8, 8], "area": 64.0, "iscrowd": 0},
+            {"id": 4, "image_id": 7, "category_id": 1, "bbox": [60, 0, 40, 30], "area": 1200.0, "iscrowd": 1},
+        ],
+    }
     bag, garment = taxonomy.COCO_CATEGORY_ID["bag"], taxonomy.COCO_CATEGORY_ID["short_sleeve_top"]
-    dt = _doc([_box_ann(PERSON, 10, 10, 20, 50, image_id=7), _box_ann(PERSON, 70, 5, 10, 20, image_id=7, score=0.9),
-               _box_ann(bag, 25, 35, 8, 8, image_id=7), _box_ann(garment, 40, 40, 30, 30, image_id=7)])
+    dt = _doc(
+        [
+            _box_ann(PERSON, 10, 10, 20, 50, image_id=7),
+            _box_ann(PERSON, 70, 5, 10, 20, image_id=7, score=0.9),
+            _box_ann(bag, 25, 35, 8, 8, image_id=7),
+            _box_ann(garment, 40, 40, 30, 30, image_id=7),
+        ]
+    )
     dt["images"] = [{"id": 7, "file_name": "/photos/street.jpg", "height": 100, "width": 100}]
     report = evaluation.evaluate(gt, dt)
     # the box inside the crowd region is ignored, not false: person AP stays 1
@@ -178,7 +207,9 @@ def test_pr_curves_and_worst_cases_are_written(tmp_path):
 
     Image.new("RGB", (100, 100), (90, 120, 60)).save(tmp_path / "img1.jpg")
     gt = _doc([_box_ann(PERSON, 10, 10, 20, 50), _box_ann(PERSON, 60, 10, 20, 50)], size=(100, 100))
-    dt = _doc([_box_ann(PERSON, 10, 10, 20, 50, score=0.9), _box_ann(PERSON, 40, 70, 10, 10, score=0.8)], size=(100, 100))
+    dt = _doc(
+        [_box_ann(PERSON, 10, 10, 20, 50, score=0.9), _box_ann(PERSON, 40, 70, 10, 10, score=0.8)], size=(100, 100)
+    )
     report = evaluation.evaluate(gt, dt)
     # ranked: a hit then a false positive: precision 1 up to recall 0.5, never past it
     curve = report["person_bbox"]["pr_curves"]["person"]["0.50"]

@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, read_rows
 from pycocotools.coco import COCO
 
 from fashion_ray import taxonomy
 from fashion_ray.formats.export import export_run
+from helpers import ROOT, read_rows
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,13 @@ def fo(tmp_path_factory):
     """FiftyOne with its database in a temp folder (its mongod is a child process on loopback)."""
     home = tmp_path_factory.mktemp("fiftyone")
     saved = os.environ.get("HOME")
-    os.environ.update(FIFTYONE_DATABASE_VALIDATION="false", FIFTYONE_DO_NOT_TRACK="true",
-                      FIFTYONE_SHOW_PROGRESS_BARS="false", FIFTYONE_DATABASE_DIR=str(home / "db"), HOME=str(home))
+    os.environ.update(
+        FIFTYONE_DATABASE_VALIDATION="false",
+        FIFTYONE_DO_NOT_TRACK="true",
+        FIFTYONE_SHOW_PROGRESS_BARS="false",
+        FIFTYONE_DATABASE_DIR=str(home / "db"),
+        HOME=str(home),
+    )
     import fiftyone
 
     yield fiftyone
@@ -45,8 +50,13 @@ def test_fiftyone_imports_every_coco_shard_with_masks_and_attributes(default_run
     images = instances = masks = 0
     attributes = set()
     for k, shard in enumerate(want["manifest"]["shards"]):
-        ds = fo.Dataset.from_dir(dataset_type=fo.types.COCODetectionDataset, labels_path=str(out / shard["coco"]),
-                                 label_types=["segmentations"], data_path="/", name=f"coco-shard-{k}")
+        ds = fo.Dataset.from_dir(
+            dataset_type=fo.types.COCODetectionDataset,
+            labels_path=str(out / shard["coco"]),
+            label_types=["segmentations"],
+            data_path="/",
+            name=f"coco-shard-{k}",
+        )
         images += len(ds)
         for sample in ds:
             for det in sample.ground_truth.detections if sample.ground_truth else []:
@@ -69,16 +79,19 @@ def test_export_to_a_persistent_fiftyone_dataset(default_run, fo, tmp_path):
     ds = fo.load_dataset("fashion-ray-test")
     assert ds.persistent and len(ds) == summary["samples"] == c["rows"]
     assert len(ds.match_tags("error")) == c["error"] and set(ds.match_tags("error").values("error")) == set(
-        want["manifest"]["errors_by_reason"])
+        want["manifest"]["errors_by_reason"]
+    )
     assert ds.count("persons.detections") == c["persons"] and ds.count("garments.detections") == c["garments"]
     assert ds.count("parts.detections") == c["parts"]
     # a person's actions ride on its detection: names and scores, best first (the cameraman stands)
     assert sorted(a for v in ds.values("persons.detections.actions", unwind=True) if v for a in v) == sorted(
-        a for name, n in c["actions"].items() for a in [name] * n)
+        a for name, n in c["actions"].items() for a in [name] * n
+    )
     assert all(m is not None for m in ds.values("parts.detections.mask", unwind=True))
     sleeves = [g["attributes"] for g in want["garments"]]
     assert sorted(v for v in ds.values("garments.detections.sleeve", unwind=True) if v is not None) == sorted(
-        dict(s)["sleeve"] for s in sleeves if "sleeve" in dict(s))
+        dict(s)["sleeve"] for s in sleeves if "sleeve" in dict(s)
+    )
     with pytest.raises(ValueError, match="--overwrite"):
         export_run(str(out), "fiftyone", "fashion-ray-test")
 
@@ -94,18 +107,26 @@ def test_labelstudio_tasks_round_trip_through_its_converter(default_run, tmp_pat
     for k, task in enumerate(tasks, start=1):  # what a reviewer who accepts every prediction submits
         task |= {"id": k, "annotations": [{"id": k, "result": task["predictions"][0]["result"]}]}
     (tmp_path / "accepted.json").write_text(json.dumps(tasks))
-    converter = Converter((tmp_path / "ls" / "label_config.xml").read_text(), project_dir=None, download_resources=False)
+    converter = Converter(
+        (tmp_path / "ls" / "label_config.xml").read_text(), project_dir=None, download_resources=False
+    )
     converter.convert_to_coco(str(tmp_path / "accepted.json"), str(tmp_path / "back"), is_dir=False)
     back = json.loads((tmp_path / "back" / "result.json").read_text())
     names = {c["id"]: c["name"] for c in back["categories"]}
-    rectangles = sorted((names[a["category_id"]], *(round(v, 1) for v in a["bbox"]))
-                        for a in back["annotations"] if not a["segmentation"])
+    rectangles = sorted(
+        (names[a["category_id"]], *(round(v, 1) for v in a["bbox"]))
+        for a in back["annotations"]
+        if not a["segmentation"]
+    )
     ours = _coco_of(out)
     ours_names = {c["id"]: c["name"] for c in ours["categories"]}
-    assert rectangles == sorted((ours_names[a["category_id"]], *(round(v, 1) for v in a["bbox"])) for a in ours["annotations"])
+    assert rectangles == sorted(
+        (ours_names[a["category_id"]], *(round(v, 1) for v in a["bbox"])) for a in ours["annotations"]
+    )
     outlines = [a for a in back["annotations"] if a["segmentation"]]  # a polygon (or several) per mask
     assert len({(a["image_id"], names[a["category_id"]]) for a in outlines}) >= 1 and len(outlines) >= sum(
-        "segmentation" in a for a in ours["annotations"])
+        "segmentation" in a for a in ours["annotations"]
+    )
 
 
 def _coco_of(out) -> dict:
@@ -129,8 +150,11 @@ def test_cvat_coco_1_0_layout(default_run, tmp_path):
     for ann in coco.anns.values():  # CVAT reads attributes as name -> scalar
         assert isinstance(ann["attributes"], dict)
         assert all(isinstance(v, (str, int, float, bool)) for v in ann["attributes"].values())
-    garments = [a for a in coco.anns.values() if a["category_id"] in {c["id"] for c in taxonomy.COCO_CATEGORIES
-                                                                       if c["supercategory"] == "garment"}]
+    garments = [
+        a
+        for a in coco.anns.values()
+        if a["category_id"] in {c["id"] for c in taxonomy.COCO_CATEGORIES if c["supercategory"] == "garment"}
+    ]
     assert garments and all(a["attributes"]["parent_person_id"] in coco.anns for a in garments)
 
 
@@ -153,8 +177,14 @@ def test_yolo_labels_match_the_coco_boxes(default_run, tmp_path):
 
 
 def test_export_flags_give_one_line_errors(tmp_path):
-    for args, message in ((["--run", str(tmp_path), "--format", "pdf", "--output", str(tmp_path)],
-                           "is not one of: fiftyone, cvat, labelstudio, yolo"),
-                          (["--run", str(tmp_path), "--format", "cvat", "--output", str(tmp_path / "x")], "not a labelling run")):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "export.py"), *args], capture_output=True, text=True)
+    for args, message in (
+        (
+            ["--run", str(tmp_path), "--format", "pdf", "--output", str(tmp_path)],
+            "is not one of: fiftyone, cvat, labelstudio, yolo",
+        ),
+        (["--run", str(tmp_path), "--format", "cvat", "--output", str(tmp_path / "x")], "not a labelling run"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "jobs", "export.py"), *args], capture_output=True, text=True
+        )
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

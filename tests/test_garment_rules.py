@@ -26,9 +26,27 @@ def _body(visible=1.0) -> np.ndarray:
     """33 landmarks of a person standing, facing the camera, in a 100 x 200 crop: eyes y=20,
     mouth 30 (a face unit of 10 px), shoulders 45 (x 30..70), hips 110, ankles 190."""
     kp = np.zeros((33, 3), np.float32)
-    points = {0: (50, 25), 2: (45, 20), 5: (55, 20), 7: (40, 22), 8: (60, 22), 9: (47, 30), 10: (53, 30),
-              11: (70, 45), 12: (30, 45), 13: (74, 78), 14: (26, 78), 15: (76, 108), 16: (24, 108),
-              23: (60, 110), 24: (40, 110), 25: (60, 150), 26: (40, 150), 27: (60, 190), 28: (40, 190)}
+    points = {
+        0: (50, 25),
+        2: (45, 20),
+        5: (55, 20),
+        7: (40, 22),
+        8: (60, 22),
+        9: (47, 30),
+        10: (53, 30),
+        11: (70, 45),
+        12: (30, 45),
+        13: (74, 78),
+        14: (26, 78),
+        15: (76, 108),
+        16: (24, 108),
+        23: (60, 110),
+        24: (40, 110),
+        25: (60, 150),
+        26: (40, 150),
+        27: (60, 190),
+        28: (40, 190),
+    }
     for k, (x, y) in points.items():
         kp[k] = (x, y, visible)
     return kp
@@ -40,18 +58,21 @@ def _region(y0, y1, x0=35, x1=65, shape=(200, 100)) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("name, rows, cols, reason", [
-    ("hat", (0, 8), (38, 62), None),  # on top of the head
-    ("hat", (8, 16), (38, 62), "a hat on the face or forehead"),  # the forehead, below the head's top
-    ("hat", (15, 35), (38, 62), "a hat on the face or forehead"),  # the face
-    ("scarf", (40, 60), (35, 65), None),  # round the neck and down the chest
-    ("scarf", (22, 36), (40, 60), "a scarf on the face or chin"),
-    ("glasses", (17, 23), (42, 58), None),
-    ("glasses", (40, 46), (42, 58), "glasses away from the eyes"),  # a strip at the collar
-    ("trousers", (110, 190), (38, 62), None),
-    ("trousers", (50, 70), (38, 62), "legwear above the waist"),  # the chest
-    ("skirt", (100, 140), (35, 65), None),
-])
+@pytest.mark.parametrize(
+    "name, rows, cols, reason",
+    [
+        ("hat", (0, 8), (38, 62), None),  # on top of the head
+        ("hat", (8, 16), (38, 62), "a hat on the face or forehead"),  # the forehead, below the head's top
+        ("hat", (15, 35), (38, 62), "a hat on the face or forehead"),  # the face
+        ("scarf", (40, 60), (35, 65), None),  # round the neck and down the chest
+        ("scarf", (22, 36), (40, 60), "a scarf on the face or chin"),
+        ("glasses", (17, 23), (42, 58), None),
+        ("glasses", (40, 46), (42, 58), "glasses away from the eyes"),  # a strip at the collar
+        ("trousers", (110, 190), (38, 62), None),
+        ("trousers", (50, 70), (38, 62), "legwear above the waist"),  # the chest
+        ("skirt", (100, 140), (35, 65), None),
+    ],
+)
 def test_the_persons_own_landmarks_place_each_garment(name, rows, cols, reason):
     assert misplaced(name, _region(*rows, *cols), _body()) == reason
     assert misplaced(name, _region(*rows, *cols), None) is None  # no landmarks: nothing said against it
@@ -92,7 +113,7 @@ def _network(presence: dict[str, float]):
         n, h, w = views.shape[:3]
         prob = torch.full((n, len(taxonomy.GARMENT_PARSE), h, w), 0.1 / (len(taxonomy.GARMENT_PARSE) - 1))
         prob[:, V["top"], : h // 2] = 0.9
-        prob[:, V["trousers"], h // 2:] = 0.9
+        prob[:, V["trousers"], h // 2 :] = 0.9
         pres = torch.tensor([[presence.get(c, 0.0) for c in taxonomy.GARMENT_PARSE]] * n)
         return prob, pres
 
@@ -130,23 +151,52 @@ def test_collapsed_poses_lose_their_landmarks_and_sound_ones_keep_them():
 
 def test_the_detectors_backpack_and_the_parsers_bag_on_one_object_are_one_garment():
     h, w = 200, 100
-    person = {"box": [0, 0, 100, 200], "garments": [
-        {"garment_id": 0, "category": "backpack", "category_id": taxonomy.COCO_CATEGORY_ID["backpack"], "score": 0.7,
-         "box": [60.0, 80.0, 90.0, 130.0], "mask": None, "attributes": []}]}
+    person = {
+        "box": [0, 0, 100, 200],
+        "garments": [
+            {
+                "garment_id": 0,
+                "category": "backpack",
+                "category_id": taxonomy.COCO_CATEGORY_ID["backpack"],
+                "score": 0.7,
+                "box": [60.0, 80.0, 90.0, 130.0],
+                "mask": None,
+                "attributes": [],
+            }
+        ],
+    }
     bag = np.zeros((h, w), bool)
     bag[82:128, 62:88] = True
     other = np.zeros((h, w), bool)
     other[150:160, 5:20] = True  # a second bag, far from the backpack
-    det = {"labels": ["bag", "bag"], "scores": np.array([0.8, 0.6]), "boxes": np.array([[62, 82, 88, 128], [5, 150, 20, 160]]),
-           "masks": np.stack([bag, other])}
+    det = {
+        "labels": ["bag", "bag"],
+        "scores": np.array([0.8, 0.6]),
+        "boxes": np.array([[62, 82, 88, 128], [5, 150, 20, 160]]),
+        "masks": np.stack([bag, other]),
+    }
     attach_garments(person, det, (0, 0, w, h), h, w)
     assert [g["category"] for g in person["garments"]] == ["backpack", "bag"]
     assert (rle.decode(person["garments"][0]["mask"]) == bag).all()  # the detector's name, the parser's mask
     # a parser that says the person wears no bag and no tie takes the detector's ones away too
-    person = {"box": [0, 0, 100, 200], "garments": [
-        {"garment_id": k, "category": c, "category_id": taxonomy.COCO_CATEGORY_ID[c], "score": 0.6, "box": [10.0, 10.0, 30.0, 30.0],
-         "mask": None, "attributes": []} for k, c in enumerate(("tie", "umbrella", "backpack"))]}
-    attach_garments(person, {"labels": [], "scores": [], "boxes": [], "masks": None, "absent": ["bag", "tie"]}, (0, 0, w, h), h, w)
+    person = {
+        "box": [0, 0, 100, 200],
+        "garments": [
+            {
+                "garment_id": k,
+                "category": c,
+                "category_id": taxonomy.COCO_CATEGORY_ID[c],
+                "score": 0.6,
+                "box": [10.0, 10.0, 30.0, 30.0],
+                "mask": None,
+                "attributes": [],
+            }
+            for k, c in enumerate(("tie", "umbrella", "backpack"))
+        ],
+    }
+    attach_garments(
+        person, {"labels": [], "scores": [], "boxes": [], "masks": None, "absent": ["bag", "tie"]}, (0, 0, w, h), h, w
+    )
     assert [(g["garment_id"], g["category"]) for g in person["garments"]] == [(0, "umbrella")]
 
 
@@ -159,11 +209,17 @@ def test_framing_crops_cut_photo_and_labels_at_the_same_row(tmp_path):
         assert photo.size == (part["width"], part["height"]) and part["width"] == full["width"]
         assert part["height"] < full["height"]
         original = np.asarray(Image.open(full["file_name"]).convert("RGB")).astype(int)
-        assert np.abs(np.asarray(photo.convert("RGB")).astype(int) - original[:part["height"]]).mean() < 3  # JPEG noise only
+        assert (
+            np.abs(np.asarray(photo.convert("RGB")).astype(int) - original[: part["height"]]).mean() < 3
+        )  # JPEG noise only
         for region in (a for a in cut["annotations"] if a["image_id"] == part["id"]):
             m = rle.decode(region["segmentation"])
-            same = next(a for a in whole["annotations"] if a["image_id"] == full["id"] and a["category_id"] == region["category_id"])
-            assert (m == rle.decode(same["segmentation"])[:part["height"]]).all()
+            same = next(
+                a
+                for a in whole["annotations"]
+                if a["image_id"] == full["id"] and a["category_id"] == region["category_id"]
+            )
+            assert (m == rle.decode(same["segmentation"])[: part["height"]]).all()
     # the cut is at half the labelled person's height, from the top of the head
     parse = np.zeros((100, 10), np.uint8)
     parse[20:80] = V["top"]
@@ -176,7 +232,9 @@ def test_training_views_of_tagged_photos_teach_presence_only(tmp_path):
     make_ccp(tmp_path / "ccp", 5)
     (tmp_path / "tags" / "photos").mkdir(parents=True)
     Image.fromarray(np.full((90, 60, 3), 128, np.uint8)).save(tmp_path / "tags" / "photos" / "1005.jpg")
-    (tmp_path / "tags" / "tags.json").write_text(json.dumps({"tags": {"photos/1005.jpg": ["hair", "skin", "jeans", "purse", "bracelet"]}}))
+    (tmp_path / "tags" / "tags.json").write_text(
+        json.dumps({"tags": {"photos/1005.jpg": ["hair", "skin", "jeans", "purse", "bracelet"]}})
+    )
     doc = converters.convert_ccp(str(tmp_path / "ccp"), tags=str(tmp_path / "tags"))
     tagged = doc["images"][-1]
     assert tagged["tags"] == ["bag", "hair", "skin", "trousers"] and tagged["split"] == "train"  # bracelet: not a class
@@ -184,16 +242,34 @@ def test_training_views_of_tagged_photos_teach_presence_only(tmp_path):
     index = data.load_index(str(tmp_path / "doc.json"))
     train, _ = data.split(index.samples("garments"), 0.2, index.images)
     sample = next(s for s in train if s.image_id == tagged["id"])
-    (view, target), = data.load_batch(index, "garments", [sample], input_size=96, train=True, seed=0, epoch=0,
-                                      classes=taxonomy.GARMENT_PARSE, view=(96, 64))
+    ((view, target),) = data.load_batch(
+        index,
+        "garments",
+        [sample],
+        input_size=96,
+        train=True,
+        seed=0,
+        epoch=0,
+        classes=taxonomy.GARMENT_PARSE,
+        view=(96, 64),
+    )
     assert view.shape == (96, 64, 3) and (target["parse"] == taxonomy.PARSE_IGNORE).all()
     expected = np.zeros(len(taxonomy.GARMENT_PARSE), np.float32)
     expected[[V["hair"], V["skin"], V["trousers"], V["bag"]]] = 1
     expected[0] = -1
     assert target["presence"].tolist() == expected.tolist()
     # a pixel-labelled person: presence from the view's own labels
-    (view, target), = data.load_batch(index, "garments", [train[0]], input_size=96, train=False, seed=0, epoch=0,
-                                      classes=taxonomy.GARMENT_PARSE, view=(96, 64))
+    ((view, target),) = data.load_batch(
+        index,
+        "garments",
+        [train[0]],
+        input_size=96,
+        train=False,
+        seed=0,
+        epoch=0,
+        classes=taxonomy.GARMENT_PARSE,
+        view=(96, 64),
+    )
     present = {taxonomy.GARMENT_PARSE[k] for k, v in enumerate(target["presence"]) if v == 1}
     assert {"hair", "skin", "top", "shoes"} <= present and "dress" not in present
 
@@ -212,9 +288,8 @@ def test_parser_v2_gives_pixels_at_the_view_and_a_presence_per_class():
 def test_the_bundles_garment_parser_is_refused_when_its_weights_change(tmp_path):
     import shutil
 
-    from fashion_ray.models import BundleError, build_stage_predictor, load_bundle
-
     from fashion_ray.config import Device
+    from fashion_ray.models import BundleError, build_stage_predictor, load_bundle
     from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 
     spec = load_bundle("bootstrap").stages["clothing"]
@@ -233,9 +308,8 @@ def test_a_bundle_with_the_11_parser_still_labels(tmp_path):
     """Bundles published with 1.1's parser (a head on BlazePose's trunk) keep working beside v2."""
     import shutil
 
-    from fashion_ray.models import build_stage_predictor, load_bundle
-
     from fashion_ray.config import Device
+    from fashion_ray.models import build_stage_predictor, load_bundle
     from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR, StageModel, save_bundle
     from fashion_ray.models.garments import BLAZEPOSE_PARSER, build_head
 
@@ -261,10 +335,15 @@ def test_absent_garments_are_counted_per_photo_on_the_labelled_person_and_on_eve
     def ann(ann_id, name, box, parent=None):
         return {"id": ann_id, "category_id": ids[name], "bbox": box, **({"parent_person_id": parent} if parent else {})}
 
-    predicted = [ann(1, "person", [2, 0, 6, 18]), ann(2, "person", [8, 0, 2, 5]),  # the labelled person; a passer-by
-                 ann(3, "long_sleeve_top", [2, 2, 6, 8], 1), ann(4, "scarf", [3, 2, 4, 2], 1),  # scarf: absent
-                 ann(5, "skirt", [2, 10, 6, 4], 1),  # absent
-                 ann(6, "scarf", [8, 1, 2, 2], 2), ann(7, "bag", [8, 3, 2, 2], 2)]  # the passer-by's: absent too
+    predicted = [
+        ann(1, "person", [2, 0, 6, 18]),
+        ann(2, "person", [8, 0, 2, 5]),  # the labelled person; a passer-by
+        ann(3, "long_sleeve_top", [2, 2, 6, 8], 1),
+        ann(4, "scarf", [3, 2, 4, 2], 1),  # scarf: absent
+        ann(5, "skirt", [2, 10, 6, 4], 1),  # absent
+        ann(6, "scarf", [8, 1, 2, 2], 2),
+        ann(7, "bag", [8, 3, 2, 2], 2),
+    ]  # the passer-by's: absent too
     counter = evaluation.AbsentGarments()
     counter.add(truth, run_truth, predicted)
     counter.add(truth, run_truth, [])  # a photo where nobody is found

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers import job_main
 from PIL import Image
 from scipy.io import savemat
 
@@ -19,12 +18,15 @@ from fashion_ray.formats import masks as rle
 from fashion_ray.models.bundle import load_bundle
 from fashion_ray.models.garments import garment_instances, sleeve_length
 from fashion_ray.training import data
+from helpers import job_main
 
 # Clothing Co-Parsing's label_list.mat, in its order (a fact about the dataset, no data of it)
-CCP_LABELS = ("null accessories bag belt blazer blouse bodysuit boots bra bracelet cape cardigan clogs coat dress "
-              "earrings flats glasses gloves hair hat heels hoodie intimate jacket jeans jumper leggings loafers necklace "
-              "panties pants pumps purse ring romper sandals scarf shirt shoes shorts skin skirt sneakers socks "
-              "stockings suit sunglasses sweater sweatshirt swimwear t-shirt tie tights top vest wallet watch wedges").split()
+CCP_LABELS = (
+    "null accessories bag belt blazer blouse bodysuit boots bra bracelet cape cardigan clogs coat dress "
+    "earrings flats glasses gloves hair hat heels hoodie intimate jacket jeans jumper leggings loafers necklace "
+    "panties pants pumps purse ring romper sandals scarf shirt shoes shorts skin skirt sneakers socks "
+    "stockings suit sunglasses sweater sweatshirt swimwear t-shirt tie tights top vest wallet watch wedges"
+).split()
 
 
 def test_every_ccp_label_maps_to_one_parse_class_or_is_dropped_on_purpose():
@@ -32,16 +34,41 @@ def test_every_ccp_label_maps_to_one_parse_class_or_is_dropped_on_purpose():
     targets = {v for v in taxonomy.CCP_TO_PARSE.values() if v is not None}
     assert targets == set(taxonomy.GARMENT_PARSE)  # every parse class is learnt from some CCP label
     dropped = sorted(k for k, v in taxonomy.CCP_TO_PARSE.items() if v is None)
-    assert dropped == ["accessories", "bra", "bracelet", "earrings", "gloves", "intimate", "necklace", "panties", "ring",
-                       "romper", "socks", "stockings", "swimwear", "tights", "watch"]
+    assert dropped == [
+        "accessories",
+        "bra",
+        "bracelet",
+        "earrings",
+        "gloves",
+        "intimate",
+        "necklace",
+        "panties",
+        "ring",
+        "romper",
+        "socks",
+        "stockings",
+        "swimwear",
+        "tights",
+        "watch",
+    ]
     assert taxonomy.CCP_TO_PARSE["jeans"] == "trousers" and taxonomy.CCP_TO_PARSE["sunglasses"] == "glasses"
     assert taxonomy.CCP_TO_PARSE["blazer"] == "outwear" and taxonomy.CCP_TO_PARSE["purse"] == "bag"
     # every garment name the stage can write has a stable COCO id and folds back to its parse class
     written = {n for names in taxonomy.SLEEVED.values() for n in names.values()} | set(taxonomy.GARMENT_PARSE[6:])
-    assert written <= set(taxonomy.COCO_CATEGORY_ID) and all(taxonomy.PARSE_OF[n] in taxonomy.GARMENT_PARSE for n in written)
+    assert written <= set(taxonomy.COCO_CATEGORY_ID) and all(
+        taxonomy.PARSE_OF[n] in taxonomy.GARMENT_PARSE for n in written
+    )
     ids = taxonomy.COCO_CATEGORY_ID
-    assert [ids[n] for n in ("person", "short_sleeve_top", "tie", "shoes", "belt", "hat", "glasses", "scarf")] == \
-        [1, 2, 28, 29, 30, 31, 32, 33]  # appended after 1.0's ids: none moved
+    assert [ids[n] for n in ("person", "short_sleeve_top", "tie", "shoes", "belt", "hat", "glasses", "scarf")] == [
+        1,
+        2,
+        28,
+        29,
+        30,
+        31,
+        32,
+        33,
+    ]  # appended after 1.0's ids: none moved
     assert "skin" not in ids and "hair" not in ids  # parse classes, never garments
     from fashion_ray.models import written_labels
 
@@ -90,7 +117,11 @@ def test_two_blobs_of_a_class_are_two_garments_named_by_their_sleeves():
     assert out["labels"] == ["long_sleeve_top", "shoes", "shoes"]  # one top of two pieces, two shoes
     assert out["attributes"] == [["sleeve:long"], [], []]
     assert out["boxes"].tolist() == [[24, 35, 76, 122], [20, 150, 40, 158], [60, 150, 80, 158]]
-    assert out["masks"].shape == (3, 160, 100) and out["masks"][1].sum() == 160 and not (out["masks"][1] & out["masks"][2]).any()
+    assert (
+        out["masks"].shape == (3, 160, 100)
+        and out["masks"][1].sum() == 160
+        and not (out["masks"][1] & out["masks"][2]).any()
+    )
     assert out["masks"][0].sum() == 75 * 52 - 100 + 10 * 40
     assert out["scores"].tolist() == pytest.approx([0.9] * 3)
     assert garment_instances(parse, confidence * 0.2, person, 20, 0.3)["labels"] == []  # under the score threshold
@@ -101,13 +132,20 @@ def test_two_blobs_of_a_class_are_two_garments_named_by_their_sleeves():
     parse[110:150, 30:70] = taxonomy.GARMENT_PARSE.index("trousers")
     assert garment_instances(parse, confidence, _arms(), 20, 0.3)["labels"] == ["long_sleeve_top"]
     person[23], person[24] = (60, 110, 0.9), (40, 110, 0.9)
-    assert garment_instances(parse, confidence, person, 20, 0.3)["labels"] == ["long_sleeve_top", "trousers", "shoes", "shoes"]
+    assert garment_instances(parse, confidence, person, 20, 0.3)["labels"] == [
+        "long_sleeve_top",
+        "trousers",
+        "shoes",
+        "shoes",
+    ]
 
 
 def _person_figure(rng, height=120, width=80):
     """A made-up street photo and its CCP label map: hair, skin face and arms, a coloured top,
     trousers or a skirt, two shoes, on a textured background."""
-    label = {name: CCP_LABELS.index(name) for name in ("hair", "skin", "t-shirt", "jeans", "skirt", "shoes", "necklace")}
+    label = {
+        name: CCP_LABELS.index(name) for name in ("hair", "skin", "t-shirt", "jeans", "skirt", "shoes", "necklace")
+    }
     img = rng.integers(90, 160, (height, width, 3)).astype(np.uint8)
     lab = np.zeros((height, width), np.uint8)
     cx = width // 2 + int(rng.integers(-6, 7))
@@ -120,7 +158,14 @@ def _person_figure(rng, height=120, width=80):
     paint("skin", 14, 28, cx - 6, cx + 6, (225, 180, 150))
     paint("skin", 30, 70, cx - 18, cx - 13, (225, 180, 150))
     paint("skin", 30, 70, cx + 13, cx + 18, (225, 180, 150))
-    paint("t-shirt", 28, 66, cx - 13, cx + 13, tuple(int(v) for v in rng.integers(150, 255, 3)) if rng.random() < 0.5 else (200, 30, 30))
+    paint(
+        "t-shirt",
+        28,
+        66,
+        cx - 13,
+        cx + 13,
+        tuple(int(v) for v in rng.integers(150, 255, 3)) if rng.random() < 0.5 else (200, 30, 30),
+    )
     paint("necklace", 29, 31, cx - 3, cx + 3, (250, 250, 0))
     if rng.random() < 0.5:
         paint("jeans", 66, 108, cx - 12, cx + 12, (30, 50, 140))
@@ -155,8 +200,13 @@ def test_ccp_converter_remaps_labels_marks_the_split_and_training_rebuilds_the_p
     assert [i["split"] for i in doc["images"]] == ["val" if n % 5 == 0 else "train" for n in range(1, 11)]
     first = [a for a in doc["annotations"] if a["image_id"] == 1]
     person = next(a for a in first if names[a["category_id"]] == "person")
-    assert {names[a["category_id"]] for a in first if a.get("parent_person_id") == person["id"]} >= \
-        {"hair", "skin", "top", "shoes", "ignore"}  # t-shirt -> top, necklace dropped on purpose
+    assert {names[a["category_id"]] for a in first if a.get("parent_person_id") == person["id"]} >= {
+        "hair",
+        "skin",
+        "top",
+        "shoes",
+        "ignore",
+    }  # t-shirt -> top, necklace dropped on purpose
     shoes = next(a for a in first if names[a["category_id"]] == "shoes")
     assert shoes["area"] == 2 * 6 * 10  # one semantic region for both shoes
     # the person is every labelled pixel
@@ -168,8 +218,9 @@ def test_ccp_converter_remaps_labels_marks_the_split_and_training_rebuilds_the_p
     index = data.load_index(str(path))
     train, val = data.split(index.samples("garments"), 0.2, index.images)
     assert sorted(s.image_id for s in val) == [5, 10] and len(train) == 8
-    (view, target), = data.load_batch(index, "garments", [train[0]], input_size=256, train=False, seed=0, epoch=0,
-                                      classes=taxonomy.GARMENT_PARSE)
+    ((view, target),) = data.load_batch(
+        index, "garments", [train[0]], input_size=256, train=False, seed=0, epoch=0, classes=taxonomy.GARMENT_PARSE
+    )
     assert view.shape == (256, 256, 3) and target["parse"].shape == (256, 256)
     values = set(np.unique(target["parse"]).tolist())
     expected = {taxonomy.GARMENT_PARSE.index(n) for n in ("background", "hair", "skin", "top", "shoes")}
@@ -178,8 +229,16 @@ def test_ccp_converter_remaps_labels_marks_the_split_and_training_rebuilds_the_p
 
 def _mask_ann(ann_id, image_id, category_id, mask, **extra):
     x0, y0, x1, y1 = rle.bbox_xyxy(mask)
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle.encode(mask),
-            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(mask.sum()), "iscrowd": 0, **extra}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": rle.encode(mask),
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "area": float(mask.sum()),
+        "iscrowd": 0,
+        **extra,
+    }
 
 
 def test_semantic_scoring_of_garments_and_pose_regions_on_hand_computed_maps(tmp_path):
@@ -187,15 +246,26 @@ def test_semantic_scoring_of_garments_and_pose_regions_on_hand_computed_maps(tmp
     region = lambda y0, y1: np.pad(np.ones((y1 - y0, w), bool), ((y0, h - y1), (0, 0)))  # noqa: E731
     cats = converters.PARSE_CATEGORIES
     cid = {c["name"]: c["id"] for c in cats}
-    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}], "categories": cats, "annotations": [
-        _mask_ann(1, 1, cid["top"], region(0, 10)), _mask_ann(2, 1, cid["trousers"], region(10, 16)),
-        _mask_ann(3, 1, cid["skin"], region(16, 18)), _mask_ann(4, 1, cid["ignore"], region(18, 20))]}
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}],
+        "categories": cats,
+        "annotations": [
+            _mask_ann(1, 1, cid["top"], region(0, 10)),
+            _mask_ann(2, 1, cid["trousers"], region(10, 16)),
+            _mask_ann(3, 1, cid["skin"], region(16, 18)),
+            _mask_ann(4, 1, cid["ignore"], region(18, 20)),
+        ],
+    }
     ours = taxonomy.COCO_CATEGORY_ID
-    dt = {"images": [{"id": 7, "file_name": "photos/a.jpg", "height": h, "width": w}], "categories": taxonomy.COCO_CATEGORIES,
-          "annotations": [
-              _mask_ann(1, 7, ours["long_sleeve_top"], region(0, 5), score=0.9),  # half the top
-              _mask_ann(2, 7, ours["trousers"], region(8, 20), score=0.8),  # 2 rows of top, the skin and the ignored rows
-              _mask_ann(3, 7, ours["upper_body_garment"], region(0, 12), score=0.2)]}  # a pose region (regions table only)
+    dt = {
+        "images": [{"id": 7, "file_name": "photos/a.jpg", "height": h, "width": w}],
+        "categories": taxonomy.COCO_CATEGORIES,
+        "annotations": [
+            _mask_ann(1, 7, ours["long_sleeve_top"], region(0, 5), score=0.9),  # half the top
+            _mask_ann(2, 7, ours["trousers"], region(8, 20), score=0.8),  # 2 rows of top, the skin and the ignored rows
+            _mask_ann(3, 7, ours["upper_body_garment"], region(0, 12), score=0.2),
+        ],
+    }  # a pose region (regions table only)
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(dt))
     report = evaluation.evaluate_parse_uris(str(tmp_path / "gt.json"), str(tmp_path / "dt.json"))
@@ -205,7 +275,9 @@ def test_semantic_scoring_of_garments_and_pose_regions_on_hand_computed_maps(tmp
     assert iou["shoes"] is None and report["garment_parse"]["miou_garments"] == pytest.approx(0.55)
     # regions: the top and the pose region are upper body (rows 0-7 after the trousers win rows 8+): 80 / 100
     regions = report["garment_regions"]["iou"]
-    assert regions["upper_body_garment"] == pytest.approx(80 / 100) and regions["lower_body_garment"] == pytest.approx(0.6)
+    assert regions["upper_body_garment"] == pytest.approx(80 / 100) and regions["lower_body_garment"] == pytest.approx(
+        0.6
+    )
     assert regions["full_body_garment"] is None and report["garment_regions"]["miou_regions"] == pytest.approx(0.7)
     assert report["counts"]["images"] == 1
     md = evaluation.parse_to_markdown(report)
@@ -213,9 +285,21 @@ def test_semantic_scoring_of_garments_and_pose_regions_on_hand_computed_maps(tmp
 
 
 def test_semantic_evaluation_refuses_ground_truth_without_parse_classes(tmp_path, capsys):
-    (tmp_path / "gt.json").write_text(json.dumps({"images": [], "annotations": [], "categories": taxonomy.COCO_CATEGORIES}))
-    assert job_main("evaluate", "--mode", "semantic", "--predictions", str(tmp_path / "gt.json"),
-                    "--ground-truth", str(tmp_path / "gt.json")) == 2
+    (tmp_path / "gt.json").write_text(
+        json.dumps({"images": [], "annotations": [], "categories": taxonomy.COCO_CATEGORIES})
+    )
+    assert (
+        job_main(
+            "evaluate",
+            "--mode",
+            "semantic",
+            "--predictions",
+            str(tmp_path / "gt.json"),
+            "--ground-truth",
+            str(tmp_path / "gt.json"),
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no garment parse categories" in err and len(err.strip().splitlines()) == 1
 
@@ -227,10 +311,38 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(ray_s
     assert job_main("convert", "--format", "ccp", "--input", str(tmp_path / "ccp"), "--output", str(coco)) == 0
     out = tmp_path / "garments-v2"
     # parser v2 (the default architecture) from the packaged ImageNet weights, on 128 px views, on the tests' Ray
-    assert job_main("train", "--task", "garments", "--data", str(coco), "--output", str(out),
-                    "--pretrained-backbone", "efficientnet-lite0", "--input-size", "128", "--workers", "2",
-                    "--cpus-per-worker", "0.5", "--steps", "100", "--batch-size", "4", "--lr", "0.05", "--warmup-steps", "5",
-                    "--checkpoint-every", "50", "--storage", str(tmp_path / "runs")) == 0
+    assert (
+        job_main(
+            "train",
+            "--task",
+            "garments",
+            "--data",
+            str(coco),
+            "--output",
+            str(out),
+            "--pretrained-backbone",
+            "efficientnet-lite0",
+            "--input-size",
+            "128",
+            "--workers",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--steps",
+            "100",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.05",
+            "--warmup-steps",
+            "5",
+            "--checkpoint-every",
+            "50",
+            "--storage",
+            str(tmp_path / "runs"),
+        )
+        == 0
+    )
     record = json.loads((out / "training.json").read_text())
     metrics = record["metrics"]  # held-out photos 5, 10, ... 30, scored before training and at the best checkpoint
     assert record["final_step"] == 100 and metrics["val_metric"] == metrics["val_miou_garments"]
@@ -245,8 +357,8 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(ray_s
     # them) of photos it never saw; no landmarks: tops take the default sleeve length. (Shoes,
     # 6 px in a 128 px view, are not learnt in 100 steps.)
     from fashion_ray.boxes import crop_box
-    from fashion_ray.models import build_stage_predictor
     from fashion_ray.config import Device
+    from fashion_ray.models import build_stage_predictor
 
     parser = build_stage_predictor(bundle, "clothing", Device())
     rng = np.random.default_rng(99)
@@ -263,7 +375,9 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(ray_s
 
 
 def test_ccps_own_coco_view_is_read_through_the_same_remap():
-    categories = [{"id": k, "name": name, "supercategory": "clothing"} for k, name in enumerate(CCP_LABELS[1:], start=1)]
+    categories = [
+        {"id": k, "name": name, "supercategory": "clothing"} for k, name in enumerate(CCP_LABELS[1:], start=1)
+    ]
     values = taxonomy.parse_value_of(categories)
     by_name = {c["name"]: values[c["id"]] for c in categories}
     assert by_name["jeans"] == by_name["pants"] == taxonomy.GARMENT_PARSE.index("trousers")

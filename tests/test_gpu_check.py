@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
 
 from fashion_ray import gpu_check
+from helpers import ROOT
 
 
 def test_budgets_fit_one_ten_minute_call_and_every_step_is_planned():
@@ -21,43 +21,61 @@ def test_budgets_fit_one_ten_minute_call_and_every_step_is_planned():
     assert sum(s.budget_s for s in steps if s.name != "install") <= 540  # a lent machine's call: 600 s
     install = steps[0].argv[-1]
     assert "uninstall -y -q onnxruntime;" in install
-    assert install.endswith("install -q --no-index --find-links /wheels onnxruntime-gpu torch==2.14.1 torchvision==0.29.1")
+    assert install.endswith(
+        "install -q --no-index --find-links /wheels onnxruntime-gpu torch==2.14.1 torchvision==0.29.1"
+    )
     with open(os.path.join(ROOT, ".ci", "run")) as fh:  # the pins CI installs
         ci = fh.read()
     assert all(pin in ci for pin in gpu_check.PINNED_TORCH)
+
     def flag(step, name):
         return step.argv[step.argv.index(name) + 1]
 
     cascade, training = steps[2], steps[4]
-    assert (flag(cascade, "--amp"), flag(cascade, "--jpeg-decode"), flag(cascade, "--device")) == ("on,off", "tasks,person", "cuda")
+    assert (flag(cascade, "--amp"), flag(cascade, "--jpeg-decode"), flag(cascade, "--device")) == (
+        "on,off",
+        "tasks,person",
+        "cuda",
+    )
     assert flag(training, "--train-gpus-per-worker") == "1" and flag(training, "--train-tasks") == "parts,garments"
     # on a CPU autocast does nothing: AMP off is not run again
     assert flag(gpu_check.plan("cpu", quick=True)[1], "--amp") == "on"
 
 
 def test_reports_are_read_from_the_jobs_own_output():
-    printed = "Ray started\n{ not json\n{\n  \"images\": 6,\n  \"nested\": {\"a\": 1}\n}\n"
+    printed = 'Ray started\n{ not json\n{\n  "images": 6,\n  "nested": {"a": 1}\n}\n'
     assert gpu_check.last_json_object(printed) == {"images": 6, "nested": {"a": 1}}
     with pytest.raises(ValueError):
         gpu_check.last_json_object("no figures at all")
-    out = ("SKIPPED [1] tests/test_media.py:74: no CUDA device\nSKIPPED [2] tests/test_x.py:9: no CUDA device\n"
-           "1 failed, 3 passed, 5 skipped, 240 deselected in 12.3s\n")
+    out = (
+        "SKIPPED [1] tests/test_media.py:74: no CUDA device\nSKIPPED [2] tests/test_x.py:9: no CUDA device\n"
+        "1 failed, 3 passed, 5 skipped, 240 deselected in 12.3s\n"
+    )
     summary = gpu_check.pytest_summary(out)
     assert summary["counts"] == {"failed": 1, "passed": 3, "skipped": 5, "deselected": 240}
     assert summary["skipped"] == ["tests/test_media.py:74: no CUDA device", "tests/test_x.py:9: no CUDA device"]
 
 
 def test_a_step_over_its_budget_is_stopped_with_what_it_started_and_the_rest_go_on(tmp_path):
-    sleeper = gpu_check.Step("hang", (sys.executable, "-c", "import subprocess, time; "
-                                      "subprocess.Popen(['sleep', '600']); print('started', flush=True); time.sleep(600)"), 2)
+    sleeper = gpu_check.Step(
+        "hang",
+        (
+            sys.executable,
+            "-c",
+            "import subprocess, time; "
+            "subprocess.Popen(['sleep', '600']); print('started', flush=True); time.sleep(600)",
+        ),
+        2,
+    )
     result = gpu_check.run_step(sleeper, str(tmp_path))
     assert result["ok"] is False and result["exit_code"] is None and "over its budget of 2 s" in result["error"]
     assert result["seconds"] < 30 and "started" in result["output_tail"]
     # the grandchild went with it: nothing of the step is left running
     left = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True).stdout.split()
     assert not left
-    broken = gpu_check.run_step(gpu_check.Step("broken", (sys.executable, "-c", "raise SystemExit('CUDA provider missing')"), 30),
-                                str(tmp_path))
+    broken = gpu_check.run_step(
+        gpu_check.Step("broken", (sys.executable, "-c", "raise SystemExit('CUDA provider missing')"), 30), str(tmp_path)
+    )
     assert broken["exit_code"] == 1 and "CUDA provider missing" in broken["output_tail"]
 
 
@@ -65,9 +83,22 @@ def test_a_step_over_its_budget_is_stopped_with_what_it_started_and_the_rest_go_
 def test_the_quick_cpu_check_runs_every_step_and_reports_every_figure(ray_head, tmp_path):
     # the steps' jobs join the tests' Ray head (RAY_ADDRESS, as under `ray job submit`) instead
     # of starting a Ray each: the check's own work is what is tested here
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "gpu_check.py"), "--device", "cpu", "--quick",
-                           "--output", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=1500,
-                          env={**ray_head.env, "RAY_ADDRESS": ray_head.gcs})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "jobs", "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=1500,
+        env={**ray_head.env, "RAY_ADDRESS": ray_head.gcs},
+    )
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     failed = {name: step.get("output_tail", "")[-1500:] for name, step in report["steps"].items() if not step["ok"]}
     assert proc.returncode == 0 and not failed and report["all_ran"], failed or proc.stderr[-3000:]

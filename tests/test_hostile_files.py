@@ -12,12 +12,12 @@ import io
 import os
 import time
 
-import hostile_files
 import pytest
-from helpers import encode_image, read_rows
 from PIL import Image
 
+import hostile_files
 from fashion_ray import media, video
+from helpers import encode_image, read_rows
 
 
 def test_frame_sampling_is_computed_not_counted():
@@ -57,8 +57,9 @@ def test_pages_are_held_to_the_pixel_limit_and_never_raise(tmp_path):
             name.write_bytes(case)
             plan = video.plan_frames(str(name), video.VideoSampling(), 64_000_000)
             if plan and plan["frames"]:
-                for _, image, reason, detail in video.decode_frames(str(name), [p for _, p, _ in plan["frames"]],
-                                                                    max_pixels=64_000_000, timeout_s=5):
+                for _, image, reason, detail in video.decode_frames(
+                    str(name), [p for _, p, _ in plan["frames"]], max_pixels=64_000_000, timeout_s=5
+                ):
                     assert (image is None) == (reason in media.ERROR_REASONS), (fmt, k, reason, detail)
             media.decode_image(case, max_pixels=64_000_000, max_side=1280)  # never raises either
 
@@ -96,7 +97,9 @@ def test_animation_frames_are_read_from_headers_and_capped(tmp_path):
     assert capped["detail"] == "300 frames were sampled; the first 100 are labelled (--max-frames-per-file)"
     gif = tmp_path / "many.gif"
     gif.write_bytes(hostile_files._many_frames("GIF", 3_000))
-    assert len(video.plan_frames(str(gif), video.VideoSampling(fps=1, max_frames_per_file=20), 64_000_000)["frames"]) == 20
+    assert (
+        len(video.plan_frames(str(gif), video.VideoSampling(fps=1, max_frames_per_file=20), 64_000_000)["frames"]) == 20
+    )
     # an APNG is labelled as the still image it shows first: its frames are never walked
     apng = hostile_files._many_frames("PNG", 3_000)
     assert Image.open(io.BytesIO(apng)).n_frames == 3_000
@@ -118,10 +121,14 @@ def test_planning_that_stops_becomes_a_row_per_file(ray_session, tmp_path):
     names = [tmp_path / "a.gif", tmp_path / "b.tif"]
     for name in names:
         name.write_bytes(hostile_files.seeds(str(tmp_path))[name.suffix.lstrip(".")])
-    cfg = config.LabelJobConfig(inputs=(str(tmp_path),), output=str(tmp_path / "out"), cpu_node_resource="nowhere",
-                                stall_timeout_s=3)
+    cfg = config.LabelJobConfig(
+        inputs=(str(tmp_path),), output=str(tmp_path / "out"), cpu_node_resource="nowhere", stall_timeout_s=3
+    )
     plans = pipeline.probe_videos(cfg, pa.table({"id": [1, 2], "uri": [str(n) for n in names]}))
-    assert {vid: (plan["error"], plan["frames"]) for vid, plan in plans.items()} == {1: ("timeout", []), 2: ("timeout", [])}
+    assert {vid: (plan["error"], plan["frames"]) for vid, plan in plans.items()} == {
+        1: ("timeout", []),
+        2: ("timeout", []),
+    }
     assert "planning made no progress for 3 s" in plans[1]["detail"]
 
 
@@ -130,9 +137,12 @@ def test_the_job_labels_around_hostile_files(tmp_path):
     """Every listed file a row, the run exits 0 inside the bound, the good photos labelled."""
     built = hostile_files.build(str(tmp_path / "files"), cases=12)
     bound_s = 420
-    ran = hostile_files.run_job(str(tmp_path / "files"), str(tmp_path / "labels"), bound_s,
-                                ["--stages", "person", "--num-cpus", "2", "--file-timeout", "5",
-                                 "--max-frames-per-file", "40"])
+    ran = hostile_files.run_job(
+        str(tmp_path / "files"),
+        str(tmp_path / "labels"),
+        bound_s,
+        ["--stages", "person", "--num-cpus", "2", "--file-timeout", "5", "--max-frames-per-file", "40"],
+    )
     assert ran["exit_code"] == 0, ran["stderr_tail"]
     found = hostile_files.check(str(tmp_path / "labels"), built)
     assert found["files_without_row_count"] == 0, found["files_without_row"]
@@ -148,7 +158,9 @@ def test_the_job_labels_around_hostile_files(tmp_path):
     assert {r["error"] for r in rows["tiny_frames_big_canvas.gif"]} <= {None, "timeout"}
     # 32,000 pages: the first 40 labelled, one row for the rest; 3,000 WebP frames in 30 s: 30 sampled
     pages = [(r["frame_index"], r["status"], r["error"]) for r in rows["many_pages.tif"]]
-    assert set(pages) == {(None, "error", "too_many_frames")} | {(k, "ok", None) for k in range(40)} and len(pages) == 41
+    assert (
+        set(pages) == {(None, "error", "too_many_frames")} | {(k, "ok", None) for k in range(40)} and len(pages) == 41
+    )
     assert sorted(r["frame_index"] for r in rows["many_frames.webp"]) == list(range(0, 3_000, 100))
     assert [(r["status"], r["frame_index"]) for r in rows["many_frames_apng.png"]] == [("ok", None)]
     assert found["rows"] == sum(len(v) for v in rows.values())

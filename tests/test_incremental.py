@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from helpers import ROOT, FaultyS3Proxy, job_main, jpeg_bytes
 
 from fashion_ray import config, ledger
 from fashion_ray.lease import LeaseHeldError, acquire_lease
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import LISTING_SCHEMA, StorageOptions, list_inputs, stable_id
+from helpers import ROOT, FaultyS3Proxy, job_main, jpeg_bytes
 
 
 def _fs(endpoint) -> s3fs.S3FileSystem:
@@ -37,7 +37,11 @@ def _upload(fs, prefix: str, seeds) -> list[str]:
 def _rows(fs, output: str) -> list[dict]:
     fs.invalidate_cache()
     manifest = json.loads(fs.cat_file(f"{output}/manifest.json"))
-    return [r for s in manifest["shards"] for r in pq.read_table(io.BytesIO(fs.cat_file(f"{output}/{s['parquet']}"))).to_pylist()]
+    return [
+        r
+        for s in manifest["shards"]
+        for r in pq.read_table(io.BytesIO(fs.cat_file(f"{output}/{s['parquet']}"))).to_pylist()
+    ]
 
 
 def _assert_exactly_once(fs, output: str, uris: list[str]) -> list[dict]:
@@ -45,33 +49,48 @@ def _assert_exactly_once(fs, output: str, uris: list[str]) -> list[dict]:
     assert sorted(r["id"] for r in rows) == sorted(stable_id(u) for u in uris)  # each input once, nothing else
     manifest = json.loads(fs.cat_file(f"{output}/manifest.json"))
     live = {s[k] for s in manifest["shards"] for k in ("parquet", "coco")} | set(manifest["ledger"])
-    on_disk = {p[len(output) + 1:] for p in fs.find(output) if "/" in p[len(output) + 1:]}
+    on_disk = {p[len(output) + 1 :] for p in fs.find(output) if "/" in p[len(output) + 1 :]}
     assert on_disk == live  # no half-written or orphaned shard left beside the committed ones
     assert manifest["counts"]["inputs"] == len(uris)
     return rows
 
 
 def _config(bucket: str, endpoint: str, bundle: str, **kw) -> config.LabelJobConfig:
-    return config.LabelJobConfig(**{"inputs": (f"s3://{bucket}/uploads/",), "output": f"s3://{bucket}/labels",
-                                    "bundle": bundle, "stages": ("person",), "rows_per_shard": 4, "read_batch_size": 4,
-                                    "incremental": True, "commit_every_s": 0,
-                                    "storage": StorageOptions(endpoint_url=endpoint), **kw})
+    return config.LabelJobConfig(
+        **{
+            "inputs": (f"s3://{bucket}/uploads/",),
+            "output": f"s3://{bucket}/labels",
+            "bundle": bundle,
+            "stages": ("person",),
+            "rows_per_shard": 4,
+            "read_batch_size": 4,
+            "incremental": True,
+            "commit_every_s": 0,
+            "storage": StorageOptions(endpoint_url=endpoint),
+            **kw,
+        }
+    )
 
 
 def test_classify_new_changed_outdated_unchanged():
     when = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
     def listing(etag_of_2: str, mtime_of_5: datetime) -> pa.Table:
-        return pa.Table.from_pylist([
-            {"id": 1, "uri": "s3://b/a.jpg", "size": 10, "etag": "e1", "mtime": when},
-            {"id": 2, "uri": "s3://b/b.jpg", "size": 10, "etag": etag_of_2, "mtime": when},
-            {"id": 3, "uri": "s3://b/c.jpg", "size": 10, "etag": "e3", "mtime": when},
-            {"id": 4, "uri": "s3://b/d.jpg", "size": 10, "etag": "e4", "mtime": when},
-            {"id": 5, "uri": "/data/e.jpg", "size": 7, "etag": "", "mtime": mtime_of_5},  # no etag: size + mtime
-        ], schema=LISTING_SCHEMA)
+        return pa.Table.from_pylist(
+            [
+                {"id": 1, "uri": "s3://b/a.jpg", "size": 10, "etag": "e1", "mtime": when},
+                {"id": 2, "uri": "s3://b/b.jpg", "size": 10, "etag": etag_of_2, "mtime": when},
+                {"id": 3, "uri": "s3://b/c.jpg", "size": 10, "etag": "e3", "mtime": when},
+                {"id": 4, "uri": "s3://b/d.jpg", "size": 10, "etag": "e4", "mtime": when},
+                {"id": 5, "uri": "/data/e.jpg", "size": 7, "etag": "", "mtime": mtime_of_5},  # no etag: size + mtime
+            ],
+            schema=LISTING_SCHEMA,
+        )
 
     before = listing("e2-old", when)
-    prior = pa.concat_tables([ledger.ledger_rows(before, {"s1": [1, 2, 5]}, "m@2"), ledger.ledger_rows(before, {"s0": [3]}, "m@1")])
+    prior = pa.concat_tables(
+        [ledger.ledger_rows(before, {"s1": [1, 2, 5]}, "m@2"), ledger.ledger_rows(before, {"s0": [3]}, "m@1")]
+    )
     now = listing("e2-new", when)
     todo, counts = ledger.classify(now, prior, "m@2", "changed")
     # 1 unchanged, 2 changed (etag), 3 outdated (bundle m@1), 4 new, 5 unchanged
@@ -137,7 +156,9 @@ def test_throttling_and_5xx_are_retried(ray_session, s3_server, plumbing_bundle)
 def test_listing_is_paginated_not_per_object(s3_server):
     fs = _fs(s3_server)
     fs.mkdir("list-bucket")
-    fs.pipe({f"list-bucket/p/{i // 100:02d}/img{i:05d}.jpg": b"" for i in range(1200)} | {"list-bucket/p/notes.txt": b""})
+    fs.pipe(
+        {f"list-bucket/p/{i // 100:02d}/img{i:05d}.jpg": b"" for i in range(1200)} | {"list-bucket/p/notes.txt": b""}
+    )
     proxy = FaultyS3Proxy(s3_server)
     try:
         listing = list_inputs(["s3://list-bucket/p/"], StorageOptions(endpoint_url=proxy.endpoint))
@@ -156,28 +177,41 @@ def test_second_run_on_the_same_output_is_refused(ray_session, plumbing_bundle, 
         (corpus / f"img{i}.jpg").write_bytes(jpeg_bytes(i))
     holder = acquire_lease(str(out), ttl_s=60)
     try:
-        code = job_main("label_corpus", "--input", str(corpus), "--output", str(out), "--bundle", plumbing_bundle,
-                        "--stages", "person")
+        code = job_main(
+            "label_corpus",
+            "--input",
+            str(corpus),
+            "--output",
+            str(out),
+            "--bundle",
+            plumbing_bundle,
+            "--stages",
+            "person",
+        )
     finally:
         holder.release()
     assert code == 3
     [message] = capsys.readouterr().err.strip().splitlines()  # one line
-    assert message.startswith(f"error: output {out} is in use by run {holder.run_id} "
-                              f"(host {os.uname().nodename}, pid {os.getpid()}, since ")
+    assert message.startswith(
+        f"error: output {out} is in use by run {holder.run_id} (host {os.uname().nodename}, pid {os.getpid()}, since "
+    )
     assert not out.exists() or not (out / "manifest.json").exists()
 
     # a lease left by a process that died on this host, or one that expired, is taken over
     cfg = config.LabelJobConfig(inputs=(str(corpus),), output=str(out), bundle=plumbing_bundle, stages=("person",))
     dead = subprocess.Popen(["true"])
     dead.wait()
-    for record in ({"run_id": "crashed", "host": os.uname().nodename, "pid": dead.pid, "expires_at": time.time() + 600},
-                   {"run_id": "elsewhere", "host": "other-node", "pid": 1, "expires_at": time.time() - 1}):
+    for record in (
+        {"run_id": "crashed", "host": os.uname().nodename, "pid": dead.pid, "expires_at": time.time() + 600},
+        {"run_id": "elsewhere", "host": "other-node", "pid": 1, "expires_at": time.time() - 1},
+    ):
         out.mkdir(exist_ok=True)
         (out / "_lease.json").write_text(json.dumps(record))
         assert run_label_job(cfg)["counts"]["ok"] == 3
         assert not (out / "_lease.json").exists()  # released at the end
-    (out / "_lease.json").write_text(json.dumps({"run_id": "alive", "host": "other-node", "pid": 1,
-                                                 "expires_at": time.time() + 600}))
+    (out / "_lease.json").write_text(
+        json.dumps({"run_id": "alive", "host": "other-node", "pid": 1, "expires_at": time.time() + 600})
+    )
     with pytest.raises(LeaseHeldError, match="in use by run alive"):
         run_label_job(cfg)
 
@@ -191,14 +225,19 @@ def _session_processes(session: int, needle: str) -> list[int]:
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2:].split()[3]) == session and needle in cmdline:
+        if int(stat[stat.rindex(")") + 2 :].split()[3]) == session and needle in cmdline:
             found.append(int(pid))
     return found
 
 
 def _start_job(args: list[str], log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), *args], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "jobs", "label_corpus.py"), *args],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_for_commit(fs, output: str, proc, timeout: float = 240) -> dict:
@@ -222,9 +261,27 @@ def _kill_session(proc) -> None:
 
 
 def _job_args(bucket: str, endpoint: str, bundle: str) -> list[str]:
-    return ["--input", f"s3://{bucket}/uploads/", "--output", f"s3://{bucket}/labels", "--bundle", bundle,
-            "--stages", "person", "--incremental", "--commit-every", "0", "--rows-per-shard", "4",
-            "--read-batch-size", "4", "--num-cpus", "2", "--s3-endpoint-url", endpoint]
+    return [
+        "--input",
+        f"s3://{bucket}/uploads/",
+        "--output",
+        f"s3://{bucket}/labels",
+        "--bundle",
+        bundle,
+        "--stages",
+        "person",
+        "--incremental",
+        "--commit-every",
+        "0",
+        "--rows-per-shard",
+        "4",
+        "--read-batch-size",
+        "4",
+        "--num-cpus",
+        "2",
+        "--s3-endpoint-url",
+        endpoint,
+    ]
 
 
 @pytest.mark.slow

@@ -9,12 +9,12 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, job_main, read_rows, run_cli, scanless_jpeg
 
 from fashion_ray import taxonomy
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION
 from fashion_ray.models import load_bundle
 from fashion_ray.storage import stable_id
+from helpers import SAMPLE_CORPUS, SECRET_MARKER, bad_file_catalogue, job_main, read_rows, run_cli, scanless_jpeg
 
 
 def test_every_input_out_exactly_once(default_run):
@@ -79,8 +79,12 @@ def test_shards_written_before_schema_5_are_read_with_attribute_maps(default_run
 
     person = LABEL_SCHEMA.field("persons").type.value_type
     garment = replaced(person.field("garments").type.value_type, "attributes", pa.list_(pa.string()))
-    schema_4 = pa.schema([pa.field("persons", pa.list_(replaced(person, "garments", pa.list_(garment))))
-                          if f.name == "persons" else f for f in LABEL_SCHEMA])
+    schema_4 = pa.schema(
+        [
+            pa.field("persons", pa.list_(replaced(person, "garments", pa.list_(garment)))) if f.name == "persons" else f
+            for f in LABEL_SCHEMA
+        ]
+    )
     _, out, _ = default_run
     rows = [r for r in read_rows(out) if any(p["garments"] for p in r["persons"])]
     for row in rows:
@@ -120,8 +124,13 @@ def test_coco_shards_load_and_evaluate_with_pycocotools(default_run):
             continue
         # predictions evaluated against themselves must score AP 1.0: ids, boxes and masks consistent
         # (persons all have masks; accessories are boxes only)
-        dt = gt.loadRes([{k: a[k] for k in ("image_id", "category_id", "bbox", "score", "segmentation")}
-                         for a in shard_anns if a["category_id"] == 1])
+        dt = gt.loadRes(
+            [
+                {k: a[k] for k in ("image_id", "category_id", "bbox", "score", "segmentation")}
+                for a in shard_anns
+                if a["category_id"] == 1
+            ]
+        )
         for iou_type in ("bbox", "segm"):
             ev = COCOeval(gt, dt, iou_type)
             ev.params.catIds = [1]
@@ -134,12 +143,13 @@ def test_coco_shards_load_and_evaluate_with_pycocotools(default_run):
 def test_manifest_lists_exactly_the_files_written(default_run):
     _, out, _ = default_run
     manifest = json.loads((out / "manifest.json").read_text())
-    listed = {s["parquet"] for s in manifest["shards"]} | {s["coco"] for s in manifest["shards"]} | set(manifest["ledger"])
+    listed = (
+        {s["parquet"] for s in manifest["shards"]} | {s["coco"] for s in manifest["shards"]} | set(manifest["ledger"])
+    )
     on_disk = {os.path.relpath(p, out) for p in glob.glob(str(out / "*" / "*"))}
     assert listed == on_disk
     assert sum(s["rows"] for s in manifest["shards"]) == 14 and len(manifest["shards"]) >= 3  # 6 rows per shard
     assert manifest["bundle"]["name"] == "bootstrap" and manifest["schema_version"] == SCHEMA_VERSION
-
 
 
 def test_no_credential_reaches_outputs_or_console(default_run):
@@ -152,7 +162,15 @@ def test_no_credential_reaches_outputs_or_console(default_run):
 def test_stage_subset_and_rerun_replaces_without_duplicates(ray_session, default_run, tmp_path):
     corpus, out, _ = default_run
     target = tmp_path / "labels"
-    run = ["--input", str(corpus / "two_people.jpg"), str(corpus / "zero_bytes.jpg"), "--output", str(target), "--stages", "person"]
+    run = [
+        "--input",
+        str(corpus / "two_people.jpg"),
+        str(corpus / "zero_bytes.jpg"),
+        "--output",
+        str(target),
+        "--stages",
+        "person",
+    ]
     assert job_main("label_corpus", *run) == 0
     (target / "parquet" / "part-0123456789abcdef0123.parquet").write_bytes(b"left by a crashed run")
     (target / "coco" / "keep_me.json").write_text("{}")  # a user's file beside ours: not ours to delete
@@ -174,7 +192,10 @@ def test_a_folder_that_is_not_an_output_of_ours_is_refused_and_left_alone(defaul
     os.symlink(corpus / "two_people.jpg", foreign / "parquet")
     before = sorted(p.name for p in foreign.rglob("*"))
     proc = run_cli("--input", str(corpus / "two_people.jpg"), "--output", str(foreign), "--num-cpus", "2")
-    assert proc.returncode == 2 and "holds files that are not a fashion-ray output's (coco/keep_me.json, parquet)" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "holds files that are not a fashion-ray output's (coco/keep_me.json, parquet)" in proc.stderr
+    )
     assert len(proc.stderr.strip().splitlines()) == 1 and sorted(p.name for p in foreign.rglob("*")) == before
 
 
@@ -187,8 +208,20 @@ def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(ray_session, defau
     mixed = tmp_path / "corpus"
     shutil.copytree(corpus, mixed)
     (mixed / "no_scan.jpg").write_bytes(scanless_jpeg())
-    assert job_main("label_corpus", "--input", str(mixed), "--output", str(tmp_path / "labels"), "--jpeg-decode", "person",
-                    "--rows-per-shard", "6") == 0
+    assert (
+        job_main(
+            "label_corpus",
+            "--input",
+            str(mixed),
+            "--output",
+            str(tmp_path / "labels"),
+            "--jpeg-decode",
+            "person",
+            "--rows-per-shard",
+            "6",
+        )
+        == 0
+    )
     assert "15 in = 9 ok + 6 error" in capsys.readouterr().out
 
     def by_name(rows):  # ids, URIs and run records differ between the two runs by construction
@@ -204,8 +237,9 @@ def test_jpegs_decoded_in_the_person_actor_give_the_same_rows(ray_session, defau
 def test_cascade_on_the_gpu_with_jpegs_decoded_there(plumbing_bundle, tmp_path):
     """--device cuda: every stage's actor on the GPU with AMP, JPEGs decoded by nvJPEG in the
     person actor; every input comes out once, labelled by all three stages."""
-    proc = run_cli("--output", str(tmp_path / "labels"), "--bundle", plumbing_bundle, "--device", "cuda",
-                   "--jpeg-decode", "person")
+    proc = run_cli(
+        "--output", str(tmp_path / "labels"), "--bundle", plumbing_bundle, "--device", "cuda", "--jpeg-decode", "person"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(tmp_path / "labels")
     inputs = sorted(p for p in os.listdir(SAMPLE_CORPUS) if p.endswith(".jpg"))
@@ -213,20 +247,26 @@ def test_cascade_on_the_gpu_with_jpegs_decoded_there(plumbing_bundle, tmp_path):
     assert all(r["status"] == "ok" and r["stages"] == list(taxonomy.STAGES) for r in rows)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--stages", "person,shoes"], "unknown stages ['shoes'] (valid: person, clothing, parts, actions)"),
-    (["--stages", "clothing"], "the person stage is required"),
-    (["--input", "/nonexistent/uploads"], "does not exist"),
-    (["--bundle", "/nonexistent/bundle"], "no bundle at '/nonexistent/bundle'"),
-    (["--set", "person.gpus=1"], "bad override 'person.gpus=1'"),
-    (["--set", "person.device=tpu"], "device 'tpu' is not one of: cpu, cuda"),
-    (["--input", "nosuchscheme://bucket/x"], "cannot open 'nosuchscheme://bucket/x'"),
-    (["--video-fps", "0"], "give --video-fps > 0 or --video-every-n >= 1"),
-    (["--video-start", "20", "--video-end", "10"], "the window needs 0 <= --video-start < --video-end"),
-    (["--lease-ttl", "1"], "lease_ttl_s >= 5"),
-    (["--score-threshold", "persn=0.3"], "score threshold persn=0.3: the stage must be one of person, clothing, parts"),
-    (["--score-threshold", "person"], "expected STAGE=VALUE, e.g. person=0.3"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--stages", "person,shoes"], "unknown stages ['shoes'] (valid: person, clothing, parts, actions)"),
+        (["--stages", "clothing"], "the person stage is required"),
+        (["--input", "/nonexistent/uploads"], "does not exist"),
+        (["--bundle", "/nonexistent/bundle"], "no bundle at '/nonexistent/bundle'"),
+        (["--set", "person.gpus=1"], "bad override 'person.gpus=1'"),
+        (["--set", "person.device=tpu"], "device 'tpu' is not one of: cpu, cuda"),
+        (["--input", "nosuchscheme://bucket/x"], "cannot open 'nosuchscheme://bucket/x'"),
+        (["--video-fps", "0"], "give --video-fps > 0 or --video-every-n >= 1"),
+        (["--video-start", "20", "--video-end", "10"], "the window needs 0 <= --video-start < --video-end"),
+        (["--lease-ttl", "1"], "lease_ttl_s >= 5"),
+        (
+            ["--score-threshold", "persn=0.3"],
+            "score threshold persn=0.3: the stage must be one of person, clothing, parts",
+        ),
+        (["--score-threshold", "person"], "expected STAGE=VALUE, e.g. person=0.3"),
+    ],
+)
 def test_bad_flags_give_one_line_errors(ray_session, args, message, tmp_path, capsys):
     assert job_main("label_corpus", *args, "--output", str(tmp_path / "o"), "--num-cpus", "1") == 2
     err = capsys.readouterr().err
@@ -243,12 +283,17 @@ def test_preview_renders_every_labelled_photo(default_run, tmp_path):
     import subprocess
     import sys
 
-    from helpers import ROOT
     from PIL import Image
 
+    from helpers import ROOT
+
     _, out, _ = default_run
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "preview.py"), "--labels", str(out), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "jobs", "preview.py"), "--labels", str(out), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 9  # every ok row; error rows have no pixels to show
@@ -272,8 +317,9 @@ def test_garment_names_sit_on_their_garments_without_overlapping():
     spots = label_positions(anchors, [(70, 10)] * 12, 200, 300)
     boxes = [(x, y, x + 70, y + 10) for x, y in spots]
     assert all(0 <= x0 and x1 <= 200 and 0 <= y0 and y1 <= 300 for x0, y0, x1, y1 in boxes)
-    assert not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for i, a in enumerate(boxes)
-                   for b in boxes[i + 1:])
+    assert not any(
+        a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for i, a in enumerate(boxes) for b in boxes[i + 1 :]
+    )
     assert max(abs(y + 5 - ay) for (_, y), (_, ay) in zip(spots, anchors)) <= 6 * 12 + 22 + 12
     # at the bottom edge: moved inside, not cut off
     assert label_positions([(10, 299)], [(40, 10)], 100, 300) == [(0, 290)]

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
-from helpers import ROOT, SAMPLE_CORPUS, bad_file_catalogue, scanless_jpeg
 
 from fashion_ray.media import ERROR_REASONS, decode_image, decode_jpegs, jpeg_for_device
+from helpers import ROOT, SAMPLE_CORPUS, bad_file_catalogue, scanless_jpeg
 
 CATALOGUE = bad_file_catalogue()
 
@@ -63,13 +63,16 @@ def test_palette_transparency_is_composited_in_the_palette(tmp_path):
     a = np.concatenate([alpha, np.full(56, 255, np.uint8)])[indexes][..., None] / 255
     expected = np.round(palette.reshape(-1, 3)[indexes] * a + 255 * (1 - a))
     assert np.abs(got - expected).max() <= 1
-    script = ("import resource; from fashion_ray.serving.benchmark import palette_png; "
-              "from fashion_ray.media import decode_image; data = palette_png(8000); "
-              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-              "image = decode_image(data, max_pixels=64_000_000, max_side=1280).image; "
-              "print(image.shape, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
-    shape, peak_mb = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                                    cwd=ROOT).stdout.rsplit(" ", 1)
+    script = (
+        "import resource; from fashion_ray.serving.benchmark import palette_png; "
+        "from fashion_ray.media import decode_image; data = palette_png(8000); "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "image = decode_image(data, max_pixels=64_000_000, max_side=1280).image; "
+        "print(image.shape, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)"
+    )
+    shape, peak_mb = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.rsplit(" ", 1)
     assert shape == "(1280, 1280, 3)" and int(peak_mb) < 600, peak_mb  # 1,295 MB through RGBA
 
 
@@ -94,8 +97,12 @@ SAMPLE_JPEGS = sorted(glob.glob(os.path.join(SAMPLE_CORPUS, "*.jpg")))
 
 def test_only_plain_complete_jpegs_are_left_to_the_device_decoder():
     sizes = {os.path.basename(p): jpeg_for_device(open(p, "rb").read(), 10**8) for p in SAMPLE_JPEGS}
-    assert sizes == {"astronaut.jpg": (512, 512), "camera.jpg": (512, 512),  # camera.jpg is grayscale
-                     "grace_hopper.jpg": (512, 600), "two_people.jpg": (1024, 512)}
+    assert sizes == {
+        "astronaut.jpg": (512, 512),
+        "camera.jpg": (512, 512),  # camera.jpg is grayscale
+        "grace_hopper.jpg": (512, 600),
+        "two_people.jpg": (1024, 512),
+    }
     for name, (data, _) in CATALOGUE.items():  # truncated, CMYK, EXIF-rotated, not JPEG: decoded on the CPU
         assert jpeg_for_device(data, 10**8) is None, name
     assert jpeg_for_device(open(SAMPLE_JPEGS[0], "rb").read(), max_pixels=512 * 512 - 1) is None

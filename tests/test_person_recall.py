@@ -74,11 +74,11 @@ def test_walkers_video_is_one_track_per_walker(ray_session, tmp_path):
     assert result["manifest_tracks"] == tracks and result["manifest_mean_track_length"] >= 3.0
 
 
-
 def test_track_scores_by_hand():
     a, b, c, d = [0, 0, 10, 20], [10, 0, 20, 20], [50, 0, 60, 20], [20, 0, 30, 20]
-    truth = person_eval.WalkersVideo({0.0: [(1, a, False)], 1.0: [(1, b, False), (2, c, False)],
-                                                       2.0: [(1, d, False)]}, walkers=2)
+    truth = person_eval.WalkersVideo(
+        {0.0: [(1, a, False)], 1.0: [(1, b, False), (2, c, False)], 2.0: [(1, d, False)]}, walkers=2
+    )
 
     def row(t, *persons):
         return {"status": "ok", "timestamp_s": t, "persons": [{"box": box, "track_id": tid} for box, tid in persons]}
@@ -86,5 +86,10 @@ def test_track_scores_by_hand():
     rows = [row(0.0, (a, 1)), row(1.0, (b, 1), (c, 2), ([200, 0, 210, 20], 3)), row(2.0, (d, 4))]
     scores = person_eval.evaluate_tracks(rows, truth)
     # walker 1 is tracks 1 then 4 (one switch), walker 2 is track 2; track 3 matches nobody
-    assert (scores["tracks_per_walker"], scores["id_switches"], scores["tracks"], scores["false_tracks"]) == (1.5, 1, 4, 1)
+    assert (scores["tracks_per_walker"], scores["id_switches"], scores["tracks"], scores["false_tracks"]) == (
+        1.5,
+        1,
+        4,
+        1,
+    )
     assert scores["frame_recall_at_iou50"] == 1.0 and scores["walkers_found"] == 2

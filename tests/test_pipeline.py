@@ -12,7 +12,6 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from helpers import SAMPLE_CORPUS, FaultyS3Proxy, bad_file_catalogue
 
 from fashion_ray import config, taxonomy
 from fashion_ray.formats import masks as rle
@@ -20,6 +19,7 @@ from fashion_ray.models import BundleError, load_bundle, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import StorageOptions, stable_id
+from helpers import SAMPLE_CORPUS, FaultyS3Proxy, bad_file_catalogue
 
 
 def _fs(endpoint):
@@ -40,18 +40,29 @@ def test_s3_corpus_and_bundle_to_s3_labels(ray_session, s3_server):
     fs.mkdir("models")
     fs.put(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap"), "models/bootstrap-v1", recursive=True)
 
-    cfg = config.LabelJobConfig(inputs=("s3://uploads-bucket/2026/",), output="s3://uploads-bucket/labels/run1",
-                                bundle="s3://models/bootstrap-v1", storage=StorageOptions(endpoint_url=s3_server))
+    cfg = config.LabelJobConfig(
+        inputs=("s3://uploads-bucket/2026/",),
+        output="s3://uploads-bucket/labels/run1",
+        bundle="s3://models/bootstrap-v1",
+        storage=StorageOptions(endpoint_url=s3_server),
+    )
     manifest = run_label_job(cfg)
     assert manifest["counts"]["inputs"] == 6 and manifest["counts"]["error"] == 2
-    rows = [r for s in manifest["shards"]
-            for r in pq.read_table(io.BytesIO(fs.cat_file(f"uploads-bucket/labels/run1/{s['parquet']}"))).to_pylist()]
+    rows = [
+        r
+        for s in manifest["shards"]
+        for r in pq.read_table(io.BytesIO(fs.cat_file(f"uploads-bucket/labels/run1/{s['parquet']}"))).to_pylist()
+    ]
     assert sorted(r["id"] for r in rows) == sorted(stable_id(f"s3://uploads-bucket/2026/11/{n}") for n in names)
     assert all(r["etag"] for r in rows) and all(r["mtime"] is not None for r in rows)
     assert json.loads(fs.cat_file("uploads-bucket/labels/run1/manifest.json"))["run_id"] == manifest["run_id"]
     # writes stay under the output prefix
-    assert sorted(fs.ls("uploads-bucket/labels/run1")) == ["uploads-bucket/labels/run1/coco", "uploads-bucket/labels/run1/ledger", "uploads-bucket/labels/run1/manifest.json",
-                                                         "uploads-bucket/labels/run1/parquet"]
+    assert sorted(fs.ls("uploads-bucket/labels/run1")) == [
+        "uploads-bucket/labels/run1/coco",
+        "uploads-bucket/labels/run1/ledger",
+        "uploads-bucket/labels/run1/manifest.json",
+        "uploads-bucket/labels/run1/parquet",
+    ]
     assert "testing" not in json.dumps(manifest)  # no credentials in what we write
 
 
@@ -73,9 +84,14 @@ def test_bundle_files_are_downloaded_once_per_machine(ray_session, s3_server, tm
     try:
         person = config.StageResources(min_actors=2, max_actors=2, num_cpus=0.25)
         for run in ("first", "second"):
-            cfg = config.LabelJobConfig(inputs=(SAMPLE_CORPUS,), output=str(tmp_path / run), stages=("person",),
-                                        bundle="s3://cached-models/person-v1", resources={s: person for s in taxonomy.STAGES},
-                                        storage=StorageOptions(endpoint_url=proxy.endpoint))
+            cfg = config.LabelJobConfig(
+                inputs=(SAMPLE_CORPUS,),
+                output=str(tmp_path / run),
+                stages=("person",),
+                bundle="s3://cached-models/person-v1",
+                resources={s: person for s in taxonomy.STAGES},
+                storage=StorageOptions(endpoint_url=proxy.endpoint),
+            )
             assert run_label_job(cfg)["counts"]["ok"] == 4
             downloads = [path for method, path in proxy.requests if method == "GET" and "person.pt" in path]
             assert len(downloads) == 1, downloads  # the first run's, and nothing in the second
@@ -86,8 +102,13 @@ def test_bundle_files_are_downloaded_once_per_machine(ray_session, s3_server, tm
 def test_torchvision_bundle_end_to_end_in_original_pixels(ray_session, plumbing_bundle, tmp_path):
     # work at 256 px on 512-600 px photos: labels must still come out at the original size
     res = config.apply_overrides({s: config.StageResources() for s in taxonomy.STAGES}, ["all.batch_size=2"])
-    cfg = config.LabelJobConfig(inputs=(SAMPLE_CORPUS,), output=str(tmp_path / "labels"), bundle=plumbing_bundle,
-                                resources=res, work_max_side=256)
+    cfg = config.LabelJobConfig(
+        inputs=(SAMPLE_CORPUS,),
+        output=str(tmp_path / "labels"),
+        bundle=plumbing_bundle,
+        resources=res,
+        work_max_side=256,
+    )
     manifest = run_label_job(cfg)
     assert manifest["bundle"]["name"] == "plumbing" and manifest["counts"]["ok"] == 4
     rows = [r for s in manifest["shards"] for r in pq.read_table(tmp_path / "labels" / s["parquet"]).to_pylist()]
@@ -126,10 +147,21 @@ def test_bundle_manifest_rejects_unknown_keys(tmp_path):
         load_bundle(str(tmp_path))
 
 
-@pytest.mark.parametrize("weights,sha256", [
-    ("../payload/evil.sh", "0" * 64), ("/etc/passwd", "0" * 64), ("s3://elsewhere/person.pt", "0" * 64),
-    ("file:///etc/passwd", "0" * 64), ("C:/x.pt", "0" * 64), ("sub/../../x.pt", "0" * 64), ("~/x.pt", "0" * 64),
-    ("person.pt", "../x"), ("person.pt", "ABC"), ("person.pt", 12)])
+@pytest.mark.parametrize(
+    "weights,sha256",
+    [
+        ("../payload/evil.sh", "0" * 64),
+        ("/etc/passwd", "0" * 64),
+        ("s3://elsewhere/person.pt", "0" * 64),
+        ("file:///etc/passwd", "0" * 64),
+        ("C:/x.pt", "0" * 64),
+        ("sub/../../x.pt", "0" * 64),
+        ("~/x.pt", "0" * 64),
+        ("person.pt", "../x"),
+        ("person.pt", "ABC"),
+        ("person.pt", 12),
+    ],
+)
 def test_bundle_files_stay_inside_the_bundle(tmp_path, weights, sha256):
     """A hostile manifest can neither make a reader fetch (or a publish copy) a file outside
     its folder nor name a lock file with its digest (a published bundle copies the base's files)."""
@@ -156,11 +188,19 @@ def test_builtin_bundle_files_match_their_checksums():
 
 def test_manifest_of_uris_with_a_missing_object(ray_session, tmp_path):
     listing = tmp_path / "batch.txt"
-    listing.write_text(f"# uploads of 2026-11-22\n{SAMPLE_CORPUS}/grace_hopper.jpg\n{tmp_path}/deleted-before-the-run.jpg\n")
+    listing.write_text(
+        f"# uploads of 2026-11-22\n{SAMPLE_CORPUS}/grace_hopper.jpg\n{tmp_path}/deleted-before-the-run.jpg\n"
+    )
     cfg = config.LabelJobConfig(inputs=(str(listing),), output=str(tmp_path / "labels"), stages=("person",))
     manifest = run_label_job(cfg)
-    rows = {os.path.basename(r["uri"]): r for s in manifest["shards"]
-            for r in pq.read_table(tmp_path / "labels" / s["parquet"]).to_pylist()}
+    rows = {
+        os.path.basename(r["uri"]): r
+        for s in manifest["shards"]
+        for r in pq.read_table(tmp_path / "labels" / s["parquet"]).to_pylist()
+    }
     assert set(rows) == {"grace_hopper.jpg", "deleted-before-the-run.jpg"}
     assert rows["grace_hopper.jpg"]["status"] == "ok" and len(rows["grace_hopper.jpg"]["persons"]) == 1
-    assert (rows["deleted-before-the-run.jpg"]["status"], rows["deleted-before-the-run.jpg"]["error"]) == ("error", "unreadable")
+    assert (rows["deleted-before-the-run.jpg"]["status"], rows["deleted-before-the-run.jpg"]["error"]) == (
+        "error",
+        "unreadable",
+    )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import DOC_FILES, ROOT, code_lines, documented_commands
 
 
@@ -36,7 +37,11 @@ def test_every_documented_job_command_parses():
     """Each `python jobs/...` line of README.md and docs/*.md, with the flags it shows, is accepted
     by that job's parser (a renamed or removed flag fails here, naming the file and line)."""
     commands = documented_commands()
-    assert len(commands) > 60 and {name for name, _ in commands} >= {"README.md", "docs/labelling.md", "docs/training.md"}
+    assert len(commands) > 60 and {name for name, _ in commands} >= {
+        "README.md",
+        "docs/labelling.md",
+        "docs/training.md",
+    }
     parsers = {}
     for name, argv in commands:
         script = argv[0]
@@ -65,13 +70,20 @@ def test_the_first_hour_runs_as_written(tmp_path):
     assert commands[0].startswith("python jobs/label_corpus.py  ") and any("--format fiftyone" in c for c in commands)
     os.symlink(os.path.join(ROOT, "jobs"), tmp_path / "jobs")
     home = tmp_path / "home"
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "HOME": str(home),
-           "FIFTYONE_DATABASE_DIR": str(home / "fiftyone-db"), "FIFTYONE_DATABASE_VALIDATION": "false",
-           "FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_SHOW_PROGRESS_BARS": "false"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "HOME": str(home),
+        "FIFTYONE_DATABASE_DIR": str(home / "fiftyone-db"),
+        "FIFTYONE_DATABASE_VALIDATION": "false",
+        "FIFTYONE_DO_NOT_TRACK": "true",
+        "FIFTYONE_SHOW_PROGRESS_BARS": "false",
+    }
     printed = []
     for command in commands:
-        ran = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        ran = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert ran.returncode == 0, f"{command}\n{ran.stderr[-3000:]}"
         printed.append(ran.stdout)
     out = tmp_path / "out"

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import jpeg_bytes
 
 from fashion_ray import config, ledger, storage, taxonomy
 from fashion_ray.config import Device
@@ -20,6 +19,7 @@ from fashion_ray.models import load_bundle
 from fashion_ray.pipeline import label_shards, load_media
 from fashion_ray.run import LabelRun, RunIntegrityError
 from fashion_ray.stages import PersonStage
+from helpers import jpeg_bytes
 
 
 def _corpus(folder, count: int):
@@ -33,14 +33,29 @@ def _run(tmp_path, bundle_uri: str, count: int, **overrides) -> LabelRun:
     """A LabelRun holding a real lease on a fresh output, ready for its steps to be driven one by one."""
     corpus = _corpus(tmp_path / "corpus", count)
     res = config.StageResources(batch_size=2)
-    cfg = config.LabelJobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), bundle=bundle_uri,
-                                stages=("person",), resources={s: res for s in taxonomy.STAGES}, rows_per_shard=2,
-                                read_batch_size=2, **overrides)
+    cfg = config.LabelJobConfig(
+        inputs=(str(corpus),),
+        output=str(tmp_path / "out"),
+        bundle=bundle_uri,
+        stages=("person",),
+        resources={s: res for s in taxonomy.STAGES},
+        rows_per_shard=2,
+        read_batch_size=2,
+        **overrides,
+    )
     bundle = load_bundle(bundle_uri)
     listing = storage.list_inputs(list(cfg.inputs))
     lease = acquire_lease(cfg.output, cfg.lease_ttl_s, run_id="test-run")
-    return LabelRun(cfg, bundle, listing, lease, run_id="test-run", progress=open("/dev/null", "w"), started="",
-                    t0=time.perf_counter())
+    return LabelRun(
+        cfg,
+        bundle,
+        listing,
+        lease,
+        run_id="test-run",
+        progress=open("/dev/null", "w"),
+        started="",
+        t0=time.perf_counter(),
+    )
 
 
 def test_rows_a_fault_lost_go_round_again_and_land_once(ray_session, plumbing_bundle, tmp_path):
@@ -71,7 +86,9 @@ def _rows(out, entry) -> list[dict]:
 def test_a_shard_with_rows_the_run_was_not_given_commits_nothing(plumbing_bundle, tmp_path):
     run = _run(tmp_path, plumbing_bundle, 3)
     run.plan()  # images only: no Ray needed to plan
-    stranger = Shard(name="part-x", ids=(123456789,), ok=1, frames=0, persons=0, garments=0, parts=0, errors={}, ava=False)
+    stranger = Shard(
+        name="part-x", ids=(123456789,), ok=1, frames=0, persons=0, garments=0, parts=0, errors={}, ava=False
+    )
     with pytest.raises(RunIntegrityError, match="not given"):
         run.accept(stranger)
     with pytest.raises(RunIntegrityError, match="ids in != ids out: 3 rows missing"):
@@ -95,10 +112,27 @@ def test_a_lost_lease_stops_commits(plumbing_bundle, tmp_path):
 
 def test_a_model_error_on_one_image_is_one_error_row(plumbing_bundle, tmp_path):
     corpus = _corpus(tmp_path / "corpus", 3)
-    items = [{"id": k, "uri": str(p), "size": p.stat().st_size, "etag": "", "mtime": 0.0, "source": k, "kind": "image",
-              "frames": "", "error": "", "error_detail": ""} for k, p in enumerate(sorted(corpus.iterdir()))]
-    batch = load_media({key: np.array([it[key] for it in items], dtype=object) for key in items[0]},
-                       max_pixels=10**7, max_bytes=10**7, max_side=640)
+    items = [
+        {
+            "id": k,
+            "uri": str(p),
+            "size": p.stat().st_size,
+            "etag": "",
+            "mtime": 0.0,
+            "source": k,
+            "kind": "image",
+            "frames": "",
+            "error": "",
+            "error_detail": "",
+        }
+        for k, p in enumerate(sorted(corpus.iterdir()))
+    ]
+    batch = load_media(
+        {key: np.array([it[key] for it in items], dtype=object) for key in items[0]},
+        max_pixels=10**7,
+        max_bytes=10**7,
+        max_side=640,
+    )
     batch["image"][1] = np.zeros((0, 0, 3), np.uint8)  # no pixels: the detector raises on this one image
     stage = PersonStage(plumbing_bundle, Device(), batch_size=3)
     out = stage(batch)
@@ -109,13 +143,33 @@ def test_a_model_error_on_one_image_is_one_error_row(plumbing_bundle, tmp_path):
 
 def test_the_last_commit_compacts_a_long_ledger(tmp_path):
     out = str(tmp_path / "out")
-    listing = pa.table({"id": pa.array(range(1, 13), pa.int64()), "uri": [f"/in/{k}.jpg" for k in range(1, 13)],
-                        "size": pa.array([10] * 12, pa.int64()), "etag": [""] * 12,
-                        "mtime": pa.array([None] * 12, pa.timestamp("us", tz="UTC"))})
+    listing = pa.table(
+        {
+            "id": pa.array(range(1, 13), pa.int64()),
+            "uri": [f"/in/{k}.jpg" for k in range(1, 13)],
+            "size": pa.array([10] * 12, pa.int64()),
+            "etag": [""] * 12,
+            "mtime": pa.array([None] * 12, pa.timestamp("us", tz="UTC")),
+        }
+    )
     state = ledger.empty_state(out)
-    row = {"uri": "", "size": 10, "etag": "", "mtime": None, "frame_index": None, "timestamp_s": None, "width": 4,
-           "height": 4, "status": "ok", "error": None, "error_detail": None, "bundle_name": "b", "bundle_version": "1",
-           "stages": ["person"], "persons": []}
+    row = {
+        "uri": "",
+        "size": 10,
+        "etag": "",
+        "mtime": None,
+        "frame_index": None,
+        "timestamp_s": None,
+        "width": 4,
+        "height": 4,
+        "status": "ok",
+        "error": None,
+        "error_detail": None,
+        "bundle_name": "b",
+        "bundle_version": "1",
+        "stages": ["person"],
+        "persons": [],
+    }
     for k in range(1, 13):  # one commit per input, as an incremental run killed and resumed twelve times would
         shard = write_rows([row | {"id": k, "uri": f"/in/{k}.jpg"}], output=out, info={}, salt=f"run{k}")
         rows = ledger.ledger_rows(listing, {shard.name: list(shard.ids)}, "b@1", f"run{k}")
@@ -126,7 +180,6 @@ def test_the_last_commit_compacts_a_long_ledger(tmp_path):
     reloaded = ledger.load_state(out)
     assert sorted(reloaded.ledger["id"].to_pylist()) == list(range(1, 13))
     assert reloaded.manifest["counts"]["rows"] == 12 and len(reloaded.manifest["shards"]) == 12
-
 
 
 def test_every_exception_of_ours_has_one_base():

@@ -5,27 +5,26 @@ and the Label Studio ML backend against a real Label Studio server."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import concurrent.futures
+import dataclasses
 import io
 import json
 import os
 import shutil
 import subprocess
-
 import time
 
 import numpy as np
 import pytest
 import requests
 import s3fs
-from helpers import ROOT, SAMPLE_CORPUS, bad_file_catalogue, free_port, read_rows, stop_process_group
 from PIL import Image
 
 from fashion_ray import storage
 from fashion_ray.config import ConfigError
 from fashion_ray.serving import label_studio
 from fashion_ray.serving.app import serve_config
+from helpers import ROOT, SAMPLE_CORPUS, bad_file_catalogue, free_port, read_rows, stop_process_group
 
 PHOTOS = sorted(n for n in os.listdir(SAMPLE_CORPUS) if n.endswith(".jpg"))
 MAX_BYTES = 1 << 20  # the test server's limit: every sample photo fits, a 1.5 MB body does not
@@ -35,9 +34,11 @@ LABEL_STUDIO_TOKEN = "fashion-ray-test-token"  # the Label Studio admin's (label
 API = requests.Session()  # a client that holds the API token; requests.* calls hold none
 LABEL_STUDIO_DEADLINE_S = 15  # the test server answers a /predict within this (80 s by default)
 
+
 def _photo(name: str) -> bytes:
     with open(os.path.join(SAMPLE_CORPUS, name), "rb") as f:
         return f.read()
+
 
 @pytest.fixture(scope="module")
 def label_studio_port():
@@ -63,17 +64,29 @@ def served(ray_session, s3_server, label_studio_port, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     from fashion_ray.serving.app import build
 
-    serve.run(build({"max_bytes": str(MAX_BYTES), "allow_uris": f"s3://{BUCKET}/", "auth_token_file": str(secrets / "api-token"),
-                     "label_studio_url": f"http://127.0.0.1:{label_studio_port}",
-                     "label_studio_token_file": str(secrets / "label-studio-token"), "label_studio_max_tasks": "250",
-                     "label_studio_deadline_s": str(LABEL_STUDIO_DEADLINE_S)}),
-              name="fashion-ray", route_prefix="/")
+    serve.run(
+        build(
+            {
+                "max_bytes": str(MAX_BYTES),
+                "allow_uris": f"s3://{BUCKET}/",
+                "auth_token_file": str(secrets / "api-token"),
+                "label_studio_url": f"http://127.0.0.1:{label_studio_port}",
+                "label_studio_token_file": str(secrets / "label-studio-token"),
+                "label_studio_max_tasks": "250",
+                "label_studio_deadline_s": str(LABEL_STUDIO_DEADLINE_S),
+            }
+        ),
+        name="fashion-ray",
+        route_prefix="/",
+    )
     API.headers["Authorization"] = f"Bearer {API_TOKEN}"
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
+
 def _label(base: str, data: bytes, **params) -> requests.Response:
     return API.post(f"{base}/v1/label", data=data, params=params, headers={"Content-Type": "image/jpeg"}, timeout=120)
+
 
 def test_served_rows_are_the_batch_jobs_rows(served, default_run):
     """Same photo, same bundle: the served row equals the Parquet row the labelling job wrote,
@@ -97,21 +110,28 @@ def test_served_rows_are_the_batch_jobs_rows(served, default_run):
         assert row["id"] == storage.stable_id(row["uri"]) and row["uri"] == f"upload:sha256:{row['etag']}"
     assert sum(len(batch[n]["persons"]) for n in PHOTOS) == 5  # the sample photos' 5 people, served and batch
 
+
 def test_uri_requests_read_only_allowed_prefixes(served):
     uri = f"s3://{BUCKET}/two_people.jpg"
     answer = API.post(f"{served}/v1/label", json={"uri": uri}, timeout=120)
     row = answer.json()
     assert answer.status_code == 200 and row["uri"] == uri and row["id"] == storage.stable_id(uri)
     assert row["persons"] == _label(served, _photo("two_people.jpg")).json()["persons"]
-    for bad, status, reason in ((os.path.join(SAMPLE_CORPUS, "camera.jpg"), 403, "forbidden_uri"),
-                                ("s3://other-bucket/x.jpg", 403, "forbidden_uri"),
-                                (f"s3://{BUCKET}/missing.jpg", 422, "unreadable")):
+    for bad, status, reason in (
+        (os.path.join(SAMPLE_CORPUS, "camera.jpg"), 403, "forbidden_uri"),
+        ("s3://other-bucket/x.jpg", 403, "forbidden_uri"),
+        (f"s3://{BUCKET}/missing.jpg", 422, "unreadable"),
+    ):
         answer = API.post(f"{served}/v1/label", json={"uri": bad}, timeout=60)
         assert (answer.status_code, answer.json()["error"]) == (status, reason), bad
-    answer = API.post(f"{served}/v1/label", data=b'{"url": 1}', headers={"Content-Type": "application/json"}, timeout=60)
+    answer = API.post(
+        f"{served}/v1/label", data=b'{"url": 1}', headers={"Content-Type": "application/json"}, timeout=60
+    )
     assert answer.status_code == 400 and "uri" in answer.json()["error_detail"]
     # Label Studio's routes refuse what is not their protocol with a reason, not a 500
-    answer = API.post(f"{served}/label-studio/predict", data=b"not json", headers={"Content-Type": "application/json"}, timeout=60)
+    answer = API.post(
+        f"{served}/label-studio/predict", data=b"not json", headers={"Content-Type": "application/json"}, timeout=60
+    )
     assert answer.status_code == 400 and answer.json() == {"error": "the body is not a JSON object"}
     answer = API.post(f"{served}/label-studio/setup", json={"schema": "<View"}, timeout=60)
     assert answer.status_code == 400 and "not XML" in answer.json()["error"]
@@ -119,6 +139,7 @@ def test_uri_requests_read_only_allowed_prefixes(served):
     for tasks in (["not a task"], "tasks", 7, [{"id": 1}, None]):
         answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=60)
         assert answer.status_code == 400 and answer.json() == {"error": "'tasks' must be a list of task objects"}, tasks
+
 
 def test_oversized_requests_are_refused_before_decoding(served):
     big = _photo("camera.jpg") + b"\0" * (MAX_BYTES + 1)
@@ -128,12 +149,13 @@ def test_oversized_requests_are_refused_before_decoding(served):
 
     def chunks():  # no Content-Length: refused while streaming in
         for start in range(0, len(big), 1 << 16):
-            yield big[start:start + (1 << 16)]
+            yield big[start : start + (1 << 16)]
 
     answer = API.post(f"{served}/v1/label", data=chunks(), headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert answer.status_code == 413 and answer.json()["error"] == "too_large"
     # and the replicas are alive: the next request is labelled
     assert _label(served, _photo("camera.jpg")).status_code == 200
+
 
 def test_overlay_is_the_preview_drawing(served):
     from fashion_ray import preview
@@ -144,6 +166,7 @@ def test_overlay_is_the_preview_drawing(served):
     assert overlay.shape == photo.shape == (row["height"], row["width"], 3)
     assert np.array_equal(overlay, np.asarray(preview.render(photo, row)))
     assert not np.array_equal(overlay, photo)
+
 
 def test_concurrent_requests_are_batched_per_stage(served):
     from fashion_ray.serving.benchmark import server_timing
@@ -186,7 +209,8 @@ def test_web_page_in_headless_chromium(served, tmp_path):
             browser.execute_script("document.getElementById('status').dataset.state = 'idle';")
             browser.find_element(By.ID, "file").send_keys(str(path))
             WebDriverWait(browser, 120).until(
-                lambda b: b.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
+                lambda b: b.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error")
+            )
             return browser.find_element(By.ID, "status").get_attribute("data-state")
 
         # this server needs its token: the page says so, then works once it is entered
@@ -194,7 +218,9 @@ def test_web_page_in_headless_chromium(served, tmp_path):
         assert "API token" in browser.find_element(By.ID, "status").text
         browser.find_element(By.ID, "token").send_keys(API_TOKEN)
         assert choose(os.path.join(SAMPLE_CORPUS, "two_people.jpg")) == "done"
-        size = browser.execute_script("const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight];")
+        size = browser.execute_script(
+            "const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight];"
+        )
         assert size == [expected["width"], expected["height"]]
         rows = browser.find_elements(By.CSS_SELECTOR, "#found tbody tr")
         assert len(rows) == len(expected["persons"]) == 2
@@ -207,7 +233,9 @@ def test_web_page_in_headless_chromium(served, tmp_path):
         # the cameraman stands, legs in view: the actions column says so (the two above are waist-up)
         standing = _label(served, _photo("camera.jpg")).json()["persons"]
         assert choose(os.path.join(SAMPLE_CORPUS, "camera.jpg")) == "done"
-        cells = [td.text for td in browser.find_element(By.CSS_SELECTOR, "#found tbody tr").find_elements(By.TAG_NAME, "td")]
+        cells = [
+            td.text for td in browser.find_element(By.CSS_SELECTOR, "#found tbody tr").find_elements(By.TAG_NAME, "td")
+        ]
         assert standing[0]["actions"][0]["action"] == "stand" and cells[5].startswith("stand ")
 
         broken = tmp_path / "broken.jpg"
@@ -217,36 +245,71 @@ def test_web_page_in_headless_chromium(served, tmp_path):
     finally:
         browser.quit()
 
+
 # --- Label Studio ---------------------------------------------------------------------
+
 
 def _hand_made_row(status: str = "ok") -> dict:
     from fashion_ray.formats import masks as rle
 
     torso = np.zeros((400, 200), bool)
     torso[100:200, 50:150] = True
-    return {"width": 200, "height": 400, "status": status, "persons": [{
-        "person_id": 0, "score": 0.9, "box": [10.0, 20.0, 110.0, 220.0], "mask": None,
-        "garments": [{"garment_id": 0, "category": "short_sleeve_top", "score": 0.5, "box": [20.0, 40.0, 60.0, 80.0], "mask": None}],
-        "parts": [{"part": "torso", "side": None, "box": [50.0, 100.0, 150.0, 200.0], "mask": rle.encode(torso)}]}]}
+    return {
+        "width": 200,
+        "height": 400,
+        "status": status,
+        "persons": [
+            {
+                "person_id": 0,
+                "score": 0.9,
+                "box": [10.0, 20.0, 110.0, 220.0],
+                "mask": None,
+                "garments": [
+                    {
+                        "garment_id": 0,
+                        "category": "short_sleeve_top",
+                        "score": 0.5,
+                        "box": [20.0, 40.0, 60.0, 80.0],
+                        "mask": None,
+                    }
+                ],
+                "parts": [
+                    {"part": "torso", "side": None, "box": [50.0, 100.0, 150.0, 200.0], "mask": rle.encode(torso)}
+                ],
+            }
+        ],
+    }
 
 
 def test_label_studio_results_from_a_hand_made_row():
     targets = label_studio.parse_label_config(
         '<View><Image name="img" value="$photo"/>'
         '<RectangleLabels name="box" toName="img"><Label value="Person"/><Label value="Short-sleeve top"/><Label value="cat"/></RectangleLabels>'
-        '<PolygonLabels name="poly" toName="img"><Label value="torso"/></PolygonLabels></View>')
+        '<PolygonLabels name="poly" toName="img"><Label value="torso"/></PolygonLabels></View>'
+    )
     [image] = targets.images
     assert (image.name, image.key) == ("img", "photo")
     assert image.controls[0].labels == {"person": "Person", "short_sleeve_top": "Short-sleeve top"}
     result = label_studio.prediction({"img": _hand_made_row()}, targets, "m@1")
     assert result["score"] == 0.9 and result["model_version"] == "m@1"
     by_id = {r["id"]: r for r in result["result"]}
-    assert by_id["p0-box"]["value"] == {"x": 5.0, "y": 5.0, "width": 50.0, "height": 50.0, "rotation": 0, "rectanglelabels": ["Person"]}
+    assert by_id["p0-box"]["value"] == {
+        "x": 5.0,
+        "y": 5.0,
+        "width": 50.0,
+        "height": 50.0,
+        "rotation": 0,
+        "rectanglelabels": ["Person"],
+    }
     assert by_id["p0g0-box"]["value"]["rectanglelabels"] == ["Short-sleeve top"]
     assert by_id["p0g0-box"]["value"]["x"] == 10.0 and by_id["p0g0-box"]["value"]["height"] == 10.0
     polygon = by_id["p0torso-poly-0"]["value"]
     assert polygon["polygonlabels"] == ["torso"] and sorted(map(tuple, polygon["points"])) == [
-        (25.0, 25.0), (25.0, 49.75), (74.5, 25.0), (74.5, 49.75)]  # pixel corners (50,100)-(149,199) in percent
+        (25.0, 25.0),
+        (25.0, 49.75),
+        (74.5, 25.0),
+        (74.5, 49.75),
+    ]  # pixel corners (50,100)-(149,199) in percent
     assert set(by_id) == {"p0-box", "p0g0-box", "p0torso-poly-0"}
     # an image that could not be labelled: no prediction at all (Label Studio asks again later)
     assert label_studio.prediction({"img": _hand_made_row("error")}, targets, "m@1") is None
@@ -259,14 +322,20 @@ def test_label_studio_configs_beyond_our_own():
         '<View><Header value="Look"/><Image name="front" value="$front"/><Image name="back" value="$back"/>'
         '<RectangleLabels name="who" toName="back" model_score_threshold="0.6">'
         '<Label value="Human" predicted_values="person"/><Label value="Top" predicted_values="short_sleeve_top,long_sleeve_top"/>'
-        '</RectangleLabels><BrushLabels name="paint" toName="back"><Label value="torso"/></BrushLabels></View>')
+        '</RectangleLabels><BrushLabels name="paint" toName="back"><Label value="torso"/></BrushLabels></View>'
+    )
     [back] = targets.images  # "front" has no control of ours: it is not labelled
     assert back.name == "back" and back.key == "back"
     who, paint = back.controls
-    assert who.labels == {"person": "Human", "short_sleeve_top": "Top", "long_sleeve_top": "Top"} and who.score_threshold == 0.6
+    assert (
+        who.labels == {"person": "Human", "short_sleeve_top": "Top", "long_sleeve_top": "Top"}
+        and who.score_threshold == 0.6
+    )
     result = label_studio.prediction({"back": _hand_made_row()}, targets, "m@1")["result"]
     assert [(r["from_name"], r["to_name"], r["type"]) for r in result] == [
-        ("who", "back", "rectanglelabels"), ("paint", "back", "brushlabels")]  # the 0.5 top is under 0.6
+        ("who", "back", "rectanglelabels"),
+        ("paint", "back", "brushlabels"),
+    ]  # the 0.5 top is under 0.6
     assert result[0]["value"]["rectanglelabels"] == ["Human"]
     brush = result[1]["value"]
     assert brush["format"] == "rle" and brush["brushlabels"] == ["torso"]
@@ -288,7 +357,7 @@ def _decode_brush(values: list[int]) -> np.ndarray:
     def read(n):
         nonlocal at
         at += n
-        return int(bits[at - n:at], 2)
+        return int(bits[at - n : at], 2)
 
     count, word = read(32), read(5) + 1
     sizes = [read(4) + 1 for _ in range(4)]
@@ -314,14 +383,26 @@ def test_the_reference_backends_requests_are_answered(served):
         answer = API.get(f"{base}{route}", timeout=60)
         assert answer.status_code == 200 and answer.json()["status"] == "UP"
     assert API.get(f"{base}/metrics", timeout=60).status_code == 200
-    answer = API.post(f"{base}/predict", timeout=60, json={
-        "tasks": {"id": 1}, "label_config": "<View></View>", "project": "1.1000000000", "params": {"context": {}}})
+    answer = API.post(
+        f"{base}/predict",
+        timeout=60,
+        json={
+            "tasks": {"id": 1},
+            "label_config": "<View></View>",
+            "project": "1.1000000000",
+            "params": {"context": {}},
+        },
+    )
     assert answer.status_code == 200 and answer.json() == {"results": [[]]}
-    answer = API.post(f"{base}/setup", timeout=60, json={"project": "1.1000000000", "schema": "<View></View>", "extra_params": {}})
+    answer = API.post(
+        f"{base}/setup", timeout=60, json={"project": "1.1000000000", "schema": "<View></View>", "extra_params": {}}
+    )
     assert answer.status_code == 200 and answer.json()["model_version"]
     hook = {"action": "ANNOTATION_CREATED", "project": {"id": 1, "label_config": "<View></View>"}}
     assert API.post(f"{base}/webhook", json=hook, timeout=60).status_code == 201
-    assert API.post(f"{base}/webhook", json={**hook, "action": "PROJECT_UPDATED"}, timeout=60).json() == {"status": "Unknown event"}
+    assert API.post(f"{base}/webhook", json={**hook, "action": "PROJECT_UPDATED"}, timeout=60).json() == {
+        "status": "Unknown event"
+    }
 
 
 def test_a_large_selection_is_answered_within_the_deadline(served):
@@ -346,7 +427,9 @@ def test_label_studio_tasks_are_predicted_concurrently_and_unreadable_ones_get_n
     photo = "data:image/jpeg;base64," + base64.b64encode(_photo("two_people.jpg")).decode()
     # few enough to finish within the deadline on a loaded machine (the suite runs on every CPU)
     tasks = [{"id": k, "data": {"image": photo}} for k in range(4)]
-    tasks.insert(2, {"id": 99, "data": {"image": "data:image/jpeg;base64," + base64.b64encode(b"not a photo").decode()}})
+    tasks.insert(
+        2, {"id": 99, "data": {"image": "data:image/jpeg;base64," + base64.b64encode(b"not a photo").decode()}}
+    )
     answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=300)
     results = answer.json()["results"]
     assert answer.status_code == 200 and len(results) == 5 and results[2] == []
@@ -390,9 +473,16 @@ def test_every_door_of_the_served_cascade_is_shut(served):
     """The security review's doors, tried on loopback: each answers 401/403/404/413/415 and the
     server labels the next photo as before."""
     config = API.get(f"{served}/label-studio/config.xml", timeout=60).text
-    routes = [("post", "/v1/label"), ("post", "/label-studio/predict"), ("post", "/label-studio/setup"),
-              ("get", "/label-studio/health"), ("get", "/label-studio/"), ("get", "/label-studio/metrics"),
-              ("get", "/label-studio/config.xml"), ("post", "/label-studio/webhook")]
+    routes = [
+        ("post", "/v1/label"),
+        ("post", "/label-studio/predict"),
+        ("post", "/label-studio/setup"),
+        ("get", "/label-studio/health"),
+        ("get", "/label-studio/"),
+        ("get", "/label-studio/metrics"),
+        ("get", "/label-studio/config.xml"),
+        ("post", "/label-studio/webhook"),
+    ]
     wrong = {"Authorization": "Bearer not-the-token"}
     basic_wrong = {"Authorization": "Basic " + base64.b64encode(b"label-studio:guess").decode()}
     for method, route in routes:
@@ -411,16 +501,23 @@ def test_every_door_of_the_served_cascade_is_shut(served):
         setup = {"project": "7.1", "schema": config, "hostname": hostile.url, "access_token": "stolen?"}
         answer = API.post(f"{served}/label-studio/setup", json=setup, timeout=60)
         assert answer.status_code == 200 and "model_version" in answer.json()
-        tasks = [{"id": 1, "data": {"image": "/data/upload/1/x.jpg"}}, {"id": 2, "data": {"image": f"{hostile.url}/x.jpg"}},
-                 {"id": 3, "data": {"image": "http://169.254.169.254/latest/meta-data/"}}]
+        tasks = [
+            {"id": 1, "data": {"image": "/data/upload/1/x.jpg"}},
+            {"id": 2, "data": {"image": f"{hostile.url}/x.jpg"}},
+            {"id": 3, "data": {"image": "http://169.254.169.254/latest/meta-data/"}},
+        ]
         answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=120)
         assert answer.status_code == 200 and answer.json()["results"] == [[], [], []]  # none could be read
         assert hostile.seen == []
         for not_text in (5, ["<View/>"]):  # a labelling config that is not text: 400, not 500
-            answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": not_text}, timeout=60)
+            answer = API.post(
+                f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": not_text}, timeout=60
+            )
             assert answer.status_code == 400 and "XML text" in answer.json()["error"], not_text
         # a web page's text/plain POST (no preflight) is not read
-        answer = API.post(f"{served}/label-studio/setup", data=json.dumps(setup), headers={"Content-Type": "text/plain"}, timeout=60)
+        answer = API.post(
+            f"{served}/label-studio/setup", data=json.dumps(setup), headers={"Content-Type": "text/plain"}, timeout=60
+        )
         assert answer.status_code == 415
     finally:
         hostile.close()
@@ -429,9 +526,16 @@ def test_every_door_of_the_served_cascade_is_shut(served):
     def chunked(size):
         yield b'{"uri": "' + b"a" * size + b'"}'
 
-    answer = API.post(f"{served}/v1/label", data=chunked(100_000), headers={"Content-Type": "application/json"}, timeout=60)
+    answer = API.post(
+        f"{served}/v1/label", data=chunked(100_000), headers={"Content-Type": "application/json"}, timeout=60
+    )
     assert answer.status_code == 413 and answer.json()["error"] == "too_large"
-    answer = API.post(f"{served}/label-studio/predict", data=chunked(MAX_BYTES + 1), headers={"Content-Type": "application/json"}, timeout=60)
+    answer = API.post(
+        f"{served}/label-studio/predict",
+        data=chunked(MAX_BYTES + 1),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
     assert answer.status_code == 413
     many = [{"id": k, "data": {"image": "/data/upload/x.jpg"}} for k in range(251)]
     answer = API.post(f"{served}/label-studio/predict", json={"tasks": many, "label_config": config}, timeout=60)
@@ -440,8 +544,10 @@ def test_every_door_of_the_served_cascade_is_shut(served):
     # what a client learns of objects it names is generic: no sizes, paths or storage errors
     for uri, status in ((f"s3://{BUCKET}/missing.jpg", 422), ("/etc/shadow", 403), (f"s3://{BUCKET}/../x.jpg", 403)):
         row = API.post(f"{served}/v1/label", json={"uri": uri}, timeout=60).json()
-        assert row["error_detail"] in ("the object could not be read",
-                                       "this server may not read that URI (only objects under its configured prefixes)"), row
+        assert row["error_detail"] in (
+            "the object could not be read",
+            "this server may not read that URI (only objects under its configured prefixes)",
+        ), row
     assert _label(served, _photo("camera.jpg")).status_code == 200  # and the server is fine
 
 
@@ -477,7 +583,11 @@ class _SlowStudio:
 
             def do_POST(self):
                 studio.refreshes += 1
-                claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + lifetime_s}).encode()).decode().rstrip("=")
+                claims = (
+                    base64.urlsafe_b64encode(json.dumps({"exp": time.time() + lifetime_s}).encode())
+                    .decode()
+                    .rstrip("=")
+                )
                 answer = json.dumps({"access": f"header.{claims}.signature{studio.refreshes}"}).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(answer)))
@@ -490,7 +600,7 @@ class _SlowStudio:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 for k in range(len(body)):
-                    self.wfile.write(body[k:k + 1] if trickle_s else body[k:])
+                    self.wfile.write(body[k : k + 1] if trickle_s else body[k:])
                     self.wfile.flush()
                     if not trickle_s:
                         break
@@ -511,8 +621,13 @@ def test_a_trickling_label_studio_cannot_hold_a_reader():
     try:
         start = time.perf_counter()
         with pytest.raises(label_studio.TaskImageError, match="within 2 s"):
-            label_studio.read_task_image("label_studio", f"{studio.url}/data/upload/1/x.jpg",
-                                         label_studio.Connection(studio.url, "legacy-token"), MAX_BYTES, timeout_s=2)
+            label_studio.read_task_image(
+                "label_studio",
+                f"{studio.url}/data/upload/1/x.jpg",
+                label_studio.Connection(studio.url, "legacy-token"),
+                MAX_BYTES,
+                timeout_s=2,
+            )
         assert time.perf_counter() - start < 4
     finally:
         studio.close()
@@ -525,8 +640,12 @@ def test_label_studio_access_tokens_are_refreshed_when_they_expire():
         try:
             connection = label_studio.Connection(studio.url, "personal.access.token")
             for _ in range(3):
-                assert label_studio.read_task_image("label_studio", f"{studio.url}/data/upload/1/x.jpg",
-                                                    connection, MAX_BYTES) == b"image bytes"
+                assert (
+                    label_studio.read_task_image(
+                        "label_studio", f"{studio.url}/data/upload/1/x.jpg", connection, MAX_BYTES
+                    )
+                    == b"image bytes"
+                )
             assert studio.refreshes == refreshes
             assert studio.reads[0].startswith("Bearer header.") and len(set(studio.reads)) == refreshes
         finally:
@@ -551,7 +670,9 @@ def test_without_a_token_only_loopback_clients_are_served():
     assert auth.refusal("", local, "127.0.0.1") is None and auth.refusal("", {"host": "[::1]:8000"}, "::1") is None
     assert auth.refusal("", {"host": "localhost"}, "127.0.0.1") is None
     assert "loopback clients only" in auth.refusal("", local, "10.1.2.3")
-    assert auth.refusal("", local | {"authorization": "Bearer anything"}, None)  # no client address: not known to be loopback
+    assert auth.refusal(
+        "", local | {"authorization": "Bearer anything"}, None
+    )  # no client address: not known to be loopback
     assert auth.refusal("", local, "127.0.0.6")  # a sidecar relaying another host's request
     # DNS rebinding: a page at http://rebind.example:8000/ whose name now resolves to 127.0.0.1
     assert "Host header" in auth.refusal("", {"host": "rebind.example:8000"}, "127.0.0.1")
@@ -562,7 +683,10 @@ def test_without_a_token_only_loopback_clients_are_served():
         assert "forwarded by a proxy" in auth.refusal("", local | {header: "127.0.0.1"}, "127.0.0.1")
     assert auth.refusal("s3cret", local, "127.0.0.1")  # with a token, loopback needs it too
     assert auth.refusal("s3cret", {"authorization": "Bearer s3cret"}, "10.1.2.3") is None
-    assert auth.refusal("s3cret", {"authorization": "Basic " + base64.b64encode(b"anyone:s3cret").decode()}, "10.1.2.3") is None
+    assert (
+        auth.refusal("s3cret", {"authorization": "Basic " + base64.b64encode(b"anyone:s3cret").decode()}, "10.1.2.3")
+        is None
+    )
     assert auth.refusal("s3cret", {"authorization": "Basic !!!"}, "10.1.2.3")
     # no token: Serve must listen on loopback, or the server does not start
     for host in ("127.0.0.1", "::1", "localhost"):
@@ -643,10 +767,12 @@ def test_serve_arguments_are_checked():
     with pytest.raises(ConfigError, match="valid: person, clothing, parts"):
         serve_config({"stages": "person,shoes"})
 
+
 def _label_studio_command() -> list[str] | None:
     local = os.path.join(ROOT, ".venv-labelstudio", "bin", "label-studio")
     found = os.environ.get("LABEL_STUDIO_BIN") or (local if os.path.exists(local) else shutil.which("label-studio"))
     return [found] if found else None
+
 
 @pytest.fixture(scope="module")
 def label_studio_server(tmp_path_factory, label_studio_port):
@@ -654,19 +780,44 @@ def label_studio_server(tmp_path_factory, label_studio_port):
     the test (and the served app, from its token file) uses."""
     command = _label_studio_command()
     if command is None:
-        pytest.skip("Label Studio is not installed (bash tests/install_test_tools.sh installs it into .venv-labelstudio)")
+        pytest.skip(
+            "Label Studio is not installed (bash tests/install_test_tools.sh installs it into .venv-labelstudio)"
+        )
     data, port, token = tmp_path_factory.mktemp("label-studio"), label_studio_port, LABEL_STUDIO_TOKEN
     template = os.path.join(ROOT, ".venv-labelstudio", "template", "label_studio.sqlite3")
     if os.path.exists(template):  # migrated by install_test_tools.sh: half a minute saved
         shutil.copy(template, data / "label_studio.sqlite3")
     # Label Studio refuses ML backends and webhooks on loopback addresses unless told: this one is
     # on 127.0.0.1; and it asks PyPI for a newer version unless told not to
-    env = {**os.environ, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false", "LATEST_VERSION_CHECK": "false",
-           "LABEL_STUDIO_BASE_DATA_DIR": str(data)}
+    env = {
+        **os.environ,
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
+        "LATEST_VERSION_CHECK": "false",
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+    }
     log = open(data / "server.log", "w")
-    server = subprocess.Popen([*command, "start", "--no-browser", "--port", str(port), "--data-dir", str(data / "db"),
-                               "--username", "admin@example.com", "--password", "fashion-ray-pw", "--user-token", token],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            *command,
+            "start",
+            "--no-browser",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data / "db"),
+            "--username",
+            "admin@example.com",
+            "--password",
+            "fashion-ray-pw",
+            "--user-token",
+            token,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 240
     while True:
@@ -680,36 +831,71 @@ def label_studio_server(tmp_path_factory, label_studio_port):
     # Label Studio 1.2x disables legacy API tokens for new organisations; its ML backend /setup
     # still sends one, so the admin turns them on (Organization -> API token settings)
     enable = "from jwt_auth.models import JWTSettings; JWTSettings.objects.update(legacy_api_tokens_enabled=True)"
-    subprocess.run([*command, "shell", "--data-dir", str(data / "db")], input=enable, text=True, env=env,
-                   capture_output=True, check=True, timeout=120)
+    subprocess.run(
+        [*command, "shell", "--data-dir", str(data / "db")],
+        input=enable,
+        text=True,
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
     yield base, {"Authorization": f"Token {token}"}
     stop_process_group(server, log)
+
 
 @pytest.mark.external
 def test_label_studio_project_gets_the_cascades_predictions(served, label_studio_server):
     base, auth = label_studio_server
     config = API.get(f"{served}/label-studio/config.xml", timeout=30).text
-    project = requests.post(f"{base}/api/projects", headers=auth, timeout=60,
-                            json={"title": "fashion-ray pre-annotation", "label_config": config}).json()
+    project = requests.post(
+        f"{base}/api/projects",
+        headers=auth,
+        timeout=60,
+        json={"title": "fashion-ray pre-annotation", "label_config": config},
+    ).json()
     # without credentials the backend refuses Label Studio's health check, so it is not added
-    refused = requests.post(f"{base}/api/ml", headers=auth, timeout=120,
-                            json={"url": f"{served}/label-studio", "project": project["id"], "title": "no auth"})
+    refused = requests.post(
+        f"{base}/api/ml",
+        headers=auth,
+        timeout=120,
+        json={"url": f"{served}/label-studio", "project": project["id"], "title": "no auth"},
+    )
     assert refused.status_code == 400, refused.text
     # Label Studio's "Basic Authentication" settings, the API token as the password
-    backend = requests.post(f"{base}/api/ml", headers=auth, timeout=120,
-                            json={"url": f"{served}/label-studio", "project": project["id"], "title": "fashion-ray",
-                                  "auth_method": "BASIC_AUTH", "basic_auth_user": "label-studio",
-                                  "basic_auth_pass": API_TOKEN})
+    backend = requests.post(
+        f"{base}/api/ml",
+        headers=auth,
+        timeout=120,
+        json={
+            "url": f"{served}/label-studio",
+            "project": project["id"],
+            "title": "fashion-ray",
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": "label-studio",
+            "basic_auth_pass": API_TOKEN,
+        },
+    )
     assert backend.status_code == 201, backend.text
     with open(os.path.join(SAMPLE_CORPUS, "two_people.jpg"), "rb") as f:
-        imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=120,
-                                 files={"file": ("two_people.jpg", f, "image/jpeg")})
+        imported = requests.post(
+            f"{base}/api/projects/{project['id']}/import",
+            headers=auth,
+            timeout=120,
+            files={"file": ("two_people.jpg", f, "image/jpeg")},
+        )
     assert imported.status_code == 201, imported.text
-    action = requests.post(f"{base}/api/dm/actions", headers=auth, timeout=300,
-                           params={"id": "retrieve_tasks_predictions", "project": project["id"]},
-                           json={"selectedItems": {"all": True, "excluded": []}})
+    action = requests.post(
+        f"{base}/api/dm/actions",
+        headers=auth,
+        timeout=300,
+        params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+        json={"selectedItems": {"all": True, "excluded": []}},
+    )
     assert action.status_code == 200, action.text
-    predictions = requests.get(f"{base}/api/predictions", headers=auth, params={"project": project["id"]}, timeout=60).json()
+    predictions = requests.get(
+        f"{base}/api/predictions", headers=auth, params={"project": project["id"]}, timeout=60
+    ).json()
     assert len(predictions) == 1
     prediction = predictions[0]
     row = _label(served, _photo("two_people.jpg")).json()
@@ -733,13 +919,26 @@ def test_label_studio_images_read_with_a_personal_access_token(label_studio_serv
     """Where legacy tokens stay off, LABEL_STUDIO_API_KEY holds a personal access token: the
     backend trades it for an access token and reads uploads with that."""
     base, auth = label_studio_server
-    project = requests.post(f"{base}/api/projects", headers=auth, timeout=60, json={
-        "title": "token check", "label_config": '<View><Image name="image" value="$image"/>'
-        '<RectangleLabels name="boxes" toName="image"><Label value="person"/></RectangleLabels></View>'}).json()
+    project = requests.post(
+        f"{base}/api/projects",
+        headers=auth,
+        timeout=60,
+        json={
+            "title": "token check",
+            "label_config": '<View><Image name="image" value="$image"/>'
+            '<RectangleLabels name="boxes" toName="image"><Label value="person"/></RectangleLabels></View>',
+        },
+    ).json()
     with open(os.path.join(SAMPLE_CORPUS, "camera.jpg"), "rb") as f:
-        requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=120,
-                      files={"file": ("camera.jpg", f, "image/jpeg")}).raise_for_status()
-    [task] = requests.get(f"{base}/api/tasks", headers=auth, params={"project": project["id"]}, timeout=60).json()["tasks"]
+        requests.post(
+            f"{base}/api/projects/{project['id']}/import",
+            headers=auth,
+            timeout=120,
+            files={"file": ("camera.jpg", f, "image/jpeg")},
+        ).raise_for_status()
+    [task] = requests.get(f"{base}/api/tasks", headers=auth, params={"project": project["id"]}, timeout=60).json()[
+        "tasks"
+    ]
     targets = label_studio.parse_label_config(project["label_config"])
     token = requests.post(f"{base}/api/token/", headers=auth, timeout=60).json()["token"]
     connection = label_studio.Connection(base, token)
@@ -749,7 +948,9 @@ def test_label_studio_images_read_with_a_personal_access_token(label_studio_serv
     with pytest.raises(label_studio.TaskImageError, match="exceeds the limit of 1000 bytes"):
         label_studio.read_task_image(kind, url, connection, 1000)
     with pytest.raises(label_studio.TaskImageError, match="neither in the configured Label Studio"):
-        label_studio.task_image_source({"data": {"image": "http://elsewhere.example/x.jpg"}}, targets.images[0], connection, ())
+        label_studio.task_image_source(
+            {"data": {"image": "http://elsewhere.example/x.jpg"}}, targets.images[0], connection, ()
+        )
 
 
 @pytest.mark.external
@@ -761,24 +962,46 @@ def test_label_studio_project_connected_empty_then_given_a_brush_config(served, 
     model stays Connected."""
     base, auth = label_studio_server
     project = requests.post(f"{base}/api/projects", headers=auth, timeout=60, json={"title": "empty first"}).json()
-    backend = requests.post(f"{base}/api/ml", headers=auth, timeout=120, json={
-        "url": f"{served}/label-studio", "project": project["id"], "title": "fashion-ray",
-        "auth_method": "BASIC_AUTH", "basic_auth_user": "label-studio", "basic_auth_pass": API_TOKEN})
+    backend = requests.post(
+        f"{base}/api/ml",
+        headers=auth,
+        timeout=120,
+        json={
+            "url": f"{served}/label-studio",
+            "project": project["id"],
+            "title": "fashion-ray",
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": "label-studio",
+            "basic_auth_pass": API_TOKEN,
+        },
+    )
     assert backend.status_code == 201, backend.text
-    config = ('<View><Image name="photo" value="$image"/>'
-              '<RectangleLabels name="who" toName="photo"><Label value="Human" predicted_values="person"/></RectangleLabels>'
-              '<BrushLabels name="paint" toName="photo"><Label value="torso"/><Label value="head"/></BrushLabels></View>')
-    patched = requests.patch(f"{base}/api/projects/{project['id']}", headers=auth, json={"label_config": config}, timeout=60)
+    config = (
+        '<View><Image name="photo" value="$image"/>'
+        '<RectangleLabels name="who" toName="photo"><Label value="Human" predicted_values="person"/></RectangleLabels>'
+        '<BrushLabels name="paint" toName="photo"><Label value="torso"/><Label value="head"/></BrushLabels></View>'
+    )
+    patched = requests.patch(
+        f"{base}/api/projects/{project['id']}", headers=auth, json={"label_config": config}, timeout=60
+    )
     assert patched.status_code == 200, patched.text
     blank = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 200, 200)).save(blank, format="JPEG")
-    imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=300,
-                             files={"file": ("two_people.jpg", _photo("two_people.jpg"), "image/jpeg")})
+    imported = requests.post(
+        f"{base}/api/projects/{project['id']}/import",
+        headers=auth,
+        timeout=300,
+        files={"file": ("two_people.jpg", _photo("two_people.jpg"), "image/jpeg")},
+    )
     assert imported.status_code == 201, imported.text
     # 199 more as JSON tasks (Label Studio takes at most 100 files in one upload), the photo inline
     blank_uri = "data:image/jpeg;base64," + base64.b64encode(blank.getvalue()).decode()
-    imported = requests.post(f"{base}/api/projects/{project['id']}/import", headers=auth, timeout=300,
-                             json=[{"data": {"image": blank_uri}} for _ in range(199)])
+    imported = requests.post(
+        f"{base}/api/projects/{project['id']}/import",
+        headers=auth,
+        timeout=300,
+        json=[{"data": {"image": blank_uri}} for _ in range(199)],
+    )
     assert imported.status_code == 201, imported.text
     # "Retrieve predictions" as a user repeats it: each answer comes within the deadline with
     # what is done; the next one asks only for the tasks still without a prediction
@@ -787,12 +1010,18 @@ def test_label_studio_project_connected_empty_then_given_a_brush_config(served, 
         busy = [others.submit(_label, served, _photo(name)) for name in PHOTOS]
         for _ in range(12):
             started = time.perf_counter()
-            action = requests.post(f"{base}/api/dm/actions", headers=auth, timeout=300,
-                                   params={"id": "retrieve_tasks_predictions", "project": project["id"]},
-                                   json={"selectedItems": {"all": True, "excluded": []}})
+            action = requests.post(
+                f"{base}/api/dm/actions",
+                headers=auth,
+                timeout=300,
+                params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+                json={"selectedItems": {"all": True, "excluded": []}},
+            )
             assert action.status_code == 200, action.text
             assert time.perf_counter() - started < LABEL_STUDIO_DEADLINE_S + 30
-            predictions = requests.get(f"{base}/api/predictions", headers=auth, params={"project": project["id"]}, timeout=60).json()
+            predictions = requests.get(
+                f"{base}/api/predictions", headers=auth, params={"project": project["id"]}, timeout=60
+            ).json()
             stored.append(len(predictions))
             if len(predictions) == 200:
                 break
@@ -806,14 +1035,22 @@ def test_label_studio_project_connected_empty_then_given_a_brush_config(served, 
     strokes = [r for r in prediction["result"] if r["from_name"] == "paint"]
     parts = [(p, q) for p in row["persons"] for q in p["parts"] if q["part"] in ("torso", "head")]
     assert len(strokes) == len(parts) > 0
-    decode = ("import json, sys, numpy as np; from label_studio_sdk.converter.brush import decode_rle; "
-              "print(json.dumps([int(v) for v in decode_rle(json.loads(sys.stdin.read()))[3::4].nonzero()[0][:: 97]]))")
+    decode = (
+        "import json, sys, numpy as np; from label_studio_sdk.converter.brush import decode_rle; "
+        "print(json.dumps([int(v) for v in decode_rle(json.loads(sys.stdin.read()))[3::4].nonzero()[0][:: 97]]))"
+    )
     from fashion_ray.formats import masks as rle
 
     python = os.path.join(os.path.dirname(_label_studio_command()[0]), "python")
     for stroke, (_, part) in zip(strokes, parts):
-        sampled = subprocess.run([python, "-c", decode], input=json.dumps(stroke["value"]["rle"]), text=True,
-                                 capture_output=True, check=True, timeout=120).stdout
+        sampled = subprocess.run(
+            [python, "-c", decode],
+            input=json.dumps(stroke["value"]["rle"]),
+            text=True,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
         assert json.loads(sampled) == rle.decode(part["mask"]).ravel().nonzero()[0][::97].tolist()
         assert stroke["value"]["brushlabels"] == [part["part"]]
     [state] = requests.get(f"{base}/api/ml", headers=auth, params={"project": project["id"]}, timeout=60).json()

@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import job_main
 from pycocotools.coco import COCO
 
 from fashion_ray import synth, taxonomy
 from fashion_ray.formats import masks as rle
+from helpers import job_main
 
 
 def test_same_seed_same_scene_other_seed_other_scene():

@@ -13,12 +13,19 @@ import time
 
 import pytest
 import torch
-from helpers import (ROOT, SAMPLE_CORPUS, STRAIGHT_TRAINING, final_checkpoint_state, job_main, read_rows,
-                     registered_checkpoints)
 
 from fashion_ray.models.bundle import load_bundle
 from fashion_ray.training import data
 from fashion_ray.training.loop import TrainConfig, lr_factor
+from helpers import (
+    ROOT,
+    SAMPLE_CORPUS,
+    STRAIGHT_TRAINING,
+    final_checkpoint_state,
+    job_main,
+    read_rows,
+    registered_checkpoints,
+)
 
 
 def _train_cmd(*args: str) -> list[str]:
@@ -33,7 +40,11 @@ def test_schedule_and_split_are_what_the_config_says():
     assert [lr_factor(s, step) for s in (30, 80, 109)] == [1.0, pytest.approx(0.1), pytest.approx(0.01)]
     samples = [data.Sample(i, None) for i in range(1000)]
     train, val = data.split(samples, 0.2)
-    assert len(train) + len(val) == 1000 and 150 < len(val) < 250 and not {s.image_id for s in val} & {s.image_id for s in train}
+    assert (
+        len(train) + len(val) == 1000
+        and 150 < len(val) < 250
+        and not {s.image_id for s in val} & {s.image_id for s in train}
+    )
     assert list(data.epoch_order(10, 0, 3)) == list(data.epoch_order(10, 0, 3)) != list(data.epoch_order(10, 0, 4))
 
 
@@ -49,8 +60,13 @@ def test_a_non_finite_loss_is_stopped_before_it_reaches_the_weights():
     model = torch.nn.Linear(4, 3)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=cfg.lr)
-    run = TrainState(model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-              torch.amp.GradScaler("cuda", enabled=False))
+    run = TrainState(
+        model,
+        params,
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+        torch.amp.GradScaler("cuda", enabled=False),
+    )
     labels = {"labels": np.array([1, 0, 0], np.float32)}
     good = [(np.ones(4, np.float32), labels)] * 2
     assert np.isfinite(train_one_step(run, good, cfg, torch.device("cpu"), 0)) and run.step == 1
@@ -65,22 +81,64 @@ def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head,
     ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
     out = tmp_path / "parts-v1"
     proc = subprocess.run(
-        [ray_cli, "job", "submit", "--address", address, "--working-dir", ROOT, "--",
-         "python", "jobs/train.py", "--task", "parts", "--data", synth_coco, "--output", str(out), "--workers", "2",
-         "--cpus-per-worker", "0.5", "--steps", "150", "--batch-size", "4", "--input-size", "64", "--lr", "0.05",
-         "--warmup-steps", "10", "--checkpoint-every", "75", "--storage", str(tmp_path / "runs")],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+        [
+            ray_cli,
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            ROOT,
+            "--",
+            "python",
+            "jobs/train.py",
+            "--task",
+            "parts",
+            "--data",
+            synth_coco,
+            "--output",
+            str(out),
+            "--workers",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--steps",
+            "150",
+            "--batch-size",
+            "4",
+            "--input-size",
+            "64",
+            "--lr",
+            "0.05",
+            "--warmup-steps",
+            "10",
+            "--checkpoint-every",
+            "75",
+            "--storage",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "training.json").read_text())
     metrics = record["metrics"]  # the same held-out crops scored before training and at the best checkpoint
     assert record["final_step"] == 150 and metrics["val_metric"] > max(0.08, 4 * metrics["val_initial"]), record
     bundle = load_bundle(str(out))
-    assert set(bundle.stages) == set(data.taxonomy.STAGES) and bundle.stages["parts"].architecture == "lraspp_mobilenet_v3_large"
+    assert (
+        set(bundle.stages) == set(data.taxonomy.STAGES)
+        and bundle.stages["parts"].architecture == "lraspp_mobilenet_v3_large"
+    )
 
     labels = tmp_path / "labels"
     assert job_main("label_corpus", "--input", SAMPLE_CORPUS, "--output", str(labels), "--bundle", str(out)) == 0
     rows = read_rows(labels)
-    assert {r["bundle_name"] for r in rows} == {bundle.name} and sum(len(p["parts"]) for r in rows for p in r["persons"]) > 0
+    assert {r["bundle_name"] for r in rows} == {bundle.name} and sum(
+        len(p["parts"]) for r in rows for p in r["persons"]
+    ) > 0
 
 
 def _kill_at_first_checkpoint_and_rerun(args: list[str], run_dir, log_path) -> subprocess.CompletedProcess:
@@ -99,8 +157,21 @@ def _kill_at_first_checkpoint_and_rerun(args: list[str], run_dir, log_path) -> s
 
 @pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(synth_coco, straight_training_run, tmp_path):
-    args = _train_cmd(*STRAIGHT_TRAINING, "--data", synth_coco, "--cpus-per-worker", "0.5", "--num-cpus", "2",
-                      "--storage", str(tmp_path / "runs"), "--output", str(tmp_path / "resumed"), "--name", "interrupted")
+    args = _train_cmd(
+        *STRAIGHT_TRAINING,
+        "--data",
+        synth_coco,
+        "--cpus-per-worker",
+        "0.5",
+        "--num-cpus",
+        "2",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--output",
+        str(tmp_path / "resumed"),
+        "--name",
+        "interrupted",
+    )
     resumed = _kill_at_first_checkpoint_and_rerun(args, tmp_path / "runs" / "interrupted", tmp_path / "killed.log")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((tmp_path / "resumed" / "training.json").read_text())
@@ -119,10 +190,36 @@ def test_training_on_the_gpu_with_amp_learns_and_resumes(synth_coco, tmp_path):
     """--gpus-per-worker 1: a CUDA worker with AMP (NCCL and SyncBN take a GPU per worker, so
     one machine's single GPU runs one worker), killed after its first checkpoint: the same
     command again goes on from a checkpoint and learns."""
-    args = _train_cmd("--task", "parts", "--data", synth_coco, "--output", str(tmp_path / "parts-gpu"), "--workers", "1",
-                      "--gpus-per-worker", "1", "--steps", "60", "--batch-size", "8", "--input-size", "64", "--lr", "0.05",
-                      "--warmup-steps", "5", "--checkpoint-every", "20", "--storage", str(tmp_path / "runs"),
-                      "--name", "gpu", "--base-bundle", "")
+    args = _train_cmd(
+        "--task",
+        "parts",
+        "--data",
+        synth_coco,
+        "--output",
+        str(tmp_path / "parts-gpu"),
+        "--workers",
+        "1",
+        "--gpus-per-worker",
+        "1",
+        "--steps",
+        "60",
+        "--batch-size",
+        "8",
+        "--input-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--warmup-steps",
+        "5",
+        "--checkpoint-every",
+        "20",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "gpu",
+        "--base-bundle",
+        "",
+    )
     resumed = _kill_at_first_checkpoint_and_rerun(args, tmp_path / "runs" / "gpu", tmp_path / "killed.log")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((tmp_path / "parts-gpu" / "training.json").read_text())
@@ -133,9 +230,34 @@ def test_training_on_the_gpu_with_amp_learns_and_resumes(synth_coco, tmp_path):
 @pytest.mark.slow
 def test_clothing_detector_trains_and_publishes_its_classes(synth_coco, tmp_path):
     out = tmp_path / "clothing-v1"
-    assert job_main("train", "--task", "clothing", "--data", synth_coco, "--output", str(out), "--workers", "2",
-                    "--cpus-per-worker", "0.5", "--steps", "2", "--batch-size", "1", "--input-size", "96",
-                    "--checkpoint-every", "2", "--val-samples", "4", "--storage", str(tmp_path / "runs")) == 0
+    assert (
+        job_main(
+            "train",
+            "--task",
+            "clothing",
+            "--data",
+            synth_coco,
+            "--output",
+            str(out),
+            "--workers",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--input-size",
+            "96",
+            "--checkpoint-every",
+            "2",
+            "--val-samples",
+            "4",
+            "--storage",
+            str(tmp_path / "runs"),
+        )
+        == 0
+    )
     record = json.loads((out / "training.json").read_text())
     metrics = record["metrics"]
     # the bundle was chosen by held-out box AP, scored beside the untrained network's, with all 12 COCO stats
@@ -146,10 +268,13 @@ def test_clothing_detector_trains_and_publishes_its_classes(synth_coco, tmp_path
     assert set(clothing.classes) <= set(data.taxonomy.DEEPFASHION2) and len(clothing.classes) >= 5
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "No such file or directory"),
-    ('{"images": [], "annotations": [], "categories": []}', "has 0 training and 0 held-out parts samples"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "No such file or directory"),
+        ('{"images": [], "annotations": [], "categories": []}', "has 0 training and 0 held-out parts samples"),
+    ],
+)
 def test_bad_training_data_is_a_one_line_error(tmp_path, capsys, content, message):
     path = tmp_path / "coco.json"
     if content:
@@ -160,6 +285,15 @@ def test_bad_training_data_is_a_one_line_error(tmp_path, capsys, content, messag
 
 
 def test_a_training_error_leaves_the_process_as_one_line(tmp_path):
-    proc = subprocess.run(_train_cmd("--task", "parts", "--data", str(tmp_path / "missing.json"), "--output", str(tmp_path / "o")),
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and "No such file or directory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run(
+        _train_cmd("--task", "parts", "--data", str(tmp_path / "missing.json"), "--output", str(tmp_path / "o")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert (
+        proc.returncode == 2
+        and "No such file or directory" in proc.stderr
+        and len(proc.stderr.strip().splitlines()) == 1
+    )

@@ -18,14 +18,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from helpers import (
-    ROOT,
-    SAMPLE_CORPUS,
-    bad_video_catalogue,
-    moving_photo_video,
-    job_main,
-    read_rows,
-)
 from pycocotools.coco import COCO
 
 from fashion_ray import appearance, config, taxonomy, video
@@ -33,26 +25,47 @@ from fashion_ray.formats import ava
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import StorageOptions, stable_id
 from fashion_ray.tracking import assign_tracks
+from helpers import (
+    ROOT,
+    SAMPLE_CORPUS,
+    bad_video_catalogue,
+    job_main,
+    moving_photo_video,
+    read_rows,
+)
 
 VFR_TIMES = [0.0, 0.1, 0.15, 0.5, 1.3, 1.31, 2.0, 2.9]
 
 
-@pytest.mark.parametrize("sampling, expected", [
-    (video.VideoSampling(fps=1), [0, 4, 6]),  # targets 0, 1, 2: first frame at or after each
-    (video.VideoSampling(fps=2), [0, 3, 4, 6, 7]),  # targets 0 .5 1 1.5 2 2.5: 1.0 and 1.5 fall in gaps
-    (video.VideoSampling(every_n=3), [0, 3, 6]),
-    (video.VideoSampling(fps=1, start_s=0.4, end_s=2.0), [3]),  # 0.4 -> 0.5; 1.4 -> nothing before 2.0
-    (video.VideoSampling(fps=2, max_frames=2), [0, 3]),
-])
+@pytest.mark.parametrize(
+    "sampling, expected",
+    [
+        (video.VideoSampling(fps=1), [0, 4, 6]),  # targets 0, 1, 2: first frame at or after each
+        (video.VideoSampling(fps=2), [0, 3, 4, 6, 7]),  # targets 0 .5 1 1.5 2 2.5: 1.0 and 1.5 fall in gaps
+        (video.VideoSampling(every_n=3), [0, 3, 6]),
+        (video.VideoSampling(fps=1, start_s=0.4, end_s=2.0), [3]),  # 0.4 -> 0.5; 1.4 -> nothing before 2.0
+        (video.VideoSampling(fps=2, max_frames=2), [0, 3]),
+    ],
+)
 def test_select_frames_by_true_times(sampling, expected):
     assert video.select_frames(VFR_TIMES, sampling) == expected
 
 
-@pytest.mark.parametrize("name, codec", [("clip.mp4", "libx264"), ("clip.mov", "libx264"), ("clip.mkv", "libx264"),
-                                         ("clip.webm", "libvpx-vp9"), ("clip.avi", "mpeg4")])
+@pytest.mark.parametrize(
+    "name, codec",
+    [
+        ("clip.mp4", "libx264"),
+        ("clip.mov", "libx264"),
+        ("clip.mkv", "libx264"),
+        ("clip.webm", "libvpx-vp9"),
+        ("clip.avi", "mpeg4"),
+    ],
+)
 def test_every_container_samples_and_decodes_exact_frames(tmp_path, name, codec):
     path = str(tmp_path / name)
-    video.encode_video(path, [np.full((96, 128, 3), 8 * k, np.uint8) for k in range(30)], [k / 10 for k in range(30)], codec)
+    video.encode_video(
+        path, [np.full((96, 128, 3), 8 * k, np.uint8) for k in range(30)], [k / 10 for k in range(30)], codec
+    )
     plan = video.probe(path, video.VideoSampling(fps=2))
     assert plan["error"] is None and (plan["width"], plan["height"]) == (128, 96)
     assert [f[0] for f in plan["frames"]] == [0, 5, 10, 15, 20, 25]
@@ -80,8 +93,14 @@ def test_bad_videos_get_reasons(tmp_path):
 def test_tracks_follow_people_through_gaps_and_crossings():
     left = [[10 + 20 * k, 50, 60 + 20 * k, 150] for k in range(6)]  # walks right
     right = [[300 - 20 * k, 40, 350 - 20 * k, 140] for k in range(6)]  # walks left
-    frames = [[left[0], right[0]], [right[1], left[1]], [left[2]], [left[3], right[3]], [right[4], left[4]],
-              [left[5], right[5], [500, 0, 540, 80]]]  # order shuffled, right missed once, a newcomer at the end
+    frames = [
+        [left[0], right[0]],
+        [right[1], left[1]],
+        [left[2]],
+        [left[3], right[3]],
+        [right[4], left[4]],
+        [left[5], right[5], [500, 0, 540, 80]],
+    ]  # order shuffled, right missed once, a newcomer at the end
     assert assign_tracks(frames, [float(k) for k in range(6)]) == [[1, 2], [2, 1], [1], [1, 2], [2, 1], [1, 2, 3]]
 
 
@@ -138,8 +157,22 @@ def mixed_run(ray_session, tmp_path_factory):
     bad = bad_video_catalogue(corpus)
     out, printed = base / "labels", io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert job_main("label_corpus", "--input", str(corpus), "--output", str(out), "--video-end", "10",
-                        "--video-frames-per-task", "2", "--rows-per-shard", "8") == 0
+        assert (
+            job_main(
+                "label_corpus",
+                "--input",
+                str(corpus),
+                "--output",
+                str(out),
+                "--video-end",
+                "10",
+                "--video-frames-per-task",
+                "2",
+                "--rows-per-shard",
+                "8",
+            )
+            == 0
+        )
     return corpus, out, bad, printed.getvalue()
 
 
@@ -156,7 +189,9 @@ def test_mixed_corpus_rows_timestamps_and_errors(mixed_run):
     assert by_uri["astronaut.jpg"][0]["frame_index"] is None
     for name, (reason, frames) in bad.items():
         errors = [r for r in by_uri[name] if r["status"] == "error"]
-        assert [(r["error"], r["frame_index"], r["id"]) for r in errors] == [(reason, None, stable_id(str(corpus / name)))]
+        assert [(r["error"], r["frame_index"], r["id"]) for r in errors] == [
+            (reason, None, stable_id(str(corpus / name)))
+        ]
         assert sum(r["status"] == "ok" for r in by_uri[name]) == frames
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
@@ -188,7 +223,10 @@ def test_tracks_carry_to_garments_parts_and_ava(mixed_run):
         images.update({im["id"]: im for im in coco.dataset["images"]})
     frame_image = images[stable_id(str(corpus / "walk.mp4"), 4)]
     assert (frame_image["video_id"], frame_image["frame_index"], frame_image["timestamp_s"]) == (
-        stable_id(str(corpus / "walk.mp4")), 4, 2.0)
+        stable_id(str(corpus / "walk.mp4")),
+        4,
+        2.0,
+    )
     persons = {a["id"]: a for a in anns if a["category_id"] == 1}
     children = [a for a in anns if a.get("parent_person_id") in persons and "video_id" in images[a["image_id"]]]
     assert children and all(a["track_id"] == persons[a["parent_person_id"]]["track_id"] for a in children)
@@ -197,10 +235,17 @@ def test_tracks_carry_to_garments_parts_and_ava(mixed_run):
     # exactly the actions Parquet holds for the videos' persons, and the manifest counts them
     lines = [line for s in manifest["shards"] if "ava" in s for line in ava.read_csv((out / s["ava"]).read_bytes())]
     assert all(len(row) == 8 for s in manifest["shards"] if "ava" in s for row in csv.reader(open(out / s["ava"])))
-    assert lines and all(line.action_id in taxonomy.AVA_ACTIONS and 0 < line.value <= 1 and
-                         all(0.0 <= v <= 1.0 for v in line.box) for line in lines)
-    in_parquet = sorted((os.path.splitext(os.path.basename(r["uri"]))[0], r["timestamp_s"], a["action_id"])
-                        for r in rows.values() if r["frame_index"] is not None for p in r["persons"] for a in p["actions"])
+    assert lines and all(
+        line.action_id in taxonomy.AVA_ACTIONS and 0 < line.value <= 1 and all(0.0 <= v <= 1.0 for v in line.box)
+        for line in lines
+    )
+    in_parquet = sorted(
+        (os.path.splitext(os.path.basename(r["uri"]))[0], r["timestamp_s"], a["action_id"])
+        for r in rows.values()
+        if r["frame_index"] is not None
+        for p in r["persons"]
+        for a in p["actions"]
+    )
     assert sorted((line.video_id, line.timestamp, line.action_id) for line in lines) == in_parquet
     # every frame has an action, most of them walk, and he carries nothing (bent over the camera,
     # his hips read as sit on 2 of the 6 frames, and a seated person does not walk: a posture the
@@ -217,13 +262,21 @@ def test_tracks_carry_to_garments_parts_and_ava(mixed_run):
             scores = [a["score"] for a in p["actions"]]
             assert scores == sorted(scores, reverse=True) and all(s >= 0.3 for s in scores)
             assert all(taxonomy.AVA_ACTIONS[a["action_id"]] == a["action"] for a in p["actions"])
-    print("actions", dict(all_actions), [(line.video_id, line.timestamp, line.action_id, line.value) for line in lines][:12])
+    print(
+        "actions",
+        dict(all_actions),
+        [(line.video_id, line.timestamp, line.action_id, line.value) for line in lines][:12],
+    )
 
 
 def test_preview_shows_frames_with_tracks(mixed_run, tmp_path):
     _, out, _, _ = mixed_run
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "preview.py"), "--labels", str(out), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "jobs", "preview.py"), "--labels", str(out), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = (tmp_path / "index.html").read_text()
     assert "pair.mkv frame 2 at 1.00 s: 2 persons (tracks [1, 2])" in page
@@ -233,31 +286,49 @@ def test_preview_shows_frames_with_tracks(mixed_run, tmp_path):
 def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle, tmp_path):
     rng = np.random.default_rng(1)
     local = tmp_path / "street.mp4"
-    video.encode_video(str(local), [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(40)],
-                       [k * 0.2 for k in range(40)])
+    video.encode_video(
+        str(local),
+        [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(40)],
+        [k * 0.2 for k in range(40)],
+    )
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     fs.mkdir("video-bucket")
     fs.put_file(str(local), "video-bucket/clips/street.mp4")
-    cfg = config.LabelJobConfig(inputs=("s3://video-bucket/clips/",), output="s3://video-bucket/labels", bundle=plumbing_bundle,
-                                stages=("person",), video=video.VideoSampling(fps=1, frames_per_task=2),
-                                storage=StorageOptions(endpoint_url=s3_server))
+    cfg = config.LabelJobConfig(
+        inputs=("s3://video-bucket/clips/",),
+        output="s3://video-bucket/labels",
+        bundle=plumbing_bundle,
+        stages=("person",),
+        video=video.VideoSampling(fps=1, frames_per_task=2),
+        storage=StorageOptions(endpoint_url=s3_server),
+    )
     manifest = run_label_job(cfg)
-    rows = [r for s in manifest["shards"]
-            for r in pq.read_table(io.BytesIO(fs.cat_file(f"video-bucket/labels/{s['parquet']}"))).to_pylist()]
+    rows = [
+        r
+        for s in manifest["shards"]
+        for r in pq.read_table(io.BytesIO(fs.cat_file(f"video-bucket/labels/{s['parquet']}"))).to_pylist()
+    ]
     uri = "s3://video-bucket/clips/street.mp4"
     assert sorted((r["frame_index"], r["timestamp_s"], r["id"]) for r in rows) == [
-        (5 * k, float(k), stable_id(uri, 5 * k)) for k in range(8)]
+        (5 * k, float(k), stable_id(uri, 5 * k)) for k in range(8)
+    ]
     assert all(r["status"] == "ok" and (r["width"], r["height"]) == (128, 96) for r in rows)
     assert manifest["counts"]["videos"] == 1 and manifest["counts"]["frames"] == 8
 
     # the clip is re-uploaded shorter: an incremental run relabels it and its old frames are gone
-    video.encode_video(str(local), [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(15)],
-                       [k * 0.2 for k in range(15)])
+    video.encode_video(
+        str(local),
+        [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(15)],
+        [k * 0.2 for k in range(15)],
+    )
     fs.put_file(str(local), "video-bucket/clips/street.mp4")
     again = run_label_job(dataclasses.replace(cfg, incremental=True))
     assert (again["last_run"]["changed"], again["last_run"]["labelled"]) == (1, 3)
-    rows = [r for s in again["shards"]
-            for r in pq.read_table(io.BytesIO(fs.cat_file(f"video-bucket/labels/{s['parquet']}"))).to_pylist()]
+    rows = [
+        r
+        for s in again["shards"]
+        for r in pq.read_table(io.BytesIO(fs.cat_file(f"video-bucket/labels/{s['parquet']}"))).to_pylist()
+    ]
     assert sorted((r["frame_index"], r["timestamp_s"]) for r in rows) == [(0, 0.0), (5, 1.0), (10, 2.0)]
     assert again["counts"]["frames"] == again["counts"]["rows"] == 3
 
@@ -277,17 +348,29 @@ def test_animated_and_multi_page_images_become_frame_rows(ray_session, plumbing_
     frames[0].save(corpus / "pages.tif", save_all=True, append_images=frames[1:3])
     frames[0].save(corpus / "still.gif")  # one frame: an ordinary image row
     (corpus / "broken.gif").write_bytes(b"GIF89a" + bytes(40))  # a header and nothing after it
-    cfg = config.LabelJobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), bundle=plumbing_bundle,
-                                stages=("person",), video=video.VideoSampling(fps=1))
+    cfg = config.LabelJobConfig(
+        inputs=(str(corpus),),
+        output=str(tmp_path / "out"),
+        bundle=plumbing_bundle,
+        stages=("person",),
+        video=video.VideoSampling(fps=1),
+    )
     manifest = run_label_job(cfg)
     rows = read_rows(tmp_path / "out")
-    got = sorted((os.path.basename(r["uri"]), r["frame_index"], r["timestamp_s"], r["status"], r["error"]) for r in rows)
+    got = sorted(
+        (os.path.basename(r["uri"]), r["frame_index"], r["timestamp_s"], r["status"], r["error"]) for r in rows
+    )
     assert got == [
         ("broken.gif", None, None, "error", "undecodable"),
-        ("pages.tif", 0, None, "ok", None), ("pages.tif", 1, None, "ok", None), ("pages.tif", 2, None, "ok", None),
-        ("spin.gif", 0, 0.0, "ok", None), ("spin.gif", 2, 1.0, "ok", None),
+        ("pages.tif", 0, None, "ok", None),
+        ("pages.tif", 1, None, "ok", None),
+        ("pages.tif", 2, None, "ok", None),
+        ("spin.gif", 0, 0.0, "ok", None),
+        ("spin.gif", 2, 1.0, "ok", None),
         ("still.gif", None, None, "ok", None),
-        ("turn.webp", 0, 0.0, "ok", None), ("turn.webp", 1, 1.0, "ok", None), ("turn.webp", 2, 2.0, "ok", None),
+        ("turn.webp", 0, 0.0, "ok", None),
+        ("turn.webp", 1, 1.0, "ok", None),
+        ("turn.webp", 2, 2.0, "ok", None),
     ]
     for r in rows:  # a frame's id is its input's id at that index, so reruns find it
         expected = stable_id(r["uri"], r["frame_index"]) if r["frame_index"] is not None else stable_id(r["uri"])

@@ -18,6 +18,21 @@ from fashion_ray.evaluation.reports import TABLES, actions_to_markdown, parse_to
 from fashion_ray.evaluation.runs import evaluate, evaluate_uris
 from fashion_ray.evaluation.semantic import AbsentGarments, ParseEvaluator, PartsEvaluator, evaluate_parse_uris
 
-__all__ = ["TABLES", "AbsentGarments", "CocoTable", "ParseEvaluator", "PartsEvaluator", "PersonCounts", "actions_to_markdown",
-           "ava_frame_map", "average_precision", "evaluate", "evaluate_actions", "evaluate_actions_uris", "evaluate_parse_uris",
-           "evaluate_uris", "parse_to_markdown", "to_markdown"]
+__all__ = [
+    "TABLES",
+    "AbsentGarments",
+    "CocoTable",
+    "ParseEvaluator",
+    "PartsEvaluator",
+    "PersonCounts",
+    "actions_to_markdown",
+    "ava_frame_map",
+    "average_precision",
+    "evaluate",
+    "evaluate_actions",
+    "evaluate_actions_uris",
+    "evaluate_parse_uris",
+    "evaluate_uris",
+    "parse_to_markdown",
+    "to_markdown",
+]

@@ -28,8 +28,9 @@ def average_precision(scores: np.ndarray, true_positive: np.ndarray, positives: 
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=None, iou: float = 0.5,
-                  threshold: float = 0.5) -> dict:
+def ava_frame_map(
+    ground_truth: list[tuple], detections: list[tuple], classes=None, iou: float = 0.5, threshold: float = 0.5
+) -> dict:
     """AVA's frame-mAP: per action class, detections (video_id, timestamp, x0, y0, x1, y1,
     action_id, score) are matched in each keyframe (video_id, timestamp) to ground-truth boxes
     of that class (video_id, timestamp, x0, y0, x1, y1, action_id), highest score first, each
@@ -37,6 +38,7 @@ def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=No
     the mean over the classes with ground truth (`classes`: the classes evaluated, default
     every class in the ground truth). Beside AP, each class's precision and recall of the
     detections scored >= threshold (what a user filtering on the score gets)."""
+
     def key(row):
         return str(row[0]), round(float(row[1]), 3)
 
@@ -69,12 +71,21 @@ def ava_frame_map(ground_truth: list[tuple], detections: list[tuple], classes=No
             scores_arr, hits_arr = np.asarray(scores, np.float64), np.asarray(hits, bool)
             per_class[cls] = average_precision(scores_arr, hits_arr, positives)
             kept = scores_arr >= threshold
-            details[cls] = {"ap": per_class[cls], "positives": positives, "detections": int(kept.sum()),
-                            "precision": float(hits_arr[kept].mean()) if kept.any() else None,
-                            "recall": float(hits_arr[kept].sum() / positives)}
+            details[cls] = {
+                "ap": per_class[cls],
+                "positives": positives,
+                "detections": int(kept.sum()),
+                "precision": float(hits_arr[kept].mean()) if kept.any() else None,
+                "recall": float(hits_arr[kept].sum() / positives),
+            }
     values = [v for v in per_class.values() if not math.isnan(v)]
-    return {"frame_mAP": float(np.mean(values)) if values else float("nan"), "per_class_AP": per_class,
-            "per_class": details, "iou": iou, "threshold": threshold}
+    return {
+        "frame_mAP": float(np.mean(values)) if values else float("nan"),
+        "per_class_AP": per_class,
+        "per_class": details,
+        "iou": iou,
+        "threshold": threshold,
+    }
 
 
 def snap_to_keyframes(ground_truth: list, detections: list, tolerance_s: float = 0.25) -> list[tuple]:
@@ -96,19 +107,25 @@ def snap_to_keyframes(ground_truth: list, detections: list, tolerance_s: float =
     return out
 
 
-def evaluate_actions(ground_truth: list, detections: list, *, classes=None, threshold: float = 0.5,
-                     tolerance_s: float = 0.25) -> dict:
+def evaluate_actions(
+    ground_truth: list, detections: list, *, classes=None, threshold: float = 0.5, tolerance_s: float = 0.25
+) -> dict:
     """Frame-mAP and per-action precision / recall of AVA detections (formats.ava.AvaLine)
     against AVA ground truth, and the single-label accuracy over the classes scored; keyed by
     AVA name in the report."""
     gt = [(g.video_id, g.timestamp, *g.box, g.action_id) for g in ground_truth]
     snapped = snap_to_keyframes(ground_truth, detections, tolerance_s)
     report = ava_frame_map(gt, snapped, classes=classes, threshold=threshold)
-    return {"frame_mAP": report["frame_mAP"], "iou": report["iou"], "threshold": threshold,
-            "keyframes": len({(g.video_id, g.timestamp) for g in ground_truth}),
-            "per_class": {taxonomy.AVA_ACTIONS.get(k, str(k)): {"id": k, **v} for k, v in report["per_class"].items()},
-            "single_label": single_label_accuracy(ground_truth, snapped, classes if classes is not None
-                                                  else {g.action_id for g in ground_truth})}
+    return {
+        "frame_mAP": report["frame_mAP"],
+        "iou": report["iou"],
+        "threshold": threshold,
+        "keyframes": len({(g.video_id, g.timestamp) for g in ground_truth}),
+        "per_class": {taxonomy.AVA_ACTIONS.get(k, str(k)): {"id": k, **v} for k, v in report["per_class"].items()},
+        "single_label": single_label_accuracy(
+            ground_truth, snapped, classes if classes is not None else {g.action_id for g in ground_truth}
+        ),
+    }
 
 
 def read_ava_uris(uri: str, options=None) -> list:
@@ -129,7 +146,9 @@ def read_ava_uris(uri: str, options=None) -> list:
             w, h, t = row["width"], row["height"], row["timestamp_s"] or 0.0
             for p in row["persons"]:
                 box = (p["box"][0] / w, p["box"][1] / h, p["box"][2] / w, p["box"][3] / h)
-                lines += [ava.AvaLine(ava.video_id_of(row["uri"]), t, box, a["action_id"], a["score"]) for a in p["actions"]]
+                lines += [
+                    ava.AvaLine(ava.video_id_of(row["uri"]), t, box, a["action_id"], a["score"]) for a in p["actions"]
+                ]
     return lines
 
 
@@ -151,7 +170,11 @@ def single_label_accuracy(ground_truth: list, detections: list[tuple], classes, 
         if len(labels) != 1:
             continue
         candidates = detected.get((video_id, round(t, 3)), {})
-        overlaps = box_iou_matrix(np.asarray([box]), np.asarray(list(candidates), np.float64).reshape(-1, 4))[0] if candidates else []
+        overlaps = (
+            box_iou_matrix(np.asarray([box]), np.asarray(list(candidates), np.float64).reshape(-1, 4))[0]
+            if candidates
+            else []
+        )
         if not len(overlaps) or overlaps.max() < iou:
             continue
         scores = list(candidates.values())[int(np.argmax(overlaps))]
@@ -161,12 +184,16 @@ def single_label_accuracy(ground_truth: list, detections: list[tuple], classes, 
         matched += 1
         correct += said == truth
         confusion[(taxonomy.AVA_ACTIONS[truth], taxonomy.AVA_ACTIONS.get(said, "none"))] += 1
-    return {"matched_persons": matched, "accuracy": round(correct / matched, 4) if matched else None,
-            "confusion": {f"{t} -> {s}": n for (t, s), n in sorted(confusion.items())}}
+    return {
+        "matched_persons": matched,
+        "accuracy": round(correct / matched, 4) if matched else None,
+        "confusion": {f"{t} -> {s}": n for (t, s), n in sorted(confusion.items())},
+    }
 
 
-def evaluate_actions_uris(gt_uri: str, pred_uri: str, options=None, min_score: float = 0.0,
-                          threshold: float = 0.5) -> dict:
+def evaluate_actions_uris(
+    gt_uri: str, pred_uri: str, options=None, min_score: float = 0.0, threshold: float = 0.5
+) -> dict:
     """`jobs/evaluate.py --mode actions`: a run's persons' actions (or an AVA CSV) against an
     AVA CSV, on the videos (photos) the ground truth covers. Classes scored: those in the
     ground truth that AVA's official evaluation lists (taxonomy.AVA_EVALUATED) or that our
@@ -181,5 +208,10 @@ def evaluate_actions_uris(gt_uri: str, pred_uri: str, options=None, min_score: f
     present = {g.action_id for g in ground_truth}
     classes = sorted(present & (set(taxonomy.AVA_EVALUATED) | set(RULE_ACTIONS)))
     report = evaluate_actions(ground_truth, detections, classes=classes, threshold=threshold)
-    return {"ground_truth": gt_uri, "predictions": pred_uri, "min_score": min_score, **report,
-            "not_labelled": sorted(taxonomy.AVA_ACTIONS[k] for k in present - set(classes) if k in taxonomy.AVA_ACTIONS)}
+    return {
+        "ground_truth": gt_uri,
+        "predictions": pred_uri,
+        "min_score": min_score,
+        **report,
+        "not_labelled": sorted(taxonomy.AVA_ACTIONS[k] for k in present - set(classes) if k in taxonomy.AVA_ACTIONS),
+    }

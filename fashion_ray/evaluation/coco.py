@@ -14,7 +14,6 @@ from fashion_ray import taxonomy
 from fashion_ray.evaluation.common import by_image
 from fashion_ray.formats import masks as rle
 
-
 DF2_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.DEEPFASHION2]
 
 
@@ -28,10 +27,18 @@ ANY_GARMENT_ID = 1000  # one category for class-agnostic garment evaluation
 
 
 STAT_LINES = [  # the 12 lines COCOeval.summarize prints, in its order
-    ("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100), ("AP", "0.75", "all", 100),
-    ("AP", "0.50:0.95", "small", 100), ("AP", "0.50:0.95", "medium", 100), ("AP", "0.50:0.95", "large", 100),
-    ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
-    ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100),
+    ("AP", "0.50:0.95", "all", 100),
+    ("AP", "0.50", "all", 100),
+    ("AP", "0.75", "all", 100),
+    ("AP", "0.50:0.95", "small", 100),
+    ("AP", "0.50:0.95", "medium", 100),
+    ("AP", "0.50:0.95", "large", 100),
+    ("AR", "0.50:0.95", "all", 1),
+    ("AR", "0.50:0.95", "all", 10),
+    ("AR", "0.50:0.95", "all", 100),
+    ("AR", "0.50:0.95", "small", 100),
+    ("AR", "0.50:0.95", "medium", 100),
+    ("AR", "0.50:0.95", "large", 100),
 ]
 
 
@@ -95,8 +102,9 @@ class CocoTable:
             if self.merge_to is not None:
                 a["category_id"] = self.merge_to
             if is_dt:  # results in the standard shape: boxes for bbox, masks for segm
-                a = {k: a[k] for k in ("image_id", "category_id", "bbox" if self.iou_type == "bbox" else "segmentation")} | {
-                    "score": a.get("score", 1.0)}
+                a = {
+                    k: a[k] for k in ("image_id", "category_id", "bbox" if self.iou_type == "bbox" else "segmentation")
+                } | {"score": a.get("score", 1.0)}
             out.append(a)
         return out
 
@@ -116,8 +124,10 @@ class CocoTable:
         if not gt and not dt:
             return
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt, coco_dt = (_coco(images, gt, self._categories(), self.iou_type),
-                                _coco(images, dt, self._categories(), self.iou_type))
+            coco_gt, coco_dt = (
+                _coco(images, gt, self._categories(), self.iou_type),
+                _coco(images, dt, self._categories(), self.iou_type),
+            )
             ev = COCOeval(coco_gt, coco_dt, self.iou_type)
             ev.params.imgIds = img_ids
             ev.params.catIds = self._cat_list()
@@ -134,12 +144,19 @@ class CocoTable:
 
     def _keep_worst(self, entry: dict, coco_gt, coco_dt) -> None:
         """The image's misses and false positives at IoU 0.5 (all areas), for the HTML page."""
+
         def record(ann, kind):
             from pycocotools import mask as mask_utils
 
             box = ann["bbox"] if "bbox" in ann else [float(v) for v in mask_utils.toBbox(ann["segmentation"])]
-            return {"image_id": ann["image_id"], "category": self._name(ann["category_id"]), "box": box,
-                    "score": ann.get("score"), "area": ann.get("area", 0.0), "kind": kind}
+            return {
+                "image_id": ann["image_id"],
+                "category": self._name(ann["category_id"]),
+                "box": box,
+                "score": ann.get("score"),
+                "area": ann.get("area", 0.0),
+                "kind": kind,
+            }
 
         for g, matched, ignored in zip(entry["gtIds"], entry["gtMatches"][0], entry["gtIgnore"]):
             if not matched and not ignored:
@@ -166,8 +183,12 @@ class CocoTable:
         ev.params.catIds = self._cat_list()
         ev._paramsEval = copy.deepcopy(ev.params)
         n_area = len(ev.params.areaRng)
-        ev.evalImgs = [self.results.get((cat, a, img)) for cat in ev.params.catIds for a in range(n_area)
-                       for img in ev.params.imgIds]
+        ev.evalImgs = [
+            self.results.get((cat, a, img))
+            for cat in ev.params.catIds
+            for a in range(n_area)
+            for img in ev.params.imgIds
+        ]
         with contextlib.redirect_stdout(io.StringIO()):
             ev.accumulate()
             ev.summarize()
@@ -179,9 +200,14 @@ class CocoTable:
                 per_category[names[cat]] = float(p[p > -1].mean())
                 # precision at 101 recall points, IoU 0.5 and 0.75 (-1: recall not reached)
                 curves[names[cat]] = {"0.50": [float(v) for v in p[0]], "0.75": [float(v) for v in p[5]]}
-        return {"stats": [None if v < 0 else float(v) for v in ev.stats], "per_category": per_category,
-                "gt": self.gt_count, "dt": self.dt_count, "pr_curves": curves,
-                "worst": self.misses + self.false_positives}
+        return {
+            "stats": [None if v < 0 else float(v) for v in ev.stats],
+            "per_category": per_category,
+            "gt": self.gt_count,
+            "dt": self.dt_count,
+            "pr_curves": curves,
+            "worst": self.misses + self.false_positives,
+        }
 
 
 def _person_matches(gt_anns: list[dict], dt_anns: list[dict], threshold: float = 0.5) -> tuple[int, int, int]:
@@ -232,4 +258,6 @@ class PersonCounts:
         self.counts["images"] += len(images)
 
     def evaluate(self) -> dict:
-        return dict(self.counts) | {"at_score": {f"{t:.1f}": {"matched": m, "extra": e} for t, (m, e) in self.at_score.items()}}
+        return dict(self.counts) | {
+            "at_score": {f"{t:.1f}": {"matched": m, "extra": e} for t, (m, e) in self.at_score.items()}
+        }

@@ -29,8 +29,16 @@ def pr_curve_png(title: str, curves: dict[str, dict[str, list[float]]]) -> bytes
         for iou, style in (("0.50", "-"), ("0.75", "--")):
             precision = np.array(by_iou[iou])
             reached = precision > -1  # -1: COCOeval never reached that recall
-            ax.plot(RECALL_POINTS[reached], precision[reached], style, color=colour, label=name if iou == "0.50" else None)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"{title} (solid: IoU 0.5, dashed: 0.75)")
+            ax.plot(
+                RECALL_POINTS[reached], precision[reached], style, color=colour, label=name if iou == "0.50" else None
+            )
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"{title} (solid: IoU 0.5, dashed: 0.75)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     buf = io.BytesIO()
@@ -91,13 +99,19 @@ def write_pictures(report: dict, tables: list[tuple[str, str]], out: str, photos
                 storage.write_bytes_atomic(storage.join(out, crop_name), jpeg, options)
                 picture = f'<img src="{crop_name}">'
             score = "" if case.get("score") is None else f" score {case['score']:.2f}"
-            cells.append(f'<figure>{picture}<figcaption>{html.escape(case["kind"])}: {html.escape(case["category"])}'
-                         f'{score}<br>{html.escape(os.path.basename(path))}</figcaption></figure>')
+            cells.append(
+                f"<figure>{picture}<figcaption>{html.escape(case['kind'])}: {html.escape(case['category'])}"
+                f"{score}<br>{html.escape(os.path.basename(path))}</figcaption></figure>"
+            )
         if cells:
-            sections.append(f"<h2>{html.escape(title)}</h2><p>misses (largest first), then false positives "
-                            f"(highest score first), at IoU 0.5</p><div>{''.join(cells)}</div>")
-    page = ("<!doctype html><meta charset='utf-8'><title>fashion-ray: worst cases</title><style>"
-            "figure{display:inline-block;margin:4px;font:11px sans-serif;width:170px;vertical-align:top}</style>"
-            "<h1>Worst misses and false positives</h1>" + ("".join(sections) or "<p>none</p>"))
+            sections.append(
+                f"<h2>{html.escape(title)}</h2><p>misses (largest first), then false positives "
+                f"(highest score first), at IoU 0.5</p><div>{''.join(cells)}</div>"
+            )
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>fashion-ray: worst cases</title><style>"
+        "figure{display:inline-block;margin:4px;font:11px sans-serif;width:170px;vertical-align:top}</style>"
+        "<h1>Worst misses and false positives</h1>" + ("".join(sections) or "<p>none</p>")
+    )
     storage.write_bytes_atomic(storage.join(out, "worst.html"), page.encode(), options)
     return written + ["worst.html"]

@@ -52,13 +52,18 @@ def evaluate(gt: dict, dt: dict, errors: int = 0) -> dict:
     remap = remap_image_ids(dt["images"], gt_images, {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]})
     covered = set(remap.values())
     ev = Evaluator()
-    ev.process([gt_images[i] for i in sorted(covered)], [a for a in gt_anns if a["image_id"] in covered],
-               [{**a, "image_id": remap[a["image_id"]]} for a in dt["annotations"] if a["image_id"] in remap])
+    ev.process(
+        [gt_images[i] for i in sorted(covered)],
+        [a for a in gt_anns if a["image_id"] in covered],
+        [{**a, "image_id": remap[a["image_id"]]} for a in dt["annotations"] if a["image_id"] in remap],
+    )
     ev.error_rows = errors
     return ev.evaluate() | {"skipped_ground_truth": dict(skipped.most_common())}
 
 
-def evaluate_uris(gt_uri: str, dt_uri: str, options=None, images_per_bucket: int = 2000, min_score: float = 0.0) -> dict:
+def evaluate_uris(
+    gt_uri: str, dt_uri: str, options=None, images_per_bucket: int = 2000, min_score: float = 0.0
+) -> dict:
     """Evaluate sets of any size: both sides are spilled to local buckets by image id, then
     evaluated a bucket at a time, so memory holds one bucket's masks, not the whole set.
     Predictions scored below `min_score` are left out (what a bundle with that threshold writes)."""

@@ -47,7 +47,9 @@ class PartsEvaluator:
     def add_maps(self, gt_map: np.ndarray, dt_map: np.ndarray) -> None:
         """One image's part maps (values 0..6); training scores its segmenter's output this way."""
         n = len(taxonomy.PARTS) + 1
-        self.confusion += np.bincount(gt_map.astype(np.int64).ravel() * n + dt_map.ravel(), minlength=n * n).reshape(n, n)
+        self.confusion += np.bincount(gt_map.astype(np.int64).ravel() * n + dt_map.ravel(), minlength=n * n).reshape(
+            n, n
+        )
         gt_levels, dt_levels = taxonomy.part_hierarchy_masks(gt_map), taxonomy.part_hierarchy_masks(dt_map)
         for level in self.levels:
             self.levels[level][0] += int((gt_levels[level] & dt_levels[level]).sum())
@@ -56,8 +58,10 @@ class PartsEvaluator:
     def evaluate(self) -> dict:
         tp = np.diag(self.confusion).astype(float)
         union = self.confusion.sum(0) + self.confusion.sum(1) - tp
-        iou = {name: (float(tp[k] / union[k]) if union[k] else None)
-               for k, name in enumerate(("background", *taxonomy.PARTS))}
+        iou = {
+            name: (float(tp[k] / union[k]) if union[k] else None)
+            for k, name in enumerate(("background", *taxonomy.PARTS))
+        }
         parts = [iou[p] for p in taxonomy.PARTS if iou[p] is not None]
         return {
             "gt": self.gt_parts,
@@ -91,8 +95,11 @@ class ParseEvaluator:
         union = self.confusion.sum(0) + gt_pixels - tp
         iou = {name: (float(tp[k] / union[k]) if gt_pixels[k] else None) for k, name in enumerate(self.classes)}
         garments = [iou[c] for c in self.classes if c not in taxonomy.NOT_GARMENTS and iou[c] is not None]
-        return {"iou": iou, "miou_garments": float(np.mean(garments)) if garments else None,
-                "pixel_accuracy": float(tp.sum() / max(1, self.confusion.sum()))}
+        return {
+            "iou": iou,
+            "miou_garments": float(np.mean(garments)) if garments else None,
+            "pixel_accuracy": float(tp.sum() / max(1, self.confusion.sum())),
+        }
 
 
 # the classes a labelling run can be scored on per pixel: it writes garments, not skin or hair
@@ -120,11 +127,23 @@ def _lut(mapping: dict[int, int | None]) -> np.ndarray:
 
 
 # ground-truth parse values -> the run's classes (skin and hair are background to a run) and the pose regions
-_GT_TO_RUN = _lut({v: (0 if c in taxonomy.NOT_GARMENTS else RUN_PARSE_CLASSES.index(c)) for v, c in enumerate(taxonomy.GARMENT_PARSE)})
+_GT_TO_RUN = _lut(
+    {v: (0 if c in taxonomy.NOT_GARMENTS else RUN_PARSE_CLASSES.index(c)) for v, c in enumerate(taxonomy.GARMENT_PARSE)}
+)
 
 
-_GT_TO_REGION = _lut({v: (0 if c in taxonomy.NOT_GARMENTS else REGION_CLASSES.index(taxonomy.REGION_OF_PARSE[c])
-                          if c in taxonomy.REGION_OF_PARSE else None) for v, c in enumerate(taxonomy.GARMENT_PARSE)})
+_GT_TO_REGION = _lut(
+    {
+        v: (
+            0
+            if c in taxonomy.NOT_GARMENTS
+            else REGION_CLASSES.index(taxonomy.REGION_OF_PARSE[c])
+            if c in taxonomy.REGION_OF_PARSE
+            else None
+        )
+        for v, c in enumerate(taxonomy.GARMENT_PARSE)
+    }
+)
 
 
 _NAME = {c["id"]: c["name"] for c in taxonomy.COCO_CATEGORIES}
@@ -155,8 +174,10 @@ def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float
     gt = _read_json(gt_uri, options)
     value_of = taxonomy.parse_value_of(gt["categories"])
     if not value_of:
-        raise ValueError(f"{gt_uri} has no garment parse categories (expected {', '.join(taxonomy.GARMENT_PARSE[1:])}: "
-                         "jobs/convert.py --format ccp writes them)")
+        raise ValueError(
+            f"{gt_uri} has no garment parse categories (expected {', '.join(taxonomy.GARMENT_PARSE[1:])}: "
+            "jobs/convert.py --format ccp writes them)"
+        )
     gt_images = {img["id"]: img for img in gt["images"]}
     gt_by = by_image([a for a in gt["annotations"] if a["category_id"] in value_of])
     by_name = {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]}
@@ -166,8 +187,13 @@ def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float
     for images, anns, chunk_errors in iter_coco_chunks(dt_uri, options):
         errors += chunk_errors
         remap = remap_image_ids(images, gt_images, by_name)
-        dt_by = by_image([{**a, "image_id": remap[a["image_id"]]} for a in anns
-                           if a["image_id"] in remap and a.get("score", 1.0) >= min_score])
+        dt_by = by_image(
+            [
+                {**a, "image_id": remap[a["image_id"]]}
+                for a in anns
+                if a["image_id"] in remap and a.get("score", 1.0) >= min_score
+            ]
+        )
         for image_id in sorted(set(remap.values()) - scored):
             img = gt_images[image_id]
             shape = (img["height"], img["width"])
@@ -178,10 +204,13 @@ def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float
             regions.add_maps(_GT_TO_REGION[truth], _paint(shape, predicted, _region_value))
             absent.add(truth, run_truth, predicted)
             scored.add(image_id)
-    return {"counts": {"images": len(scored), "error_rows": errors},
-            "garment_parse": garments.evaluate(), "garment_regions": regions.evaluate() | {
-                "miou_regions": mean_or_none([v for k, v in regions.evaluate()["iou"].items() if k != "background"])},
-            "absent_garments": absent.evaluate()}
+    return {
+        "counts": {"images": len(scored), "error_rows": errors},
+        "garment_parse": garments.evaluate(),
+        "garment_regions": regions.evaluate()
+        | {"miou_regions": mean_or_none([v for k, v in regions.evaluate()["iou"].items() if k != "background"])},
+        "absent_garments": absent.evaluate(),
+    }
 
 
 class AbsentGarments:
@@ -218,8 +247,11 @@ class AbsentGarments:
 
     def evaluate(self) -> dict:
         n = max(1, self.photos)
-        return {"photos": self.photos, "labelled_person_found": self.found,
-                "per_photo_labelled_person": sum(self.on_person.values()) / n,
-                "per_photo_all_persons": sum(self.on_anyone.values()) / n,
-                "by_class_labelled_person": {c: self.on_person[c] / n for c in RUN_PARSE_CLASSES[1:]},
-                "by_class_all_persons": {c: self.on_anyone[c] / n for c in RUN_PARSE_CLASSES[1:]}}
+        return {
+            "photos": self.photos,
+            "labelled_person_found": self.found,
+            "per_photo_labelled_person": sum(self.on_person.values()) / n,
+            "per_photo_all_persons": sum(self.on_anyone.values()) / n,
+            "by_class_labelled_person": {c: self.on_person[c] / n for c in RUN_PARSE_CLASSES[1:]},
+            "by_class_all_persons": {c: self.on_anyone[c] / n for c in RUN_PARSE_CLASSES[1:]},
+        }

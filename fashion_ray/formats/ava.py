@@ -58,8 +58,10 @@ def ava_rows(rows: list[dict]) -> list[list]:
                 continue
             x0, y0, x1, y1 = person["box"]
             box = [f"{min(max(v, 0.0), 1.0):.4f}" for v in (x0 / w, y0 / h, x1 / w, y1 / h)]
-            out += [[video_id, format_timestamp(row["timestamp_s"]), *box, a["action_id"], f"{a['score']:.4f}"]
-                    for a in person.get("actions") or []]
+            out += [
+                [video_id, format_timestamp(row["timestamp_s"]), *box, a["action_id"], f"{a['score']:.4f}"]
+                for a in person.get("actions") or []
+            ]
     return out
 
 
@@ -82,13 +84,22 @@ def read_csv(data: bytes | str, name: str = "AVA CSV") -> list[AvaLine]:
         if not fields:
             continue
         if len(fields) not in (7, 8):
-            raise AvaFormatError(f"{name} line {number}: {len(fields)} columns, AVA has 7 or 8 "
-                                 "(video_id, timestamp, x1, y1, x2, y2, action_id[, score or person id])")
+            raise AvaFormatError(
+                f"{name} line {number}: {len(fields)} columns, AVA has 7 or 8 "
+                "(video_id, timestamp, x1, y1, x2, y2, action_id[, score or person id])"
+            )
         try:
             if not fields[6].strip():
                 continue
-            out.append(AvaLine(fields[0], float(fields[1]), tuple(float(v) for v in fields[2:6]), int(fields[6]),
-                               float(fields[7]) if len(fields) == 8 and fields[7].strip() else 1.0))
+            out.append(
+                AvaLine(
+                    fields[0],
+                    float(fields[1]),
+                    tuple(float(v) for v in fields[2:6]),
+                    int(fields[6]),
+                    float(fields[7]) if len(fields) == 8 and fields[7].strip() else 1.0,
+                )
+            )
         except ValueError as exc:
             raise AvaFormatError(f"{name} line {number}: {exc}") from None
     return out
@@ -98,18 +109,20 @@ def read_csv(data: bytes | str, name: str = "AVA CSV") -> list[AvaLine]:
 
 WINDOW_S = 2.5  # frames kept around a keyframe: actions.WINDOW_OFFSETS_S and half a second
 
-EXAMPLE_SCHEMA = pa.schema([
-    ("example_id", pa.int64()),
-    ("video_id", pa.string()),
-    ("timestamp_s", pa.float64()),  # the keyframe
-    ("split", pa.string()),  # "train" | "val" (by video, so no video is on both sides)
-    ("action_ids", pa.list_(pa.int32())),  # AVA ids labelled on the person at the keyframe
-    ("at", pa.int32()),  # the keyframe's index in the window below
-    ("times", pa.list_(pa.float64())),  # the track's frames within WINDOW_S of the keyframe
-    ("boxes", pa.list_(pa.list_(pa.float32()))),  # px
-    ("keypoints", pa.list_(pa.list_(pa.float32()))),  # flat x, y, visibility; null without a pose
-    ("camera_motion", pa.list_(pa.list_(pa.float32()))),  # px since the window's previous frame
-])
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.int64()),
+        ("video_id", pa.string()),
+        ("timestamp_s", pa.float64()),  # the keyframe
+        ("split", pa.string()),  # "train" | "val" (by video, so no video is on both sides)
+        ("action_ids", pa.list_(pa.int32())),  # AVA ids labelled on the person at the keyframe
+        ("at", pa.int32()),  # the keyframe's index in the window below
+        ("times", pa.list_(pa.float64())),  # the track's frames within WINDOW_S of the keyframe
+        ("boxes", pa.list_(pa.list_(pa.float32()))),  # px
+        ("keypoints", pa.list_(pa.list_(pa.float32()))),  # flat x, y, visibility; null without a pose
+        ("camera_motion", pa.list_(pa.list_(pa.float32()))),  # px since the window's previous frame
+    ]
+)
 
 
 def video_split(video_id: str, val_fraction: float = 0.2) -> str:
@@ -121,22 +134,32 @@ def example_record(example_id: int, video_id: str, timestamp: float, action_ids,
     """One example row from an actions.Track cut to WINDOW_S around frame `at`."""
     keep = [j for j, t in enumerate(track.times) if abs(t - track.times[at]) <= WINDOW_S + 1e-6]
     motion = track.camera_motion or [[0.0, 0.0]] * len(track.times)
-    return {"example_id": example_id, "video_id": video_id, "timestamp_s": float(timestamp), "split": split,
-            "action_ids": sorted(int(a) for a in action_ids), "at": keep.index(at),
-            "times": [float(track.times[j]) for j in keep], "boxes": [list(map(float, track.boxes[j])) for j in keep],
-            "keypoints": [track.keypoints[j] for j in keep],
-            "camera_motion": [[0.0, 0.0]] + [list(map(float, motion[j])) for j in keep[1:]]}
+    return {
+        "example_id": example_id,
+        "video_id": video_id,
+        "timestamp_s": float(timestamp),
+        "split": split,
+        "action_ids": sorted(int(a) for a in action_ids),
+        "at": keep.index(at),
+        "times": [float(track.times[j]) for j in keep],
+        "boxes": [list(map(float, track.boxes[j])) for j in keep],
+        "keypoints": [track.keypoints[j] for j in keep],
+        "camera_motion": [[0.0, 0.0]] + [list(map(float, motion[j])) for j in keep[1:]],
+    }
 
 
 def example_track(row: dict):
     """An example row back as (actions.Track, keyframe index)."""
     from fashion_ray.actions import Track
 
-    return Track(list(row["times"]), list(row["boxes"]), list(row["keypoints"]), list(row["camera_motion"])), int(row["at"])
+    return Track(list(row["times"]), list(row["boxes"]), list(row["keypoints"]), list(row["camera_motion"])), int(
+        row["at"]
+    )
 
 
-def examples_from_run(ground_truth: list[AvaLine], rows: list[dict], *, iou: float = 0.5,
-                      tolerance_s: float = 0.25) -> tuple[list[dict], dict]:
+def examples_from_run(
+    ground_truth: list[AvaLine], rows: list[dict], *, iou: float = 0.5, tolerance_s: float = 0.25
+) -> tuple[list[dict], dict]:
     """Match AVA's labelled persons to a labelling run's tracks at each keyframe.
 
     rows: the run's Parquet rows of the AVA videos (tracked, 1 fps at AVA's keyframes). A
@@ -150,7 +173,9 @@ def examples_from_run(ground_truth: list[AvaLine], rows: list[dict], *, iou: flo
 
     labelled: dict[str, dict[float, dict[float, set]]] = {}  # video -> keyframe -> person id -> {(box, action)}
     for g in ground_truth:
-        labelled.setdefault(g.video_id, {}).setdefault(g.timestamp, {}).setdefault(g.value, set()).add((g.box, g.action_id))
+        labelled.setdefault(g.video_id, {}).setdefault(g.timestamp, {}).setdefault(g.value, set()).add(
+            (g.box, g.action_id)
+        )
     videos: dict[str, list[dict]] = {}
     for r in rows:
         if r["status"] == "ok" and r["frame_index"] is not None and r["timestamp_s"] is not None:
@@ -180,8 +205,17 @@ def examples_from_run(ground_truth: list[AvaLine], rows: list[dict], *, iou: flo
                     continue
                 taken.add(best[1])
                 matched = tracks[frame["persons"][best[1]]["track_id"]]
-                examples.append(example_record(len(examples), video_id, keyframe, {a for _, a in labels}, matched.track,
-                                               matched.frames.index(k), video_split(video_id)))
+                examples.append(
+                    example_record(
+                        len(examples),
+                        video_id,
+                        keyframe,
+                        {a for _, a in labels},
+                        matched.track,
+                        matched.frames.index(k),
+                        video_split(video_id),
+                    )
+                )
                 stats["matched"] += 1
     return examples, stats
 

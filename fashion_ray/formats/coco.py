@@ -30,8 +30,15 @@ def annotation_id(image_id: int, *path) -> int:
 
 
 def _ann(ann_id, image_id, category_id, box, mask, score, **extra) -> dict:
-    ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": xywh(box),
-           "score": float(score), "iscrowd": 0, **extra}
+    ann = {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": xywh(box),
+        "score": float(score),
+        "iscrowd": 0,
+        **extra,
+    }
     if mask is not None:
         ann["segmentation"] = {"size": list(mask["size"]), "counts": mask["counts"]}
         ann["area"] = float(rle.area(mask))
@@ -66,19 +73,50 @@ def annotations(row: dict) -> list[dict]:
         # actions as AVA name -> score (a person's are multi-label); the list with ids is top level
         acts = person.get("actions") or []
         if acts:
-            extra["actions"] = [{"id": a["action_id"], "name": a["action"], "score": round(a["score"], 4)} for a in acts]
-        out.append(_ann(pid, image_id, taxonomy.PERSON_CATEGORY_ID, person["box"], person.get("mask"),
-                        person["score"], attributes=attribute_object([], **track) | {a["action"]: round(a["score"], 4) for a in acts},
-                        **extra))
+            extra["actions"] = [
+                {"id": a["action_id"], "name": a["action"], "score": round(a["score"], 4)} for a in acts
+            ]
+        out.append(
+            _ann(
+                pid,
+                image_id,
+                taxonomy.PERSON_CATEGORY_ID,
+                person["box"],
+                person.get("mask"),
+                person["score"],
+                attributes=attribute_object([], **track) | {a["action"]: round(a["score"], 4) for a in acts},
+                **extra,
+            )
+        )
         for g in person.get("garments") or []:
-            out.append(_ann(annotation_id(image_id, "garment", person["person_id"], g["garment_id"]), image_id,
-                            g["category_id"], g["box"], g.get("mask"), g["score"], parent_person_id=pid,
-                            attributes=attribute_object(g.get("attributes"), parent_person_id=pid, **track), **track))
+            out.append(
+                _ann(
+                    annotation_id(image_id, "garment", person["person_id"], g["garment_id"]),
+                    image_id,
+                    g["category_id"],
+                    g["box"],
+                    g.get("mask"),
+                    g["score"],
+                    parent_person_id=pid,
+                    attributes=attribute_object(g.get("attributes"), parent_person_id=pid, **track),
+                    **track,
+                )
+            )
         for k, part in enumerate(person.get("parts") or []):
-            out.append(_ann(annotation_id(image_id, "part", person["person_id"], k), image_id,
-                            taxonomy.COCO_CATEGORY_ID[part["part"]], part["box"], part["mask"], 1.0,
-                            parent_person_id=pid, side=part.get("side"),
-                            attributes=attribute_object([], parent_person_id=pid, side=part.get("side"), **track), **track))
+            out.append(
+                _ann(
+                    annotation_id(image_id, "part", person["person_id"], k),
+                    image_id,
+                    taxonomy.COCO_CATEGORY_ID[part["part"]],
+                    part["box"],
+                    part["mask"],
+                    1.0,
+                    parent_person_id=pid,
+                    side=part.get("side"),
+                    attributes=attribute_object([], parent_person_id=pid, side=part.get("side"), **track),
+                    **track,
+                )
+            )
     return out
 
 

@@ -32,16 +32,32 @@ from fashion_ray import storage, taxonomy
 from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import load_coco
 
-
 # Pascal-Part person parts -> the 6-part merge (Chen et al. / DeepLab Pascal-Person-Part)
 PASCAL_PART_MERGE = {
-    "head": "head", "leye": "head", "reye": "head", "lear": "head", "rear": "head", "lebrow": "head",
-    "rebrow": "head", "nose": "head", "mouth": "head", "hair": "head",
-    "torso": "torso", "neck": "torso",
-    "luarm": "upper_arm", "ruarm": "upper_arm",
-    "llarm": "lower_arm", "rlarm": "lower_arm", "lhand": "lower_arm", "rhand": "lower_arm",
-    "luleg": "upper_leg", "ruleg": "upper_leg",
-    "llleg": "lower_leg", "rlleg": "lower_leg", "lfoot": "lower_leg", "rfoot": "lower_leg",
+    "head": "head",
+    "leye": "head",
+    "reye": "head",
+    "lear": "head",
+    "rear": "head",
+    "lebrow": "head",
+    "rebrow": "head",
+    "nose": "head",
+    "mouth": "head",
+    "hair": "head",
+    "torso": "torso",
+    "neck": "torso",
+    "luarm": "upper_arm",
+    "ruarm": "upper_arm",
+    "llarm": "lower_arm",
+    "rlarm": "lower_arm",
+    "lhand": "lower_arm",
+    "rhand": "lower_arm",
+    "luleg": "upper_leg",
+    "ruleg": "upper_leg",
+    "llleg": "lower_leg",
+    "rlleg": "lower_leg",
+    "lfoot": "lower_leg",
+    "rfoot": "lower_leg",
 }
 PASCAL_PERSON_CLASS = 15
 
@@ -63,20 +79,33 @@ class _Builder:
         if box is None:
             return None
         x0, y0, x1, y1 = box
-        return self._add(image_id, category_id, [x0, y0, x1 - x0, y1 - y0], rle.encode(mask), float(mask.sum()), **extra)
+        return self._add(
+            image_id, category_id, [x0, y0, x1 - x0, y1 - y0], rle.encode(mask), float(mask.sum()), **extra
+        )
 
     def _add(self, image_id, category_id, bbox, segmentation, area, **extra) -> int:
         ann_id = len(self.annotations) + 1
-        ann = {"id": ann_id, "image_id": image_id, "category_id": int(category_id), "bbox": [float(v) for v in bbox],
-               "area": float(area), "iscrowd": 0, **extra}
+        ann = {
+            "id": ann_id,
+            "image_id": image_id,
+            "category_id": int(category_id),
+            "bbox": [float(v) for v in bbox],
+            "area": float(area),
+            "iscrowd": 0,
+            **extra,
+        }
         if segmentation is not None:
             ann["segmentation"] = segmentation
         self.annotations.append(ann)
         return ann_id
 
     def document(self, description: str) -> dict:
-        return {"info": {"description": description}, "images": self.images, "annotations": self.annotations,
-                "categories": self.categories}
+        return {
+            "info": {"description": description},
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": self.categories,
+        }
 
 
 def _image_size(uri: str, options=None) -> tuple[int, int]:
@@ -113,9 +142,17 @@ def convert_deepfashion2(root: str, options=None) -> dict:
             x1, y1, x2, y2 = item["bounding_box"]
             segmentation = _polygons_to_rle(item["segmentation"], height, width) if item.get("segmentation") else None
             area = rle.area(segmentation) if segmentation else float((x2 - x1) * (y2 - y1))
-            out._add(image_id, taxonomy.COCO_CATEGORY_ID[category], [x1, y1, x2 - x1, y2 - y1], segmentation, area,
-                     landmarks=item.get("landmarks", []), style=item.get("style"), occlusion=item.get("occlusion"),
-                     viewpoint=item.get("viewpoint"))
+            out._add(
+                image_id,
+                taxonomy.COCO_CATEGORY_ID[category],
+                [x1, y1, x2 - x1, y2 - y1],
+                segmentation,
+                area,
+                landmarks=item.get("landmarks", []),
+                style=item.get("style"),
+                occlusion=item.get("occlusion"),
+                viewpoint=item.get("viewpoint"),
+            )
     return out.document("DeepFashion2 converted by fashion-ray")
 
 
@@ -138,8 +175,14 @@ def convert_fashionpedia(path: str, image_root: str, options=None) -> dict:
         elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
             compressed = mask_utils.frPyObjects(seg, *seg["size"])
             seg = {"size": list(seg["size"]), "counts": compressed["counts"].decode("ascii")}
-        out._add(remap[a["image_id"]], a["category_id"] + 1, a["bbox"], seg, a.get("area", a["bbox"][2] * a["bbox"][3]),
-                 attribute_ids=list(a.get("attribute_ids", [])))
+        out._add(
+            remap[a["image_id"]],
+            a["category_id"] + 1,
+            a["bbox"],
+            seg,
+            a.get("area", a["bbox"][2] * a["bbox"][3]),
+            attribute_ids=list(a.get("attribute_ids", [])),
+        )
     doc = out.document("Fashionpedia converted by fashion-ray")
     doc["attributes"] = raw.get("attributes", [])
     return doc
@@ -184,16 +227,22 @@ def convert_pascal_part(root: str, options=None) -> dict:
                 continue
             person_mask = np.asarray(_field(obj, "mask")).astype(bool)
             if image_id is None:
-                image_id = out.image(storage.join(root, "JPEGImages", f"{name}.jpg"), person_mask.shape[1], person_mask.shape[0])
+                image_id = out.image(
+                    storage.join(root, "JPEGImages", f"{name}.jpg"), person_mask.shape[1], person_mask.shape[0]
+                )
             person_id = out.mask(image_id, taxonomy.PERSON_CATEGORY_ID, person_mask)
             merged: dict[str, np.ndarray] = {}
             for part in _mat_records(_field(obj, "parts")):
                 target = PASCAL_PART_MERGE.get(str(_mat_scalar(_field(part, "part_name"))))
                 if target:
-                    merged[target] = merged.get(target, np.zeros_like(person_mask)) | np.asarray(_field(part, "mask")).astype(bool)
+                    merged[target] = merged.get(target, np.zeros_like(person_mask)) | np.asarray(
+                        _field(part, "mask")
+                    ).astype(bool)
             for part_name in taxonomy.PARTS:  # fixed order: ids do not depend on file order
                 if part_name in merged:
-                    out.mask(image_id, taxonomy.COCO_CATEGORY_ID[part_name], merged[part_name], parent_person_id=person_id)
+                    out.mask(
+                        image_id, taxonomy.COCO_CATEGORY_ID[part_name], merged[part_name], parent_person_id=person_id
+                    )
     return out.document("Pascal-Part persons converted by fashion-ray (6-part merge)")
 
 
@@ -231,10 +280,15 @@ def convert_penn_fudan(root: str, options=None) -> dict:
 
 # The garment parser's classes as categories of a training file (the parse map is rebuilt from
 # them by name: training/data.py); "ignore" holds the pixels of labels dropped on purpose.
-PARSE_CATEGORIES = [{"id": taxonomy.PERSON_CATEGORY_ID, "name": taxonomy.PERSON, "supercategory": "person"}] + [
-    {"id": 100 + value, "name": name, "supercategory": taxonomy.PARSE_SUPERCATEGORY}
-    for value, name in enumerate(taxonomy.GARMENT_PARSE) if value > 0] + [
-    {"id": 100 + taxonomy.PARSE_IGNORE, "name": "ignore", "supercategory": taxonomy.PARSE_SUPERCATEGORY}]
+PARSE_CATEGORIES = (
+    [{"id": taxonomy.PERSON_CATEGORY_ID, "name": taxonomy.PERSON, "supercategory": "person"}]
+    + [
+        {"id": 100 + value, "name": name, "supercategory": taxonomy.PARSE_SUPERCATEGORY}
+        for value, name in enumerate(taxonomy.GARMENT_PARSE)
+        if value > 0
+    ]
+    + [{"id": 100 + taxonomy.PARSE_IGNORE, "name": "ignore", "supercategory": taxonomy.PARSE_SUPERCATEGORY}]
+)
 CCP_VAL_EVERY = 5  # photos whose number is a multiple of 5 are the fixed validation split
 
 
@@ -256,8 +310,15 @@ def framing_cut(parse: np.ndarray, fraction: float) -> int:
     return max(1, min(len(parse), int(round(rows[0] + fraction * (rows[-1] + 1 - rows[0])))))
 
 
-def convert_ccp(root: str, options=None, split: str | None = None, tags: str | None = None,
-                framing: str | None = None, crops: str | None = None, max_tagged: int | None = None) -> dict:
+def convert_ccp(
+    root: str,
+    options=None,
+    split: str | None = None,
+    tags: str | None = None,
+    framing: str | None = None,
+    crops: str | None = None,
+    max_tagged: int | None = None,
+) -> dict:
     """Clothing Co-Parsing: one `groundtruth` label map per photo (0 = null, 1..58 in
     label_list.mat's order), remapped by taxonomy.CCP_TO_PARSE. Each photo has one person (the
     union of labelled pixels) and one region per parse class as its children. Every image says
@@ -274,12 +335,23 @@ def convert_ccp(root: str, options=None, split: str | None = None, tags: str | N
     if framing and not crops:
         raise ValueError("--framing writes cut photos: give --crops FOLDER")
     fs, path = storage.filesystem(storage.join(root, "label_list.mat"), options)
-    names = [str(np.asarray(v).ravel()[0]) if np.asarray(v).size else "null" for v in loadmat(io.BytesIO(fs.cat_file(path)))["label_list"].ravel()]
+    names = [
+        str(np.asarray(v).ravel()[0]) if np.asarray(v).size else "null"
+        for v in loadmat(io.BytesIO(fs.cat_file(path)))["label_list"].ravel()
+    ]
     unknown = sorted(set(names) - set(taxonomy.CCP_TO_PARSE))
     if unknown:
         raise ValueError(f"CCP labels with no entry in taxonomy.CCP_TO_PARSE: {unknown}")
-    lut = np.array([taxonomy.PARSE_IGNORE if taxonomy.CCP_TO_PARSE[n] is None else taxonomy.GARMENT_PARSE.index(taxonomy.CCP_TO_PARSE[n])
-                    for n in names] + [taxonomy.PARSE_IGNORE] * (256 - len(names)), np.uint8)
+    lut = np.array(
+        [
+            taxonomy.PARSE_IGNORE
+            if taxonomy.CCP_TO_PARSE[n] is None
+            else taxonomy.GARMENT_PARSE.index(taxonomy.CCP_TO_PARSE[n])
+            for n in names
+        ]
+        + [taxonomy.PARSE_IGNORE] * (256 - len(names)),
+        np.uint8,
+    )
     out = _Builder(PARSE_CATEGORIES)
     for mat_uri in _files(root, "annotations/pixel-level", ".mat", options):
         stem = posixpath.splitext(posixpath.basename(mat_uri.replace(os.sep, "/")))[0]
@@ -326,8 +398,13 @@ def _add_tagged_photos(out: "_Builder", root: str, options, limit: int | None = 
         fs, path = storage.filesystem(uri, options)
         with fs.open(path, "rb") as fh:
             width, height = Image.open(fh).size
-        out.image(uri, width, height, split="train",
-                  tags=sorted({taxonomy.CCP_TO_PARSE[t] for t in labels if taxonomy.CCP_TO_PARSE[t]} - {"background"}))
+        out.image(
+            uri,
+            width,
+            height,
+            split="train",
+            tags=sorted({taxonomy.CCP_TO_PARSE[t] for t in labels if taxonomy.CCP_TO_PARSE[t]} - {"background"}),
+        )
 
 
 def convert_labels(run_uri: str, options=None) -> dict:
@@ -344,13 +421,18 @@ def write_coco(doc: dict, uri: str, options=None) -> None:
 
 PENN_FUDAN_ACTIONS = {"PASpersonWalking": "walk", "PASpersonStanding": "stand"}
 _PF_SIZE = re.compile(r"Image size \(X x Y x C\) : (\d+) x (\d+)")
-_PF_BOX = re.compile(r'Bounding box for object (\d+) "(\w+)" \(Xmin, Ymin\) - \(Xmax, Ymax\) : \((\d+), (\d+)\) - \((\d+), (\d+)\)')
+_PF_BOX = re.compile(
+    r'Bounding box for object (\d+) "(\w+)" \(Xmin, Ymin\) - \(Xmax, Ymax\) : \((\d+), (\d+)\) - \((\d+), (\d+)\)'
+)
 
 
 def penn_fudan_pedestrians(text: str) -> list[tuple[int, str, tuple[int, int, int, int]]]:
     """(number, "walk" | "stand", PASCAL box) of each labelled pedestrian in one Penn-Fudan annotation."""
-    return [(int(number), PENN_FUDAN_ACTIONS[label], tuple(int(v) for v in box))
-            for number, label, *box in _PF_BOX.findall(text) if label in PENN_FUDAN_ACTIONS]
+    return [
+        (int(number), PENN_FUDAN_ACTIONS[label], tuple(int(v) for v in box))
+        for number, label, *box in _PF_BOX.findall(text)
+        if label in PENN_FUDAN_ACTIONS
+    ]
 
 
 def penn_fudan_actions(root: str, options=None) -> list[list]:
@@ -382,6 +464,10 @@ def ava_examples(ava_csv: str, labels_uri: str, options=None) -> tuple[list[dict
     fs, path = storage.filesystem(ava_csv, options)
     ground_truth = ava.read_csv(fs.cat_file(path), ava_csv)
     wanted = {g.video_id for g in ground_truth}
-    rows = [r for shard in iter_shard_rows(labels_uri, read_manifest(labels_uri, options), options) for r in shard
-            if ava.video_id_of(r["uri"]) in wanted]
+    rows = [
+        r
+        for shard in iter_shard_rows(labels_uri, read_manifest(labels_uri, options), options)
+        for r in shard
+        if ava.video_id_of(r["uri"]) in wanted
+    ]
     return ava.examples_from_run(ground_truth, rows)

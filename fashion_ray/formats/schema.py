@@ -78,7 +78,10 @@ LABEL_SCHEMA = pa.schema(
         # panning camera's motion that actions take out of a walker's; null where not measured
         ("camera_shift", pa.list_(pa.float32())),
         ("status", pa.string()),  # "ok" | "error"
-        ("error", pa.string()),  # reason: media.ERROR_REASONS, "model_error", or a plan's "no_frames_in_window" / "too_many_frames"
+        (
+            "error",
+            pa.string(),
+        ),  # reason: media.ERROR_REASONS, "model_error", or a plan's "no_frames_in_window" / "too_many_frames"
         ("error_detail", pa.string()),
         ("bundle_name", pa.string()),
         ("bundle_version", pa.string()),

@@ -31,6 +31,7 @@ from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION, with_attrib
 
 def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
     """Map a person (and its garments/parts) from working to original image pixels."""
+
     def mask(m):
         return rle.resize_rle(m, height, width) if m else None
 
@@ -38,19 +39,33 @@ def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
     if kp and scale != 1.0:
         kp = [v / scale if i % 3 != 2 else v for i, v in enumerate(kp)]
     return {
-        "person_id": person["person_id"], "track_id": person.get("track_id"), "score": person["score"],
-        "box": scale_box(person["box"], scale, width, height), "mask": mask(person.get("mask")), "keypoints": kp,
+        "person_id": person["person_id"],
+        "track_id": person.get("track_id"),
+        "score": person["score"],
+        "box": scale_box(person["box"], scale, width, height),
+        "mask": mask(person.get("mask")),
+        "keypoints": kp,
         "appearance": person.get("appearance"),
-        "garments": [{**g, "box": scale_box(g["box"], scale, width, height), "mask": mask(g.get("mask"))}
-                     for g in person.get("garments", [])],
-        "parts": [{**p, "box": scale_box(p["box"], scale, width, height), "mask": mask(p["mask"]),
-                   "area": rle.area(mask(p["mask"])) if scale != 1.0 else p["area"]}
-                  for p in person.get("parts", [])],
+        "garments": [
+            {**g, "box": scale_box(g["box"], scale, width, height), "mask": mask(g.get("mask"))}
+            for g in person.get("garments", [])
+        ],
+        "parts": [
+            {
+                **p,
+                "box": scale_box(p["box"], scale, width, height),
+                "mask": mask(p["mask"]),
+                "area": rle.area(mask(p["mask"])) if scale != 1.0 else p["area"],
+            }
+            for p in person.get("parts", [])
+        ],
         "actions": person.get("actions") or [],
     }
 
 
-def assemble_rows(batch: dict[str, np.ndarray], *, bundle_name: str, bundle_version: str, stages: list[str]) -> list[dict]:
+def assemble_rows(
+    batch: dict[str, np.ndarray], *, bundle_name: str, bundle_version: str, stages: list[str]
+) -> list[dict]:
     rows = []
     for i in range(len(batch["id"])):
         ok = batch["status"][i] == "ok"
@@ -58,19 +73,32 @@ def assemble_rows(batch: dict[str, np.ndarray], *, bundle_name: str, bundle_vers
         mtime = float(batch["mtime"][i])
         frame_index, seconds = int(batch["frame_index"][i]), float(batch["timestamp_s"][i])
         persons = batch["persons"][i].items if ok else []
-        shift = [float(batch[k][i]) / float(batch["scale"][i]) for k in ("camera_dx", "camera_dy")] if "camera_dx" in batch else []
-        rows.append({
-            "id": int(batch["id"][i]), "uri": str(batch["uri"][i]), "size": int(batch["size"][i]),
-            "etag": str(batch["etag"][i]),
-            "mtime": None if math.isnan(mtime) else datetime.fromtimestamp(mtime, tz=timezone.utc),
-            "frame_index": None if frame_index < 0 else frame_index, "timestamp_s": None if math.isnan(seconds) else seconds,
-            "width": width, "height": height,
-            "camera_shift": shift if shift and ok and not math.isnan(shift[0]) else None,
-            "status": str(batch["status"][i]), "error": str(batch["error"][i]) or None,
-            "error_detail": str(batch["error_detail"][i]) or None,
-            "bundle_name": bundle_name, "bundle_version": bundle_version, "stages": list(stages),
-            "persons": [_to_original(p, float(batch["scale"][i]), height, width) for p in persons],
-        })
+        shift = (
+            [float(batch[k][i]) / float(batch["scale"][i]) for k in ("camera_dx", "camera_dy")]
+            if "camera_dx" in batch
+            else []
+        )
+        rows.append(
+            {
+                "id": int(batch["id"][i]),
+                "uri": str(batch["uri"][i]),
+                "size": int(batch["size"][i]),
+                "etag": str(batch["etag"][i]),
+                "mtime": None if math.isnan(mtime) else datetime.fromtimestamp(mtime, tz=timezone.utc),
+                "frame_index": None if frame_index < 0 else frame_index,
+                "timestamp_s": None if math.isnan(seconds) else seconds,
+                "width": width,
+                "height": height,
+                "camera_shift": shift if shift and ok and not math.isnan(shift[0]) else None,
+                "status": str(batch["status"][i]),
+                "error": str(batch["error"][i]) or None,
+                "error_detail": str(batch["error_detail"][i]) or None,
+                "bundle_name": bundle_name,
+                "bundle_version": bundle_version,
+                "stages": list(stages),
+                "persons": [_to_original(p, float(batch["scale"][i]), height, width) for p in persons],
+            }
+        )
     return rows
 
 
@@ -97,16 +125,27 @@ class Shard:
     # per video: the highest track id among this shard's frames. Ids count from 1 per video,
     # so a video's track count is the largest of these over all shards holding its frames.
     max_track_id: dict[str, int] = field(default_factory=dict)
-    placement: dict = field(default_factory=dict)  # {step: {node id: rows}}: where the pipeline ran (not in the manifest)
+    placement: dict = field(
+        default_factory=dict
+    )  # {step: {node id: rows}}: where the pipeline ran (not in the manifest)
 
     def entry(self) -> dict:
         """The manifest's record of this shard (paths relative to the output)."""
-        return {"name": self.name, "parquet": f"parquet/{self.name}.parquet", "coco": f"coco/{self.name}.json",
-                **({"ava": f"ava/{self.name}.csv"} if self.ava else {}),
-                "rows": len(self.ids), "ok": self.ok, "frames": self.frames, "persons": self.persons,
-                "garments": self.garments, "parts": self.parts, "errors": dict(self.errors),
-                **({"actions": dict(self.actions)} if self.actions else {}),
-                **({"tracked": self.tracked, "max_track_id": dict(self.max_track_id)} if self.max_track_id else {})}
+        return {
+            "name": self.name,
+            "parquet": f"parquet/{self.name}.parquet",
+            "coco": f"coco/{self.name}.json",
+            **({"ava": f"ava/{self.name}.csv"} if self.ava else {}),
+            "rows": len(self.ids),
+            "ok": self.ok,
+            "frames": self.frames,
+            "persons": self.persons,
+            "garments": self.garments,
+            "parts": self.parts,
+            "errors": dict(self.errors),
+            **({"actions": dict(self.actions)} if self.actions else {}),
+            **({"tracked": self.tracked, "max_track_id": dict(self.max_track_id)} if self.max_track_id else {}),
+        }
 
 
 def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", storage_options=None) -> Shard:
@@ -126,19 +165,28 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
         for p in row["persons"]:
             if p.get("track_id") is not None:
                 max_track_id[row["uri"]] = max(max_track_id.get(row["uri"], 0), p["track_id"])
-    return Shard(name=name, ids=tuple(r["id"] for r in rows), ok=sum(r["status"] == "ok" for r in rows),
-                 frames=sum(r["frame_index"] is not None for r in rows), persons=len(persons),
-                 garments=sum(len(p["garments"]) for p in persons), parts=sum(len(p["parts"]) for p in persons),
-                 errors=dict(collections.Counter(r["error"] for r in rows if r["status"] == "error")),
-                 ava=bool(ava_rows), tracked=sum(p.get("track_id") is not None for p in persons),
-                 actions=dict(collections.Counter(a["action"] for p in persons for a in p.get("actions") or [])),
-                 max_track_id=max_track_id)
+    return Shard(
+        name=name,
+        ids=tuple(r["id"] for r in rows),
+        ok=sum(r["status"] == "ok" for r in rows),
+        frames=sum(r["frame_index"] is not None for r in rows),
+        persons=len(persons),
+        garments=sum(len(p["garments"]) for p in persons),
+        parts=sum(len(p["parts"]) for p in persons),
+        errors=dict(collections.Counter(r["error"] for r in rows if r["status"] == "error")),
+        ava=bool(ava_rows),
+        tracked=sum(p.get("track_id") is not None for p in persons),
+        actions=dict(collections.Counter(a["action"] for p in persons for a in p.get("actions") or [])),
+        max_track_id=max_track_id,
+    )
 
 
 def shard_totals(entries: list[dict]) -> dict:
     """Label counts over a manifest's shard records, with video tracks and their mean length
     (tracked persons per track, in sampled frames)."""
-    totals = {key: sum(s.get(key, 0) for s in entries) for key in ("ok", "frames", "persons", "garments", "parts", "tracked")}
+    totals = {
+        key: sum(s.get(key, 0) for s in entries) for key in ("ok", "frames", "persons", "garments", "parts", "tracked")
+    }
     tracks_per_video: dict[str, int] = {}
     for s in entries:
         for uri, top in s.get("max_track_id", {}).items():
@@ -169,14 +217,27 @@ def iter_shard_rows(uri: str, manifest: dict, options=None):
         yield read_shard_rows(uri, entry, options)
 
 
-def write_shard(batch: dict[str, np.ndarray], *, output: str, bundle_name: str, bundle_version: str,
-                stages: list[str], run_id: str = "", storage_options=None) -> dict[str, np.ndarray]:
+def write_shard(
+    batch: dict[str, np.ndarray],
+    *,
+    output: str,
+    bundle_name: str,
+    bundle_version: str,
+    stages: list[str],
+    run_id: str = "",
+    storage_options=None,
+) -> dict[str, np.ndarray]:
     """Ray Data map_batches function: write one shard; its `Shard` record is the only row it returns."""
     from fashion_ray.placement import add_ran_on, count_placement
 
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
-    shard = write_rows(rows, output=output, salt=run_id, storage_options=storage_options,
-                       info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"})
+    shard = write_rows(
+        rows,
+        output=output,
+        salt=run_id,
+        storage_options=storage_options,
+        info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"},
+    )
     ran_on = add_ran_on(batch["ran_on"], "write") if "ran_on" in batch else []
     return as_batch(dataclasses.replace(shard, placement=count_placement(ran_on)))
 

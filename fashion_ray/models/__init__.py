@@ -27,18 +27,22 @@ def _registry(*families) -> dict:
 
 
 # every builder is build(bundle, spec, *, device, options) -> Predictor
-PREDICTOR_BUILDERS = _registry((torchvision_models.ARCHITECTURES, torchvision_models.build_predictor),
-                               (bootstrap.ARCHITECTURES, bootstrap.build_predictor),
-                               (garments.ARCHITECTURES, garments.build_predictor),
-                               (actions.ARCHITECTURES, actions.build_predictor))
+PREDICTOR_BUILDERS = _registry(
+    (torchvision_models.ARCHITECTURES, torchvision_models.build_predictor),
+    (bootstrap.ARCHITECTURES, bootstrap.build_predictor),
+    (garments.ARCHITECTURES, garments.build_predictor),
+    (actions.ARCHITECTURES, actions.build_predictor),
+)
 ARCHITECTURES = tuple(sorted(PREDICTOR_BUILDERS))
 
 
 def validate_bundle(bundle: Bundle) -> None:
     for stage, spec in bundle.stages.items():
         if spec.architecture not in ARCHITECTURES:
-            raise BundleError(f"bundle {bundle.label}, stage {stage!r}: unknown architecture {spec.architecture!r} "
-                              f"(valid: {', '.join(ARCHITECTURES)})")
+            raise BundleError(
+                f"bundle {bundle.label}, stage {stage!r}: unknown architecture {spec.architecture!r} "
+                f"(valid: {', '.join(ARCHITECTURES)})"
+            )
         bootstrap.check_options(bundle, spec)
 
 
@@ -54,4 +58,14 @@ def written_labels(spec) -> tuple[str, ...]:
     return garments.WRITTEN if spec.architecture in garments.ARCHITECTURES else spec.classes
 
 
-__all__ = ["ARCHITECTURES", "Bundle", "BundleError", "Predictor", "build_stage_predictor", "load_bundle", "validate_bundle", "verify_bundle", "written_labels"]
+__all__ = [
+    "ARCHITECTURES",
+    "Bundle",
+    "BundleError",
+    "Predictor",
+    "build_stage_predictor",
+    "load_bundle",
+    "validate_bundle",
+    "verify_bundle",
+    "written_labels",
+]

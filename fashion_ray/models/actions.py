@@ -36,8 +36,14 @@ def build_head(num_classes: int):
     import torch.nn as nn
 
     size = len(actions.WINDOW_OFFSETS_S) * actions.SLOT_FEATURES
-    return nn.Sequential(nn.Linear(size, HIDDEN), nn.ReLU(), nn.Dropout(0.1), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                         nn.Linear(HIDDEN, num_classes))
+    return nn.Sequential(
+        nn.Linear(size, HIDDEN),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, num_classes),
+    )
 
 
 class RulePredictor:
@@ -47,8 +53,10 @@ class RulePredictor:
         self.allowed = set(_action_ids(spec))
 
     def predict_tracks(self, tracks: list[actions.Track]) -> list[list[dict[int, float]]]:
-        return [[{k: v for k, v in frame.items() if k in self.allowed} for frame in actions.track_actions(track)]
-                for track in tracks]
+        return [
+            [{k: v for k, v in frame.items() if k in self.allowed} for frame in actions.track_actions(track)]
+            for track in tracks
+        ]
 
 
 class WindowHeadPredictor:
@@ -68,10 +76,14 @@ class WindowHeadPredictor:
         if not features:
             return [[] for _ in tracks]
         with self.torch.inference_mode():
-            scores = self.torch.sigmoid(self.model(self.torch.from_numpy(np.stack(features)).to(self.device))).cpu().numpy()
+            scores = (
+                self.torch.sigmoid(self.model(self.torch.from_numpy(np.stack(features)).to(self.device))).cpu().numpy()
+            )
         out, at = [], 0
         for track in tracks:
-            out.append([{k: round(float(v), 4) for k, v in zip(self.ids, row)} for row in scores[at:at + len(track.times)]])
+            out.append(
+                [{k: round(float(v), 4) for k, v in zip(self.ids, row)} for row in scores[at : at + len(track.times)]]
+            )
             at += len(track.times)
         return out
 

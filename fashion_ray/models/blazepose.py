@@ -56,8 +56,12 @@ def postprocess(landmarks: np.ndarray, mask: np.ndarray, flag: np.ndarray, view,
     if ix1 > ix0 and iy1 > iy0:
         s = INPUT_SIDE / side
         warp = np.array([[s, 0, (ix0 - x0) * s], [0, s, (iy0 - y0) * s]], np.float32)
-        prob[iy0:iy1, ix0:ix1] = cv2.warpAffine(mask.reshape(INPUT_SIDE, INPUT_SIDE).astype(np.float32), warp,
-                                                (ix1 - ix0, iy1 - iy0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        prob[iy0:iy1, ix0:ix1] = cv2.warpAffine(
+            mask.reshape(INPUT_SIDE, INPUT_SIDE).astype(np.float32),
+            warp,
+            (ix1 - ix0, iy1 - iy0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        )
     return {"keypoints": keypoints, "mask_prob": prob, "pose_score": float(flag.reshape(-1)[0])}
 
 
@@ -74,9 +78,11 @@ class BlazePose:
         """Pose and mask for each (image, person box)."""
         found = []
         for start in range(0, len(people), self.max_batch):
-            chunk = people[start:start + self.max_batch]
+            chunk = people[start : start + self.max_batch]
             views = [square_view(box) for _, box in chunk]
-            out = onnx.run(self.session, np.concatenate([preprocess(image, view) for (image, _), view in zip(chunk, views)]))
+            out = onnx.run(
+                self.session, np.concatenate([preprocess(image, view) for (image, _), view in zip(chunk, views)])
+            )
             for k, ((image, _), view) in enumerate(zip(chunk, views)):
                 h, w = image.shape[:2]
                 found.append(postprocess(out[self.landmarks][k], out[self.mask][k], out[self.flag][k], view, h, w))

@@ -53,8 +53,15 @@ class NanoDetPosePerson:
 
     kind = "detector"
 
-    def __init__(self, detector: NanoDet, pose: BlazePose, *, mask_threshold: float, box_source: str = "merge",
-                 max_poses: int = 20):
+    def __init__(
+        self,
+        detector: NanoDet,
+        pose: BlazePose,
+        *,
+        mask_threshold: float,
+        box_source: str = "merge",
+        max_poses: int = 20,
+    ):
         self.detector, self.pose = detector, pose
         self.mask_threshold, self.box_source, self.max_poses = mask_threshold, box_source, max_poses
 
@@ -62,11 +69,16 @@ class NanoDetPosePerson:
         contexts = context or [{}] * len(images)
         detections = self.detector.detect(images, [ctx.get("regions") or [] for ctx in contexts])
         # one pose batch for the persons of every image (the first max_poses of each)
-        people = [(i, k) for i, (_, _, names) in enumerate(detections)
-                  for k in [k for k, name in enumerate(names) if name == taxonomy.PERSON][:self.max_poses]]
+        people = [
+            (i, k)
+            for i, (_, _, names) in enumerate(detections)
+            for k in [k for k, name in enumerate(names) if name == taxonomy.PERSON][: self.max_poses]
+        ]
         poses = dict(zip(people, self.pose.estimate([(images[i], detections[i][0][k]) for i, k in people])))
-        return [self._assemble(image, detection, {k: pose for (j, k), pose in poses.items() if j == i})
-                for i, (image, detection) in enumerate(zip(images, detections))]
+        return [
+            self._assemble(image, detection, {k: pose for (j, k), pose in poses.items() if j == i})
+            for i, (image, detection) in enumerate(zip(images, detections))
+        ]
 
     def _assemble(self, image: np.ndarray, detection, poses: dict[int, dict]) -> dict:
         h, w = image.shape[:2]
@@ -91,9 +103,15 @@ class NanoDetPosePerson:
             "labels": [taxonomy.PERSON] * len(found),
             "masks": np.stack([f["mask"] for f in found]) if found else np.zeros((0, h, w), bool),
             "keypoints": keypoints if any(kp is not None for kp in keypoints) else None,
-            "accessories": [{"category": taxonomy.ACCESSORY_FROM_COCO[name], "score": float(scores[k]),
-                             "box": [float(v) for v in boxes[k]]}
-                            for k, name in enumerate(names) if name in taxonomy.ACCESSORY_FROM_COCO],
+            "accessories": [
+                {
+                    "category": taxonomy.ACCESSORY_FROM_COCO[name],
+                    "score": float(scores[k]),
+                    "box": [float(v) for v in boxes[k]],
+                }
+                for k, name in enumerate(names)
+                if name in taxonomy.ACCESSORY_FROM_COCO
+            ],
         }
 
     def _box(self, box: list[float], mask: np.ndarray) -> list[float]:
@@ -146,6 +164,7 @@ def _components_touching(mask: np.ndarray, kp: np.ndarray) -> np.ndarray:
 
 
 # body parts from pose + mask ------------------------------------------------------------------
+
 
 def _segment_distance(px: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ab = b - a
@@ -244,8 +263,13 @@ def skin_mask(img: np.ndarray, parts: np.ndarray, kp: np.ndarray) -> np.ndarray:
     if kp[NOSE, 2] >= VISIBLE:
         radius = max(float(np.linalg.norm(kp[L_EAR, :2] - kp[R_EAR, :2])) * 0.35, 3.0)
         yy, xx = np.ogrid[: parts.shape[0], : parts.shape[1]]
-        face = ((xx - kp[NOSE, 0]) ** 2 + (yy - kp[NOSE, 1]) ** 2 <= radius ** 2) & (parts == 1)
-    in_generic = (cr >= GENERIC_SKIN_CR[0]) & (cr <= GENERIC_SKIN_CR[1]) & (cb >= GENERIC_SKIN_CB[0]) & (cb <= GENERIC_SKIN_CB[1])
+        face = ((xx - kp[NOSE, 0]) ** 2 + (yy - kp[NOSE, 1]) ** 2 <= radius**2) & (parts == 1)
+    in_generic = (
+        (cr >= GENERIC_SKIN_CR[0])
+        & (cr <= GENERIC_SKIN_CR[1])
+        & (cb >= GENERIC_SKIN_CB[0])
+        & (cb <= GENERIC_SKIN_CB[1])
+    )
     samples = face & in_generic
     if samples.sum() >= 30:
         mcr, mcb = float(np.median(cr[samples])), float(np.median(cb[samples]))
@@ -278,7 +302,10 @@ class PoseGarmentRegions:
             parts, _ = assign_parts(ctx["mask"], kp)
             cloth = ctx["mask"] & ~skin_mask(img, parts, kp) & (parts != 1)
             # close pin-holes (prints, shadows) so a garment is one region
-            cloth = cv2.morphologyEx(cloth.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)).astype(bool) & ctx["mask"]
+            cloth = (
+                cv2.morphologyEx(cloth.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)).astype(bool)
+                & ctx["mask"]
+            )
             cloth &= parts != 1
             upper_region = np.isin(parts, (2, 3, 4))
             lower_region = np.isin(parts, (5, 6))
@@ -297,7 +324,9 @@ class PoseGarmentRegions:
             has_upper = torso_cov is not None and torso_cov >= self.MIN_COVERAGE
             has_lower = thigh_cov is not None and thigh_cov >= self.MIN_COVERAGE
             if has_upper and has_lower and _same_cloth(img, upper & (parts == 2), lower & (parts == 5)):
-                found.append(("full_body_garment", (torso_cov + thigh_cov) / 2, upper | lower, upper_attrs + lower_attrs))
+                found.append(
+                    ("full_body_garment", (torso_cov + thigh_cov) / 2, upper | lower, upper_attrs + lower_attrs)
+                )
             else:
                 if has_upper:
                     found.append(("upper_body_garment", torso_cov, upper, upper_attrs))
@@ -332,8 +361,15 @@ ARCHITECTURES = ("nanodet_blazepose_person", "pose_body_parts", "pose_garment_re
 
 # the person stage's bundle options: model files, tiling, which box a person keeps, poses per
 # image, views (NanoDet) or persons (BlazePose) per model call, the accessories' score threshold
-PERSON_OPTIONS = {"files", "min_person_height", "max_tiles_per_side", "box_source", "max_poses", "max_batch",
-                  "accessory_score_threshold"}
+PERSON_OPTIONS = {
+    "files",
+    "min_person_height",
+    "max_tiles_per_side",
+    "box_source",
+    "max_poses",
+    "max_batch",
+    "accessory_score_threshold",
+}
 
 
 def check_options(bundle, spec) -> None:
@@ -342,9 +378,13 @@ def check_options(bundle, spec) -> None:
         return
     unknown = sorted(set(spec.options) - PERSON_OPTIONS)
     if unknown:
-        raise BundleError(f"bundle {bundle.label}: unknown person options {unknown} (valid: {', '.join(sorted(PERSON_OPTIONS))})")
+        raise BundleError(
+            f"bundle {bundle.label}: unknown person options {unknown} (valid: {', '.join(sorted(PERSON_OPTIONS))})"
+        )
     if spec.options.get("box_source", "merge") not in BOX_SOURCES:
-        raise BundleError(f"bundle {bundle.label}: box_source {spec.options['box_source']!r} is not one of {', '.join(BOX_SOURCES)}")
+        raise BundleError(
+            f"bundle {bundle.label}: box_source {spec.options['box_source']!r} is not one of {', '.join(BOX_SOURCES)}"
+        )
 
 
 def build_predictor(bundle, spec, *, device, options=None):
@@ -360,16 +400,29 @@ def build_predictor(bundle, spec, *, device, options=None):
         tuning = spec.options
         # accessories score lower than people (smaller, often half hidden): their own threshold,
         # never above the stage's (a run asking for every candidate gets every accessory too)
-        accessory_threshold = min(float(tuning.get("accessory_score_threshold", spec.score_threshold)), spec.score_threshold)
-        detector = NanoDet(read("detector"), score_threshold=spec.score_threshold,
-                           class_thresholds={k: accessory_threshold for k, name in COCO_CLASSES.items() if name != taxonomy.PERSON},
-                           min_person_height=float(tuning.get("min_person_height", 24)),
-                           max_tiles_per_side=int(tuning.get("max_tiles_per_side", 3)),
-                           max_batch=int(tuning.get("max_batch", 8)), device=device.name, threads=device.torch_threads)
-        pose = BlazePose(read("pose"), max_batch=int(tuning.get("max_batch", 8)), device=device.name,
-                         threads=device.torch_threads)
-        return NanoDetPosePerson(detector, pose, mask_threshold=spec.mask_threshold,
-                                 box_source=tuning.get("box_source", "merge"), max_poses=int(tuning.get("max_poses", 20)))
+        accessory_threshold = min(
+            float(tuning.get("accessory_score_threshold", spec.score_threshold)), spec.score_threshold
+        )
+        detector = NanoDet(
+            read("detector"),
+            score_threshold=spec.score_threshold,
+            class_thresholds={k: accessory_threshold for k, name in COCO_CLASSES.items() if name != taxonomy.PERSON},
+            min_person_height=float(tuning.get("min_person_height", 24)),
+            max_tiles_per_side=int(tuning.get("max_tiles_per_side", 3)),
+            max_batch=int(tuning.get("max_batch", 8)),
+            device=device.name,
+            threads=device.torch_threads,
+        )
+        pose = BlazePose(
+            read("pose"), max_batch=int(tuning.get("max_batch", 8)), device=device.name, threads=device.torch_threads
+        )
+        return NanoDetPosePerson(
+            detector,
+            pose,
+            mask_threshold=spec.mask_threshold,
+            box_source=tuning.get("box_source", "merge"),
+            max_poses=int(tuning.get("max_poses", 20)),
+        )
     if spec.architecture == "pose_body_parts":
         return PoseBodyParts()
     return PoseGarmentRegions()

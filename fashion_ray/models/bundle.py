@@ -94,14 +94,19 @@ class Bundle:
 
 
 # the bootstrap bundle's actions stage (its bundle.json says the same; tests/test_actions.py checks)
-ACTION_RULES = StageModel("pose_motion_rules", tuple(AVA_ACTIONS[k] for k in sorted(RULE_ACTIONS)), input_size=0,
-                          score_threshold=0.3)
+ACTION_RULES = StageModel(
+    "pose_motion_rules", tuple(AVA_ACTIONS[k] for k in sorted(RULE_ACTIONS)), input_size=0, score_threshold=0.3
+)
 
 
 def builtin_bundles() -> list[str]:
     if not os.path.isdir(BUILTIN_BUNDLES_DIR):
         return []
-    return sorted(d for d in os.listdir(BUILTIN_BUNDLES_DIR) if os.path.isfile(os.path.join(BUILTIN_BUNDLES_DIR, d, "bundle.json")))
+    return sorted(
+        d
+        for d in os.listdir(BUILTIN_BUNDLES_DIR)
+        if os.path.isfile(os.path.join(BUILTIN_BUNDLES_DIR, d, "bundle.json"))
+    )
 
 
 def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bundle:
@@ -117,7 +122,9 @@ def load_bundle(uri: str, options: storage.StorageOptions | None = None) -> Bund
     try:
         raw = json.loads(fs.cat_file(path))
     except FileNotFoundError:
-        raise BundleError(f"no bundle at {uri!r}: expected {manifest_uri} (built-in bundles: {', '.join(builtin_bundles()) or 'none'})") from None
+        raise BundleError(
+            f"no bundle at {uri!r}: expected {manifest_uri} (built-in bundles: {', '.join(builtin_bundles()) or 'none'})"
+        ) from None
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_uri}: not valid JSON ({exc})") from None
     if raw.get("format") != BUNDLE_FORMAT:
@@ -146,7 +153,9 @@ def _fetch_checked(bundle: Bundle, relative: str, sha256: str, options) -> bytes
         raise BundleError(f"bundle {bundle.label}: file {uri} is missing") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise BundleError(f"bundle {bundle.label}: sha256 mismatch for {uri}: manifest {sha256[:12]}..., file {digest[:12]}...")
+        raise BundleError(
+            f"bundle {bundle.label}: sha256 mismatch for {uri}: manifest {sha256[:12]}..., file {digest[:12]}..."
+        )
     return data
 
 
@@ -173,7 +182,9 @@ def cache_dir() -> str:
     return os.environ.get("FASHION_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fashion-ray")
 
 
-def read_checked(bundle: Bundle, relative: str, sha256: str | None, options: storage.StorageOptions | None = None) -> bytes:
+def read_checked(
+    bundle: Bundle, relative: str, sha256: str | None, options: storage.StorageOptions | None = None
+) -> bytes:
     """A file of the bundle, its sha256 verified (required for every file). Remote files go
     through the machine's cache: under a lock, so that the actors starting together on a node
     wait for one download instead of each making their own."""
@@ -212,10 +223,16 @@ def check_files(where: str, stage: StageModel) -> None:
         raise BundleError(f"{where}: options.files maps names to {{'path': ..., 'sha256': ...}}")
     for relative, sha256 in bundle_files(stage):
         parts = str(relative).replace("\\", "/").split("/")
-        if (not isinstance(relative, str) or "://" in relative or relative.startswith(("/", "~")) or ":" in parts[0]
-                or any(part in ("", ".", "..") for part in parts)):
-            raise BundleError(f"{where}: file {relative!r} is not a path inside the bundle folder "
-                              "(relative, without '..', no URI)")
+        if (
+            not isinstance(relative, str)
+            or "://" in relative
+            or relative.startswith(("/", "~"))
+            or ":" in parts[0]
+            or any(part in ("", ".", "..") for part in parts)
+        ):
+            raise BundleError(
+                f"{where}: file {relative!r} is not a path inside the bundle folder (relative, without '..', no URI)"
+            )
         if sha256 is not None and not (isinstance(sha256, str) and SHA256_HEX.fullmatch(sha256)):
             raise BundleError(f"{where}: the sha256 of {relative!r} is not 64 lower-case hex digits")
 
@@ -234,8 +251,13 @@ def load_state_dict(bundle: Bundle, stage: StageModel, options: storage.StorageO
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def save_bundle(uri: str, name: str, version: str, stages: dict[str, tuple[StageModel, dict | None]],
-                options: storage.StorageOptions | None = None) -> Bundle:
+def save_bundle(
+    uri: str,
+    name: str,
+    version: str,
+    stages: dict[str, tuple[StageModel, dict | None]],
+    options: storage.StorageOptions | None = None,
+) -> Bundle:
     """Write weights (state dicts) and bundle.json; the manifest is written last."""
     import torch
 
@@ -250,5 +272,7 @@ def save_bundle(uri: str, name: str, version: str, stages: dict[str, tuple[Stage
             spec = dataclasses.replace(spec, weights=filename, sha256=hashlib.sha256(data).hexdigest())
         written[stage_name] = spec
     bundle = Bundle(name=name, version=version, uri=uri, stages=written)
-    storage.write_bytes_atomic(storage.join(uri, "bundle.json"), json.dumps(bundle.to_json(), indent=2).encode(), options)
+    storage.write_bytes_atomic(
+        storage.join(uri, "bundle.json"), json.dumps(bundle.to_json(), indent=2).encode(), options
+    )
     return bundle

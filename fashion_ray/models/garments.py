@@ -39,9 +39,13 @@ PERSON_REACH = 0.04  # of the crop's long side: how far past the person mask a g
 MIN_INSTANCE_FRACTION = 0.001  # of the crop's long side squared: specks below this are not garments
 GARMENT_VALUES = [v for v, name in enumerate(taxonomy.GARMENT_PARSE) if name not in taxonomy.NOT_GARMENTS]
 # the garment categories the parser writes (its classes are parse classes; these are what rows hold)
-WRITTEN = tuple(dict.fromkeys(taxonomy.SLEEVED[name][sleeve] if name in taxonomy.SLEEVED else name
-                              for name in (taxonomy.GARMENT_PARSE[v] for v in GARMENT_VALUES)
-                              for sleeve in ("none", "short", "long")))
+WRITTEN = tuple(
+    dict.fromkeys(
+        taxonomy.SLEEVED[name][sleeve] if name in taxonomy.SLEEVED else name
+        for name in (taxonomy.GARMENT_PARSE[v] for v in GARMENT_VALUES)
+        for sleeve in ("none", "short", "long")
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,14 @@ class View:
         return np.array([[k, 0, -self.x0 * k], [0, k, -self.y0 * k]], np.float32)
 
 
-def view_of(height: int, width: int, out_height: int = VIEW_SIDE, out_width: int | None = None, zoom: float = 1.0,
-            shift=(0.0, 0.0)) -> View:
+def view_of(
+    height: int,
+    width: int,
+    out_height: int = VIEW_SIDE,
+    out_width: int | None = None,
+    zoom: float = 1.0,
+    shift=(0.0, 0.0),
+) -> View:
     """The whole crop fitted into an out_height x out_width input, aspect kept, centred;
     zoom < 1 shows more around it, shift moves it (fractions of the input; training jitter)."""
     out_width = out_width or out_height
@@ -73,8 +83,13 @@ def view_of(height: int, width: int, out_height: int = VIEW_SIDE, out_width: int
 def warp_to_view(image: np.ndarray, view: View, nearest: bool = False, fill: int = 0) -> np.ndarray:
     import cv2
 
-    return cv2.warpAffine(image, view.matrix(), (view.width, view.height),
-                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderValue=fill)
+    return cv2.warpAffine(
+        image,
+        view.matrix(),
+        (view.width, view.height),
+        flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+        borderValue=fill,
+    )
 
 
 def warp_from_view(values: np.ndarray, view: View, height: int, width: int, nearest: bool = False) -> np.ndarray:
@@ -103,20 +118,25 @@ class BlazePoseTrunk:
         self.max_batch = max(1, max_batch)
 
     def __call__(self, views: np.ndarray) -> dict[str, np.ndarray]:
-        chunks = [onnx.run(self.session, (views[i:i + self.max_batch].astype(np.float32) / 255.0))
-                  for i in range(0, len(views), self.max_batch)]
+        chunks = [
+            onnx.run(self.session, (views[i : i + self.max_batch].astype(np.float32) / 255.0))
+            for i in range(0, len(views), self.max_batch)
+        ]
         return {key: np.concatenate([c[name] for c in chunks]) for key, name in TRUNK_OUTPUTS.items()}
 
 
 def build_head(num_classes: int = len(taxonomy.GARMENT_PARSE)):
     """GarmentHead: fuses the trunk's scales at 1/4, refines at 1/2 with the mask decoder and RGB."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     def block(cin, cout, k=3, dilation=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
     class GarmentHead(nn.Module):
         def __init__(self):
@@ -133,8 +153,9 @@ def build_head(num_classes: int = len(taxonomy.GARMENT_PARSE)):
             quarter = f["decoder4"].shape[-2:]
             mask4 = F.interpolate(f["mask"], size=quarter, mode="bilinear", align_corners=False)
             x = self.fine(torch.cat([f["decoder4"], f["encoder4"], f["heatmap"], mask4], 1))
-            c = self.context16(f["encoder16"]) + F.interpolate(self.context32(f["encoder32"]), scale_factor=2.0,
-                                                               mode="bilinear", align_corners=False)
+            c = self.context16(f["encoder16"]) + F.interpolate(
+                self.context32(f["encoder32"]), scale_factor=2.0, mode="bilinear", align_corners=False
+            )
             x = self.fuse(x + F.interpolate(c, size=quarter, mode="bilinear", align_corners=False))
             coarse = F.interpolate(self.classify4(x), scale_factor=2.0, mode="bilinear", align_corners=False)
             rgb = F.interpolate(f["rgb"], size=coarse.shape[-2:], mode="bilinear", align_corners=False)
@@ -172,7 +193,7 @@ def _coverage_along(mask: np.ndarray, a, b, samples: int = 12) -> float:
 
 
 def sleeve_length(garment: np.ndarray, keypoints: np.ndarray | None, default: str = "long") -> str:
-    """"none" | "short" | "long" from where the garment covers the arms' bones.
+    """ "none" | "short" | "long" from where the garment covers the arms' bones.
 
     Per visible arm: the forearm (elbow -> wrist) mostly covered = long; else the upper arm
     (shoulder -> elbow) partly covered = short; else none. The arm with the longest sleeve
@@ -186,7 +207,11 @@ def sleeve_length(garment: np.ndarray, keypoints: np.ndarray | None, default: st
         if keypoints[shoulder, 2] < VISIBLE or keypoints[elbow, 2] < VISIBLE:
             continue
         upper = _coverage_along(garment, keypoints[shoulder, :2], keypoints[elbow, :2])
-        lower = _coverage_along(garment, keypoints[elbow, :2], keypoints[wrist, :2]) if keypoints[wrist, 2] >= VISIBLE else None
+        lower = (
+            _coverage_along(garment, keypoints[elbow, :2], keypoints[wrist, :2])
+            if keypoints[wrist, 2] >= VISIBLE
+            else None
+        )
         if lower is not None and lower >= 0.5:
             found.append("long")
         elif upper >= 0.4:
@@ -201,8 +226,14 @@ def sleeve_length(garment: np.ndarray, keypoints: np.ndarray | None, default: st
 PAIRED = ("shoes", "bag")
 MIN_PIECE_SHARE = 0.1  # of the class's largest piece: smaller pieces are specks of another class
 # where a class can be, from the person's landmarks: the body part it sits on must be in view
-NEEDS_LANDMARKS = {"skirt": (23, 24), "shorts": (23, 24), "trousers": (23, 24), "shoes": (27, 28, 29, 30, 31, 32),
-                   "glasses": (2, 5), "hat": (0, 2, 5, 7, 8)}
+NEEDS_LANDMARKS = {
+    "skirt": (23, 24),
+    "shorts": (23, 24),
+    "trousers": (23, 24),
+    "shoes": (27, 28, 29, 30, 31, 32),
+    "glasses": (2, 5),
+    "hat": (0, 2, 5, 7, 8),
+}
 
 
 def _in_view(keypoints: np.ndarray | None, indices, height: int, width: int) -> bool:
@@ -210,7 +241,9 @@ def _in_view(keypoints: np.ndarray | None, indices, height: int, width: int) -> 
     if keypoints is None:
         return True
     kp = keypoints[list(indices)]
-    return bool(((kp[:, 2] >= VISIBLE) & (kp[:, 0] >= 0) & (kp[:, 0] < width) & (kp[:, 1] >= 0) & (kp[:, 1] < height)).any())
+    return bool(
+        ((kp[:, 2] >= VISIBLE) & (kp[:, 0] >= 0) & (kp[:, 0] < width) & (kp[:, 1] >= 0) & (kp[:, 1] < height)).any()
+    )
 
 
 def _seen_y(keypoints: np.ndarray, indices) -> float | None:
@@ -260,8 +293,15 @@ def misplaced(name: str, mask: np.ndarray, keypoints: np.ndarray | None) -> str 
         pad = 0.3 * max(x1 - x0, y1 - y0, 1)
         seen = keypoints[list(EYES)]
         seen = seen[seen[:, 2] >= VISIBLE]
-        if len(seen) and not ((seen[:, 0] >= x0 - pad) & (seen[:, 0] <= x1 + pad) &
-                              (seen[:, 1] >= y0 - pad) & (seen[:, 1] <= y1 + pad)).any():
+        if (
+            len(seen)
+            and not (
+                (seen[:, 0] >= x0 - pad)
+                & (seen[:, 0] <= x1 + pad)
+                & (seen[:, 1] >= y0 - pad)
+                & (seen[:, 1] <= y1 + pad)
+            ).any()
+        ):
             return "glasses away from the eyes"
     if name in ("trousers", "shorts", "skirt"):
         shoulders, hips = _seen_y(keypoints, SHOULDERS), _seen_y(keypoints, HIPS)
@@ -286,8 +326,9 @@ def settle_pieces(parse: np.ndarray, keypoints: np.ndarray | None) -> np.ndarray
     return parse
 
 
-def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.ndarray | None,
-                      min_pixels: int, score_threshold: float) -> dict:
+def garment_instances(
+    parse: np.ndarray, confidence: np.ndarray, keypoints: np.ndarray | None, min_pixels: int, score_threshold: float
+) -> dict:
     """Parse map (crop pixels) -> detector output: a garment per class, or per connected
     component for PAIRED classes; a class whose body part is out of view is left out (a
     waist-up portrait has no trousers, whatever the pixels at its bottom edge look like), and
@@ -323,9 +364,14 @@ def garment_instances(parse: np.ndarray, confidence: np.ndarray, keypoints: np.n
             labels.append(taxonomy.SLEEVED[name][sleeve] if sleeve else name)
             masks.append(mask)
             attributes.append([f"sleeve:{sleeve}"] if sleeve else [])
-    return {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "scores": np.array(scores, np.float32),
-            "labels": labels, "masks": np.stack(masks) if masks else np.zeros((0, h, w), bool), "keypoints": None,
-            "attributes": attributes}
+    return {
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "scores": np.array(scores, np.float32),
+        "labels": labels,
+        "masks": np.stack(masks) if masks else np.zeros((0, h, w), bool),
+        "keypoints": None,
+        "attributes": attributes,
+    }
 
 
 def _grown(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -345,8 +391,9 @@ class GarmentParser:
 
     kind = "detector"
 
-    def __init__(self, network, view_hw: tuple[int, int], *, score_threshold: float = 0.0,
-                 presence_threshold: float = 0.0):
+    def __init__(
+        self, network, view_hw: tuple[int, int], *, score_threshold: float = 0.0, presence_threshold: float = 0.0
+    ):
         self.network, self.view_hw = network, view_hw
         self.score_threshold, self.presence_threshold = score_threshold, presence_threshold
 
@@ -364,8 +411,13 @@ class GarmentParser:
         out = []
         for crop, view, lab, conf, pres in zip(crops, views, labels.cpu().numpy(), confidence.cpu().numpy(), presence):
             h, w = crop.shape[:2]
-            out.append((warp_from_view(lab.astype(np.uint8), view, h, w, nearest=True),
-                        warp_from_view(conf.astype(np.float32), view, h, w), pres))
+            out.append(
+                (
+                    warp_from_view(lab.astype(np.uint8), view, h, w, nearest=True),
+                    warp_from_view(conf.astype(np.float32), view, h, w),
+                    pres,
+                )
+            )
         return out
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
@@ -385,7 +437,9 @@ class GarmentParser:
             result = garment_instances(parse, confidence, ctx.get("keypoints"), min_pixels, self.score_threshold)
             # the person detector's bags of this person go too (stages.attach_garments); its ties
             # stay: 13 of the 703 training photos have one, too few for the head to tell
-            result["absent"] = [taxonomy.GARMENT_PARSE[v] for v in absent if taxonomy.GARMENT_PARSE[v] in GATES_DETECTOR]
+            result["absent"] = [
+                taxonomy.GARMENT_PARSE[v] for v in absent if taxonomy.GARMENT_PARSE[v] in GATES_DETECTOR
+            ]
             results.append(result)
         return results
 
@@ -396,8 +450,9 @@ def blazepose_network(trunk: BlazePoseTrunk, head, device):
 
     def run(views: np.ndarray):
         logits = head(head_inputs(trunk, views, device))
-        return torch.nn.functional.interpolate(logits.float(), size=views.shape[1:3], mode="bilinear",
-                                               align_corners=False).softmax(1), None
+        return torch.nn.functional.interpolate(
+            logits.float(), size=views.shape[1:3], mode="bilinear", align_corners=False
+        ).softmax(1), None
 
     return run
 
@@ -440,23 +495,32 @@ def build_predictor(bundle, spec, *, device, options=None):
     if not spec.weights:
         raise BundleError(f"bundle {bundle.label}: {spec.architecture} needs weights")
     torch_device = device.setup()
-    state = torch.load(io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, options)), map_location="cpu",
-                       weights_only=True)
+    state = torch.load(
+        io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, options)), map_location="cpu", weights_only=True
+    )
     view = parser_view(spec.architecture, spec.input_size or VIEW_SIDE)
     if spec.architecture == EFFICIENTNET_PARSER:
         from fashion_ray.models.efficientnet_lite import build_parser
 
         model = build_parser(len(spec.classes))
         model.load_state_dict(state)
-        return GarmentParser(efficientnet_network(model.eval().to(torch_device), torch_device), view,
-                             score_threshold=spec.score_threshold,
-                             presence_threshold=float(spec.options.get("presence_threshold", PRESENCE_THRESHOLD)))
+        return GarmentParser(
+            efficientnet_network(model.eval().to(torch_device), torch_device),
+            view,
+            score_threshold=spec.score_threshold,
+            presence_threshold=float(spec.options.get("presence_threshold", PRESENCE_THRESHOLD)),
+        )
     trunk_file = spec.options.get("files", {}).get("trunk")
     if not trunk_file:
         raise BundleError(f"bundle {bundle.label}: {BLAZEPOSE_PARSER} needs options.files.trunk")
-    trunk = BlazePoseTrunk(read_checked(bundle, trunk_file["path"], trunk_file["sha256"], options), device=device.name,
-                           threads=device.torch_threads, max_batch=int(spec.options.get("max_batch", 8)))
+    trunk = BlazePoseTrunk(
+        read_checked(bundle, trunk_file["path"], trunk_file["sha256"], options),
+        device=device.name,
+        threads=device.torch_threads,
+        max_batch=int(spec.options.get("max_batch", 8)),
+    )
     head = build_head(len(spec.classes))
     head.load_state_dict(state)
-    return GarmentParser(blazepose_network(trunk, head.eval().to(torch_device), torch_device), view,
-                         score_threshold=spec.score_threshold)
+    return GarmentParser(
+        blazepose_network(trunk, head.eval().to(torch_device), torch_device), view, score_threshold=spec.score_threshold
+    )

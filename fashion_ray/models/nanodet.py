@@ -67,8 +67,9 @@ def _cells(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.concatenate(v).astype(np.float32) for v in (cx, cy, stride))
 
 
-def decode(outputs: list[tuple[np.ndarray, np.ndarray]], side: int = INPUT_SIDE,
-           rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode(
+    outputs: list[tuple[np.ndarray, np.ndarray]], side: int = INPUT_SIDE, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """[(class scores [HW, C], distances [HW, 4 * 11]) per stride 8, 16, 32] -> (boxes [N, 4]
     xyxy in input pixels, scores [N, C]), one row per cell of every stride, or per cell in
     `rows` (indices in that order: decoding only the candidates is most of the saving)."""
@@ -101,8 +102,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = 
     return keep_array[np.argsort(-scores[keep_array], kind="stable")] if len(keep) else keep_array
 
 
-def plan_tiles(width: int, height: int, min_person_height: float, *, max_per_side: int = 3,
-               side: int = INPUT_SIDE) -> list[tuple[int, int, int, int]]:
+def plan_tiles(
+    width: int, height: int, min_person_height: float, *, max_per_side: int = 3, side: int = INPUT_SIDE
+) -> list[tuple[int, int, int, int]]:
     """Overlapping square tiles (x0, y0, x1, y1) for an image whose smallest wanted person is
     `min_person_height` px tall; [] where the full frame already shows such a person at
     MIN_INPUT_PERSON px or more. Tiles per side grow until the person reaches that height in
@@ -124,9 +126,14 @@ def plan_tiles(width: int, height: int, min_person_height: float, *, max_per_sid
     return [(x, y, min(width, x + tile), min(height, y + tile)) for y in starts(height) for x in starts(width)]
 
 
-def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]],
-                *, faint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, contained: float = 0.6,
-                iou: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def merge_tiles(
+    full: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]],
+    *,
+    faint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    contained: float = 0.6,
+    iou: float = NMS_IOU,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full-frame and tile detections (boxes in image coordinates, scores, labels; each tile with
     its region (x0, y0, x1, y1, image width, image height)) -> one set.
 
@@ -169,14 +176,21 @@ def merge_tiles(full: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: list[tup
 
 def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float):
     """Full-frame detections plus the faint boxes that tile pieces cut by their tile's edge vouch for."""
-    vouches = ((_share_inside(boxes, faint[0]) >= contained) & (labels[:, None] == faint[2][None, :])
-               & (faint[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None]) & _cut_by_tile(boxes, regions)[:, None])
+    vouches = (
+        (_share_inside(boxes, faint[0]) >= contained)
+        & (labels[:, None] == faint[2][None, :])
+        & (faint[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None])
+        & _cut_by_tile(boxes, regions)[:, None]
+    )
     promoted = vouches.any(0)
     if not promoted.any():
         return full
     raised = np.maximum(faint[1], np.where(vouches, scores[:, None], 0).max(0))[promoted]
-    return (np.concatenate([full[0], faint[0][promoted]]).reshape(-1, 4).astype(np.float32),
-            np.concatenate([full[1], raised]).astype(np.float32), np.concatenate([full[2], faint[2][promoted]]).astype(np.int64))
+    return (
+        np.concatenate([full[0], faint[0][promoted]]).reshape(-1, 4).astype(np.float32),
+        np.concatenate([full[1], raised]).astype(np.float32),
+        np.concatenate([full[2], faint[2][promoted]]).astype(np.int64),
+    )
 
 
 def _share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -190,36 +204,56 @@ def _cut_by_tile(boxes: np.ndarray, regions: np.ndarray, margin: float = 2.0) ->
     """Per box: it touches an edge of its tile that lies inside the image (the tile cut it
     there), as opposed to the image's own border. regions rows: x0, y0, x1, y1, width, height."""
     x0, y0, x1, y1, width, height = regions.T
-    return (((boxes[:, 0] <= x0 + margin) & (x0 > 0)) | ((boxes[:, 1] <= y0 + margin) & (y0 > 0))
-            | ((boxes[:, 2] >= x1 - margin) & (x1 < width)) | ((boxes[:, 3] >= y1 - margin) & (y1 < height)))
+    return (
+        ((boxes[:, 0] <= x0 + margin) & (x0 > 0))
+        | ((boxes[:, 1] <= y0 + margin) & (y0 > 0))
+        | ((boxes[:, 2] >= x1 - margin) & (x1 < width))
+        | ((boxes[:, 3] >= y1 - margin) & (y1 < height))
+    )
 
 
 class NanoDet:
     """NanoDet-g on a batch of images: full frames, plus tiles and extra regions where they pay."""
 
-    def __init__(self, model: bytes, *, classes: dict[int, str] = COCO_CLASSES, score_threshold: float,
-                 min_person_height: float, max_tiles_per_side: int = 3, max_batch: int = 8, device: str = "cpu",
-                 threads: int = 1, class_thresholds: dict[int, float] | None = None):
+    def __init__(
+        self,
+        model: bytes,
+        *,
+        classes: dict[int, str] = COCO_CLASSES,
+        score_threshold: float,
+        min_person_height: float,
+        max_tiles_per_side: int = 3,
+        max_batch: int = 8,
+        device: str = "cpu",
+        threads: int = 1,
+        class_thresholds: dict[int, float] | None = None,
+    ):
         self.session = onnx.session(model, device, threads)
         # outputs come as (scores [N, HW, 80], distances [N, HW, 44]) per stride; pair them by cell count
         by_cells: dict[int, dict[int, str]] = {}
         for out in self.session.get_outputs():
             by_cells.setdefault(int(out.shape[1]), {})[int(out.shape[2])] = out.name
-        self.output_pairs = [(by_cells[(INPUT_SIDE // s) ** 2][80], by_cells[(INPUT_SIDE // s) ** 2][4 * REG_BINS]) for s in STRIDES]
+        self.output_pairs = [
+            (by_cells[(INPUT_SIDE // s) ** 2][80], by_cells[(INPUT_SIDE // s) ** 2][4 * REG_BINS]) for s in STRIDES
+        ]
         self.class_ids = np.array(sorted(classes), np.int64)
         self.class_names = classes
         # per class: score_threshold unless class_thresholds says otherwise
-        self.thresholds = np.array([(class_thresholds or {}).get(int(k), score_threshold) for k in self.class_ids], np.float32)
+        self.thresholds = np.array(
+            [(class_thresholds or {}).get(int(k), score_threshold) for k in self.class_ids], np.float32
+        )
         self.min_person_height = min_person_height
         self.max_tiles_per_side = max_tiles_per_side
         self.max_batch = max(1, max_batch)
 
-    def run(self, views: list[np.ndarray], scale_thresholds: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def run(
+        self, views: list[np.ndarray], scale_thresholds: list[float] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Detections per view: (boxes in the view's pixels, scores, COCO class indices), each view's
         class thresholds times its `scale_thresholds` entry (1 by default)."""
         found = []
         for start in range(0, len(views), self.max_batch):
-            chunk = views[start:start + self.max_batch]
+            chunk = views[start : start + self.max_batch]
             tensors, scales = zip(*(letterbox(v) for v in chunk))
             out = onnx.run(self.session, np.concatenate(tensors))
             for k, (view, scale) in enumerate(zip(chunk, scales)):
@@ -238,7 +272,9 @@ class NanoDet:
         keep = nms(boxes, conf, labels)
         return boxes[keep], conf[keep], labels[keep]
 
-    def detect(self, images: list[np.ndarray], regions: list[list] | None = None) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
+    def detect(
+        self, images: list[np.ndarray], regions: list[list] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
         """Per image: (boxes xyxy in image pixels, scores, class names) after tiles and merging."""
         views, owners = [], []  # (image index, view box or None for the full frame)
         for i, image in enumerate(images):
@@ -262,8 +298,9 @@ class NanoDet:
             tiles = [(b + np.array(box[:2] * 2, np.float32), s, lab, box) for (b, s, lab), box in mine[1:]]
             if tiles:
                 sure = full[1] >= self.thresholds[np.searchsorted(self.class_ids, full[2])]
-                boxes, scores, labels = merge_tiles(tuple(v[sure] for v in full), tiles,
-                                                    faint=tuple(v[~sure] for v in full))
+                boxes, scores, labels = merge_tiles(
+                    tuple(v[sure] for v in full), tiles, faint=tuple(v[~sure] for v in full)
+                )
             else:
                 boxes, scores, labels = full
             results.append((boxes, scores, [self.class_names[int(k)] for k in labels]))
@@ -274,5 +311,9 @@ def _square_view(box, w: int, h: int, grow: float = 1.7) -> tuple[int, int, int,
     """A square around a candidate box where it fills about 60% of the side."""
     side = max(grow * max(box[2] - box[0], box[3] - box[1]), 32.0)
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return (max(0, int(cx - side / 2)), max(0, int(cy - side / 2)), min(w, int(math.ceil(cx + side / 2))),
-            min(h, int(math.ceil(cy + side / 2))))
+    return (
+        max(0, int(cx - side / 2)),
+        max(0, int(cy - side / 2)),
+        min(w, int(math.ceil(cx + side / 2))),
+        min(h, int(math.ceil(cy + side / 2))),
+    )

@@ -20,14 +20,18 @@ def session(model: bytes, device: str = "cpu", threads: int = 1):
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("device 'cuda' needs onnxruntime-gpu (its CUDA provider is missing: "
-                               f"available {ort.get_available_providers()})")
+            raise RuntimeError(
+                "device 'cuda' needs onnxruntime-gpu (its CUDA provider is missing: "
+                f"available {ort.get_available_providers()})"
+            )
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     sess = ort.InferenceSession(model, sess_options=options, providers=providers)
     # the CUDA provider is listed but drops out quietly when its CUDA or cuDNN libraries do not load
     if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError(f"device 'cuda': onnxruntime's CUDA provider did not load (session runs on {sess.get_providers()}); "
-                           "check that the CUDA and cuDNN versions match the onnxruntime-gpu wheel")
+        raise RuntimeError(
+            f"device 'cuda': onnxruntime's CUDA provider did not load (session runs on {sess.get_providers()}); "
+            "check that the CUDA and cuDNN versions match the onnxruntime-gpu wheel"
+        )
     return sess
 
 

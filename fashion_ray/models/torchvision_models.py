@@ -13,17 +13,27 @@ import numpy as np
 from fashion_ray.config import Device
 from fashion_ray.models.bundle import load_state_dict
 
-
-DETECTOR_OPTIONS = ("num_keypoints", "box_detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
-                    "box_nms_thresh", "detections_per_img")
+DETECTOR_OPTIONS = (
+    "num_keypoints",
+    "box_detections_per_img",
+    "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_test",
+    "box_nms_thresh",
+    "detections_per_img",
+)
 
 
 def _detector(fn_name: str):
     def build(*, num_classes: int, input_size: int, options: dict):
         from torchvision.models import detection
 
-        kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes,
-                  "min_size": input_size, "max_size": int(input_size * 1333 / 800)}
+        kwargs = {
+            "weights": None,
+            "weights_backbone": None,
+            "num_classes": num_classes,
+            "min_size": input_size,
+            "max_size": int(input_size * 1333 / 800),
+        }
         # e.g. num_keypoints, box_detections_per_img (cap on instances per image), rpn_*_top_n_test
         kwargs.update({k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
         return getattr(detection, fn_name)(**kwargs)
@@ -42,8 +52,14 @@ def _maskrcnn_mobilenet(*, num_classes: int, input_size: int, options: dict):
     anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     kwargs = {"rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05}
     kwargs.update({k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
-    return MaskRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchors,
-                    min_size=input_size, max_size=int(input_size * 1333 / 800), **kwargs)
+    return MaskRCNN(
+        backbone,
+        num_classes=num_classes,
+        rpn_anchor_generator=anchors,
+        min_size=input_size,
+        max_size=int(input_size * 1333 / 800),
+        **kwargs,
+    )
 
 
 def _segmenter(fn_name: str):
@@ -105,7 +121,10 @@ class TorchvisionDetector:
         if not images:
             return []
         with torch.inference_mode(), self.device_cfg.autocast():
-            tensors = [torch.from_numpy(np.array(img)).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255) for img in images]
+            tensors = [
+                torch.from_numpy(np.array(img)).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+                for img in images
+            ]
             outputs = self.model(tensors)
         results = []
         for out in outputs:
@@ -115,13 +134,15 @@ class TorchvisionDetector:
             keep = keep[valid]
             masks = out.get("masks")
             kps = out.get("keypoints")
-            results.append({
-                "boxes": out["boxes"][keep].float().cpu().numpy(),
-                "scores": out["scores"][keep].float().cpu().numpy(),
-                "labels": [self.classes[labels[i] - 1] for i in valid],
-                "masks": (masks[keep, 0] >= self.mask_threshold).cpu().numpy() if masks is not None else None,
-                "keypoints": kps[keep].float().cpu().numpy() if kps is not None else None,
-            })
+            results.append(
+                {
+                    "boxes": out["boxes"][keep].float().cpu().numpy(),
+                    "scores": out["scores"][keep].float().cpu().numpy(),
+                    "labels": [self.classes[labels[i] - 1] for i in valid],
+                    "masks": (masks[keep, 0] >= self.mask_threshold).cpu().numpy() if masks is not None else None,
+                    "keypoints": kps[keep].float().cpu().numpy() if kps is not None else None,
+                }
+            )
         return results
 
 
@@ -149,11 +170,17 @@ class TorchvisionSegmenter:
             return []
         size = (self.input_size, self.input_size)
         with torch.inference_mode(), self.device_cfg.autocast():
-            batch = torch.stack([
-                F.interpolate(torch.from_numpy(np.array(img)).to(self.device).permute(2, 0, 1)[None].float().div_(255), size=size,
-                              mode="bilinear", align_corners=False)[0]
-                for img in images
-            ])
+            batch = torch.stack(
+                [
+                    F.interpolate(
+                        torch.from_numpy(np.array(img)).to(self.device).permute(2, 0, 1)[None].float().div_(255),
+                        size=size,
+                        mode="bilinear",
+                        align_corners=False,
+                    )[0]
+                    for img in images
+                ]
+            )
             logits = self.model((batch - self.mean) / self.std)["out"].float()
         results = []
         for img, lg in zip(images, logits):
@@ -172,6 +199,7 @@ def build_predictor(bundle, spec, *, device: Device, options=None):
     if state_dict is not None:
         model.load_state_dict(state_dict)
     if kind == "detector":
-        return TorchvisionDetector(model, spec.classes, score_threshold=spec.score_threshold,
-                                   mask_threshold=spec.mask_threshold, device=device)
+        return TorchvisionDetector(
+            model, spec.classes, score_threshold=spec.score_threshold, mask_threshold=spec.mask_threshold, device=device
+        )
     return TorchvisionSegmenter(model, spec.classes, input_size=spec.input_size, device=device)

@@ -16,7 +16,6 @@ and with expose_info=true GET /v1/info, /docs and /openapi.json. Every route but
 needs the API token when one is configured (auth.py); without one, loopback clients only.
 """
 
-
 import asyncio
 import concurrent.futures
 import functools
@@ -38,8 +37,21 @@ from fashion_ray.errors import FashionRayError
 from fashion_ray.models import load_bundle, written_labels
 from fashion_ray.placement import serve_deployment_options
 from fashion_ray.serving import auth, label_studio
-from fashion_ray.serving.cascade import (HTTP_STATUS, MemoryBudget, Request, check_uri, decode, decode_bytes, fetch,
-                                        label_row, overlay_png, refused, row_json, run_stage, uploaded)
+from fashion_ray.serving.cascade import (
+    HTTP_STATUS,
+    MemoryBudget,
+    Request,
+    check_uri,
+    decode,
+    decode_bytes,
+    fetch,
+    label_row,
+    overlay_png,
+    refused,
+    row_json,
+    run_stage,
+    uploaded,
+)
 from fashion_ray.stages import STAGE_CLASSES
 
 log = logging.getLogger(__name__)
@@ -62,8 +74,9 @@ class StageDeployment:
 
     def __init__(self, stage: str, cfg: ServeConfig):
         res = cfg.resources[stage]
-        self.stage = STAGE_CLASSES[stage](bundle_uri=cfg.bundle, batch_size=res.batch_size, storage_options=cfg.storage,
-                                          device=res.runs_on)
+        self.stage = STAGE_CLASSES[stage](
+            bundle_uri=cfg.bundle, batch_size=res.batch_size, storage_options=cfg.storage, device=res.runs_on
+        )
         self.label.set_max_batch_size(res.batch_size)
         self.label.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.name = stage
@@ -92,8 +105,11 @@ class BodyTooLarge(FashionRayError):
 
 @api.exception_handler(Unauthorized)
 async def _unauthorized(http: HttpRequest, exc: Unauthorized) -> Response:
-    return JSONResponse({"error": "unauthorized", "error_detail": str(exc)}, status_code=401,
-                        headers={"WWW-Authenticate": 'Bearer, Basic realm="fashion-ray"'})
+    return JSONResponse(
+        {"error": "unauthorized", "error_detail": str(exc)},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer, Basic realm="fashion-ray"'},
+    )
 
 
 @api.exception_handler(BodyTooLarge)
@@ -122,10 +138,15 @@ async def read_body(http: HttpRequest, limit: int) -> bytes:
 
 
 def _page(cfg: ServeConfig, bundle_label: str) -> str:
-    legend = "".join(f'<span class="swatch" style="background:rgb{c}">{n}</span>' for n, c in preview.PART_COLOURS.items())
+    legend = "".join(
+        f'<span class="swatch" style="background:rgb{c}">{n}</span>' for n, c in preview.PART_COLOURS.items()
+    )
     page = resources.files("fashion_ray").joinpath("assets/web/index.html").read_text()
-    return (page.replace("{{legend}}", legend).replace("{{bundle}}", html.escape(bundle_label))
-            .replace("{{max_mb}}", f"{cfg.max_bytes / 2**20:g}"))
+    return (
+        page.replace("{{legend}}", legend)
+        .replace("{{bundle}}", html.escape(bundle_label))
+        .replace("{{max_mb}}", f"{cfg.max_bytes / 2**20:g}")
+    )
 
 
 def _serve_http_host() -> str:
@@ -154,8 +175,9 @@ class Ingress:
         # task images are read in threads of their own: a task cancelled at the /predict deadline
         # leaves its read running (until label_studio_fetch_timeout_s), and the shared pool that
         # fetches and decodes /v1/label requests must not wait behind it
-        self.ls_readers = concurrent.futures.ThreadPoolExecutor(cfg.label_studio_concurrency,
-                                                                thread_name_prefix="label-studio-read")
+        self.ls_readers = concurrent.futures.ThreadPoolExecutor(
+            cfg.label_studio_concurrency, thread_name_prefix="label-studio-read"
+        )
         self.decode_memory = MemoryBudget(cfg.decode_memory_mb << 20)
 
     def _authorize(self, http: HttpRequest) -> None:
@@ -163,7 +185,9 @@ class Ingress:
         if reason:
             raise Unauthorized(reason)
 
-    async def _cascade(self, request: Request, data: bytes | None, overlay: bool = False) -> tuple[Request, dict, str | None]:
+    async def _cascade(
+        self, request: Request, data: bytes | None, overlay: bool = False
+    ) -> tuple[Request, dict, str | None]:
         """Fetch and decode, run every stage; returns (the request, its Parquet row, the overlay
         as base64 PNG when asked and labelled). The decode holds its share of decode_memory_mb,
         and with an overlay the full-size image holds it until the overlay is drawn."""
@@ -190,7 +214,9 @@ class Ingress:
         return request, self._row(request)
 
     def _row(self, request: Request) -> dict:
-        return label_row(request, bundle_name=self.bundle_name, bundle_version=self.bundle_version, stages=list(self.cfg.stages))
+        return label_row(
+            request, bundle_name=self.bundle_name, bundle_version=self.bundle_version, stages=list(self.cfg.stages)
+        )
 
     async def _read(self, http: HttpRequest) -> tuple[Request, bytes | None]:
         """The request's image: bytes in the body, or {"uri": ...} in JSON. Size is checked
@@ -210,8 +236,11 @@ class Ingress:
             uri = json.loads(body)["uri"]
             assert isinstance(uri, str) and uri
         except Exception:
-            return refused("bad_request", 'a JSON request is {"uri": "<an object the server may read>"}; '
-                           "or send image bytes", len(body)), None
+            return refused(
+                "bad_request",
+                'a JSON request is {"uri": "<an object the server may read>"}; or send image bytes',
+                len(body),
+            ), None
         return await asyncio.to_thread(check_uri, uri, self.cfg), None
 
     @api.get("/", response_class=HTMLResponse)
@@ -226,10 +255,17 @@ class Ingress:
     @api.get("/v1/info")
     async def info(self, http: HttpRequest) -> dict:
         self._exposed(http)
-        return {"bundle": {"name": self.bundle_name, "version": self.bundle_version}, "stages": list(self.cfg.stages),
-                "max_bytes": self.cfg.max_bytes, "max_pixels": self.cfg.max_pixels, "work_max_side": self.cfg.work_max_side,
-                "allow_uris": list(self.cfg.allow_uris), "part_colours": preview.PART_COLOURS,
-                "garment_categories": list(self.garments), "error_status": HTTP_STATUS}
+        return {
+            "bundle": {"name": self.bundle_name, "version": self.bundle_version},
+            "stages": list(self.cfg.stages),
+            "max_bytes": self.cfg.max_bytes,
+            "max_pixels": self.cfg.max_pixels,
+            "work_max_side": self.cfg.work_max_side,
+            "allow_uris": list(self.cfg.allow_uris),
+            "part_colours": preview.PART_COLOURS,
+            "garment_categories": list(self.garments),
+            "error_status": HTTP_STATUS,
+        }
 
     @api.get("/openapi.json")
     async def openapi(self, http: HttpRequest) -> dict:
@@ -248,8 +284,12 @@ class Ingress:
         request, row, drawn = await self._cascade(request, data, overlay)
         body = row_json(row)
         # where the time went, as browsers' devtools read it: "person;dur=812.4;desc="batch of 2", ..."
-        timing = {"Server-Timing": ", ".join(f'{step};dur={seconds * 1000:.1f};desc="batch of {size}"'
-                                             for step, (size, seconds) in request.served.items())}
+        timing = {
+            "Server-Timing": ", ".join(
+                f'{step};dur={seconds * 1000:.1f};desc="batch of {size}"'
+                for step, (size, seconds) in request.served.items()
+            )
+        }
         if row["status"] != "ok":
             return JSONResponse(body, status_code=HTTP_STATUS.get(row["error"], 422), headers=timing)
         if drawn:
@@ -293,13 +333,19 @@ class Ingress:
     async def ls_setup(self, http: HttpRequest) -> Response:
         payload, targets = await self._ls_request(http, "schema")
         if targets.unserved:  # a new project's empty config is connected first: accepted, and said why
-            log.warning("Label Studio project %s: nothing to predict for its labelling config: %s",
-                        payload.get("project"), targets.unserved)
+            log.warning(
+                "Label Studio project %s: nothing to predict for its labelling config: %s",
+                payload.get("project"),
+                targets.unserved,
+            )
         sent = str(payload.get("hostname") or "")
         if sent and sent.rstrip("/") != self.label_studio.url.rstrip("/"):
             # images are read from the configured Label Studio only; a request cannot move it
-            log.warning("/setup names Label Studio at %r; this server reads task images from %r (label_studio_url)",
-                        sent, self.label_studio.url or "none configured")
+            log.warning(
+                "/setup names Label Studio at %r; this server reads task images from %r (label_studio_url)",
+                sent,
+                self.label_studio.url or "none configured",
+            )
         return JSONResponse({"model_version": self.model_version})
 
     @api.post("/label-studio/predict")
@@ -311,8 +357,11 @@ class Ingress:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise label_studio.ProtocolError("'tasks' must be a list of task objects")
         if len(tasks) > self.cfg.label_studio_max_tasks:
-            raise label_studio.ProtocolError(f"{len(tasks)} tasks in one request; at most "
-                                             f"{self.cfg.label_studio_max_tasks} (label_studio_max_tasks)", status=413)
+            raise label_studio.ProtocolError(
+                f"{len(tasks)} tasks in one request; at most "
+                f"{self.cfg.label_studio_max_tasks} (label_studio_max_tasks)",
+                status=413,
+            )
         if targets.unserved:
             log.warning("Label Studio project %s: no predictions: %s", payload.get("project"), targets.unserved)
             return JSONResponse({"results": [[] for _ in tasks]})
@@ -323,9 +372,13 @@ class Ingress:
         for job in late:
             job.cancel()
         if late:
-            log.warning("Label Studio /predict: %d of %d tasks not done within %g s (label_studio_deadline_s); "
-                        "answered without a prediction, to be asked again", len(late), len(tasks),
-                        self.cfg.label_studio_deadline_s)
+            log.warning(
+                "Label Studio /predict: %d of %d tasks not done within %g s (label_studio_deadline_s); "
+                "answered without a prediction, to be asked again",
+                len(late),
+                len(tasks),
+                self.cfg.label_studio_deadline_s,
+            )
         return JSONResponse({"results": [_outcome(job) if job in done else [] for job in jobs]})
 
     async def _label_task(self, task: dict, targets: label_studio.Targets) -> dict | list:
@@ -343,16 +396,29 @@ class Ingress:
                 if kind == "uri":
                     request, data = await asyncio.to_thread(check_uri, where, self.cfg), None
                 else:
-                    data = await asyncio.get_running_loop().run_in_executor(self.ls_readers, functools.partial(
-                        label_studio.read_task_image, kind, where, self.label_studio, self.cfg.max_bytes,
-                        self.cfg.label_studio_fetch_timeout_s))
+                    data = await asyncio.get_running_loop().run_in_executor(
+                        self.ls_readers,
+                        functools.partial(
+                            label_studio.read_task_image,
+                            kind,
+                            where,
+                            self.label_studio,
+                            self.cfg.max_bytes,
+                            self.cfg.label_studio_fetch_timeout_s,
+                        ),
+                    )
                     request = uploaded(data)
             except Exception as exc:
                 request, data = refused("unreadable", str(exc)[:300], uri=f"label-studio:task:{task.get('id')}"), None
             _, row, _ = await self._cascade(request, data)
             if row["status"] != "ok":
-                log.warning("Label Studio task %s, image %r: no prediction: %s: %s", task.get("id"), image.name,
-                            row["error"], row["error_detail"])
+                log.warning(
+                    "Label Studio task %s, image %r: no prediction: %s: %s",
+                    task.get("id"),
+                    image.name,
+                    row["error"],
+                    row["error_detail"],
+                )
             return row
 
     @api.post("/label-studio/webhook")
@@ -370,14 +436,21 @@ class Ingress:
 
 # builder argument -> (ServeConfig field, how the text becomes its value)
 SCALAR_ARGS = {
-    "bundle": ("bundle", str), "max_bytes": ("max_bytes", int), "max_pixels": ("max_pixels", int), "decode_memory_mb": ("decode_memory_mb", int),
-    "max_side": ("work_max_side", int), "batch_wait_ms": ("batch_wait_timeout_s", lambda v: float(v) / 1000),
-    "auth_token_file": ("auth_token_file", str), "label_studio_url": ("label_studio_url", str),
+    "bundle": ("bundle", str),
+    "max_bytes": ("max_bytes", int),
+    "max_pixels": ("max_pixels", int),
+    "decode_memory_mb": ("decode_memory_mb", int),
+    "max_side": ("work_max_side", int),
+    "batch_wait_ms": ("batch_wait_timeout_s", lambda v: float(v) / 1000),
+    "auth_token_file": ("auth_token_file", str),
+    "label_studio_url": ("label_studio_url", str),
     "label_studio_token_file": ("label_studio_token_file", str),
-    "label_studio_concurrency": ("label_studio_concurrency", int), "label_studio_max_tasks": ("label_studio_max_tasks", int),
+    "label_studio_concurrency": ("label_studio_concurrency", int),
+    "label_studio_max_tasks": ("label_studio_max_tasks", int),
     "label_studio_deadline_s": ("label_studio_deadline_s", float),
     "label_studio_fetch_timeout_s": ("label_studio_fetch_timeout_s", float),
-    "max_ongoing_requests": ("max_ongoing_requests", int), "max_queued_requests": ("max_queued_requests", int),
+    "max_ongoing_requests": ("max_ongoing_requests", int),
+    "max_queued_requests": ("max_queued_requests", int),
     "expose_info": ("expose_info", lambda v: str(v).lower() in ("1", "true", "yes")),
 }
 BUILD_ARGS = ("bundle", "stages", "device", "set", "allow_uris", *(k for k in SCALAR_ARGS if k != "bundle"))
@@ -394,8 +467,9 @@ def serve_config(args: dict) -> ServeConfig:
     device = str(args.get("device", "cpu"))
     overrides = [o.strip() for o in str(args.get("set") or "").split(",") if o.strip()]
     # on a CPU the served defaults (two person replicas); on a GPU the job's GPU preset
-    kwargs["resources"] = (stage_resources(device, overrides) if device != "cpu"
-                           else apply_overrides(ServeConfig().resources, overrides))
+    kwargs["resources"] = (
+        stage_resources(device, overrides) if device != "cpu" else apply_overrides(ServeConfig().resources, overrides)
+    )
     for key, (name, parse) in SCALAR_ARGS.items():
         if key in args:
             try:
@@ -408,11 +482,16 @@ def serve_config(args: dict) -> ServeConfig:
 
 
 def application(cfg: ServeConfig):
-    stages = [StageDeployment.options(name=f"stage-{stage}", **serve_deployment_options(cfg, stage)).bind(stage, cfg)
-              for stage in cfg.stages]
+    stages = [
+        StageDeployment.options(name=f"stage-{stage}", **serve_deployment_options(cfg, stage)).bind(stage, cfg)
+        for stage in cfg.stages
+    ]
     # a bounded queue at the ingress: overload answers 503 at once instead of a long wait
-    return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
-                           max_queued_requests=cfg.max_queued_requests).bind(cfg, *stages)
+    return Ingress.options(
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+    ).bind(cfg, *stages)
 
 
 def build(args: dict):

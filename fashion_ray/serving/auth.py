@@ -57,14 +57,16 @@ def is_loopback(host: str | None) -> bool:
 def check_listening_address(http_host: str, token: str) -> None:
     """Refuse to serve with no token on an address other hosts can reach (AuthConfigError)."""
     if not token and not (is_loopback(http_host) or http_host == "localhost"):
-        raise AuthConfigError(f"Serve listens on {http_host!r} and this server has no API token: give it "
-                              "auth_token_file=<a secret file>, or listen on 127.0.0.1 (serve run's default)")
+        raise AuthConfigError(
+            f"Serve listens on {http_host!r} and this server has no API token: give it "
+            "auth_token_file=<a secret file>, or listen on 127.0.0.1 (serve run's default)"
+        )
 
 
 def names_loopback(host_header: str) -> bool:
     """Whether a Host header ("localhost:8000", "[::1]:8000", ...) names this machine's loopback."""
     name = host_header.strip().lower()
-    name = name[:name.find("]") + 1] if name.startswith("[") else name.partition(":")[0]
+    name = name[: name.find("]") + 1] if name.startswith("[") else name.partition(":")[0]
     return name in LOOPBACK_HOST_NAMES
 
 
@@ -87,8 +89,7 @@ def refusal(token: str, headers, client_host: str | None) -> str | None:
     """Why this request may not go on (the 401 body), or None when it may. `headers`: the
     request's, looked up by lower-case name."""
     if not token:
-        why = ("this server has no API token configured (auth_token_file=...) and answers "
-               "loopback clients only")
+        why = "this server has no API token configured (auth_token_file=...) and answers loopback clients only"
         if client_host not in LOOPBACK_PEERS:
             return why
         if any(headers.get(name) for name in FORWARDING_HEADERS):

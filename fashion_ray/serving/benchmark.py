@@ -40,8 +40,10 @@ def _percentiles(seconds: list[float]) -> dict:
 def baseline(cfg: ServeConfig, photos: list[bytes], count: int) -> dict:
     t0 = time.perf_counter()
     # each stage on its served device (the GPU under --device cuda): the same cascade, in one process
-    stages = [STAGE_CLASSES[s](bundle_uri=cfg.bundle, device=res.runs_on,
-                               batch_size=res.batch_size) for s, res in ((s, cfg.resources[s]) for s in cfg.stages)]
+    stages = [
+        STAGE_CLASSES[s](bundle_uri=cfg.bundle, device=res.runs_on, batch_size=res.batch_size)
+        for s, res in ((s, cfg.resources[s]) for s in cfg.stages)
+    ]
     load_s = time.perf_counter() - t0
     latencies = []
     start = time.perf_counter()
@@ -68,9 +70,12 @@ def server_timing(header: str) -> dict[str, tuple[int, float]]:
 
 def load(url: str, photos: list[bytes], clients: int, count: int) -> dict:
     """`count` requests from `clients` concurrent clients; every answer must be 200."""
+
     def one(i: int) -> tuple[float, dict]:
         t = time.perf_counter()
-        answer = requests.post(f"{url}/v1/label", data=photos[i % len(photos)], headers={"Content-Type": "image/jpeg"}, timeout=300)
+        answer = requests.post(
+            f"{url}/v1/label", data=photos[i % len(photos)], headers={"Content-Type": "image/jpeg"}, timeout=300
+        )
         assert answer.status_code == 200, answer.text[:300]
         return time.perf_counter() - t, server_timing(answer.headers["Server-Timing"])
 
@@ -79,14 +84,20 @@ def load(url: str, photos: list[bytes], clients: int, count: int) -> dict:
         answers = list(pool.map(one, range(count)))
     seconds = time.perf_counter() - start
     steps = answers[0][1]
-    return {"clients": clients, "requests": count, "requests_per_s": round(count / seconds, 3),
-            **_percentiles([latency for latency, _ in answers]),
-            # per step: mean batch a request rode in, mean ms of that batch
-            "mean_batch": {s: round(float(np.mean([t[s][0] for _, t in answers])), 2) for s in steps},
-            "mean_step_ms": {s: round(float(np.mean([t[s][1] for _, t in answers])), 1) for s in steps}}
+    return {
+        "clients": clients,
+        "requests": count,
+        "requests_per_s": round(count / seconds, 3),
+        **_percentiles([latency for latency, _ in answers]),
+        # per step: mean batch a request rode in, mean ms of that batch
+        "mean_batch": {s: round(float(np.mean([t[s][0] for _, t in answers])), 2) for s in steps},
+        "mean_step_ms": {s: round(float(np.mean([t[s][1] for _, t in answers])), 1) for s in steps},
+    }
 
 
-def label_studio_load(url: str, photos: list[bytes], clients: int, requests_per_client: int, tasks_per_request: int) -> dict:
+def label_studio_load(
+    url: str, photos: list[bytes], clients: int, requests_per_client: int, tasks_per_request: int
+) -> dict:
     """Concurrent /predict requests of data: URI tasks, with /health polled every 0.2 s meanwhile."""
     config = requests.get(f"{url}/label-studio/config.xml", timeout=60).text
     uris = ["data:image/jpeg;base64," + base64.b64encode(p).decode() for p in photos]
@@ -100,8 +111,13 @@ def label_studio_load(url: str, photos: list[bytes], clients: int, requests_per_
             stop.wait(0.2)
 
     def one(i: int) -> int:
-        tasks = [{"id": i * tasks_per_request + k, "data": {"image": uris[(i + k) % len(uris)]}} for k in range(tasks_per_request)]
-        answer = requests.post(f"{url}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=300)
+        tasks = [
+            {"id": i * tasks_per_request + k, "data": {"image": uris[(i + k) % len(uris)]}}
+            for k in range(tasks_per_request)
+        ]
+        answer = requests.post(
+            f"{url}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=300
+        )
         assert answer.status_code == 200, answer.text[:300]
         return sum(1 for r in answer.json()["results"] if r)
 
@@ -114,9 +130,15 @@ def label_studio_load(url: str, photos: list[bytes], clients: int, requests_per_
     stop.set()
     poller.join()
     ms = np.asarray(health) * 1000
-    return {"clients": clients, "tasks": clients * requests_per_client * tasks_per_request, "predicted": predicted,
-            "tasks_per_s": round(predicted / seconds, 3), "health_checks": len(health),
-            "health_p50_ms": round(float(np.percentile(ms, 50)), 1), "health_max_ms": round(float(ms.max()), 1)}
+    return {
+        "clients": clients,
+        "tasks": clients * requests_per_client * tasks_per_request,
+        "predicted": predicted,
+        "tasks_per_s": round(predicted / seconds, 3),
+        "health_checks": len(health),
+        "health_p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "health_max_ms": round(float(ms.max()), 1),
+    }
 
 
 def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: int, port: int) -> dict:
@@ -125,8 +147,12 @@ def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: i
     from fashion_ray.serving.app import application
 
     photos = sample_photos()
-    result = {"photos": len(photos), "bundle": cfg.bundle, "stages": list(cfg.stages),
-              "baseline_in_process": baseline(cfg, photos, 2 * len(photos))}
+    result = {
+        "photos": len(photos),
+        "bundle": cfg.bundle,
+        "stages": list(cfg.stages),
+        "baseline_in_process": baseline(cfg, photos, 2 * len(photos)),
+    }
     t0 = time.perf_counter()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(application(cfg), name="fashion-ray", route_prefix="/")
@@ -179,13 +205,20 @@ def decode_memory_benchmark(cfg: ServeConfig, side: int, concurrent_requests: in
 
         post(0)  # warm-up: the stages' first call pays their lazy initialisation
         idle = psutil.Process(pid).memory_info().rss
-        result = {"png_bytes": len(png), "pixels": side * side, "decode_memory_mb": cfg.decode_memory_mb,
-                  "ingress_idle_gb": round(idle / 2**30, 3)}
+        result = {
+            "png_bytes": len(png),
+            "pixels": side * side,
+            "decode_memory_mb": cfg.decode_memory_mb,
+            "ingress_idle_gb": round(idle / 2**30, 3),
+        }
         for clients in (1, concurrent_requests):
             with PeakRSS(pid, interval=0.05) as peak, concurrent.futures.ThreadPoolExecutor(clients) as pool:
                 statuses = list(pool.map(post, range(clients)))
-            result[f"{clients}_at_once"] = {"statuses": statuses, "ingress_peak_gb": round(peak.peak / 2**30, 3),
-                                            "over_idle_gb": round((peak.peak - idle) / 2**30, 3)}
+            result[f"{clients}_at_once"] = {
+                "statuses": statuses,
+                "ingress_peak_gb": round(peak.peak / 2**30, 3),
+                "over_idle_gb": round((peak.peak - idle) / 2**30, 3),
+            }
     finally:
         serve.shutdown()
     return result

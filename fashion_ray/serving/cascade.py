@@ -34,8 +34,16 @@ from fashion_ray.stages import persons_column
 log = logging.getLogger(__name__)
 
 # error reasons (media.ERROR_REASONS, "model_error", and the request's own) -> HTTP status
-HTTP_STATUS = {"too_large": 413, "unsupported": 415, "undecodable": 422, "truncated": 422, "unreadable": 422,
-               "model_error": 422, "bad_request": 400, "forbidden_uri": 403}
+HTTP_STATUS = {
+    "too_large": 413,
+    "unsupported": 415,
+    "undecodable": 422,
+    "truncated": 422,
+    "unreadable": 422,
+    "model_error": 422,
+    "bad_request": 400,
+    "forbidden_uri": 403,
+}
 
 
 @dataclass
@@ -78,8 +86,11 @@ def check_uri(uri: str, cfg: ServeConfig) -> Request:
     """A request for an object the server reads itself; only under the allowed prefixes."""
     resolved = storage.allowed_uri(uri, cfg.allow_uris)
     if resolved is None:
-        detail = ("this server may not read that URI (only objects under its configured prefixes)" if cfg.allow_uris
-                  else "this server reads no URIs: send the image bytes")
+        detail = (
+            "this server may not read that URI (only objects under its configured prefixes)"
+            if cfg.allow_uris
+            else "this server reads no URIs: send the image bytes"
+        )
         return Request(id=storage.stable_id(uri), uri=uri, size=0, etag="").fail("forbidden_uri", detail)
     try:
         entry = storage.stat_objects([resolved], cfg.storage)[0]  # what is read is what was checked (links followed)
@@ -174,10 +185,13 @@ class MemoryBudget:
 def run_stage(stage, requests: list[Request]) -> list[Request]:
     """Run one stage object (stages.STAGE_CLASSES) over a batch of requests, in place."""
     n = len(requests)
-    batch = {"status": np.array([r.status for r in requests], dtype=object),
-             "error": np.array([r.error for r in requests], dtype=object),
-             "error_detail": np.array([r.error_detail for r in requests], dtype=object),
-             "image": np.empty(n, dtype=object), "persons": persons_column([r.persons for r in requests])}
+    batch = {
+        "status": np.array([r.status for r in requests], dtype=object),
+        "error": np.array([r.error for r in requests], dtype=object),
+        "error_detail": np.array([r.error_detail for r in requests], dtype=object),
+        "image": np.empty(n, dtype=object),
+        "persons": persons_column([r.persons for r in requests]),
+    }
     batch["image"][:] = [r.image if r.image is not None else np.zeros((1, 1, 3), np.uint8) for r in requests]
     out = stage(batch)
     for i, r in enumerate(requests):
@@ -188,11 +202,22 @@ def run_stage(stage, requests: list[Request]) -> list[Request]:
 
 def label_row(request: Request, *, bundle_name: str, bundle_version: str, stages: list[str]) -> dict:
     """The request as the batch job's Parquet row (read back through the label schema)."""
-    batch = {"id": [request.id], "uri": [request.uri], "size": [request.size], "etag": [request.etag],
-             "mtime": [request.mtime.timestamp() if request.mtime else float("nan")],
-             "frame_index": [-1], "timestamp_s": [float("nan")], "width": [request.width], "height": [request.height],
-             "status": [request.status], "error": [request.error], "error_detail": [request.error_detail],
-             "scale": [request.scale], "persons": persons_column([request.persons])}
+    batch = {
+        "id": [request.id],
+        "uri": [request.uri],
+        "size": [request.size],
+        "etag": [request.etag],
+        "mtime": [request.mtime.timestamp() if request.mtime else float("nan")],
+        "frame_index": [-1],
+        "timestamp_s": [float("nan")],
+        "width": [request.width],
+        "height": [request.height],
+        "status": [request.status],
+        "error": [request.error],
+        "error_detail": [request.error_detail],
+        "scale": [request.scale],
+        "persons": persons_column([request.persons]),
+    }
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
     return with_attribute_maps(pa.Table.from_pylist(with_attribute_maps(rows), schema=LABEL_SCHEMA).to_pylist())[0]
 

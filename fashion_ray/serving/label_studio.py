@@ -118,22 +118,32 @@ def parse_label_config(xml) -> Targets:
                     threshold = 0.0
                 controls.setdefault(el.get("toName"), []).append(Control(el.get("name", ""), kind, labels, threshold))
     if not controls:
-        return Targets((), "no RectangleLabels, PolygonLabels or BrushLabels control on an Image has one of our "
-                       f"labels ({', '.join(sorted(OUR_LABELS))}) or lists them in predicted_values")
-    return Targets(tuple(ImageTarget(name, images[name].get("value", "$image").lstrip("$"), tuple(found))
-                         for name, found in controls.items()))
+        return Targets(
+            (),
+            "no RectangleLabels, PolygonLabels or BrushLabels control on an Image has one of our "
+            f"labels ({', '.join(sorted(OUR_LABELS))}) or lists them in predicted_values",
+        )
+    return Targets(
+        tuple(
+            ImageTarget(name, images[name].get("value", "$image").lstrip("$"), tuple(found))
+            for name, found in controls.items()
+        )
+    )
 
 
 def recommended_config(garments: tuple[str, ...]) -> str:
     """A labelling config that takes everything the cascade finds: person and garment boxes
     (the bundle's garment classes), garment and body-part polygons."""
-    def labels(names):  # a bundle's class names are data: quoted as XML attributes
-        return "".join(f'<Label value={quoteattr(n)}/>' for n in names)
 
-    return ('<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
-            f'  <RectangleLabels name="boxes" toName="image">{labels((taxonomy.PERSON, *garments))}</RectangleLabels>\n'
-            f'  <PolygonLabels name="masks" toName="image">{labels((*garments, *taxonomy.PARTS))}</PolygonLabels>\n'
-            '</View>\n')
+    def labels(names):  # a bundle's class names are data: quoted as XML attributes
+        return "".join(f"<Label value={quoteattr(n)}/>" for n in names)
+
+    return (
+        '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
+        f'  <RectangleLabels name="boxes" toName="image">{labels((taxonomy.PERSON, *garments))}</RectangleLabels>\n'
+        f'  <PolygonLabels name="masks" toName="image">{labels((*garments, *taxonomy.PARTS))}</PolygonLabels>\n'
+        "</View>\n"
+    )
 
 
 def _polygons(mask: np.ndarray, width: int, height: int) -> list[list[list[float]]]:
@@ -195,24 +205,51 @@ def image_results(row: dict, image: ImageTarget) -> list[dict]:
         for control in image.controls:
             if label not in control.labels or score < control.score_threshold:
                 continue
-            common = {"from_name": control.name, "to_name": image.name, "type": control.type,
-                      "original_width": width, "original_height": height, "image_rotation": 0,
-                      "score": round(float(score), 4)}
+            common = {
+                "from_name": control.name,
+                "to_name": image.name,
+                "type": control.type,
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "score": round(float(score), 4),
+            }
             value = control.labels[label]
             if control.type == "rectanglelabels" and box:
                 x0, y0, x1, y1 = box
-                result.append({**common, "id": f"{region_id}-{control.name}", "value": {
-                    "x": x0 * 100 / width, "y": y0 * 100 / height, "width": (x1 - x0) * 100 / width,
-                    "height": (y1 - y0) * 100 / height, "rotation": 0, "rectanglelabels": [value]}})
+                result.append(
+                    {
+                        **common,
+                        "id": f"{region_id}-{control.name}",
+                        "value": {
+                            "x": x0 * 100 / width,
+                            "y": y0 * 100 / height,
+                            "width": (x1 - x0) * 100 / width,
+                            "height": (y1 - y0) * 100 / height,
+                            "rotation": 0,
+                            "rectanglelabels": [value],
+                        },
+                    }
+                )
             elif control.type in ("polygonlabels", "brushlabels") and mask_rle:
                 mask = rle.decode(mask_rle) if mask is None else mask
                 if control.type == "brushlabels":
-                    result.append({**common, "id": f"{region_id}-{control.name}", "value": {
-                        "format": "rle", "rle": brush_rle(mask), "brushlabels": [value]}})
+                    result.append(
+                        {
+                            **common,
+                            "id": f"{region_id}-{control.name}",
+                            "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": [value]},
+                        }
+                    )
                     continue
                 for k, points in enumerate(_polygons(mask, width, height)):
-                    result.append({**common, "id": f"{region_id}-{control.name}-{k}", "value": {
-                        "points": points, "closed": True, "polygonlabels": [value]}})
+                    result.append(
+                        {
+                            **common,
+                            "id": f"{region_id}-{control.name}-{k}",
+                            "value": {"points": points, "closed": True, "polygonlabels": [value]},
+                        }
+                    )
     return result
 
 
@@ -225,7 +262,11 @@ def prediction(rows: dict[str, dict], targets: Targets, model_version: str) -> d
         return None
     result = [region for image in targets.images for region in image_results(rows[image.name], image)]
     scores = [p["score"] for row in rows.values() for p in row["persons"]]
-    return {"result": result, "score": round(float(np.mean(scores)), 4) if scores else 0.0, "model_version": model_version}
+    return {
+        "result": result,
+        "score": round(float(np.mean(scores)), 4) if scores else 0.0,
+        "model_version": model_version,
+    }
 
 
 @dataclass(frozen=True)
@@ -244,8 +285,11 @@ class Connection:
         """From a ServeConfig: label_studio_url / label_studio_token_file, else the environment."""
         from fashion_ray.serving.auth import read_secret
 
-        token = (read_secret(cfg.label_studio_token_file, "label_studio_token_file") if cfg.label_studio_token_file
-                 else os.environ.get("LABEL_STUDIO_API_KEY", ""))
+        token = (
+            read_secret(cfg.label_studio_token_file, "label_studio_token_file")
+            if cfg.label_studio_token_file
+            else os.environ.get("LABEL_STUDIO_API_KEY", "")
+        )
         return cls(cfg.label_studio_url or os.environ.get("LABEL_STUDIO_URL", ""), token)
 
     def same_origin(self, url: str) -> bool:
@@ -259,8 +303,12 @@ class Connection:
             return {"Authorization": f"Token {self.token}"}
         with self.lock:  # image reads run in threads: one refresh for all of them
             if self.access.get("expires", 0) - time.time() < ACCESS_TOKEN_MARGIN_S:
-                answer = requests.post(urllib.parse.urljoin(self.url, "/api/token/refresh"), json={"refresh": self.token},
-                                       timeout=10, allow_redirects=False)
+                answer = requests.post(
+                    urllib.parse.urljoin(self.url, "/api/token/refresh"),
+                    json={"refresh": self.token},
+                    timeout=10,
+                    allow_redirects=False,
+                )
                 answer.raise_for_status()
                 access = answer.json()["access"]
                 self.access.update(token=access, expires=jwt_expiry(access))
@@ -285,7 +333,9 @@ class TaskImageError(InputError):
     """A task image this backend will not or cannot read; the message says why."""
 
 
-def task_image_source(task: dict, image: ImageTarget, connection: Connection, allow_uris: tuple[str, ...]) -> tuple[str, str]:
+def task_image_source(
+    task: dict, image: ImageTarget, connection: Connection, allow_uris: tuple[str, ...]
+) -> tuple[str, str]:
     """("bytes", payload) for data: URIs, ("label_studio", url) for Label Studio's own files,
     ("uri", uri) for an allowed URI; anything else is refused."""
     ref = str((task.get("data") or {}).get(image.key) or "")
@@ -298,8 +348,10 @@ def task_image_source(task: dict, image: ImageTarget, connection: Connection, al
     target = urllib.parse.urljoin(connection.url or "http://unset/", ref)
     if connection.same_origin(target):
         return "label_studio", target
-    raise TaskImageError(f"the image {ref!r} is neither in the configured Label Studio "
-                         f"({connection.url or 'none: set label_studio_url'}) nor under an allowed prefix")
+    raise TaskImageError(
+        f"the image {ref!r} is neither in the configured Label Studio "
+        f"({connection.url or 'none: set label_studio_url'}) nor under an allowed prefix"
+    )
 
 
 def read_task_image(kind: str, where: str, connection: Connection, max_bytes: int, timeout_s: float = 30.0) -> bytes:

@@ -55,9 +55,14 @@ class CocoIndex:
         if task == "garments":
             return taxonomy.GARMENT_PARSE
         used = {a["category_id"] for anns in self.anns.values() for a in anns}
-        garment = [c for c in sorted(self.categories, key=lambda c: c["id"])
-                   if c["id"] != taxonomy.PERSON_CATEGORY_ID and c["id"] not in taxonomy.PART_VALUE and c["name"] not in taxonomy.GARMENT_REGIONS
-                   and c["name"] not in taxonomy.ACCESSORIES]
+        garment = [
+            c
+            for c in sorted(self.categories, key=lambda c: c["id"])
+            if c["id"] != taxonomy.PERSON_CATEGORY_ID
+            and c["id"] not in taxonomy.PART_VALUE
+            and c["name"] not in taxonomy.GARMENT_REGIONS
+            and c["name"] not in taxonomy.ACCESSORIES
+        ]
         return tuple(c["name"] for c in garment if c["id"] in used) or taxonomy.DEEPFASHION2
 
     def samples(self, task: str) -> list[Sample]:
@@ -108,10 +113,13 @@ def load_index(uri: str, options=None) -> CocoIndex | ActionIndex:
     return CocoIndex({im["id"]: im for im in doc["images"]}, anns, doc["categories"])
 
 
-def split(samples: list[Sample], val_fraction: float, images: dict[int, dict] | None = None) -> tuple[list[Sample], list[Sample]]:
+def split(
+    samples: list[Sample], val_fraction: float, images: dict[int, dict] | None = None
+) -> tuple[list[Sample], list[Sample]]:
     """Held-out images: the dataset's own split where its images say one ("split": "val", as
     the CCP converter writes), else chosen by a hash of the image id; stable across runs,
     workers and resumes."""
+
     def held_out(s: Sample) -> bool:
         marked = (images or {}).get(s.image_id, {}).get("split")
         if marked:
@@ -150,9 +158,19 @@ def _resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
     return np.asarray(Image.fromarray(image).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
 
 
-def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size: int, train: bool, seed: int,
-               epoch: int, classes: tuple[str, ...], options=None, view: tuple[int, int] | None = None
-               ) -> list[tuple[np.ndarray, dict]]:
+def load_batch(
+    index: CocoIndex,
+    task: str,
+    samples: list[Sample],
+    *,
+    input_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    classes: tuple[str, ...],
+    options=None,
+    view: tuple[int, int] | None = None,
+) -> list[tuple[np.ndarray, dict]]:
     """(HxWx3 uint8 image, target) per sample; target holds boxes/labels/masks or a part map
     (garments: a parse map in a `view` = (height, width) input, default square input_size, and
     presence; actions: (window features, {"labels": multi-hot over classes}))."""
@@ -176,42 +194,77 @@ def load_batch(index: CocoIndex, task: str, samples: list[Sample], *, input_size
             anns = [a for a in anns if a.get("parent_person_id") == s.person_ann]
         ch, cw = image.shape[:2]
         if task == "garments":
-            out.append(_garment_sample(image, anns, (x0, y0), index, train, rng, view or (input_size, input_size),
-                                       index.images[s.image_id].get("tags")))
+            out.append(
+                _garment_sample(
+                    image,
+                    anns,
+                    (x0, y0),
+                    index,
+                    train,
+                    rng,
+                    view or (input_size, input_size),
+                    index.images[s.image_id].get("tags"),
+                )
+            )
             continue
         if task == "parts":
             part_map = np.zeros((ch, cw), np.uint8)
             for a in anns:
                 if a["category_id"] in taxonomy.PART_VALUE and "segmentation" in a:
-                    part_map[rle.decode(a["segmentation"])[y0:y0 + ch, x0:x0 + cw]] = taxonomy.PART_VALUE[a["category_id"]]
-            image, part_map = _resize(image, (input_size, input_size)), _resize(part_map, (input_size, input_size), True)
+                    part_map[rle.decode(a["segmentation"])[y0 : y0 + ch, x0 : x0 + cw]] = taxonomy.PART_VALUE[
+                        a["category_id"]
+                    ]
+            image, part_map = (
+                _resize(image, (input_size, input_size)),
+                _resize(part_map, (input_size, input_size), True),
+            )
             if train and rng.random() < 0.5:  # a flip keeps the part names: they carry no side here
                 image, part_map = image[:, ::-1], part_map[:, ::-1]
             out.append((_photometric(image, rng) if train else image, {"parts": np.ascontiguousarray(part_map)}))
             continue
         keep = [a for a in anns if a["category_id"] in label_of and a["bbox"][2] > 1 and a["bbox"][3] > 1]
-        boxes = np.array([[a["bbox"][0] - x0, a["bbox"][1] - y0, a["bbox"][0] + a["bbox"][2] - x0,
-                           a["bbox"][1] + a["bbox"][3] - y0] for a in keep], np.float32).reshape(-1, 4)
+        boxes = np.array(
+            [
+                [
+                    a["bbox"][0] - x0,
+                    a["bbox"][1] - y0,
+                    a["bbox"][0] + a["bbox"][2] - x0,
+                    a["bbox"][1] + a["bbox"][3] - y0,
+                ]
+                for a in keep
+            ],
+            np.float32,
+        ).reshape(-1, 4)
         boxes = boxes.clip(0, [cw, ch, cw, ch])
         target = {"boxes": boxes, "labels": np.array([label_of[a["category_id"]] for a in keep], np.int64)}
         if task == "clothing":
-            target["masks"] = np.stack([rle.decode(a["segmentation"])[y0:y0 + ch, x0:x0 + cw] for a in keep]).astype(np.uint8) \
-                if keep else np.zeros((0, ch, cw), np.uint8)
+            target["masks"] = (
+                np.stack([rle.decode(a["segmentation"])[y0 : y0 + ch, x0 : x0 + cw] for a in keep]).astype(np.uint8)
+                if keep
+                else np.zeros((0, ch, cw), np.uint8)
+            )
         scale = input_size / max(ch, cw) * (rng.uniform(0.8, 1.2) if train else 1.0)  # scale jitter
         size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
         image = _resize(image, size)
         target["boxes"] = target["boxes"] * np.array([size[0] / cw, size[1] / ch] * 2, np.float32)
         if "masks" in target:
-            target["masks"] = np.stack([_resize(m, size, True) for m in target["masks"]]) if len(keep) else \
-                np.zeros((0, size[1], size[0]), np.uint8)
+            target["masks"] = (
+                np.stack([_resize(m, size, True) for m in target["masks"]])
+                if len(keep)
+                else np.zeros((0, size[1], size[0]), np.uint8)
+            )
         if train and rng.random() < 0.5:
             image = image[:, ::-1]
             b = target["boxes"].copy()
             target["boxes"][:, 0], target["boxes"][:, 2] = size[0] - b[:, 2], size[0] - b[:, 0]
             if "masks" in target:
                 target["masks"] = target["masks"][:, :, ::-1]
-        out.append((np.ascontiguousarray(_photometric(image, rng) if train else image),
-                    {k: np.ascontiguousarray(v) for k, v in target.items()}))
+        out.append(
+            (
+                np.ascontiguousarray(_photometric(image, rng) if train else image),
+                {k: np.ascontiguousarray(v) for k, v in target.items()},
+            )
+        )
     return out
 
 
@@ -248,8 +301,16 @@ def _degrade(view: np.ndarray, rng) -> np.ndarray:
     return view
 
 
-def _garment_sample(crop: np.ndarray, anns: list[dict], offset, index: CocoIndex, train: bool, rng,
-                    view_hw: tuple[int, int], tags: list[str] | None = None) -> tuple:
+def _garment_sample(
+    crop: np.ndarray,
+    anns: list[dict],
+    offset,
+    index: CocoIndex,
+    train: bool,
+    rng,
+    view_hw: tuple[int, int],
+    tags: list[str] | None = None,
+) -> tuple:
     """The crop's view (jittered in scale, position and framing when training), its parse map
     and presence; a tagged photo (no pixel labels) gets a map of PARSE_IGNORE and its tags."""
     from fashion_ray.models.garments import view_of, warp_to_view
@@ -259,7 +320,9 @@ def _garment_sample(crop: np.ndarray, anns: list[dict], offset, index: CocoIndex
     parse = np.full((ch, cw), taxonomy.PARSE_IGNORE if tags is not None else 0, np.uint8)
     for a in anns:
         if a["category_id"] in value_of and "segmentation" in a:
-            parse[rle.decode(a["segmentation"])[offset[1]:offset[1] + ch, offset[0]:offset[0] + cw]] = value_of[a["category_id"]]
+            parse[rle.decode(a["segmentation"])[offset[1] : offset[1] + ch, offset[0] : offset[0] + cw]] = value_of[
+                a["category_id"]
+            ]
     if train and tags is None:
         draw = rng.random()
         for _, share, (low, high) in FRAMINGS:
@@ -284,8 +347,9 @@ def _garment_sample(crop: np.ndarray, anns: list[dict], offset, index: CocoIndex
     return np.ascontiguousarray(image), {"parse": np.ascontiguousarray(target), "presence": presence}
 
 
-def _action_samples(index: ActionIndex, samples: list[Sample], *, train: bool, seed: int, epoch: int,
-                    classes: tuple[str, ...]) -> list[tuple[np.ndarray, dict]]:
+def _action_samples(
+    index: ActionIndex, samples: list[Sample], *, train: bool, seed: int, epoch: int, classes: tuple[str, ...]
+) -> list[tuple[np.ndarray, dict]]:
     from fashion_ray.actions import window_features
     from fashion_ray.formats.ava import example_track
 

@@ -34,15 +34,37 @@ from fashion_ray.training import data
 
 # what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
 TRAINING_TASKS = (*taxonomy.STAGES, "garments")
-STAGE_OF_TASK = {"person": "person", "clothing": "clothing", "parts": "parts", "garments": "clothing", "actions": "actions"}
-DEFAULT_ARCHITECTURE = {"person": "fasterrcnn_mobilenet_v3_large_320_fpn", "clothing": "maskrcnn_mobilenet_v3_large_fpn",
-                        "parts": "lraspp_mobilenet_v3_large", "garments": garments.EFFICIENTNET_PARSER,
-                        "actions": "pose_window_mlp"}
+STAGE_OF_TASK = {
+    "person": "person",
+    "clothing": "clothing",
+    "parts": "parts",
+    "garments": "clothing",
+    "actions": "actions",
+}
+DEFAULT_ARCHITECTURE = {
+    "person": "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "clothing": "maskrcnn_mobilenet_v3_large_fpn",
+    "parts": "lraspp_mobilenet_v3_large",
+    "garments": garments.EFFICIENTNET_PARSER,
+    "actions": "pose_window_mlp",
+}
 DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 384, "actions": 0}  # actions: no pixels
 SEMANTIC_TASKS = ("parts", "garments")  # a per-pixel map per sample, scored by IoU
 OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
-COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
-              "ar_large")
+COCO_STATS = (
+    "ap",
+    "ap50",
+    "ap75",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "ar1",
+    "ar10",
+    "ar100",
+    "ar_small",
+    "ar_medium",
+    "ar_large",
+)
 GARMENT_PARSER = garments.BLAZEPOSE_PARSER  # 1.1: a head on BlazePose's frozen trunk, 256 px square views
 GARMENT_PARSER_V2 = garments.EFFICIENTNET_PARSER  # 2.0: EfficientNet-Lite0, end to end, portrait views + presence
 PARSERS = (GARMENT_PARSER, GARMENT_PARSER_V2)
@@ -77,7 +99,9 @@ class TrainConfig:
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r} is not one of: cosine, step")
         object.__setattr__(self, "architecture", self.architecture or DEFAULT_ARCHITECTURE[self.task])
-        default_size = 256 if self.architecture == GARMENT_PARSER else DEFAULT_INPUT_SIZE[self.task]  # 256: BlazePose's input
+        default_size = (
+            256 if self.architecture == GARMENT_PARSER else DEFAULT_INPUT_SIZE[self.task]
+        )  # 256: BlazePose's input
         object.__setattr__(self, "input_size", self.input_size or default_size)
         if self.architecture in PARSERS and self.task != "garments":
             raise ValueError(f"architecture {self.architecture} is trained with --task garments")
@@ -144,7 +168,9 @@ def garment_trunk(device_type: str, threads: int):
 
     bundle = load_bundle("bootstrap")
     pose = bundle.stages["person"].options["files"]["pose"]
-    return garments.BlazePoseTrunk(read_checked(bundle, pose["path"], pose["sha256"]), device=device_type, threads=threads)
+    return garments.BlazePoseTrunk(
+        read_checked(bundle, pose["path"], pose["sha256"]), device=device_type, threads=threads
+    )
 
 
 def _to_tensors(batch, cfg: TrainConfig, device):
@@ -152,12 +178,15 @@ def _to_tensors(batch, cfg: TrainConfig, device):
 
     task = cfg.task
     if task == "actions":
-        return (torch.from_numpy(np.stack([f for f, _ in batch])).to(device),
-                torch.from_numpy(np.stack([t["labels"] for _, t in batch])).to(device))
+        return (
+            torch.from_numpy(np.stack([f for f, _ in batch])).to(device),
+            torch.from_numpy(np.stack([t["labels"] for _, t in batch])).to(device),
+        )
     if task == "garments" and cfg.architecture == GARMENT_PARSER:
         views = np.stack([view for view, _ in batch])
         return garments.head_inputs(garment_trunk(device.type, torch.get_num_threads()), views, device), torch.stack(
-            [torch.from_numpy(t["parse"]).long().to(device) for _, t in batch])
+            [torch.from_numpy(t["parse"]).long().to(device) for _, t in batch]
+        )
     if cfg.architecture == GARMENT_PARSER_V2:
         from fashion_ray.models.efficientnet_lite import normalise
 
@@ -172,7 +201,8 @@ def _to_tensors(batch, cfg: TrainConfig, device):
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
         return torch.stack([(im - mean) / std for im in images]), torch.stack(
-            [torch.from_numpy(t[key]).long().to(device) for _, t in batch])
+            [torch.from_numpy(t[key]).long().to(device) for _, t in batch]
+        )
     targets = [{k: torch.from_numpy(v).to(device) for k, v in t.items()} for _, t in batch]
     return images, targets
 
@@ -183,14 +213,20 @@ def _logits(model, inputs, size):
 
     out = model(inputs)
     out = out["out"] if isinstance(out, dict) else out
-    return out if tuple(out.shape[-2:]) == tuple(size) else F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+    return (
+        out
+        if tuple(out.shape[-2:]) == tuple(size)
+        else F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+    )
 
 
 PARTS_CLASS_WEIGHTS = (0.2,) + (1.0,) * len(taxonomy.PARTS)  # background covers ~3/4 of a crop
 # background and skin cover most of a view; small garment classes (belt, glasses, tie) count
 # as much as trousers in the mIoU, so they weigh more in the loss
-GARMENT_CLASS_WEIGHTS = tuple(0.3 if name == "background" else 3.0 if name in ("belt", "glasses", "tie", "hat", "scarf")
-                              else 1.0 for name in taxonomy.GARMENT_PARSE)
+GARMENT_CLASS_WEIGHTS = tuple(
+    0.3 if name == "background" else 3.0 if name in ("belt", "glasses", "tie", "hat", "scarf") else 1.0
+    for name in taxonomy.GARMENT_PARSE
+)
 
 
 PRESENCE_LOSS_WEIGHT = 0.4  # the presence head's BCE beside the per-pixel cross-entropy (parser v2)
@@ -204,22 +240,27 @@ def loss_of(model, batch, cfg: TrainConfig, device):
     if cfg.task == "actions":  # multi-label, as AVA is: one sigmoid per action
         return F.binary_cross_entropy_with_logits(model(inputs).float(), targets)
     if cfg.task == "parts":
-        return F.cross_entropy(_logits(model, inputs, targets.shape[-2:]), targets,
-                               weight=torch.tensor(PARTS_CLASS_WEIGHTS, device=device))
+        return F.cross_entropy(
+            _logits(model, inputs, targets.shape[-2:]), targets, weight=torch.tensor(PARTS_CLASS_WEIGHTS, device=device)
+        )
     if cfg.task == "garments" and isinstance(targets, dict):  # parser v2: pixels and presence
         out = model(inputs)
         weight = torch.tensor(GARMENT_CLASS_WEIGHTS, device=device)
         parse = targets["parse"]
         # a batch of tagged photos alone has no pixel to score: its pixel loss is 0, not NaN
-        pixels = F.cross_entropy(out["out"].float(), parse, weight=weight, ignore_index=taxonomy.PARSE_IGNORE,
-                                 reduction="sum") / (weight[parse.clamp(max=len(weight) - 1)] *
-                                                     (parse != taxonomy.PARSE_IGNORE)).sum().clamp(min=1.0)
+        pixels = F.cross_entropy(
+            out["out"].float(), parse, weight=weight, ignore_index=taxonomy.PARSE_IGNORE, reduction="sum"
+        ) / (weight[parse.clamp(max=len(weight) - 1)] * (parse != taxonomy.PARSE_IGNORE)).sum().clamp(min=1.0)
         known = targets["presence"] >= 0  # background, and nothing else, is never scored
         presence = F.binary_cross_entropy_with_logits(out["presence"].float()[known], targets["presence"][known])
         return pixels + PRESENCE_LOSS_WEIGHT * presence
     if cfg.task == "garments":
-        return F.cross_entropy(_logits(model, inputs, targets.shape[-2:]).float(), targets,
-                               weight=torch.tensor(GARMENT_CLASS_WEIGHTS, device=device), ignore_index=taxonomy.PARSE_IGNORE)
+        return F.cross_entropy(
+            _logits(model, inputs, targets.shape[-2:]).float(),
+            targets,
+            weight=torch.tensor(GARMENT_CLASS_WEIGHTS, device=device),
+            ignore_index=taxonomy.PARSE_IGNORE,
+        )
     return sum(model(inputs, targets).values())
 
 
@@ -279,10 +320,14 @@ def evaluate_boxes(model, batches, cfg: TrainConfig, device) -> dict:
             for image, out, target in zip(tensors, model(tensors), targets):
                 image_id = len(images) + 1
                 images.append({"id": image_id, "height": image.shape[1], "width": image.shape[2]})
-                gt += [{"id": len(gt) + 1, "image_id": image_id, "category_id": OBJECT, "bbox": xywh(box), "iscrowd": 0}
-                       for box in target["boxes"].tolist()]
-                dt += [{"image_id": image_id, "category_id": OBJECT, "bbox": xywh(box), "score": float(score)}
-                       for box, score in zip(out["boxes"].tolist(), out["scores"].tolist())]
+                gt += [
+                    {"id": len(gt) + 1, "image_id": image_id, "category_id": OBJECT, "bbox": xywh(box), "iscrowd": 0}
+                    for box in target["boxes"].tolist()
+                ]
+                dt += [
+                    {"image_id": image_id, "category_id": OBJECT, "bbox": xywh(box), "score": float(score)}
+                    for box, score in zip(out["boxes"].tolist(), out["scores"].tolist())
+                ]
     model.train()
     table = CocoTable("bbox", [OBJECT])
     table.process(images, gt, dt)
@@ -321,11 +366,19 @@ def _unwrap(model):
 def score_held_out(model, cfg: TrainConfig, calibration, val_batches, device) -> dict:
     """PreciseBN on training batches, then the held-out score: val_metric and its details."""
     precise_batch_norm(model, calibration, cfg, device)
-    evaluate = evaluate_action_head if cfg.task == "actions" else evaluate_maps if cfg.task in SEMANTIC_TASKS else evaluate_boxes
+    evaluate = (
+        evaluate_action_head
+        if cfg.task == "actions"
+        else evaluate_maps
+        if cfg.task in SEMANTIC_TASKS
+        else evaluate_boxes
+    )
     scores = evaluate(model, val_batches, cfg, device)
-    return {"val_metric": scores[VAL_METRIC.get(cfg.task, "box_ap")] or 0.0,
-            **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
-            **{f"val_iou_{k}": v for k, v in (scores.get("iou") or {}).items() if isinstance(v, float)}}
+    return {
+        "val_metric": scores[VAL_METRIC.get(cfg.task, "box_ap")] or 0.0,
+        **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
+        **{f"val_iou_{k}": v for k, v in (scores.get("iou") or {}).items() if isinstance(v, float)},
+    }
 
 
 @dataclass
@@ -392,8 +445,10 @@ def train_one_step(run: TrainState, batch, cfg: TrainConfig, device, rank: int) 
         # one step would carry it into every weight (AMP's scaler skips such steps itself); the
         # worker fails, Ray Train restarts it from the last checkpoint, and a loss that stays
         # non-finite ends the run with this message
-        raise NonFiniteLoss(f"the {cfg.task} loss is {float(loss)} at step {run.step} (learning rate "
-                            f"{run.scheduler.get_last_lr()[0]:g}); the step was not taken: lower --lr or check the data")
+        raise NonFiniteLoss(
+            f"the {cfg.task} loss is {float(loss)} at step {run.step} (learning rate "
+            f"{run.scheduler.get_last_lr()[0]:g}); the step was not taken: lower --lr or check the data"
+        )
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)
@@ -413,10 +468,19 @@ def report(run: TrainState, cfg: TrainConfig, classes, metrics: dict, *, save: b
     with tempfile.TemporaryDirectory() as folder:
         ckpt = None
         if rank == 0 and save:
-            torch.save({"model": _unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
-                        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
-                        "initial_metric": run.initial, "classes": list(classes), "config": asdict(cfg)},
-                       os.path.join(folder, "state.pt"))
+            torch.save(
+                {
+                    "model": _unwrap(run.model).state_dict(),
+                    "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(),
+                    "scaler": run.scaler.state_dict(),
+                    "step": run.step,
+                    "initial_metric": run.initial,
+                    "classes": list(classes),
+                    "config": asdict(cfg),
+                },
+                os.path.join(folder, "state.pt"),
+            )
             ckpt = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -450,8 +514,10 @@ def train_loop_per_worker(config: dict) -> None:
     load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes, view=garment_view(cfg))
 
     def held_out(samples, count):
-        return [data.load_batch(index, cfg.task, samples[i:i + cfg.batch_size], train=False, epoch=0, **load)
-                for i in range(0, min(len(samples), count), cfg.batch_size)]
+        return [
+            data.load_batch(index, cfg.task, samples[i : i + cfg.batch_size], train=False, epoch=0, **load)
+            for i in range(0, min(len(samples), count), cfg.batch_size)
+        ]
 
     val_batches, calibration = [], []
     if rank == 0:
@@ -464,8 +530,14 @@ def train_loop_per_worker(config: dict) -> None:
         epoch, within = divmod(at, steps_per_epoch)
         order = data.epoch_order(len(train_set), cfg.seed, epoch)
         start = within * per_step + rank * cfg.batch_size
-        return data.load_batch(index, cfg.task, [train_set[i] for i in order[start:start + cfg.batch_size]],
-                               train=True, epoch=epoch, **load)
+        return data.load_batch(
+            index,
+            cfg.task,
+            [train_set[i] for i in order[start : start + cfg.batch_size]],
+            train=True,
+            epoch=epoch,
+            **load,
+        )
 
     run.model.train()
     losses, seconds, loading = [], [], []
@@ -492,10 +564,16 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         last_report = run.step
         # report at checkpoints and epoch ends only: each report is a sync point of all workers
-        metrics = {"step": run.step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": run.scheduler.get_last_lr()[0],
-                   "seconds_per_step": float(np.median(seconds)), "load_wait_seconds_per_step": float(np.median(loading)),
-                   "samples_per_s": window_steps * per_step / (time.perf_counter() - window_start),
-                   "resumed_from_step": resumed_from_step}
+        metrics = {
+            "step": run.step,
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "lr": run.scheduler.get_last_lr()[0],
+            "seconds_per_step": float(np.median(seconds)),
+            "load_wait_seconds_per_step": float(np.median(loading)),
+            "samples_per_s": window_steps * per_step / (time.perf_counter() - window_start),
+            "resumed_from_step": resumed_from_step,
+        }
         for kept in (losses, seconds, loading):
             kept.clear()
         if rank == 0:

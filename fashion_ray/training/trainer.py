@@ -15,7 +15,14 @@ from dataclasses import asdict
 from fashion_ray import storage
 from fashion_ray.models.bundle import StageModel, bundle_files, load_bundle, read_checked, save_bundle
 from fashion_ray.training import data
-from fashion_ray.training.loop import ACTION_HEAD, GARMENT_PARSER, PARSERS, STAGE_OF_TASK, TrainConfig, train_loop_per_worker
+from fashion_ray.training.loop import (
+    ACTION_HEAD,
+    GARMENT_PARSER,
+    PARSERS,
+    STAGE_OF_TASK,
+    TrainConfig,
+    train_loop_per_worker,
+)
 
 
 def check_data(cfg: TrainConfig, workers: int) -> None:
@@ -23,12 +30,23 @@ def check_data(cfg: TrainConfig, workers: int) -> None:
     index = data.load_index(cfg.data)
     train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction, index.images)
     if len(train_set) < cfg.batch_size * workers or not val_set:
-        raise ValueError(f"{cfg.data} has {len(train_set)} training and {len(val_set)} held-out {cfg.task} samples; "
-                         f"a step needs {cfg.batch_size * workers} (batch size x workers) and scoring at least one held out")
+        raise ValueError(
+            f"{cfg.data} has {len(train_set)} training and {len(val_set)} held-out {cfg.task} samples; "
+            f"a step needs {cfg.batch_size * workers} (batch size x workers) and scoring at least one held out"
+        )
 
 
-def fit(cfg: TrainConfig, *, workers: int, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
-        storage_path: str, name: str, max_failures: int = 3, torch_threads: int = 1):
+def fit(
+    cfg: TrainConfig,
+    *,
+    workers: int,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    storage_path: str,
+    name: str,
+    max_failures: int = 3,
+    torch_threads: int = 1,
+):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -38,13 +56,17 @@ def fit(cfg: TrainConfig, *, workers: int, gpus_per_worker: float = 0.0, cpus_pe
         train_loop_config={"train": asdict(cfg), "torch_threads": torch_threads},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}),
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})},
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name,
+            storage_path=storage_path,
             # the most recent ones (resume needs the last); publish() picks the best of them by val_metric
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=5),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
     )
     return trainer.fit()
 
@@ -56,8 +78,15 @@ def _checkpoint_state(checkpoint) -> dict:
         return torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
 
 
-def publish(result, output: str, *, bundle_name: str, version: str, base_bundle: str | None = None,
-            score_threshold: float | None = None) -> dict:
+def publish(
+    result,
+    output: str,
+    *,
+    bundle_name: str,
+    version: str,
+    base_bundle: str | None = None,
+    score_threshold: float | None = None,
+) -> dict:
     """Write the best checkpoint as a bundle at `output`; returns the training record.
 
     The labelling job always needs a person stage: a clothing or parts model is published
@@ -87,12 +116,22 @@ def publish(result, output: str, *, bundle_name: str, version: str, base_bundle:
     for entry in options.get("files", {}).values():  # the trunk, unless the base already brought it
         fs, path = storage.filesystem(storage.join(output, entry["path"]))
         if not fs.exists(path):
-            storage.write_bytes_atomic(storage.join(output, entry["path"]),
-                                       read_checked(load_bundle("bootstrap"), entry["path"], entry["sha256"]))
-    record = {"task": cfg.task, "data": cfg.data, "architecture": cfg.architecture, "input_size": cfg.input_size,
-              "pretrained_backbone": cfg.pretrained_backbone, "best_step": int(state["step"]), "final_step": int(result.metrics["step"]),
-              "base_bundle": base_bundle, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-              "final_metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
+            storage.write_bytes_atomic(
+                storage.join(output, entry["path"]),
+                read_checked(load_bundle("bootstrap"), entry["path"], entry["sha256"]),
+            )
+    record = {
+        "task": cfg.task,
+        "data": cfg.data,
+        "architecture": cfg.architecture,
+        "input_size": cfg.input_size,
+        "pretrained_backbone": cfg.pretrained_backbone,
+        "best_step": int(state["step"]),
+        "final_step": int(result.metrics["step"]),
+        "base_bundle": base_bundle,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "final_metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+    }
     storage.write_bytes_atomic(storage.join(output, "training.json"), json.dumps(record, indent=2).encode())
     save_bundle(output, bundle_name, version, stages)  # bundle.json last
     return record

@@ -62,7 +62,11 @@ def _fp16_storage(model):
     kept = []
     for init in list(graph.initializer):
         array = numpy_helper.to_array(init)
-        if array.dtype != np.float32 or array.size < 16 or not np.array_equal(array.astype(np.float16).astype(np.float32), array):
+        if (
+            array.dtype != np.float32
+            or array.size < 16
+            or not np.array_equal(array.astype(np.float16).astype(np.float32), array)
+        ):
             kept.append(init)
             continue
         half = numpy_helper.from_array(array.astype(np.float16), init.name + "_fp16")
@@ -115,8 +119,9 @@ def convert_one(model_json: str, out_path: str) -> None:
     signature = json.load(open(model_json))["signature"]
     outputs = [spec["name"] for spec in signature["outputs"].values()]
     with tf.Graph().as_default():
-        model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=list(shapes), output_names=outputs,
-                                                  opset=13, shape_override=shapes)
+        model, _ = tf2onnx.convert.from_graph_def(
+            graph_def, input_names=list(shapes), output_names=outputs, opset=13, shape_override=shapes
+        )
     import onnx
 
     onnx.save(_dynamic_batch(_fp16_storage(model)), out_path)
@@ -125,7 +130,9 @@ def convert_one(model_json: str, out_path: str) -> None:
 def main(models_dir: str, out_dir: str) -> None:
     for stem, name in MODELS.items():
         out_path = os.path.join(out_dir, name)
-        subprocess.run([sys.executable, __file__, "--one", os.path.join(models_dir, f"{stem}.json"), out_path], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--one", os.path.join(models_dir, f"{stem}.json"), out_path], check=True
+        )
         digest = hashlib.sha256(open(out_path, "rb").read()).hexdigest()
         print(f"{name}: {os.path.getsize(out_path)} bytes, sha256 {digest}")
 

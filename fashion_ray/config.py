@@ -109,8 +109,7 @@ def default_resources(model_stage: StageResources = StageResources()) -> dict[st
 def stage_resources(device: str = "cpu", overrides=()) -> dict[str, StageResources]:
     """Every stage's resources for a `--device` (the GPU preset on cuda) with "stage.field=value"
     overrides: the one mapping the job, serving and the benchmarks use."""
-    if device not in DEVICES:
-        raise ConfigError(f"device {device!r} is not one of: {', '.join(DEVICES)}")
+    Device(device)  # one of DEVICES, or a ConfigError naming them
     return apply_overrides(default_resources(GPU_STAGE if device == "cuda" else StageResources()), list(overrides))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fashion_ray.errors import InputError, RunError
 from fashion_ray.storage import StorageOptions
 from fashion_ray.taxonomy import STAGES
-from fashion_ray.video import VideoSampling
+from fashion_ray.video.decoding import VideoSampling
 
 DEVICES = ("cpu", "cuda")
 RELABEL_CHOICES = ("changed", "outdated", "all")

@@ -16,13 +16,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from fashion_ray import media, motion, storage, video
+from fashion_ray import media, storage
 from fashion_ray.config import LabelJobConfig
 from fashion_ray.formats.shards import Shard, write_shard
 from fashion_ray.models import Bundle
 from fashion_ray.placement import ran_on_label, stage_remote_args, task_remote_args
 from fashion_ray.stages import STAGE_CLASSES, persons_column
-from fashion_ray.tracking import track_shards
+from fashion_ray.video import decoding, motion
+from fashion_ray.video.tracking import track_shards
 
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)  # error rows carry no pixels
 WORK_SCHEMA = pa.schema(
@@ -91,7 +92,7 @@ def _frame_item(item: dict, index: int, seconds: float | None) -> dict:
 def _frame_rows(item: dict, *, max_pixels: int, max_side: int, timeout_s: float, storage_options) -> list[dict]:
     frames = json.loads(item["frames"])
     rows = []
-    decoded = video.decode_frames(
+    decoded = decoding.decode_frames(
         item["uri"], [pts for _, pts, _ in frames], storage_options, max_pixels=max_pixels, timeout_s=timeout_s
     )
     for (index, _, seconds), (_, image, reason, detail) in zip(frames, decoded):
@@ -148,7 +149,7 @@ def load_media(
     max_pixels: int,
     max_bytes: int,
     max_side: int,
-    timeout_s: float = video.VideoSampling.timeout_s,
+    timeout_s: float = decoding.VideoSampling.timeout_s,
     storage_options=None,
     jpeg_on_device: bool = False,
 ) -> dict[str, np.ndarray]:
@@ -223,12 +224,12 @@ def load_media(
 
 
 def _probe(
-    batch: dict[str, np.ndarray], *, sampling: video.VideoSampling, max_pixels: int, storage_options=None
+    batch: dict[str, np.ndarray], *, sampling: decoding.VideoSampling, max_pixels: int, storage_options=None
 ) -> dict[str, np.ndarray]:
     plans = []
     for uri in batch["uri"]:
         try:
-            plan = video.plan_frames(str(uri), sampling, max_pixels, storage_options)
+            plan = decoding.plan_frames(str(uri), sampling, max_pixels, storage_options)
         except Exception as exc:  # the probes catch what files do; this keeps one bug from failing the run
             plan = {"error": "undecodable", "detail": _unexpected(exc, "probing"), "frames": []}
         plans.append(json.dumps(plan))
@@ -237,7 +238,7 @@ def _probe(
 
 def probe_videos(cfg: LabelJobConfig, videos: pa.Table) -> dict[int, dict]:
     """Plan every video and multi-frame image in parallel tasks (demux / header only);
-    returns {id: plan} (video.plan_frames); a still image among them gets no plan."""
+    returns {id: plan} (decoding.plan_frames); a still image among them gets no plan."""
     if videos.num_rows == 0:
         return {}
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = cfg.stall_timeout_s

@@ -21,13 +21,14 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fashion_ray import ledger, placement, storage, video
+from fashion_ray import ledger, placement, storage
 from fashion_ray.config import ConfigError, LabelJobConfig
 from fashion_ray.errors import RunError
 from fashion_ray.formats.shards import Shard
 from fashion_ray.lease import acquire_lease
 from fashion_ray.models import load_bundle, validate_bundle, verify_bundle
 from fashion_ray.ray_init import init_ray
+from fashion_ray.video import decoding
 
 
 class RunIntegrityError(RunError):
@@ -116,7 +117,7 @@ class LabelRun:
         )
         self.counts["skipped"] = dict(sorted((skipped or {}).items()))  # files in the input folders that are not inputs
         self.uri_of = dict(zip(self.todo["id"].to_pylist(), self.todo["uri"].to_pylist()))
-        self.plans: dict[int, dict] = {}  # video id -> sampling plan (video.probe)
+        self.plans: dict[int, dict] = {}  # video id -> sampling plan (decoding.probe)
         self.source_of: dict[int, int] = {}  # row id -> input id, for every row this run must produce
         self.remaining: set[int] = set()
         self.uncommitted: list[Shard] = []
@@ -157,7 +158,7 @@ class LabelRun:
         """Probe the videos, cut the work into blocks, and note every row id the run owes."""
         from fashion_ray.pipeline import probe_videos, work_items
 
-        videos = [i for i, uri in self.uri_of.items() if video.may_have_frames(uri)]
+        videos = [i for i, uri in self.uri_of.items() if decoding.may_have_frames(uri)]
         self.plans = probe_videos(self.cfg, self.todo.filter(pc.is_in(self.todo["id"], pa.array(videos, pa.int64()))))
         if self.plans:
             self.say(

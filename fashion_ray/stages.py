@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fashion_ray import actions, appearance, media, taxonomy
+from fashion_ray import actions, media, taxonomy
+from fashion_ray import masks as rle
 from fashion_ray.boxes import box_iou, crop_box, owner
 from fashion_ray.config import Device
-from fashion_ray.formats import masks as rle
 from fashion_ray.models import build_stage_predictor, load_bundle
 from fashion_ray.placement import add_ran_on
+from fashion_ray.video import appearance
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from fashion_ray import benchmark, config
+from fashion_ray import config
+from fashion_ray.bench import benchmark
 from fashion_ray.ray_init import init_ray
 from fashion_ray.samplers import PeakRSS
 

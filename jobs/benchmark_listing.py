@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from fashion_ray import benchmark, storage
+from fashion_ray import storage
+from fashion_ray.bench import benchmark
 
 
 def get_args_parser() -> argparse.ArgumentParser:

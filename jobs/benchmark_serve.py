@@ -5,7 +5,7 @@ same cascade called in-process, in one run.
     python jobs/benchmark_serve.py --clients 1,4,16 --requests-per-client 8 --bundle s3://bucket/models/v1/
     python jobs/benchmark_serve.py --decode-bomb 8000 --bomb-requests 3   # the ingress's memory instead
 
-Prints one JSON object (fashion_ray/serving/benchmark.py says what each figure is).
+Prints one JSON object (fashion_ray/bench/serving.py says what each figure is).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from fashion_ray.bench.serving import decode_memory_benchmark, serve_benchmark
 from fashion_ray.config import DEVICES
 from fashion_ray.ray_init import init_ray
 from fashion_ray.serving.app import serve_config
-from fashion_ray.serving.benchmark import decode_memory_benchmark, serve_benchmark
 
 
 def get_args_parser() -> argparse.ArgumentParser:

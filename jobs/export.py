@@ -16,7 +16,7 @@ import sys
 
 from fashion_ray import storage
 from fashion_ray.errors import InputError
-from fashion_ray.formats.export import FORMATS, export_run
+from fashion_ray.export import FORMATS, export_run
 
 
 def get_args_parser() -> argparse.ArgumentParser:

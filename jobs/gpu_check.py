@@ -1,4 +1,4 @@
-"""Exercise and measure every CUDA path in one call: fashion_ray/gpu_check.py says what each step does.
+"""Exercise and measure every CUDA path in one call: fashion_ray/bench/gpu_check.py says what each step does.
 
 On a lent GPU machine (about 9 minutes of steps; give the call 10):
     python jobs/gpu_check.py --output out/gpu-check
@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runs before any install
 
-from fashion_ray import gpu_check
+from fashion_ray.bench import gpu_check
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from fashion_ray import action_videos
+from fashion_ray.bench import action_videos
 from fashion_ray.formats import ava
 
 

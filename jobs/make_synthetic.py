@@ -19,9 +19,9 @@ import argparse
 import sys
 
 from fashion_ray import storage
+from fashion_ray.bench.synth import make_action_examples, make_synthetic
 from fashion_ray.formats.ava import write_examples
 from fashion_ray.ray_init import init_ray
-from fashion_ray.synth import make_action_examples, make_synthetic
 
 
 def get_args_parser() -> argparse.ArgumentParser:

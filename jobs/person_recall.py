@@ -6,7 +6,7 @@ tracks per walker on walkers videos.
     python jobs/person_recall.py --bundle s3://models/person-v3 --composites 200 --seed 1
 
 Composites are real person cut-outs on real no-people photos with exact boxes
-(fashion_ray/person_eval.py); the bundle's person stage runs on them and on the no-people
+(fashion_ray/bench/person_eval.py); the bundle's person stage runs on them and on the no-people
 photos. Walkers videos are cut-outs crossing a real background at walking speed, labelled by
 the real labelling job at 1 fps (motion proposals and tracking included). Prints one JSON
 object: recall at IoU 0.5 per height bucket, false persons per composite and per no-people
@@ -20,7 +20,7 @@ import json
 import sys
 import tempfile
 
-from fashion_ray import person_eval
+from fashion_ray.bench import person_eval
 from fashion_ray.config import DEVICES, Device
 from fashion_ray.models import build_stage_predictor, load_bundle
 

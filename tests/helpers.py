@@ -303,7 +303,7 @@ def jpeg_bytes(seed: int, size=(64, 48)) -> bytes:
 
 def moving_photo_video(path, photo: str, size, canvas, step: int, count: int, interval_s: float) -> None:
     """A video of a real photo (people in it) sliding right by `step` px a frame, on a plain background."""
-    from fashion_ray import video
+    from fashion_ray.video import decoding
 
     picture = Image.open(os.path.join(SAMPLE_CORPUS, photo)).convert("RGB").resize(size)
     frames = []
@@ -311,26 +311,26 @@ def moving_photo_video(path, photo: str, size, canvas, step: int, count: int, in
         frame = Image.new("RGB", canvas, (90, 110, 120))
         frame.paste(picture, (20 + step * k, (canvas[1] - size[1]) // 2))
         frames.append(np.asarray(frame))
-    video.encode_video(str(path), frames, [k * interval_s for k in range(count)])
+    decoding.encode_video(str(path), frames, [k * interval_s for k in range(count)])
 
 
 def bad_video_catalogue(folder) -> dict[str, tuple[str, int]]:
     """Write broken videos into folder; name -> (error reason, frames that still become rows at 1 fps)."""
-    from fashion_ray import video
+    from fashion_ray.video import decoding
 
     rng = np.random.default_rng(0)
     noise = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(20)]
-    video.encode_video(str(folder / "whole.mkv"), noise, [k * 0.25 for k in range(20)])
+    decoding.encode_video(str(folder / "whole.mkv"), noise, [k * 0.25 for k in range(20)])
     whole = (folder / "whole.mkv").read_bytes()
     (folder / "whole.mkv").unlink()
     (folder / "cut_off.mkv").write_bytes(whole[: int(len(whole) * 0.55)])  # frames 0-2.25 s of 4.75 s survive
     (folder / "zero_bytes.mp4").write_bytes(b"")
     (folder / "text_named.mp4").write_bytes(b"this is a text file, not a video\n" * 8)
-    video.encode_video(str(folder / "ffv1.avi"), noise[:4], [0, 0.5, 1, 1.5], codec="ffv1")
+    decoding.encode_video(str(folder / "ffv1.avi"), noise[:4], [0, 0.5, 1, 1.5], codec="ffv1")
     avi = (folder / "ffv1.avi").read_bytes()
     (folder / "ffv1.avi").unlink()
     (folder / "unknown_codec.avi").write_bytes(avi.replace(b"FFV1", b"ZZZZ"))  # a FourCC no decoder knows
-    video.encode_video(str(folder / "starts_late.mkv"), noise[:4], [12, 12.5, 13, 13.5])  # outside a 0-10 s window
+    decoding.encode_video(str(folder / "starts_late.mkv"), noise[:4], [12, 12.5, 13, 13.5])  # outside a 0-10 s window
     return {
         "cut_off.mkv": ("truncated", 3),
         "zero_bytes.mp4": ("undecodable", 0),

@@ -24,12 +24,12 @@ import time
 import numpy as np
 from PIL import Image
 
-from fashion_ray.serving.benchmark import palette_png
+from fashion_ray.bench.serving import palette_png
 from helpers import encode_image, read_rows, run_cli
 
 
 def _video(path: str, times: list[float], size=(64, 48), codec="libx264", flat=False) -> bytes:
-    from fashion_ray import video
+    from fashion_ray.video import decoding
 
     rng = np.random.default_rng(len(times))
     frames = [
@@ -38,7 +38,7 @@ def _video(path: str, times: list[float], size=(64, 48), codec="libx264", flat=F
         else rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
         for _ in times
     ]
-    video.encode_video(path, frames, times, codec=codec)
+    decoding.encode_video(path, frames, times, codec=codec)
     with open(path, "rb") as f:
         data = f.read()
     os.unlink(path)

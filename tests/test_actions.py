@@ -10,8 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from fashion_ray import actions, synth, taxonomy
+from fashion_ray import actions, taxonomy
 from fashion_ray.actions import BEND, CARRY, CROUCH, LIE, RUN, SIT, STAND, WALK
+from fashion_ray.bench import synth
 from fashion_ray.evaluation import ava_frame_map, average_precision
 from fashion_ray.formats import ava
 from helpers import job_main
@@ -294,10 +295,10 @@ def test_action_head_learns_on_ray_train_and_replaces_the_rules(ray_session, tmp
     metrics = json.loads((out / "training.json").read_text())["metrics"]
     # held-out mAP over the four actions, against the untrained head's on the same examples
     assert metrics["val_metric"] > max(0.7, metrics["val_initial"] + 0.3), metrics
-    from fashion_ray import tracking
     from fashion_ray.config import Device
     from fashion_ray.models import build_stage_predictor, load_bundle
     from fashion_ray.stages import ActionsStage, persons_column
+    from fashion_ray.video import tracking
 
     bundle = load_bundle(str(out))
     head = bundle.stages["actions"]
@@ -362,7 +363,7 @@ def test_a_bundle_without_an_actions_stage_gets_the_rules(tmp_path):
 
 
 def test_camera_shift_is_the_scenes_pan_and_zero_when_the_border_stands_still():
-    from fashion_ray import motion
+    from fashion_ray.video import motion
 
     rng = np.random.default_rng(0)
     scene = np.repeat(np.repeat(rng.integers(0, 256, (75, 300, 3), dtype=np.uint8), 4, 0), 4, 1)  # 4 px texture

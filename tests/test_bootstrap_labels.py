@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 
+from fashion_ray import masks as rle
 from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
-from fashion_ray.formats import masks as rle
 from fashion_ray.models.blazepose import collapsed_pose
 from helpers import read_rows
 

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fashion_ray import evaluation, taxonomy
-from fashion_ray.formats import masks as rle
+from fashion_ray import masks as rle
 
 PERSON = taxonomy.COCO_CATEGORY_ID["person"]
 HEAD, TORSO = taxonomy.COCO_CATEGORY_ID["head"], taxonomy.COCO_CATEGORY_ID["torso"]

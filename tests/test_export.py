@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from fashion_ray import taxonomy
-from fashion_ray.formats.export import export_run
+from fashion_ray.export import export_run
 from helpers import ROOT, read_rows
 
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from test_garments import make_ccp
 
+from fashion_ray import masks as rle
 from fashion_ray import taxonomy
 from fashion_ray.formats import converters
-from fashion_ray.formats import masks as rle
 from fashion_ray.models.blazepose import collapsed_pose
 from fashion_ray.models.garments import GarmentParser, garment_instances, misplaced, settle_pieces
 from fashion_ray.stages import attach_garments

@@ -13,8 +13,8 @@ from PIL import Image
 from scipy.io import savemat
 
 from fashion_ray import evaluation, taxonomy
+from fashion_ray import masks as rle
 from fashion_ray.formats import converters
-from fashion_ray.formats import masks as rle
 from fashion_ray.models.bundle import load_bundle
 from fashion_ray.models.garments import garment_instances, sleeve_length
 from fashion_ray.training import data

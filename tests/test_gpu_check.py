@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fashion_ray import gpu_check
+from fashion_ray.bench import gpu_check
 from helpers import ROOT
 
 

@@ -64,7 +64,7 @@ def test_palette_transparency_is_composited_in_the_palette(tmp_path):
     expected = np.round(palette.reshape(-1, 3)[indexes] * a + 255 * (1 - a))
     assert np.abs(got - expected).max() <= 1
     script = (
-        "import resource; from fashion_ray.serving.benchmark import palette_png; "
+        "import resource; from fashion_ray.bench.serving import palette_png; "
         "from fashion_ray.media import decode_image; data = palette_png(8000); "
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         "image = decode_image(data, max_pixels=64_000_000, max_side=1280).image; "

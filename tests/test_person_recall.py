@@ -1,7 +1,7 @@
 """The person stage finds people of every size and nobody on photos of nobody.
 
 Measured on composites of real person cut-outs pasted onto real no-people photos, with
-exact boxes (fashion_ray/person_eval.py). The first version of the bootstrap person stage
+exact boxes (fashion_ray/bench/person_eval.py). The first version of the bootstrap person stage
 found 13% of these people (none under 48 px), with as many false persons on the no-people
 photos; bundle 1.0 (NanoDet-g + BlazePose) finds 21 of these 31 and nothing on the no-people
 photos. This test fails if the current one falls below that.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fashion_ray import person_eval
+from fashion_ray.bench import person_eval
 from fashion_ray.config import Device
 from fashion_ray.models import build_stage_predictor, load_bundle
 

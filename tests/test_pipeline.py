@@ -14,7 +14,7 @@ import pytest
 import s3fs
 
 from fashion_ray import config, taxonomy
-from fashion_ray.formats import masks as rle
+from fashion_ray import masks as rle
 from fashion_ray.models import BundleError, load_bundle, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 from fashion_ray.run import run_label_job

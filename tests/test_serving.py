@@ -169,7 +169,7 @@ def test_overlay_is_the_preview_drawing(served):
 
 
 def test_concurrent_requests_are_batched_per_stage(served):
-    from fashion_ray.serving.benchmark import server_timing
+    from fashion_ray.bench.serving import server_timing
 
     sequential = {n: _label(served, _photo(n)).json()["persons"] for n in PHOTOS}
     names = PHOTOS * 4
@@ -250,7 +250,7 @@ def test_web_page_in_headless_chromium(served, tmp_path):
 
 
 def _hand_made_row(status: str = "ok") -> dict:
-    from fashion_ray.formats import masks as rle
+    from fashion_ray import masks as rle
 
     torso = np.zeros((400, 200), bool)
     torso[100:200, 50:150] = True
@@ -702,7 +702,7 @@ def test_decode_memory_is_shared_in_arrival_order():
     never more than the budget held at once; one larger than it runs alone."""
     import asyncio
 
-    from fashion_ray.serving.benchmark import palette_png
+    from fashion_ray.bench.serving import palette_png
     from fashion_ray.serving.cascade import DECODE_BYTES_PER_PIXEL, MemoryBudget, decode_bytes
 
     assert decode_bytes(palette_png(8000)) == 8000 * 8000 * DECODE_BYTES_PER_PIXEL
@@ -1039,7 +1039,7 @@ def test_label_studio_project_connected_empty_then_given_a_brush_config(served, 
         "import json, sys, numpy as np; from label_studio_sdk.converter.brush import decode_rle; "
         "print(json.dumps([int(v) for v in decode_rle(json.loads(sys.stdin.read()))[3::4].nonzero()[0][:: 97]]))"
     )
-    from fashion_ray.formats import masks as rle
+    from fashion_ray import masks as rle
 
     python = os.path.join(os.path.dirname(_label_studio_command()[0]), "python")
     for stroke, (_, part) in zip(strokes, parts):

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools.coco import COCO
 
-from fashion_ray import synth, taxonomy
-from fashion_ray.formats import masks as rle
+from fashion_ray import masks as rle
+from fashion_ray import taxonomy
+from fashion_ray.bench import synth
 from helpers import job_main
 
 

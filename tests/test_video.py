@@ -20,11 +20,12 @@ import pytest
 import s3fs
 from pycocotools.coco import COCO
 
-from fashion_ray import appearance, config, taxonomy, video
+from fashion_ray import config, taxonomy
 from fashion_ray.formats import ava
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import StorageOptions, stable_id
-from fashion_ray.tracking import assign_tracks
+from fashion_ray.video import appearance, decoding
+from fashion_ray.video.tracking import assign_tracks
 from helpers import (
     ROOT,
     SAMPLE_CORPUS,
@@ -40,15 +41,15 @@ VFR_TIMES = [0.0, 0.1, 0.15, 0.5, 1.3, 1.31, 2.0, 2.9]
 @pytest.mark.parametrize(
     "sampling, expected",
     [
-        (video.VideoSampling(fps=1), [0, 4, 6]),  # targets 0, 1, 2: first frame at or after each
-        (video.VideoSampling(fps=2), [0, 3, 4, 6, 7]),  # targets 0 .5 1 1.5 2 2.5: 1.0 and 1.5 fall in gaps
-        (video.VideoSampling(every_n=3), [0, 3, 6]),
-        (video.VideoSampling(fps=1, start_s=0.4, end_s=2.0), [3]),  # 0.4 -> 0.5; 1.4 -> nothing before 2.0
-        (video.VideoSampling(fps=2, max_frames=2), [0, 3]),
+        (decoding.VideoSampling(fps=1), [0, 4, 6]),  # targets 0, 1, 2: first frame at or after each
+        (decoding.VideoSampling(fps=2), [0, 3, 4, 6, 7]),  # targets 0 .5 1 1.5 2 2.5: 1.0 and 1.5 fall in gaps
+        (decoding.VideoSampling(every_n=3), [0, 3, 6]),
+        (decoding.VideoSampling(fps=1, start_s=0.4, end_s=2.0), [3]),  # 0.4 -> 0.5; 1.4 -> nothing before 2.0
+        (decoding.VideoSampling(fps=2, max_frames=2), [0, 3]),
     ],
 )
 def test_select_frames_by_true_times(sampling, expected):
-    assert video.select_frames(VFR_TIMES, sampling) == expected
+    assert decoding.select_frames(VFR_TIMES, sampling) == expected
 
 
 @pytest.mark.parametrize(
@@ -63,29 +64,29 @@ def test_select_frames_by_true_times(sampling, expected):
 )
 def test_every_container_samples_and_decodes_exact_frames(tmp_path, name, codec):
     path = str(tmp_path / name)
-    video.encode_video(
+    decoding.encode_video(
         path, [np.full((96, 128, 3), 8 * k, np.uint8) for k in range(30)], [k / 10 for k in range(30)], codec
     )
-    plan = video.probe(path, video.VideoSampling(fps=2))
+    plan = decoding.probe(path, decoding.VideoSampling(fps=2))
     assert plan["error"] is None and (plan["width"], plan["height"]) == (128, 96)
     assert [f[0] for f in plan["frames"]] == [0, 5, 10, 15, 20, 25]
     assert [f[2] for f in plan["frames"]] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     # a segment from the middle: seek to its keyframe, decode forward, exactly frames 15 and 20
-    decoded = list(video.decode_segment(path, [f[1] for f in plan["frames"][3:5]]))
+    decoded = list(decoding.decode_segment(path, [f[1] for f in plan["frames"][3:5]]))
     assert [abs(float(image.mean()) - 8 * k) < 4 for (_, image, _, _), k in zip(decoded, (15, 20))] == [True, True]
 
 
 def test_variable_frame_rate_gives_container_times(tmp_path):
     path = str(tmp_path / "vfr.mkv")
-    video.encode_video(path, [np.full((64, 64, 3), 30 * k, np.uint8) for k in range(8)], VFR_TIMES)
-    plan = video.probe(path, video.VideoSampling(every_n=1))
+    decoding.encode_video(path, [np.full((64, 64, 3), 30 * k, np.uint8) for k in range(8)], VFR_TIMES)
+    plan = decoding.probe(path, decoding.VideoSampling(every_n=1))
     assert [f[2] for f in plan["frames"]] == VFR_TIMES
-    assert [f[2] for f in video.probe(path, video.VideoSampling(fps=1))["frames"]] == [0.0, 1.3, 2.0]
+    assert [f[2] for f in decoding.probe(path, decoding.VideoSampling(fps=1))["frames"]] == [0.0, 1.3, 2.0]
 
 
 def test_bad_videos_get_reasons(tmp_path):
     for name, (reason, frames) in bad_video_catalogue(tmp_path).items():
-        plan = video.probe(str(tmp_path / name), video.VideoSampling(fps=1, end_s=10))
+        plan = decoding.probe(str(tmp_path / name), decoding.VideoSampling(fps=1, end_s=10))
         assert (plan["error"], len(plan["frames"])) == (reason, frames), (name, plan["detail"])
         assert plan["detail"]
 
@@ -286,7 +287,7 @@ def test_preview_shows_frames_with_tracks(mixed_run, tmp_path):
 def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle, tmp_path):
     rng = np.random.default_rng(1)
     local = tmp_path / "street.mp4"
-    video.encode_video(
+    decoding.encode_video(
         str(local),
         [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(40)],
         [k * 0.2 for k in range(40)],
@@ -299,7 +300,7 @@ def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle
         output="s3://video-bucket/labels",
         bundle=plumbing_bundle,
         stages=("person",),
-        video=video.VideoSampling(fps=1, frames_per_task=2),
+        video=decoding.VideoSampling(fps=1, frames_per_task=2),
         storage=StorageOptions(endpoint_url=s3_server),
     )
     manifest = run_label_job(cfg)
@@ -316,7 +317,7 @@ def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle
     assert manifest["counts"]["videos"] == 1 and manifest["counts"]["frames"] == 8
 
     # the clip is re-uploaded shorter: an incremental run relabels it and its old frames are gone
-    video.encode_video(
+    decoding.encode_video(
         str(local),
         [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(15)],
         [k * 0.2 for k in range(15)],
@@ -353,7 +354,7 @@ def test_animated_and_multi_page_images_become_frame_rows(ray_session, plumbing_
         output=str(tmp_path / "out"),
         bundle=plumbing_bundle,
         stages=("person",),
-        video=video.VideoSampling(fps=1),
+        video=decoding.VideoSampling(fps=1),
     )
     manifest = run_label_job(cfg)
     rows = read_rows(tmp_path / "out")

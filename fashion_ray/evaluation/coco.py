@@ -10,9 +10,9 @@ import contextlib
 import copy
 import io
 
+from fashion_ray import masks as rle
 from fashion_ray import taxonomy
 from fashion_ray.evaluation.common import by_image
-from fashion_ray.formats import masks as rle
 
 DF2_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.DEEPFASHION2]
 

@@ -9,10 +9,10 @@ from collections import Counter
 
 import numpy as np
 
+from fashion_ray import masks as rle
 from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
 from fashion_ray.evaluation.common import by_image, mean_or_none, remap_image_ids
-from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import iter_coco_chunks
 
 

@@ -169,7 +169,7 @@ def examples_from_run(
     every action AVA gives the person. Returns the examples and what could not be matched.
     """
     from fashion_ray.boxes import box_iou
-    from fashion_ray.tracking import person_tracks
+    from fashion_ray.video.tracking import person_tracks
 
     labelled: dict[str, dict[float, dict[float, set]]] = {}  # video -> keyframe -> person id -> {(box, action)}
     for g in ground_truth:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 
+from fashion_ray import masks as rle
 from fashion_ray import taxonomy
 from fashion_ray.boxes import xywh
-from fashion_ray.formats import masks as rle
 from fashion_ray.formats.schema import attribute_map
 from fashion_ray.storage import stable_id
 

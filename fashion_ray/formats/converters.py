@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from fashion_ray import masks as rle
 from fashion_ray import storage, taxonomy
-from fashion_ray.formats import masks as rle
 from fashion_ray.formats.readers import load_coco
 
 # Pascal-Part person parts -> the 6-part merge (Chen et al. / DeepLab Pascal-Person-Part)

@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fashion_ray import masks as rle
 from fashion_ray import storage
 from fashion_ray.boxes import scale_box
 from fashion_ray.formats import ava, coco
-from fashion_ray.formats import masks as rle
 from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION, with_attribute_maps
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
-from fashion_ray.formats.masks import bbox_xyxy
+from fashion_ray.masks import bbox_xyxy
 from fashion_ray.models.blazepose import BlazePose, collapsed_pose
 from fashion_ray.models.bundle import BundleError, read_checked
 from fashion_ray.models.nanodet import COCO_CLASSES, NanoDet

@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 import requests
 
+from fashion_ray import masks as rle
 from fashion_ray import storage, taxonomy
 from fashion_ray.errors import InputError
-from fashion_ray.formats import masks as rle
 
 CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygonlabels", "BrushLabels": "brushlabels"}
 MIN_POLYGON_AREA = 16  # pixels: specks of a mask are not worth a region

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from fashion_ray import masks as rle
 from fashion_ray import media, storage, taxonomy
 from fashion_ray.boxes import crop_box
-from fashion_ray.formats import masks as rle
 from fashion_ray.formats.converters import framing_cut
 
 

@@ -23,7 +23,7 @@ from fashion_ray.models import build_stage_predictor, load_bundle
 from fashion_ray.run import run_label_job
 from fashion_ray.samplers import GpuUtilisation
 from fashion_ray.stages import STAGE_CLASSES, persons_column
-from fashion_ray.video import VideoSampling, decode_segment, encode_video, probe
+from fashion_ray.video.decoding import VideoSampling, decode_segment, encode_video, probe
 
 CORPORA = ("smooth", "people")
 
@@ -34,7 +34,7 @@ def make_corpus(
     """`smooth`: random photo-like JPEGs with nobody in them (noise compresses badly and decodes
     unrealistically slowly); `people`: real person cut-outs on real photos (person_eval's
     composites, 2-5 people of 24-320 px each), for the cascade with a real bundle."""
-    from fashion_ray import person_eval
+    from fashion_ray.bench import person_eval
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -360,7 +360,7 @@ def training_benchmark(
     garments) with each worker count, the same data and steps, in one run; samples/s is the
     steady-state window (the second half of the steps: warm-up, start-up and held-out scoring
     excluded), data loading included. input_size 0: the task's default."""
-    from fashion_ray import synth
+    from fashion_ray.bench import synth
     from fashion_ray.formats import converters
     from fashion_ray.training.loop import TrainConfig
     from fashion_ray.training.trainer import fit

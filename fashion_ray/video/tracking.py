@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fashion_ray import appearance
 from fashion_ray.boxes import box_iou
 from fashion_ray.formats.shards import Shard, read_shard_rows, write_rows
+from fashion_ray.video import appearance
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ import posixpath
 
 import numpy as np
 
+from fashion_ray import masks as rle
 from fashion_ray import storage, taxonomy
 from fashion_ray.boxes import xywh
 from fashion_ray.errors import InputError
 from fashion_ray.formats import coco
-from fashion_ray.formats import masks as rle
 from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 
 FORMATS = ("fiftyone", "cvat", "labelstudio", "yolo")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from fashion_ray import person_eval, taxonomy
+from fashion_ray import taxonomy
+from fashion_ray.bench import person_eval
 
 WALK, STAND = taxonomy.AVA_ACTION_ID["walk"], taxonomy.AVA_ACTION_ID["stand"]
 MIN_SHOWN = 0.5  # of a person's pixels, for it to be labelled at a keyframe
@@ -77,7 +78,7 @@ def make_action_video(
     standers: int = 2,
 ) -> list[list]:
     """Write one video; returns its AVA ground-truth lines."""
-    from fashion_ray import video
+    from fashion_ray.video import decoding
 
     rng = np.random.default_rng(seed)
     photos = person_eval.empty_photos()
@@ -120,7 +121,7 @@ def make_action_video(
                     continue
                 box = (xs.min() / width, ys.min() / height, (xs.max() + 1) / width, (ys.max() + 1) / height)
                 truth.append([video_id, int(round(t)), *(f"{v:.4f}" for v in box), WALK if speed else STAND, label])
-    video.encode_video(path, frames, times)
+    decoding.encode_video(path, frames, times)
     return truth
 
 

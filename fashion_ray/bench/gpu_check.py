@@ -40,7 +40,7 @@ import time
 
 from fashion_ray.samplers import GpuUtilisation
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = ("install", "environment", "cascade", "fractional_actors", "training", "serve", "cuda_tests")
 OUTPUT_TAIL = 6000  # characters of a failed step's output kept in the JSON
 PINNED_TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the project's pins (README, .ci/run)

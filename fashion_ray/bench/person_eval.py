@@ -25,7 +25,7 @@ from PIL import Image
 
 from fashion_ray.boxes import box_iou
 
-ASSETS = os.path.join(os.path.dirname(__file__), "assets", "person_eval")
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "person_eval")
 HEIGHT_BUCKETS = ((24, 48), (48, 96), (96, 192), (192, 10_000))
 MIN_VISIBLE = 1 / 3  # of a person's pixels, below which it is "ignore"
 MATCH_IOU = 0.5
@@ -220,7 +220,7 @@ def make_walkers_video(
     a cut-out used again wears other colours (channels rotated and tinted), so no two
     walkers look alike and a walker is only confused with another by the tracker's fault.
     """
-    from fashion_ray import video
+    from fashion_ray.video import decoding
 
     rng = np.random.default_rng(seed)
     photos, people = empty_photos(), cutouts()
@@ -254,7 +254,7 @@ def make_walkers_video(
         frames.append(canvas)
         seen = [(label, _visible_extent(owner, label, full_pixels)) for label, full_pixels in placed]
         truth[t] = [(label, *extent) for label, extent in seen if extent]
-    video.encode_video(path, frames, times)
+    decoding.encode_video(path, frames, times)
     return WalkersVideo(truth, walkers)
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from fashion_ray import masks as rle
 from fashion_ray import taxonomy
-from fashion_ray.formats import masks as rle
 
 SKIN_TONES = [(255, 224, 196), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 34)]
 TOPS = ("short_sleeve_top", "long_sleeve_top", "short_sleeve_outwear", "long_sleeve_outwear", "vest", "sling")

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from fashion_ray.errors import InputError, RunError
 from fashion_ray.storage import StorageOptions
-from fashion_ray.taxonomy import STAGES
-from fashion_ray.video.decoding import VideoSampling
+from fashion_ray.taxonomy import ACTIONS_STAGE, PERSON_STAGE, STAGES
 
 DEVICES = ("cpu", "cuda")
 RELABEL_CHOICES = ("changed", "outdated", "all")
@@ -30,6 +29,38 @@ def field_defaults(cls) -> dict:
 
 class ConfigError(InputError):
     """A configuration value that cannot work; the message names the valid choices."""
+
+
+@dataclass(frozen=True)
+class VideoSampling:
+    fps: float | None = 1.0  # frames per second of video time (AVA annotates at 1 Hz)
+    every_n: int | None = None  # or every Nth frame (then fps is ignored)
+    start_s: float = 0.0  # window [start_s, end_s) in seconds of video time
+    end_s: float | None = None
+    max_frames: int | None = None  # cap per video
+    # rows one file may become (sampled frames or pages); past it, one "too_many_frames" row
+    # says what was left out (a 3 MB TIFF can hold 30,000 pages)
+    max_frames_per_file: int = 10_000
+    frames_per_task: int = 16  # sampled frames decoded by one task
+    # a file's probe, and each segment's decode, gives up after this long: a "timeout" row
+    # (a hostile file cannot hold a task, and with it a scheduled run, forever)
+    timeout_s: float = 60.0
+
+    def __post_init__(self):
+        if self.every_n is None and (self.fps is None or self.fps <= 0):
+            raise ConfigError("give --video-fps > 0 or --video-every-n >= 1")
+        if self.every_n is not None and self.every_n < 1:
+            raise ConfigError("--video-every-n must be >= 1")
+        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
+            raise ConfigError("the window needs 0 <= --video-start < --video-end")
+        if (
+            (self.max_frames is not None and self.max_frames < 1)
+            or self.frames_per_task < 1
+            or self.max_frames_per_file < 1
+        ):
+            raise ConfigError("--video-max-frames, --max-frames-per-file and frames_per_task must be >= 1")
+        if self.timeout_s <= 0:
+            raise ConfigError("--file-timeout must be > 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -98,12 +129,12 @@ class StageResources:
 GPU_STAGE = StageResources(device="cuda", batch_size=8, num_cpus=1.0, num_gpus=0.3, torch_threads=2)
 # The actions stage reads keypoints, not pixels (rules, or a small MLP): a sliver of a CPU,
 # and on the CPU on GPU clusters too, where a GPU share would sit idle.
-ACTIONS_STAGE = StageResources(batch_size=16, num_cpus=0.1)
+ACTIONS_RESOURCES = StageResources(batch_size=16, num_cpus=0.1)
 
 
 def default_resources(model_stage: StageResources = StageResources()) -> dict[str, StageResources]:
     """Every stage's resources: `model_stage` for the stages that run image models."""
-    return {s: ACTIONS_STAGE if s == "actions" else model_stage for s in STAGES}
+    return {s: ACTIONS_RESOURCES if s == ACTIONS_STAGE else model_stage for s in STAGES}
 
 
 def stage_resources(device: str = "cpu", overrides=()) -> dict[str, StageResources]:
@@ -118,7 +149,7 @@ def cascade_stages(stages) -> tuple[str, ...]:
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise ConfigError(f"unknown stages {unknown} (valid: {', '.join(STAGES)})")
-    if "person" not in stages:
+    if PERSON_STAGE not in stages:
         raise ConfigError("the person stage is required: clothing, parts and actions run on its persons")
     return tuple(s for s in STAGES if s in stages)
 

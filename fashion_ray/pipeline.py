@@ -8,6 +8,7 @@ work items -> load_media (CPU tasks: fetch + decode images, decode video segment
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ import pyarrow as pa
 import ray
 
 from fashion_ray import media, storage
-from fashion_ray.config import LabelJobConfig
-from fashion_ray.formats.shards import Shard, write_shard
+from fashion_ray.config import LabelJobConfig, VideoSampling
+from fashion_ray.formats.shards import Shard, assemble_rows, write_rows
 from fashion_ray.models import Bundle
-from fashion_ray.placement import ran_on_label, stage_remote_args, task_remote_args
+from fashion_ray.placement import add_ran_on, count_placement, ran_on_label, stage_remote_args, task_remote_args
 from fashion_ray.stages import STAGE_CLASSES, persons_column
+from fashion_ray.taxonomy import ACTIONS_STAGE, PERSON_STAGE
 from fashion_ray.video import decoding, motion
 from fashion_ray.video.tracking import track_shards
 
@@ -149,7 +151,7 @@ def load_media(
     max_pixels: int,
     max_bytes: int,
     max_side: int,
-    timeout_s: float = decoding.VideoSampling.timeout_s,
+    timeout_s: float = VideoSampling.timeout_s,
     storage_options=None,
     jpeg_on_device: bool = False,
 ) -> dict[str, np.ndarray]:
@@ -224,7 +226,7 @@ def load_media(
 
 
 def _probe(
-    batch: dict[str, np.ndarray], *, sampling: decoding.VideoSampling, max_pixels: int, storage_options=None
+    batch: dict[str, np.ndarray], *, sampling: VideoSampling, max_pixels: int, storage_options=None
 ) -> dict[str, np.ndarray]:
     plans = []
     for uri in batch["uri"]:
@@ -347,7 +349,11 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
                 "score_threshold": cfg.score_thresholds.get(stage),
                 # pixels stop at the last stage that reads them; the writer needs labels only
                 "emit_image": any(STAGE_CLASSES[s].needs_image for s in cfg.stages[cfg.stages.index(stage) + 1 :]),
-                **({"jpeg_max_side": cfg.work_max_side} if stage == "person" and cfg.jpeg_decode == "person" else {}),
+                **(
+                    {"jpeg_max_side": cfg.work_max_side}
+                    if stage == PERSON_STAGE and cfg.jpeg_decode == "person"
+                    else {}
+                ),
             },
             batch_size=res.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
@@ -377,7 +383,37 @@ def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str, bundle: B
             shards,
             run_id,
             cfg.storage,
-            actions_bundle=bundle.ref if "actions" in cfg.stages else None,
+            actions_bundle=bundle.ref if ACTIONS_STAGE in cfg.stages else None,
             action_threshold=cfg.score_thresholds.get("actions"),
         )
     )
+
+
+def write_shard(
+    batch: dict[str, np.ndarray],
+    *,
+    output: str,
+    bundle_name: str,
+    bundle_version: str,
+    stages: list[str],
+    run_id: str = "",
+    storage_options=None,
+) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function: write one shard; its `Shard` record is the only row it returns."""
+    rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
+    shard = write_rows(
+        rows,
+        output=output,
+        salt=run_id,
+        storage_options=storage_options,
+        info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"},
+    )
+    ran_on = add_ran_on(batch["ran_on"], "write") if "ran_on" in batch else []
+    return as_batch(dataclasses.replace(shard, placement=count_placement(ran_on)))
+
+
+def as_batch(shard: Shard) -> dict[str, np.ndarray]:
+    """A one-row Ray batch holding the Shard as a Python object (Ray pickles it; iter_rows gives it back)."""
+    record = np.empty(1, dtype=object)
+    record[0] = shard
+    return {"shard": record}

@@ -12,8 +12,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fashion_ray import config, media, storage, taxonomy
 from fashion_ray import masks as rle
-from fashion_ray import media, storage, taxonomy
 from fashion_ray.formats.schema import attribute_map
 from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 from fashion_ray.video import decoding
@@ -117,7 +117,7 @@ def row_pixels(row: dict, options=None, max_pixels: int = 64_000_000) -> np.ndar
     """The row's image at original size: the photo, or the video frame decoded again."""
     if row["frame_index"] is not None:
         t = row["timestamp_s"]
-        window = decoding.VideoSampling(every_n=1, start_s=max(0.0, t - 1e-3), end_s=t + 1e-3)
+        window = config.VideoSampling(every_n=1, start_s=max(0.0, t - 1e-3), end_s=t + 1e-3)
         pts = [p for i, p, _ in decoding.probe(row["uri"], window, options)["frames"] if i == row["frame_index"]]
         frame = next(decoding.decode_segment(row["uri"], pts, options), None) if pts else None
         return frame[1] if frame else None

@@ -146,7 +146,7 @@ class PersonStage(_Stage):
         if "jpeg" in batch:
             self._decode_jpegs(batch)
         rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
-        # video frames carry moving regions (motion.py) as extra candidates
+        # video frames carry moving regions (video/motion.py) as extra candidates
         regions = batch["regions"] if "regions" in batch else [None] * len(batch["status"])
         results = self._predict(
             [batch["image"][i] for i in rows], [{"regions": json.loads(regions[i] or "[]")} for i in rows]

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 # The cascade's stages, in the order they run; bundles, jobs and training name them this way.
 # actions label persons from their keypoints and tracks (video), so they come last.
-STAGES = ("person", "clothing", "parts", "actions")
+PERSON_STAGE, CLOTHING_STAGE, PARTS_STAGE, ACTIONS_STAGE = "person", "clothing", "parts", "actions"
+STAGES = (PERSON_STAGE, CLOTHING_STAGE, PARTS_STAGE, ACTIONS_STAGE)
+# what training can learn: each stage's model, and the garment parser (a clothing-stage model
+# trained on per-pixel garment maps)
+GARMENTS_TASK = "garments"
 
 PERSON = "person"
 

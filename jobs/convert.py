@@ -26,6 +26,7 @@ import sys
 
 from fashion_ray import storage
 from fashion_ray.formats import ava, converters
+from fashion_ray.training import action_examples
 
 FORMATS = {
     "deepfashion2": lambda a, o: converters.convert_deepfashion2(a.input, o),
@@ -122,7 +123,7 @@ def convert_actions(args, options) -> int:
             storage.write_bytes_atomic(args.output, ava.to_csv(lines), options)
             print(f"{args.format}: {len(lines)} labelled pedestrians -> {args.output}")
             return 0
-        examples, stats = converters.ava_examples(args.input, args.labels, options)
+        examples, stats = action_examples.ava_examples(args.input, args.labels, options)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -29,10 +29,9 @@ from fashion_ray.errors import InputError, RunError
 from fashion_ray.lease import LeaseHeldError
 from fashion_ray.ray_init import init_ray
 from fashion_ray.run import format_summary, run_label_job
-from fashion_ray.video import decoding
 
 JOB = config.field_defaults(config.LabelJobConfig)
-VIDEO = config.field_defaults(decoding.VideoSampling)
+VIDEO = config.field_defaults(config.VideoSampling)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -182,7 +181,7 @@ def make_config(args) -> config.LabelJobConfig:
         max_pixels=args.max_pixels,
         work_max_side=args.work_max_side,
         incremental=args.incremental,
-        video=decoding.VideoSampling(
+        video=config.VideoSampling(
             fps=args.video_fps,
             every_n=args.video_every_n,
             start_s=args.video_start,

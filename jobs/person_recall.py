@@ -23,6 +23,7 @@ import tempfile
 from fashion_ray.bench import person_eval
 from fashion_ray.config import DEVICES, Device
 from fashion_ray.models import build_stage_predictor, load_bundle
+from fashion_ray.taxonomy import PERSON_STAGE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     bundle = load_bundle(args.bundle)
-    if "person" not in bundle.stages:
+    if PERSON_STAGE not in bundle.stages:
         print(f"error: bundle {bundle.label} has no person stage", file=sys.stderr)
         return 2
     result = {"bundle": bundle.label, "seed": args.seed}

@@ -15,6 +15,7 @@ from fashion_ray.actions import BEND, CARRY, CROUCH, LIE, RUN, SIT, STAND, WALK
 from fashion_ray.bench import synth
 from fashion_ray.evaluation import ava_frame_map, average_precision
 from fashion_ray.formats import ava
+from fashion_ray.training import action_examples
 from helpers import job_main
 
 
@@ -201,14 +202,14 @@ def test_ava_labels_become_examples_of_the_matching_track():
         ava.AvaLine("clip", 903.0, (0.0, 0.0, 0.05, 0.05), STAND, 8),
         ava.AvaLine("clip", 950.0, (0.2, 0.1, 0.4, 0.9), SIT, 9),
     ]
-    examples, stats = ava.examples_from_run(truth, frames)
+    examples, stats = action_examples.examples_from_run(truth, frames)
     assert stats == {"labelled_persons": 3, "matched": 1, "no_frame": 1, "no_person": 1}
     (example,) = examples
     assert example["action_ids"] == [WALK, CARRY] and example["timestamp_s"] == 902.0
     # the window: the track's frames within 2.5 s of the keyframe, which is frame 2 of them
     assert example["times"] == pytest.approx([900.002, 901.002, 902.002, 903.002, 904.002]) and example["at"] == 2
     assert example["boxes"][2] == [20.0, 10.0, 40.0, 90.0] and example["camera_motion"][1:] == [[1.0, 0.0]] * 4
-    track, at = ava.example_track(example)
+    track, at = action_examples.example_track(example)
     features = actions.window_features(track, at).reshape(len(actions.WINDOW_OFFSETS_S), -1)
     # slot 3 (+1 s): present, the feet 5 px right in the frame less the camera's 1 px, in 80 px body heights
     assert features[3, :4] == pytest.approx([1.0, 4 / 80, 0.0, 0.0])

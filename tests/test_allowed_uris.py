@@ -111,9 +111,10 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path):
         request = check_uri(str(fifo), cfg)
         answers["served"] = request.status == "ok" and fetch(request, cfg), request.error
         answers["batch"] = storage.fetch_many([str(fifo)])[0]
+        from fashion_ray import config
         from fashion_ray.video import decoding
 
-        answers["video"] = decoding.probe(str(tmp_path / "clip.mp4"), decoding.VideoSampling())["error"]
+        answers["video"] = decoding.probe(str(tmp_path / "clip.mp4"), config.VideoSampling())["error"]
 
     reader = threading.Thread(target=read_all, daemon=True)
     reader.start()

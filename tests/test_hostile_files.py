@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 
 import hostile_files
-from fashion_ray import media
+from fashion_ray import config, media
 from fashion_ray.video import decoding
 from helpers import encode_image, read_rows
 
 
 def test_frame_sampling_is_computed_not_counted():
     """fps sampling over a frame at 10^13 s: the next target is computed, not stepped to."""
-    sampling = decoding.VideoSampling(fps=1.0)
+    sampling = config.VideoSampling(fps=1.0)
     start = time.perf_counter()
     assert decoding.select_frames([0.0, 0.5, 1.0, 1e13, 1e13 + 0.2, 1e13 + 1.0], sampling) == [0, 2, 3, 5]
     assert time.perf_counter() - start < 1.0
@@ -45,7 +45,7 @@ def test_gif_frames_are_read_from_block_headers():
 def test_pages_are_held_to_the_pixel_limit_and_never_raise(tmp_path):
     path = tmp_path / "pages.tif"
     path.write_bytes(hostile_files._huge_later_page_tiff(12000))
-    plan = decoding.plan_frames(str(path), decoding.VideoSampling(), 64_000_000)
+    plan = decoding.plan_frames(str(path), config.VideoSampling(), 64_000_000)
     assert [(index, seconds) for index, _, seconds in plan["frames"]] == [(0, None), (1, None)]
     decoded = list(
         decoding.decode_frames(str(path), [offset for _, offset, _ in plan["frames"]], max_pixels=64_000_000)
@@ -58,7 +58,7 @@ def test_pages_are_held_to_the_pixel_limit_and_never_raise(tmp_path):
         for k, case in enumerate(hostile_files.fuzz(seeds[fmt], 150, seed=11)):
             name = tmp_path / f"fuzz{k}.{fmt}"
             name.write_bytes(case)
-            plan = decoding.plan_frames(str(name), decoding.VideoSampling(), 64_000_000)
+            plan = decoding.plan_frames(str(name), config.VideoSampling(), 64_000_000)
             if plan and plan["frames"]:
                 for _, image, reason, detail in decoding.decode_frames(
                     str(name), [p for _, p, _ in plan["frames"]], max_pixels=64_000_000, timeout_s=5
@@ -73,7 +73,7 @@ def test_many_pages_are_counted_under_the_deadline_capped_and_opened_in_place(tm
     path = tmp_path / "pages.tif"
     path.write_bytes(hostile_files._many_pages_tiff(32_000))
     start = time.perf_counter()
-    plan = decoding.plan_frames(str(path), decoding.VideoSampling(), 64_000_000)
+    plan = decoding.plan_frames(str(path), config.VideoSampling(), 64_000_000)
     assert time.perf_counter() - start < 3.0
     assert len(plan["frames"]) == 10_000 and plan["frames"][-1][0] == 9_999
     assert plan["error"] == "too_many_frames" and "more than 10000 pages" in plan["detail"]
@@ -82,10 +82,10 @@ def test_many_pages_are_counted_under_the_deadline_capped_and_opened_in_place(tm
     assert time.perf_counter() - start < 1.0  # walking 9,997 pages first takes seconds
     assert [(image.shape, reason) for _, image, reason, _ in last] == [((1, 1, 3), None)] * 3
     # past the cap, the deadline: a "timeout" row, never a stuck probe
-    unbounded = decoding.VideoSampling(max_frames_per_file=10**7, timeout_s=0.01)
+    unbounded = config.VideoSampling(max_frames_per_file=10**7, timeout_s=0.01)
     assert decoding.plan_frames(str(path), unbounded, 64_000_000)["error"] == "timeout"
     # a cap of 40 with --video-max-frames 5: the user's own cap leaves nothing unsaid
-    few = decoding.plan_frames(str(path), decoding.VideoSampling(max_frames_per_file=40, max_frames=5), 64_000_000)
+    few = decoding.plan_frames(str(path), config.VideoSampling(max_frames_per_file=40, max_frames=5), 64_000_000)
     assert len(few["frames"]) == 5 and few["error"] is None
 
 
@@ -93,15 +93,15 @@ def test_animation_frames_are_read_from_headers_and_capped(tmp_path):
     webp = tmp_path / "many.webp"
     webp.write_bytes(hostile_files._many_frames("WEBP", 3_000))  # 10 ms a frame: 30 s
     assert media.webp_frame_durations(io.BytesIO(webp.read_bytes()), media.Deadline(5)) == [10.0] * 3_000
-    plan = decoding.plan_frames(str(webp), decoding.VideoSampling(fps=10), 64_000_000)
+    plan = decoding.plan_frames(str(webp), config.VideoSampling(fps=10), 64_000_000)
     assert len(plan["frames"]) == 300 and plan["frames"][:3] == [(0, 0, 0.0), (10, 10, 0.1), (20, 20, 0.2)]
-    capped = decoding.plan_frames(str(webp), decoding.VideoSampling(fps=10, max_frames_per_file=100), 64_000_000)
+    capped = decoding.plan_frames(str(webp), config.VideoSampling(fps=10, max_frames_per_file=100), 64_000_000)
     assert len(capped["frames"]) == 100 and capped["error"] == "too_many_frames"
     assert capped["detail"] == "300 frames were sampled; the first 100 are labelled (--max-frames-per-file)"
     gif = tmp_path / "many.gif"
     gif.write_bytes(hostile_files._many_frames("GIF", 3_000))
     assert (
-        len(decoding.plan_frames(str(gif), decoding.VideoSampling(fps=1, max_frames_per_file=20), 64_000_000)["frames"])
+        len(decoding.plan_frames(str(gif), config.VideoSampling(fps=1, max_frames_per_file=20), 64_000_000)["frames"])
         == 20
     )
     # an APNG is labelled as the still image it shows first: its frames are never walked
@@ -112,7 +112,7 @@ def test_animation_frames_are_read_from_headers_and_capped(tmp_path):
     # a video: sampled frames past the cap are one row that says so
     clip = tmp_path / "clip.mkv"
     clip.write_bytes(hostile_files._video(str(tmp_path / "enc.mkv"), [k * 0.1 for k in range(60)], size=(16, 16)))
-    plan = decoding.plan_frames(str(clip), decoding.VideoSampling(every_n=1, max_frames_per_file=25), 64_000_000)
+    plan = decoding.plan_frames(str(clip), config.VideoSampling(every_n=1, max_frames_per_file=25), 64_000_000)
     assert [f[0] for f in plan["frames"]] == list(range(25)) and plan["error"] == "too_many_frames"
 
 

@@ -41,11 +41,11 @@ VFR_TIMES = [0.0, 0.1, 0.15, 0.5, 1.3, 1.31, 2.0, 2.9]
 @pytest.mark.parametrize(
     "sampling, expected",
     [
-        (decoding.VideoSampling(fps=1), [0, 4, 6]),  # targets 0, 1, 2: first frame at or after each
-        (decoding.VideoSampling(fps=2), [0, 3, 4, 6, 7]),  # targets 0 .5 1 1.5 2 2.5: 1.0 and 1.5 fall in gaps
-        (decoding.VideoSampling(every_n=3), [0, 3, 6]),
-        (decoding.VideoSampling(fps=1, start_s=0.4, end_s=2.0), [3]),  # 0.4 -> 0.5; 1.4 -> nothing before 2.0
-        (decoding.VideoSampling(fps=2, max_frames=2), [0, 3]),
+        (config.VideoSampling(fps=1), [0, 4, 6]),  # targets 0, 1, 2: first frame at or after each
+        (config.VideoSampling(fps=2), [0, 3, 4, 6, 7]),  # targets 0 .5 1 1.5 2 2.5: 1.0 and 1.5 fall in gaps
+        (config.VideoSampling(every_n=3), [0, 3, 6]),
+        (config.VideoSampling(fps=1, start_s=0.4, end_s=2.0), [3]),  # 0.4 -> 0.5; 1.4 -> nothing before 2.0
+        (config.VideoSampling(fps=2, max_frames=2), [0, 3]),
     ],
 )
 def test_select_frames_by_true_times(sampling, expected):
@@ -67,7 +67,7 @@ def test_every_container_samples_and_decodes_exact_frames(tmp_path, name, codec)
     decoding.encode_video(
         path, [np.full((96, 128, 3), 8 * k, np.uint8) for k in range(30)], [k / 10 for k in range(30)], codec
     )
-    plan = decoding.probe(path, decoding.VideoSampling(fps=2))
+    plan = decoding.probe(path, config.VideoSampling(fps=2))
     assert plan["error"] is None and (plan["width"], plan["height"]) == (128, 96)
     assert [f[0] for f in plan["frames"]] == [0, 5, 10, 15, 20, 25]
     assert [f[2] for f in plan["frames"]] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
@@ -79,14 +79,14 @@ def test_every_container_samples_and_decodes_exact_frames(tmp_path, name, codec)
 def test_variable_frame_rate_gives_container_times(tmp_path):
     path = str(tmp_path / "vfr.mkv")
     decoding.encode_video(path, [np.full((64, 64, 3), 30 * k, np.uint8) for k in range(8)], VFR_TIMES)
-    plan = decoding.probe(path, decoding.VideoSampling(every_n=1))
+    plan = decoding.probe(path, config.VideoSampling(every_n=1))
     assert [f[2] for f in plan["frames"]] == VFR_TIMES
-    assert [f[2] for f in decoding.probe(path, decoding.VideoSampling(fps=1))["frames"]] == [0.0, 1.3, 2.0]
+    assert [f[2] for f in decoding.probe(path, config.VideoSampling(fps=1))["frames"]] == [0.0, 1.3, 2.0]
 
 
 def test_bad_videos_get_reasons(tmp_path):
     for name, (reason, frames) in bad_video_catalogue(tmp_path).items():
-        plan = decoding.probe(str(tmp_path / name), decoding.VideoSampling(fps=1, end_s=10))
+        plan = decoding.probe(str(tmp_path / name), config.VideoSampling(fps=1, end_s=10))
         assert (plan["error"], len(plan["frames"])) == (reason, frames), (name, plan["detail"])
         assert plan["detail"]
 
@@ -300,7 +300,7 @@ def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle
         output="s3://video-bucket/labels",
         bundle=plumbing_bundle,
         stages=("person",),
-        video=decoding.VideoSampling(fps=1, frames_per_task=2),
+        video=config.VideoSampling(fps=1, frames_per_task=2),
         storage=StorageOptions(endpoint_url=s3_server),
     )
     manifest = run_label_job(cfg)
@@ -354,7 +354,7 @@ def test_animated_and_multi_page_images_become_frame_rows(ray_session, plumbing_
         output=str(tmp_path / "out"),
         bundle=plumbing_bundle,
         stages=("person",),
-        video=decoding.VideoSampling(fps=1),
+        video=config.VideoSampling(fps=1),
     )
     manifest = run_label_job(cfg)
     rows = read_rows(tmp_path / "out")

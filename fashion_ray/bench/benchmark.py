@@ -18,12 +18,14 @@ import numpy as np
 from PIL import Image
 
 from fashion_ray import config, media, taxonomy
-from fashion_ray.config import Device
+from fashion_ray.config import Device, VideoSampling
 from fashion_ray.models import build_stage_predictor, load_bundle
+from fashion_ray.models.torchvision_models import GARMENT_DETECTOR, PART_SEGMENTER, PERSON_DETECTOR
 from fashion_ray.run import run_label_job
 from fashion_ray.samplers import GpuUtilisation
 from fashion_ray.stages import STAGE_CLASSES, persons_column
-from fashion_ray.video.decoding import VideoSampling, decode_segment, encode_video, probe
+from fashion_ray.taxonomy import CLOTHING_STAGE, GARMENTS_TASK, PARTS_STAGE, PERSON_STAGE
+from fashion_ray.video.decoding import decode_segment, encode_video, probe
 
 CORPORA = ("smooth", "people")
 
@@ -65,9 +67,9 @@ def make_bundle(path: str, stages: tuple[str, ...] = ("person",)) -> str:
     torch.manual_seed(0)
     two = {"box_detections_per_img": 2}
     specs = {
-        "person": StageModel("fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 320, 0.0, 0.5, options=two),
-        "clothing": StageModel("maskrcnn_mobilenet_v3_large_fpn", taxonomy.DEEPFASHION2, 192, 0.0, 0.5, options=two),
-        "parts": StageModel("lraspp_mobilenet_v3_large", taxonomy.PARTS, 128),
+        PERSON_STAGE: StageModel(PERSON_DETECTOR, (taxonomy.PERSON,), 320, 0.0, 0.5, options=two),
+        CLOTHING_STAGE: StageModel(GARMENT_DETECTOR, taxonomy.DEEPFASHION2, 192, 0.0, 0.5, options=two),
+        PARTS_STAGE: StageModel(PART_SEGMENTER, taxonomy.PARTS, 128),
     }
     save_bundle(
         path,
@@ -130,7 +132,7 @@ def baseline_loop(
         "stage_images_per_s": {name: round(len(paths) / sec, 2) for name, sec in seconds.items()},
         # the crop stages' cost per person (the clothing stage's budget is stated per crop)
         "stage_ms_per_person": {
-            name: round(1000 * sec / max(1, persons), 1) for name, sec in seconds.items() if name != "person"
+            name: round(1000 * sec / max(1, persons), 1) for name, sec in seconds.items() if name != PERSON_STAGE
         },
     }
 
@@ -369,7 +371,7 @@ def training_benchmark(
     if not os.path.exists(os.path.join(labels, "manifest.json")):
         synth.make_synthetic(labels, scenes)
     scenes_coco = converters.convert_labels(labels)
-    converters.write_coco(garment_parse_coco(scenes_coco) if task == "garments" else scenes_coco, coco)
+    converters.write_coco(garment_parse_coco(scenes_coco) if task == GARMENTS_TASK else scenes_coco, coco)
     cfg = TrainConfig(
         task=task,
         data=coco,

@@ -338,6 +338,7 @@ def write_scene_shard(
 
     from fashion_ray import storage
     from fashion_ray.formats import shards
+    from fashion_ray.pipeline import as_batch
 
     rows = []
     for index in (int(i) for i in batch["id"]):
@@ -366,7 +367,7 @@ def write_scene_shard(
                 "persons": [person_record(k, p) for k, p in enumerate(people)],
             }
         )
-    return shards.as_batch(
+    return as_batch(
         shards.write_rows(
             rows,
             output=output,
@@ -468,8 +469,8 @@ def make_action_examples(count: int, seed: int = 0) -> list[dict]:
     half of them filmed by a camera that pans (the motion is in camera_motion, so only a
     model that takes it out tells a panned stander from a walker). Deterministic per (seed, i)."""
     from fashion_ray.actions import Track
-    from fashion_ray.formats.ava import example_record
     from fashion_ray.taxonomy import AVA_ACTION_ID
+    from fashion_ray.training.action_examples import example_record
 
     out = []
     for i in range(count):

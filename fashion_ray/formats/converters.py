@@ -453,21 +453,3 @@ def penn_fudan_actions(root: str, options=None) -> list[list]:
             box = ((x0 - 1) / w, (y0 - 1) / h, x1 / w, y1 / h)
             lines.append([stem, 0, *(f"{v:.4f}" for v in box), taxonomy.AVA_ACTION_ID[action], number])
     return lines
-
-
-def ava_examples(ava_csv: str, labels_uri: str, options=None) -> tuple[list[dict], dict]:
-    """AVA's labels (ava_train_v2.2.csv, ...) matched to a labelling run of AVA's videos
-    (tracks at 1 fps): action examples for `jobs/train.py --task actions` (formats/ava.py)."""
-    from fashion_ray.formats import ava
-    from fashion_ray.formats.shards import iter_shard_rows, read_manifest
-
-    fs, path = storage.filesystem(ava_csv, options)
-    ground_truth = ava.read_csv(fs.cat_file(path), ava_csv)
-    wanted = {g.video_id for g in ground_truth}
-    rows = [
-        r
-        for shard in iter_shard_rows(labels_uri, read_manifest(labels_uri, options), options)
-        for r in shard
-        if ava.video_id_of(r["uri"]) in wanted
-    ]
-    return ava.examples_from_run(ground_truth, rows)

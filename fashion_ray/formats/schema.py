@@ -56,7 +56,7 @@ PERSON = pa.struct(
         ("box", BOX),
         ("mask", RLE),
         ("keypoints", pa.list_(pa.float32())),  # flattened x, y, visibility
-        ("appearance", pa.list_(pa.float32())),  # colour descriptor (appearance.py) the tracker matches on
+        ("appearance", pa.list_(pa.float32())),  # colour descriptor (video/appearance.py) the tracker matches on
         ("garments", pa.list_(GARMENT)),
         ("parts", pa.list_(PART)),
         ("actions", pa.list_(ACTION)),  # multi-label, best first; empty without the actions stage

@@ -1,7 +1,7 @@
 """Shards: the one place label rows become files (Parquet + COCO, and AVA CSV for video frames).
 
 `write_rows` is the only writer. The pipeline's last Ray Data task calls it per batch
-(`write_shard`), so shards are written by the workers in parallel and only a `Shard`
+(pipeline.write_shard), so shards are written by the workers in parallel and only a `Shard`
 record travels back to the driver; tracking and the ledger rewrite shards through it too.
 A shard's name is a hash of the ids it holds and a salt (the run): a retried task rewrites
 the same file rather than adding a second copy, and no run overwrites another's file.
@@ -10,7 +10,6 @@ the same file rather than adding a second copy, and no run overwrites another's 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import io
 import json
@@ -215,35 +214,3 @@ def iter_shard_rows(uri: str, manifest: dict, options=None):
     """Yield the rows of each Parquet shard a manifest lists, one shard at a time."""
     for entry in manifest["shards"]:
         yield read_shard_rows(uri, entry, options)
-
-
-def write_shard(
-    batch: dict[str, np.ndarray],
-    *,
-    output: str,
-    bundle_name: str,
-    bundle_version: str,
-    stages: list[str],
-    run_id: str = "",
-    storage_options=None,
-) -> dict[str, np.ndarray]:
-    """Ray Data map_batches function: write one shard; its `Shard` record is the only row it returns."""
-    from fashion_ray.placement import add_ran_on, count_placement
-
-    rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
-    shard = write_rows(
-        rows,
-        output=output,
-        salt=run_id,
-        storage_options=storage_options,
-        info={"description": "fashion-ray labels", "bundle": f"{bundle_name}@{bundle_version}"},
-    )
-    ran_on = add_ran_on(batch["ran_on"], "write") if "ran_on" in batch else []
-    return as_batch(dataclasses.replace(shard, placement=count_placement(ran_on)))
-
-
-def as_batch(shard: Shard) -> dict[str, np.ndarray]:
-    """A one-row Ray batch holding the Shard as a Python object (Ray pickles it; iter_rows gives it back)."""
-    record = np.empty(1, dtype=object)
-    record[0] = shard
-    return {"shard": record}

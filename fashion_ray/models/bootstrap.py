@@ -356,7 +356,12 @@ def _same_cloth(img: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     return float(np.linalg.norm(np.median(lab[a], 0) - np.median(lab[b], 0))) < 18.0
 
 
-ARCHITECTURES = ("nanodet_blazepose_person", "pose_body_parts", "pose_garment_regions")
+NANODET_BLAZEPOSE, POSE_BODY_PARTS, POSE_GARMENT_REGIONS = (
+    "nanodet_blazepose_person",
+    "pose_body_parts",
+    "pose_garment_regions",
+)
+ARCHITECTURES = (NANODET_BLAZEPOSE, POSE_BODY_PARTS, POSE_GARMENT_REGIONS)
 
 
 # the person stage's bundle options: model files, tiling, which box a person keeps, poses per
@@ -374,7 +379,7 @@ PERSON_OPTIONS = {
 
 def check_options(bundle, spec) -> None:
     """Refuse option keys the architecture does not know (a typo would silently mean a default)."""
-    if spec.architecture != "nanodet_blazepose_person":
+    if spec.architecture != NANODET_BLAZEPOSE:
         return
     unknown = sorted(set(spec.options) - PERSON_OPTIONS)
     if unknown:
@@ -396,7 +401,7 @@ def build_predictor(bundle, spec, *, device, options=None):
         return read_checked(bundle, entry["path"], entry["sha256"], options)
 
     check_options(bundle, spec)
-    if spec.architecture == "nanodet_blazepose_person":
+    if spec.architecture == NANODET_BLAZEPOSE:
         tuning = spec.options
         # accessories score lower than people (smaller, often half hidden): their own threshold,
         # never above the stage's (a run asking for every candidate gets every accessory too)
@@ -423,6 +428,6 @@ def build_predictor(bundle, spec, *, device, options=None):
             box_source=tuning.get("box_source", "merge"),
             max_poses=int(tuning.get("max_poses", 20)),
         )
-    if spec.architecture == "pose_body_parts":
+    if spec.architecture == POSE_BODY_PARTS:
         return PoseBodyParts()
     return PoseGarmentRegions()

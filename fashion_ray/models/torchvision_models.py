@@ -67,28 +67,33 @@ def _segmenter(fn_name: str):
         from torchvision.models import segmentation
 
         kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
-        if fn_name != "lraspp_mobilenet_v3_large":
+        if fn_name != PART_SEGMENTER:
             kwargs["aux_loss"] = False
         return getattr(segmentation, fn_name)(**kwargs)
 
     return build
 
 
+# the small ones each stage trains by default (jobs/train.py) and the random-weight benchmark bundle uses
+PERSON_DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"
+GARMENT_DETECTOR = "maskrcnn_mobilenet_v3_large_fpn"
+PART_SEGMENTER = "lraspp_mobilenet_v3_large"
+
 ARCHITECTURES = {
     "fasterrcnn_resnet50_fpn": ("detector", _detector("fasterrcnn_resnet50_fpn")),
     "fasterrcnn_resnet50_fpn_v2": ("detector", _detector("fasterrcnn_resnet50_fpn_v2")),
     "fasterrcnn_mobilenet_v3_large_fpn": ("detector", _detector("fasterrcnn_mobilenet_v3_large_fpn")),
-    "fasterrcnn_mobilenet_v3_large_320_fpn": ("detector", _detector("fasterrcnn_mobilenet_v3_large_320_fpn")),
+    PERSON_DETECTOR: ("detector", _detector(PERSON_DETECTOR)),
     "maskrcnn_resnet50_fpn": ("detector", _detector("maskrcnn_resnet50_fpn")),
     "maskrcnn_resnet50_fpn_v2": ("detector", _detector("maskrcnn_resnet50_fpn_v2")),
-    "maskrcnn_mobilenet_v3_large_fpn": ("detector", _maskrcnn_mobilenet),
+    GARMENT_DETECTOR: ("detector", _maskrcnn_mobilenet),
     "keypointrcnn_resnet50_fpn": ("detector", _detector("keypointrcnn_resnet50_fpn")),
     "retinanet_resnet50_fpn": ("detector", _detector("retinanet_resnet50_fpn")),
     "retinanet_resnet50_fpn_v2": ("detector", _detector("retinanet_resnet50_fpn_v2")),
     "fcos_resnet50_fpn": ("detector", _detector("fcos_resnet50_fpn")),
     "deeplabv3_resnet50": ("segmenter", _segmenter("deeplabv3_resnet50")),
     "deeplabv3_mobilenet_v3_large": ("segmenter", _segmenter("deeplabv3_mobilenet_v3_large")),
-    "lraspp_mobilenet_v3_large": ("segmenter", _segmenter("lraspp_mobilenet_v3_large")),
+    PART_SEGMENTER: ("segmenter", _segmenter(PART_SEGMENTER)),
     "fcn_resnet50": ("segmenter", _segmenter("fcn_resnet50")),
 }
 

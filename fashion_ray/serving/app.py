@@ -53,6 +53,7 @@ from fashion_ray.serving.cascade import (
     uploaded,
 )
 from fashion_ray.stages import STAGE_CLASSES
+from fashion_ray.taxonomy import CLOTHING_STAGE
 
 log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 64 * 1024  # a JSON request names a URI; it is never large
@@ -166,7 +167,7 @@ class Ingress:
         self.bundle_name, self.bundle_version = bundle.name, bundle.version
         self.model_version = bundle.label
         clothing = bundle.stages.get("clothing")
-        self.garments = written_labels(clothing) if clothing and "clothing" in cfg.stages else ()
+        self.garments = written_labels(clothing) if clothing and CLOTHING_STAGE in cfg.stages else ()
         self.page = _page(cfg, self.model_version)
         self.token = auth.read_secret(cfg.auth_token_file, "auth_token_file") if cfg.auth_token_file else ""
         auth.check_listening_address(_serve_http_host(), self.token)

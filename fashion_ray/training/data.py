@@ -31,6 +31,7 @@ from fashion_ray import masks as rle
 from fashion_ray import media, storage, taxonomy
 from fashion_ray.boxes import crop_box
 from fashion_ray.formats.converters import framing_cut
+from fashion_ray.taxonomy import ACTIONS_STAGE, CLOTHING_STAGE, GARMENTS_TASK, PARTS_STAGE, PERSON_STAGE
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,11 @@ class CocoIndex:
     categories: list[dict]
 
     def classes(self, task: str) -> tuple[str, ...]:
-        if task == "person":
+        if task == PERSON_STAGE:
             return (taxonomy.PERSON,)
-        if task == "parts":
+        if task == PARTS_STAGE:
             return taxonomy.PARTS
-        if task == "garments":
+        if task == GARMENTS_TASK:
             return taxonomy.GARMENT_PARSE
         used = {a["category_id"] for anns in self.anns.values() for a in anns}
         garment = [
@@ -69,12 +70,12 @@ class CocoIndex:
         out = []
         for image_id in sorted(self.images):
             persons = [a for a in self.anns.get(image_id, []) if a["category_id"] == taxonomy.PERSON_CATEGORY_ID]
-            if task == "person" or (task == "garments" and "tags" in self.images[image_id]):
+            if task == PERSON_STAGE or (task == GARMENTS_TASK and "tags" in self.images[image_id]):
                 out.append(Sample(image_id, None))  # a tagged photo: the whole photo, its tags, no pixels
                 continue
             for p in persons:  # a person counts when it has children of the task's kind
                 children = [a for a in self.anns[image_id] if a.get("parent_person_id") == p["id"]]
-                if any((a["category_id"] in taxonomy.PART_VALUE) == (task == "parts") for a in children):
+                if any((a["category_id"] in taxonomy.PART_VALUE) == (task == PARTS_STAGE) for a in children):
                     out.append(Sample(image_id, p["id"]))
         return out
 
@@ -93,7 +94,7 @@ class ActionIndex:
         return tuple(taxonomy.AVA_ACTIONS[k] for k in sorted({a for e in self.examples for a in e["action_ids"]}))
 
     def samples(self, task: str) -> list[Sample]:
-        if task != "actions":
+        if task != ACTIONS_STAGE:
             raise ValueError(f"an action examples file trains --task actions, not {task}")
         return [Sample(e["example_id"], None) for e in self.examples]
 
@@ -174,7 +175,7 @@ def load_batch(
     """(HxWx3 uint8 image, target) per sample; target holds boxes/labels/masks or a part map
     (garments: a parse map in a `view` = (height, width) input, default square input_size, and
     presence; actions: (window features, {"labels": multi-hot over classes}))."""
-    if task == "actions":
+    if task == ACTIONS_STAGE:
         return _action_samples(index, samples, train=train, seed=seed, epoch=epoch, classes=classes)
     pixels = _pixels(index, sorted({s.image_id for s in samples}), options)
     label_of = {taxonomy.COCO_CATEGORY_ID.get(name, -1): k + 1 for k, name in enumerate(classes)}
@@ -193,7 +194,7 @@ def load_batch(
             image = image[y0:y1, x0:x1]
             anns = [a for a in anns if a.get("parent_person_id") == s.person_ann]
         ch, cw = image.shape[:2]
-        if task == "garments":
+        if task == GARMENTS_TASK:
             out.append(
                 _garment_sample(
                     image,
@@ -207,7 +208,7 @@ def load_batch(
                 )
             )
             continue
-        if task == "parts":
+        if task == PARTS_STAGE:
             part_map = np.zeros((ch, cw), np.uint8)
             for a in anns:
                 if a["category_id"] in taxonomy.PART_VALUE and "segmentation" in a:
@@ -237,7 +238,7 @@ def load_batch(
         ).reshape(-1, 4)
         boxes = boxes.clip(0, [cw, ch, cw, ch])
         target = {"boxes": boxes, "labels": np.array([label_of[a["category_id"]] for a in keep], np.int64)}
-        if task == "clothing":
+        if task == CLOTHING_STAGE:
             target["masks"] = (
                 np.stack([rle.decode(a["segmentation"])[y0 : y0 + ch, x0 : x0 + cw] for a in keep]).astype(np.uint8)
                 if keep
@@ -351,7 +352,7 @@ def _action_samples(
     index: ActionIndex, samples: list[Sample], *, train: bool, seed: int, epoch: int, classes: tuple[str, ...]
 ) -> list[tuple[np.ndarray, dict]]:
     from fashion_ray.actions import window_features
-    from fashion_ray.formats.ava import example_track
+    from fashion_ray.training.action_examples import example_track
 
     column = {taxonomy.AVA_ACTION_ID[name]: k for k, name in enumerate(classes)}
     out = []

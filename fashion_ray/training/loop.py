@@ -29,27 +29,30 @@ from fashion_ray.boxes import xywh
 from fashion_ray.errors import RunError
 from fashion_ray.evaluation import CocoTable, ParseEvaluator, PartsEvaluator
 from fashion_ray.models import garments
+from fashion_ray.models.actions import WINDOW_MLP
 from fashion_ray.models.efficientnet_lite import IMAGENET_INIT
+from fashion_ray.models.torchvision_models import GARMENT_DETECTOR, PART_SEGMENTER, PERSON_DETECTOR
+from fashion_ray.taxonomy import ACTIONS_STAGE, CLOTHING_STAGE, GARMENTS_TASK, PARTS_STAGE, PERSON_STAGE
 from fashion_ray.training import data
 
 # what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
-TRAINING_TASKS = (*taxonomy.STAGES, "garments")
-STAGE_OF_TASK = {
-    "person": "person",
-    "clothing": "clothing",
-    "parts": "parts",
-    "garments": "clothing",
-    "actions": "actions",
-}
+TRAINING_TASKS = (*taxonomy.STAGES, taxonomy.GARMENTS_TASK)
+STAGE_OF_TASK = {**{stage: stage for stage in taxonomy.STAGES}, taxonomy.GARMENTS_TASK: taxonomy.CLOTHING_STAGE}
 DEFAULT_ARCHITECTURE = {
-    "person": "fasterrcnn_mobilenet_v3_large_320_fpn",
-    "clothing": "maskrcnn_mobilenet_v3_large_fpn",
-    "parts": "lraspp_mobilenet_v3_large",
-    "garments": garments.EFFICIENTNET_PARSER,
-    "actions": "pose_window_mlp",
+    PERSON_STAGE: PERSON_DETECTOR,
+    CLOTHING_STAGE: GARMENT_DETECTOR,
+    PARTS_STAGE: PART_SEGMENTER,
+    GARMENTS_TASK: garments.EFFICIENTNET_PARSER,
+    ACTIONS_STAGE: WINDOW_MLP,
 }
-DEFAULT_INPUT_SIZE = {"person": 320, "clothing": 192, "parts": 128, "garments": 384, "actions": 0}  # actions: no pixels
-SEMANTIC_TASKS = ("parts", "garments")  # a per-pixel map per sample, scored by IoU
+DEFAULT_INPUT_SIZE = {
+    PERSON_STAGE: 320,
+    CLOTHING_STAGE: 192,
+    PARTS_STAGE: 128,
+    GARMENTS_TASK: 384,
+    ACTIONS_STAGE: 0,
+}  # actions: no pixels
+SEMANTIC_TASKS = (taxonomy.PARTS_STAGE, taxonomy.GARMENTS_TASK)  # a per-pixel map per sample, scored by IoU
 OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
 COCO_STATS = (
     "ap",
@@ -68,7 +71,7 @@ COCO_STATS = (
 GARMENT_PARSER = garments.BLAZEPOSE_PARSER  # 1.1: a head on BlazePose's frozen trunk, 256 px square views
 GARMENT_PARSER_V2 = garments.EFFICIENTNET_PARSER  # 2.0: EfficientNet-Lite0, end to end, portrait views + presence
 PARSERS = (GARMENT_PARSER, GARMENT_PARSER_V2)
-ACTION_HEAD = "pose_window_mlp"
+ACTION_HEAD = WINDOW_MLP
 
 
 @dataclass(frozen=True)
@@ -103,15 +106,15 @@ class TrainConfig:
             256 if self.architecture == GARMENT_PARSER else DEFAULT_INPUT_SIZE[self.task]
         )  # 256: BlazePose's input
         object.__setattr__(self, "input_size", self.input_size or default_size)
-        if self.architecture in PARSERS and self.task != "garments":
+        if self.architecture in PARSERS and self.task != GARMENTS_TASK:
             raise ValueError(f"architecture {self.architecture} is trained with --task garments")
-        if (self.architecture == ACTION_HEAD) != (self.task == "actions"):
+        if (self.architecture == ACTION_HEAD) != (self.task == ACTIONS_STAGE):
             raise ValueError(f"--task actions trains architecture {ACTION_HEAD}, and only that task does")
 
 
 def garment_view(cfg: TrainConfig) -> tuple[int, int] | None:
     """(height, width) of a garment parser's input: square for 1.1's, portrait for v2's."""
-    return garments.parser_view(cfg.architecture, cfg.input_size) if cfg.task == "garments" else None
+    return garments.parser_view(cfg.architecture, cfg.input_size) if cfg.task == GARMENTS_TASK else None
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -140,7 +143,7 @@ def build(cfg: TrainConfig, classes):
         from fashion_ray.models.torchvision_models import build_model
 
         # segmentation classes of garments include the background, the others do not
-        num_classes = len(classes) + (cfg.task != "garments")
+        num_classes = len(classes) + (cfg.task != GARMENTS_TASK)
         model = build_model(cfg.architecture, num_classes=num_classes, input_size=cfg.input_size)
     if cfg.pretrained_backbone == IMAGENET_INIT:
         from fashion_ray.models.efficientnet_lite import imagenet_encoder_state
@@ -167,7 +170,7 @@ def garment_trunk(device_type: str, threads: int):
     from fashion_ray.models.bundle import load_bundle, read_checked
 
     bundle = load_bundle("bootstrap")
-    pose = bundle.stages["person"].options["files"]["pose"]
+    pose = bundle.stages[PERSON_STAGE].options["files"]["pose"]
     return garments.BlazePoseTrunk(
         read_checked(bundle, pose["path"], pose["sha256"]), device=device_type, threads=threads
     )
@@ -177,12 +180,12 @@ def _to_tensors(batch, cfg: TrainConfig, device):
     import torch
 
     task = cfg.task
-    if task == "actions":
+    if task == ACTIONS_STAGE:
         return (
             torch.from_numpy(np.stack([f for f, _ in batch])).to(device),
             torch.from_numpy(np.stack([t["labels"] for _, t in batch])).to(device),
         )
-    if task == "garments" and cfg.architecture == GARMENT_PARSER:
+    if task == GARMENTS_TASK and cfg.architecture == GARMENT_PARSER:
         views = np.stack([view for view, _ in batch])
         return garments.head_inputs(garment_trunk(device.type, torch.get_num_threads()), views, device), torch.stack(
             [torch.from_numpy(t["parse"]).long().to(device) for _, t in batch]
@@ -197,7 +200,7 @@ def _to_tensors(batch, cfg: TrainConfig, device):
     if task in SEMANTIC_TASKS:
         from fashion_ray.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD
 
-        key = "parts" if task == "parts" else "parse"
+        key = "parts" if task == PARTS_STAGE else "parse"
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
         return torch.stack([(im - mean) / std for im in images]), torch.stack(
@@ -237,13 +240,13 @@ def loss_of(model, batch, cfg: TrainConfig, device):
     import torch.nn.functional as F
 
     inputs, targets = _to_tensors(batch, cfg, device)
-    if cfg.task == "actions":  # multi-label, as AVA is: one sigmoid per action
+    if cfg.task == ACTIONS_STAGE:  # multi-label, as AVA is: one sigmoid per action
         return F.binary_cross_entropy_with_logits(model(inputs).float(), targets)
-    if cfg.task == "parts":
+    if cfg.task == PARTS_STAGE:
         return F.cross_entropy(
             _logits(model, inputs, targets.shape[-2:]), targets, weight=torch.tensor(PARTS_CLASS_WEIGHTS, device=device)
         )
-    if cfg.task == "garments" and isinstance(targets, dict):  # parser v2: pixels and presence
+    if cfg.task == GARMENTS_TASK and isinstance(targets, dict):  # parser v2: pixels and presence
         out = model(inputs)
         weight = torch.tensor(GARMENT_CLASS_WEIGHTS, device=device)
         parse = targets["parse"]
@@ -254,7 +257,7 @@ def loss_of(model, batch, cfg: TrainConfig, device):
         known = targets["presence"] >= 0  # background, and nothing else, is never scored
         presence = F.binary_cross_entropy_with_logits(out["presence"].float()[known], targets["presence"][known])
         return pixels + PRESENCE_LOSS_WEIGHT * presence
-    if cfg.task == "garments":
+    if cfg.task == GARMENTS_TASK:
         return F.cross_entropy(
             _logits(model, inputs, targets.shape[-2:]).float(),
             targets,
@@ -295,7 +298,7 @@ def evaluate_maps(model, batches, cfg: TrainConfig, device) -> dict:
     """Per-class IoU of the held-out samples' maps (parts: PartsEvaluator, garments: ParseEvaluator)."""
     import torch
 
-    ev = PartsEvaluator() if cfg.task == "parts" else ParseEvaluator()
+    ev = PartsEvaluator() if cfg.task == PARTS_STAGE else ParseEvaluator()
     model.eval()
     with torch.inference_mode():
         for batch in batches:
@@ -321,7 +324,13 @@ def evaluate_boxes(model, batches, cfg: TrainConfig, device) -> dict:
                 image_id = len(images) + 1
                 images.append({"id": image_id, "height": image.shape[1], "width": image.shape[2]})
                 gt += [
-                    {"id": len(gt) + 1, "image_id": image_id, "category_id": OBJECT, "bbox": xywh(box), "iscrowd": 0}
+                    {
+                        "id": len(gt) + 1,
+                        "image_id": image_id,
+                        "category_id": OBJECT,
+                        "bbox": xywh(box),
+                        "iscrowd": 0,
+                    }
                     for box in target["boxes"].tolist()
                 ]
                 dt += [
@@ -368,7 +377,7 @@ def score_held_out(model, cfg: TrainConfig, calibration, val_batches, device) ->
     precise_batch_norm(model, calibration, cfg, device)
     evaluate = (
         evaluate_action_head
-        if cfg.task == "actions"
+        if cfg.task == ACTIONS_STAGE
         else evaluate_maps
         if cfg.task in SEMANTIC_TASKS
         else evaluate_boxes

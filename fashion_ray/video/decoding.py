@@ -13,49 +13,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from fashion_ray import media, storage
-from fashion_ray.errors import InputError
+from fashion_ray.config import VideoSampling
 from fashion_ray.storage import MULTI_FRAME_EXTENSIONS, VIDEO_EXTENSIONS
-
-
-class VideoConfigError(InputError):
-    """Sampling options that cannot work; the message names the valid ones."""
-
-
-@dataclass(frozen=True)
-class VideoSampling:
-    fps: float | None = 1.0  # frames per second of video time (AVA annotates at 1 Hz)
-    every_n: int | None = None  # or every Nth frame (then fps is ignored)
-    start_s: float = 0.0  # window [start_s, end_s) in seconds of video time
-    end_s: float | None = None
-    max_frames: int | None = None  # cap per video
-    # rows one file may become (sampled frames or pages); past it, one "too_many_frames" row
-    # says what was left out (a 3 MB TIFF can hold 30,000 pages)
-    max_frames_per_file: int = 10_000
-    frames_per_task: int = 16  # sampled frames decoded by one task
-    # a file's probe, and each segment's decode, gives up after this long: a "timeout" row
-    # (a hostile file cannot hold a task, and with it a scheduled run, forever)
-    timeout_s: float = 60.0
-
-    def __post_init__(self):
-        if self.every_n is None and (self.fps is None or self.fps <= 0):
-            raise VideoConfigError("give --video-fps > 0 or --video-every-n >= 1")
-        if self.every_n is not None and self.every_n < 1:
-            raise VideoConfigError("--video-every-n must be >= 1")
-        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
-            raise VideoConfigError("the window needs 0 <= --video-start < --video-end")
-        if (
-            (self.max_frames is not None and self.max_frames < 1)
-            or self.frames_per_task < 1
-            or self.max_frames_per_file < 1
-        ):
-            raise VideoConfigError("--video-max-frames, --max-frames-per-file and frames_per_task must be >= 1")
-        if self.timeout_s <= 0:
-            raise VideoConfigError("--file-timeout must be > 0 seconds")
 
 
 def is_video(uri: str) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 
 from fashion_ray.boxes import box_iou
 from fashion_ray.formats.shards import Shard, read_shard_rows, write_rows
+from fashion_ray.taxonomy import ACTIONS_STAGE
 from fashion_ray.video import appearance
 
 
@@ -37,7 +38,9 @@ class TrackingOptions:
 
 
 @dataclass
-class _Track:
+class _OpenTrack:
+    """A track the tracker is still extending as frames arrive: its last box, speed and colours."""
+
     track_id: int
     box: list[float]
     seen_s: float
@@ -67,7 +70,7 @@ def _height(box) -> float:
     return max(1.0, box[3] - box[1])
 
 
-def link_score(track: _Track, box, descriptor, t: float, options: TrackingOptions) -> float | None:
+def link_score(track: _OpenTrack, box, descriptor, t: float, options: TrackingOptions) -> float | None:
     """How well a detection continues a track (higher is better); None where it cannot."""
     ratio = _height(box) / _height(track.box)
     if not 0.5 <= ratio <= 2.0:
@@ -96,7 +99,7 @@ def assign_tracks(
     (`times` in seconds); `descriptors`, where given, holds each box's appearance descriptor."""
     from scipy.optimize import linear_sum_assignment
 
-    tracks: list[_Track] = []
+    tracks: list[_OpenTrack] = []
     next_id, out = 1, []
     for k, (frame, t) in enumerate(zip(boxes, times)):
         described = descriptors[k] if descriptors else [None] * len(frame)
@@ -115,7 +118,7 @@ def assign_tracks(
         for di, (box, descriptor) in enumerate(zip(frame, described)):
             track = match.get(di)
             if track is None:
-                track = _Track(next_id, list(box), t, descriptor)
+                track = _OpenTrack(next_id, list(box), t, descriptor)
                 tracks.append(track)
                 next_id += 1
             else:
@@ -145,15 +148,16 @@ def camera_positions(frames: list[dict]) -> np.ndarray:
 
 
 @dataclass
-class PersonTrack:
-    """One track of a video's frames: where it is seen, its persons there, as an actions.Track."""
+class TrackedPerson:
+    """One tracked person through a video: the frames where seen, the person there in each, and the
+    whole as an actions.Track (the one Track type: what the action rules and head read)."""
 
     frames: list[int]  # indices into the video's frames (time order)
     persons: list[dict]
     track: object  # actions.Track, the camera's motion since the track's previous frame
 
 
-def person_tracks(frames: list[dict]) -> dict[int, PersonTrack]:
+def person_tracks(frames: list[dict]) -> dict[int, TrackedPerson]:
     """The tracks of one video's tracked frames (time order), by track id."""
     from fashion_ray.actions import Track
 
@@ -166,7 +170,7 @@ def person_tracks(frames: list[dict]) -> dict[int, PersonTrack]:
     for track_id, members in seen.items():
         at, persons = [k for k, _ in members], [p for _, p in members]
         moved = np.diff(camera[at], axis=0, prepend=camera[at[:1]])
-        out[track_id] = PersonTrack(
+        out[track_id] = TrackedPerson(
             at, persons, Track.of_persons([frames[k]["timestamp_s"] for k in at], persons, moved.tolist())
         )
     return out
@@ -205,7 +209,7 @@ def track_shards(
         # on this task's CPU: the tracking task holds no GPU, and the actions model is small
         predictor = build_stage_predictor(bundle, "actions", Device(), options)
         if action_threshold is None:
-            action_threshold = bundle.stages["actions"].score_threshold
+            action_threshold = bundle.stages[ACTIONS_STAGE].score_threshold
     rows_by_shard = {s["name"]: read_shard_rows(output, s, options) for s in shards}
     videos: dict[str, list[dict]] = {}
     for rows in rows_by_shard.values():

@@ -60,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--jpeg-decode", default="tasks", help="tasks, person, or tasks,person to compare (see label_corpus.py)"
     )
     p.add_argument("--baseline-threads", type=int, default=2, help="torch threads of the plain loop")
+    p.add_argument(
+        "--no-baseline", action="store_true", help="skip the plain loop (and the ratios to it): the pipeline alone"
+    )
     p.add_argument("--work-max-side", type=int, default=640)
     p.add_argument("--rows-per-shard", type=int, default=16)
     p.add_argument("--num-cpus", type=int, default=None)
@@ -95,6 +98,10 @@ def main(args) -> int:
         stages = config.parse_stages(args.stages)
     except config.ConfigError as exc:
         raise SystemExit(f"error: --stages: {exc}") from None
+    if args.no_baseline and args.memory_sizes != "none":
+        raise SystemExit(
+            "error: --no-baseline needs --memory-sizes none (the memory check is scored against the plain loop)"
+        )
     train_tasks = parse_choices("--train-tasks", args.train_tasks, ("parts", "garments"))
     variants = [
         (amp, decode)
@@ -140,14 +147,18 @@ def main(args) -> int:
     sizes = [] if args.memory_sizes == "none" else [int(v) for v in args.memory_sizes.split(",")]
     paths = benchmark.make_corpus(os.path.join(work, "corpus"), max([args.images, *sizes]), kind=args.corpus)
     first_amp = variants[0][0] == "on"
-    base = benchmark.baseline_loop(
-        paths[: args.images],
-        bundle,
-        args.baseline_threads,
-        args.work_max_side,
-        device=args.device,
-        amp=first_amp,
-        stages=stages,
+    base = (
+        None
+        if args.no_baseline
+        else benchmark.baseline_loop(
+            paths[: args.images],
+            bundle,
+            args.baseline_threads,
+            args.work_max_side,
+            device=args.device,
+            amp=first_amp,
+            stages=stages,
+        )
     )
 
     def pipeline(count: int, name: str, amp: bool, decode: str) -> dict:
@@ -188,10 +199,13 @@ def main(args) -> int:
         "corpus": args.corpus,
         "device": args.device,
         "actors_per_stage": args.actors,
-        "baseline": round_all(base),
         "pipeline": round_all(pipe),
-        "efficiency_end_to_end": round(pipe["images_per_s"] / base["images_per_s"], 3),
     }
+    if base:
+        result |= {
+            "baseline": round_all(base),
+            "efficiency_end_to_end": round(pipe["images_per_s"] / base["images_per_s"], 3),
+        }
     if sizes:
         small, large = sizes
         memory, seconds = {}, {}

@@ -15,7 +15,7 @@ Steps, in the order that gives the most when time runs out:
 - cascade: jobs/benchmark.py on the bootstrap bundle, person -> clothing -> parts -> actions,
   over real person cut-outs: pipeline vs the bare loop in the same run, images/s per stage,
   AMP on/off and JPEG decode in the tasks vs nvJPEG in the person actor, each with its ratio;
-- fractional_actors: the same with several actors per stage sharing the one GPU;
+- fractional_actors: the pipeline alone with several actors per stage sharing the one GPU;
 - training: Ray Train samples/s of the part segmenter and the garment parser on one worker
   (one GPU with AMP, NCCL);
 - serve: the served cascade's /v1/label latency for 1 and 4 clients against the same
@@ -68,7 +68,7 @@ class Sizes:
     @classmethod
     def of(cls, quick: bool) -> "Sizes":
         # on a GPU, 400 images keep Ray's start-up under a tenth of a cascade run
-        return cls(6, 2, 6, 64, 1, 3.0) if quick else cls(400, 3, 120, 0, 8, 1.0)
+        return cls(3, 2, 6, 64, 1, 3.0) if quick else cls(400, 3, 120, 0, 8, 1.0)
 
 
 def plan(
@@ -126,7 +126,7 @@ def plan(
             ),
             150,
         ),
-        Step("fractional_actors", (*cascade, "--actors", str(sizes.actors)), 60),
+        Step("fractional_actors", (*cascade, "--actors", str(sizes.actors), "--no-baseline"), 60),
         Step(
             "training",
             (

@@ -154,7 +154,12 @@ def plumbing_bundle(tmp_path_factory):
     specs = {
         # score threshold 0 so that random weights still yield a few persons/garments to carry
         "person": StageModel(
-            "fasterrcnn_mobilenet_v3_large_320_fpn", ("person",), 160, 0.0, 0.5, options={"box_detections_per_img": 2}
+            "fasterrcnn_mobilenet_v3_large_320_fpn",
+            ("person",),
+            160,
+            0.0,
+            0.5,
+            model_options={"box_detections_per_img": 2},
         ),
         "clothing": StageModel(
             "maskrcnn_mobilenet_v3_large_fpn",
@@ -162,7 +167,7 @@ def plumbing_bundle(tmp_path_factory):
             128,
             0.0,
             0.5,
-            options={"box_detections_per_img": 2},
+            model_options={"box_detections_per_img": 2},
         ),
         "parts": StageModel("lraspp_mobilenet_v3_large", taxonomy.PARTS, 96),
     }

@@ -343,13 +343,12 @@ def test_action_head_learns_on_ray_train_and_replaces_the_rules(ray_session, tmp
 
 
 def test_a_bundle_without_an_actions_stage_gets_the_rules(tmp_path):
-    import dataclasses
 
     from fashion_ray.models.bundle import ACTION_RULES, load_bundle
 
     bootstrap = load_bundle("bootstrap")
     assert bootstrap.stages["actions"] == ACTION_RULES  # bundle.json and the default agree
-    person = dataclasses.asdict(bootstrap.stages["person"])
+    person = bootstrap.stages["person"].as_manifest()
     (tmp_path / "bundle.json").write_text(
         json.dumps(
             {

@@ -313,9 +313,9 @@ def test_a_bundle_with_the_11_parser_still_labels(tmp_path):
     from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR, StageModel, save_bundle
     from fashion_ray.models.garments import BLAZEPOSE_PARSER, build_head
 
-    pose = load_bundle("bootstrap").stages["person"].options["files"]["pose"]
+    pose = load_bundle("bootstrap").stages["person"].model_options["files"]["pose"]
     shutil.copy(f"{BUILTIN_BUNDLES_DIR}/bootstrap/{pose['path']}", tmp_path / pose["path"])
-    spec = StageModel(BLAZEPOSE_PARSER, taxonomy.GARMENT_PARSE, 256, 0.0, 0.5, options={"files": {"trunk": pose}})
+    spec = StageModel(BLAZEPOSE_PARSER, taxonomy.GARMENT_PARSE, 256, 0.0, 0.5, model_options={"files": {"trunk": pose}})
     bundle = save_bundle(str(tmp_path), "old", "1.1.0", {"clothing": (spec, build_head().state_dict())})
     parser = build_stage_predictor(bundle, "clothing", Device())
     out = parser.predict([np.random.default_rng(0).integers(0, 255, (120, 60, 3), dtype=np.uint8)])[0]

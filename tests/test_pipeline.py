@@ -181,7 +181,7 @@ def test_bundle_files_stay_inside_the_bundle(tmp_path, weights, sha256):
 def test_builtin_bundle_files_match_their_checksums():
     bundle = load_bundle("bootstrap")
     for spec in bundle.stages.values():
-        for entry in spec.options.get("files", {}).values():
+        for entry in spec.model_options.get("files", {}).values():
             data = open(os.path.join(bundle.uri, entry["path"]), "rb").read()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
 

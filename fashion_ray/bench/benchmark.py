@@ -67,8 +67,8 @@ def make_bundle(path: str, stages: tuple[str, ...] = ("person",)) -> str:
     torch.manual_seed(0)
     two = {"box_detections_per_img": 2}
     specs = {
-        PERSON_STAGE: StageModel(PERSON_DETECTOR, (taxonomy.PERSON,), 320, 0.0, 0.5, options=two),
-        CLOTHING_STAGE: StageModel(GARMENT_DETECTOR, taxonomy.DEEPFASHION2, 192, 0.0, 0.5, options=two),
+        PERSON_STAGE: StageModel(PERSON_DETECTOR, (taxonomy.PERSON,), 320, 0.0, 0.5, model_options=two),
+        CLOTHING_STAGE: StageModel(GARMENT_DETECTOR, taxonomy.DEEPFASHION2, 192, 0.0, 0.5, model_options=two),
         PARTS_STAGE: StageModel(PART_SEGMENTER, taxonomy.PARTS, 128),
     }
     save_bundle(

@@ -26,7 +26,7 @@ def _registry(*families) -> dict:
     return registry
 
 
-# every builder is build(bundle, spec, *, device, options) -> Predictor
+# every builder is build(bundle, spec, *, device, storage_options) -> Predictor
 PREDICTOR_BUILDERS = _registry(
     (torchvision_models.ARCHITECTURES, torchvision_models.build_predictor),
     (bootstrap.ARCHITECTURES, bootstrap.build_predictor),
@@ -46,10 +46,10 @@ def validate_bundle(bundle: Bundle) -> None:
         bootstrap.check_options(bundle, spec)
 
 
-def build_stage_predictor(bundle: Bundle, stage: str, device: Device, options=None) -> Predictor:
+def build_stage_predictor(bundle: Bundle, stage: str, device: Device, storage_options=None) -> Predictor:
     """Load one stage's model from its bundle (weights checked and loaded weights_only)."""
     spec = bundle.stages[stage]
-    return PREDICTOR_BUILDERS[spec.architecture](bundle, spec, device=device, options=options)
+    return PREDICTOR_BUILDERS[spec.architecture](bundle, spec, device=device, storage_options=storage_options)
 
 
 def written_labels(spec) -> tuple[str, ...]:

@@ -88,12 +88,12 @@ class WindowHeadPredictor:
         return out
 
 
-def build_predictor(bundle: Bundle, spec: StageModel, *, device: Device, options=None):
+def build_predictor(bundle: Bundle, spec: StageModel, *, device: Device, storage_options=None):
     if spec.architecture == RULES:
         return RulePredictor(spec)
     if not spec.weights:
         raise BundleError(f"bundle {bundle.label}: the {WINDOW_MLP} actions head needs weights")
-    return WindowHeadPredictor(spec, load_state_dict(bundle, spec, options), device)
+    return WindowHeadPredictor(spec, load_state_dict(bundle, spec, storage_options), device)
 
 
 ARCHITECTURES = (RULES, WINDOW_MLP)

@@ -381,28 +381,28 @@ def check_options(bundle, spec) -> None:
     """Refuse option keys the architecture does not know (a typo would silently mean a default)."""
     if spec.architecture != NANODET_BLAZEPOSE:
         return
-    unknown = sorted(set(spec.options) - PERSON_OPTIONS)
+    unknown = sorted(set(spec.model_options) - PERSON_OPTIONS)
     if unknown:
         raise BundleError(
             f"bundle {bundle.label}: unknown person options {unknown} (valid: {', '.join(sorted(PERSON_OPTIONS))})"
         )
-    if spec.options.get("box_source", "merge") not in BOX_SOURCES:
+    if spec.model_options.get("box_source", "merge") not in BOX_SOURCES:
         raise BundleError(
-            f"bundle {bundle.label}: box_source {spec.options['box_source']!r} is not one of {', '.join(BOX_SOURCES)}"
+            f"bundle {bundle.label}: box_source {spec.model_options['box_source']!r} is not one of {', '.join(BOX_SOURCES)}"
         )
 
 
-def build_predictor(bundle, spec, *, device, options=None):
+def build_predictor(bundle, spec, *, device, storage_options=None):
     """Build a bootstrap predictor; its model files are read from the bundle with sha256 checks."""
-    files = spec.options.get("files", {})
+    files = spec.model_options.get("files", {})
 
     def read(key: str) -> bytes:
         entry = files[key]
-        return read_checked(bundle, entry["path"], entry["sha256"], options)
+        return read_checked(bundle, entry["path"], entry["sha256"], storage_options)
 
     check_options(bundle, spec)
     if spec.architecture == NANODET_BLAZEPOSE:
-        tuning = spec.options
+        tuning = spec.model_options
         # accessories score lower than people (smaller, often half hidden): their own threshold,
         # never above the stage's (a run asking for every candidate gets every accessory too)
         accessory_threshold = min(

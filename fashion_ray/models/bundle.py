@@ -54,17 +54,23 @@ class StageModel:
     mask_threshold: float = 0.5
     weights: str | None = None  # a path inside the bundle folder, or None (random init)
     sha256: str | None = None
-    options: dict = field(default_factory=dict)
+    # model tuning and extra model files (manifest key "options"); not storage options
+    model_options: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, stage: str, raw: dict) -> "StageModel":
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"model_options"} | {"options"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise BundleError(f"stage {stage!r}: unknown keys {unknown} (valid: {sorted(known)})")
         if "architecture" not in raw or "classes" not in raw:
             raise BundleError(f"stage {stage!r}: 'architecture' and 'classes' are required")
-        return cls(**{**raw, "classes": tuple(raw["classes"]), "options": dict(raw.get("options") or {})})
+        fields = {k: v for k, v in raw.items() if k not in ("options", "classes")}
+        return cls(**fields, classes=tuple(raw["classes"]), model_options=dict(raw.get("options") or {}))
+
+    def as_manifest(self) -> dict:
+        entry = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model_options"}
+        return entry | {"classes": list(self.classes), "options": self.model_options}
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class Bundle:
             "format": BUNDLE_FORMAT,
             "name": self.name,
             "version": self.version,
-            "stages": {k: dataclasses.asdict(v) | {"classes": list(v.classes)} for k, v in self.stages.items()},
+            "stages": {k: v.as_manifest() for k, v in self.stages.items()},
         }
 
     def resolve(self, relative: str) -> str:
@@ -210,7 +216,7 @@ def read_checked(
 def bundle_files(stage: StageModel) -> list[tuple[str, str | None]]:
     """(relative path, sha256) of every file a stage needs: its weights and any model files."""
     files = [(stage.weights, stage.sha256)] if stage.weights else []
-    return files + [(f["path"], f.get("sha256")) for f in stage.options.get("files", {}).values()]
+    return files + [(f["path"], f.get("sha256")) for f in stage.model_options.get("files", {}).values()]
 
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -218,7 +224,7 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 def check_files(where: str, stage: StageModel) -> None:
     """BundleError unless every file of the stage is a path inside the bundle with a hex sha256."""
-    files = stage.options.get("files", {})
+    files = stage.model_options.get("files", {})
     if not isinstance(files, dict) or not all(isinstance(f, dict) and "path" in f for f in files.values()):
         raise BundleError(f"{where}: options.files maps names to {{'path': ..., 'sha256': ...}}")
     for relative, sha256 in bundle_files(stage):

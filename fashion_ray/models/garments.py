@@ -484,7 +484,7 @@ def parser_view(architecture: str, input_size: int) -> tuple[int, int]:
     return (input_size, input_size) if architecture == BLAZEPOSE_PARSER else (input_size, input_size * 2 // 3)
 
 
-def build_predictor(bundle, spec, *, device, options=None):
+def build_predictor(bundle, spec, *, device, storage_options=None):
     """The parser of a bundle's clothing stage, its files sha256-checked and loaded weights_only."""
     import io
 
@@ -496,7 +496,9 @@ def build_predictor(bundle, spec, *, device, options=None):
         raise BundleError(f"bundle {bundle.label}: {spec.architecture} needs weights")
     torch_device = device.setup()
     state = torch.load(
-        io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, options)), map_location="cpu", weights_only=True
+        io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, storage_options)),
+        map_location="cpu",
+        weights_only=True,
     )
     view = parser_view(spec.architecture, spec.input_size or VIEW_SIDE)
     if spec.architecture == EFFICIENTNET_PARSER:
@@ -508,16 +510,16 @@ def build_predictor(bundle, spec, *, device, options=None):
             efficientnet_network(model.eval().to(torch_device), torch_device),
             view,
             score_threshold=spec.score_threshold,
-            presence_threshold=float(spec.options.get("presence_threshold", PRESENCE_THRESHOLD)),
+            presence_threshold=float(spec.model_options.get("presence_threshold", PRESENCE_THRESHOLD)),
         )
-    trunk_file = spec.options.get("files", {}).get("trunk")
+    trunk_file = spec.model_options.get("files", {}).get("trunk")
     if not trunk_file:
         raise BundleError(f"bundle {bundle.label}: {BLAZEPOSE_PARSER} needs options.files.trunk")
     trunk = BlazePoseTrunk(
-        read_checked(bundle, trunk_file["path"], trunk_file["sha256"], options),
+        read_checked(bundle, trunk_file["path"], trunk_file["sha256"], storage_options),
         device=device.name,
         threads=device.torch_threads,
-        max_batch=int(spec.options.get("max_batch", 8)),
+        max_batch=int(spec.model_options.get("max_batch", 8)),
     )
     head = build_head(len(spec.classes))
     head.load_state_dict(state)

@@ -24,7 +24,7 @@ DETECTOR_OPTIONS = (
 
 
 def _detector(fn_name: str):
-    def build(*, num_classes: int, input_size: int, options: dict):
+    def build(*, num_classes: int, input_size: int, model_options: dict):
         from torchvision.models import detection
 
         kwargs = {
@@ -35,13 +35,13 @@ def _detector(fn_name: str):
             "max_size": int(input_size * 1333 / 800),
         }
         # e.g. num_keypoints, box_detections_per_img (cap on instances per image), rpn_*_top_n_test
-        kwargs.update({k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
+        kwargs.update({k: v for k, v in model_options.items() if k in DETECTOR_OPTIONS})
         return getattr(detection, fn_name)(**kwargs)
 
     return build
 
 
-def _maskrcnn_mobilenet(*, num_classes: int, input_size: int, options: dict):
+def _maskrcnn_mobilenet(*, num_classes: int, input_size: int, model_options: dict):
     """Mask R-CNN on the MobileNetV3-Large FPN backbone: the fast CPU/student clothing model."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -51,7 +51,7 @@ def _maskrcnn_mobilenet(*, num_classes: int, input_size: int, options: dict):
     anchor_sizes = ((32, 64, 128, 256, 512),) * 3
     anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     kwargs = {"rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05}
-    kwargs.update({k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
+    kwargs.update({k: v for k, v in model_options.items() if k in DETECTOR_OPTIONS})
     return MaskRCNN(
         backbone,
         num_classes=num_classes,
@@ -63,7 +63,7 @@ def _maskrcnn_mobilenet(*, num_classes: int, input_size: int, options: dict):
 
 
 def _segmenter(fn_name: str):
-    def build(*, num_classes: int, input_size: int, options: dict):
+    def build(*, num_classes: int, input_size: int, model_options: dict):
         from torchvision.models import segmentation
 
         kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
@@ -101,10 +101,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_model(architecture: str, *, num_classes: int, input_size: int, options: dict | None = None):
+def build_model(architecture: str, *, num_classes: int, input_size: int, model_options: dict | None = None):
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r} (valid: {', '.join(sorted(ARCHITECTURES))})")
-    return ARCHITECTURES[architecture][1](num_classes=num_classes, input_size=input_size, options=options or {})
+    return ARCHITECTURES[architecture][1](
+        num_classes=num_classes, input_size=input_size, model_options=model_options or {}
+    )
 
 
 class TorchvisionDetector:
@@ -194,13 +196,15 @@ class TorchvisionSegmenter:
         return results
 
 
-def build_predictor(bundle, spec, *, device: Device, options=None):
+def build_predictor(bundle, spec, *, device: Device, storage_options=None):
     """A predictor of a bundle's stage, its weights sha256-checked and loaded weights_only."""
-    state_dict = load_state_dict(bundle, spec, options) if spec.weights else None
+    state_dict = load_state_dict(bundle, spec, storage_options) if spec.weights else None
     kind = ARCHITECTURES[spec.architecture][0]
     # detectors count background; segmenters' classes already include it as label 0
     num_classes = len(spec.classes) + 1
-    model = build_model(spec.architecture, num_classes=num_classes, input_size=spec.input_size, options=spec.options)
+    model = build_model(
+        spec.architecture, num_classes=num_classes, input_size=spec.input_size, model_options=spec.model_options
+    )
     if state_dict is not None:
         model.load_state_dict(state_dict)
     if kind == "detector":

@@ -170,7 +170,7 @@ def garment_trunk(device_type: str, threads: int):
     from fashion_ray.models.bundle import load_bundle, read_checked
 
     bundle = load_bundle("bootstrap")
-    pose = bundle.stages[PERSON_STAGE].options["files"]["pose"]
+    pose = bundle.stages[PERSON_STAGE].model_options["files"]["pose"]
     return garments.BlazePoseTrunk(
         read_checked(bundle, pose["path"], pose["sha256"]), device=device_type, threads=threads
     )

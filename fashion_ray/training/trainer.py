@@ -99,12 +99,14 @@ def publish(
     stage_name = STAGE_OF_TASK[cfg.task]
     options = {}
     if cfg.architecture == GARMENT_PARSER:  # the frozen trunk is the bootstrap pose model: the same file
-        options = {"files": {"trunk": load_bundle("bootstrap").stages["person"].options["files"]["pose"]}}
+        options = {"files": {"trunk": load_bundle("bootstrap").stages["person"].model_options["files"]["pose"]}}
         if not base_bundle:
             raise ValueError("a garment parser is published with a base bundle (its trunk is the base's pose model)")
     if score_threshold is None:  # a parser's score is a garment's mean pixel confidence, a detector's its box score
         score_threshold = 0.3 if cfg.architecture in (*PARSERS, ACTION_HEAD) else 0.5
-    spec = StageModel(cfg.architecture, tuple(state["classes"]), cfg.input_size, score_threshold, 0.5, options=options)
+    spec = StageModel(
+        cfg.architecture, tuple(state["classes"]), cfg.input_size, score_threshold, 0.5, model_options=options
+    )
     stages = {stage_name: (spec, state["model"])}
     if base_bundle:
         base = load_bundle(base_bundle)

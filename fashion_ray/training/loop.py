@@ -510,6 +510,78 @@ def report(run: TrainState, cfg: TrainConfig, classes, metrics: dict, *, save: b
 MIN_STEPS_BETWEEN_REPORTS = 100
 
 
+@dataclass
+class WorkerBatches:
+    """One worker's data: its batch for any step (a pure function of seed, epoch and step, so a
+    resumed run sees exactly what an unbroken one does) and the held-out batches."""
+
+    cfg: TrainConfig
+    index: object  # data.CocoIndex
+    classes: tuple
+    train_set: list
+    val_set: list
+    rank: int
+    world: int
+
+    def __post_init__(self):
+        self.per_step = self.cfg.batch_size * self.world
+        self.steps_per_epoch = max(1, len(self.train_set) // self.per_step)
+        self.view = garment_view(self.cfg)
+
+    def _load(self, samples: list, *, train: bool, epoch: int):
+        cfg = self.cfg
+        return data.load_batch(
+            self.index,
+            cfg.task,
+            samples,
+            train=train,
+            epoch=epoch,
+            input_size=cfg.input_size,
+            seed=cfg.seed,
+            classes=self.classes,
+            view=self.view,
+        )
+
+    def for_step(self, at: int):
+        epoch, within = divmod(at, self.steps_per_epoch)
+        order = data.epoch_order(len(self.train_set), self.cfg.seed, epoch)
+        start = within * self.per_step + self.rank * self.cfg.batch_size
+        return self._load(
+            [self.train_set[i] for i in order[start : start + self.cfg.batch_size]], train=True, epoch=epoch
+        )
+
+    def held_out(self, samples: list, count: int) -> list:
+        size = self.cfg.batch_size
+        return [
+            self._load(samples[i : i + size], train=False, epoch=0) for i in range(0, min(len(samples), count), size)
+        ]
+
+
+class StepWindow:
+    """Losses and timings of the steps between two reports; throughput excludes scoring."""
+
+    def __init__(self, samples_per_step: int):
+        self.samples_per_step = samples_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self.losses, self.seconds, self.loading = [], [], []
+        self.started = time.perf_counter()
+
+    def add(self, loss: float, load_wait_s: float, step_s: float) -> None:
+        self.losses.append(loss)
+        self.loading.append(load_wait_s)
+        self.seconds.append(step_s)
+
+    def metrics(self) -> dict:
+        return {
+            "loss": float(np.mean(self.losses)),
+            "seconds_per_step": float(np.median(self.seconds)),
+            "load_wait_seconds_per_step": float(np.median(self.loading)),
+            "samples_per_s": len(self.seconds) * self.samples_per_step / (time.perf_counter() - self.started),
+        }
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: one DDP worker."""
     import ray.train
@@ -525,80 +597,47 @@ def train_loop_per_worker(config: dict) -> None:
     index = data.load_index(cfg.data)
     classes = index.classes(cfg.task)
     train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction, index.images)
+    batches = WorkerBatches(cfg, index, classes, train_set, val_set, rank, world)
     run = setup(cfg, classes, device, world)
     restore(run, device)
     resumed_from_step = run.step
-    per_step = cfg.batch_size * world
-    steps_per_epoch = max(1, len(train_set) // per_step)
-    load = dict(input_size=cfg.input_size, seed=cfg.seed, classes=classes, view=garment_view(cfg))
-
-    def held_out(samples, count):
-        return [
-            data.load_batch(index, cfg.task, samples[i : i + cfg.batch_size], train=False, epoch=0, **load)
-            for i in range(0, min(len(samples), count), cfg.batch_size)
-        ]
 
     val_batches, calibration = [], []
     if rank == 0:
-        val_batches, calibration = held_out(val_set, cfg.val_samples), held_out(train_set, cfg.batch_size * 8)
+        val_batches = batches.held_out(val_set, cfg.val_samples)
+        calibration = batches.held_out(train_set, cfg.batch_size * 8)
         if run.step == 0:  # the untrained network's score: what training is measured against
             run.initial = score_held_out(_unwrap(run.model), cfg, calibration, val_batches, device)["val_metric"]
 
-    def batch_of(at: int):
-        """This worker's batch for step `at` (a pure function of seed, epoch and step)."""
-        epoch, within = divmod(at, steps_per_epoch)
-        order = data.epoch_order(len(train_set), cfg.seed, epoch)
-        start = within * per_step + rank * cfg.batch_size
-        return data.load_batch(
-            index,
-            cfg.task,
-            [train_set[i] for i in order[start : start + cfg.batch_size]],
-            train=True,
-            epoch=epoch,
-            **load,
-        )
-
     run.model.train()
-    losses, seconds, loading = [], [], []
-    window_start, window_steps = time.perf_counter(), 0  # throughput between reports (scoring excluded)
+    window = StepWindow(batches.per_step)
     last_report = run.step
     # the next batch is fetched and decoded in a thread while this step computes (a GPU step
     # would otherwise wait for the CPU's decode every step)
     prefetch = concurrent.futures.ThreadPoolExecutor(1)
-    upcoming = prefetch.submit(batch_of, run.step)
+    upcoming = prefetch.submit(batches.for_step, run.step)
     while run.step < cfg.steps:
-        epoch = run.step // steps_per_epoch
+        epoch = run.step // batches.steps_per_epoch
         t_load = time.perf_counter()
         batch = upcoming.result()
         if run.step + 1 < cfg.steps:
-            upcoming = prefetch.submit(batch_of, run.step + 1)
+            upcoming = prefetch.submit(batches.for_step, run.step + 1)
         t0 = time.perf_counter()
-        loading.append(t0 - t_load)
-        losses.append(train_one_step(run, batch, cfg, device, rank))
-        seconds.append(time.perf_counter() - t0)
-        window_steps += 1
+        loss = train_one_step(run, batch, cfg, device, rank)
+        window.add(loss, t0 - t_load, time.perf_counter() - t0)
         save = run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps
-        epoch_end = run.step % steps_per_epoch == 0 and run.step - last_report >= MIN_STEPS_BETWEEN_REPORTS
+        epoch_end = run.step % batches.steps_per_epoch == 0 and run.step - last_report >= MIN_STEPS_BETWEEN_REPORTS
         if not (save or epoch_end):
             continue
         last_report = run.step
         # report at checkpoints and epoch ends only: each report is a sync point of all workers
-        metrics = {
-            "step": run.step,
-            "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "lr": run.scheduler.get_last_lr()[0],
-            "seconds_per_step": float(np.median(seconds)),
-            "load_wait_seconds_per_step": float(np.median(loading)),
-            "samples_per_s": window_steps * per_step / (time.perf_counter() - window_start),
-            "resumed_from_step": resumed_from_step,
-        }
-        for kept in (losses, seconds, loading):
-            kept.clear()
+        lr = run.scheduler.get_last_lr()[0]
+        metrics = {"step": run.step, "epoch": epoch, "lr": lr, "resumed_from_step": resumed_from_step}
+        metrics |= window.metrics()
         if rank == 0:
             metrics |= score_held_out(_unwrap(run.model), cfg, calibration, val_batches, device)
             if run.initial is not None:
                 metrics["val_initial"] = run.initial
         report(run, cfg, classes, metrics, save=save, rank=rank)
-        window_start, window_steps = time.perf_counter(), 0
+        window.restart()
     prefetch.shutdown()

@@ -46,7 +46,7 @@ def main(args) -> int:
         return 2
     result = {"bundle": bundle.label, "seed": args.seed}
     if args.composites > 0:
-        predictor = build_stage_predictor(bundle, "person", Device(args.device))
+        predictor = build_stage_predictor(bundle, PERSON_STAGE, Device(args.device))
         result |= person_eval.evaluate_detector(
             predictor, person_eval.make_composites(args.composites, seed=args.seed), person_eval.empty_photos()
         )

@@ -219,7 +219,7 @@ def video_benchmark(
 
     sampling = VideoSampling(fps=sample_fps, frames_per_task=16)
     t0 = time.perf_counter()
-    predictor = build_stage_predictor(load_bundle(bundle_uri), "person", Device(torch_threads=actors * threads))
+    predictor = build_stage_predictor(load_bundle(bundle_uri), PERSON_STAGE, Device(torch_threads=actors * threads))
     plan = probe(path, sampling)
     for _, image, _, _ in decode_segment(path, [pts for _, pts, _ in plan["frames"]]):
         predictor.predict([media.fit_to_side(image, work_max_side).image], [{}])

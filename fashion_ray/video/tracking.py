@@ -207,7 +207,7 @@ def track_shards(
 
         bundle = load_bundle(actions_bundle, options)
         # on this task's CPU: the tracking task holds no GPU, and the actions model is small
-        predictor = build_stage_predictor(bundle, "actions", Device(), options)
+        predictor = build_stage_predictor(bundle, ACTIONS_STAGE, Device(), options)
         if action_threshold is None:
             action_threshold = bundle.stages[ACTIONS_STAGE].score_threshold
     rows_by_shard = {s["name"]: read_shard_rows(output, s, options) for s in shards}

@@ -151,7 +151,8 @@ def serve_benchmark(cfg: ServeConfig, clients: list[int], requests_per_client: i
         "photos": len(photos),
         "bundle": cfg.bundle,
         "stages": list(cfg.stages),
-        "baseline_in_process": baseline(cfg, photos, 2 * len(photos)),
+        # each photo twice (once with a quick check's single request per client, as the LS load)
+        "baseline_in_process": baseline(cfg, photos, min(2, requests_per_client) * len(photos)),
     }
     t0 = time.perf_counter()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -384,7 +384,7 @@ def track_videos(cfg: LabelJobConfig, shards: list[dict], run_id: str, bundle: B
             run_id,
             cfg.storage,
             actions_bundle=bundle.ref if ACTIONS_STAGE in cfg.stages else None,
-            action_threshold=cfg.score_thresholds.get("actions"),
+            action_threshold=cfg.score_thresholds.get(ACTIONS_STAGE),
         )
     )
 

@@ -40,6 +40,9 @@ SHOULDERS, HIPS, KNEES, ANKLES, WRISTS = (11, 12), (23, 24), (25, 26), (27, 28),
 # walking people move about 0.8 body heights a second (1.4 m/s), runners 1.8 and more
 WALK_SPEED = (0.2, 0.4)  # body heights / s: walk ramps in between
 RUN_SPEED = (1.5, 2.0)
+# the score of walk, run or stand read from a track's box alone (no landmarks): above the rules'
+# default threshold (0.5), below what a pose that agrees gives
+NO_POSE_SCORE = 0.7
 # ankles this far apart (in body heights) in one frame: mid-stride, walking (Penn-Fudan: the
 # 75th percentile of standing people is 0.13, of walkers 0.26)
 STRIDE = (0.15, 0.22)
@@ -123,7 +126,9 @@ def track_actions(track: "Track", window_s: float = 2.0) -> list[dict[int, float
     taken out: a panning camera moves everyone, which is not walking) between the farthest
     frames within window_s around it (2 s: the neighbours at AVA's 1 Hz keyframes), in
     body heights per second. Without a second frame in the window (a photo), a wide stride
-    is walk. `track.carrying` (carrying_score) is carry/hold.
+    is walk. A person with no pose (too small for landmarks) gets walk, run or stand from the
+    box's motion alone, scored NO_POSE_SCORE at most. `track.carrying` (carrying_score) is
+    carry/hold.
     """
     times, n = track.times, len(track.times)
     boxes = np.asarray(track.boxes, np.float64).reshape(n, 4)
@@ -132,17 +137,23 @@ def track_actions(track: "Track", window_s: float = 2.0) -> list[dict[int, float
     out = []
     for i in range(n):
         scores = posture_scores(track.keypoints[i])
+        posed = bool(scores)
         near = [j for j in range(n) if abs(times[j] - times[i]) <= window_s / 2 + 1e-9]
         first, last = near[0], near[-1]
         on_feet = 1 - max(scores.get(SIT, 0.0), scores.get(LIE, 0.0), scores.get(CROUCH, 0.0))
-        if scores and last > first and times[last] > times[first]:
+        if last > first and times[last] > times[first]:
             speed = (
                 float(np.linalg.norm(feet[last] - feet[first]))
                 / float(np.mean(heights[first : last + 1]))
                 / (times[last] - times[first])
             )
+            # without a pose (a person too small or too hidden for landmarks) the box alone
+            # says it: it moves through the scene (walk, run) or it does not (stand); no posture
+            weight = 1.0 if posed else NO_POSE_SCORE
+            if not posed:
+                scores[STAND] = NO_POSE_SCORE
             run = _ramp(speed, *RUN_SPEED) * on_feet
-            scores[WALK], scores[RUN] = _ramp(speed, *WALK_SPEED) * (1 - run) * on_feet, run
+            scores[WALK], scores[RUN] = _ramp(speed, *WALK_SPEED) * (1 - run) * on_feet * weight, run * weight
         elif STAND in scores:  # one frame: only a stride says walking
             scores[WALK] = stride_score(track.keypoints[i], heights[i]) * on_feet
         if STAND in scores:

@@ -67,6 +67,24 @@ def test_motion_makes_walkers_and_runners():
     assert all(best(f) == STAND and f.get(WALK, 0) < 0.1 for f in panning)
 
 
+def test_a_person_too_small_for_a_pose_walks_or_stands_by_the_box_alone():
+    """25 px tall, no landmarks, filmed by a camera panning 30 px a second: the box's motion in
+    the scene (the pan taken out) decides, scored NO_POSE_SCORE (0.7) at most, and no posture."""
+    times = [0.0, 1.0, 2.0, 3.0]
+    pan = [(0.0, 0.0)] + [(30.0, 0.0)] * 3  # the scene moves 30 px right in the image each second
+
+    def small(scene_speed_px_s: float):
+        boxes = [(100 + (30 + scene_speed_px_s) * t, 200, 110 + (30 + scene_speed_px_s) * t, 225) for t in times]
+        return actions.track_actions(actions.Track(times, boxes, [None] * 4, camera_motion=pan))
+
+    # 25 px a second in the scene: one body height a second, a walk (ramp 0.2-0.4: fully on)
+    assert small(25.0) == [{WALK: 0.7, STAND: round(0.7 * 0.3, 4)}] * 4
+    # still in the scene, though the pan moves the box 30 px a second in the image: standing
+    assert small(0.0) == [{STAND: 0.7}] * 4
+    # one frame of a person with no pose: nothing to say
+    assert actions.track_actions(actions.Track([0.0], [(0, 0, 10, 25)], [None])) == [{}]
+
+
 def test_sitting_people_do_not_walk_and_carry_comes_from_a_linked_bag():
     times = [0.0, 1.0, 2.0]
     boxes = [

@@ -76,6 +76,7 @@ def make_action_video(
     height: int = 360,
     walkers: int = 2,
     standers: int = 2,
+    person_heights: tuple[int, int] = (130, 230),
 ) -> list[list]:
     """Write one video; returns its AVA ground-truth lines."""
     from fashion_ray.video import decoding
@@ -90,7 +91,7 @@ def make_action_video(
     for k in range(walkers + standers):
         walking = k < walkers
         pool = people.walking if walking else people.standing
-        h = int(rng.uniform(130, 230))
+        h = int(rng.uniform(*person_heights))
         rgba = person_eval._resized(pool[int(rng.integers(len(pool)))], h)
         if rng.random() < 0.5:
             rgba = rgba[:, ::-1].copy()
@@ -125,13 +126,20 @@ def make_action_video(
     return truth
 
 
-def make_action_videos(folder: str, count: int, people: People, seed: int = 0) -> list[list]:
+def make_action_videos(
+    folder: str, count: int, people: People, seed: int = 0, person_heights: tuple[int, int] = (130, 230)
+) -> list[list]:
     """`count` videos in folder (every other one panning); returns all their ground-truth lines."""
     os.makedirs(folder, exist_ok=True)
     lines = []
     for k in range(count):
         video_id = f"actions_{seed + k:03d}_{'pan' if k % 2 else 'static'}"
         lines += make_action_video(
-            os.path.join(folder, f"{video_id}.mp4"), video_id, people, seed + k, panning=bool(k % 2)
+            os.path.join(folder, f"{video_id}.mp4"),
+            video_id,
+            people,
+            seed + k,
+            panning=bool(k % 2),
+            person_heights=person_heights,
         )
     return lines

@@ -397,3 +397,24 @@ def test_camera_shift_is_the_scenes_pan_and_zero_when_the_border_stands_still():
         frame[100:220, 60 + 50 * k : 140 + 50 * k] = scene[:120, :80]
         crossing.append(frame)
     assert motion.camera_shifts(crossing)[1:] == [(0.0, 0.0)] * 3
+
+
+def test_action_videos_draw_people_at_the_asked_heights(tmp_path, capsys):
+    """make_action_videos.py --person-heights: street walkers too small for a pose, with their
+    ground truth; a height range that cannot fit is a one-line error."""
+    from fashion_ray.bench import action_videos
+
+    lines = action_videos.make_action_video(
+        str(tmp_path / "v.mp4"),
+        "v",
+        action_videos.bundled_people(),
+        3,
+        panning=True,
+        duration_s=3.0,
+        person_heights=(20, 30),
+    )
+    assert (tmp_path / "v.mp4").stat().st_size > 0 and {line[1] for line in lines} == {1, 2}
+    heights = [(float(line[5]) - float(line[3])) * 360 for line in lines]  # normalised y1 - y0, 360 px high
+    assert heights and all(h <= 31 for h in heights), heights
+    assert job_main("make_action_videos", "--out", str(tmp_path / "o"), "--person-heights", "30,20") == 2
+    assert capsys.readouterr().err.strip().startswith("error: --person-heights takes min,max pixels")

@@ -36,8 +36,8 @@ from fashion_ray.taxonomy import ACTIONS_STAGE, CLOTHING_STAGE, GARMENTS_TASK, P
 from fashion_ray.training import data
 
 # what each task trains; "garments" trains the clothing stage's garment parser (models/garments.py)
-TRAINING_TASKS = (*taxonomy.STAGES, taxonomy.GARMENTS_TASK)
-STAGE_OF_TASK = {**{stage: stage for stage in taxonomy.STAGES}, taxonomy.GARMENTS_TASK: taxonomy.CLOTHING_STAGE}
+TRAINING_TASKS = (*taxonomy.STAGES, GARMENTS_TASK)
+STAGE_OF_TASK = {**{stage: stage for stage in taxonomy.STAGES}, GARMENTS_TASK: CLOTHING_STAGE}
 DEFAULT_ARCHITECTURE = {
     PERSON_STAGE: PERSON_DETECTOR,
     CLOTHING_STAGE: GARMENT_DETECTOR,
@@ -50,9 +50,9 @@ DEFAULT_INPUT_SIZE = {
     CLOTHING_STAGE: 192,
     PARTS_STAGE: 128,
     GARMENTS_TASK: 384,
-    ACTIONS_STAGE: 0,
-}  # actions: no pixels
-SEMANTIC_TASKS = (taxonomy.PARTS_STAGE, taxonomy.GARMENTS_TASK)  # a per-pixel map per sample, scored by IoU
+    ACTIONS_STAGE: 0,  # no pixels
+}
+SEMANTIC_TASKS = (PARTS_STAGE, GARMENTS_TASK)  # a per-pixel map per sample, scored by IoU
 OBJECT = taxonomy.PERSON_CATEGORY_ID  # held-out boxes are scored class-agnostic, all under one category id
 COCO_STATS = (
     "ap",
@@ -519,7 +519,6 @@ class WorkerBatches:
     index: object  # data.CocoIndex
     classes: tuple
     train_set: list
-    val_set: list
     rank: int
     world: int
 
@@ -597,7 +596,7 @@ def train_loop_per_worker(config: dict) -> None:
     index = data.load_index(cfg.data)
     classes = index.classes(cfg.task)
     train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction, index.images)
-    batches = WorkerBatches(cfg, index, classes, train_set, val_set, rank, world)
+    batches = WorkerBatches(cfg, index, classes, train_set, rank, world)
     run = setup(cfg, classes, device, world)
     restore(run, device)
     resumed_from_step = run.step

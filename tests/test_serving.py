@@ -422,18 +422,26 @@ def test_a_large_selection_is_answered_within_the_deadline(served):
 
 def test_label_studio_tasks_are_predicted_concurrently_and_unreadable_ones_get_none(served):
     """A mixed request as Label Studio sends it: tasks with data: URI photos (read), one whose
-    image cannot be read (no prediction, so it is asked for again), in order."""
+    image cannot be read (no prediction, so it is asked for again), in order. Label Studio asks
+    again for what came back without a prediction, and so does this test: the stage deployments
+    may still be busy with an earlier request's tasks (the deadline test's) on a loaded machine."""
     config = API.get(f"{served}/label-studio/config.xml", timeout=60).text
     photo = "data:image/jpeg;base64," + base64.b64encode(_photo("two_people.jpg")).decode()
-    # few enough to finish within the deadline on a loaded machine (the suite runs on every CPU)
     tasks = [{"id": k, "data": {"image": photo}} for k in range(4)]
     tasks.insert(
         2, {"id": 99, "data": {"image": "data:image/jpeg;base64," + base64.b64encode(b"not a photo").decode()}}
     )
-    answer = API.post(f"{served}/label-studio/predict", json={"tasks": tasks, "label_config": config}, timeout=300)
-    results = answer.json()["results"]
-    assert answer.status_code == 200 and len(results) == 5 and results[2] == []
-    persons = [[r for r in p["result"] if r["value"].get("rectanglelabels") == ["person"]] for p in results if p]
+    predicted = {}
+    for _ in range(6):
+        asked = [t for t in tasks if t["id"] not in predicted]
+        answer = API.post(f"{served}/label-studio/predict", json={"tasks": asked, "label_config": config}, timeout=300)
+        results = answer.json()["results"]
+        assert answer.status_code == 200 and len(results) == len(asked)
+        predicted |= {t["id"]: r for t, r in zip(asked, results) if r}
+        assert 99 not in predicted  # the unreadable photo never gets one
+        if len(predicted) == 4:
+            break
+    persons = [[r for r in predicted[k]["result"] if r["value"].get("rectanglelabels") == ["person"]] for k in range(4)]
     assert [len(p) for p in persons] == [2] * 4 and all(p == persons[0] for p in persons)
 
 

@@ -13,6 +13,10 @@ shard's rows however large the run. Boxes and masks are the run's own (original 
     yolo         the Ultralytics layout: images/<name> (links to local photos), labels/<name>.txt
                  (class cx cy w h, normalised), data.yaml with the class names
 
+Candidate persons (under the person threshold, `confident` false: a box and a score) go to
+FiftyOne (confidence, and a `confident` field to filter on) and CVAT (the `confident`
+attribute); Label Studio's pre-annotations and YOLO's training labels are the confident ones.
+
 FiftyOne and YOLO need the pixels on local disk: photos that are not local files, and video
 frames, are written once into `media_dir`.
 """
@@ -30,6 +34,7 @@ from fashion_ray import storage, taxonomy
 from fashion_ray.boxes import xywh
 from fashion_ray.errors import InputError
 from fashion_ray.formats import coco
+from fashion_ray.formats.schema import is_confident
 from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 
 FORMATS = ("fiftyone", "cvat", "labelstudio", "yolo")
@@ -142,6 +147,7 @@ def _fiftyone_sample(fo, row: dict, filepath: str):
                 w,
                 h,
                 confidence=p["score"],
+                confident=is_confident(p),
                 index=track,
                 person_id=p["person_id"],
                 actions=[a["action"] for a in p.get("actions") or []] or None,
@@ -193,7 +199,7 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
             raise ExportError(f"FiftyOne dataset {name!r} exists; pass --overwrite to replace it")
         fo.delete_dataset(name)
     dataset = fo.Dataset(name, persistent=True)
-    counts = {"samples": 0, "errors": 0, "persons": 0, "garments": 0, "parts": 0}
+    counts = {"samples": 0, "errors": 0, "persons": 0, "candidates": 0, "garments": 0, "parts": 0}
     for rows in shards:
         samples = []
         for row in rows:
@@ -201,7 +207,7 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
             samples.append(_fiftyone_sample(fo, row, path or storage.split_uri(row["uri"])[1]))
             counts["errors"] += row["status"] != "ok"
             for p in row["persons"]:
-                counts["persons"] += 1
+                counts["persons" if is_confident(p) else "candidates"] += 1
                 counts["garments"] += len(p["garments"])
                 counts["parts"] += len(p["parts"])
         dataset.add_samples(samples, progress=False)
@@ -256,7 +262,7 @@ def labelstudio_results(row: dict) -> list[dict]:
     """Label Studio results for one row: a rectangle per annotation, polygons for its mask."""
     w, h = row["width"], row["height"]
     out = []
-    for ann in coco.annotations(row):
+    for ann in coco.annotations(row, candidates=False):
         label = CATEGORY_NAME[ann["category_id"]]
         x, y, bw, bh = ann["bbox"]
         common = {
@@ -338,7 +344,7 @@ def to_labelstudio(shards, folder: str, *, model_version: str) -> dict:
 def yolo_lines(row: dict) -> list[str]:
     w, h = row["width"], row["height"]
     lines = []
-    for ann in coco.annotations(row):
+    for ann in coco.annotations(row, candidates=False):
         x, y, bw, bh = ann["bbox"]
         lines.append(
             f"{ann['category_id'] - 1} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"

@@ -342,7 +342,8 @@ def write_manifest(
             "error": ledger.num_rows - totals["ok"],
             "videos": _count_videos(ledger),
             "frames": totals["frames"],
-            "persons": totals["persons"],
+            "persons": totals["persons"],  # confident: candidates under the person threshold are counted apart
+            "candidates": totals["candidates"],
             "garments": totals["garments"],
             "parts": totals["parts"],
             "tracks": totals["tracks"],

@@ -1,7 +1,8 @@
 """Overlays of labelled images (PNG) and a static HTML page, to look at labels instead of JSON.
 
 Parts are painted in a fixed colour legend, garments outlined, persons boxed with their
-score, track and actions, keypoints dotted. Reads only what a run's manifest lists.
+score, track and actions, keypoints dotted; candidates under the person threshold are counted,
+not drawn. Reads only what a run's manifest lists.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from fashion_ray import config, media, storage, taxonomy
 from fashion_ray import masks as rle
-from fashion_ray.formats.schema import attribute_map
+from fashion_ray.formats.schema import attribute_map, is_confident
 from fashion_ray.formats.shards import iter_shard_rows, read_manifest
 from fashion_ray.video import decoding
 
@@ -49,7 +50,7 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
                 canvas[edge] = GARMENT_COLOUR
     out = Image.fromarray(canvas)
     draw = ImageDraw.Draw(out)
-    for person in row["persons"]:
+    for person in filter(is_confident, row["persons"]):  # candidates are counted in the caption, not drawn
         x0, y0, x1, y1 = person["box"]
         draw.rectangle([x0, y0, x1, y1], outline=PERSON_COLOUR, width=2)
         track = f" track {person['track_id']}" if person.get("track_id") is not None else ""
@@ -145,13 +146,17 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
         buf = io.BytesIO()
         render(image, row).save(buf, format="PNG")
         storage.write_bytes_atomic(storage.join(out_uri, name), buf.getvalue(), options)
+        persons = sum(map(is_confident, row["persons"]))
+        candidates = len(row["persons"]) - persons
+        under_threshold = f", {_count(candidates, 'candidate')} under the threshold" if candidates else ""
         garments = sum(len(p["garments"]) for p in row["persons"])
         where = "" if row["frame_index"] is None else f" frame {row['frame_index']} at {row['timestamp_s']:.2f} s"
         tracks = sorted(p["track_id"] for p in row["persons"] if p.get("track_id") is not None)
         acts = "; ".join(html.escape(action_text(p)) for p in row["persons"] if p.get("actions"))
         cards.append(
             f'<figure><img src="{name}" width="360"><figcaption>{html.escape(row["uri"].rsplit("/", 1)[-1])}{where}: '
-            f"{len(row['persons'])} persons{f' (tracks {tracks})' if tracks else ''}, {garments} garments"
+            f"{_count(persons, 'person')}{f' (tracks {tracks})' if tracks else ''}, {_count(garments, 'garment')}"
+            f"{under_threshold}"
             f"{f'<br>actions: {acts}' if acts else ''}</figcaption></figure>"
         )
     legend = "".join(
@@ -168,6 +173,10 @@ def write_preview(labels_uri: str, out_uri: str | None = None, limit: int = 24, 
     index = storage.join(out_uri, "index.html")
     storage.write_bytes_atomic(index, page.encode(), options)
     return index
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 assert set(PART_COLOURS) == set(taxonomy.PARTS)

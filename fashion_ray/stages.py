@@ -10,7 +10,8 @@ Rows flow as numpy batches with these columns (see pipeline.load_media):
           its image is a 1x1 placeholder until then; b"" for rows decoded by the tasks)
 
 Stages only add to `persons`: person boxes, keypoints and accessories; garments; parts;
-actions (which read keypoints and accessories, not pixels). A row whose status is "error" passes through untouched, and
+actions (which read keypoints and accessories, not pixels). A candidate person (under the
+person threshold, `confident` false) is a box and a score: the later stages skip it. A row whose status is "error" passes through untouched, and
 an image with no person costs the clothing and parts stages nothing. A model failure on
 one image becomes an error row ("model_error") instead of failing the block.
 Resources (actors, CPUs, GPUs, batch size) are not chosen here: see pipeline.py.
@@ -29,6 +30,7 @@ from fashion_ray import actions, media, taxonomy
 from fashion_ray import masks as rle
 from fashion_ray.boxes import box_iou, crop_box, owner
 from fashion_ray.config import Device
+from fashion_ray.formats.schema import is_confident
 from fashion_ray.models import build_stage_predictor, load_bundle
 from fashion_ray.placement import add_ran_on
 from fashion_ray.video import appearance
@@ -145,6 +147,7 @@ class PersonStage(_Stage):
     def label(self, batch, persons) -> None:
         if "jpeg" in batch:
             self._decode_jpegs(batch)
+        threshold = self.bundle.stages[self.stage_name].score_threshold
         rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
         # video frames carry moving regions (video/motion.py) as extra candidates
         regions = batch["regions"] if "regions" in batch else [None] * len(batch["status"])
@@ -159,9 +162,12 @@ class PersonStage(_Stage):
             for j, label in enumerate(det["labels"]):
                 if label != taxonomy.PERSON:
                     continue
+                score = float(det["scores"][j])
                 person = {
                     "person_id": len(found),
-                    "score": float(det["scores"][j]),
+                    "score": score,
+                    # a candidate (under the threshold) is a box and a score: the later stages skip it
+                    "confident": score >= threshold,
                     "box": [float(v) for v in det["boxes"][j]],
                     "mask": None,
                     "keypoints": None,
@@ -173,7 +179,8 @@ class PersonStage(_Stage):
                     mask = None  # a person the model gave no pixels (a crowd past the pose budget)
                 if mask is not None:
                     person["mask"] = rle.encode(mask)
-                person["appearance"] = appearance.describe(batch["image"][i], person["box"], mask)
+                if person["confident"]:  # what the tracker matches on: candidates are never tracked
+                    person["appearance"] = appearance.describe(batch["image"][i], person["box"], mask)
                 if det.get("keypoints") is not None and det["keypoints"][j] is not None:
                     person["keypoints"] = [float(v) for v in np.asarray(det["keypoints"][j]).reshape(-1)]
                 found.append(person)
@@ -182,14 +189,14 @@ class PersonStage(_Stage):
 
 
 def link_accessories(persons: list[dict], accessories: list[dict]) -> None:
-    """Bags, umbrellas, ties ... become garments of the person who carries or wears them
-    (boxes.owner); one that belongs to nobody has no row to live in and is left out."""
-    boxes = [p["box"] for p in persons]
+    """Bags, umbrellas, ties ... become garments of the confident person who carries or wears
+    them (boxes.owner); one that belongs to nobody has no row to live in and is left out."""
+    confident = [p for p in persons if is_confident(p)]
     for item in sorted(accessories, key=lambda a: -a["score"]):
-        k = owner(item["box"], boxes)
+        k = owner(item["box"], [p["box"] for p in confident])
         if k is None:
             continue
-        garments = persons[k]["garments"]
+        garments = confident[k]["garments"]
         garments.append(
             {
                 "garment_id": len(garments),
@@ -214,6 +221,8 @@ class _PersonCropStage(_Stage):
             image = batch["image"][i]
             h, w = image.shape[:2]
             for k, person in enumerate(persons[i]):
+                if not is_confident(person):  # a candidate carries its box and score only
+                    continue
                 box = crop_box(person["box"], w, h)
                 if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                     continue
@@ -347,12 +356,13 @@ class ActionsStage(_Stage):
         for i, status in enumerate(batch["status"]):
             if status != "ok" or not persons[i]:
                 continue
+            confident = [p for p in persons[i] if is_confident(p)]
             try:
-                scores = self.predictor.predict_tracks([actions.Track.of_persons([0.0], [p]) for p in persons[i]])
+                scores = self.predictor.predict_tracks([actions.Track.of_persons([0.0], [p]) for p in confident])
             except Exception as exc:  # one image's bad keypoints fail that image, not its neighbours
                 self._fail(batch, i, exc, persons, self.stage_name)
                 continue
-            for person, frames in zip(persons[i], scores):
+            for person, frames in zip(confident, scores):
                 person["actions"] = actions.as_records(frames[0], threshold)
 
 

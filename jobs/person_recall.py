@@ -48,7 +48,10 @@ def main(args) -> int:
     if args.composites > 0:
         predictor = build_stage_predictor(bundle, PERSON_STAGE, Device(args.device))
         result |= person_eval.evaluate_detector(
-            predictor, person_eval.make_composites(args.composites, seed=args.seed), person_eval.empty_photos()
+            predictor,
+            person_eval.make_composites(args.composites, seed=args.seed),
+            person_eval.empty_photos(),
+            min_score=bundle.stages[PERSON_STAGE].score_threshold,
         )
     if args.walkers > 0:
         with tempfile.TemporaryDirectory() as workdir:

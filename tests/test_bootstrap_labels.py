@@ -27,8 +27,14 @@ HAND_BOXES = {
 
 @pytest.fixture(scope="module")
 def photos(default_run):
+    """The sample photos' rows with their labels: the confident persons (candidates under the
+    threshold are boxes and scores for users who filter by score)."""
     _, out, _ = default_run
-    return {os.path.basename(r["uri"]): r for r in read_rows(out) if os.path.basename(r["uri"]) in HAND_BOXES}
+    return {
+        os.path.basename(r["uri"]): dict(r, persons=[p for p in r["persons"] if p["confident"]])
+        for r in read_rows(out)
+        if os.path.basename(r["uri"]) in HAND_BOXES
+    }
 
 
 @pytest.mark.parametrize("name", sorted(HAND_BOXES))

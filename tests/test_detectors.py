@@ -189,7 +189,7 @@ def test_a_failure_on_one_image_is_one_model_error_row():
     assert list(out["status"]) == ["ok", "error", "ok"]
     assert out["error"][1] == "model_error" and out["error_detail"][1].startswith("person: ")
     for k in (0, 2):
-        [person] = out["persons"][k].items
+        [person] = [p for p in out["persons"][k].items if p["confident"]]
         assert person["score"] >= 0.5 and len(person["keypoints"]) == 33 * 3 and person["mask"] is not None
 
 
@@ -206,24 +206,73 @@ def test_batched_views_give_the_single_view_detections():
         np.testing.assert_allclose(s1, s2, atol=1e-4)
 
 
+def _person_stage(photo: np.ndarray, **kwargs) -> list[dict]:
+    batch = {
+        "id": np.arange(1),
+        "status": np.array(["ok"], dtype=object),
+        "error": np.array([""], dtype=object),
+        "error_detail": np.array([""], dtype=object),
+        "persons": persons_column([[]]),
+    }
+    batch["image"] = np.empty(1, dtype=object)
+    batch["image"][0] = photo
+    return PersonStage("bootstrap", Device(), batch_size=1, **kwargs)(batch)["persons"][0].items
+
+
 def test_a_run_threshold_replaces_the_bundles():
-    # the cameraman scores 0.88: the bundle's 0.5 keeps him, a run asking for 0.95 does not
+    # the cameraman scores 0.88: the bundle's 0.5 keeps him, a run asking for 0.95 makes him a
+    # candidate (the bundle's floor, 0.2, is where candidates end)
     photo = _photo("camera.jpg")
+    persons = _person_stage(photo)
+    assert [round(p["score"], 2) for p in persons if p["confident"]] == [0.88]
+    assert [p["person_id"] for p in persons] == list(range(len(persons)))
+    strict = _person_stage(photo, score_threshold=0.95)
+    assert not any(p["confident"] for p in strict) and round(strict[0]["score"], 2) == 0.88
 
-    def persons(**kwargs):
-        batch = {
-            "id": np.arange(1),
-            "status": np.array(["ok"], dtype=object),
-            "error": np.array([""], dtype=object),
-            "error_detail": np.array([""], dtype=object),
-            "persons": persons_column([[]]),
-        }
-        batch["image"] = np.empty(1, dtype=object)
-        batch["image"][0] = photo
-        return PersonStage("bootstrap", Device(), batch_size=1, **kwargs)(batch)["persons"][0].items
 
-    assert [round(p["score"], 2) for p in persons()] == [0.88]
-    assert persons(score_threshold=0.95) == []
+def test_candidates_are_boxes_and_scores_and_the_confident_persons_do_not_change():
+    """The bundle's candidate floor adds persons under the threshold to what the same detector
+    finds without it; the confident ones, their boxes and scores stay exactly as they were."""
+    bundle = load_bundle("bootstrap")
+    floor = bundle.stages["person"].model_options["candidate_floor"]
+    data = open(os.path.join(bundle.uri, "nanodet_g_416.onnx"), "rb").read()
+    options = dict(score_threshold=0.5, min_person_height=24)
+    plain, with_floor = nanodet.NanoDet(data, **options), nanodet.NanoDet(data, **options, candidate_floor=floor)
+    photos = [_photo(name) for name in ("two_people.jpg", "astronaut.jpg")]
+    for (b1, s1, n1), (b2, s2, n2) in zip(plain.detect(photos), with_floor.detect(photos)):
+        sure = s2 >= 0.5
+        assert n2[: len(n1)] == n1 and sure[: len(n1)].all() and not sure[len(n1) :].any()
+        np.testing.assert_array_equal(b2[: len(n1)], b1)
+        np.testing.assert_array_equal(s2[: len(n1)], s1)
+        assert len(n2) > len(n1) and (s2[len(n1) :] >= floor).all()
+
+    persons = _person_stage(_photo("two_people.jpg"))
+    confident = [p for p in persons if p["confident"]]
+    candidates = [p for p in persons if not p["confident"]]
+    assert len(confident) == 2 and all(p["mask"] and p["keypoints"] and p["appearance"] for p in confident)
+    assert candidates and all(floor <= p["score"] < 0.5 for p in candidates)
+    assert all(p["mask"] is None and p["keypoints"] is None and "appearance" not in p for p in candidates)
+
+
+def test_candidates_by_hand():
+    """Under the threshold, after NMS among themselves, and neither overlapping a confident
+    person (IoU > 0.6) nor mostly inside one (a piece a tile saw)."""
+    confident = np.array([[0, 0, 100, 200]], np.float32)
+    boxes = np.array(
+        [
+            [0, 0, 100, 200],  # the confident person itself (0.9): not a candidate
+            [5, 0, 100, 190],  # the same person again, lower: IoU 0.9 with them
+            [10, 100, 90, 200],  # their legs: wholly inside them
+            [300, 0, 360, 120],  # someone else, faint
+            [302, 2, 360, 120],  # the same someone, fainter: NMS takes it
+            [80, 0, 180, 200],  # a neighbour overlapping the person by a quarter of its box
+        ],
+        np.float32,
+    )
+    scores = np.array([0.9, 0.45, 0.4, 0.35, 0.3, 0.25], np.float32)
+    assert nanodet.person_candidates(confident, boxes, scores, 0.5).tolist() == [3, 5]
+    # with nobody confident, the legs (IoU 0.38 with the fainter whole box) are a person of their own
+    assert nanodet.person_candidates(np.zeros((0, 4), np.float32), boxes, scores, 0.5).tolist() == [1, 2, 3, 5]
 
 
 def _cuda_provider() -> bool:

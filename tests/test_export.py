@@ -81,7 +81,10 @@ def test_export_to_a_persistent_fiftyone_dataset(default_run, fo, tmp_path):
     assert len(ds.match_tags("error")) == c["error"] and set(ds.match_tags("error").values("error")) == set(
         want["manifest"]["errors_by_reason"]
     )
-    assert ds.count("persons.detections") == c["persons"] and ds.count("garments.detections") == c["garments"]
+    # candidates under the person threshold come too, to filter on (confidence, `confident`)
+    assert ds.count("persons.detections") == c["persons"] + c["candidates"] and c["candidates"] > 0
+    assert ds.count_values("persons.detections.confident") == {True: c["persons"], False: c["candidates"]}
+    assert ds.count("garments.detections") == c["garments"]
     assert ds.count("parts.detections") == c["parts"]
     # a person's actions ride on its detection: names and scores, best first (the cameraman stands)
     assert sorted(a for v in ds.values("persons.detections.actions", unwind=True) if v for a in v) == sorted(
@@ -118,7 +121,7 @@ def test_labelstudio_tasks_round_trip_through_its_converter(default_run, tmp_pat
         for a in back["annotations"]
         if not a["segmentation"]
     )
-    ours = _coco_of(out)
+    ours = _coco_of(out, candidates=False)  # pre-annotations are the labels
     ours_names = {c["id"]: c["name"] for c in ours["categories"]}
     assert rectangles == sorted(
         (ours_names[a["category_id"]], *(round(v, 1) for v in a["bbox"])) for a in ours["annotations"]
@@ -129,12 +132,13 @@ def test_labelstudio_tasks_round_trip_through_its_converter(default_run, tmp_pat
     )
 
 
-def _coco_of(out) -> dict:
+def _coco_of(out, candidates: bool = True) -> dict:
+    """The run's COCO shards in one document; without the candidate persons if asked."""
     images, anns = [], []
     for shard in json.loads((out / "manifest.json").read_text())["shards"]:
         doc = json.loads((out / shard["coco"]).read_text())
         images += doc["images"]
-        anns += doc["annotations"]
+        anns += [a for a in doc["annotations"] if candidates or a.get("confident") is not False]
     return {"images": images, "annotations": anns, "categories": taxonomy.COCO_CATEGORIES}
 
 
@@ -156,12 +160,17 @@ def test_cvat_coco_1_0_layout(default_run, tmp_path):
         if a["category_id"] in {c["id"] for c in taxonomy.COCO_CATEGORIES if c["supercategory"] == "garment"}
     ]
     assert garments and all(a["attributes"]["parent_person_id"] in coco.anns for a in garments)
+    # a person says whether it is a label or a candidate under the threshold; candidates own nothing
+    persons = [a for a in coco.anns.values() if a["category_id"] == taxonomy.PERSON_CATEGORY_ID]
+    assert {a["attributes"]["confident"] for a in persons} == {True, False}
+    candidates = {a["id"] for a in persons if not a["attributes"]["confident"]}
+    assert all(a["attributes"].get("parent_person_id") not in candidates for a in coco.anns.values())
 
 
 def test_yolo_labels_match_the_coco_boxes(default_run, tmp_path):
     _, out, _ = default_run
     summary = export_run(str(out), "yolo", str(tmp_path / "yolo"))
-    ours = _coco_of(out)
+    ours = _coco_of(out, candidates=False)  # training labels are the confident persons
     sizes = {i["id"]: (i["width"], i["height"]) for i in ours["images"]}
     expected = sorted((a["category_id"] - 1, a["bbox"][0] / sizes[a["image_id"]][0]) for a in ours["annotations"])
     got = []

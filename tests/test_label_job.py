@@ -55,6 +55,13 @@ def test_parquet_schema_and_readers_without_our_code(default_run):
     pattern = str(out / "parquet" / "*.parquet")
     n, persons = duckdb.sql(f"select count(*), sum(len(persons)) from read_parquet('{pattern}')").fetchall()[0]
     assert n == 14 and persons >= 5
+    # the labels are the confident persons; a candidate under the threshold is a box and a score
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    confident, bare_candidates = duckdb.sql(f"""select count(*) filter (where person.confident),
+        count(*) filter (where not person.confident and person.mask is null and person.keypoints is null
+                         and len(person.garments) = 0 and len(person.parts) = 0 and len(person.actions) = 0)
+        from (select unnest(persons) as person from read_parquet('{pattern}')) t""").fetchall()[0]
+    assert (confident, bare_candidates) == (counts["persons"], counts["candidates"]) and confident >= 5
     parts = duckdb.sql(f"""select p.part from (select unnest(persons) as person from read_parquet('{pattern}')) t,
                            unnest(t.person.parts) as u(p)""").fetchall()
     assert {"head", "torso", "upper_arm"} <= {row[0] for row in parts}
@@ -123,21 +130,23 @@ def test_coco_shards_load_and_evaluate_with_pycocotools(default_run):
         if not shard_anns:
             continue
         # predictions evaluated against themselves must score AP 1.0: ids, boxes and masks consistent
-        # (persons all have masks; accessories are boxes only)
-        dt = gt.loadRes(
-            [
-                {k: a[k] for k in ("image_id", "category_id", "bbox", "score", "segmentation")}
-                for a in shard_anns
-                if a["category_id"] == 1
-            ]
-        )
-        for iou_type in ("bbox", "segm"):
-            ev = COCOeval(gt, dt, iou_type)
+        # (confident persons all have masks; candidates and accessories are boxes only)
+        for iou_type, keys in (("bbox", ()), ("segm", ("segmentation",))):
+            persons = [a for a in shard_anns if a["category_id"] == 1 and (iou_type == "bbox" or a["confident"])]
+            truth = COCO()
+            truth.dataset = dict(gt.dataset, annotations=[a for a in shard_anns if a["category_id"] != 1] + persons)
+            truth.createIndex()
+            dt = truth.loadRes(
+                [{k: a[k] for k in ("image_id", "category_id", "bbox", "score", *keys)} for a in persons]
+            )
+            ev = COCOeval(truth, dt, iou_type)
             ev.params.catIds = [1]
             ev.evaluate(), ev.accumulate(), ev.summarize()
             assert ev.stats[0] == pytest.approx(1.0)
     assert images == 9
-    assert sum(a["category_id"] == 1 for a in anns) == manifest["counts"]["persons"]
+    counts = manifest["counts"]
+    assert sum(a["category_id"] == 1 for a in anns) == counts["persons"] + counts["candidates"]
+    assert sum(a["category_id"] == 1 and a["confident"] for a in anns) == counts["persons"]
 
 
 def test_manifest_lists_exactly_the_files_written(default_run):
@@ -180,7 +189,7 @@ def test_stage_subset_and_rerun_replaces_without_duplicates(ray_session, default
     assert not (target / "parquet" / "part-0123456789abcdef0123.parquet").exists()
     assert (target / "coco" / "keep_me.json").read_text() == "{}"
     ok = next(r for r in rows if r["status"] == "ok")
-    assert ok["stages"] == ["person"] and len(ok["persons"]) == 2
+    assert ok["stages"] == ["person"] and sum(p["confident"] for p in ok["persons"]) == 2
     assert all(p["garments"] == [] and p["parts"] == [] for p in ok["persons"])
 
 

@@ -40,8 +40,14 @@ def test_matching_counts_duplicates_as_false_and_ignores_hidden_people():
 
 @pytest.fixture(scope="module")
 def scores():
-    predictor = build_stage_predictor(load_bundle("bootstrap"), "person", Device())
-    return person_eval.evaluate_detector(predictor, person_eval.make_composites(8, seed=7), person_eval.empty_photos())
+    bundle = load_bundle("bootstrap")
+    predictor = build_stage_predictor(bundle, "person", Device())
+    return person_eval.evaluate_detector(
+        predictor,
+        person_eval.make_composites(8, seed=7),
+        person_eval.empty_photos(),
+        min_score=bundle.stages["person"].score_threshold,
+    )
 
 
 def test_recall_by_height_holds(scores):

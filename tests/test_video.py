@@ -202,7 +202,12 @@ def test_mixed_corpus_rows_timestamps_and_errors(mixed_run):
 
 def test_tracks_carry_to_garments_parts_and_ava(mixed_run):
     corpus, out, _, _ = mixed_run
-    rows = {(os.path.basename(r["uri"]), r["frame_index"]): r for r in read_rows(out)}
+    all_rows = {(os.path.basename(r["uri"]), r["frame_index"]): r for r in read_rows(out)}
+    # candidates under the threshold are never tracked; the labels (confident persons) always are
+    in_videos = [p for r in all_rows.values() if r["frame_index"] is not None for p in r["persons"]]
+    assert any(not p["confident"] for p in in_videos)
+    assert all((p["track_id"] is not None) == p["confident"] for p in in_videos)
+    rows = {k: dict(r, persons=[p for p in r["persons"] if p["confident"]]) for k, r in all_rows.items()}
     walk = [rows[("walk.mp4", 2 * k)] for k in range(6)]
     assert [[p["track_id"] for p in r["persons"]] for r in walk] == [[1]] * 6
     pair = [rows[("pair.mkv", 2 * k)] for k in range(4)]
@@ -281,7 +286,7 @@ def test_preview_shows_frames_with_tracks(mixed_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = (tmp_path / "index.html").read_text()
     assert "pair.mkv frame 2 at 1.00 s: 2 persons (tracks [1, 2])" in page
-    assert "walk.mp4 frame 10 at 5.00 s: 1 persons (tracks [1])" in page
+    assert "walk.mp4 frame 10 at 5.00 s: 1 person (tracks [1])" in page
 
 
 def test_video_from_s3_spread_over_tasks(ray_session, s3_server, plumbing_bundle, tmp_path):

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from fashion_ray.boxes import box_iou
+from fashion_ray.formats.schema import is_confident
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "person_eval")
 HEIGHT_BUCKETS = ((24, 48), (48, 96), (96, 192), (192, 10_000))
@@ -154,14 +155,23 @@ def match(boxes: list, scores: list, gt: list[list[float]], ignore: list[bool]) 
     return found, false
 
 
-def evaluate_detector(predictor, composites: list[Composite], empties: list[tuple[str, np.ndarray]]) -> dict:
-    """Recall by height bucket, false persons, seconds per image for one person predictor."""
+def evaluate_detector(
+    predictor, composites: list[Composite], empties: list[tuple[str, np.ndarray]], min_score: float = 0.0
+) -> dict:
+    """Recall by height bucket, false persons, seconds per image for one person predictor, of
+    its persons scored `min_score` or more (the stage's threshold: the labels, not candidates)."""
+
+    def persons(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = predictor.predict([image])[0]
+        keep = out["scores"] >= min_score
+        return out["boxes"][keep], out["scores"][keep]
+
     hits: dict[str, list[int]] = {bucket_name(lo): [0, 0] for lo, _ in HEIGHT_BUCKETS}
     false_in_composites = false_in_empty = 0
     started = time.perf_counter()
     for comp in composites:
-        out = predictor.predict([comp.image])[0]
-        found, false = match(out["boxes"].tolist(), out["scores"].tolist(), comp.boxes, comp.ignore)
+        boxes, scores = persons(comp.image)
+        found, false = match(boxes.tolist(), scores.tolist(), comp.boxes, comp.ignore)
         false_in_composites += false
         for ok, h, ign in zip(found, comp.heights, comp.ignore):
             if not ign:
@@ -170,7 +180,7 @@ def evaluate_detector(predictor, composites: list[Composite], empties: list[tupl
     composite_seconds = time.perf_counter() - started
     per_empty = {}
     for name, img in empties:
-        per_empty[name] = len(predictor.predict([img])[0]["boxes"])
+        per_empty[name] = len(persons(img)[0])
         false_in_empty += per_empty[name]
     found_all = sum(h[0] for h in hits.values())
     total = sum(h[1] for h in hits.values())
@@ -270,7 +280,7 @@ def evaluate_tracks(rows: list[dict], walkers: WalkersVideo) -> dict:
     found = total = 0
     for row in sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["timestamp_s"]):
         truth = walkers.truth.get(round(row["timestamp_s"], 6), [])
-        persons = row["persons"]
+        persons = [p for p in row["persons"] if is_confident(p)]  # tracked: candidates have no track
         all_tracks.update(p["track_id"] for p in persons)
         pairs = sorted(
             ((box_iou(p["box"], box), i, j) for i, p in enumerate(persons) for j, (_, box, _) in enumerate(truth)),

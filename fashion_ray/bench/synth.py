@@ -322,6 +322,7 @@ def person_record(k: int, p: Person) -> dict:
         "person_id": k,
         "track_id": None,
         "score": 1.0,
+        "confident": True,
         "box": p.box,
         "mask": rle.encode(p.mask),
         "keypoints": None,

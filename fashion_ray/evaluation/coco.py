@@ -232,8 +232,9 @@ SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # person score cut-offs the counts
 
 
 class PersonCounts:
-    """Persons in ground truth matched (IoU >= 0.5, greedy by score), missed and extra; images
-    seen; and matched / extra at each of SCORE_THRESHOLDS, to choose a bundle's threshold by."""
+    """Confident persons in ground truth matched (IoU >= 0.5, greedy by score), missed and
+    extra; images seen; and matched / extra of every person at each of SCORE_THRESHOLDS, to
+    choose a bundle's threshold by."""
 
     def __init__(self):
         self.reset()
@@ -246,7 +247,8 @@ class PersonCounts:
         gt_by, dt_by = by_image(gt_anns), by_image(dt_anns)
         for img in images:
             gt, dt = gt_by.get(img["id"], []), dt_by.get(img["id"], [])
-            matched, missed, extra = _person_matches(gt, dt)
+            # the labels as written: candidates under the person threshold count in AP, not here
+            matched, missed, extra = _person_matches(gt, [a for a in dt if a.get("confident", True)])
             self.counts["persons_matched"] += matched
             self.counts["persons_missed"] += missed
             self.counts["persons_extra"] += extra

@@ -11,6 +11,8 @@ schema 1 wrote a list of "name:value" strings, which FiftyOne's importer rejects
 repeats the links that tools would otherwise drop: parent_person_id, track_id and side
 are both top-level keys (pycocotools, FiftyOne) and attributes (CVAT keeps only those). A
 person's actions are `actions` ([{id, name, score}], AVA ids) and attributes AVA name -> score.
+A person's `confident` (top level and attribute) is false for a candidate under the person
+threshold: a box and a score, for users who filter by score (AP counts them, labels do not).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 from fashion_ray import masks as rle
 from fashion_ray import taxonomy
 from fashion_ray.boxes import xywh
-from fashion_ray.formats.schema import attribute_map
+from fashion_ray.formats.schema import attribute_map, is_confident
 from fashion_ray.storage import stable_id
 
 
@@ -60,13 +62,18 @@ def image_record(row: dict) -> dict:
     return record
 
 
-def annotations(row: dict) -> list[dict]:
+def annotations(row: dict, candidates: bool = True) -> list[dict]:
+    """A row's COCO annotations; `candidates=False` leaves the candidate persons out (labels
+    to train on or to correct, as the YOLO and Label Studio exports write)."""
     out = []
     image_id = row["id"]
     for person in row["persons"] or []:
+        if not candidates and not is_confident(person):
+            continue
         pid = annotation_id(image_id, "person", person["person_id"])
         track = {} if person.get("track_id") is None else {"track_id": person["track_id"]}
-        extra = dict(track)
+        confident = is_confident(person)
+        extra = dict(track, confident=confident)
         if person.get("keypoints"):
             kp = person["keypoints"]
             extra |= {"keypoints": kp, "num_keypoints": int(sum(1 for v in kp[2::3] if v > 0))}
@@ -84,7 +91,8 @@ def annotations(row: dict) -> list[dict]:
                 person["box"],
                 person.get("mask"),
                 person["score"],
-                attributes=attribute_object([], **track) | {a["action"]: round(a["score"], 4) for a in acts},
+                attributes=attribute_object([], confident=confident, **track)
+                | {a["action"]: round(a["score"], 4) for a in acts},
                 **extra,
             )
         )

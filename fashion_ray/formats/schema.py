@@ -11,8 +11,9 @@ import pyarrow as pa
 
 # 2: COCO `attributes` became an object (name -> value); 3: persons gained `appearance`;
 # 4: persons gained `actions`, rows `camera_shift`; 5: a garment's Parquet `attributes` became a
-# map (name -> value) like COCO's, from a list of "name:value" strings
-SCHEMA_VERSION = 5
+# map (name -> value) like COCO's, from a list of "name:value" strings; 6: persons gained
+# `confident` (candidates under the person threshold are written too, a box and a score)
+SCHEMA_VERSION = 6
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 BOX = pa.list_(pa.float32())
@@ -53,6 +54,9 @@ PERSON = pa.struct(
         ("person_id", pa.int32()),  # index within the image; COCO ann ids derive from it
         ("track_id", pa.int64()),  # person track within a video (from 1), null for photos
         ("score", pa.float32()),
+        # at or over the person threshold: false for a candidate, which has a box and a score only
+        # (no mask, keypoints, garments, parts, actions or track); filter on it for the labels
+        ("confident", pa.bool_()),
         ("box", BOX),
         ("mask", RLE),
         ("keypoints", pa.list_(pa.float32())),  # flattened x, y, visibility
@@ -116,3 +120,9 @@ def with_attribute_maps(rows: list[dict]) -> list[dict]:
             for garment in person.get("garments") or []:
                 garment["attributes"] = attribute_map(garment.get("attributes"))
     return rows
+
+
+def is_confident(person: dict) -> bool:
+    """A person at or over the person threshold: what the stages label further, the tracker
+    follows and previews draw as labels. Rows before schema 6 hold no candidates (null here)."""
+    return person.get("confident") is not False

@@ -25,7 +25,7 @@ from fashion_ray import masks as rle
 from fashion_ray import storage
 from fashion_ray.boxes import scale_box
 from fashion_ray.formats import ava, coco
-from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION, with_attribute_maps
+from fashion_ray.formats.schema import LABEL_SCHEMA, SCHEMA_VERSION, is_confident, with_attribute_maps
 
 
 def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
@@ -41,6 +41,7 @@ def _to_original(person: dict, scale: float, height: int, width: int) -> dict:
         "person_id": person["person_id"],
         "track_id": person.get("track_id"),
         "score": person["score"],
+        "confident": person.get("confident", True),
         "box": scale_box(person["box"], scale, width, height),
         "mask": mask(person.get("mask")),
         "keypoints": kp,
@@ -114,12 +115,13 @@ class Shard:
     ids: tuple[int, ...]
     ok: int
     frames: int
-    persons: int
+    persons: int  # confident ones: the labels
     garments: int
     parts: int
     errors: dict[str, int]  # error rows per reason
     ava: bool  # an AVA CSV was written (the shard holds tracked video frames)
     tracked: int = 0  # persons with a track id
+    candidates: int = 0  # persons under the person threshold (a box and a score)
     actions: dict[str, int] = field(default_factory=dict)  # persons labelled with each action (AVA name)
     # per video: the highest track id among this shard's frames. Ids count from 1 per video,
     # so a video's track count is the largest of these over all shards holding its frames.
@@ -139,6 +141,7 @@ class Shard:
             "ok": self.ok,
             "frames": self.frames,
             "persons": self.persons,
+            "candidates": self.candidates,
             "garments": self.garments,
             "parts": self.parts,
             "errors": dict(self.errors),
@@ -158,7 +161,8 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
     ava_rows = ava.ava_rows(rows)
     if ava_rows:
         storage.write_bytes_atomic(storage.join(output, "ava", f"{name}.csv"), ava.to_csv(ava_rows), storage_options)
-    persons = [p for r in rows for p in r["persons"]]
+    everyone = [p for r in rows for p in r["persons"]]
+    persons = [p for p in everyone if is_confident(p)]
     max_track_id: dict[str, int] = {}
     for row in rows:
         for p in row["persons"]:
@@ -175,6 +179,7 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
         errors=dict(collections.Counter(r["error"] for r in rows if r["status"] == "error")),
         ava=bool(ava_rows),
         tracked=sum(p.get("track_id") is not None for p in persons),
+        candidates=len(everyone) - len(persons),
         actions=dict(collections.Counter(a["action"] for p in persons for a in p.get("actions") or [])),
         max_track_id=max_track_id,
     )
@@ -184,7 +189,8 @@ def shard_totals(entries: list[dict]) -> dict:
     """Label counts over a manifest's shard records, with video tracks and their mean length
     (tracked persons per track, in sampled frames)."""
     totals = {
-        key: sum(s.get(key, 0) for s in entries) for key in ("ok", "frames", "persons", "garments", "parts", "tracked")
+        key: sum(s.get(key, 0) for s in entries)
+        for key in ("ok", "frames", "persons", "candidates", "garments", "parts", "tracked")
     }
     tracks_per_video: dict[str, int] = {}
     for s in entries:

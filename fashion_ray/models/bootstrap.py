@@ -49,6 +49,9 @@ class NanoDetPosePerson:
     `box_source` says which box a person keeps: the detector's, its mask's extent, or
     "merge": the mean of the two where they agree (IoU > MERGE_AGREEMENT), else the
     detector's (measured on ../shared/data: docs/evaluation.md).
+
+    Persons under `person_threshold` (the detector's candidates, see nanodet.person_candidates)
+    keep the detector's box and score only: no pose, no mask (BlazePose is most of the cost).
     """
 
     kind = "detector"
@@ -61,9 +64,11 @@ class NanoDetPosePerson:
         mask_threshold: float,
         box_source: str = "merge",
         max_poses: int = 20,
+        person_threshold: float = 0.0,
     ):
         self.detector, self.pose = detector, pose
         self.mask_threshold, self.box_source, self.max_poses = mask_threshold, box_source, max_poses
+        self.person_threshold = person_threshold
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
         contexts = context or [{}] * len(images)
@@ -71,8 +76,10 @@ class NanoDetPosePerson:
         # one pose batch for the persons of every image (the first max_poses of each)
         people = [
             (i, k)
-            for i, (_, _, names) in enumerate(detections)
-            for k in [k for k, name in enumerate(names) if name == taxonomy.PERSON][: self.max_poses]
+            for i, (_, scores, names) in enumerate(detections)
+            for k in [
+                k for k, name in enumerate(names) if name == taxonomy.PERSON and scores[k] >= self.person_threshold
+            ][: self.max_poses]
         ]
         poses = dict(zip(people, self.pose.estimate([(images[i], detections[i][0][k]) for i, k in people])))
         return [
@@ -88,7 +95,7 @@ class NanoDetPosePerson:
             if name != taxonomy.PERSON:
                 continue
             box = [float(v) for v in boxes[k]]
-            if k not in poses:  # a crowd past max_poses: the rest keep their boxes, without pose and mask
+            if k not in poses:  # a candidate, or a crowd past max_poses: a box, without pose and mask
                 found.append({"box": box, "score": float(scores[k]), "mask": np.zeros((h, w), bool), "keypoints": None})
                 continue
             mask = _components_touching(poses[k]["mask_prob"] > self.mask_threshold, poses[k]["keypoints"])
@@ -365,7 +372,8 @@ ARCHITECTURES = (NANODET_BLAZEPOSE, POSE_BODY_PARTS, POSE_GARMENT_REGIONS)
 
 
 # the person stage's bundle options: model files, tiling, which box a person keeps, poses per
-# image, views (NanoDet) or persons (BlazePose) per model call, the accessories' score threshold
+# image, views (NanoDet) or persons (BlazePose) per model call, the accessories' score threshold,
+# the score down to which persons are written as candidates
 PERSON_OPTIONS = {
     "files",
     "min_person_height",
@@ -374,6 +382,7 @@ PERSON_OPTIONS = {
     "max_poses",
     "max_batch",
     "accessory_score_threshold",
+    "candidate_floor",
 }
 
 
@@ -417,6 +426,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
             max_batch=int(tuning.get("max_batch", 8)),
             device=device.name,
             threads=device.torch_threads,
+            candidate_floor=float(tuning["candidate_floor"]) if "candidate_floor" in tuning else None,
         )
         pose = BlazePose(
             read("pose"), max_batch=int(tuning.get("max_batch", 8)), device=device.name, threads=device.torch_threads
@@ -427,6 +437,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
             mask_threshold=spec.mask_threshold,
             box_source=tuning.get("box_source", "merge"),
             max_poses=int(tuning.get("max_poses", 20)),
+            person_threshold=spec.score_threshold,
         )
     if spec.architecture == POSE_BODY_PARTS:
         return PoseBodyParts()

@@ -12,6 +12,10 @@ Small people: the model sees every image at 416 px, so a person under ~28 px the
 `plan_tiles` decides per image from its size and the smallest person height wanted whether
 overlapping tiles (each seen at 416 px too) pay, and `merge_tiles` keeps a full-frame box over
 the partial boxes that tiles cut out of the same object.
+
+Candidates: with a `candidate_floor` under the person threshold, the same views also give the
+persons scored between the two (`person_candidates`): users who filter by score get them, the
+confident persons are exactly those a run without the floor finds.
 """
 
 from __future__ import annotations
@@ -193,6 +197,22 @@ def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float
     )
 
 
+def person_candidates(
+    confident: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float, contained: float = 0.6
+) -> np.ndarray:
+    """Indices of the boxes (one class, every view's, in image pixels) that are persons of
+    their own under `threshold`: after NMS among them, none that overlaps a confident person
+    (IoU over NMS_IOU) or lies mostly inside one (a piece of them a tile saw). Best first."""
+    low = np.flatnonzero(scores < threshold)
+    if not len(low):
+        return low
+    low = low[nms(boxes[low], scores[low], np.zeros(len(low), np.int64))]
+    if len(confident):
+        near = (box_iou_matrix(boxes[low], confident) > NMS_IOU) | (_share_inside(boxes[low], confident) >= contained)
+        low = low[~near.any(1)]
+    return low
+
+
 def _share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[i, j] = the share of box a[i]'s area that lies inside box b[j]."""
     w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
@@ -227,6 +247,7 @@ class NanoDet:
         device: str = "cpu",
         threads: int = 1,
         class_thresholds: dict[int, float] | None = None,
+        candidate_floor: float | None = None,
     ):
         self.session = onnx.session(model, device, threads)
         # outputs come as (scores [N, HW, 80], distances [N, HW, 44]) per stride; pair them by cell count
@@ -242,6 +263,11 @@ class NanoDet:
         self.thresholds = np.array(
             [(class_thresholds or {}).get(int(k), score_threshold) for k in self.class_ids], np.float32
         )
+        # what the views are read down to: the thresholds, and the person candidates' floor
+        self.person_index = next((k for k, c in enumerate(self.class_ids) if classes[int(c)] == "person"), None)
+        self.floors = self.thresholds.copy()
+        if candidate_floor is not None and self.person_index is not None:
+            self.floors[self.person_index] = min(candidate_floor, self.thresholds[self.person_index])
         self.min_person_height = min_person_height
         self.max_tiles_per_side = max_tiles_per_side
         self.max_batch = max(1, max_batch)
@@ -250,7 +276,8 @@ class NanoDet:
         self, views: list[np.ndarray], scale_thresholds: list[float] | None = None
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Detections per view: (boxes in the view's pixels, scores, COCO class indices), each view's
-        class thresholds times its `scale_thresholds` entry (1 by default)."""
+        class thresholds times its `scale_thresholds` entry (1 by default), persons down to the
+        candidate floor."""
         found = []
         for start in range(0, len(views), self.max_batch):
             chunk = views[start : start + self.max_batch]
@@ -260,7 +287,7 @@ class NanoDet:
                 heads = [(out[c][k], out[r][k]) for c, r in self.output_pairs]
                 scores = np.concatenate([cls for cls, _ in heads])[:, self.class_ids]
                 factor = scale_thresholds[start + k] if scale_thresholds else 1.0
-                cell, col = np.nonzero(scores >= self.thresholds * factor)
+                cell, col = np.nonzero(scores >= np.minimum(self.thresholds * factor, self.floors))
                 boxes, _ = decode(heads, rows=cell)
                 found.append(self._select(boxes / scale, scores[cell, col], self.class_ids[col], view.shape))
         return found
@@ -275,7 +302,8 @@ class NanoDet:
     def detect(
         self, images: list[np.ndarray], regions: list[list] | None = None
     ) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
-        """Per image: (boxes xyxy in image pixels, scores, class names) after tiles and merging."""
+        """Per image: (boxes xyxy in image pixels, scores, class names) after tiles and merging;
+        the person candidates under the threshold last (see person_candidates)."""
         views, owners = [], []  # (image index, view box or None for the full frame)
         for i, image in enumerate(images):
             h, w = image.shape[:2]
@@ -294,17 +322,45 @@ class NanoDet:
         results = []
         for i in range(len(images)):
             mine = [(found, box) for found, (owner, box) in zip(per_view, owners) if owner == i]
-            full = mine[0][0]
-            tiles = [(b + np.array(box[:2] * 2, np.float32), s, lab, box) for (b, s, lab), box in mine[1:]]
+            in_image = [
+                (b + np.array(box[:2] * 2, np.float32), s, lab) if box else (b, s, lab) for (b, s, lab), box in mine
+            ]
+            # each view at its own thresholds (as without a floor); the floor's extra persons join at the end
+            full = self._above(in_image[0], FAINT_RATIO if len(mine) > 1 else 1.0)
+            tiles = [(*self._above(found, 1.0), box) for found, (_, box) in zip(in_image[1:], mine[1:])]
             if tiles:
-                sure = full[1] >= self.thresholds[np.searchsorted(self.class_ids, full[2])]
+                sure = full[1] >= self._threshold_of(full[2])
                 boxes, scores, labels = merge_tiles(
                     tuple(v[sure] for v in full), tiles, faint=tuple(v[~sure] for v in full)
                 )
             else:
                 boxes, scores, labels = full
+            boxes, scores, labels = self._with_candidates((boxes, scores, labels), in_image)
             results.append((boxes, scores, [self.class_names[int(k)] for k in labels]))
         return results
+
+    def _threshold_of(self, labels: np.ndarray) -> np.ndarray:
+        return self.thresholds[np.searchsorted(self.class_ids, labels)]
+
+    def _above(self, found, factor: float):
+        keep = found[1] >= self._threshold_of(found[2]) * factor
+        return tuple(v[keep] for v in found)
+
+    def _with_candidates(self, merged, in_image):
+        """The merged detections plus the person candidates of every view (person_candidates)."""
+        if self.person_index is None or self.floors[self.person_index] >= self.thresholds[self.person_index]:
+            return merged
+        person = self.class_ids[self.person_index]
+        boxes = np.concatenate([b[lab == person] for b, _, lab in in_image]).reshape(-1, 4)
+        scores = np.concatenate([s[lab == person] for _, s, lab in in_image])
+        picked = person_candidates(
+            merged[0][merged[2] == person], boxes, scores, float(self.thresholds[self.person_index])
+        )
+        return (
+            np.concatenate([merged[0], boxes[picked]]).reshape(-1, 4).astype(np.float32),
+            np.concatenate([merged[1], scores[picked]]).astype(np.float32),
+            np.concatenate([merged[2], np.full(len(picked), person)]).astype(np.int64),
+        )
 
 
 def _square_view(box, w: int, h: int, grow: float = 1.7) -> tuple[int, int, int, int]:

@@ -6,7 +6,8 @@ PolygonLabels or BrushLabels control gets, on the Image it points at, a region f
 person, garment or body part whose name is one of its labels ("person", the garment
 categories, body parts; case, spaces and hyphens do not matter) or is named in a label's
 `predicted_values` ("Top" predicted_values="long_sleeve_top,short_sleeve_top"); regions
-under the control's `model_score_threshold` are left out. Boxes become rectangles, masks
+under the control's `model_score_threshold` are left out, and so are candidate persons (under
+the person threshold: pre-annotations are labels). Boxes become rectangles, masks
 polygons or brush strokes (Label Studio's own RLE), in percent of the original image. A
 config with nothing we can fill (a new project's `<View></View>`) is accepted and predicted
 nothing for, with the reason logged.
@@ -37,6 +38,7 @@ import requests
 from fashion_ray import masks as rle
 from fashion_ray import storage, taxonomy
 from fashion_ray.errors import InputError
+from fashion_ray.formats.schema import is_confident
 
 CONTROL_TYPES = {"RectangleLabels": "rectanglelabels", "PolygonLabels": "polygonlabels", "BrushLabels": "brushlabels"}
 MIN_POLYGON_AREA = 16  # pixels: specks of a mask are not worth a region
@@ -186,8 +188,9 @@ def brush_rle(mask: np.ndarray) -> list[int]:
 
 
 def _regions(row: dict):
-    """(our label, region id, score, box, mask) of everything in a row."""
-    for person in row["persons"]:
+    """(our label, region id, score, box, mask) of everything in a row's confident persons
+    (pre-annotations are labels: a candidate under the person threshold is not one)."""
+    for person in filter(is_confident, row["persons"]):
         pid = f"p{person['person_id']}"
         yield "person", pid, person["score"], person["box"], person["mask"]
         for g in person["garments"]:
@@ -261,7 +264,7 @@ def prediction(rows: dict[str, dict], targets: Targets, model_version: str) -> d
     if not targets.images or any(rows[image.name]["status"] != "ok" for image in targets.images):
         return None
     result = [region for image in targets.images for region in image_results(rows[image.name], image)]
-    scores = [p["score"] for row in rows.values() for p in row["persons"]]
+    scores = [p["score"] for row in rows.values() for p in filter(is_confident, row["persons"])]
     return {
         "result": result,
         "score": round(float(np.mean(scores)), 4) if scores else 0.0,

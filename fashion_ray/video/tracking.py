@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fashion_ray.boxes import box_iou
+from fashion_ray.formats.schema import is_confident
 from fashion_ray.formats.shards import Shard, read_shard_rows, write_rows
 from fashion_ray.taxonomy import ACTIONS_STAGE
 from fashion_ray.video import appearance
@@ -165,7 +166,8 @@ def person_tracks(frames: list[dict]) -> dict[int, TrackedPerson]:
     seen: dict[int, list[tuple[int, dict]]] = {}
     for k, row in enumerate(frames):
         for person in row["persons"]:
-            seen.setdefault(person["track_id"], []).append((k, person))
+            if person.get("track_id") is not None:  # candidates are not tracked
+                seen.setdefault(person["track_id"], []).append((k, person))
     out = {}
     for track_id, members in seen.items():
         at, persons = [k for k, _ in members], [p for _, p in members]
@@ -219,13 +221,15 @@ def track_shards(
                 videos.setdefault(row["uri"], []).append(row)
     for frames in videos.values():
         frames.sort(key=lambda r: r["frame_index"])
+        # the confident persons are tracked; a candidate (a box and a score) keeps no track
+        tracked = [[p for p in r["persons"] if is_confident(p)] for r in frames]
         ids_per_frame = assign_tracks(
-            [[p["box"] for p in r["persons"]] for r in frames],
+            [[p["box"] for p in persons] for persons in tracked],
             [r["timestamp_s"] for r in frames],
-            [[p.get("appearance") for p in r["persons"]] for r in frames],
+            [[p.get("appearance") for p in persons] for persons in tracked],
         )
-        for row, ids in zip(frames, ids_per_frame):
-            for person, track_id in zip(row["persons"], ids):
+        for persons, ids in zip(tracked, ids_per_frame):
+            for person, track_id in zip(persons, ids):
                 person["track_id"] = track_id
         if predictor is not None:
             label_track_actions(frames, predictor, action_threshold)

@@ -108,7 +108,8 @@ def test_served_rows_are_the_batch_jobs_rows(served, default_run):
         for key in ("width", "height", "bundle_name", "bundle_version", "stages", "persons"):
             assert row[key] == expected[key], (name, key)
         assert row["id"] == storage.stable_id(row["uri"]) and row["uri"] == f"upload:sha256:{row['etag']}"
-    assert sum(len(batch[n]["persons"]) for n in PHOTOS) == 5  # the sample photos' 5 people, served and batch
+    # the sample photos' 5 people, served and batch (their candidates under the threshold too)
+    assert sum(p["confident"] for n in PHOTOS for p in batch[n]["persons"]) == 5
 
 
 def test_uri_requests_read_only_allowed_prefixes(served):

@@ -408,8 +408,10 @@ def _add_tagged_photos(out: "_Builder", root: str, options, limit: int | None = 
 
 
 def convert_labels(run_uri: str, options=None) -> dict:
-    """A labelling run's labels (the teacher's) as a training set; error rows are left out."""
+    """A labelling run's labels (the teacher's) as a training set; error rows and the person
+    candidates under the threshold (not labels: a student must not learn them) are left out."""
     doc, _ = load_coco(run_uri, options)
+    doc["annotations"] = [a for a in doc["annotations"] if a.get("confident") is not False]
     return {"info": {"description": f"fashion-ray labels from {run_uri}"}, **doc}
 
 

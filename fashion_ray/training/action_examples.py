@@ -85,7 +85,11 @@ def examples_from_run(
             for person_id, labels in sorted(persons.items()):
                 box = next(iter(labels))[0]
                 gt_box = [box[0] * w, box[1] * h, box[2] * w, box[3] * h]
-                overlaps = [(box_iou(gt_box, p["box"]), j) for j, p in enumerate(frame["persons"]) if j not in taken]
+                overlaps = [  # the tracked persons: a candidate under the threshold has no track
+                    (box_iou(gt_box, p["box"]), j)
+                    for j, p in enumerate(frame["persons"])
+                    if j not in taken and p.get("track_id") is not None
+                ]
                 best = max(overlaps, default=(0.0, -1))
                 if best[0] < iou:
                     stats["no_person"] += 1

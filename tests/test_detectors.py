@@ -383,3 +383,34 @@ def test_accessories_reach_coco_with_their_person(tmp_path):
     assert bag["parent_person_id"] == person and bag["attributes"]["parent_person_id"] == person
     assert bag["bbox"] == [190.0, 250.0, 40.0, 50.0] and "segmentation" not in bag
     assert loaded.loadCats(bag["category_id"])[0]["supercategory"] == "accessory"
+
+
+def test_a_detection_the_pose_model_finds_nobody_in_is_rescored_to_a_candidate():
+    """Pose flag under min_pose_presence: the detection keeps POSE_DOUBT of its score, no pose
+    and no mask (a candidate under any threshold of 0.5 or more); a person the pose model sees
+    keeps score, landmarks and mask."""
+    from fashion_ray.models import bootstrap
+
+    image = np.zeros((200, 300, 3), np.uint8)
+    boxes = np.array([[10, 10, 90, 190], [150, 20, 230, 190]], np.float32)
+    detection = (boxes, np.array([0.9, 0.8], np.float32), ["person", "person"])
+
+    def pose(box, presence):
+        keypoints = np.zeros((33, 3), np.float32)
+        keypoints[:, 0] = np.linspace(box[0] + 5, box[2] - 5, 33)
+        keypoints[:, 1] = np.linspace(box[1] + 5, box[3] - 5, 33)
+        keypoints[:, 2] = 0.9
+        keypoints[[2, 5], 2] = 0.1  # eyes unseen: a body down the box's diagonal is no collapsed pose
+        prob = np.zeros(image.shape[:2], np.float32)
+        prob[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])] = 1.0
+        return {"keypoints": keypoints, "mask_prob": prob, "pose_score": presence}
+
+    predictor = bootstrap.NanoDetPosePerson(
+        None, None, mask_threshold=0.5, box_source="detector", person_threshold=0.5, min_pose_presence=0.1
+    )
+    out = predictor._assemble(image, detection, {0: pose(boxes[0], 0.02), 1: pose(boxes[1], 0.97)})
+    # best first: the seen person (0.8), then the one nobody is in (0.9 x 0.45 = 0.405)
+    assert out["scores"].tolist() == pytest.approx([0.8, 0.9 * bootstrap.POSE_DOUBT])
+    assert out["boxes"].tolist() == [boxes[1].tolist(), boxes[0].tolist()]
+    assert out["keypoints"][0] is not None and out["keypoints"][1] is None
+    assert out["masks"][0].sum() == 80 * 170 and not out["masks"][1].any()

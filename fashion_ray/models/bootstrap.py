@@ -39,6 +39,9 @@ HEAD_LANDMARKS = tuple(range(11))
 VISIBLE = 0.5  # landmark visibility above which a limb is drawn
 BOX_SOURCES = ("detector", "mask", "merge")
 MERGE_AGREEMENT = 0.6  # box IoU above which "merge" trusts the mask's extent (measured: docs/evaluation.md)
+# a detection the pose model finds nobody in keeps this share of its score: under the 0.5
+# threshold whatever the detector said (calibrated on ../shared/data: docs/evaluation.md)
+POSE_DOUBT = 0.45
 
 
 class NanoDetPosePerson:
@@ -52,6 +55,9 @@ class NanoDetPosePerson:
 
     Persons under `person_threshold` (the detector's candidates, see nanodet.person_candidates)
     keep the detector's box and score only: no pose, no mask (BlazePose is most of the cost).
+    A detection whose pose model says nobody is there (its pose flag under `min_pose_presence`:
+    a statue's shadow, a coat on a hanger) is rescored to POSE_DOUBT of its score, a candidate
+    with neither pose nor mask.
     """
 
     kind = "detector"
@@ -65,10 +71,11 @@ class NanoDetPosePerson:
         box_source: str = "merge",
         max_poses: int = 20,
         person_threshold: float = 0.0,
+        min_pose_presence: float = 0.0,
     ):
         self.detector, self.pose = detector, pose
         self.mask_threshold, self.box_source, self.max_poses = mask_threshold, box_source, max_poses
-        self.person_threshold = person_threshold
+        self.person_threshold, self.min_pose_presence = person_threshold, min_pose_presence
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
         contexts = context or [{}] * len(images)
@@ -95,8 +102,10 @@ class NanoDetPosePerson:
             if name != taxonomy.PERSON:
                 continue
             box = [float(v) for v in boxes[k]]
-            if k not in poses:  # a candidate, or a crowd past max_poses: a box, without pose and mask
-                found.append({"box": box, "score": float(scores[k]), "mask": np.zeros((h, w), bool), "keypoints": None})
+            absent = k in poses and poses[k]["pose_score"] < self.min_pose_presence
+            if k not in poses or absent:  # a candidate, or a crowd past max_poses: a box, without pose and mask
+                score = float(scores[k]) * (POSE_DOUBT if absent else 1.0)
+                found.append({"box": box, "score": score, "mask": np.zeros((h, w), bool), "keypoints": None})
                 continue
             mask = _components_touching(poses[k]["mask_prob"] > self.mask_threshold, poses[k]["keypoints"])
             # a collapsed pose keeps its box and mask, never its landmarks (parts, garment gating, actions)
@@ -373,7 +382,8 @@ ARCHITECTURES = (NANODET_BLAZEPOSE, POSE_BODY_PARTS, POSE_GARMENT_REGIONS)
 
 # the person stage's bundle options: model files, tiling, which box a person keeps, poses per
 # image, views (NanoDet) or persons (BlazePose) per model call, the accessories' score threshold,
-# the score down to which persons are written as candidates
+# the score down to which persons are written as candidates, the pose flag under which a
+# detection is nobody
 PERSON_OPTIONS = {
     "files",
     "min_person_height",
@@ -383,6 +393,7 @@ PERSON_OPTIONS = {
     "max_batch",
     "accessory_score_threshold",
     "candidate_floor",
+    "min_pose_presence",
 }
 
 
@@ -438,6 +449,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
             box_source=tuning.get("box_source", "merge"),
             max_poses=int(tuning.get("max_poses", 20)),
             person_threshold=spec.score_threshold,
+            min_pose_presence=float(tuning.get("min_pose_presence", 0.0)),
         )
     if spec.architecture == POSE_BODY_PARTS:
         return PoseBodyParts()

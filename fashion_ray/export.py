@@ -3,7 +3,7 @@
 Every exporter reads the run through its manifest, one shard at a time, so memory holds one
 shard's rows however large the run. Boxes and masks are the run's own (original pixels).
 
-    fiftyone     a persistent, named FiftyOne dataset: persons / garments / parts as Detections
+    fiftyone     a persistent, named FiftyOne dataset: persons / garments / parts / objects as Detections
                  with instance masks, keypoints, track ids (Detection.index), parent links,
                  garment attributes; error rows as samples tagged "error" with their reason
     cvat         COCO 1.0 as CVAT imports it: annotations/instances_default.json, file names
@@ -181,7 +181,11 @@ def _fiftyone_sample(fo, row: dict, filepath: str):
                     points=[(x / w, y / h) if v > 0 else (float("nan"), float("nan")) for x, y, v in kp],
                 )
             )
+    objects = [  # accessories no person holds
+        _detection(fo, o, o["category"], w, h, confidence=o["score"]) for o in row.get("objects") or []
+    ]
     sample["persons"], sample["garments"] = fo.Detections(detections=persons), fo.Detections(detections=garments)
+    sample["objects"] = fo.Detections(detections=objects)
     sample["parts"], sample["keypoints"] = fo.Detections(detections=parts), fo.Keypoints(keypoints=keypoints)
     return sample
 
@@ -199,13 +203,14 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
             raise ExportError(f"FiftyOne dataset {name!r} exists; pass --overwrite to replace it")
         fo.delete_dataset(name)
     dataset = fo.Dataset(name, persistent=True)
-    counts = {"samples": 0, "errors": 0, "persons": 0, "candidates": 0, "garments": 0, "parts": 0}
+    counts = {"samples": 0, "errors": 0, "persons": 0, "candidates": 0, "objects": 0, "garments": 0, "parts": 0}
     for rows in shards:
         samples = []
         for row in rows:
             path = local_image(row, media_dir, options) if row["status"] == "ok" else storage.split_uri(row["uri"])[1]
             samples.append(_fiftyone_sample(fo, row, path or storage.split_uri(row["uri"])[1]))
             counts["errors"] += row["status"] != "ok"
+            counts["objects"] += len(row.get("objects") or [])
             for p in row["persons"]:
                 counts["persons" if is_confident(p) else "candidates"] += 1
                 counts["garments"] += len(p["garments"])

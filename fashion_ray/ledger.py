@@ -344,6 +344,7 @@ def write_manifest(
             "frames": totals["frames"],
             "persons": totals["persons"],  # confident: candidates under the person threshold are counted apart
             "candidates": totals["candidates"],
+            "objects": totals["objects"],  # accessories no person holds
             "garments": totals["garments"],
             "parts": totals["parts"],
             "tracks": totals["tracks"],

@@ -9,7 +9,8 @@ Rows flow as numpy batches with these columns (see pipeline.load_media):
     jpeg (only with --jpeg-decode person: a plain JPEG's file, which PersonStage decodes;
           its image is a 1x1 placeholder until then; b"" for rows decoded by the tasks)
 
-Stages only add to `persons`: person boxes, keypoints and accessories; garments; parts;
+Stages only add to `persons`: person boxes, keypoints and accessories (those no person holds
+are the row's `objects`, on the same Persons object); garments; parts;
 actions (which read keypoints and accessories, not pixels). A candidate person (under the
 person threshold, `confident` false) is a box and a score: the later stages skip it. A row whose status is "error" passes through untouched, and
 an image with no person costs the clothing and parts stages nothing. A model failure on
@@ -40,15 +41,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Persons:
-    """A row's persons between stages. A Python object, so Ray carries it pickled: no stage
-    re-parses JSON, and Arrow need not infer a schema for labels that later stages fill in."""
+    """A row's persons between stages, and the accessories no person holds (`objects`). A Python
+    object, so Ray carries it pickled: no stage re-parses JSON, and Arrow need not infer a
+    schema for labels that later stages fill in."""
 
     items: list[dict] = field(default_factory=list)
+    objects: list[dict] = field(default_factory=list)
 
 
-def persons_column(values: list[list[dict]]) -> np.ndarray:
+def persons_column(values: list[list[dict]], objects: list[list[dict]] | None = None) -> np.ndarray:
     column = np.empty(len(values), dtype=object)
-    column[:] = [Persons(v) for v in values]  # filled in place: np.array would nest the lists
+    # filled in place: np.array would nest the lists
+    column[:] = [Persons(v, list(o)) for v, o in zip(values, objects or [[] for _ in values])]
     return column
 
 
@@ -91,9 +95,11 @@ class _Stage:
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        persons = [p.items for p in batch["persons"]]
-        self.label(batch, persons)
-        batch["persons"] = persons_column(persons)
+        labels = list(batch["persons"])
+        persons = [p.items for p in labels]
+        self.label(batch, persons)  # the person stage also sets labels[i].objects
+        objects = [p.objects if status == "ok" else [] for p, status in zip(labels, batch["status"])]
+        batch["persons"] = persons_column(persons, objects)
         if "ran_on" in batch:
             batch["ran_on"] = np.array(add_ran_on(batch["ran_on"], self.stage_name), dtype=object)
         if not self.emit_image:
@@ -184,17 +190,28 @@ class PersonStage(_Stage):
                 if det.get("keypoints") is not None and det["keypoints"][j] is not None:
                     person["keypoints"] = [float(v) for v in np.asarray(det["keypoints"][j]).reshape(-1)]
                 found.append(person)
-            link_accessories(found, det.get("accessories") or [])
+            batch["persons"][i].objects = link_accessories(found, det.get("accessories") or [])
             persons[i] = found
 
 
-def link_accessories(persons: list[dict], accessories: list[dict]) -> None:
+def link_accessories(persons: list[dict], accessories: list[dict]) -> list[dict]:
     """Bags, umbrellas, ties ... become garments of the confident person who carries or wears
-    them (boxes.owner); one that belongs to nobody has no row to live in and is left out."""
+    them (boxes.owner). Returns the ones that belong to nobody (a suitcase standing alone): the
+    row's `objects`, labelled as themselves."""
     confident = [p for p in persons if is_confident(p)]
+    unowned = []
     for item in sorted(accessories, key=lambda a: -a["score"]):
         k = owner(item["box"], [p["box"] for p in confident])
         if k is None:
+            unowned.append(
+                {
+                    "object_id": len(unowned),
+                    "category": item["category"],
+                    "category_id": taxonomy.COCO_CATEGORY_ID[item["category"]],
+                    "score": float(item["score"]),
+                    "box": [float(v) for v in item["box"]],
+                }
+            )
             continue
         garments = confident[k]["garments"]
         garments.append(
@@ -208,6 +225,7 @@ def link_accessories(persons: list[dict], accessories: list[dict]) -> None:
                 "attributes": [],
             }
         )
+    return unowned
 
 
 class _PersonCropStage(_Stage):

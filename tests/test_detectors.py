@@ -414,3 +414,49 @@ def test_a_detection_the_pose_model_finds_nobody_in_is_rescored_to_a_candidate()
     assert out["boxes"].tolist() == [boxes[1].tolist(), boxes[0].tolist()]
     assert out["keypoints"][0] is not None and out["keypoints"][1] is None
     assert out["masks"][0].sum() == 80 * 170 and not out["masks"][1].any()
+
+
+def test_an_accessory_nobody_holds_reaches_coco_and_parquet_as_itself(tmp_path):
+    """A suitcase standing alone is no person's garment: it is the row's object, an annotation of
+    its own category with no parent in COCO, and in Parquet's `objects`."""
+    import pyarrow.parquet as pq
+    from pycocotools.coco import COCO
+
+    from fashion_ray.formats import coco
+    from fashion_ray.formats.shards import write_rows
+
+    persons = [
+        {"person_id": 0, "score": 0.9, "confident": True, "box": [100, 100, 200, 400], "garments": [], "parts": []},
+        {"person_id": 1, "score": 0.3, "confident": False, "box": [400, 100, 460, 300], "garments": [], "parts": []},
+    ]
+    accessories = [
+        {"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]},  # at the confident person's hand
+        {"category": "suitcase", "score": 0.6, "box": [420, 250, 470, 320]},  # beside a candidate: nobody's
+    ]
+    objects = link_accessories(persons, accessories)
+    assert [g["category"] for g in persons[0]["garments"]] == ["bag"] and persons[1]["garments"] == []
+    assert objects == [
+        {"object_id": 0, "category": "suitcase", "category_id": taxonomy.COCO_CATEGORY_ID["suitcase"],
+         "score": 0.6, "box": [420.0, 250.0, 470.0, 320.0]}
+    ]  # fmt: skip
+    row = {
+        "id": 5,
+        "uri": "/photos/street.jpg",
+        "width": 640,
+        "height": 480,
+        "status": "ok",
+        "frame_index": None,
+        "timestamp_s": None,
+        "persons": persons,
+        "objects": objects,
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco.coco_document([row])))
+    loaded = COCO(str(tmp_path / "c.json"))
+    [suitcase] = loaded.loadAnns(loaded.getAnnIds(catIds=[taxonomy.COCO_CATEGORY_ID["suitcase"]]))
+    assert suitcase["bbox"] == [420.0, 250.0, 50.0, 70.0] and suitcase["score"] == 0.6
+    assert "parent_person_id" not in suitcase and suitcase["attributes"] == {}
+
+    shard = write_rows([row], output=str(tmp_path / "out"), info={})
+    [written] = pq.read_table(tmp_path / "out" / "parquet" / f"{shard.name}.parquet").to_pylist()
+    assert [(o["category"], o["box"]) for o in written["objects"]] == [("suitcase", [420.0, 250.0, 470.0, 320.0])]
+    assert shard.objects == 1 and shard.entry()["objects"] == 1

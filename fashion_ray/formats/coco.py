@@ -13,6 +13,8 @@ are both top-level keys (pycocotools, FiftyOne) and attributes (CVAT keeps only 
 person's actions are `actions` ([{id, name, score}], AVA ids) and attributes AVA name -> score.
 A person's `confident` (top level and attribute) is false for a candidate under the person
 threshold: a box and a score, for users who filter by score (AP counts them, labels do not).
+An accessory no person holds (the row's `objects`) is an annotation of its own category with
+no parent.
 """
 
 from __future__ import annotations
@@ -125,6 +127,18 @@ def annotations(row: dict, candidates: bool = True) -> list[dict]:
                     **track,
                 )
             )
+    for obj in row.get("objects") or []:
+        out.append(
+            _ann(
+                annotation_id(image_id, "object", obj["object_id"]),
+                image_id,
+                obj["category_id"],
+                obj["box"],
+                None,
+                obj["score"],
+                attributes={},
+            )
+        )
     return out
 
 

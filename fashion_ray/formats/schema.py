@@ -12,7 +12,8 @@ import pyarrow as pa
 # 2: COCO `attributes` became an object (name -> value); 3: persons gained `appearance`;
 # 4: persons gained `actions`, rows `camera_shift`; 5: a garment's Parquet `attributes` became a
 # map (name -> value) like COCO's, from a list of "name:value" strings; 6: persons gained
-# `confident` (candidates under the person threshold are written too, a box and a score)
+# `confident` (candidates under the person threshold are written too, a box and a score), rows
+# `objects` (accessories no person holds)
 SCHEMA_VERSION = 6
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
@@ -67,6 +68,16 @@ PERSON = pa.struct(
     ]
 )
 
+OBJECT = pa.struct(  # an accessory no person holds (a suitcase standing alone): a box, no mask
+    [
+        ("object_id", pa.int32()),  # index within the image; COCO ann ids derive from it
+        ("category", pa.string()),  # bag, backpack, suitcase, umbrella, tie
+        ("category_id", pa.int32()),
+        ("score", pa.float32()),
+        ("box", BOX),
+    ]
+)
+
 LABEL_SCHEMA = pa.schema(
     [
         ("id", pa.int64()),
@@ -91,6 +102,7 @@ LABEL_SCHEMA = pa.schema(
         ("bundle_version", pa.string()),
         ("stages", pa.list_(pa.string())),
         ("persons", pa.list_(PERSON)),
+        ("objects", pa.list_(OBJECT)),
     ],
     metadata={"fashion_ray.schema_version": str(SCHEMA_VERSION)},
 )

@@ -73,6 +73,8 @@ def assemble_rows(
         mtime = float(batch["mtime"][i])
         frame_index, seconds = int(batch["frame_index"][i]), float(batch["timestamp_s"][i])
         persons = batch["persons"][i].items if ok else []
+        objects = batch["persons"][i].objects if ok else []
+        scale = float(batch["scale"][i])
         shift = (
             [float(batch[k][i]) / float(batch["scale"][i]) for k in ("camera_dx", "camera_dy")]
             if "camera_dx" in batch
@@ -96,7 +98,8 @@ def assemble_rows(
                 "bundle_name": bundle_name,
                 "bundle_version": bundle_version,
                 "stages": list(stages),
-                "persons": [_to_original(p, float(batch["scale"][i]), height, width) for p in persons],
+                "persons": [_to_original(p, scale, height, width) for p in persons],
+                "objects": [{**o, "box": scale_box(o["box"], scale, width, height)} for o in objects],
             }
         )
     return rows
@@ -116,12 +119,13 @@ class Shard:
     ok: int
     frames: int
     persons: int  # confident ones: the labels
-    garments: int
+    garments: int  # accessories a person holds included
     parts: int
     errors: dict[str, int]  # error rows per reason
     ava: bool  # an AVA CSV was written (the shard holds tracked video frames)
     tracked: int = 0  # persons with a track id
     candidates: int = 0  # persons under the person threshold (a box and a score)
+    objects: int = 0  # accessories no person holds
     actions: dict[str, int] = field(default_factory=dict)  # persons labelled with each action (AVA name)
     # per video: the highest track id among this shard's frames. Ids count from 1 per video,
     # so a video's track count is the largest of these over all shards holding its frames.
@@ -142,6 +146,7 @@ class Shard:
             "frames": self.frames,
             "persons": self.persons,
             "candidates": self.candidates,
+            "objects": self.objects,
             "garments": self.garments,
             "parts": self.parts,
             "errors": dict(self.errors),
@@ -180,6 +185,7 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
         ava=bool(ava_rows),
         tracked=sum(p.get("track_id") is not None for p in persons),
         candidates=len(everyone) - len(persons),
+        objects=sum(len(r.get("objects") or []) for r in rows),
         actions=dict(collections.Counter(a["action"] for p in persons for a in p.get("actions") or [])),
         max_track_id=max_track_id,
     )
@@ -190,7 +196,7 @@ def shard_totals(entries: list[dict]) -> dict:
     (tracked persons per track, in sampled frames)."""
     totals = {
         key: sum(s.get(key, 0) for s in entries)
-        for key in ("ok", "frames", "persons", "candidates", "garments", "parts", "tracked")
+        for key in ("ok", "frames", "persons", "candidates", "objects", "garments", "parts", "tracked")
     }
     tracks_per_video: dict[str, int] = {}
     for s in entries:

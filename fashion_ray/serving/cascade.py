@@ -63,6 +63,7 @@ class Request:
     error: str = ""
     error_detail: str = ""
     persons: list[dict] = field(default_factory=list)
+    objects: list[dict] = field(default_factory=list)  # accessories no person holds
     served: dict[str, tuple[int, float]] = field(default_factory=dict)  # step -> (batch size, seconds)
 
     def fail(self, reason: str, detail: str) -> "Request":
@@ -190,13 +191,13 @@ def run_stage(stage, requests: list[Request]) -> list[Request]:
         "error": np.array([r.error for r in requests], dtype=object),
         "error_detail": np.array([r.error_detail for r in requests], dtype=object),
         "image": np.empty(n, dtype=object),
-        "persons": persons_column([r.persons for r in requests]),
+        "persons": persons_column([r.persons for r in requests], [r.objects for r in requests]),
     }
     batch["image"][:] = [r.image if r.image is not None else np.zeros((1, 1, 3), np.uint8) for r in requests]
     out = stage(batch)
     for i, r in enumerate(requests):
         r.status, r.error, r.error_detail = str(out["status"][i]), str(out["error"][i]), str(out["error_detail"][i])
-        r.persons = out["persons"][i].items
+        r.persons, r.objects = out["persons"][i].items, out["persons"][i].objects
     return requests
 
 
@@ -216,7 +217,7 @@ def label_row(request: Request, *, bundle_name: str, bundle_version: str, stages
         "error": [request.error],
         "error_detail": [request.error_detail],
         "scale": [request.scale],
-        "persons": persons_column([request.persons]),
+        "persons": persons_column([request.persons], [request.objects]),
     }
     rows = assemble_rows(batch, bundle_name=bundle_name, bundle_version=bundle_version, stages=stages)
     return with_attribute_maps(pa.Table.from_pylist(with_attribute_maps(rows), schema=LABEL_SCHEMA).to_pylist())[0]

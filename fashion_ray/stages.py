@@ -201,30 +201,18 @@ def link_accessories(persons: list[dict], accessories: list[dict]) -> list[dict]
     confident = [p for p in persons if is_confident(p)]
     unowned = []
     for item in sorted(accessories, key=lambda a: -a["score"]):
+        label = {
+            "category": item["category"],
+            "category_id": taxonomy.COCO_CATEGORY_ID[item["category"]],
+            "score": float(item["score"]),
+            "box": [float(v) for v in item["box"]],
+        }
         k = owner(item["box"], [p["box"] for p in confident])
         if k is None:
-            unowned.append(
-                {
-                    "object_id": len(unowned),
-                    "category": item["category"],
-                    "category_id": taxonomy.COCO_CATEGORY_ID[item["category"]],
-                    "score": float(item["score"]),
-                    "box": [float(v) for v in item["box"]],
-                }
-            )
-            continue
-        garments = confident[k]["garments"]
-        garments.append(
-            {
-                "garment_id": len(garments),
-                "category": item["category"],
-                "category_id": taxonomy.COCO_CATEGORY_ID[item["category"]],
-                "score": float(item["score"]),
-                "box": [float(v) for v in item["box"]],
-                "mask": None,
-                "attributes": [],
-            }
-        )
+            unowned.append({"object_id": len(unowned), **label})
+        else:
+            garments = confident[k]["garments"]
+            garments.append({"garment_id": len(garments), **label, "mask": None, "attributes": []})
     return unowned
 
 

@@ -65,8 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="STAGE=VALUE",
-        help="a stage's score threshold instead of the bundle's, e.g. person=0.05 to measure AP over "
-        "every candidate (recorded in the manifest's config)",
+        help="a stage's score threshold instead of the bundle's, e.g. person=0.4: persons at or over it are "
+        "labels (confident), those under it down to the bundle's candidate floor are written as candidates "
+        "(recorded in the manifest's config)",
     )
     p.add_argument(
         "--jpeg-decode",

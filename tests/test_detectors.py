@@ -349,6 +349,21 @@ def test_a_tall_person_under_the_threshold_is_one_person_not_the_pieces_the_tile
     )
 
 
+def _street_row(persons: list[dict], **fields) -> dict:
+    """A labelled 640x480 photo's row holding these persons (and any other fields)."""
+    return {
+        "id": 5,
+        "uri": "/photos/street.jpg",
+        "width": 640,
+        "height": 480,
+        "status": "ok",
+        "frame_index": None,
+        "timestamp_s": None,
+        "persons": persons,
+        **fields,
+    }
+
+
 def test_accessories_reach_coco_with_their_person(tmp_path):
     from pycocotools.coco import COCO
 
@@ -366,16 +381,7 @@ def test_accessories_reach_coco_with_their_person(tmp_path):
         }
     ]
     link_accessories(persons, [{"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]}])
-    row = {
-        "id": 5,
-        "uri": "/photos/street.jpg",
-        "width": 640,
-        "height": 480,
-        "status": "ok",
-        "frame_index": None,
-        "persons": persons,
-    }
-    doc = coco.coco_document([row])
+    doc = coco.coco_document([_street_row(persons)])
     (tmp_path / "c.json").write_text(json.dumps(doc))
     loaded = COCO(str(tmp_path / "c.json"))
     [person] = loaded.getAnnIds(catIds=[taxonomy.PERSON_CATEGORY_ID])
@@ -439,17 +445,7 @@ def test_an_accessory_nobody_holds_reaches_coco_and_parquet_as_itself(tmp_path):
         {"object_id": 0, "category": "suitcase", "category_id": taxonomy.COCO_CATEGORY_ID["suitcase"],
          "score": 0.6, "box": [420.0, 250.0, 470.0, 320.0]}
     ]  # fmt: skip
-    row = {
-        "id": 5,
-        "uri": "/photos/street.jpg",
-        "width": 640,
-        "height": 480,
-        "status": "ok",
-        "frame_index": None,
-        "timestamp_s": None,
-        "persons": persons,
-        "objects": objects,
-    }
+    row = _street_row(persons, objects=objects)
     (tmp_path / "c.json").write_text(json.dumps(coco.coco_document([row])))
     loaded = COCO(str(tmp_path / "c.json"))
     [suitcase] = loaded.loadAnns(loaded.getAnnIds(catIds=[taxonomy.COCO_CATEGORY_ID["suitcase"]]))

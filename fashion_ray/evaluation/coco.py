@@ -13,6 +13,7 @@ import io
 from fashion_ray import masks as rle
 from fashion_ray import taxonomy
 from fashion_ray.evaluation.common import by_image
+from fashion_ray.formats.schema import is_confident
 
 DF2_IDS = [taxonomy.COCO_CATEGORY_ID[c] for c in taxonomy.DEEPFASHION2]
 
@@ -248,7 +249,7 @@ class PersonCounts:
         for img in images:
             gt, dt = gt_by.get(img["id"], []), dt_by.get(img["id"], [])
             # the labels as written: candidates under the person threshold count in AP, not here
-            matched, missed, extra = _person_matches(gt, [a for a in dt if a.get("confident", True)])
+            matched, missed, extra = _person_matches(gt, [a for a in dt if is_confident(a)])
             self.counts["persons_matched"] += matched
             self.counts["persons_missed"] += missed
             self.counts["persons_extra"] += extra

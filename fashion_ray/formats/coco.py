@@ -70,11 +70,11 @@ def annotations(row: dict, candidates: bool = True) -> list[dict]:
     out = []
     image_id = row["id"]
     for person in row["persons"] or []:
-        if not candidates and not is_confident(person):
+        confident = is_confident(person)
+        if not (candidates or confident):
             continue
         pid = annotation_id(image_id, "person", person["person_id"])
         track = {} if person.get("track_id") is None else {"track_id": person["track_id"]}
-        confident = is_confident(person)
         extra = dict(track, confident=confident)
         if person.get("keypoints"):
             kp = person["keypoints"]

@@ -31,6 +31,7 @@ from pycocotools import mask as mask_utils
 from fashion_ray import masks as rle
 from fashion_ray import storage, taxonomy
 from fashion_ray.formats.readers import load_coco
+from fashion_ray.formats.schema import is_confident
 
 # Pascal-Part person parts -> the 6-part merge (Chen et al. / DeepLab Pascal-Person-Part)
 PASCAL_PART_MERGE = {
@@ -411,7 +412,7 @@ def convert_labels(run_uri: str, options=None) -> dict:
     """A labelling run's labels (the teacher's) as a training set; error rows and the person
     candidates under the threshold (not labels: a student must not learn them) are left out."""
     doc, _ = load_coco(run_uri, options)
-    doc["annotations"] = [a for a in doc["annotations"] if a.get("confident") is not False]
+    doc["annotations"] = [a for a in doc["annotations"] if is_confident(a)]
     return {"info": {"description": f"fashion-ray labels from {run_uri}"}, **doc}
 
 

@@ -135,6 +135,7 @@ def with_attribute_maps(rows: list[dict]) -> list[dict]:
 
 
 def is_confident(person: dict) -> bool:
-    """A person at or over the person threshold: what the stages label further, the tracker
-    follows and previews draw as labels. Rows before schema 6 hold no candidates (null here)."""
+    """A person (a row's, or its COCO annotation) at or over the person threshold: what the
+    stages label further, the tracker follows and previews draw as labels. Rows before schema 6
+    hold no candidates (null here); so does any annotation that is not a person's."""
     return person.get("confident") is not False

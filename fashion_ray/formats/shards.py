@@ -75,11 +75,7 @@ def assemble_rows(
         persons = batch["persons"][i].items if ok else []
         objects = batch["persons"][i].objects if ok else []
         scale = float(batch["scale"][i])
-        shift = (
-            [float(batch[k][i]) / float(batch["scale"][i]) for k in ("camera_dx", "camera_dy")]
-            if "camera_dx" in batch
-            else []
-        )
+        shift = [float(batch[k][i]) / scale for k in ("camera_dx", "camera_dy")] if "camera_dx" in batch else []
         rows.append(
             {
                 "id": int(batch["id"][i]),

@@ -318,16 +318,17 @@ class NanoDet:
                 owners.append((i, (x0, y0, x1, y1, w, h)))
         # full frames of tiled images also report faint boxes (merge_tiles: a large person's extent)
         tiled = {i for i, box in owners if box is not None}
-        per_view = self.run(views, [FAINT_RATIO if box is None and i in tiled else 1.0 for i, box in owners])
+        factors = [FAINT_RATIO if box is None and i in tiled else 1.0 for i, box in owners]
+        per_view = self.run(views, factors)
         results = []
         for i in range(len(images)):
-            mine = [(found, box) for found, (owner, box) in zip(per_view, owners) if owner == i]
+            mine = [(found, box, f) for found, (owner, box), f in zip(per_view, owners, factors) if owner == i]
             in_image = [
-                (b + np.array(box[:2] * 2, np.float32), s, lab) if box else (b, s, lab) for (b, s, lab), box in mine
+                (b + np.array(box[:2] * 2, np.float32), s, lab) if box else (b, s, lab) for (b, s, lab), box, _ in mine
             ]
             # each view at its own thresholds (as without a floor); the floor's extra persons join at the end
-            full = self._above(in_image[0], FAINT_RATIO if len(mine) > 1 else 1.0)
-            tiles = [(*self._above(found, 1.0), box) for found, (_, box) in zip(in_image[1:], mine[1:])]
+            above = [self._above(found, f) for found, (_, _, f) in zip(in_image, mine)]
+            full, tiles = above[0], [(*found, box) for found, (_, box, _) in zip(above[1:], mine[1:])]
             if tiles:
                 sure = full[1] >= self._threshold_of(full[2])
                 boxes, scores, labels = merge_tiles(

@@ -70,7 +70,8 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
     # garment names last, each on its own garment and clear of the others, on a dark plate
     garments = [g for person in row["persons"] for g in person["garments"]] + list(row.get("objects") or [])
     cues = [",".join(f"{k}:{v}" for k, v in attribute_map(g.get("attributes")).items()) for g in garments]
-    labels = [g["category"] + (" " + c if c else "") for g, c in zip(garments, cues)]
+    # the cues in brackets: the default bitmap font's space is a pixel or two, too narrow to part words
+    labels = [g["category"] + (f" ({c})" if c else "") for g, c in zip(garments, cues)]
     sizes = [_text_size(draw, label) for label in labels]
     anchors = [((g["box"][0] + g["box"][2]) / 2, (g["box"][1] + g["box"][3]) / 2) for g in garments]
     for label, (w, h), (x, y) in zip(labels, sizes, label_positions(anchors, sizes, out.width, out.height)):

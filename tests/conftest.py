@@ -225,10 +225,12 @@ def default_run(tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head():
     """A Ray head in its own process group: stopping it must not touch the tests' own Ray
-    (`ray stop` would kill every Ray process on the machine)."""
+    (`ray stop` would kill every Ray process on the machine). One per module that asks: a head
+    with its dashboard burns about 5 CPU-s a minute idle, more than starting one costs, and a
+    session-wide head would idle from its first user to the end of the run."""
     temp = pathlib.Path(short_temp_dir("fr-head-"))
     # the dashboard opens Unix sockets under TMPDIR too: the short folder for those as well
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "TMPDIR": str(temp)}

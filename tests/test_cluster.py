@@ -177,62 +177,106 @@ def _run_and_kill(address: str, args: list[str], kill) -> tuple[int, str, str, f
 
 
 @pytest.mark.slow
-def test_losing_a_node_mid_run_keeps_every_input_exactly_once(tmp_path):
-    from ray.cluster_utils import Cluster
-
+def test_losing_a_node_mid_run_keeps_every_input_exactly_once(cluster, tmp_path):
+    """Two nodes that can run the person stage join the module's cluster and are lost one by one."""
+    c, _, _ = cluster
     names = _photo_corpus(tmp_path / "corpus", 24)
-    c = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False},
+    survivor = c.add_node(**NODE, resources={"model_node": 1})
+    victim = c.add_node(**NODE, resources={"model_node": 1})
+    c.wait_for_nodes()
+    out = tmp_path / "full"
+    code, stdout, stderr, _ = _run_and_kill(
+        c.address,
+        ["--input", str(tmp_path / "corpus"), "--output", str(out), *MODEL_STAGE],
+        lambda: c.remove_node(victim, allow_graceful=False),
     )
-    try:
-        c.add_node(**NODE)
-        survivor = c.add_node(**NODE, resources={"model_node": 1})
-        victim = c.add_node(**NODE, resources={"model_node": 1})
-        c.wait_for_nodes()
-        out = tmp_path / "full"
-        code, stdout, stderr, _ = _run_and_kill(
-            c.address,
-            ["--input", str(tmp_path / "corpus"), "--output", str(out), *MODEL_STAGE],
-            lambda: c.remove_node(victim, allow_graceful=False),
-        )
-        assert code == 0, stderr[-3000:]
-        ids = [r["id"] for r in read_rows(out)]
-        assert len(ids) == len(set(ids)) == 24 and "24 in = 24 ok" in stdout
-        assert sorted(os.path.basename(r["uri"]) for r in read_rows(out)) == names
+    assert code == 0, stderr[-3000:]
+    ids = [r["id"] for r in read_rows(out)]
+    assert len(ids) == len(set(ids)) == 24 and "24 in = 24 ok" in stdout
+    assert sorted(os.path.basename(r["uri"]) for r in read_rows(out)) == names
 
-        # incremental, and then every node that can run the person stage is lost: the run must
-        # end (no hang) with what it committed, and the next run, with a node back, finishes
-        more = _photo_corpus(tmp_path / "more", 20)
-        inc = tmp_path / "incremental"
-        args = [
-            "--input",
-            str(tmp_path / "more"),
-            "--output",
-            str(inc),
-            "--incremental",
-            "--commit-every",
-            "0",
-            "--stall-timeout",
-            "20",
-            *MODEL_STAGE[:-4],
-        ]
-        code, stdout, stderr, seconds = _run_and_kill(
-            c.address, args, lambda: c.remove_node(survivor, allow_graceful=False)
-        )
-        assert code == 1, stderr[-3000:]
-        assert "made no progress for 20 s" in stderr and "were committed" in stderr and seconds < 240
-        committed = [r["id"] for r in read_rows(inc)]
-        assert 0 < len(committed) < 20 and len(committed) == len(set(committed))
-        c.add_node(**NODE, resources={"model_node": 1})
-        c.wait_for_nodes()
-        code, stdout, stderr, _ = _run_and_kill(c.address, args, None)
-        assert code == 0, stderr[-3000:]
-        rows = read_rows(inc)
-        assert sorted(os.path.basename(r["uri"]) for r in rows) == more and len({r["id"] for r in rows}) == 20
-    finally:
-        shut_down(c)
+    # incremental, and then every node that can run the person stage is lost: the run must
+    # end (no hang) with what it committed, and the next run, with a node back, finishes
+    more = _photo_corpus(tmp_path / "more", 20)
+    inc = tmp_path / "incremental"
+    args = [
+        "--input",
+        str(tmp_path / "more"),
+        "--output",
+        str(inc),
+        "--incremental",
+        "--commit-every",
+        "0",
+        "--stall-timeout",
+        "20",
+        *MODEL_STAGE[:-4],
+    ]
+    code, stdout, stderr, seconds = _run_and_kill(
+        c.address, args, lambda: c.remove_node(survivor, allow_graceful=False)
+    )
+    assert code == 1, stderr[-3000:]
+    assert "made no progress for 20 s" in stderr and "were committed" in stderr and seconds < 240
+    committed = [r["id"] for r in read_rows(inc)]
+    assert 0 < len(committed) < 20 and len(committed) == len(set(committed))
+    replacement = c.add_node(**NODE, resources={"model_node": 1})
+    c.wait_for_nodes()
+    code, stdout, stderr, _ = _run_and_kill(c.address, args, None)
+    c.remove_node(replacement, allow_graceful=False)  # the module's cluster as it was, for the tests after
+    assert code == 0, stderr[-3000:]
+    rows = read_rows(inc)
+    assert sorted(os.path.basename(r["uri"]) for r in rows) == more and len({r["id"] for r in rows}) == 20
+
+
+@pytest.mark.slow
+def test_training_across_nodes_survives_losing_one(cluster, synth_coco, straight_training_run, tmp_path):
+    """Two training workers on the module cluster's two nodes (1 CPU each, so one per node; the
+    head has none); a node is killed after a checkpoint and a new one joins (an autoscaler's
+    replacement): FailureConfig restarts the group from the checkpoint and it ends with the
+    weights an unbroken run reaches (conftest's, on one node). The module's last user of the cluster."""
+    import torch
+
+    c, _, gpu_node = cluster
+    assert len(c.worker_nodes) == 2  # the node-loss test gave back the nodes it added
+    # one filesystem every node reaches, as s3:// on a cluster
+    args = [
+        sys.executable,
+        os.path.join(ROOT, "jobs", "train.py"),
+        "--ray-address",
+        c.address,
+        *STRAIGHT_TRAINING,
+        "--data",
+        synth_coco,
+        "--cpus-per-worker",
+        "1",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--output",
+        str(tmp_path / "broken"),
+        "--name",
+        "broken",
+    ]
+    log = open(tmp_path / "broken.log", "w")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.time() + 300
+    while not registered_checkpoints(tmp_path / "runs" / "broken"):
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "broken.log").read_text()[-3000:]
+        time.sleep(0.2)
+    c.remove_node(gpu_node, allow_graceful=False)
+    # killed mid-run: a worker of a 2-worker gloo group is gone, so finishing means the
+    # group was restarted from a checkpoint
+    assert proc.poll() is None and len(registered_checkpoints(tmp_path / "runs" / "broken")) < 4
+    c.add_node(**NODE)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "broken.log").read_text()[-3000:]
+
+    a, b = (final_checkpoint_state(run) for run in (straight_training_run, tmp_path / "runs" / "broken"))
+    assert a["step"] == b["step"] == 16
+    # the restarted group went on from a checkpoint, not from scratch
+    assert json.loads((tmp_path / "broken" / "training.json").read_text())["final_metrics"]["resumed_from_step"] in (
+        4,
+        8,
+        12,
+    )
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def _launcher_node_types() -> tuple[dict, dict]:
@@ -393,64 +437,3 @@ def test_gpu_nodes_scale_from_zero_and_back(autoscaling_cluster, tmp_path):
     watch_until = time.time() + 8
     while time.time() < watch_until:
         assert gpu_nodes() == 0
-
-
-@pytest.mark.slow
-def test_training_across_nodes_survives_losing_one(synth_coco, straight_training_run, tmp_path):
-    """Two training workers on two nodes (1 CPU each, so one per node); a node is killed after
-    a checkpoint and a new one joins (an autoscaler's replacement): FailureConfig restarts the
-    group from the checkpoint and it ends with the weights an unbroken run reaches (conftest's,
-    on one node)."""
-    import torch
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False},
-    )
-    try:
-        nodes = [c.add_node(**NODE) for _ in range(2)]
-        c.wait_for_nodes()
-        # one filesystem every node reaches, as s3:// on a cluster
-        args = [
-            sys.executable,
-            os.path.join(ROOT, "jobs", "train.py"),
-            "--ray-address",
-            c.address,
-            *STRAIGHT_TRAINING,
-            "--data",
-            synth_coco,
-            "--cpus-per-worker",
-            "1",
-            "--storage",
-            str(tmp_path / "runs"),
-            "--output",
-            str(tmp_path / "broken"),
-            "--name",
-            "broken",
-        ]
-        log = open(tmp_path / "broken.log", "w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.time() + 300
-        while not registered_checkpoints(tmp_path / "runs" / "broken"):
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "broken.log").read_text()[-3000:]
-            time.sleep(0.2)
-        c.remove_node(nodes[1], allow_graceful=False)
-        # killed mid-run: a worker of a 2-worker gloo group is gone, so finishing means the
-        # group was restarted from a checkpoint
-        assert proc.poll() is None and len(registered_checkpoints(tmp_path / "runs" / "broken")) < 4
-        c.add_node(**NODE)
-        assert proc.wait(timeout=600) == 0, (tmp_path / "broken.log").read_text()[-3000:]
-    finally:
-        shut_down(c)
-
-    a, b = (final_checkpoint_state(run) for run in (straight_training_run, tmp_path / "runs" / "broken"))
-    assert a["step"] == b["step"] == 16
-    # the restarted group went on from a checkpoint, not from scratch
-    assert json.loads((tmp_path / "broken" / "training.json").read_text())["final_metrics"]["resumed_from_step"] in (
-        4,
-        8,
-        12,
-    )
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -137,15 +137,17 @@ def test_planning_that_stops_becomes_a_row_per_file(ray_session, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_job_labels_around_hostile_files(tmp_path):
-    """Every listed file a row, the run exits 0 inside the bound, the good photos labelled."""
+def test_the_job_labels_around_hostile_files(ray_session, tmp_path):
+    """Every listed file a row, the run exits 0 inside the bound, the good photos labelled. The
+    CLI joins the tests' Ray (`--ray-address`, as on a cluster): the files are what is tested."""
     built = hostile_files.build(str(tmp_path / "files"), cases=12)
     bound_s = 420
+    ray_address = ray_session.get_runtime_context().gcs_address
     ran = hostile_files.run_job(
         str(tmp_path / "files"),
         str(tmp_path / "labels"),
         bound_s,
-        ["--stages", "person", "--num-cpus", "2", "--file-timeout", "5", "--max-frames-per-file", "40"],
+        ["--stages", "person", "--ray-address", ray_address, "--file-timeout", "5", "--max-frames-per-file", "40"],
     )
     assert ran["exit_code"] == 0, ran["stderr_tail"]
     found = hostile_files.check(str(tmp_path / "labels"), built)

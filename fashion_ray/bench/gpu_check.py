@@ -41,6 +41,7 @@ import time
 from fashion_ray.samplers import GpuUtilisation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CASCADE = ("person", "clothing", "parts", "actions")
 STEPS = ("install", "environment", "cascade", "fractional_actors", "training", "serve", "cuda_tests")
 OUTPUT_TAIL = 6000  # characters of a failed step's output kept in the JSON
 PINNED_TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the project's pins (README, .ci/run)
@@ -60,15 +61,21 @@ class Sizes:
 
     images: int
     actors: int  # per stage, in the fractional_actors step
+    fractional_stages: str  # the stages of that step
     train_steps: int
     train_input_size: int  # 0: each task's default
     requests_per_client: int
+    serve_set: str  # the served app's resource overrides
     budget_scale: float
 
     @classmethod
     def of(cls, quick: bool) -> "Sizes":
-        # on a GPU, 400 images keep Ray's start-up under a tenth of a cascade run
-        return cls(3, 2, 6, 64, 1, 3.0) if quick else cls(400, 3, 120, 0, 8, 1.0)
+        # on a GPU, 400 images keep Ray's start-up under a tenth of a cascade run; the quick
+        # check (a CPU, the test suite) runs each path once with the fewest processes: two
+        # stages show actors sharing, one person replica serves
+        if quick:
+            return cls(2, 2, "person,clothing", 4, 64, 1, "person.min_actors=1,person.max_actors=1", 3.0)
+        return cls(400, 3, ",".join(CASCADE), 120, 0, 8, "", 1.0)
 
 
 def plan(
@@ -76,22 +83,25 @@ def plan(
 ) -> list[Step]:
     """The steps of one check, with their commands and time budgets (seconds)."""
     sizes, job = Sizes.of(quick), lambda name: os.path.join(ROOT, "jobs", name)
-    cascade = [
-        python,
-        job("benchmark.py"),
-        "--device",
-        device,
-        "--bundle",
-        "bootstrap",
-        "--corpus",
-        "people",
-        "--stages",
-        "person,clothing,parts,actions",
-        "--images",
-        str(sizes.images),
-        "--memory-sizes",
-        "none",
-    ]
+
+    def cascade(stages: str) -> list[str]:
+        return [
+            python,
+            job("benchmark.py"),
+            "--device",
+            device,
+            "--bundle",
+            "bootstrap",
+            "--corpus",
+            "people",
+            "--stages",
+            stages,
+            "--images",
+            str(sizes.images),
+            "--memory-sizes",
+            "none",
+        ]
+
     steps = []
     if install:
         # onnxruntime and onnxruntime-gpu are one module: the CPU build goes first
@@ -116,7 +126,7 @@ def plan(
         Step(
             "cascade",
             (
-                *cascade,
+                *cascade(",".join(CASCADE)),
                 "--actors",
                 "1",
                 "--amp",
@@ -126,7 +136,11 @@ def plan(
             ),
             150,
         ),
-        Step("fractional_actors", (*cascade, "--actors", str(sizes.actors), "--no-baseline"), 60),
+        Step(
+            "fractional_actors",
+            (*cascade(sizes.fractional_stages), "--actors", str(sizes.actors), "--no-baseline"),
+            60,
+        ),
         Step(
             "training",
             (
@@ -157,6 +171,8 @@ def plan(
                 "1,4",
                 "--requests-per-client",
                 str(sizes.requests_per_client),
+                "--set",
+                sizes.serve_set,
                 "--port",
                 str(_free_port()),
             ),

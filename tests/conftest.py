@@ -72,19 +72,28 @@ def _made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
     return folder
 
 
-# the modules that take longest, longest first (in one process, docs/development.md): xdist
-# hands modules to workers in collection order (--no-loadscope-reorder), and one of these
-# started last would leave the other workers idle while it runs
+# the modules that take longest, longest first (CPU-seconds in one process, docs/development.md):
+# xdist hands modules to workers in collection order (--no-loadscope-reorder); longest first
+# leaves the short modules to even out the workers' ends, where one long module started last
+# would leave the other worker idle while it runs
 LONGEST_FIRST = (
     "test_cluster",
     "test_gpu_check",
     "test_training",
     "test_serving",
     "test_incremental",
-    "test_readme",
     "test_export",
-    "test_hostile_files",
     "test_pipeline",
+    "test_readme",
+    "test_hostile_files",
+    "test_garments",
+    "test_video",
+    "test_person_recall",
+    "test_actions",
+    "test_ray_job_submit",
+    "test_label_job",
+    "test_synth",
+    "test_run",
 )
 
 

@@ -216,18 +216,26 @@ def test_second_run_on_the_same_output_is_refused(ray_session, plumbing_bundle, 
         run_label_job(cfg)
 
 
-def _session_processes(session: int, needle: str) -> list[int]:
-    """PIDs in a process session whose command line contains needle."""
-    found = []
+def _descendant_processes(root: int, needle: str) -> list[int]:
+    """PIDs under process `root` (its Ray's workers, when root started that Ray) whose command
+    line contains needle: this test's processes, not the other xdist worker's."""
+    parent, cmdlines = {}, {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = open(f"/proc/{pid}/stat").read()
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            cmdlines[int(pid)] = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[3]) == session and needle in cmdline:
-            found.append(int(pid))
-    return found
+        parent[int(pid)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+
+    def under_root(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+
+    return [pid for pid, cmd in cmdlines.items() if needle in cmd and under_root(pid)]
 
 
 def _start_job(args: list[str], log) -> subprocess.Popen:
@@ -311,15 +319,22 @@ def test_killed_driver_then_rerun_labels_each_input_once(ray_session, s3_server,
 
 
 @pytest.mark.slow
-def test_killed_actor_mid_run_still_labels_each_input_once(s3_server, plumbing_bundle, tmp_path):
+def test_killed_actor_mid_run_still_labels_each_input_once(ray_session, s3_server, plumbing_bundle, tmp_path):
+    """The job (CLI) on the tests' Ray, started by this process: its actors are this process's
+    descendants."""
     fs = _fs(s3_server)
     fs.mkdir("actor-bucket")
     uris = _upload(fs, "actor-bucket/uploads", range(30))
+    args = _job_args("actor-bucket", s3_server, plumbing_bundle)
+    args[args.index("--num-cpus") : args.index("--num-cpus") + 2] = [
+        "--ray-address",
+        ray_session.get_runtime_context().gcs_address,
+    ]
     with open(tmp_path / "actor.log", "w") as log:
-        proc = _start_job(_job_args("actor-bucket", s3_server, plumbing_bundle), log)
+        proc = _start_job(args, log)
         try:
             _wait_for_commit(fs, "actor-bucket/labels", proc)
-            actors = _session_processes(proc.pid, "PersonStage")
+            actors = _descendant_processes(os.getpid(), "PersonStage")
             assert actors, "no PersonStage actor process found"
             os.kill(actors[0], signal.SIGKILL)  # Ray restarts the actor and retries its tasks
             assert proc.wait(timeout=300) == 0, (tmp_path / "actor.log").read_text()[-3000:]

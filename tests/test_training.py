@@ -1,6 +1,7 @@
-"""Training on Ray Train with 2 CPU workers (gloo): a model that learns, a killed run that
-resumes to the same weights, and a published bundle the labelling job runs. The synthetic
-training set and the uninterrupted reference run are conftest's, shared with test_cluster."""
+"""Training on Ray Train with 2 CPU workers (gloo): a killed run that resumes to the same
+weights, and a clothing detector that publishes its classes. The part model that learns under
+`ray job submit` is in test_ray_job_submit.py, on that module's Ray head. The synthetic training
+set and the uninterrupted reference run are conftest's, shared with test_cluster."""
 
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ from fashion_ray.training import data
 from fashion_ray.training.loop import TrainConfig, lr_factor
 from helpers import (
     ROOT,
-    SAMPLE_CORPUS,
     STRAIGHT_TRAINING,
     final_checkpoint_state,
     job_main,
-    read_rows,
     registered_checkpoints,
 )
 
@@ -75,84 +74,6 @@ def test_a_non_finite_loss_is_stopped_before_it_reaches_the_weights():
     with pytest.raises(NonFiniteLoss, match="loss is nan at step 1 .*lower --lr or check the data"):
         train_one_step(run, bad, cfg, torch.device("cpu"), 0)
     assert run.step == 1 and all(torch.equal(a, b) for a, b in zip(before, params))
-
-
-def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head, synth_coco, tmp_path):
-    ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
-    out = tmp_path / "parts-v1"
-    proc = subprocess.run(
-        [
-            ray_cli,
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            ROOT,
-            "--",
-            "python",
-            "jobs/train.py",
-            "--task",
-            "parts",
-            "--data",
-            synth_coco,
-            "--output",
-            str(out),
-            "--workers",
-            "2",
-            "--cpus-per-worker",
-            "0.5",
-            "--steps",
-            "100",
-            "--batch-size",
-            "4",
-            "--input-size",
-            "64",
-            "--lr",
-            "0.05",
-            "--warmup-steps",
-            "10",
-            "--checkpoint-every",
-            "50",
-            "--storage",
-            str(tmp_path / "runs"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads((out / "training.json").read_text())
-    metrics = record["metrics"]  # the same held-out crops scored before training and at the best checkpoint
-    assert record["final_step"] == 100 and metrics["val_metric"] > max(0.08, 4 * metrics["val_initial"]), record
-    bundle = load_bundle(str(out))
-    assert (
-        set(bundle.stages) == set(data.taxonomy.STAGES)
-        and bundle.stages["parts"].architecture == "lraspp_mobilenet_v3_large"
-    )
-
-    labels = tmp_path / "labels"
-    # the stages this bundle's parts need (persons to crop): its garment and action stages are the base bundle's
-    assert (
-        job_main(
-            "label_corpus",
-            "--input",
-            SAMPLE_CORPUS,
-            "--output",
-            str(labels),
-            "--bundle",
-            str(out),
-            "--stages",
-            "person,parts",
-        )
-        == 0
-    )
-    rows = read_rows(labels)
-    assert {r["bundle_name"] for r in rows} == {bundle.name} and sum(
-        len(p["parts"]) for r in rows for p in r["persons"]
-    ) > 0
 
 
 def _kill_at_first_checkpoint(args: list[str], run_dir, log_path) -> None:

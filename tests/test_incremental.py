@@ -268,7 +268,9 @@ def _kill_session(proc) -> None:
         pass
 
 
-def _job_args(bucket: str, endpoint: str, bundle: str) -> list[str]:
+def _job_args(bucket: str, endpoint: str, bundle: str, ray: tuple[str, ...] = ("--num-cpus", "2")) -> list[str]:
+    """The CLI's flags for a person-only incremental run; `ray`: a local Ray of its own (the
+    default) or `--ray-address` of one to join."""
     return [
         "--input",
         f"s3://{bucket}/uploads/",
@@ -285,8 +287,7 @@ def _job_args(bucket: str, endpoint: str, bundle: str) -> list[str]:
         "4",
         "--read-batch-size",
         "4",
-        "--num-cpus",
-        "2",
+        *ray,
         "--s3-endpoint-url",
         endpoint,
     ]
@@ -325,11 +326,9 @@ def test_killed_actor_mid_run_still_labels_each_input_once(ray_session, s3_serve
     fs = _fs(s3_server)
     fs.mkdir("actor-bucket")
     uris = _upload(fs, "actor-bucket/uploads", range(30))
-    args = _job_args("actor-bucket", s3_server, plumbing_bundle)
-    args[args.index("--num-cpus") : args.index("--num-cpus") + 2] = [
-        "--ray-address",
-        ray_session.get_runtime_context().gcs_address,
-    ]
+    args = _job_args(
+        "actor-bucket", s3_server, plumbing_bundle, ("--ray-address", ray_session.get_runtime_context().gcs_address)
+    )
     with open(tmp_path / "actor.log", "w") as log:
         proc = _start_job(args, log)
         try:

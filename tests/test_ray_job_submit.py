@@ -12,32 +12,22 @@ from fashion_ray.training import data
 from helpers import ROOT, SAMPLE_CORPUS, job_main, read_rows
 
 
-def test_label_job_under_ray_job_submit(ray_head, tmp_path):
-    ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
-    out = tmp_path / "labels"
-    proc = subprocess.run(
-        [
-            ray_cli,
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            ROOT,
-            "--",
-            "python",
-            "jobs/label_corpus.py",
-            "--input",
-            SAMPLE_CORPUS,
-            "--output",
-            str(out),
-        ],
+def _submit(ray_head, *job: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir <repo> -- python <job...>` against the module's head, as a
+    cluster user types it; waits for the job and returns what the CLI printed."""
+    return subprocess.run(
+        [ray_head.cli, "job", "submit", "--address", ray_head.dashboard, "--working-dir", ROOT, "--", "python", *job],
         capture_output=True,
         text=True,
-        env=env,
-        timeout=600,
+        env=ray_head.env,
+        timeout=timeout,
         cwd=ROOT,
     )
+
+
+def test_label_job_under_ray_job_submit(ray_head, tmp_path):
+    out = tmp_path / "labels"
+    proc = _submit(ray_head, "jobs/label_corpus.py", "--input", SAMPLE_CORPUS, "--output", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "images     4 in = 4 ok + 0 error" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
@@ -48,78 +38,42 @@ def test_label_job_under_ray_job_submit(ray_head, tmp_path):
 
 
 def test_failed_job_is_visible_to_the_scheduler(ray_head, tmp_path):
-    ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
-    proc = subprocess.run(
-        [
-            ray_cli,
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            ROOT,
-            "--",
-            "python",
-            "jobs/label_corpus.py",
-            "--input",
-            str(tmp_path / "missing"),
-            "--output",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=ROOT,
+    proc = _submit(
+        ray_head, "jobs/label_corpus.py", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")
     )
     assert proc.returncode != 0
     assert "does not exist" in proc.stdout + proc.stderr
 
 
 def test_parts_model_learns_under_ray_job_submit_and_its_bundle_labels(ray_head, synth_coco, tmp_path):
-    ray_cli, address, env = ray_head.cli, ray_head.dashboard, ray_head.env
     out = tmp_path / "parts-v1"
-    proc = subprocess.run(
-        [
-            ray_cli,
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            ROOT,
-            "--",
-            "python",
-            "jobs/train.py",
-            "--task",
-            "parts",
-            "--data",
-            synth_coco,
-            "--output",
-            str(out),
-            "--workers",
-            "2",
-            "--cpus-per-worker",
-            "0.5",
-            "--steps",
-            "100",
-            "--batch-size",
-            "4",
-            "--input-size",
-            "64",
-            "--lr",
-            "0.05",
-            "--warmup-steps",
-            "10",
-            "--checkpoint-every",
-            "50",
-            "--storage",
-            str(tmp_path / "runs"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
+    proc = _submit(
+        ray_head,
+        "jobs/train.py",
+        "--task",
+        "parts",
+        "--data",
+        synth_coco,
+        "--output",
+        str(out),
+        "--workers",
+        "2",
+        "--cpus-per-worker",
+        "0.5",
+        "--steps",
+        "100",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--warmup-steps",
+        "10",
+        "--checkpoint-every",
+        "50",
+        "--storage",
+        str(tmp_path / "runs"),
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -94,6 +94,14 @@ def round_all(figures: dict) -> dict:
 
 
 def main(args) -> int:
+    if args.workdir:
+        return run_benchmarks(args, args.workdir)
+    # the default scratch folder (corpus, bundle, outputs: about 120 MB) goes when the run ends
+    with tempfile.TemporaryDirectory(prefix="fashion-ray-bench-") as work:
+        return run_benchmarks(args, work)
+
+
+def run_benchmarks(args, work: str) -> int:
     try:
         stages = config.parse_stages(args.stages)
     except config.ConfigError as exc:
@@ -108,7 +116,6 @@ def main(args) -> int:
         for amp in parse_choices("--amp", args.amp, ("on", "off"))
         for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)
     ]
-    work = args.workdir or tempfile.mkdtemp(prefix="fashion-ray-bench-")
     init_ray(None, args.num_cpus)
 
     def folder_of(count: int) -> list[str]:

@@ -11,6 +11,7 @@ reference training run) are made once by the first worker that needs them and re
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
@@ -44,8 +45,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # folder: Unix socket paths are limited to 107 bytes, and a long TMPDIR (macOS) is past that
 if os.path.isdir("/tmp"):
     os.environ.setdefault("RAY_TMPDIR", "/tmp")
-# bundle files from S3 are cached per machine: the tests' own cache, inherited by Ray workers and CLI runs
-os.environ.setdefault("FASHION_RAY_CACHE", tempfile.mkdtemp(prefix="fashion-ray-cache-"))
+# bundle files from S3 are cached per machine: the tests' own cache, inherited by Ray workers, CLI runs
+# and xdist workers, and removed by the process that made it (about 110 MB a run)
+if "FASHION_RAY_CACHE" not in os.environ:
+    os.environ["FASHION_RAY_CACHE"] = tempfile.mkdtemp(prefix="fashion-ray-cache-")
+    atexit.register(shutil.rmtree, os.environ["FASHION_RAY_CACHE"], ignore_errors=True)
 
 
 def pytest_xdist_auto_num_workers(config):

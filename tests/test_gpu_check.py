@@ -80,9 +80,9 @@ def test_a_step_over_its_budget_is_stopped_with_what_it_started_and_the_rest_go_
 
 
 @pytest.mark.slow
-def test_the_quick_cpu_check_runs_every_step_and_reports_every_figure(ray_head, tmp_path):
-    # the steps' jobs join the tests' Ray head (RAY_ADDRESS, as under `ray job submit`) instead
-    # of starting a Ray each: the check's own work is what is tested here
+def test_the_quick_cpu_check_runs_every_step_and_reports_every_figure(ray_session, tmp_path):
+    # the steps' jobs join the tests' Ray (RAY_ADDRESS, as under `ray job submit`) instead of
+    # starting a Ray each: the check's own work is what is tested here
     proc = subprocess.run(
         [
             sys.executable,
@@ -97,7 +97,7 @@ def test_the_quick_cpu_check_runs_every_step_and_reports_every_figure(ray_head, 
         text=True,
         cwd=tmp_path,
         timeout=1500,
-        env={**ray_head.env, "RAY_ADDRESS": ray_head.gcs},
+        env={**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address},
     )
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     failed = {name: step.get("output_tail", "")[-1500:] for name, step in report["steps"].items() if not step["ok"]}
@@ -112,7 +112,7 @@ def test_the_quick_cpu_check_runs_every_step_and_reports_every_figure(ray_head, 
     assert summary["pipeline_images_per_s"] > 0 and summary["pipeline_vs_bare_loop"] > 0
     assert set(summary["variants_ratio_to_first"]) == {"amp=on jpeg_decode=tasks", "amp=on jpeg_decode=person"}
     assert summary["fractional_actors"]["actors_per_stage"] == 2 and summary["fractional_actors"]["images_per_s"] > 0
-    assert set(summary["training_samples_per_s"]) == {"parts", "garments"}
+    assert set(summary["training_samples_per_s"]) == {"garments"}
     assert all(v > 0 for v in summary["training_samples_per_s"].values())
     assert set(summary["serve_p50_ms"]) == {"1", "4"} and all(v > 0 for v in summary["serve_p50_ms"].values())
     # no GPU here: the CUDA tests are collected and every one says why it skipped

@@ -63,6 +63,7 @@ class Sizes:
     actors: int  # per stage, in the fractional_actors step
     fractional_stages: str  # the stages of that step
     train_steps: int
+    train_tasks: str  # the models the training step trains, one Ray Train run each
     train_input_size: int  # 0: each task's default
     requests_per_client: int
     serve_set: str  # the served app's resource overrides
@@ -72,10 +73,11 @@ class Sizes:
     def of(cls, quick: bool) -> "Sizes":
         # on a GPU, 400 images keep Ray's start-up under a tenth of a cascade run; the quick
         # check (a CPU, the test suite) runs each path once with the fewest processes: two
-        # stages show actors sharing, one person replica serves
+        # stages show actors sharing, one model trains (the suite trains both elsewhere), one
+        # person replica serves
         if quick:
-            return cls(2, 2, "person,clothing", 4, 64, 1, "person.min_actors=1,person.max_actors=1", 3.0)
-        return cls(400, 3, ",".join(CASCADE), 120, 0, 8, "", 1.0)
+            return cls(2, 2, "person,clothing", 4, "garments", 64, 1, "person.min_actors=1,person.max_actors=1", 3.0)
+        return cls(400, 3, ",".join(CASCADE), 120, "parts,garments", 0, 8, "", 1.0)
 
 
 def plan(
@@ -150,7 +152,7 @@ def plan(
                 "--train-workers",
                 "1",
                 "--train-tasks",
-                "parts,garments",
+                sizes.train_tasks,
                 "--train-steps",
                 str(sizes.train_steps),
                 "--train-input-size",

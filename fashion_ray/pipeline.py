@@ -324,6 +324,10 @@ def build_plan(cfg: LabelJobConfig, blocks: list[pa.Table], bundle: Bundle, run_
     # fetching and decoding overlap with the model stages from the start.
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = cfg.stall_timeout_s
     ds = ray.data.from_arrow(blocks)
+    # decoding stops getting ahead of the models at this bound, so peak memory stays flat with
+    # the corpus (the plan's own copy of Ray Data's context: other datasets of the process keep theirs)
+    limits = ds.context.execution_options.resource_limits
+    ds.context.execution_options.resource_limits = limits.copy(object_store_memory=cfg.in_flight_budget_mb() * 2**20)
     ds = ds.map_batches(
         load_media,
         batch_size=None,

@@ -37,22 +37,26 @@ class _Sampler:
 
 
 class PeakRSS(_Sampler):
-    """The peak of the summed RSS of a process (this one by default) and all its descendants
-    (Ray workers included)."""
+    """The peaks of the summed memory of a process (this one by default) and all its
+    descendants (Ray workers included): `peak`, of their RSS, counts a page every process
+    maps (torch's libraries, the object store's shared memory) once per process, so it grows
+    with how many processes are alive; `peak_pss`, of their PSS (each shared page split
+    among its users), is the memory the machine gives them."""
 
     def __init__(self, pid: int | None = None, interval: float = _Sampler.interval):
         import psutil
 
-        self.proc, self.peak, self.interval = psutil.Process(pid), 0, interval
+        self.proc, self.peak, self.peak_pss, self.interval = psutil.Process(pid), 0, 0, interval
 
     def sample(self) -> None:
-        total = 0
+        rss = pss = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                memory = p.memory_full_info()
+                rss, pss = rss + memory.rss, pss + memory.pss
             except Exception:  # a worker exiting between listing and reading
                 pass
-        self.peak = max(self.peak, total)
+        self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
 
 class GpuUtilisation(_Sampler):

@@ -65,6 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--work-max-side", type=int, default=640)
     p.add_argument("--rows-per-shard", type=int, default=16)
+    p.add_argument("--max-in-flight-mb", type=int, default=0, help="as the labelling job's (a large value: no bound)")
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--video-seconds", type=float, default=0, help="also benchmark a 25 fps 640x360 video this long")
@@ -181,6 +182,7 @@ def run_benchmarks(args, work: str) -> int:
             amp=amp,
             jpeg_decode=decode,
             stages=stages,
+            max_in_flight_mb=args.max_in_flight_mb,
         )
 
     pipe = pipeline(args.images, "out_main", first_amp, variants[0][1])
@@ -215,11 +217,11 @@ def run_benchmarks(args, work: str) -> int:
         }
     if sizes:
         small, large = sizes
-        memory, seconds = {}, {}
+        memory, shared_split, seconds = {}, {}, {}
         for count in (small, large):
             with PeakRSS() as peak:
                 seconds[count] = pipeline(count, f"out_{count}", first_amp, variants[0][1])["seconds"]
-            memory[str(count)] = round(peak.peak / 2**20, 1)
+            memory[str(count)], shared_split[str(count)] = round(peak.peak / 2**20, 1), round(peak.peak_pss / 2**20, 1)
         marginal = (large - small) / (seconds[large] - seconds[small])
         result |= {
             "pipeline_seconds_by_size": {str(k): round(v, 3) for k, v in seconds.items()},
@@ -227,6 +229,8 @@ def run_benchmarks(args, work: str) -> int:
             "efficiency_marginal": round(marginal / base["images_per_s_after_load"], 3),
             "peak_rss_mib": memory,
             "peak_rss_growth": round(memory[str(large)] / memory[str(small)], 3),
+            "peak_pss_mib": shared_split,
+            "peak_pss_growth": round(shared_split[str(large)] / shared_split[str(small)], 3),
         }
     print(json.dumps(result, indent=2))
     return 0

@@ -80,6 +80,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-batch-size", type=int, default=JOB["read_batch_size"])
     p.add_argument("--max-pixels", type=int, default=JOB["max_pixels"], help="decompression-bomb limit")
     p.add_argument("--work-max-side", type=int, default=JOB["work_max_side"], help="longest side the models see")
+    p.add_argument(
+        "--max-in-flight-mb",
+        type=int,
+        default=JOB["max_in_flight_mb"],
+        metavar="MIB",
+        help="decoded media that may wait between stages, whole job (default 0: 128 per model-stage actor, "
+        "at least 512)",
+    )
     p.add_argument("--video-fps", type=float, default=VIDEO["fps"], help="sampled frames per second of video time")
     p.add_argument(
         "--video-every-n", type=int, default=VIDEO["every_n"], help="sample every Nth frame instead of --video-fps"
@@ -181,6 +189,7 @@ def make_config(args) -> config.LabelJobConfig:
         rows_per_shard=args.rows_per_shard,
         max_pixels=args.max_pixels,
         work_max_side=args.work_max_side,
+        max_in_flight_mb=args.max_in_flight_mb,
         incremental=args.incremental,
         video=config.VideoSampling(
             fps=args.video_fps,

@@ -9,14 +9,17 @@ import json
 import os
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import s3fs
 
 from fashion_ray import config, taxonomy
 from fashion_ray import masks as rle
 from fashion_ray.models import BundleError, load_bundle, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
+from fashion_ray.pipeline import build_plan
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import StorageOptions, stable_id
 from helpers import SAMPLE_CORPUS, FaultyS3Proxy, bad_file_catalogue
@@ -99,6 +102,20 @@ def test_bundle_files_are_downloaded_once_per_machine(ray_session, s3_server, tm
         proxy.close()
 
 
+def test_the_in_flight_budget_by_hand():
+    def budget(**kw) -> int:
+        return config.LabelJobConfig(inputs=("photos/",), output="out", **kw).in_flight_budget_mb()
+
+    assert budget() == 512  # 4 stages of one actor each: 4 x 128, the floor
+    assert budget(stages=("person",)) == 512  # the floor
+    gpu = config.stage_resources("cuda", ["person.max_actors=8", "clothing.max_actors=4"])
+    assert budget(resources=gpu) == (8 + 4 + 1 + 1) * 128
+    assert budget(resources=gpu, stages=("person", "parts")) == (8 + 1) * 128
+    assert budget(resources=gpu, max_in_flight_mb=300) == 300
+    with pytest.raises(config.ConfigError, match="max_in_flight_mb -1 must be >= 0"):
+        budget(max_in_flight_mb=-1)
+
+
 def test_torchvision_bundle_end_to_end_in_original_pixels(ray_session, plumbing_bundle, tmp_path):
     # work at 256 px on 512-600 px photos: labels must still come out at the original size
     res = config.apply_overrides({s: config.StageResources() for s in taxonomy.STAGES}, ["all.batch_size=2"])
@@ -108,9 +125,14 @@ def test_torchvision_bundle_end_to_end_in_original_pixels(ray_session, plumbing_
         bundle=plumbing_bundle,
         resources=res,
         work_max_side=256,
+        max_in_flight_mb=1,  # under one decoded block: the stages wait for each other, and never hang
     )
     manifest = run_label_job(cfg)
     assert manifest["bundle"]["name"] == "plumbing" and manifest["counts"]["ok"] == 4
+    # the bound lives in the plan's own copy of Ray Data's context; the process's stays as it was
+    plan = build_plan(cfg, [pa.table({"id": [0]})], load_bundle(plumbing_bundle), "run")
+    assert plan.context.execution_options.resource_limits.object_store_memory == 2**20
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == float("inf")
     rows = [r for s in manifest["shards"] for r in pq.read_table(tmp_path / "labels" / s["parquet"]).to_pylist()]
     assert {r["bundle_version"] for r in rows} == {"1.2.3"}
     garments = parts = 0

@@ -150,6 +150,7 @@ def pipeline_run(
     amp: bool = True,
     jpeg_decode: str = "tasks",
     stages: tuple[str, ...] = ("person",),
+    max_in_flight_mb: int = 0,
 ) -> dict:
     """The labelling job on `inputs` (`actors` per stage); images/s end to end, and the GPU's use on CUDA."""
     on_device = (
@@ -178,6 +179,7 @@ def pipeline_run(
         read_batch_size=8,
         video=sampling,
         jpeg_decode=jpeg_decode,
+        max_in_flight_mb=max_in_flight_mb,
     )
     t0 = time.perf_counter()
     with GpuUtilisation() as gpu:
@@ -187,6 +189,7 @@ def pipeline_run(
         "images": rows,
         "seconds": total,
         "images_per_s": rows / total,
+        "in_flight_budget_mb": cfg.in_flight_budget_mb(),
         **({"gpu": gpu.summary()} if device == "cuda" else {}),
     }
 

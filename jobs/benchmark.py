@@ -8,7 +8,8 @@
     python jobs/benchmark.py --device cuda --stages person,clothing,parts --amp on,off --jpeg-decode tasks,person
 
 Prints one JSON object: baseline and pipeline images/s, their ratio (pipeline efficiency,
-end to end and marginal), and peak RSS at two corpus sizes; with --train-workers, Ray Train's
+end to end and marginal), peak RSS and PSS at two corpus sizes, and the driver's own bytes per
+input row and per ledger row (--driver-rows simulated rows, no Ray); with --train-workers, Ray Train's
 samples/s on each --train-tasks task for each worker count and the scaling against the first. Several
 --amp / --jpeg-decode values run the pipeline once per combination, each with its ratio to
 the first; with --device cuda every pipeline run reports GPU utilisation (nvidia-smi).
@@ -66,6 +67,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-max-side", type=int, default=640)
     p.add_argument("--rows-per-shard", type=int, default=16)
     p.add_argument("--max-in-flight-mb", type=int, default=0, help="as the labelling job's (a large value: no bound)")
+    p.add_argument(
+        "--driver-rows", type=int, default=100_000, help="simulated inputs for the driver's memory per row (0: skip)"
+    )
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--video-seconds", type=float, default=0, help="also benchmark a 25 fps 640x360 video this long")
@@ -117,6 +121,9 @@ def run_benchmarks(args, work: str) -> int:
         for amp in parse_choices("--amp", args.amp, ("on", "off"))
         for decode in parse_choices("--jpeg-decode", args.jpeg_decode, config.JPEG_DECODE_CHOICES)
     ]
+    result = {}
+    if args.driver_rows and not (args.training_only or args.video_only):
+        result["driver_memory"] = benchmark.driver_memory(args.driver_rows, os.path.join(work, "driver"))
     init_ray(None, args.num_cpus)
 
     def folder_of(count: int) -> list[str]:
@@ -125,7 +132,6 @@ def run_benchmarks(args, work: str) -> int:
             fh.write("\n".join(paths[:count]))
         return [manifest]
 
-    result = {}
     if args.train_workers or args.training_only:
         workers = [int(w) for w in (args.train_workers or "1,2").split(",")]
         result["training"] = {

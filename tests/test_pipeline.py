@@ -116,6 +116,19 @@ def test_the_in_flight_budget_by_hand():
         budget(max_in_flight_mb=-1)
 
 
+def test_the_drivers_memory_per_row_stays_under_its_bound(tmp_path):
+    """A guard on the driver's bookkeeping (no Ray, no models): planning a run over 20,000
+    simulated inputs costs about 1.5 KB an input row at its peak (listing, per-row maps, work
+    blocks) and 0.3 KB a ledger row; a per-row object more would show. What 100 M inputs need
+    follows from these (docs/figures.md)."""
+    from fashion_ray.bench.benchmark import driver_memory
+
+    figures = driver_memory(20_000, str(tmp_path / "out"))
+    assert figures["rows"] == 20_000 and figures["listing_bytes_per_row"] > 0
+    assert figures["driver_bytes_per_input_row"] < 2_000, figures
+    assert figures["ledger_bytes_per_row"] < 500, figures
+
+
 def test_torchvision_bundle_end_to_end_in_original_pixels(ray_session, plumbing_bundle, tmp_path):
     # work at 256 px on 512-600 px photos: labels must still come out at the original size
     res = config.apply_overrides({s: config.StageResources() for s in taxonomy.STAGES}, ["all.batch_size=2"])

@@ -15,6 +15,7 @@ import os
 import time
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from fashion_ray import config, media, taxonomy
@@ -336,6 +337,62 @@ def listing_benchmark(keys: int, uri: str | None = None, options=None) -> dict:
         result["paged_listing"]["peak_python_mib"] / result["fsspec_find"]["peak_python_mib"], 3
     )
     return result
+
+
+def simulated_listing(rows: int) -> pa.Table:
+    """A listing as storage.list_inputs returns it, of `rows` S3 objects that exist nowhere."""
+    from fashion_ray.storage import LISTING_SCHEMA, stable_id
+
+    uris = [f"s3://corpus/uploads/{i // 1000:06d}/photo_{i:09d}.jpg" for i in range(rows)]
+    return pa.table(
+        {
+            "id": [stable_id(u) for u in uris],
+            "uri": uris,
+            "size": [200_000 + i % 1000 for i in range(rows)],
+            "etag": [f'"{i:032x}"' for i in range(rows)],
+            "mtime": pa.array([1_780_000_000_000_000 + i for i in range(rows)], pa.timestamp("us", tz="UTC")),
+        },
+        schema=LISTING_SCHEMA,
+    )
+
+
+def driver_memory(rows: int, output: str) -> dict:
+    """The driver's own memory per input row and per ledger row, with no Ray and no models: a
+    run planned over a simulated listing of `rows` images (LabelRun's per-row state and the
+    work blocks), and the ledger of as many labelled rows. Python's allocations are traced
+    (tracemalloc's peak), Arrow's counted (the bytes its pool holds afterwards)."""
+    import tracemalloc
+
+    from fashion_ray import ledger
+    from fashion_ray.run import LabelRun
+
+    def measured(make):
+        arrow, _ = pa.total_allocated_bytes(), tracemalloc.start()
+        kept = make()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return kept, peak + pa.total_allocated_bytes() - arrow
+
+    import fashion_ray.pipeline  # noqa: F401  (imported by the run's plan: not a cost per row)
+
+    bundle, listing = load_bundle("bootstrap"), simulated_listing(rows)
+    cfg = config.LabelJobConfig(inputs=("s3://corpus/uploads/",), output=output, stages=(PERSON_STAGE,))
+
+    def planned():
+        run = LabelRun(cfg, bundle, listing, None, run_id="sim", progress=io.StringIO(), started="", t0=0.0)
+        return run, run.plan()
+
+    _, run_bytes = measured(planned)
+    ids = listing["id"].to_pylist()
+    shards = {f"shard-{k // 256:06d}": ids[k : k + 256] for k in range(0, rows, 256)}
+    prior, ledger_bytes = measured(lambda: ledger.ledger_rows(listing, shards, bundle.label, "sim"))
+    return {
+        "rows": rows,
+        "listing_bytes_per_row": round(listing.nbytes / rows, 1),
+        "planned_run_bytes_per_input_row": round(run_bytes / rows, 1),
+        "driver_bytes_per_input_row": round((listing.nbytes + run_bytes) / rows, 1),
+        "ledger_bytes_per_row": round(ledger_bytes / rows, 1),
+    }
 
 
 def garment_parse_coco(coco: dict) -> dict:

@@ -388,6 +388,7 @@ PERSON_OPTIONS = {
     "files",
     "min_person_height",
     "max_tiles_per_side",
+    "coarse_tiles",
     "box_source",
     "max_poses",
     "max_batch",
@@ -438,6 +439,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
             device=device.name,
             threads=device.torch_threads,
             candidate_floor=float(tuning["candidate_floor"]) if "candidate_floor" in tuning else None,
+            coarse_tiles=bool(tuning.get("coarse_tiles", False)),
         )
         pose = BlazePose(
             read("pose"), max_batch=int(tuning.get("max_batch", 8)), device=device.name, threads=device.torch_threads

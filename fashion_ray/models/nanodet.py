@@ -130,6 +130,18 @@ def plan_tiles(
     return [(x, y, min(width, x + tile), min(height, y + tile)) for y in starts(height) for x in starts(width)]
 
 
+def plan_views(
+    width: int, height: int, min_person_height: float, *, max_per_side: int = 3, coarse: bool = False
+) -> list[tuple[int, int, int, int]]:
+    """The tiles NanoDet sees besides the full frame: plan_tiles', plus with `coarse`, where
+    those are finer than 2 x 2, the 2 x 2 grid too: a large person whom the finer tiles cut into
+    pieces is whole in one of its views (measured on ../shared/data: docs/evaluation.md)."""
+    tiles = plan_tiles(width, height, min_person_height, max_per_side=max_per_side)
+    if coarse and len(tiles) > 4:
+        tiles += plan_tiles(width, height, min_person_height, max_per_side=2)
+    return tiles
+
+
 def merge_tiles(
     full: tuple[np.ndarray, np.ndarray, np.ndarray],
     tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]],
@@ -248,6 +260,7 @@ class NanoDet:
         threads: int = 1,
         class_thresholds: dict[int, float] | None = None,
         candidate_floor: float | None = None,
+        coarse_tiles: bool = False,
     ):
         self.session = onnx.session(model, device, threads)
         # outputs come as (scores [N, HW, 80], distances [N, HW, 44]) per stride; pair them by cell count
@@ -269,7 +282,7 @@ class NanoDet:
         if candidate_floor is not None and self.person_index is not None:
             self.floors[self.person_index] = min(candidate_floor, self.thresholds[self.person_index])
         self.min_person_height = min_person_height
-        self.max_tiles_per_side = max_tiles_per_side
+        self.max_tiles_per_side, self.coarse_tiles = max_tiles_per_side, coarse_tiles
         self.max_batch = max(1, max_batch)
 
     def run(
@@ -311,7 +324,9 @@ class NanoDet:
                 raise ValueError(f"image {i} has no pixels ({w}x{h})")
             views.append(image)
             owners.append((i, None))
-            boxes = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
+            boxes = plan_views(
+                w, h, self.min_person_height, max_per_side=self.max_tiles_per_side, coarse=self.coarse_tiles
+            )
             boxes += [_square_view(r, w, h) for r in (regions[i] if regions else [])]  # moving things in video
             for x0, y0, x1, y1 in boxes:
                 views.append(np.ascontiguousarray(image[y0:y1, x0:x1]))

@@ -102,6 +102,8 @@ def plan(
             str(sizes.images),
             "--memory-sizes",
             "none",
+            "--driver-rows",  # the driver's bookkeeping is the same on any machine: not a GPU figure
+            "0",
         ]
 
     steps = []

@@ -82,16 +82,16 @@ def test_tiles_only_where_the_smallest_person_needs_them():
     assert nanodet.plan_tiles(1920, 1080, 24, max_per_side=1) == []
 
 
-def test_coarse_views_are_added_only_where_the_tiles_are_finer_than_two_by_two():
-    # 640 x 480 with 24 px people: 3 x 3 tiles of 267 px; coarse adds the 2 x 2 grid of 400 px
+def test_coarse_tiles_only_where_the_tiles_are_finer_than_two_by_two():
+    # 640 x 480 with 24 px people: 3 x 3 tiles of 267 px; the coarse grid is 2 x 2 of 400 px
     fine = nanodet.plan_tiles(640, 480, 24)
     assert fine == [(x, y, x + 267, y + 267) for y in (0, 106, 213) for x in (0, 186, 373)]
-    coarse = nanodet.plan_views(640, 480, 24, coarse=True)
-    assert coarse == fine + [(x, y, x + 400, y + 400) for y in (0, 80) for x in (0, 240)]
-    assert nanodet.plan_views(640, 480, 24) == fine
-    # already 2 x 2 (416 px) or no tiles at all (a large person at full frame): nothing added
-    assert nanodet.plan_views(416, 416, 24, coarse=True) == nanodet.plan_tiles(416, 416, 24)
-    assert nanodet.plan_views(416, 416, 40, coarse=True) == []
+    assert nanodet.plan_coarse_tiles(640, 480, 24, fine) == [
+        (x, y, x + 400, y + 400) for y in (0, 80) for x in (0, 240)
+    ]
+    # already 2 x 2 (416 px) or no tiles at all (a large person at full frame): none
+    assert nanodet.plan_coarse_tiles(416, 416, 24, nanodet.plan_tiles(416, 416, 24)) == []
+    assert nanodet.plan_coarse_tiles(416, 416, 40, []) == []
 
 
 def test_tile_merge_keeps_the_full_frame_box_over_its_parts():

@@ -130,16 +130,14 @@ def plan_tiles(
     return [(x, y, min(width, x + tile), min(height, y + tile)) for y in starts(height) for x in starts(width)]
 
 
-def plan_views(
-    width: int, height: int, min_person_height: float, *, max_per_side: int = 3, coarse: bool = False
+def plan_coarse_tiles(
+    width: int, height: int, min_person_height: float, tiles: list[tuple[int, int, int, int]]
 ) -> list[tuple[int, int, int, int]]:
-    """The tiles NanoDet sees besides the full frame: plan_tiles', plus with `coarse`, where
-    those are finer than 2 x 2, the 2 x 2 grid too: a large person whom the finer tiles cut into
-    pieces is whole in one of its views (measured on ../shared/data: docs/evaluation.md)."""
-    tiles = plan_tiles(width, height, min_person_height, max_per_side=max_per_side)
-    if coarse and len(tiles) > 4:
-        tiles += plan_tiles(width, height, min_person_height, max_per_side=2)
-    return tiles
+    """Where `tiles` (plan_tiles') are finer than 2 x 2, the 2 x 2 grid, read for persons only:
+    a large person whom the finer tiles cut into pieces is whole in one of its views (measured
+    on ../shared/data: docs/evaluation.md). Their accessories are dropped: the first ones seen
+    were false (an astronaut's helmet as a backpack on a sample photo)."""
+    return plan_tiles(width, height, min_person_height, max_per_side=2) if len(tiles) > 4 else []
 
 
 def merge_tiles(
@@ -318,23 +316,28 @@ class NanoDet:
         """Per image: (boxes xyxy in image pixels, scores, class names) after tiles and merging;
         the person candidates under the threshold last (see person_candidates)."""
         views, owners = [], []  # (image index, view box or None for the full frame)
+        persons_only: set[int] = set()  # views whose other classes are dropped (coarse tiles)
         for i, image in enumerate(images):
             h, w = image.shape[:2]
             if min(h, w) < 1:
                 raise ValueError(f"image {i} has no pixels ({w}x{h})")
             views.append(image)
             owners.append((i, None))
-            boxes = plan_views(
-                w, h, self.min_person_height, max_per_side=self.max_tiles_per_side, coarse=self.coarse_tiles
-            )
+            boxes = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
+            coarse = plan_coarse_tiles(w, h, self.min_person_height, boxes) if self.coarse_tiles else []
             boxes += [_square_view(r, w, h) for r in (regions[i] if regions else [])]  # moving things in video
-            for x0, y0, x1, y1 in boxes:
+            for k, (x0, y0, x1, y1) in enumerate(boxes + coarse):
+                if k >= len(boxes):
+                    persons_only.add(len(views))
                 views.append(np.ascontiguousarray(image[y0:y1, x0:x1]))
                 owners.append((i, (x0, y0, x1, y1, w, h)))
         # full frames of tiled images also report faint boxes (merge_tiles: a large person's extent)
         tiled = {i for i, box in owners if box is not None}
         factors = [FAINT_RATIO if box is None and i in tiled else 1.0 for i, box in owners]
         per_view = self.run(views, factors)
+        person = self.class_ids[self.person_index] if self.person_index is not None else -1
+        for k in persons_only:
+            per_view[k] = tuple(v[per_view[k][2] == person] for v in per_view[k])
         results = []
         for i in range(len(images)):
             mine = [(found, box, f) for found, (owner, box), f in zip(per_view, owners, factors) if owner == i]

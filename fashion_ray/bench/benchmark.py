@@ -363,17 +363,18 @@ def driver_memory(rows: int, output: str) -> dict:
     (tracemalloc's peak), Arrow's counted (the bytes its pool holds afterwards)."""
     import tracemalloc
 
+    import fashion_ray.pipeline  # noqa: F401  (imported by the run's plan: not a cost per row)
     from fashion_ray import ledger
     from fashion_ray.run import LabelRun
 
     def measured(make):
-        arrow, _ = pa.total_allocated_bytes(), tracemalloc.start()
+        """make()'s result, and the bytes it took: Python's traced peak plus what Arrow's pool kept."""
+        arrow = pa.total_allocated_bytes()
+        tracemalloc.start()
         kept = make()
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         return kept, peak + pa.total_allocated_bytes() - arrow
-
-    import fashion_ray.pipeline  # noqa: F401  (imported by the run's plan: not a cost per row)
 
     bundle, listing = load_bundle("bootstrap"), simulated_listing(rows)
     cfg = config.LabelJobConfig(inputs=("s3://corpus/uploads/",), output=output, stages=(PERSON_STAGE,))
@@ -385,7 +386,7 @@ def driver_memory(rows: int, output: str) -> dict:
     _, run_bytes = measured(planned)
     ids = listing["id"].to_pylist()
     shards = {f"shard-{k // 256:06d}": ids[k : k + 256] for k in range(0, rows, 256)}
-    prior, ledger_bytes = measured(lambda: ledger.ledger_rows(listing, shards, bundle.label, "sim"))
+    _, ledger_bytes = measured(lambda: ledger.ledger_rows(listing, shards, bundle.label, "sim"))
     return {
         "rows": rows,
         "listing_bytes_per_row": round(listing.nbytes / rows, 1),

@@ -326,11 +326,10 @@ class NanoDet:
             boxes = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
             coarse = plan_coarse_tiles(w, h, self.min_person_height, boxes) if self.coarse_tiles else []
             boxes += [_square_view(r, w, h) for r in (regions[i] if regions else [])]  # moving things in video
-            for k, (x0, y0, x1, y1) in enumerate(boxes + coarse):
-                if k >= len(boxes):
-                    persons_only.add(len(views))
+            for x0, y0, x1, y1 in boxes + coarse:
                 views.append(np.ascontiguousarray(image[y0:y1, x0:x1]))
                 owners.append((i, (x0, y0, x1, y1, w, h)))
+            persons_only.update(range(len(views) - len(coarse), len(views)))
         # full frames of tiled images also report faint boxes (merge_tiles: a large person's extent)
         tiled = {i for i, box in owners if box is not None}
         factors = [FAINT_RATIO if box is None and i in tiled else 1.0 for i, box in owners]

@@ -12,10 +12,12 @@ if ! command -v chromedriver >/dev/null 2>&1; then
         echo "warning: chromium/chromedriver missing (apt-get install chromium chromium-driver as root); the web page test will skip" >&2
     fi
 fi
+# Label Studio 1.23.2 asks for sentry-sdk>=2.16 with no ceiling; sentry-sdk 3.0 dropped an option
+# it passes at start-up ("Unknown option 'send_default_pii'"), so the server would not start.
 if [ ! -x .venv-labelstudio/bin/label-studio ]; then
     log=$(mktemp)
     { python3 -m venv .venv-labelstudio && .venv-labelstudio/bin/pip install -q --upgrade pip \
-        && .venv-labelstudio/bin/pip install -q "label-studio==1.23.2"; } >"$log" 2>&1 \
+        && .venv-labelstudio/bin/pip install -q "label-studio==1.23.2" "sentry-sdk>=2.16,<3"; } >"$log" 2>&1 \
         || { tail -20 "$log" >&2; echo "warning: label-studio did not install; the Label Studio test will skip" >&2; }
     rm -f "$log"
 fi

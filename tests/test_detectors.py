@@ -94,6 +94,22 @@ def test_coarse_tiles_only_where_the_tiles_are_finer_than_two_by_two():
     assert nanodet.plan_coarse_tiles(416, 416, 40, []) == []
 
 
+def test_a_coarse_view_keeps_only_the_persons_no_fine_tile_holds_whole():
+    fine = nanodet.plan_tiles(640, 480, 24)  # 267 px tiles at x 0, 186, 373 and y 0, 106, 213
+    persons = np.array(
+        [
+            [20, 20, 120, 220],  # inside the first tile: seen whole there, larger
+            [250, 10, 300, 200],  # inside the second tile of the top row
+            [200, 50, 260, 350],  # 300 px tall: taller than any tile
+            [150, 10, 290, 200],  # cut by the first tile's right edge and the second's left edge
+            [374, 214, 640, 481],  # the last tile, to within its 2 px margin
+        ],
+        np.float32,
+    )
+    assert nanodet.whole_in_a_tile(persons, fine).tolist() == [True, True, False, False, True]
+    assert nanodet.whole_in_a_tile(persons, []).tolist() == [False] * 5
+
+
 def test_tile_merge_keeps_the_full_frame_box_over_its_parts():
     full = (np.array([[100, 100, 200, 400]], np.float32), np.array([0.9], np.float32), np.array([0]))
     image = (416, 416)

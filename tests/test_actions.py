@@ -13,7 +13,7 @@ import pytest
 from fashion_ray import actions, taxonomy
 from fashion_ray.actions import BEND, CARRY, CROUCH, LIE, RUN, SIT, STAND, WALK
 from fashion_ray.bench import synth
-from fashion_ray.evaluation import ava_frame_map, average_precision
+from fashion_ray.evaluation import ava_frame_map, average_precision, evaluate_actions
 from fashion_ray.formats import ava
 from fashion_ray.training import action_examples
 from helpers import job_main
@@ -143,6 +143,21 @@ def test_frame_map_by_hand():
     assert report["frame_mAP"] == pytest.approx(((0.5 + 1 / 3) + 0.5 + 1.0) / 3)
     # classes named but without ground truth are not averaged; detections of them are ignored
     assert ava_frame_map(gt, dt, classes=(STAND, RUN))["per_class_AP"] == {STAND: pytest.approx(0.5 + 1 / 3)}
+
+
+def test_only_detections_at_keyframes_are_scored():
+    # a video sampled at 3 fps against keyframes at whole seconds: the frames between them are not scored
+    a, b = (0.1, 0.1, 0.4, 0.9), (0.6, 0.1, 0.9, 0.9)
+    gt = [ava.AvaLine("v", 1.0, a, WALK, 1), ava.AvaLine("v", 2.0, a, WALK, 1)]
+    dt = [
+        ava.AvaLine("v", 1.002, a, WALK, 0.9),  # at keyframe 1 (a presentation time): a hit
+        ava.AvaLine("v", 1.333, b, WALK, 0.95),  # between keyframes: not scored
+        ava.AvaLine("v", 2.0, b, WALK, 0.8),  # at keyframe 2, nobody there: a false positive
+        ava.AvaLine("v", 2.0, a, WALK, 0.7),  # a hit
+        ava.AvaLine("x", 1.0, a, WALK, 0.99),  # a video the ground truth does not label: not scored
+    ]
+    # hit, miss, hit of 2: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
+    assert evaluate_actions(gt, dt)["per_class"]["walk"]["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_ava_csv_lines_are_avas_detection_format_and_parse_back():

@@ -136,7 +136,8 @@ def plan_coarse_tiles(
     """Where `tiles` (plan_tiles') are finer than 2 x 2, the 2 x 2 grid, read for persons only:
     a large person whom the finer tiles cut into pieces is whole in one of its views (measured
     on ../shared/data: docs/evaluation.md). Their accessories are dropped: the first ones seen
-    were false (an astronaut's helmet as a backpack on a sample photo)."""
+    were false (an astronaut's helmet as a backpack on a sample photo); so are the persons a fine
+    tile holds whole (whole_in_a_tile)."""
     return plan_tiles(width, height, min_person_height, max_per_side=2) if len(tiles) > 4 else []
 
 
@@ -338,8 +339,8 @@ class NanoDet:
         person = self.class_ids[self.person_index] if self.person_index is not None else -1
         for k, fine in coarse_views.items():
             x0, y0 = owners[k][1][:2]
-            boxes = per_view[k][0] + np.array([x0, y0, x0, y0], np.float32)
-            keep = (per_view[k][2] == person) & ~whole_in_a_tile(boxes, fine)
+            in_image = per_view[k][0] + np.array([x0, y0, x0, y0], np.float32)
+            keep = (per_view[k][2] == person) & ~whole_in_a_tile(in_image, fine)
             per_view[k] = tuple(v[keep] for v in per_view[k])
         results = []
         for i in range(len(images)):

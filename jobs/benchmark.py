@@ -83,6 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--train-input-size", type=int, default=0, help="training views' side (0: each task's default)")
     p.add_argument("--train-batch-size", type=int, default=4, help="per worker")
+    p.add_argument("--train-scenes", type=int, default=240, help="synthetic scenes the training runs draw from")
     p.add_argument("--training-only", action="store_true", help="skip the labelling benchmarks")
     return p
 
@@ -143,6 +144,7 @@ def run_benchmarks(args, work: str) -> int:
                 steps=args.train_steps,
                 input_size=args.train_input_size,
                 batch_size=args.train_batch_size,
+                scenes=args.train_scenes,
                 torch_threads=args.threads_per_actor,
             )
             for task in train_tasks

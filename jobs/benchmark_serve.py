@@ -29,6 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests-per-client", type=int, default=6)
     p.add_argument("--bundle", default="bootstrap")
     p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--stages", default="person,clothing,parts,actions", help="the served cascade's stages")
     p.add_argument("--set", default="", help="stage resource overrides, e.g. all.batch_size=8,person.max_actors=2")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a stage waits to fill a batch")
     p.add_argument("--port", type=int, default=8000)
@@ -46,7 +47,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     cfg = serve_config(
-        {"bundle": args.bundle, "device": args.device, "set": args.set, "batch_wait_ms": args.batch_wait_ms}
+        {
+            "bundle": args.bundle,
+            "stages": args.stages,
+            "device": args.device,
+            "set": args.set,
+            "batch_wait_ms": args.batch_wait_ms,
+        }
     )
     init_ray(None, args.num_cpus)
     if args.decode_bomb:

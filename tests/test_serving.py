@@ -174,15 +174,21 @@ def test_concurrent_requests_are_batched_per_stage(served):
 
     sequential = {n: _label(served, _photo(n)).json()["persons"] for n in PHOTOS}
     names = PHOTOS * 4
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda n: _label(served, _photo(n)), names))
-    assert [a.status_code for a in answers] == [200] * len(names)
-    assert all(a.json()["persons"] == sequential[n] for n, a in zip(names, answers))
-    timings = [server_timing(a.headers["Server-Timing"]) for a in answers]
-    assert all(list(t) == ["decode", "person", "clothing", "parts", "actions"] for t in timings)
-    batches = {stage: [t[stage][0] for t in timings] for stage in ("person", "clothing", "parts")}
-    assert all(1 <= b <= 4 for sizes in batches.values() for b in sizes)  # the model stages' batch_size
-    assert max(b for sizes in batches.values() for b in sizes) > 1  # concurrent requests shared batches
+    largest = []
+    # on a loaded machine the Ingress can hand requests on slower than a stage serves them, and
+    # then a round has no batch to share: another round of 8 concurrent clients is sent (each
+    # round checked whole) until one does, up to 4 rounds
+    while len(largest) < 4 and max(largest, default=1) == 1:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: _label(served, _photo(n)), names))
+        assert [a.status_code for a in answers] == [200] * len(names)
+        assert all(a.json()["persons"] == sequential[n] for n, a in zip(names, answers))
+        timings = [server_timing(a.headers["Server-Timing"]) for a in answers]
+        assert all(list(t) == ["decode", "person", "clothing", "parts", "actions"] for t in timings)
+        batches = [t[stage][0] for t in timings for stage in ("person", "clothing", "parts")]
+        assert all(1 <= b <= 4 for b in batches)  # the model stages' batch_size
+        largest.append(max(batches))
+    assert max(largest) > 1, largest  # concurrent requests shared batches
 
 
 @pytest.mark.external

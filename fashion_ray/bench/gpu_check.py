@@ -65,19 +65,45 @@ class Sizes:
     train_steps: int
     train_tasks: str  # the models the training step trains, one Ray Train run each
     train_input_size: int  # 0: each task's default
+    train_scenes: int  # the synthetic scenes it trains on (made first, in the step)
     requests_per_client: int
-    serve_set: str  # the served app's resource overrides
+    serve_stages: str  # the served app's stages
+    serve_set: str  # and their resource overrides
     budget_scale: float
 
     @classmethod
     def of(cls, quick: bool) -> "Sizes":
         # on a GPU, 400 images keep Ray's start-up under a tenth of a cascade run; the quick
         # check (a CPU, the test suite) runs each path once with the fewest processes: two
-        # stages show actors sharing, one model trains (the suite trains both elsewhere), one
-        # person replica serves
+        # stages show actors sharing, one model trains on a few scenes (the suite trains both
+        # elsewhere), one person replica serves alone (the suite serves the whole cascade)
         if quick:
-            return cls(2, 2, "person,clothing", 4, "garments", 64, 1, "person.min_actors=1,person.max_actors=1", 3.0)
-        return cls(400, 3, ",".join(CASCADE), 120, "parts,garments", 0, 8, "", 1.0)
+            return cls(
+                images=2,
+                actors=2,
+                fractional_stages="person,clothing",
+                train_steps=4,
+                train_tasks="garments",
+                train_input_size=64,
+                train_scenes=40,
+                requests_per_client=1,
+                serve_stages="person",
+                serve_set="person.min_actors=1,person.max_actors=1",
+                budget_scale=3.0,
+            )
+        return cls(
+            images=400,
+            actors=3,
+            fractional_stages=",".join(CASCADE),
+            train_steps=120,
+            train_tasks="parts,garments",
+            train_input_size=0,
+            train_scenes=240,
+            requests_per_client=8,
+            serve_stages=",".join(CASCADE),
+            serve_set="",
+            budget_scale=1.0,
+        )
 
 
 def plan(
@@ -159,6 +185,8 @@ def plan(
                 str(sizes.train_steps),
                 "--train-input-size",
                 str(sizes.train_input_size),
+                "--train-scenes",
+                str(sizes.train_scenes),
                 "--train-gpus-per-worker",
                 "1" if device == "cuda" else "0",
             ),
@@ -175,6 +203,8 @@ def plan(
                 "1,4",
                 "--requests-per-client",
                 str(sizes.requests_per_client),
+                "--stages",
+                sizes.serve_stages,
                 "--set",
                 sizes.serve_set,
                 "--port",

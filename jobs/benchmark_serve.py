@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from fashion_ray.bench.serving import decode_memory_benchmark, serve_benchmark
-from fashion_ray.config import DEVICES
+from fashion_ray.config import DEVICES, ConfigError
 from fashion_ray.ray_init import init_ray
 from fashion_ray.serving.app import serve_config
 
@@ -46,15 +46,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    cfg = serve_config(
-        {
-            "bundle": args.bundle,
-            "stages": args.stages,
-            "device": args.device,
-            "set": args.set,
-            "batch_wait_ms": args.batch_wait_ms,
-        }
-    )
+    try:
+        cfg = serve_config(
+            {
+                "bundle": args.bundle,
+                "stages": args.stages,
+                "device": args.device,
+                "set": args.set,
+                "batch_wait_ms": args.batch_wait_ms,
+            }
+        )
+    except ConfigError as exc:  # a bad --stages or --set: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
     init_ray(None, args.num_cpus)
     if args.decode_bomb:
         print(json.dumps(decode_memory_benchmark(cfg, args.decode_bomb, args.bomb_requests, args.port), indent=2))

@@ -38,6 +38,10 @@ def test_budgets_fit_one_ten_minute_call_and_every_step_is_planned():
         "cuda",
     )
     assert flag(training, "--train-gpus-per-worker") == "1" and flag(training, "--train-tasks") == "parts,garments"
+    assert flag(training, "--train-scenes") == "240" and flag(steps[5], "--stages") == "person,clothing,parts,actions"
+    # the quick check trains on fewer scenes and serves the person stage alone (the suite does the rest)
+    quick = {s.name: s for s in gpu_check.plan("cpu", quick=True)}
+    assert flag(quick["training"], "--train-scenes") == "40" and flag(quick["serve"], "--stages") == "person"
     # on a CPU autocast does nothing: AMP off is not run again
     assert flag(gpu_check.plan("cpu", quick=True)[1], "--amp") == "on"
 

@@ -24,7 +24,7 @@ from fashion_ray import storage
 from fashion_ray.config import ConfigError
 from fashion_ray.serving import label_studio
 from fashion_ray.serving.app import serve_config
-from helpers import ROOT, SAMPLE_CORPUS, bad_file_catalogue, free_port, read_rows, stop_process_group
+from helpers import ROOT, SAMPLE_CORPUS, bad_file_catalogue, free_port, job_main, read_rows, stop_process_group
 
 PHOTOS = sorted(n for n in os.listdir(SAMPLE_CORPUS) if n.endswith(".jpg"))
 MAX_BYTES = 1 << 20  # the test server's limit: every sample photo fits, a 1.5 MB body does not
@@ -782,6 +782,11 @@ def test_serve_arguments_are_checked():
     assert serve_config({"decode_memory_mb": "512"}).decode_memory_mb == 512
     with pytest.raises(ConfigError, match="valid: person, clothing, parts"):
         serve_config({"stages": "person,shoes"})
+    # the serving benchmark's flags go through the same checks: one line, before any Ray starts
+    with pytest.raises(SystemExit, match=r"^error: unknown stages \['shoes'\] \(valid: person, clothing"):
+        job_main("benchmark_serve", "--stages", "person,shoes")
+    with pytest.raises(SystemExit, match="^error: bad override 'person.gpus=1'"):
+        job_main("benchmark_serve", "--set", "person.gpus=1")
 
 
 def _label_studio_command() -> list[str] | None:

@@ -21,6 +21,7 @@ from fashion_ray.bench.serving import decode_memory_benchmark, serve_benchmark
 from fashion_ray.config import DEVICES, ConfigError
 from fashion_ray.ray_init import init_ray
 from fashion_ray.serving.app import serve_config
+from fashion_ray.taxonomy import STAGES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests-per-client", type=int, default=6)
     p.add_argument("--bundle", default="bootstrap")
     p.add_argument("--device", default="cpu", choices=DEVICES)
-    p.add_argument("--stages", default="person,clothing,parts,actions", help="the served cascade's stages")
+    p.add_argument("--stages", default=",".join(STAGES), help="the served cascade's stages")
     p.add_argument("--set", default="", help="stage resource overrides, e.g. all.batch_size=8,person.max_actors=2")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a stage waits to fill a batch")
     p.add_argument("--port", type=int, default=8000)

@@ -39,9 +39,10 @@ import sys
 import time
 
 from fashion_ray.samplers import GpuUtilisation
+from fashion_ray.taxonomy import STAGES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CASCADE = ("person", "clothing", "parts", "actions")
+CASCADE = ",".join(STAGES)  # every model stage, as the jobs' --stages takes them
 STEPS = ("install", "environment", "cascade", "fractional_actors", "training", "serve", "cuda_tests")
 OUTPUT_TAIL = 6000  # characters of a failed step's output kept in the JSON
 PINNED_TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the project's pins (README, .ci/run)
@@ -94,13 +95,13 @@ class Sizes:
         return cls(
             images=400,
             actors=3,
-            fractional_stages=",".join(CASCADE),
+            fractional_stages=CASCADE,
             train_steps=120,
             train_tasks="parts,garments",
             train_input_size=0,
             train_scenes=240,
             requests_per_client=8,
-            serve_stages=",".join(CASCADE),
+            serve_stages=CASCADE,
             serve_set="",
             budget_scale=1.0,
         )
@@ -156,7 +157,7 @@ def plan(
         Step(
             "cascade",
             (
-                *cascade(",".join(CASCADE)),
+                *cascade(CASCADE),
                 "--actors",
                 "1",
                 "--amp",

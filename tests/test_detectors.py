@@ -82,6 +82,39 @@ def test_tiles_only_where_the_smallest_person_needs_them():
     assert nanodet.plan_tiles(1920, 1080, 24, max_per_side=1) == []
 
 
+def test_one_zoom_view_magnifies_as_much_as_the_smallest_person_needs():
+    # 640 x 480, 24 px people: 28 px at the input wants a long side of 640 * 28 / 24 = 746.7,
+    # up to the next stride of 32: 768 (768 x 576 with a tight canvas, 2.6 full frames)
+    assert nanodet.plan_zoom(640, 480, 24, 1024) == 768
+    assert nanodet._input_shape((480, 640, 3), 768) == (576, 768)
+    assert nanodet.plan_zoom(640, 480, 24, 416) is None  # zoom off: tiles
+    assert nanodet.plan_zoom(416, 416, 40, 1024) is None  # big enough at full frame
+    # full HD would want 2,240 px: capped, the view magnifies as the capped 800 px tiles did
+    assert nanodet.plan_zoom(1920, 1080, 24, 1024) == 1024
+    assert nanodet._input_shape((1080, 1920, 3), 1024) == (576, 1024)
+
+
+def test_a_tight_letterbox_pads_to_the_stride_only():
+    tensor, scale = nanodet.letterbox(np.zeros((480, 640, 3), np.uint8), 768, tight=True)
+    assert tensor.shape == (1, 3, 576, 768) and scale == 1.2
+    tensor, scale = nanodet.letterbox(np.zeros((100, 300, 3), np.uint8), 500, tight=True)
+    assert tensor.shape == (1, 3, 192, 512)  # 167 rows and 500 columns, each up to a stride of 32
+
+
+def test_nanodet_decode_of_a_wide_input_by_hand():
+    # a 64 x 128 input: stride 8 has 8 x 16 cells; cell row 1 col 14 is centre (116, 12)
+    shape = (64, 128)
+    out = []
+    for stride in nanodet.STRIDES:
+        cells = (shape[0] // stride) * (shape[1] // stride)
+        out.append((np.zeros((cells, 80), np.float32), np.zeros((cells, 4 * nanodet.REG_BINS), np.float32)))
+    boxes, _ = nanodet.decode(out, shape)
+    assert boxes.shape == (8 * 16 + 4 * 8 + 2 * 4, 4)
+    # every bin equally likely: each side is 5 strides from the centre
+    np.testing.assert_allclose(boxes[16 + 14], [116 - 40, 12 - 40, 116 + 40, 12 + 40], atol=1e-3)
+    np.testing.assert_allclose(boxes[8 * 16 + 4 * 8 + 7], [112 - 160, 48 - 160, 112 + 160, 48 + 160], atol=1e-3)
+
+
 def test_coarse_tiles_only_where_the_tiles_are_finer_than_two_by_two():
     # 640 x 480 with 24 px people: 3 x 3 tiles of 267 px; the coarse grid is 2 x 2 of 400 px
     fine = nanodet.plan_tiles(640, 480, 24)
@@ -234,6 +267,25 @@ def test_batched_views_give_the_single_view_detections():
         np.testing.assert_allclose(s1, s2, atol=1e-4)
 
 
+def test_a_small_person_the_full_frame_misses_is_found_by_the_zoom_view():
+    # the cameraman shrunk to 18 px tall on a 640 x 480 grey canvas: 12 px at the 416 px full
+    # frame (scored 0.16), 29 px in the 1,024 px zoom view (0.32): the converted graph, run at a
+    # size it does not declare
+    photo = _photo("camera.jpg")
+    data = open(os.path.join(load_bundle("bootstrap").uri, "nanodet_g_416.onnx"), "rb").read()
+    found = nanodet.NanoDet(data, score_threshold=0.5, min_person_height=512).detect([photo])[0]
+    x0, y0, x1, y1 = found[0][found[2].index("person")]
+    person = np.asarray(Image.fromarray(photo[int(y0) : int(y1), int(x0) : int(x1)]).resize((13, 18)))
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[300:318, 400:413] = person
+    full_only = nanodet.NanoDet(data, score_threshold=0.25, min_person_height=512)  # no tiles, no zoom
+    zoom = nanodet.NanoDet(data, score_threshold=0.25, min_person_height=16, max_input_side=1024)
+    assert "person" not in full_only.detect([canvas])[0][2]
+    boxes, _, names = zoom.detect([canvas])[0]
+    assert names == ["person"]
+    np.testing.assert_allclose(boxes[0], [400, 300, 413, 318], atol=3)
+
+
 def _person_stage(photo: np.ndarray, **kwargs) -> list[dict]:
     batch = {
         "id": np.arange(1),
@@ -375,6 +427,29 @@ def test_a_tall_person_under_the_threshold_is_one_person_not_the_pieces_the_tile
     assert boxes.tolist() == [[100, 20, 200, 400], [320, 320, 340, 360]] and scores.tolist() == pytest.approx(
         [0.86, 0.55]
     )
+
+
+def test_a_tall_person_is_one_person_not_the_pieces_the_zoom_view_saw():
+    # a 550 x 820 street photo, zoomed to 1,024 px: the whole person (750 px, 930 at the zoom's
+    # input) is past NanoDet's largest box there, so the zoom view sees two pieces (0.66, 0.51);
+    # the full frame has the whole person at 0.45 (faint). A 40 px person (20 px at the full
+    # frame, under 2 x 28: only the zoom sees them whole) inside a faint group box stays a person.
+    image = (550, 820)
+    sure = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    faint = (
+        np.array([[150, 30, 380, 780], [400, 500, 540, 700]], np.float32),
+        np.array([0.45, 0.3], np.float32),
+        np.array([0, 0]),
+    )
+    zoom = (
+        np.array([[159, 31, 377, 383], [157, 390, 356, 777], [450, 600, 470, 640]], np.float32),
+        np.array([0.66, 0.51, 0.55], np.float32),
+        np.array([0, 0, 0]),
+        (0, 0, *image, *image),
+    )
+    boxes, scores, _ = nanodet.merge_tiles(sure, [zoom], faint=faint)
+    assert boxes.tolist() == [[150, 30, 380, 780], [450, 600, 470, 640]]
+    assert scores.tolist() == pytest.approx([0.66, 0.55])
 
 
 def _street_row(persons: list[dict], **fields) -> dict:

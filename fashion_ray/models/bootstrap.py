@@ -24,6 +24,7 @@ import numpy as np
 from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
 from fashion_ray.masks import bbox_xyxy
+from fashion_ray.models import nanodet
 from fashion_ray.models.blazepose import BlazePose, collapsed_pose
 from fashion_ray.models.bundle import BundleError, read_checked
 from fashion_ray.models.nanodet import COCO_CLASSES, NanoDet
@@ -389,6 +390,7 @@ PERSON_OPTIONS = {
     "min_person_height",
     "max_tiles_per_side",
     "coarse_tiles",
+    "max_input_side",
     "box_source",
     "max_poses",
     "max_batch",
@@ -440,6 +442,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
             threads=device.torch_threads,
             candidate_floor=float(tuning["candidate_floor"]) if "candidate_floor" in tuning else None,
             coarse_tiles=bool(tuning.get("coarse_tiles", False)),
+            max_input_side=int(tuning.get("max_input_side", nanodet.INPUT_SIDE)),
         )
         pose = BlazePose(
             read("pose"), max_batch=int(tuning.get("max_batch", 8)), device=device.name, threads=device.torch_threads

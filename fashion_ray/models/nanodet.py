@@ -8,10 +8,14 @@
   11 distance bins: softmax over the bins, expectation, times the stride, from the cell
   centre; class-wise NMS at IoU 0.6.
 
-Small people: the model sees every image at 416 px, so a person under ~28 px there is lost;
-`plan_tiles` decides per image from its size and the smallest person height wanted whether
-overlapping tiles (each seen at 416 px too) pay, and `merge_tiles` keeps a full-frame box over
-the partial boxes that tiles cut out of the same object.
+Small people: the model sees every image at 416 px, so a person under ~28 px there is lost.
+`plan_zoom` decides per image from its size and the smallest person height wanted whether the
+whole image is seen once more, larger (a zoom view: the graph is fully convolutional, its
+declared 416 px input is made free at load, `any_input_size`); with zoom off
+(`max_input_side` 416), `plan_tiles` plans overlapping tiles seen at 416 px instead. Either
+way `merge_tiles` keeps a full-frame box over the pieces of the same object that a tile cut
+or that the zoom view, too large for NanoDet's largest box, saw apart; a person only the zoom
+view finds scores a little less (ZOOM_ONLY_DISCOUNT).
 
 Candidates: with a `candidate_floor` under the person threshold, the same views also give the
 persons scored between the two (`person_candidates`): users who filter by score get them, the
@@ -40,31 +44,73 @@ MIN_INPUT_PERSON = 28.0
 TILE_OVERLAP = 0.25  # of a tile's side: a person shorter than that is whole in some tile
 CLAIM_SCORE_RATIO = 0.5  # a box takes a tile box as its piece only when it scores at least half as high
 FAINT_RATIO = 0.5  # full frames of tiled images keep boxes down to this share of the threshold (merge_tiles)
+# a person only the zoom view finds (no full-frame box down to the candidate floor at IoU 0.5)
+# scores its zoom score / 1.2: on COCO128 + Penn-Fudan such persons at 0.5-0.6 were 3 right of 14,
+# at 0.6 and over 15 of 18 (the rest of the zoom's persons: 80 % right)
+ZOOM_ONLY_DISCOUNT = 1.2
 
 # COCO's 0-based class index of what the cascade uses
 COCO_CLASSES = {0: "person", 24: "backpack", 25: "umbrella", 26: "handbag", 27: "tie", 28: "suitcase"}
 
 
-def letterbox(image: np.ndarray, side: int = INPUT_SIDE) -> tuple[np.ndarray, float]:
-    """RGB HxWx3 uint8 -> (1x3xSxS float32 normalised BGR, scale); image x = input x / scale."""
+def letterbox(image: np.ndarray, side: int = INPUT_SIDE, *, tight: bool = False) -> tuple[np.ndarray, float]:
+    """RGB HxWx3 uint8 -> (1x3xSxS float32 normalised BGR, scale); image x = input x / scale.
+    `tight`: the canvas is the resized image rounded up to the largest stride (1x3xHxW, long
+    side S), not a square: a zoom view of a landscape photo pays for no padding."""
     import cv2
 
     h, w = image.shape[:2]
     scale = side / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    canvas = np.empty((3, side, side), np.float32)
+    ch, cw = (_round_up(nh, STRIDES[-1]), _round_up(nw, STRIDES[-1])) if tight else (side, side)
+    canvas = np.empty((3, ch, cw), np.float32)
     canvas[:] = (-MEAN_BGR / STD_BGR)[:, None, None]  # padding is black, as in training
     canvas[:, :nh, :nw] = ((resized[..., ::-1].astype(np.float32) - MEAN_BGR) / STD_BGR).transpose(2, 0, 1)
     return canvas[None], scale
 
 
-@functools.lru_cache(maxsize=4)
-def _cells(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _input_shape(image_shape: tuple[int, ...], side: int) -> tuple[int, int]:
+    """The (height, width) letterbox gives a view of `image_shape` at `side` (tight unless INPUT_SIDE)."""
+    if side == INPUT_SIDE:
+        return side, side
+    h, w = image_shape[:2]
+    scale = side / max(h, w)
+    return _round_up(max(1, round(h * scale)), STRIDES[-1]), _round_up(max(1, round(w * scale)), STRIDES[-1])
+
+
+def any_input_size(model: bytes) -> tuple[bytes, list[tuple[str, str]]]:
+    """The converted graph is fully convolutional (its reshapes keep the cell axis free, its
+    upsampling goes by scale) but declares a 416 x 416 input: declare height and width free so
+    that zoom views run at their own size (weights untouched; the file's sha256 is checked
+    before). Returns that model and its (scores [N, HW, 80], distances [N, HW, 44]) output
+    names per stride, paired by their cell count at 416."""
+    import onnx as onnx_format
+
+    proto = onnx_format.load_from_string(model)
+    graph = proto.graph
+    by_cells: dict[int, dict[int, str]] = {}
+    for out in graph.output:
+        dims = out.type.tensor_type.shape.dim
+        by_cells.setdefault(dims[1].dim_value, {})[dims[2].dim_value] = out.name
+        dims[1].dim_param = "cells"
+    dims = graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del graph.value_info[:]  # the inner tensors' 416-based shapes
+    pairs = [(by_cells[(INPUT_SIDE // s) ** 2][80], by_cells[(INPUT_SIDE // s) ** 2][4 * REG_BINS]) for s in STRIDES]
+    return proto.SerializeToString(), pairs
+
+
+@functools.lru_cache(maxsize=16)
+def _cells(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre x, centre y and stride of every cell of strides 8, 16, 32, in the heads' order."""
     cx, cy, stride = [], [], []
     for s in STRIDES:
-        ys, xs = np.divmod(np.arange((side // s) ** 2), side // s)
+        ys, xs = np.divmod(np.arange((height // s) * (width // s)), width // s)
         cx.append((xs + 0.5) * s)
         cy.append((ys + 0.5) * s)
         stride.append(np.full(len(xs), s))
@@ -72,12 +118,15 @@ def _cells(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def decode(
-    outputs: list[tuple[np.ndarray, np.ndarray]], side: int = INPUT_SIDE, rows: np.ndarray | None = None
+    outputs: list[tuple[np.ndarray, np.ndarray]],
+    shape: tuple[int, int] = (INPUT_SIDE, INPUT_SIDE),
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """[(class scores [HW, C], distances [HW, 4 * 11]) per stride 8, 16, 32] -> (boxes [N, 4]
-    xyxy in input pixels, scores [N, C]), one row per cell of every stride, or per cell in
-    `rows` (indices in that order: decoding only the candidates is most of the saving)."""
-    cx, cy, stride = _cells(side)
+    """[(class scores [HW, C], distances [HW, 4 * 11]) per stride 8, 16, 32] of an input of
+    `shape` (height, width) -> (boxes [N, 4] xyxy in input pixels, scores [N, C]), one row per
+    cell of every stride, or per cell in `rows` (indices in that order: decoding only the
+    candidates is most of the saving)."""
+    cx, cy, stride = _cells(*shape)
     scores = np.concatenate([cls for cls, _ in outputs])
     reg = np.concatenate([r for _, r in outputs])
     if rows is not None:
@@ -141,6 +190,23 @@ def plan_coarse_tiles(
     return plan_tiles(width, height, min_person_height, max_per_side=2) if len(tiles) > 4 else []
 
 
+def plan_zoom(width: int, height: int, min_person_height: float, max_input_side: int) -> int | None:
+    """The long side (px, in strides of 32) at which to see the whole image once more so that a
+    person of `min_person_height` is MIN_INPUT_PERSON px tall at the model's input, at most
+    `max_input_side`; None where the full frame at INPUT_SIDE already shows them so, or zoom is
+    off (`max_input_side` INPUT_SIDE: tiles instead).
+
+    The zoom view of a 640 x 480 photo for 18 px people is 1024 x 768: 4.5 full frames' worth
+    of pixels, where the 3 x 3 tiles and the coarse 2 x 2 grid that magnify as much cost 13
+    views (tiles overlap, and the persons they cut need the coarse grid). Past `max_input_side`
+    (a large photo of tiny people) the view magnifies as much as capped tiles did, with no
+    overlap."""
+    long_side = max(width, height)
+    if max_input_side <= INPUT_SIDE or min_person_height * INPUT_SIDE / long_side >= MIN_INPUT_PERSON:
+        return None
+    return min(_round_up(math.ceil(long_side * MIN_INPUT_PERSON / min_person_height), STRIDES[-1]), max_input_side)
+
+
 def merge_tiles(
     full: tuple[np.ndarray, np.ndarray, np.ndarray],
     tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]],
@@ -150,19 +216,21 @@ def merge_tiles(
     iou: float = NMS_IOU,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full-frame and tile detections (boxes in image coordinates, scores, labels; each tile with
-    its region (x0, y0, x1, y1, image width, image height)) -> one set.
+    its region (x0, y0, x1, y1, image width, image height); a zoom view is a tile whose region
+    is the whole image) -> one set.
 
     A tile box mostly inside a full-frame box of the same class is a part of that object (a
     tile edge cut a large person in half): the full-frame box wins. A tile box cut by its
     tile's inner edge that lies mostly inside a larger box of another tile is the same kind
-    of part. Either claim needs the claiming box to score at least CLAIM_SCORE_RATIO of the
-    piece's score. What is left goes through class-wise NMS together.
+    of part, and so is a zoom box the full frame would see whole (`_pieces`). Either claim
+    needs the claiming box to score at least CLAIM_SCORE_RATIO of the piece's score. What is
+    left goes through class-wise NMS together.
 
     `faint`: full-frame boxes scored under the threshold. NanoDet scores a person who fills a
     tall frame low (0.45 for a full-body street photo) while each tile sees a confident piece
     of them (0.86, 0.80, 0.71: three "persons"). A faint box that holds pieces cut by their
     tile's inner edge (parts, not whole small people) is that person: it is kept, scored as
-    its surest piece, and the pieces go.
+    its surest piece, and the pieces go. The zoom view's pieces of a tall person vouch alike.
     """
     tiles = [t for t in tiles if len(t[0])]
     if not tiles:
@@ -180,7 +248,7 @@ def merge_tiles(
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     claims_tile = (labels[:, None] == labels[None, :]) & (scores[None, :] >= CLAIM_SCORE_RATIO * scores[:, None])
     inside_larger = (_share_inside(boxes, boxes) >= contained) & claims_tile & (area[None, :] > area[:, None])
-    part_of_tile_box = _cut_by_tile(boxes, regions) & inside_larger.any(1)
+    part_of_tile_box = _pieces(boxes, regions) & inside_larger.any(1)
     kept = ~(part_of_full | part_of_tile_box)
     b = np.concatenate([full[0], boxes[kept]]).reshape(-1, 4)
     s = np.concatenate([full[1], scores[kept]])
@@ -195,7 +263,7 @@ def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float
         (_share_inside(boxes, faint[0]) >= contained)
         & (labels[:, None] == faint[2][None, :])
         & (faint[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None])
-        & _cut_by_tile(boxes, regions)[:, None]
+        & _pieces(boxes, regions)[:, None]
     )
     promoted = vouches.any(0)
     if not promoted.any():
@@ -231,6 +299,18 @@ def _share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w * h / np.maximum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-9)[:, None]
 
 
+def _pieces(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Per box: what a larger box of the same thing may claim. A tile box cut by its tile's
+    inner edge; a zoom view's box (its region is the whole image) tall enough that the full
+    frame sees it whole (2 x MIN_INPUT_PERSON there): the zoom view meets NanoDet's largest box
+    (10 strides of 32 each side of the centre, 640 px) sooner, so a tall person comes out of
+    it as a head-to-waist and a legs box."""
+    x0, y0, x1, y1, width, height = regions.T
+    zoom = (x0 == 0) & (y0 == 0) & (x1 == width) & (y1 == height)
+    seen_whole = (boxes[:, 3] - boxes[:, 1]) * INPUT_SIDE / np.maximum(width, height) >= 2 * MIN_INPUT_PERSON
+    return _cut_by_tile(boxes, regions) | (zoom & seen_whole)
+
+
 def _cut_by_tile(boxes: np.ndarray, regions: np.ndarray, margin: float = 2.0) -> np.ndarray:
     """Per box: it touches an edge of its tile that lies inside the image (the tile cut it
     there), as opposed to the image's own border. regions rows: x0, y0, x1, y1, width, height."""
@@ -260,15 +340,10 @@ class NanoDet:
         class_thresholds: dict[int, float] | None = None,
         candidate_floor: float | None = None,
         coarse_tiles: bool = False,
+        max_input_side: int = INPUT_SIDE,
     ):
+        model, self.output_pairs = any_input_size(model)
         self.session = onnx.session(model, device, threads)
-        # outputs come as (scores [N, HW, 80], distances [N, HW, 44]) per stride; pair them by cell count
-        by_cells: dict[int, dict[int, str]] = {}
-        for out in self.session.get_outputs():
-            by_cells.setdefault(int(out.shape[1]), {})[int(out.shape[2])] = out.name
-        self.output_pairs = [
-            (by_cells[(INPUT_SIDE // s) ** 2][80], by_cells[(INPUT_SIDE // s) ** 2][4 * REG_BINS]) for s in STRIDES
-        ]
         self.class_ids = np.array(sorted(classes), np.int64)
         self.class_names = classes
         # per class: score_threshold unless class_thresholds says otherwise
@@ -282,26 +357,36 @@ class NanoDet:
             self.floors[self.person_index] = min(candidate_floor, self.thresholds[self.person_index])
         self.min_person_height = min_person_height
         self.max_tiles_per_side, self.coarse_tiles = max_tiles_per_side, coarse_tiles
+        self.max_input_side = max(INPUT_SIDE, _round_up(max_input_side, STRIDES[-1]))
         self.max_batch = max(1, max_batch)
 
     def run(
-        self, views: list[np.ndarray], scale_thresholds: list[float] | None = None
+        self,
+        views: list[np.ndarray],
+        scale_thresholds: list[float] | None = None,
+        sides: list[int] | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Detections per view: (boxes in the view's pixels, scores, COCO class indices), each view's
         class thresholds times its `scale_thresholds` entry (1 by default), persons down to the
-        candidate floor."""
-        found = []
-        for start in range(0, len(views), self.max_batch):
-            chunk = views[start : start + self.max_batch]
-            tensors, scales = zip(*(letterbox(v) for v in chunk))
-            out = onnx.run(self.session, np.concatenate(tensors))
-            for k, (view, scale) in enumerate(zip(chunk, scales)):
-                heads = [(out[c][k], out[r][k]) for c, r in self.output_pairs]
-                scores = np.concatenate([cls for cls, _ in heads])[:, self.class_ids]
-                factor = scale_thresholds[start + k] if scale_thresholds else 1.0
-                cell, col = np.nonzero(scores >= np.minimum(self.thresholds * factor, self.floors))
-                boxes, _ = decode(heads, rows=cell)
-                found.append(self._select(boxes / scale, scores[cell, col], self.class_ids[col], view.shape))
+        candidate floor. A view's long side goes in at its `sides` entry (INPUT_SIDE by default,
+        on a square canvas; other sides on a tight one); views of one input shape share a batch."""
+        sides = sides or [INPUT_SIDE] * len(views)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for k, (view, side) in enumerate(zip(views, sides)):
+            by_shape.setdefault(_input_shape(view.shape, side), []).append(k)
+        found: list = [None] * len(views)
+        for shape, members in by_shape.items():
+            for start in range(0, len(members), self.max_batch):
+                chunk = members[start : start + self.max_batch]
+                tensors, scales = zip(*(letterbox(views[k], sides[k], tight=sides[k] != INPUT_SIDE) for k in chunk))
+                out = onnx.run(self.session, np.concatenate(tensors))
+                for j, (k, scale) in enumerate(zip(chunk, scales)):
+                    heads = [(out[c][j], out[r][j]) for c, r in self.output_pairs]
+                    scores = np.concatenate([cls for cls, _ in heads])[:, self.class_ids]
+                    factor = scale_thresholds[k] if scale_thresholds else 1.0
+                    cell, col = np.nonzero(scores >= np.minimum(self.thresholds * factor, self.floors))
+                    boxes, _ = decode(heads, shape, rows=cell)
+                    found[k] = self._select(boxes / scale, scores[cell, col], self.class_ids[col], views[k].shape)
         return found
 
     @staticmethod
@@ -316,26 +401,38 @@ class NanoDet:
     ) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
         """Per image: (boxes xyxy in image pixels, scores, class names) after tiles and merging;
         the person candidates under the threshold last (see person_candidates)."""
-        views, owners = [], []  # (image index, view box or None for the full frame)
+        views, owners, sides = [], [], []  # owners: (image index, view box or None for the full frame)
         # coarse views: their persons that no fine tile holds whole (view index -> the fine tiles)
         coarse_views: dict[int, list[tuple[int, int, int, int]]] = {}
+        zoom_views: dict[int, int] = {}  # zoom view index -> its image's full-frame view index
         for i, image in enumerate(images):
             h, w = image.shape[:2]
             if min(h, w) < 1:
                 raise ValueError(f"image {i} has no pixels ({w}x{h})")
+            sides.append(INPUT_SIDE)
             views.append(image)
             owners.append((i, None))
-            boxes = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
-            coarse = plan_coarse_tiles(w, h, self.min_person_height, boxes) if self.coarse_tiles else []
+            zoom, boxes, coarse = plan_zoom(w, h, self.min_person_height, self.max_input_side), [], []
+            if zoom:  # the whole image again, larger: a "tile" with no inner edges
+                zoom_views[len(views)] = len(views) - 1
+                views.append(image)
+                owners.append((i, (0, 0, w, h, w, h)))
+                sides.append(zoom)
+            elif self.max_input_side == INPUT_SIDE:
+                boxes = plan_tiles(w, h, self.min_person_height, max_per_side=self.max_tiles_per_side)
+                coarse = plan_coarse_tiles(w, h, self.min_person_height, boxes) if self.coarse_tiles else []
             boxes += [_square_view(r, w, h) for r in (regions[i] if regions else [])]  # moving things in video
             for x0, y0, x1, y1 in boxes + coarse:
                 views.append(np.ascontiguousarray(image[y0:y1, x0:x1]))
                 owners.append((i, (x0, y0, x1, y1, w, h)))
+                sides.append(INPUT_SIDE)
             coarse_views.update(dict.fromkeys(range(len(views) - len(coarse), len(views)), boxes))
         # full frames of tiled images also report faint boxes (merge_tiles: a large person's extent)
         tiled = {i for i, box in owners if box is not None}
         factors = [FAINT_RATIO if box is None and i in tiled else 1.0 for i, box in owners]
-        per_view = self.run(views, factors)
+        per_view = self.run(views, factors, sides)
+        for k, full in zoom_views.items():
+            per_view[k] = self._discount_zoom_only(per_view[k], per_view[full])
         person = self.class_ids[self.person_index] if self.person_index is not None else -1
         for k, fine in coarse_views.items():
             x0, y0 = owners[k][1][:2]
@@ -361,6 +458,21 @@ class NanoDet:
             boxes, scores, labels = self._with_candidates((boxes, scores, labels), in_image)
             results.append((boxes, scores, [self.class_names[int(k)] for k in labels]))
         return results
+
+    def _discount_zoom_only(self, zoom, full):
+        """The zoom view's detections, a person no full-frame box (down to the candidate floor)
+        overlaps at IoU 0.5 scored / ZOOM_ONLY_DISCOUNT, and dropped under the floor there."""
+        if self.person_index is None:
+            return zoom
+        person = self.class_ids[self.person_index]
+        boxes, scores, labels = zoom
+        seen = np.zeros(len(boxes), bool)
+        if len(boxes) and (full[2] == person).any():
+            seen = box_iou_matrix(boxes, full[0][full[2] == person]).max(1) >= 0.5
+        alone = (labels == person) & ~seen
+        scores = np.where(alone, scores / ZOOM_ONLY_DISCOUNT, scores).astype(np.float32)
+        keep = ~alone | (scores >= self.floors[self.person_index])
+        return boxes[keep], scores[keep], labels[keep]
 
     def _threshold_of(self, labels: np.ndarray) -> np.ndarray:
         return self.thresholds[np.searchsorted(self.class_ids, labels)]

@@ -452,6 +452,33 @@ def test_a_tall_person_is_one_person_not_the_pieces_the_zoom_view_saw():
     assert scores.tolist() == pytest.approx([0.66, 0.55])
 
 
+def test_the_zoom_view_lends_confidence_and_the_full_frame_places_large_people():
+    # a 640 x 480 photo, person class 0, candidate floor 0.2
+    full = (
+        np.array([[100, 50, 200, 400], [350, 300, 360, 320]], np.float32),  # a large faint person, a small one
+        np.array([0.45, 0.3], np.float32),
+        np.array([0, 0]),
+    )
+    zoom = (
+        np.array(
+            [
+                [95, 40, 210, 420],  # the large person again, surer and placed worse: IoU 0.80 with the full box
+                [350, 301, 360, 321],  # the small one again: 13 px at the full frame, the zoom's own
+                [300, 300, 310, 320],  # a person only the zoom sees, 0.55 -> 0.458
+                [400, 300, 410, 320],  # only the zoom sees, 0.22 -> 0.183: under the floor
+                [500, 100, 600, 400],  # a bag (class 26) only the zoom sees: not discounted
+            ],
+            np.float32,
+        ),
+        np.array([0.7, 0.6, 0.55, 0.22, 0.5], np.float32),
+        np.array([0, 0, 0, 0, 26]),
+    )
+    (boxes, scores, labels), full_after = nanodet.weigh_zoom(zoom, full, 640, person=0, floor=0.2)
+    assert boxes.tolist() == [[350, 301, 360, 321], [300, 300, 310, 320], [500, 100, 600, 400]]
+    assert scores.tolist() == pytest.approx([0.6, 0.55 / 1.2, 0.5]) and labels.tolist() == [0, 0, 26]
+    assert full_after[0].tolist() == full[0].tolist() and full_after[1].tolist() == pytest.approx([0.7, 0.3])
+
+
 def _street_row(persons: list[dict], **fields) -> dict:
     """A labelled 640x480 photo's row holding these persons (and any other fields)."""
     return {

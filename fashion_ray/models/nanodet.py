@@ -196,9 +196,9 @@ def plan_zoom(width: int, height: int, min_person_height: float, max_input_side:
     `max_input_side`; None where the full frame at INPUT_SIDE already shows them so, or zoom is
     off (`max_input_side` INPUT_SIDE: tiles instead).
 
-    The zoom view of a 640 x 480 photo for 18 px people is 1024 x 768: 4.5 full frames' worth
-    of pixels, where the 3 x 3 tiles and the coarse 2 x 2 grid that magnify as much cost 13
-    views (tiles overlap, and the persons they cut need the coarse grid). Past `max_input_side`
+    The zoom view of a 640 x 480 photo for 14 px people is 1280 x 960: 7 full frames' worth of
+    pixels, where 3 x 3 tiles and the coarse 2 x 2 grid cost 13 views (tiles overlap, and the
+    persons they cut need the coarse grid) and magnify less. Past `max_input_side`
     (a large photo of tiny people) the view magnifies as much as capped tiles did, with no
     overlap."""
     long_side = max(width, height)
@@ -274,6 +274,29 @@ def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float
         np.concatenate([full[1], raised]).astype(np.float32),
         np.concatenate([full[2], faint[2][promoted]]).astype(np.int64),
     )
+
+
+def weigh_zoom(zoom, full, long_side: int, *, person: int, floor: float):
+    """A zoom view's detections against its full frame's (boxes in image pixels, scores, COCO
+    class indices; the image's long side) -> (zoom's, full frame's).
+
+    A person the full frame sees whole (2 x MIN_INPUT_PERSON there) and found too (IoU 0.5,
+    down to the candidate floor) keeps the full frame's box, scored the better of the two:
+    the zoom adds confidence, the full frame places a large person better. A person no
+    full-frame box overlaps scores / ZOOM_ONLY_DISCOUNT, and goes under `floor`."""
+    boxes, scores, labels = zoom
+    mine = np.flatnonzero(full[2] == person)
+    overlap = box_iou_matrix(boxes, full[0][mine]) if len(boxes) and len(mine) else np.zeros((len(boxes), 0))
+    seen = (labels == person) & (overlap.max(1, initial=0.0) >= 0.5)
+    whole = (boxes[:, 3] - boxes[:, 1]) * INPUT_SIDE / long_side >= 2 * MIN_INPUT_PERSON
+    full_scores = full[1].copy()
+    for k in np.flatnonzero(seen & whole):
+        j = mine[int(overlap[k].argmax())]
+        full_scores[j] = max(full_scores[j], scores[k])
+    alone = (labels == person) & ~seen
+    scores = np.where(alone, scores / ZOOM_ONLY_DISCOUNT, scores).astype(np.float32)
+    keep = ~(seen & whole) & (~alone | (scores >= floor))
+    return (boxes[keep], scores[keep], labels[keep]), (full[0], full_scores, full[2])
 
 
 def person_candidates(
@@ -431,9 +454,13 @@ class NanoDet:
         tiled = {i for i, box in owners if box is not None}
         factors = [FAINT_RATIO if box is None and i in tiled else 1.0 for i, box in owners]
         per_view = self.run(views, factors, sides)
-        for k, full in zoom_views.items():
-            per_view[k] = self._discount_zoom_only(per_view[k], per_view[full])
         person = self.class_ids[self.person_index] if self.person_index is not None else -1
+        for k, full in zoom_views.items():
+            if self.person_index is not None:
+                floor = float(self.floors[self.person_index])
+                per_view[k], per_view[full] = weigh_zoom(
+                    per_view[k], per_view[full], max(views[k].shape[:2]), person=person, floor=floor
+                )
         for k, fine in coarse_views.items():
             x0, y0 = owners[k][1][:2]
             in_image = per_view[k][0] + np.array([x0, y0, x0, y0], np.float32)
@@ -458,21 +485,6 @@ class NanoDet:
             boxes, scores, labels = self._with_candidates((boxes, scores, labels), in_image)
             results.append((boxes, scores, [self.class_names[int(k)] for k in labels]))
         return results
-
-    def _discount_zoom_only(self, zoom, full):
-        """The zoom view's detections, a person no full-frame box (down to the candidate floor)
-        overlaps at IoU 0.5 scored / ZOOM_ONLY_DISCOUNT, and dropped under the floor there."""
-        if self.person_index is None:
-            return zoom
-        person = self.class_ids[self.person_index]
-        boxes, scores, labels = zoom
-        seen = np.zeros(len(boxes), bool)
-        if len(boxes) and (full[2] == person).any():
-            seen = box_iou_matrix(boxes, full[0][full[2] == person]).max(1) >= 0.5
-        alone = (labels == person) & ~seen
-        scores = np.where(alone, scores / ZOOM_ONLY_DISCOUNT, scores).astype(np.float32)
-        keep = ~alone | (scores >= self.floors[self.person_index])
-        return boxes[keep], scores[keep], labels[keep]
 
     def _threshold_of(self, labels: np.ndarray) -> np.ndarray:
         return self.thresholds[np.searchsorted(self.class_ids, labels)]

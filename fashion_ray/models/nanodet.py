@@ -63,7 +63,7 @@ def letterbox(image: np.ndarray, side: int = INPUT_SIDE, *, tight: bool = False)
     scale = side / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    ch, cw = (_round_up(nh, STRIDES[-1]), _round_up(nw, STRIDES[-1])) if tight else (side, side)
+    ch, cw = _input_shape(image.shape, side, tight=tight)
     canvas = np.empty((3, ch, cw), np.float32)
     canvas[:] = (-MEAN_BGR / STD_BGR)[:, None, None]  # padding is black, as in training
     canvas[:, :nh, :nw] = ((resized[..., ::-1].astype(np.float32) - MEAN_BGR) / STD_BGR).transpose(2, 0, 1)
@@ -74,9 +74,9 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _input_shape(image_shape: tuple[int, ...], side: int) -> tuple[int, int]:
-    """The (height, width) letterbox gives a view of `image_shape` at `side` (tight unless INPUT_SIDE)."""
-    if side == INPUT_SIDE:
+def _input_shape(image_shape: tuple[int, ...], side: int, *, tight: bool = True) -> tuple[int, int]:
+    """The (height, width) of letterbox's canvas for an image of `image_shape` at `side`."""
+    if not tight:
         return side, side
     h, w = image_shape[:2]
     scale = side / max(h, w)
@@ -288,7 +288,7 @@ def weigh_zoom(zoom, full, long_side: int, *, person: int, floor: float):
     mine = np.flatnonzero(full[2] == person)
     overlap = box_iou_matrix(boxes, full[0][mine]) if len(boxes) and len(mine) else np.zeros((len(boxes), 0))
     seen = (labels == person) & (overlap.max(1, initial=0.0) >= 0.5)
-    whole = (boxes[:, 3] - boxes[:, 1]) * INPUT_SIDE / long_side >= 2 * MIN_INPUT_PERSON
+    whole = _seen_whole(boxes, long_side)
     full_scores = full[1].copy()
     for k in np.flatnonzero(seen & whole):
         j = mine[int(overlap[k].argmax())]
@@ -330,8 +330,13 @@ def _pieces(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
     it as a head-to-waist and a legs box."""
     x0, y0, x1, y1, width, height = regions.T
     zoom = (x0 == 0) & (y0 == 0) & (x1 == width) & (y1 == height)
-    seen_whole = (boxes[:, 3] - boxes[:, 1]) * INPUT_SIDE / np.maximum(width, height) >= 2 * MIN_INPUT_PERSON
-    return _cut_by_tile(boxes, regions) | (zoom & seen_whole)
+    return _cut_by_tile(boxes, regions) | (zoom & _seen_whole(boxes, np.maximum(width, height)))
+
+
+def _seen_whole(boxes: np.ndarray, long_side) -> np.ndarray:
+    """Per box: tall enough (2 x MIN_INPUT_PERSON at the full frame's 416 px) that the full
+    frame sees it whole, in an image whose long side is `long_side`."""
+    return (boxes[:, 3] - boxes[:, 1]) * INPUT_SIDE / long_side >= 2 * MIN_INPUT_PERSON
 
 
 def _cut_by_tile(boxes: np.ndarray, regions: np.ndarray, margin: float = 2.0) -> np.ndarray:
@@ -394,14 +399,15 @@ class NanoDet:
         candidate floor. A view's long side goes in at its `sides` entry (INPUT_SIDE by default,
         on a square canvas; other sides on a tight one); views of one input shape share a batch."""
         sides = sides or [INPUT_SIDE] * len(views)
+        tight = [side != INPUT_SIDE for side in sides]
         by_shape: dict[tuple[int, int], list[int]] = {}
-        for k, (view, side) in enumerate(zip(views, sides)):
-            by_shape.setdefault(_input_shape(view.shape, side), []).append(k)
+        for k, view in enumerate(views):
+            by_shape.setdefault(_input_shape(view.shape, sides[k], tight=tight[k]), []).append(k)
         found: list = [None] * len(views)
         for shape, members in by_shape.items():
             for start in range(0, len(members), self.max_batch):
                 chunk = members[start : start + self.max_batch]
-                tensors, scales = zip(*(letterbox(views[k], sides[k], tight=sides[k] != INPUT_SIDE) for k in chunk))
+                tensors, scales = zip(*(letterbox(views[k], sides[k], tight=tight[k]) for k in chunk))
                 out = onnx.run(self.session, np.concatenate(tensors))
                 for j, (k, scale) in enumerate(zip(chunk, scales)):
                     heads = [(out[c][j], out[r][j]) for c, r in self.output_pairs]

@@ -3,16 +3,19 @@ ONNX files: checked by sha256, run by onnxruntime, a failure on one image kept t
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import os
 import shutil
 
 import numpy as np
+import onnx as onnx_format
 import pytest
 from PIL import Image
 
 from fashion_ray import taxonomy
-from fashion_ray.boxes import owner
+from fashion_ray.boxes import box_iou, owner
 from fashion_ray.config import Device
 from fashion_ray.models import BundleError, blazepose, build_stage_predictor, load_bundle, nanodet, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
@@ -233,6 +236,51 @@ def test_unknown_person_options_are_refused(tmp_path):
         build_stage_predictor(load_bundle(str(tmp_path / "b")), "person", Device())
 
 
+def _bundle_with(**person_options):
+    bundle = load_bundle("bootstrap")
+    spec = bundle.stages["person"]
+    spec = dataclasses.replace(spec, model_options={**spec.model_options, **person_options})
+    return dataclasses.replace(bundle, stages={**bundle.stages, "person": spec})
+
+
+def test_a_cpu_runs_the_int8_detector_unless_the_bundle_says_not_to():
+    def detector(**options):
+        return build_stage_predictor(_bundle_with(**options), "person", Device()).detector
+
+    assert detector().int8 and not detector(cpu_int8=False).int8
+    with pytest.raises(BundleError, match=r"cpu_int8 is true or false, not 'no'"):
+        detector(cpu_int8="no")
+    # what quantize_int8.py keeps in fp32: the first convolution and the three heads
+    files = load_bundle("bootstrap").stages["person"].model_options["files"]
+    graph = onnx_format.load(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap", files["detector_int8"]["path"])).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    assert (ops["Conv"], ops["QLinearConv"]) == (4, 30)
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "camera.jpg", "grace_hopper.jpg", "two_people.jpg"])
+def test_the_int8_detector_finds_what_the_fp32_one_finds(name):
+    photo, bundle = _photo(name), load_bundle("bootstrap")
+    options = bundle.stages["person"].model_options
+    found = []
+    for key in ("detector", "detector_int8"):
+        data = open(os.path.join(bundle.uri, options["files"][key]["path"]), "rb").read()
+        detector = nanodet.NanoDet(data, score_threshold=0.25, min_person_height=14, max_input_side=1280)
+        found.append(detector.detect([photo])[0])
+    assert found[0][2], "the photo has someone to compare"
+    # each model's detections from 0.35 have a twin in the other's from 0.25: a person at IoU 0.9
+    # (a few pixels on a 330 px person cut by the photo's edge) and within 0.05 of its score, an
+    # accessory (a tie: small, scored near its threshold) at IoU 0.75 and within 0.1
+    for (boxes, scores, names), (other_boxes, other_scores, other_names) in (found, found[::-1]):
+        for box, score, name in zip(boxes, scores, names):
+            if score < 0.35:
+                continue
+            twins = [k for k, other in enumerate(other_names) if other == name]
+            assert twins, f"{name} at {score:.2f} has no twin"
+            twin = max(twins, key=lambda k: box_iou(box, other_boxes[k]))
+            assert box_iou(box, other_boxes[twin]) >= (0.9 if name == "person" else 0.75)
+            assert abs(score - other_scores[twin]) <= (0.05 if name == "person" else 0.1)
+
+
 def test_a_failure_on_one_image_is_one_model_error_row():
     photo = _photo("camera.jpg")
     n = 3
@@ -374,7 +422,8 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
 def test_the_person_stage_on_the_gpu_finds_what_the_cpu_finds():
     photo = _photo("two_people.jpg")
     bundle = load_bundle("bootstrap")
-    cpu, gpu = (build_stage_predictor(bundle, "person", Device(name)).predict([photo])[0] for name in ("cpu", "cuda"))
+    cpu = build_stage_predictor(_bundle_with(cpu_int8=False), "person", Device()).predict([photo])[0]
+    gpu = build_stage_predictor(bundle, "person", Device("cuda")).predict([photo])[0]
     assert len(cpu["boxes"]) == len(gpu["boxes"]) == 2
     np.testing.assert_allclose(cpu["boxes"], gpu["boxes"], atol=2.0)
     np.testing.assert_allclose(cpu["scores"], gpu["scores"], atol=0.02)

@@ -5,6 +5,7 @@ default bundle's parser labels the sample corpus in test_bootstrap_labels)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,11 +15,13 @@ from scipy.io import savemat
 
 from fashion_ray import evaluation, taxonomy
 from fashion_ray import masks as rle
+from fashion_ray.config import Device
 from fashion_ray.formats import converters
+from fashion_ray.models import build_stage_predictor
 from fashion_ray.models.bundle import load_bundle
 from fashion_ray.models.garments import garment_instances, sleeve_length
 from fashion_ray.training import data
-from helpers import job_main
+from helpers import SAMPLE_CORPUS, job_main
 
 # Clothing Co-Parsing's label_list.mat, in its order (a fact about the dataset, no data of it)
 CCP_LABELS = (
@@ -190,6 +193,28 @@ def make_ccp(root, count: int, seed: int = 0) -> None:
         img, lab = _person_figure(rng)
         Image.fromarray(img).save(root / "photos" / f"{number:04d}.jpg", quality=95)
         savemat(root / "annotations" / "pixel-level" / f"{number:04d}.mat", {"groundtruth": lab})
+
+
+def test_the_onnx_parser_a_cpu_runs_parses_as_the_torch_one():
+    bundle = load_bundle("bootstrap")
+    spec = bundle.stages["clothing"]
+    torch_spec = dataclasses.replace(spec, model_options={**spec.model_options, "cpu_onnx": False})
+    parsers = [
+        build_stage_predictor(
+            dataclasses.replace(bundle, stages={**bundle.stages, "clothing": s}), "clothing", Device()
+        )
+        for s in (spec, torch_spec)
+    ]
+    crops = [
+        np.asarray(Image.open(f"{SAMPLE_CORPUS}/{name}").convert("RGB")) for name in ("astronaut.jpg", "camera.jpg")
+    ]
+    onnx_parses, torch_parses = (parser.parse(crops) for parser in parsers)
+    assert parsers[0].network.__qualname__.startswith("efficientnet_onnx_network")
+    for (onnx_map, onnx_conf, onnx_presence), (torch_map, torch_conf, torch_presence) in zip(onnx_parses, torch_parses):
+        assert (onnx_map != 0).mean() > 0.1  # the person is parsed
+        assert (onnx_map == torch_map).mean() > 0.999
+        np.testing.assert_allclose(onnx_conf, torch_conf, atol=1e-3)
+        np.testing.assert_allclose(onnx_presence, torch_presence, atol=1e-4)
 
 
 def test_ccp_converter_remaps_labels_marks_the_split_and_training_rebuilds_the_parse_map(tmp_path):

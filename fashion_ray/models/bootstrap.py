@@ -384,9 +384,10 @@ ARCHITECTURES = (NANODET_BLAZEPOSE, POSE_BODY_PARTS, POSE_GARMENT_REGIONS)
 # the person stage's bundle options: model files, tiling, which box a person keeps, poses per
 # image, views (NanoDet) or persons (BlazePose) per model call, the accessories' score threshold,
 # the score down to which persons are written as candidates, the pose flag under which a
-# detection is nobody
+# detection is nobody, whether a CPU runs the INT8 NanoDet (files.detector_int8) where there is one
 PERSON_OPTIONS = {
     "files",
+    "cpu_int8",
     "min_person_height",
     "max_tiles_per_side",
     "coarse_tiles",
@@ -409,6 +410,8 @@ def check_options(bundle, spec) -> None:
         raise BundleError(
             f"bundle {bundle.label}: unknown person options {unknown} (valid: {', '.join(sorted(PERSON_OPTIONS))})"
         )
+    if not isinstance(spec.model_options.get("cpu_int8", True), bool):
+        raise BundleError(f"bundle {bundle.label}: cpu_int8 is true or false, not {spec.model_options['cpu_int8']!r}")
     if spec.model_options.get("box_source", "merge") not in BOX_SOURCES:
         raise BundleError(
             f"bundle {bundle.label}: box_source {spec.model_options['box_source']!r} is not one of {', '.join(BOX_SOURCES)}"
@@ -431,8 +434,10 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
         accessory_threshold = min(
             float(tuning.get("accessory_score_threshold", spec.score_threshold)), spec.score_threshold
         )
+        # GPUs run the fp32 file: onnxruntime's CUDA provider has no QLinearConv
+        int8 = device.name == "cpu" and "detector_int8" in files and tuning.get("cpu_int8", True)
         detector = NanoDet(
-            read("detector"),
+            read("detector_int8" if int8 else "detector"),
             score_threshold=spec.score_threshold,
             class_thresholds={k: accessory_threshold for k, name in COCO_CLASSES.items() if name != taxonomy.PERSON},
             min_person_height=float(tuning.get("min_person_height", 24)),

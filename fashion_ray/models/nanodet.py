@@ -370,6 +370,7 @@ class NanoDet:
         coarse_tiles: bool = False,
         max_input_side: int = INPUT_SIDE,
     ):
+        self.int8 = b"QLinearConv" in model  # an op type is plain bytes in the file: no second parse
         model, self.output_pairs = any_input_size(model)
         self.session = onnx.session(model, device, threads)
         self.class_ids = np.array(sorted(classes), np.int64)

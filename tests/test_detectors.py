@@ -243,14 +243,14 @@ def _bundle_with(**person_options):
     return dataclasses.replace(bundle, stages={**bundle.stages, "person": spec})
 
 
-def test_a_cpu_runs_the_int8_detector_unless_the_bundle_says_not_to():
+def test_a_cpu_runs_the_int8_detector_where_the_bundle_asks_for_it():
     def detector(**options):
         return build_stage_predictor(_bundle_with(**options), "person", Device()).detector
 
-    assert detector().int8 and not detector(cpu_int8=False).int8
+    assert detector(cpu_int8=True).int8 and not detector().int8 and not detector(cpu_int8=False).int8
     with pytest.raises(BundleError, match=r"cpu_int8 is true or false, not 'no'"):
         detector(cpu_int8="no")
-    # what quantize_int8.py keeps in fp32: the first convolution and the three heads
+    # what cpu_models.py keeps in fp32: the first convolution and the three heads
     files = load_bundle("bootstrap").stages["person"].model_options["files"]
     graph = onnx_format.load(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap", files["detector_int8"]["path"])).graph
     ops = collections.Counter(node.op_type for node in graph.node)
@@ -422,8 +422,7 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
 def test_the_person_stage_on_the_gpu_finds_what_the_cpu_finds():
     photo = _photo("two_people.jpg")
     bundle = load_bundle("bootstrap")
-    cpu = build_stage_predictor(_bundle_with(cpu_int8=False), "person", Device()).predict([photo])[0]
-    gpu = build_stage_predictor(bundle, "person", Device("cuda")).predict([photo])[0]
+    cpu, gpu = (build_stage_predictor(bundle, "person", Device(name)).predict([photo])[0] for name in ("cpu", "cuda"))
     assert len(cpu["boxes"]) == len(gpu["boxes"]) == 2
     np.testing.assert_allclose(cpu["boxes"], gpu["boxes"], atol=2.0)
     np.testing.assert_allclose(cpu["scores"], gpu["scores"], atol=0.02)

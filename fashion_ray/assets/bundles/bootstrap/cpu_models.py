@@ -1,22 +1,25 @@
-"""Make the model files the bootstrap bundle runs on CPUs (run once, offline; the same bytes every run).
+"""Make the model files the bootstrap bundle can run on CPUs (run once, offline; the same bytes every run).
 
     python fashion_ray/assets/bundles/bootstrap/cpu_models.py
     # then put the printed sha256s into bundle.json (files.detector_int8, files.parser_onnx)
 
-- `nanodet_g_416_int8.onnx`: NanoDet quantised by onnxruntime's static quantisation
-  (QOperator: QLinearConv, uint8 activations and per-channel uint8 weights, the pairing its x86
-  kernels run without saturating on CPUs without VNNI), calibrated by min-max on the photos this
-  package ships (the sample corpus and the person-eval assets, each whole and as its four
-  quarters, letterboxed to 416). The first convolution (the normalised pixels) and the three
-  head convolutions (class logits and box distributions) stay fp32: quantising them cost
-  0.04-0.05 person AP on COCO128 and 0.03 accessory AP; the rest costs 0.003-0.005.
 - `garments_v2.onnx`: the garment parser v2 (`garments_v2.pt`) exported to ONNX, weights
   stored as fp16 as in the .pt (a Cast to fp32 in the graph): onnxruntime runs it 2.4x faster
-  than torch on a CPU core, with the same outputs (1e-5). Its INT8 version was measured and not
-  kept: 1.4x faster again, but 0.012 less garment mIoU on CCP (skirts 0.18 -> 0.07).
+  than torch on a CPU core, with the same outputs (1e-5). The clothing stage runs it on CPUs.
+  Its INT8 version was measured and not kept: 1.4x faster again, but 0.012-0.017 less garment
+  mIoU on CCP (skirts 0.18 -> 0.07).
+- `nanodet_g_416_int8.onnx` (opt-in: the person option `"cpu_int8": true`): NanoDet quantised by
+  onnxruntime's static quantisation (QOperator: QLinearConv, uint8 activations and per-channel
+  uint8 weights, the pairing its x86 kernels run without saturating on CPUs without VNNI),
+  calibrated by min-max on the photos this package ships (the sample corpus and the
+  person-eval assets, each whole and as its four quarters, letterboxed to 416). The first
+  convolution (the normalised pixels) and the three head convolutions (class logits and box
+  distributions) stay fp32: quantising them cost 0.04-0.05 person AP on COCO128. As made, it
+  is 1.3x cheaper and costs 0.003-0.005 person AP on photos, but small people score 0.06
+  lower (20-40 px walkers in street video: 103 -> 22 found), hence off by default.
 
-Figures: docs/evaluation.md, "INT8 NanoDet and an ONNX garment parser on CPUs". GPUs keep the
-fp32 NanoDet (onnxruntime's CUDA provider has no QLinearConv) and the torch parser (AMP).
+Figures: docs/evaluation.md, "An ONNX garment parser, and an INT8 NanoDet measured". GPUs
+run the fp32 NanoDet (onnxruntime's CUDA provider has no QLinearConv) and the torch parser (AMP).
 """
 
 from __future__ import annotations

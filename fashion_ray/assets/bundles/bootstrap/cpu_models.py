@@ -4,8 +4,8 @@
     # then put the printed sha256s into bundle.json (files.detector_int8, files.parser_onnx)
 
 - `garments_v2.onnx`: the garment parser v2 (`garments_v2.pt`) exported to ONNX, weights
-  stored as fp16 as in the .pt (a Cast to fp32 in the graph): onnxruntime runs it 2.4x faster
-  than torch on a CPU core, with the same outputs (1e-5). The clothing stage runs it on CPUs.
+  stored as fp16 as in the .pt (a Cast to fp32 in the graph): the same outputs as torch (1e-5),
+  the clothing stage 1.33x cheaper on one CPU thread. The clothing stage runs it on CPUs.
   Its INT8 version was measured and not kept: 1.4x faster again, but 0.012-0.017 less garment
   mIoU on CCP (skirts 0.18 -> 0.07).
 - `nanodet_g_416_int8.onnx` (opt-in: the person option `"cpu_int8": true`): NanoDet quantised by

@@ -20,7 +20,7 @@ from fashion_ray.config import Device
 from fashion_ray.models import BundleError, blazepose, build_stage_predictor, load_bundle, nanodet, verify_bundle
 from fashion_ray.models.bundle import BUILTIN_BUNDLES_DIR
 from fashion_ray.stages import PersonStage, link_accessories, persons_column
-from helpers import SAMPLE_CORPUS
+from helpers import SAMPLE_CORPUS, job_main
 
 
 def _photo(name: str) -> np.ndarray:
@@ -250,11 +250,28 @@ def test_a_cpu_runs_the_int8_detector_where_the_bundle_asks_for_it():
     assert detector(cpu_int8=True).int8 and not detector().int8 and not detector(cpu_int8=False).int8
     with pytest.raises(BundleError, match=r"cpu_int8 is true or false, not 'no'"):
         detector(cpu_int8="no")
-    # what cpu_models.py keeps in fp32: the first convolution and the three heads
+    # what models/cpu_models.py keeps in fp32: the first convolution and the three heads
     files = load_bundle("bootstrap").stages["person"].model_options["files"]
     graph = onnx_format.load(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap", files["detector_int8"]["path"])).graph
     ops = collections.Counter(node.op_type for node in graph.node)
     assert (ops["Conv"], ops["QLinearConv"]) == (4, 30)
+
+
+def test_the_cpu_files_are_made_again_by_their_job(tmp_path, capsys):
+    # the parser's export is byte for byte (torch is pinned); the quantiser's bytes may move with
+    # onnxruntime's version, so the INT8 file is checked by what it keeps in fp32
+    bundle = tmp_path / "bootstrap"
+    shutil.copytree(f"{BUILTIN_BUNDLES_DIR}/bootstrap", bundle, ignore=shutil.ignore_patterns("*.onnx"))
+    shutil.copy(f"{BUILTIN_BUNDLES_DIR}/bootstrap/nanodet_g_416.onnx", bundle)
+    assert job_main("make_cpu_models", "--bundle-dir", str(bundle)) == 0
+    files = load_bundle(str(bundle)).stages["clothing"].model_options["files"]
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert printed["garments_v2.onnx"] == files["parser_onnx"]["sha256"]
+    graph = onnx_format.load(str(bundle / "nanodet_g_416_int8.onnx")).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    assert (ops["Conv"], ops["QLinearConv"]) == (4, 30)
+    assert job_main("make_cpu_models", "--bundle-dir", str(tmp_path)) == 2
+    assert "no bundle.json in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["astronaut.jpg", "camera.jpg", "grace_hopper.jpg", "two_people.jpg"])

@@ -525,7 +525,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
 
         graph = spec.model_options.get("files", {}).get("parser_onnx")
         if device.name == "cpu" and graph and spec.model_options.get("cpu_onnx", True):
-            # the same parser exported by the bundle's cpu_models.py: onnxruntime makes the stage
+            # the same parser exported by jobs/make_cpu_models.py: onnxruntime makes the stage
             # 1.33x cheaper on one CPU thread, the same garments (GPUs keep torch, for AMP)
             session = onnx.session(
                 read_checked(bundle, graph["path"], graph["sha256"], storage_options), "cpu", device.torch_threads

@@ -1,7 +1,6 @@
-"""Make the model files the bootstrap bundle can run on CPUs (run once, offline; the same bytes every run).
-
-    python fashion_ray/assets/bundles/bootstrap/cpu_models.py
-    # then put the printed sha256s into bundle.json (files.detector_int8, files.parser_onnx)
+"""The model files the bootstrap bundle can run on CPUs, made from its own (once, offline, by
+`python jobs/make_cpu_models.py`; the same bytes every run; their sha256s go into bundle.json,
+files.parser_onnx and files.detector_int8):
 
 - `garments_v2.onnx`: the garment parser v2 (`garments_v2.pt`) exported to ONNX, weights
   stored as fp16 as in the .pt (a Cast to fp32 in the graph): the same outputs as torch (1e-5),
@@ -27,12 +26,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import sys
 import tempfile
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 NANODET, NANODET_INT8 = "nanodet_g_416.onnx", "nanodet_g_416_int8.onnx"
 PARSER_ONNX = "garments_v2.onnx"
 
@@ -58,9 +56,8 @@ def kept_in_fp32(model) -> list[str]:
 def _photos() -> list[np.ndarray]:
     from PIL import Image
 
-    assets = os.path.join(HERE, "..", "..")
-    paths = sorted(glob.glob(os.path.join(assets, "sample_corpus", "*.jpg")))
-    paths += sorted(glob.glob(os.path.join(assets, "person_eval", "*")))
+    paths = sorted(glob.glob(os.path.join(ASSETS, "sample_corpus", "*.jpg")))
+    paths += sorted(glob.glob(os.path.join(ASSETS, "person_eval", "*")))
     return [np.asarray(Image.open(path).convert("RGB")) for path in paths]
 
 
@@ -78,17 +75,19 @@ def nanodet_inputs() -> list[np.ndarray]:
     return inputs
 
 
-def export_parser(path: str) -> str:
-    """garments_v2.pt as an ONNX graph (normalised views -> pixel logits, presence logits)."""
+def export_parser(bundle_dir: str, path: str) -> str:
+    """The bundle's garment parser as an ONNX graph at `path` (normalised views -> pixel
+    logits, presence logits)."""
     import torch
 
     from fashion_ray.models import load_bundle
     from fashion_ray.models.efficientnet_lite import build_parser
     from fashion_ray.models.garments import parser_view
 
-    spec = load_bundle(HERE).stages["clothing"]
+    spec = load_bundle(bundle_dir).stages["clothing"]
     parser = build_parser(len(spec.classes))
-    parser.load_state_dict(torch.load(os.path.join(HERE, spec.weights), map_location="cpu", weights_only=True))
+    weights = os.path.join(bundle_dir, spec.weights)
+    parser.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
 
     class Outputs(torch.nn.Module):  # the exporter wants a tuple, not the parser's dict
         def __init__(self):
@@ -137,7 +136,8 @@ def fp16_storage(path: str) -> bytes:
 
 
 def quantize(source: str, target: str, inputs: list[np.ndarray], keep_fp32) -> str:
-    """`source` quantised into `target` (QOperator, uint8 per-channel weights, min-max calibration)."""
+    """The ONNX file `source` quantised into `target` (QOperator, uint8 per-channel weights,
+    min-max calibration on `inputs`); returns the target's sha256."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -159,7 +159,7 @@ def quantize(source: str, target: str, inputs: list[np.ndarray], keep_fp32) -> s
 
         quantize_static(
             prepared,
-            os.path.join(HERE, target),
+            target,
             Calibration(),
             quant_format=QuantFormat.QOperator,
             per_channel=True,
@@ -167,18 +167,20 @@ def quantize(source: str, target: str, inputs: list[np.ndarray], keep_fp32) -> s
             weight_type=QuantType.QUInt8,
             nodes_to_exclude=keep_fp32(model),
         )
-    with open(os.path.join(HERE, target), "rb") as fh:
+    with open(target, "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-def main() -> None:
-    print(NANODET_INT8, quantize(os.path.join(HERE, NANODET), NANODET_INT8, nanodet_inputs(), kept_in_fp32))
+def make_cpu_models(bundle_dir: str) -> dict[str, str]:
+    """Write both files into the bootstrap bundle's folder; {file name: sha256}."""
+    made = {
+        NANODET_INT8: quantize(
+            os.path.join(bundle_dir, NANODET), os.path.join(bundle_dir, NANODET_INT8), nanodet_inputs(), kept_in_fp32
+        )
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        graph = fp16_storage(export_parser(os.path.join(tmp, "parser.onnx")))
-    with open(os.path.join(HERE, PARSER_ONNX), "wb") as fh:
+        graph = fp16_storage(export_parser(bundle_dir, os.path.join(tmp, "parser.onnx")))
+    with open(os.path.join(bundle_dir, PARSER_ONNX), "wb") as fh:
         fh.write(graph)
-    print(PARSER_ONNX, hashlib.sha256(graph).hexdigest())
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    made[PARSER_ONNX] = hashlib.sha256(graph).hexdigest()
+    return made

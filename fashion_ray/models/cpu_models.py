@@ -36,9 +36,8 @@ PARSER_ONNX = "garments_v2.onnx"
 
 
 def kept_in_fp32(model) -> list[str]:
-    """The first convolution and every layer (convolution, fully connected) that feeds an
-    output with no other such layer between: the pixels in and the logits out."""
-    layers = ("Conv", "Gemm", "MatMul")
+    """The first convolution and every convolution that feeds an output with no other one
+    between: the pixels in and the logits out."""
     producer = {out: node for node in model.graph.node for out in node.output}
     first = next(node.name for node in model.graph.node if node.op_type == "Conv")
     heads, stack = set(), [out.name for out in model.graph.output]
@@ -46,7 +45,7 @@ def kept_in_fp32(model) -> list[str]:
         node = producer.get(stack.pop())
         if node is None:
             continue
-        if node.op_type in layers:
+        if node.op_type == "Conv":
             heads.add(node.name)
         else:
             stack.extend(node.input)

@@ -293,8 +293,12 @@ def _alive_nodes(address: str) -> list[dict]:
     """The resources of each alive node, read from the cluster's GCS (no driver joins it)."""
     from ray._raylet import GcsClient
     from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    from ray.exceptions import RpcError
 
-    nodes = GcsClient(address=address).get_all_node_info(timeout=30).values()
+    try:
+        nodes = GcsClient(address=address).get_all_node_info(timeout=30).values()
+    except RpcError:  # the head's GCS is not up yet (a loaded machine): no node so far
+        return []
     return [dict(n.resources_total) for n in nodes if n.state == GcsNodeInfo.ALIVE]
 
 

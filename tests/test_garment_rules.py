@@ -285,7 +285,8 @@ def test_parser_v2_gives_pixels_at_the_view_and_a_presence_per_class():
     assert out["out"].shape == (2, len(taxonomy.GARMENT_PARSE), 96, 64) and out["presence"].shape == (2, 16)
 
 
-def test_the_bundles_garment_parser_is_refused_when_its_weights_change(tmp_path):
+@pytest.mark.parametrize("changed", ["weights", "parser_onnx"])
+def test_the_bundles_garment_parser_is_refused_when_its_weights_change(tmp_path, changed):
     import shutil
 
     from fashion_ray.config import Device
@@ -294,13 +295,15 @@ def test_the_bundles_garment_parser_is_refused_when_its_weights_change(tmp_path)
 
     spec = load_bundle("bootstrap").stages["clothing"]
     assert spec.architecture == "efficientnet_garment_parser"
+    # the torch weights, or the ONNX file a CPU runs
+    path = spec.weights if changed == "weights" else spec.model_options["files"]["parser_onnx"]["path"]
     shutil.copytree(f"{BUILTIN_BUNDLES_DIR}/bootstrap", tmp_path / "b")
-    with open(tmp_path / "b" / spec.weights, "r+b") as fh:
+    with open(tmp_path / "b" / path, "r+b") as fh:
         fh.seek(5000)
         byte = fh.read(1)
         fh.seek(5000)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(BundleError, match=rf"sha256 mismatch for .*{spec.weights}"):
+    with pytest.raises(BundleError, match=rf"sha256 mismatch for .*{path}"):
         build_stage_predictor(load_bundle(str(tmp_path / "b")), "clothing", Device())
 
 

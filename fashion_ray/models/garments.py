@@ -511,14 +511,12 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
     if not spec.weights:
         raise BundleError(f"bundle {bundle.label}: {spec.architecture} needs weights")
     torch_device = device.setup()
-
-    def state() -> dict:
-        return torch.load(
-            io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, storage_options)),
-            map_location="cpu",
-            weights_only=True,
-        )
-
+    # read (and its sha256 checked) whichever path runs: the ONNX parser is made from these weights
+    state = torch.load(
+        io.BytesIO(read_checked(bundle, spec.weights, spec.sha256, storage_options)),
+        map_location="cpu",
+        weights_only=True,
+    )
     view = parser_view(spec.architecture, spec.input_size or VIEW_SIDE)
     if spec.architecture == EFFICIENTNET_PARSER:
         from fashion_ray.models.efficientnet_lite import build_parser
@@ -533,7 +531,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
             network = efficientnet_onnx_network(session, int(spec.model_options.get("max_batch", 8)))
         else:
             model = build_parser(len(spec.classes))
-            model.load_state_dict(state())
+            model.load_state_dict(state)
             network = efficientnet_network(model.eval().to(torch_device), torch_device)
         return GarmentParser(
             network,
@@ -551,7 +549,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
         max_batch=int(spec.model_options.get("max_batch", 8)),
     )
     head = build_head(len(spec.classes))
-    head.load_state_dict(state())
+    head.load_state_dict(state)
     return GarmentParser(
         blazepose_network(trunk, head.eval().to(torch_device), torch_device), view, score_threshold=spec.score_threshold
     )

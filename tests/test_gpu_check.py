@@ -49,6 +49,8 @@ def test_budgets_fit_one_ten_minute_call_and_every_step_is_planned():
 def test_reports_are_read_from_the_jobs_own_output():
     printed = 'Ray started\n{ not json\n{\n  "images": 6,\n  "nested": {"a": 1}\n}\n'
     assert gpu_check.last_json_object(printed) == {"images": 6, "nested": {"a": 1}}
+    shutdown = printed + "(raylet) Task ServeController.graceful_shutdown failed.\n"
+    assert gpu_check.last_json_object(shutdown) == {"images": 6, "nested": {"a": 1}}
     with pytest.raises(ValueError):
         gpu_check.last_json_object("no figures at all")
     out = (

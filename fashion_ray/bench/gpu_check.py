@@ -247,9 +247,11 @@ def _free_port() -> int:
 
 
 def last_json_object(text: str) -> dict:
-    """The JSON object a job printed last (its own lines before it are not JSON)."""
+    """The JSON object a job printed last (its own lines before it are not JSON; a log line of
+    Ray's after it, from a worker shutting down, is ignored)."""
     start = text.rfind("\n{")
-    return json.loads(text[start + 1 if start >= 0 else text.index("{") :])
+    obj, _ = json.JSONDecoder().raw_decode(text[start + 1 if start >= 0 else text.index("{") :])
+    return obj
 
 
 def pytest_summary(text: str) -> dict:

@@ -118,11 +118,8 @@ class BlazePoseTrunk:
         self.max_batch = max(1, max_batch)
 
     def __call__(self, views: np.ndarray) -> dict[str, np.ndarray]:
-        chunks = [
-            onnx.run(self.session, (views[i : i + self.max_batch].astype(np.float32) / 255.0))
-            for i in range(0, len(views), self.max_batch)
-        ]
-        return {key: np.concatenate([c[name] for c in chunks]) for key, name in TRUNK_OUTPUTS.items()}
+        out = onnx.run_batched(self.session, views.astype(np.float32) / 255.0, self.max_batch)
+        return {key: out[name] for key, name in TRUNK_OUTPUTS.items()}
 
 
 def build_head(num_classes: int = len(taxonomy.GARMENT_PARSE)):
@@ -477,11 +474,8 @@ def efficientnet_onnx_network(session, max_batch: int):
     from fashion_ray.models.efficientnet_lite import normalise
 
     def run(views: np.ndarray):
-        chunks = [
-            onnx.run(session, normalise(views[i : i + max_batch]).numpy()) for i in range(0, len(views), max_batch)
-        ]
-        out, presence = (torch.from_numpy(np.concatenate([c[key] for c in chunks])) for key in ("out", "presence"))
-        return out.softmax(1), torch.sigmoid(presence)
+        out = onnx.run_batched(session, normalise(views).numpy(), max_batch)
+        return torch.from_numpy(out["out"]).softmax(1), torch.sigmoid(torch.from_numpy(out["presence"]))
 
     return run
 

@@ -39,3 +39,9 @@ def run(sess, batch: np.ndarray) -> dict[str, np.ndarray]:
     """Outputs by name for one input tensor."""
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: batch})))
+
+
+def run_batched(sess, batch: np.ndarray, max_batch: int) -> dict[str, np.ndarray]:
+    """Outputs by name for a batch run `max_batch` inputs a call (a bound on the session's memory)."""
+    chunks = [run(sess, batch[i : i + max_batch]) for i in range(0, len(batch), max_batch)]
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}

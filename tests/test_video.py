@@ -25,7 +25,7 @@ from fashion_ray.formats import ava
 from fashion_ray.run import run_label_job
 from fashion_ray.storage import StorageOptions, stable_id
 from fashion_ray.video import appearance, decoding
-from fashion_ray.video.tracking import assign_tracks
+from fashion_ray.video.tracking import assign_tracks, track_frames
 from helpers import (
     ROOT,
     SAMPLE_CORPUS,
@@ -141,6 +141,31 @@ def test_tracks_survive_sparse_sampling_crossings_and_gaps():
     # someone who looks different where a track is expected is someone else
     other = assign_tracks([[east[0]], [east[1]]], [0.0, 1.0], [[red], [blue]])
     assert other == [[1], [2]]
+
+
+def test_a_panning_camera_does_not_break_a_small_persons_track():
+    """1 fps, a camera panning 45 px a second: a 22 px stander slides 45 px a sample through
+    the image (2 body heights, past the tracker's reach) and a walker moving 0.8 heights a
+    second the other way slides further still. In the scene neither jumps: one track each. A
+    candidate gets no track id; a frame with no camera shift measured (a decode segment's
+    first) takes its neighbours'."""
+
+    def frame(k: int) -> dict:
+        stander = [400 - 45 * k, 285, 408 - 45 * k, 307]
+        walker = [300 - 45 * k + 18 * k, 300, 308 - 45 * k + 18 * k, 322]
+        persons = [{"box": box, "score": 0.7, "confident": True} for box in (stander, walker)]
+        persons.append({"box": [0, 0, 300, 200], "score": 0.3, "confident": False})
+        return {"timestamp_s": float(k), "camera_shift": None if k in (0, 3) else [-45.0, 0.0], "persons": persons}
+
+    frames = [frame(k) for k in range(6)]
+    track_frames(frames)
+    assert [[p.get("track_id") for p in f["persons"]] for f in frames] == [[1, 2, None]] * 6
+    # the same boxes without the pan measured: every sample starts new tracks
+    still = [frame(k) for k in range(6)]
+    for f in still:
+        f["camera_shift"] = [0.0, 0.0]
+    track_frames(still)
+    assert len({p["track_id"] for f in still for p in f["persons"] if p["confident"]}) > 2
 
 
 @pytest.fixture(scope="module")

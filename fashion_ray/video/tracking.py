@@ -8,7 +8,8 @@ within 2x, and it looks alike: the Bhattacharyya similarity of their colour desc
 (appearance.py) is at least `min_similarity`, unless the boxes overlap as much as
 `iou_link`. Among those pairs, a frame's assignment maximises appearance + closeness + IoU
 (Hungarian). A track missed for up to `max_gap_s` of video time keeps its id when its
-person comes back (occlusion, a missed detection). Track ids count from 1 within a video
+person comes back (occlusion, a missed detection). Boxes are compared where they stand in the
+scene: the camera's measured pan (the rows' `camera_shift`) is taken out first. Track ids count from 1 within a video
 in order of first appearance, so the same labels always give the same ids.
 
 `track_shards` applies this after the cascade: a video's frames are labelled by many tasks
@@ -65,6 +66,10 @@ class _OpenTrack:
 
 def _centre(box) -> np.ndarray:
     return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+
+def _shifted(box, by) -> list[float]:
+    return [box[0] + by[0], box[1] + by[1], box[2] + by[0], box[3] + by[1]]
 
 
 def _height(box) -> float:
@@ -188,6 +193,24 @@ def label_track_actions(frames: list[dict], predictor, threshold: float) -> None
             person["actions"] = as_records(frame_scores, threshold)
 
 
+def track_frames(frames: list[dict]) -> None:
+    """Give the confident persons of one video's frames (time order) their track ids; a
+    candidate (a box and a score) keeps none. Boxes are linked where they stand in the scene
+    (the camera's pan taken out, camera_positions): a panning camera moves everyone in the
+    image, at 1 fps further than the tracker's reach for a small person, who would otherwise
+    start a new track on every frame and have no motion to read an action from."""
+    tracked = [[p for p in r["persons"] if is_confident(p)] for r in frames]
+    camera = camera_positions(frames)
+    ids_per_frame = assign_tracks(
+        [[_shifted(p["box"], -camera[k]) for p in persons] for k, persons in enumerate(tracked)],
+        [r["timestamp_s"] for r in frames],
+        [[p.get("appearance") for p in persons] for persons in tracked],
+    )
+    for persons, ids in zip(tracked, ids_per_frame):
+        for person, track_id in zip(persons, ids):
+            person["track_id"] = track_id
+
+
 def track_shards(
     output: str,
     shards: list[dict],
@@ -221,16 +244,7 @@ def track_shards(
                 videos.setdefault(row["uri"], []).append(row)
     for frames in videos.values():
         frames.sort(key=lambda r: r["frame_index"])
-        # the confident persons are tracked; a candidate (a box and a score) keeps no track
-        tracked = [[p for p in r["persons"] if is_confident(p)] for r in frames]
-        ids_per_frame = assign_tracks(
-            [[p["box"] for p in persons] for persons in tracked],
-            [r["timestamp_s"] for r in frames],
-            [[p.get("appearance") for p in persons] for persons in tracked],
-        )
-        for persons, ids in zip(tracked, ids_per_frame):
-            for person, track_id in zip(persons, ids):
-                person["track_id"] = track_id
+        track_frames(frames)
         if predictor is not None:
             label_track_actions(frames, predictor, action_threshold)
     return {

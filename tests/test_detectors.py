@@ -173,6 +173,36 @@ def test_tile_merge_keeps_the_full_frame_box_over_its_parts():
     assert scores.tolist() == pytest.approx([0.9, 0.75, 0.7]) and labels.tolist() == [0, 0, 0]
 
 
+def test_load_time_graph_edits_are_the_onnx_packages_edits():
+    """NanoDet's free input size and BlazePose's trunk outputs are edited on a subset of ONNX's
+    schema (models/onnx.py, to spare every actor the onnx import): the models read back with
+    the onnx package equal the same edits made with it, every untouched field included."""
+    from fashion_ray.models import garments
+
+    def read(name: str) -> bytes:
+        with open(os.path.join(BUILTIN_BUNDLES_DIR, "bootstrap", name), "rb") as fh:
+            return fh.read()
+
+    detector, pose = read("nanodet_g_416.onnx"), read("blazepose_heavy.onnx")
+    expected = onnx_format.load_from_string(detector)
+    for out in expected.graph.output:
+        out.type.tensor_type.shape.dim[1].dim_param = "cells"
+    dims = expected.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del expected.graph.value_info[:]
+    edited, pairs = nanodet.any_input_size(detector)
+    assert onnx_format.load_from_string(edited) == expected
+    assert len(pairs) == 3 and len({name for pair in pairs for name in pair}) == 6
+
+    expected = onnx_format.load_from_string(pose)
+    del expected.graph.output[:]
+    for name in garments.TRUNK_OUTPUTS.values():
+        expected.graph.output.append(
+            onnx_format.helper.make_tensor_value_info(name, onnx_format.TensorProto.FLOAT, None)
+        )
+    assert onnx_format.load_from_string(garments.trunk_model(pose)) == expected
+
+
 def test_nms_is_per_class():
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [0, 0, 10, 10]], np.float32)
     keep = nanodet.nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 26]))

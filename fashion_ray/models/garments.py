@@ -101,12 +101,10 @@ def warp_from_view(values: np.ndarray, view: View, height: int, width: int, near
 
 def trunk_model(pose_onnx: bytes) -> bytes:
     """The BlazePose graph with the head's feature tensors as its outputs (nothing retrained)."""
-    import onnx as onnx_lib
-
-    model = onnx_lib.load_from_string(pose_onnx)
+    model = onnx.model_proto(pose_onnx)
     del model.graph.output[:]
     for name in TRUNK_OUTPUTS.values():
-        model.graph.output.append(onnx_lib.helper.make_tensor_value_info(name, onnx_lib.TensorProto.FLOAT, None))
+        model.graph.output.add(name=name).type.tensor_type.elem_type = onnx.FLOAT  # shape left to the runtime
     return model.SerializeToString()
 
 

@@ -89,9 +89,7 @@ def any_input_size(model: bytes) -> tuple[bytes, list[tuple[str, str]]]:
     that zoom views run at their own size (weights untouched; the file's sha256 is checked
     before). Returns that model and its (scores [N, HW, 80], distances [N, HW, 44]) output
     names per stride, paired by their cell count at 416."""
-    import onnx as onnx_format
-
-    proto = onnx_format.load_from_string(model)
+    proto = onnx.model_proto(model)
     graph = proto.graph
     by_cells: dict[int, dict[int, str]] = {}
     for out in graph.output:

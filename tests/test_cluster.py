@@ -398,13 +398,15 @@ def autoscaling_cluster():
         start_new_session=True,
     )
     try:
-        # the launcher keeps one CPU worker up (min_workers 1); GPU workers start on demand
+        # the launcher keeps one CPU worker up (min_workers 1); GPU workers start on demand. A
+        # condition awaited, so a generous bound costs nothing when the machine is quick (under
+        # the other xdist worker's load the node has taken over 120 s to come up)
         _wait_for(
             lambda: (
                 len(_alive_nodes(address))
                 == 1 + sum(t["min_workers"] for t in node_types.values() if "min_workers" in t)
             ),
-            120,
+            300,
             "the minimum workers",
         )
         yield address, env

@@ -77,8 +77,9 @@ class Sizes:
     def of(cls, quick: bool) -> "Sizes":
         # on a GPU, 400 images keep Ray's start-up under a tenth of a cascade run; the quick
         # check (a CPU, the test suite) runs each path once with the fewest processes: two
-        # actors of one stage show actors sharing, one model trains on a few scenes (the suite trains both
-        # elsewhere), one person replica serves alone (the suite serves the whole cascade)
+        # actors of one stage show actors sharing, one model trains on a few scenes (the
+        # suite trains both elsewhere), one person replica serves alone (the suite serves the
+        # whole cascade)
         if quick:
             return cls(
                 images=2,

@@ -9,8 +9,9 @@ within 2x, and it looks alike: the Bhattacharyya similarity of their colour desc
 `iou_link`. Among those pairs, a frame's assignment maximises appearance + closeness + IoU
 (Hungarian). A track missed for up to `max_gap_s` of video time keeps its id when its
 person comes back (occlusion, a missed detection). Boxes are compared where they stand in the
-scene: the camera's measured pan (the rows' `camera_shift`) is taken out first. Track ids count from 1 within a video
-in order of first appearance, so the same labels always give the same ids.
+scene: the camera's measured pan (the rows' `camera_shift`) is taken out first. Track ids
+count from 1 within a video in order of first appearance, so the same labels always give the
+same ids.
 
 `track_shards` applies this after the cascade: a video's frames are labelled by many tasks
 and land in several shards, so tracks can only be drawn once all of its frames are in. With

@@ -29,9 +29,9 @@ is tested where no GPU is (tests/test_gpu_check.py).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
+import pathlib
 import re
 import shlex
 import signal
@@ -243,10 +243,9 @@ def plan(
 def _cuda_test_files() -> list[str]:
     """The test modules that hold CUDA tests: collecting only those spares importing the rest
     (about 15 s on a 2-core machine); the whole folder where none is found."""
-    folder = os.path.join(ROOT, "tests")
-    files = sorted(glob.glob(os.path.join(folder, "test_*.py")))
-    marked = [path for path in files if "mark.cuda" in open(path, encoding="utf-8").read()]
-    return marked or [folder]
+    folder = pathlib.Path(ROOT, "tests")
+    marked = [str(path) for path in sorted(folder.glob("test_*.py")) if "mark.cuda" in path.read_text("utf-8")]
+    return marked or [str(folder)]
 
 
 def _free_port() -> int:

@@ -145,8 +145,8 @@ def test_tracks_survive_sparse_sampling_crossings_and_gaps():
 
 def test_a_panning_camera_does_not_break_a_small_persons_track():
     """1 fps, a camera panning 45 px a second: a 22 px stander slides 45 px a sample through
-    the image (2 body heights, past the tracker's reach) and a walker moving 0.8 heights a
-    second the other way slides further still. In the scene neither jumps: one track each. A
+    the image (2 body heights, past the tracker's reach); a walker moving 0.8 heights a second
+    against the pan slides 27 px. In the scene each moves as they do: one track each. A
     candidate gets no track id; a frame with no camera shift measured (a decode segment's
     first) takes its neighbours'."""
 

@@ -181,8 +181,9 @@ def _fiftyone_sample(fo, row: dict, filepath: str):
                     points=[(x / w, y / h) if v > 0 else (float("nan"), float("nan")) for x, y, v in kp],
                 )
             )
-    objects = [  # accessories no person holds
-        _detection(fo, o, o["category"], w, h, confidence=o["score"]) for o in row.get("objects") or []
+    objects = [  # accessories no person holds, candidates flagged as persons are
+        _detection(fo, o, o["category"], w, h, confidence=o["score"], confident=is_confident(o))
+        for o in row.get("objects") or []
     ]
     sample["persons"], sample["garments"] = fo.Detections(detections=persons), fo.Detections(detections=garments)
     sample["objects"] = fo.Detections(detections=objects)
@@ -203,14 +204,17 @@ def to_fiftyone(shards, name: str, *, media_dir: str, overwrite: bool = False, o
             raise ExportError(f"FiftyOne dataset {name!r} exists; pass --overwrite to replace it")
         fo.delete_dataset(name)
     dataset = fo.Dataset(name, persistent=True)
-    counts = {"samples": 0, "errors": 0, "persons": 0, "candidates": 0, "objects": 0, "garments": 0, "parts": 0}
+    counts = dict.fromkeys(
+        ("samples", "errors", "persons", "candidates", "objects", "object_candidates", "garments", "parts"), 0
+    )
     for rows in shards:
         samples = []
         for row in rows:
             path = local_image(row, media_dir, options) if row["status"] == "ok" else storage.split_uri(row["uri"])[1]
             samples.append(_fiftyone_sample(fo, row, path or storage.split_uri(row["uri"])[1]))
             counts["errors"] += row["status"] != "ok"
-            counts["objects"] += len(row.get("objects") or [])
+            for o in row.get("objects") or []:
+                counts["objects" if is_confident(o) else "object_candidates"] += 1
             for p in row["persons"]:
                 counts["persons" if is_confident(p) else "candidates"] += 1
                 counts["garments"] += len(p["garments"])

@@ -344,7 +344,8 @@ def write_manifest(
             "frames": totals["frames"],
             "persons": totals["persons"],  # confident: candidates under the person threshold are counted apart
             "candidates": totals["candidates"],
-            "objects": totals["objects"],  # accessories no person holds
+            "objects": totals["objects"],  # accessories no person holds (confident)
+            "object_candidates": totals["object_candidates"],  # accessories under the accessory threshold
             "garments": totals["garments"],
             "parts": totals["parts"],
             "tracks": totals["tracks"],

@@ -65,10 +65,11 @@ def render(image: np.ndarray, row: dict) -> Image.Image:
         for x, y, v in zip(kp[0::3], kp[1::3], kp[2::3]):
             if v >= 0.5:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 0, 255))
-    for obj in row.get("objects") or []:  # an accessory nobody holds: a box, as a held one
+    objects = [o for o in row.get("objects") or [] if is_confident(o)]  # candidates are not labels
+    for obj in objects:  # an accessory nobody holds: a box, as a held one
         draw.rectangle(obj["box"], outline=GARMENT_COLOUR, width=1)
     # garment names last, each on its own garment and clear of the others, on a dark plate
-    garments = [g for person in row["persons"] for g in person["garments"]] + list(row.get("objects") or [])
+    garments = [g for person in row["persons"] for g in person["garments"]] + objects
     cues = [",".join(f"{k}:{v}" for k, v in attribute_map(g.get("attributes")).items()) for g in garments]
     # the cues in brackets: the default bitmap font's space is a pixel or two, too narrow to part words
     labels = [g["category"] + (f" ({c})" if c else "") for g, c in zip(garments, cues)]

@@ -313,7 +313,8 @@ def format_summary(manifest: dict) -> str:
         f"{c['inputs'] - c['videos']} images, {c['videos']} videos -> {c['frames']} frames",
         f"  labels     {c['persons']} persons, {c['garments']} garments, {c['parts']} parts"
         + (f"; {c['candidates']} person candidates under the threshold" if c.get("candidates") else "")
-        + (f"; {c['objects']} accessories nobody holds" if c.get("objects") else ""),
+        + (f"; {c['objects']} accessories nobody holds" if c.get("objects") else "")
+        + (f"; {c['object_candidates']} accessory candidates" if c.get("object_candidates") else ""),
     ]
     if run.get("skipped"):
         names = {"hidden": "hidden (names starting with '.')", "not_media": "not images or videos"}

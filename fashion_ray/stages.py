@@ -197,7 +197,9 @@ class PersonStage(_Stage):
 def link_accessories(persons: list[dict], accessories: list[dict]) -> list[dict]:
     """Bags, umbrellas, ties ... become garments of the confident person who carries or wears
     them (boxes.owner). Returns the ones that belong to nobody (a suitcase standing alone): the
-    row's `objects`, labelled as themselves."""
+    row's `objects`, labelled as themselves. A candidate accessory (`confident` false: under
+    the accessory threshold) is an object too, never a person's: what a person holds feeds
+    their actions (carry/hold), and a guess must not."""
     confident = [p for p in persons if is_confident(p)]
     unowned = []
     for item in sorted(accessories, key=lambda a: -a["score"]):
@@ -207,9 +209,10 @@ def link_accessories(persons: list[dict], accessories: list[dict]) -> list[dict]
             "score": float(item["score"]),
             "box": [float(v) for v in item["box"]],
         }
-        k = owner(item["box"], [p["box"] for p in confident])
+        sure = is_confident(item)
+        k = owner(item["box"], [p["box"] for p in confident]) if sure else None
         if k is None:
-            unowned.append({"object_id": len(unowned), **label})
+            unowned.append({"object_id": len(unowned), **label, "confident": sure})
         else:
             garments = confident[k]["garments"]
             garments.append({"garment_id": len(garments), **label, "mask": None, "attributes": []})

@@ -649,7 +649,8 @@ def test_a_detection_the_pose_model_finds_nobody_in_is_rescored_to_a_candidate()
 
 def test_an_accessory_nobody_holds_reaches_coco_and_parquet_as_itself(tmp_path):
     """A suitcase standing alone is no person's garment: it is the row's object, an annotation of
-    its own category with no parent in COCO, and in Parquet's `objects`."""
+    its own category with no parent in COCO, and in Parquet's `objects`. An accessory candidate
+    (under the accessory threshold) is an object too, flagged, even in a confident hand."""
     import pyarrow.parquet as pq
     from pycocotools.coco import COCO
 
@@ -663,21 +664,33 @@ def test_an_accessory_nobody_holds_reaches_coco_and_parquet_as_itself(tmp_path):
     accessories = [
         {"category": "bag", "score": 0.7, "box": [190, 250, 230, 300]},  # at the confident person's hand
         {"category": "suitcase", "score": 0.6, "box": [420, 250, 470, 320]},  # beside a candidate: nobody's
+        {"category": "umbrella", "score": 0.25, "box": [120, 90, 180, 150], "confident": False},  # a guess
     ]
     objects = link_accessories(persons, accessories)
     assert [g["category"] for g in persons[0]["garments"]] == ["bag"] and persons[1]["garments"] == []
     assert objects == [
         {"object_id": 0, "category": "suitcase", "category_id": taxonomy.COCO_CATEGORY_ID["suitcase"],
-         "score": 0.6, "box": [420.0, 250.0, 470.0, 320.0]}
+         "score": 0.6, "box": [420.0, 250.0, 470.0, 320.0], "confident": True},
+        {"object_id": 1, "category": "umbrella", "category_id": taxonomy.COCO_CATEGORY_ID["umbrella"],
+         "score": 0.25, "box": [120.0, 90.0, 180.0, 150.0], "confident": False},
     ]  # fmt: skip
     row = _street_row(persons, objects=objects)
     (tmp_path / "c.json").write_text(json.dumps(coco.coco_document([row])))
     loaded = COCO(str(tmp_path / "c.json"))
     [suitcase] = loaded.loadAnns(loaded.getAnnIds(catIds=[taxonomy.COCO_CATEGORY_ID["suitcase"]]))
     assert suitcase["bbox"] == [420.0, 250.0, 50.0, 70.0] and suitcase["score"] == 0.6
-    assert "parent_person_id" not in suitcase and suitcase["attributes"] == {}
+    assert "parent_person_id" not in suitcase and suitcase["attributes"] == {"confident": True}
+    [umbrella] = loaded.loadAnns(loaded.getAnnIds(catIds=[taxonomy.COCO_CATEGORY_ID["umbrella"]]))
+    assert umbrella["confident"] is False and umbrella["score"] == 0.25 and "parent_person_id" not in umbrella
+    # the labels alone (YOLO, Label Studio): the candidate person and the candidate umbrella are left out
+    labels = {(a["category_id"], a["score"]) for a in coco.annotations(row, candidates=False)}
+    assert labels == {(taxonomy.PERSON_CATEGORY_ID, 0.9), (taxonomy.COCO_CATEGORY_ID["bag"], 0.7),
+                      (taxonomy.COCO_CATEGORY_ID["suitcase"], 0.6)}  # fmt: skip
 
     shard = write_rows([row], output=str(tmp_path / "out"), info={})
     [written] = pq.read_table(tmp_path / "out" / "parquet" / f"{shard.name}.parquet").to_pylist()
-    assert [(o["category"], o["box"]) for o in written["objects"]] == [("suitcase", [420.0, 250.0, 470.0, 320.0])]
-    assert shard.objects == 1 and shard.entry()["objects"] == 1
+    assert [(o["category"], o["box"], o["confident"]) for o in written["objects"]] == [
+        ("suitcase", [420.0, 250.0, 470.0, 320.0], True),
+        ("umbrella", [120.0, 90.0, 180.0, 150.0], False),
+    ]
+    assert (shard.objects, shard.object_candidates) == (1, 1) and shard.entry()["object_candidates"] == 1

@@ -85,6 +85,8 @@ def test_export_to_a_persistent_fiftyone_dataset(default_run, fo, tmp_path):
     assert ds.count("persons.detections") == c["persons"] + c["candidates"] and c["candidates"] > 0
     assert ds.count_values("persons.detections.confident") == {True: c["persons"], False: c["candidates"]}
     assert ds.count("garments.detections") == c["garments"]
+    assert ds.count("objects.detections") == summary["objects"] + summary["object_candidates"]
+    assert (summary["objects"], summary["object_candidates"]) == (c["objects"], c["object_candidates"])
     assert ds.count("parts.detections") == c["parts"]
     # a person's actions ride on its detection: names and scores, best first (the cameraman stands)
     assert sorted(a for v in ds.values("persons.detections.actions", unwind=True) if v for a in v) == sorted(

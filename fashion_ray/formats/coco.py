@@ -14,7 +14,7 @@ person's actions are `actions` ([{id, name, score}], AVA ids) and attributes AVA
 A person's `confident` (top level and attribute) is false for a candidate under the person
 threshold: a box and a score, for users who filter by score (AP counts them, labels do not).
 An accessory no person holds (the row's `objects`) is an annotation of its own category with
-no parent.
+no parent, with `confident` as a person's (false: a candidate under the accessory threshold).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def image_record(row: dict) -> dict:
 
 
 def annotations(row: dict, candidates: bool = True) -> list[dict]:
-    """A row's COCO annotations; `candidates=False` leaves the candidate persons out (labels
-    to train on or to correct, as the YOLO and Label Studio exports write)."""
+    """A row's COCO annotations; `candidates=False` leaves the candidate persons and objects
+    out (labels to train on or to correct, as the YOLO and Label Studio exports write)."""
     out = []
     image_id = row["id"]
     for person in row["persons"] or []:
@@ -128,17 +128,20 @@ def annotations(row: dict, candidates: bool = True) -> list[dict]:
                 )
             )
     for obj in row.get("objects") or []:
-        out.append(
-            _ann(
-                annotation_id(image_id, "object", obj["object_id"]),
-                image_id,
-                obj["category_id"],
-                obj["box"],
-                None,
-                obj["score"],
-                attributes={},
+        confident = is_confident(obj)
+        if candidates or confident:
+            out.append(
+                _ann(
+                    annotation_id(image_id, "object", obj["object_id"]),
+                    image_id,
+                    obj["category_id"],
+                    obj["box"],
+                    None,
+                    obj["score"],
+                    confident=confident,
+                    attributes={"confident": confident},
+                )
             )
-        )
     return out
 
 

@@ -13,8 +13,9 @@ import pyarrow as pa
 # 4: persons gained `actions`, rows `camera_shift`; 5: a garment's Parquet `attributes` became a
 # map (name -> value) like COCO's, from a list of "name:value" strings; 6: persons gained
 # `confident` (candidates under the person threshold are written too, a box and a score), rows
-# `objects` (accessories no person holds)
-SCHEMA_VERSION = 6
+# `objects` (accessories no person holds); 7: objects gained `confident` (accessory candidates
+# under the accessory threshold are written too, as objects of nobody's)
+SCHEMA_VERSION = 7
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 BOX = pa.list_(pa.float32())
@@ -74,6 +75,8 @@ OBJECT = pa.struct(  # an accessory no person holds (a suitcase standing alone):
         ("category", pa.string()),  # bag, backpack, suitcase, umbrella, tie
         ("category_id", pa.int32()),
         ("score", pa.float32()),
+        # at or over the accessory threshold: false for a candidate (linked to no person)
+        ("confident", pa.bool_()),
         ("box", BOX),
     ]
 )
@@ -134,8 +137,9 @@ def with_attribute_maps(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def is_confident(person: dict) -> bool:
-    """A person (a row's, or its COCO annotation) at or over the person threshold: what the
-    stages label further, the tracker follows and previews draw as labels. Rows before schema 6
-    hold no candidates (null here); so does any annotation that is not a person's."""
-    return person.get("confident") is not False
+def is_confident(item: dict) -> bool:
+    """A person or object (a row's, or its COCO annotation) at or over its class's threshold:
+    what the stages label further, the tracker follows and previews draw as labels. Rows
+    before schema 6 (objects: 7) hold no candidates (null here); garments and parts are never
+    candidates."""
+    return item.get("confident") is not False

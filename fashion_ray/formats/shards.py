@@ -121,7 +121,8 @@ class Shard:
     ava: bool  # an AVA CSV was written (the shard holds tracked video frames)
     tracked: int = 0  # persons with a track id
     candidates: int = 0  # persons under the person threshold (a box and a score)
-    objects: int = 0  # accessories no person holds
+    objects: int = 0  # accessories no person holds (confident ones)
+    object_candidates: int = 0  # accessories under the accessory threshold (objects of nobody's)
     actions: dict[str, int] = field(default_factory=dict)  # persons labelled with each action (AVA name)
     # per video: the highest track id among this shard's frames. Ids count from 1 per video,
     # so a video's track count is the largest of these over all shards holding its frames.
@@ -143,6 +144,7 @@ class Shard:
             "persons": self.persons,
             "candidates": self.candidates,
             "objects": self.objects,
+            "object_candidates": self.object_candidates,
             "garments": self.garments,
             "parts": self.parts,
             "errors": dict(self.errors),
@@ -163,6 +165,7 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
     if ava_rows:
         storage.write_bytes_atomic(storage.join(output, "ava", f"{name}.csv"), ava.to_csv(ava_rows), storage_options)
     everyone = [p for r in rows for p in r["persons"]]
+    objects = [o for r in rows for o in r.get("objects") or []]
     persons = [p for p in everyone if is_confident(p)]
     max_track_id: dict[str, int] = {}
     for row in rows:
@@ -181,7 +184,8 @@ def write_rows(rows: list[dict], *, output: str, info: dict, salt: str = "", sto
         ava=bool(ava_rows),
         tracked=sum(p.get("track_id") is not None for p in persons),
         candidates=len(everyone) - len(persons),
-        objects=sum(len(r.get("objects") or []) for r in rows),
+        objects=sum(is_confident(o) for o in objects),
+        object_candidates=sum(not is_confident(o) for o in objects),
         actions=dict(collections.Counter(a["action"] for p in persons for a in p.get("actions") or [])),
         max_track_id=max_track_id,
     )
@@ -192,7 +196,17 @@ def shard_totals(entries: list[dict]) -> dict:
     (tracked persons per track, in sampled frames)."""
     totals = {
         key: sum(s.get(key, 0) for s in entries)
-        for key in ("ok", "frames", "persons", "candidates", "objects", "garments", "parts", "tracked")
+        for key in (
+            "ok",
+            "frames",
+            "persons",
+            "candidates",
+            "objects",
+            "object_candidates",
+            "garments",
+            "parts",
+            "tracked",
+        )
     }
     tracks_per_video: dict[str, int] = {}
     for s in entries:

@@ -49,7 +49,8 @@ class NanoDetPosePerson:
     """People and their accessories: NanoDet-g boxes -> BlazePose landmarks + mask per person.
 
     Returns, per image, the predictor dict for persons (predictors.py) plus `accessories`:
-    [{"category": taxonomy name, "score", "box"}] for the stage to link to their persons.
+    [{"category": taxonomy name, "score", "box", "confident"}] for the stage to link to their
+    persons (`confident` false: a candidate under the accessory threshold, linked to nobody).
     `box_source` says which box a person keeps: the detector's, its mask's extent, or
     "merge": the mean of the two where they agree (IoU > MERGE_AGREEMENT), else the
     detector's (measured on ../shared/data: docs/evaluation.md).
@@ -72,11 +73,13 @@ class NanoDetPosePerson:
         box_source: str = "merge",
         max_poses: int = 20,
         person_threshold: float = 0.0,
+        accessory_threshold: float = 0.0,
         min_pose_presence: float = 0.0,
     ):
         self.detector, self.pose = detector, pose
         self.mask_threshold, self.box_source, self.max_poses = mask_threshold, box_source, max_poses
         self.person_threshold, self.min_pose_presence = person_threshold, min_pose_presence
+        self.accessory_threshold = accessory_threshold
 
     def predict(self, images: list[np.ndarray], context: list[dict] | None = None) -> list[dict]:
         contexts = context or [{}] * len(images)
@@ -125,6 +128,7 @@ class NanoDetPosePerson:
                     "category": taxonomy.ACCESSORY_FROM_COCO[name],
                     "score": float(scores[k]),
                     "box": [float(v) for v in boxes[k]],
+                    "confident": bool(scores[k] >= self.accessory_threshold),
                 }
                 for k, name in enumerate(names)
                 if name in taxonomy.ACCESSORY_FROM_COCO
@@ -434,6 +438,10 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
         accessory_threshold = min(
             float(tuning.get("accessory_score_threshold", spec.score_threshold)), spec.score_threshold
         )
+        # and are detected down to the candidate floor: the faint ones are written as candidates
+        # (measured on COCO128: docs/evaluation.md). Unlike person candidates, they go through
+        # the tile and zoom merging as the confident ones do: it gives them better boxes
+        floor = float(tuning.get("candidate_floor", accessory_threshold))
         # opt-in: 1.3x cheaper on a CPU core and 0.003-0.005 less AP on photos, but small people
         # score lower (20-40 px walkers: 103 -> 22 found); GPUs always run the fp32 file
         # (onnxruntime's CUDA provider has no QLinearConv)
@@ -441,7 +449,9 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
         detector = NanoDet(
             read("detector_int8" if int8 else "detector"),
             score_threshold=spec.score_threshold,
-            class_thresholds={k: accessory_threshold for k, name in COCO_CLASSES.items() if name != taxonomy.PERSON},
+            class_thresholds={
+                k: min(floor, accessory_threshold) for k, name in COCO_CLASSES.items() if name != taxonomy.PERSON
+            },
             min_person_height=float(tuning.get("min_person_height", 24)),
             max_tiles_per_side=int(tuning.get("max_tiles_per_side", 3)),
             max_batch=int(tuning.get("max_batch", 8)),
@@ -461,6 +471,7 @@ def build_predictor(bundle, spec, *, device, storage_options=None):
             box_source=tuning.get("box_source", "merge"),
             max_poses=int(tuning.get("max_poses", 20)),
             person_threshold=spec.score_threshold,
+            accessory_threshold=accessory_threshold,
             min_pose_presence=float(tuning.get("min_pose_presence", 0.0)),
         )
     if spec.architecture == POSE_BODY_PARTS:

@@ -190,7 +190,7 @@ def brush_rle(mask: np.ndarray) -> list[int]:
 def _regions(row: dict):
     """(our label, region id, score, box, mask) of everything in a row's confident persons
     (pre-annotations are labels: a candidate under the person threshold is not one) and of the
-    accessories no person holds."""
+    confident accessories no person holds."""
     for person in filter(is_confident, row["persons"]):
         pid = f"p{person['person_id']}"
         yield "person", pid, person["score"], person["box"], person["mask"]
@@ -198,7 +198,7 @@ def _regions(row: dict):
             yield g["category"], f"{pid}g{g['garment_id']}", g["score"], g["box"], g["mask"]
         for part in person["parts"]:
             yield part["part"], f"{pid}{part['part']}{part['side'] or ''}", 1.0, part["box"], part["mask"]
-    for obj in row.get("objects") or []:  # accessories no person holds
+    for obj in filter(is_confident, row.get("objects") or []):  # accessories no person holds
         yield obj["category"], f"o{obj['object_id']}", obj["score"], obj["box"], None
 
 

@@ -547,6 +547,30 @@ def test_a_tall_person_is_one_person_not_the_pieces_the_zoom_view_saw():
     assert scores.tolist() == pytest.approx([0.66, 0.55])
 
 
+def test_two_halves_of_a_tall_person_vouch_for_a_faint_whole_box_whatever_it_scores():
+    # CCP 0135 (550 x 825, zoomed to 1,280 px): the full frame scores the whole woman 0.23, the
+    # zoom view sees her head-to-waist (0.74) and her legs (0.63) with a gap between them. Alone,
+    # neither piece is vouched by so faint a box (0.23 < 0.5 x 0.63); together, one in each half,
+    # they are one person: the whole box, scored as the surer half. A faint box holding one
+    # piece only (a group behind) stays out.
+    image = (550, 825)
+    sure = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    faint = (
+        np.array([[109, 41, 363, 780], [380, 100, 540, 700]], np.float32),
+        np.array([0.23, 0.22], np.float32),
+        np.array([0, 0]),
+    )
+    zoom = (
+        np.array([[127, 42, 303, 312], [180, 500, 324, 778], [390, 110, 530, 420]], np.float32),
+        np.array([0.74, 0.63, 0.7], np.float32),
+        np.array([0, 0, 0]),
+        (0, 0, *image, *image),
+    )
+    boxes, scores, _ = nanodet.merge_tiles(sure, [zoom], faint=faint)
+    assert boxes.tolist() == [[109, 41, 363, 780], [390, 110, 530, 420]]
+    assert scores.tolist() == pytest.approx([0.74, 0.7])
+
+
 def test_the_zoom_view_lends_confidence_and_the_full_frame_places_large_people():
     # a 640 x 480 photo, person class 0, candidate floor 0.2
     full = (

@@ -566,9 +566,12 @@ def test_two_halves_of_a_tall_person_vouch_for_a_faint_whole_box_whatever_it_sco
         np.array([0, 0, 0]),
         (0, 0, *image, *image),
     )
-    boxes, scores, _ = nanodet.merge_tiles(sure, [zoom], faint=faint)
+    boxes, scores, _ = nanodet.merge_tiles(sure, [zoom], faint=faint, person=0)
     assert boxes.tolist() == [[109, 41, 363, 780], [390, 110, 530, 420]]
     assert scores.tolist() == pytest.approx([0.74, 0.7])
+    # the rule is a person's: an umbrella's two halves vouch for nothing
+    boxes, _, _ = nanodet.merge_tiles(sure, [zoom], faint=faint, person=25)
+    assert len(boxes) == 3
 
 
 def test_the_zoom_view_lends_confidence_and_the_full_frame_places_large_people():

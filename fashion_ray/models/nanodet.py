@@ -214,6 +214,7 @@ def merge_tiles(
     faint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     contained: float = 0.6,
     iou: float = NMS_IOU,
+    person: int = -1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full-frame and tile detections (boxes in image coordinates, scores, labels; each tile with
     its region (x0, y0, x1, y1, image width, image height); a zoom view is a tile whose region
@@ -230,7 +231,8 @@ def merge_tiles(
     tall frame low (0.45 for a full-body street photo) while each tile sees a confident piece
     of them (0.86, 0.80, 0.71: three "persons"). A faint box that holds pieces cut by their
     tile's inner edge (parts, not whole small people) is that person: it is kept, scored as
-    its surest piece, and the pieces go. The zoom view's pieces of a tall person vouch alike.
+    its surest piece, and the pieces go. The zoom view's pieces of a tall person vouch alike;
+    `person` is the class whose halves vouch together (_promote_faint).
     """
     tiles = [t for t in tiles if len(t[0])]
     if not tiles:
@@ -240,7 +242,7 @@ def merge_tiles(
     labels = np.concatenate([t[2] for t in tiles]).astype(np.int64)
     regions = np.concatenate([np.tile(np.array(t[3], np.float32), (len(t[0]), 1)) for t in tiles])
     if faint is not None and len(faint[0]):
-        full = _promote_faint(full, faint, boxes, scores, labels, regions, contained)
+        full = _promote_faint(full, faint, boxes, scores, labels, regions, contained, person)
     # only a box about as sure as the piece can claim it: a faint full-frame box over a group
     # must not erase a confident tile box of one small person inside it
     claims_full = (labels[:, None] == full[2][None, :]) & (full[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None])
@@ -257,20 +259,20 @@ def merge_tiles(
     return b[keep], s[keep], lab[keep]
 
 
-def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float):
+def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float, person: int):
     """Full-frame detections plus the faint boxes that tile pieces cut by their tile's edge vouch for.
 
-    A piece vouches alone where the faint box scores at least CLAIM_SCORE_RATIO of it. Pieces
-    in both the faint box's upper and lower half (a tall person's head-to-waist and legs, which
-    the zoom view sees apart) vouch together whatever it scores: on CCP's street photos the
-    whole person scored 0.23 where their two halves scored 0.74 and 0.63."""
+    A piece vouches alone where the faint box scores at least CLAIM_SCORE_RATIO of it. Person
+    pieces in both the faint box's upper and lower half (a tall person's head-to-waist and
+    legs, which the zoom view sees apart) vouch together whatever it scores: on CCP's street
+    photos the whole person scored 0.23 where their two halves scored 0.74 and 0.63."""
     inside = (
         (_share_inside(boxes, faint[0]) >= contained)
         & (labels[:, None] == faint[2][None, :])
         & _pieces(boxes, regions)[:, None]
     )
     middle = (boxes[:, 1] + boxes[:, 3])[:, None] < (faint[0][:, 1] + faint[0][:, 3])[None, :]
-    halves = (inside & middle).any(0) & (inside & ~middle).any(0)
+    halves = (inside & middle).any(0) & (inside & ~middle).any(0) & (faint[2] == person)
     vouches = inside & ((faint[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None]) | halves[None, :])
     promoted = vouches.any(0)
     if not promoted.any():
@@ -492,7 +494,7 @@ class NanoDet:
             if tiles:
                 sure = full[1] >= self._threshold_of(full[2])
                 boxes, scores, labels = merge_tiles(
-                    tuple(v[sure] for v in full), tiles, faint=tuple(v[~sure] for v in full)
+                    tuple(v[sure] for v in full), tiles, faint=tuple(v[~sure] for v in full), person=person
                 )
             else:
                 boxes, scores, labels = full

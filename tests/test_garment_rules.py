@@ -178,6 +178,9 @@ def test_the_detectors_backpack_and_the_parsers_bag_on_one_object_are_one_garmen
     attach_garments(person, det, (0, 0, w, h), h, w)
     assert [g["category"] for g in person["garments"]] == ["backpack", "bag"]
     assert (rle.decode(person["garments"][0]["mask"]) == bag).all()  # the detector's name, the parser's mask
+    # the confirmed backpack keeps the detector's score; the bag only the parser saw ranks under
+    # the detector's confident accessories (0.6 x 0.3)
+    assert [g["score"] for g in person["garments"]] == pytest.approx([0.7, 0.18])
     # a parser that says the person wears no bag and no tie takes the detector's ones away too
     person = {
         "box": [0, 0, 100, 200],
@@ -346,6 +349,7 @@ def test_absent_garments_are_counted_per_photo_on_the_labelled_person_and_on_eve
         ann(5, "skirt", [2, 10, 6, 4], 1),  # absent
         ann(6, "scarf", [8, 1, 2, 2], 2),
         ann(7, "bag", [8, 3, 2, 2], 2),
+        ann(8, "tie", [0, 0, 2, 2]) | {"confident": False},  # an accessory candidate: not a label, not counted
     ]  # the passer-by's: absent too
     counter = evaluation.AbsentGarments()
     counter.add(truth, run_truth, predicted)

@@ -14,6 +14,7 @@ from fashion_ray import taxonomy
 from fashion_ray.boxes import box_iou
 from fashion_ray.evaluation.common import by_image, mean_or_none, remap_image_ids
 from fashion_ray.formats.readers import iter_coco_chunks
+from fashion_ray.formats.schema import is_confident
 
 
 def _part_map(anns: list[dict], height: int, width: int) -> np.ndarray:
@@ -216,7 +217,8 @@ def evaluate_parse_uris(gt_uri: str, dt_uri: str, options=None, min_score: float
 class AbsentGarments:
     """Garments written of a class the photo's ground truth does not have, per photo and per
     class: on the labelled person (the predicted person whose box best matches the labelled
-    pixels' extent, IoU >= 0.5) and on every person found (passers-by included)."""
+    pixels' extent, IoU >= 0.5) and on every person found (passers-by included). Labels only:
+    an accessory candidate (an object under the accessory threshold) is not counted."""
 
     def __init__(self):
         self.photos = self.found = 0
@@ -236,7 +238,7 @@ class AbsentGarments:
             if ious and max(ious) >= 0.5:
                 person = persons[int(np.argmax(ious))]["id"]
                 self.found += 1
-        for a in predicted:
+        for a in filter(is_confident, predicted):
             value = _run_value(a)
             name = RUN_PARSE_CLASSES[value] if value else None
             if name is None or name in has:

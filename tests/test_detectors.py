@@ -314,9 +314,12 @@ def test_the_int8_detector_finds_what_the_fp32_one_finds(name):
         detector = nanodet.NanoDet(data, score_threshold=0.25, min_person_height=14, max_input_side=1280)
         found.append(detector.detect([photo])[0])
     assert found[0][2], "the photo has someone to compare"
-    # each model's detections from 0.35 have a twin in the other's from 0.25: a person at IoU 0.9
-    # (a few pixels on a 330 px person cut by the photo's edge) and within 0.05 of its score, an
-    # accessory (a tie: small, scored near its threshold) at IoU 0.75 and within 0.1
+    # each model's detections from 0.35 have a twin in the other's from 0.25: a person from 0.5
+    # at IoU 0.9 (a few pixels on a 330 px person cut by the photo's edge) and within 0.05 of its
+    # score; a person under 0.5 (the astronaut photo's 87 px sliver of a man at its left edge) and
+    # an accessory (a tie: small, scored near its threshold) at IoU 0.75, within 0.05 and 0.1.
+    # INT8 sums differ by CPU: the sliver is at IoU 0.81 on a VNNI / AMX Xeon, over 0.9 on older
+    # AVX2 ones, whose u8 x s8 products saturate
     for (boxes, scores, names), (other_boxes, other_scores, other_names) in (found, found[::-1]):
         for box, score, name in zip(boxes, scores, names):
             if score < 0.35:
@@ -324,7 +327,7 @@ def test_the_int8_detector_finds_what_the_fp32_one_finds(name):
             twins = [k for k, other in enumerate(other_names) if other == name]
             assert twins, f"{name} at {score:.2f} has no twin"
             twin = max(twins, key=lambda k: box_iou(box, other_boxes[k]))
-            assert box_iou(box, other_boxes[twin]) >= (0.9 if name == "person" else 0.75)
+            assert box_iou(box, other_boxes[twin]) >= (0.9 if name == "person" and score >= 0.5 else 0.75)
             assert abs(score - other_scores[twin]) <= (0.05 if name == "person" else 0.1)
 
 
@@ -572,6 +575,12 @@ def test_two_halves_of_a_tall_person_vouch_for_a_faint_whole_box_whatever_it_sco
     # the rule is a person's: an umbrella's two halves vouch for nothing
     boxes, _, _ = nanodet.merge_tiles(sure, [zoom], faint=faint, person=25)
     assert len(boxes) == 3
+    # nor do a person's where the faint box lies inside a sure box (the astronaut photo: her
+    # legs, 0.27, inside her whole 0.73 box): the halves are pieces of the sure box
+    whole = (np.array([[100, 30, 370, 790]], np.float32), np.array([0.73], np.float32), np.array([0]))
+    boxes, scores, _ = nanodet.merge_tiles(whole, [zoom], faint=faint, person=0)
+    assert boxes.tolist() == [[100, 30, 370, 790], [390, 110, 530, 420]]
+    assert scores.tolist() == pytest.approx([0.73, 0.7])
 
 
 def test_the_zoom_view_lends_confidence_and_the_full_frame_places_large_people():

@@ -396,7 +396,32 @@ def test_garment_parser_learns_on_ray_train_and_its_bundle_labels_garments(ray_s
     for (_, lab), out in zip(figures, found):
         lower, other = ("trousers", "skirt") if (lab == CCP_LABELS.index("jeans")).any() else ("skirt", "trousers")
         assert lower in out["labels"] and other not in out["labels"], out["labels"]
-    assert sum("long_sleeve_top" in out["labels"] for out in found) >= 4, [out["labels"] for out in found]
+    # every figure wears a top, and none a bag: the presence head says both (it starts at the
+    # training set's shares, data.presence_prior; from 0.5 a top stayed about 0.5 after 100 steps)
+    assert all("long_sleeve_top" in out["labels"] for out in found), [out["labels"] for out in found]
+    assert all("bag" in out["absent"] for out in found)
+
+
+def test_the_presence_head_starts_at_each_class_share_of_the_training_persons():
+    top, skirt, trousers, hat = (taxonomy.GARMENT_PARSE.index(n) for n in ("top", "skirt", "trousers", "hat"))
+    categories = [
+        {"id": 10 + v, "name": taxonomy.GARMENT_PARSE[v], "supercategory": taxonomy.PARSE_SUPERCATEGORY}
+        for v in (top, skirt, trousers)
+    ]
+    person = taxonomy.PERSON_CATEGORY_ID
+    anns = {
+        1: [{"id": 1, "category_id": person}, {"id": 2, "category_id": 10 + top, "parent_person_id": 1},
+            {"id": 3, "category_id": 10 + skirt, "parent_person_id": 1},
+            {"id": 4, "category_id": person}, {"id": 5, "category_id": 10 + top, "parent_person_id": 4},
+            {"id": 6, "category_id": 10 + trousers, "parent_person_id": 4}],
+    }  # fmt: skip
+    images = {1: {"id": 1}, 2: {"id": 2, "tags": ["top", "hat"]}}
+    index = data.CocoIndex(images, anns, categories)
+    samples = [data.Sample(1, 1), data.Sample(1, 4), data.Sample(2, None)]
+    expected = np.full(len(taxonomy.GARMENT_PARSE), 0.01)
+    expected[[skirt, trousers, hat]] = 1 / 3
+    expected[top] = 0.99  # all three: kept off 1, whose logit is infinite
+    assert data.presence_prior(index, samples) == pytest.approx(expected)
 
 
 def test_ccps_own_coco_view_is_read_through_the_same_remap():

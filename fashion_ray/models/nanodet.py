@@ -265,7 +265,8 @@ def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float
     A piece vouches alone where the faint box scores at least CLAIM_SCORE_RATIO of it. Person
     pieces in both the faint box's upper and lower half (a tall person's head-to-waist and
     legs, which the zoom view sees apart) vouch together whatever it scores: on CCP's street
-    photos the whole person scored 0.23 where their two halves scored 0.74 and 0.63."""
+    photos the whole person scored 0.23 where their two halves scored 0.74 and 0.63. A faint
+    box inside a sure one is not raised by halves."""
     inside = (
         (_share_inside(boxes, faint[0]) >= contained)
         & (labels[:, None] == faint[2][None, :])
@@ -273,6 +274,10 @@ def _promote_faint(full, faint, boxes, scores, labels, regions, contained: float
     )
     middle = (boxes[:, 1] + boxes[:, 3])[:, None] < (faint[0][:, 1] + faint[0][:, 3])[None, :]
     halves = (inside & middle).any(0) & (inside & ~middle).any(0) & (faint[2] == person)
+    # ... unless the faint box is itself a piece of a sure one (an astronaut's legs, 0.27,
+    # inside her 0.73 box): its halves are hers
+    same_class = faint[2][:, None] == full[2][None, :]
+    halves &= ~((_share_inside(faint[0], full[0]) >= contained) & same_class).any(1)
     vouches = inside & ((faint[1][None, :] >= CLAIM_SCORE_RATIO * scores[:, None]) | halves[None, :])
     promoted = vouches.any(0)
     if not promoted.any():

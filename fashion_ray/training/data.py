@@ -283,6 +283,28 @@ def presence_of(parse: np.ndarray, classes_count: int) -> np.ndarray:
     return out
 
 
+def presence_prior(index: CocoIndex, samples: list[Sample]) -> np.ndarray:
+    """Per parse class, the share of the samples that hold it, read from the annotations (no
+    pixels decoded), kept within [0.01, 0.99]: the presence head starts at logit(share). From a
+    zero bias each class starts at 0.5, the gate, and a short run leaves the classes the
+    features do not separate (a top every photo has, a hat none has) close to it."""
+    n = len(taxonomy.GARMENT_PARSE)
+    value_of = taxonomy.parse_value_of(index.categories)
+    counts = np.zeros(n)
+    for s in samples:
+        tags = index.images[s.image_id].get("tags")
+        if tags is not None:
+            present = {taxonomy.GARMENT_PARSE.index(t) for t in tags if t in taxonomy.GARMENT_PARSE}
+        else:
+            present = {
+                value_of[a["category_id"]]
+                for a in index.anns.get(s.image_id, [])
+                if a.get("parent_person_id") == s.person_ann and a["category_id"] in value_of
+            }
+        counts[sorted(present - {0, taxonomy.PARSE_IGNORE})] += 1
+    return np.clip(counts / max(1, len(samples)), 0.01, 0.99)
+
+
 def presence_of_tags(tags: list[str], classes_count: int) -> np.ndarray:
     """Image-level tags (parse class names) as a presence target: every class known, present or not."""
     out = np.zeros(classes_count, np.float32)

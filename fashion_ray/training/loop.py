@@ -126,7 +126,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build(cfg: TrainConfig, classes):
+def build(cfg: TrainConfig, classes, presence_prior=None):
+    """The network to train; parser v2's presence head starts at `presence_prior` (data.presence_prior)."""
     import torch
 
     if cfg.architecture == GARMENT_PARSER:
@@ -139,6 +140,9 @@ def build(cfg: TrainConfig, classes):
         from fashion_ray.models.efficientnet_lite import build_parser
 
         model = build_parser(len(classes))
+        if presence_prior is not None:
+            with torch.no_grad():
+                model.presence[-1].bias.copy_(torch.logit(torch.as_tensor(presence_prior, dtype=torch.float32)))
     else:
         from fashion_ray.models.torchvision_models import build_model
 
@@ -413,12 +417,12 @@ class TrainState:
     initial: float | None = None  # the untrained network's held-out score
 
 
-def setup(cfg: TrainConfig, classes, device, world: int) -> TrainState:
+def setup(cfg: TrainConfig, classes, device, world: int, presence_prior=None) -> TrainState:
     """Model (DDP-wrapped), optimizer, schedule and AMP scaler, as torchvision's references set them."""
     import ray.train.torch
     import torch
 
-    model = build(cfg, classes)
+    model = build(cfg, classes, presence_prior)
     if device.type == "cuda" and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
     # no buffer broadcast before every forward (a collective per step): BatchNorm running
@@ -597,7 +601,8 @@ def train_loop_per_worker(config: dict) -> None:
     classes = index.classes(cfg.task)
     train_set, val_set = data.split(index.samples(cfg.task), cfg.val_fraction, index.images)
     batches = WorkerBatches(cfg, index, classes, train_set, rank, world)
-    run = setup(cfg, classes, device, world)
+    prior = data.presence_prior(index, train_set) if cfg.architecture == GARMENT_PARSER_V2 else None
+    run = setup(cfg, classes, device, world, prior)
     restore(run, device)
     resumed_from_step = run.step
 

@@ -16,10 +16,12 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import pytest
 from filelock import FileLock
@@ -272,18 +274,31 @@ def ray_head():
     )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
-    # ready when the job agent accepts a trivial job
-    while (
-        subprocess.run(
-            [ray_cli, "job", "submit", "--address", address, "--", "true"], capture_output=True, env=env
-        ).returncode
-        != 0
-    ):
+    # ready when the dashboard answers and the job agent listens (a submission waits 10 s more
+    # for the agent to register); a trivial `ray job submit` as the probe cost 10-30 s of CPU
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while not (_answers(no_proxy, f"{address}/api/version") and _listens(agent)):
         assert head.poll() is None and time.time() < deadline, (temp / "head.log").read_text()[-3000:]
-        time.sleep(1)
+        time.sleep(0.5)
     yield RayHead(ray_cli, address, f"127.0.0.1:{port}", env)
     stop_process_group(head, log)
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def _answers(opener, url: str) -> bool:
+    try:
+        with opener.open(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")

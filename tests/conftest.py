@@ -118,6 +118,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
 
 
+_test_started: dict[str, float] = {}
+_timeline_file: str | None = None  # set in the processes that run tests
+
+
+def pytest_configure(config):
+    """FASHION_RAY_TEST_TIMELINE=FILE appends a line per test to FILE: worker, start, end (set-up
+    and tear-down included), test id; `python tests/timeline.py FILE` says how each worker's time
+    went (docs/development.md). Written where the tests run: by the workers under xdist."""
+    global _timeline_file
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        _timeline_file = os.environ.get("FASHION_RAY_TEST_TIMELINE")
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _test_started[nodeid] = time.time()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    if _timeline_file:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(_timeline_file, "a") as fh:
+            fh.write(f"{worker}\t{_test_started.pop(nodeid, time.time()):.1f}\t{time.time():.1f}\t{nodeid}\n")
+
+
 @pytest.fixture(scope="session")
 def ray_session(s3_server):
     """Started after the S3 server so its workers inherit the endpoint and credentials."""

@@ -4,8 +4,8 @@ it finished and each module's start, end and busy seconds, then the slowest test
 
 from __future__ import annotations
 
+import argparse
 import collections
-import sys
 
 
 def read(path: str) -> list[tuple[str, float, float, str]]:
@@ -16,8 +16,15 @@ def read(path: str) -> list[tuple[str, float, float, str]]:
     return rows
 
 
-def main(path: str, slowest: int = 15) -> None:
-    rows = read(path)
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="How a test run's time went, worker by worker.")
+    parser.add_argument("timeline", help="the file FASHION_RAY_TEST_TIMELINE named for the run")
+    parser.add_argument("--slowest", type=int, default=15, help="how many of the slowest tests to list")
+    return parser
+
+
+def main(args) -> None:
+    rows = read(args.timeline)
     t0 = min(start for _, start, _, _ in rows)
     by_worker = collections.defaultdict(list)
     for row in rows:
@@ -32,9 +39,9 @@ def main(path: str, slowest: int = 15) -> None:
         for module, (start, end, seconds) in modules.items():
             print(f"  {module:44s} {start - t0:6.0f} {end - t0:6.0f} {seconds:7.1f} s")
     print("slowest:")
-    for _, start, end, test in sorted(rows, key=lambda r: r[1] - r[2])[:slowest]:
+    for _, start, end, test in sorted(rows, key=lambda r: r[1] - r[2])[: args.slowest]:
         print(f"  {end - start:7.1f} s  {test}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(get_args_parser().parse_args())

@@ -28,6 +28,7 @@ from filelock import FileLock
 
 from helpers import (
     NO_CUDA_REASON,
+    RAY_CLI,
     SAMPLE_CORPUS,
     SECRET_MARKER,
     STRAIGHT_TRAINING,
@@ -38,6 +39,7 @@ from helpers import (
     job_main,
     run_cli,
     short_temp_dir,
+    start_ray_head,
     stop_process_group,
 )
 
@@ -273,28 +275,17 @@ def ray_head():
     temp = pathlib.Path(short_temp_dir("fr-head-"))
     # the dashboard opens Unix sockets under TMPDIR too: the short folder for those as well
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "TMPDIR": str(temp)}
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     # a free agent port too: the default (52365) belongs to the tests' own local Ray
     port, dashboard, agent = free_port(), free_port(), free_port()
-    log = open(temp / "head.log", "w")
-    head = subprocess.Popen(
-        [
-            ray_cli,
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            f"--dashboard-port={dashboard}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-agent-listen-port={agent}",
-            f"--temp-dir={temp}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
+    head, log = start_ray_head(
+        temp,
+        env,
+        f"--port={port}",
+        f"--dashboard-port={dashboard}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-agent-listen-port={agent}",
     )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
@@ -304,7 +295,7 @@ def ray_head():
     while not (_answers(no_proxy, f"{address}/api/version") and _listens(agent)):
         assert head.poll() is None and time.time() < deadline, (temp / "head.log").read_text()[-3000:]
         time.sleep(0.5)
-    yield RayHead(ray_cli, address, f"127.0.0.1:{port}", env)
+    yield RayHead(RAY_CLI, address, f"127.0.0.1:{port}", env)
     stop_process_group(head, log)
     shutil.rmtree(temp, ignore_errors=True)
 

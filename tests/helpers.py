@@ -17,6 +17,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CORPUS = os.path.join(ROOT, "fashion_ray", "assets", "sample_corpus")
+RAY_CLI = os.path.join(os.path.dirname(sys.executable), "ray")  # the environment's own `ray`
 SECRET_MARKER = "fr-secret-7Qx9-never-written"  # the default run's AWS secret key; must appear nowhere
 
 
@@ -124,6 +125,21 @@ def short_temp_dir(prefix: str) -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp" if os.path.isdir("/tmp") else None)
+
+
+def start_ray_head(temp, env: dict, *flags: str):
+    """`ray start --head --block` with `flags`, its files under `temp` (a short folder: Unix
+    socket paths), its output in temp/head.log, in its own process group so that
+    stop_process_group stops it and everything it started; returns (process, log)."""
+    log = open(os.path.join(temp, "head.log"), "w")
+    head = subprocess.Popen(
+        [RAY_CLI, "start", "--head", "--block", f"--temp-dir={temp}", *flags],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    return head, log
 
 
 def stop_process_group(proc, log) -> None:

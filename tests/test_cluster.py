@@ -29,6 +29,7 @@ from helpers import (
     run_cli,
     short_temp_dir,
     shut_down,
+    start_ray_head,
     stop_process_group,
 )
 
@@ -386,25 +387,14 @@ def autoscaling_cluster():
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "TMPDIR": str(temp),
         }  # Unix sockets of the head's processes: the short folder
-        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-        log = open(temp / "head.log", "w")
-        head = subprocess.Popen(
-            [
-                ray_cli,
-                "start",
-                "--head",
-                "--block",
-                f"--port={address.rsplit(':', 1)[1]}",
-                f"--num-cpus={head_resources.get('CPU', 0)}",
-                "--include-dashboard=false",
-                f"--object-store-memory={96 * 1024**2}",
-                f"--autoscaling-config={temp / 'autoscaling.json'}",
-                f"--temp-dir={temp}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+        head, log = start_ray_head(
+            temp,
+            env,
+            f"--port={address.rsplit(':', 1)[1]}",
+            f"--num-cpus={head_resources.get('CPU', 0)}",
+            "--include-dashboard=false",
+            f"--object-store-memory={96 * 1024**2}",
+            f"--autoscaling-config={temp / 'autoscaling.json'}",
         )
         return temp, address, env, head, log
 

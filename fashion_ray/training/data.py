@@ -294,13 +294,13 @@ def presence_prior(index: CocoIndex, samples: list[Sample]) -> np.ndarray:
     for s in samples:
         tags = index.images[s.image_id].get("tags")
         if tags is not None:
-            present = {taxonomy.GARMENT_PARSE.index(t) for t in tags if t in taxonomy.GARMENT_PARSE}
-        else:
-            present = {
-                value_of[a["category_id"]]
-                for a in index.anns.get(s.image_id, [])
-                if a.get("parent_person_id") == s.person_ann and a["category_id"] in value_of
-            }
+            counts += presence_of_tags(tags, n) == 1
+            continue
+        present = {
+            value_of[a["category_id"]]
+            for a in index.anns.get(s.image_id, [])
+            if a.get("parent_person_id") == s.person_ann and a["category_id"] in value_of
+        }
         counts[sorted(present - {0, taxonomy.PARSE_IGNORE})] += 1
     return np.clip(counts / max(1, len(samples)), 0.01, 0.99)
 

@@ -120,28 +120,66 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
 
 
-_test_started: dict[str, float] = {}
+_test_started: dict[str, tuple[float, dict]] = {}  # wall clock and process tree at its start
 _timeline_file: str | None = None  # set in the processes that run tests
 
 
 def pytest_configure(config):
     """FASHION_RAY_TEST_TIMELINE=FILE appends a line per test to FILE: worker, start, end (set-up
-    and tear-down included), test id; `python tests/timeline.py FILE` says how each worker's time
+    and tear-down included), test id, CPU seconds its worker's process tree used meanwhile; `python tests/timeline.py FILE` says how each worker's time
     went (docs/development.md). Written where the tests run: by the workers under xdist."""
     global _timeline_file
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         _timeline_file = os.environ.get("FASHION_RAY_TEST_TIMELINE")
 
 
+def _process_tree() -> dict:
+    """This process and everything under it (the Rays, clusters, servers and CLI runs its tests
+    start): {(pid, start time): (parent pid, own CPU seconds, CPU seconds of its ended children)}."""
+    import psutil
+
+    tree = {}
+    for proc in (psutil.Process(), *psutil.Process().children(recursive=True)):
+        try:
+            with proc.oneshot():
+                t = proc.cpu_times()
+                tree[proc.pid, proc.create_time()] = (
+                    proc.ppid(),
+                    t.user + t.system,
+                    t.children_user + t.children_system,
+                )
+        except psutil.Error:  # ended while being read
+            pass
+    return tree
+
+
+def _cpu_seconds_between(before: dict, after: dict) -> float:
+    """CPU seconds the tree used between two _process_tree() readings. A process that ended in
+    between reaches its parent's ended-children figure with its whole life: its part from before
+    the first reading is taken off (when no parent collected it, its last part is not counted)."""
+    used = sum(
+        own + ended - before.get(key, (0, 0.0, 0.0))[1] - before.get(key, (0, 0.0, 0.0))[2]
+        for key, (_, own, ended) in after.items()
+    )
+    alive_after = {pid for pid, _ in after}
+    for key, (parent, own, ended) in before.items():
+        if key not in after and parent in alive_after:
+            used -= own + ended
+    return used
+
+
 def pytest_runtest_logstart(nodeid, location):
-    _test_started[nodeid] = time.time()
+    if _timeline_file:
+        _test_started[nodeid] = (time.time(), _process_tree())
 
 
 def pytest_runtest_logfinish(nodeid, location):
     if _timeline_file:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        started, tree = _test_started.pop(nodeid)
+        cpu = _cpu_seconds_between(tree, _process_tree())
         with open(_timeline_file, "a") as fh:
-            fh.write(f"{worker}\t{_test_started.pop(nodeid, time.time()):.1f}\t{time.time():.1f}\t{nodeid}\n")
+            fh.write(f"{worker}\t{started:.1f}\t{time.time():.1f}\t{nodeid}\t{cpu:.1f}\n")
 
 
 @pytest.fixture(scope="session")

@@ -120,64 +120,64 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
 
 
-_test_started: dict[str, tuple[float, dict]] = {}  # wall clock and process tree at its start
+_test_started: dict[str, tuple[float, float]] = {}  # wall clock and CPU seconds at its start
 _timeline_file: str | None = None  # set in the processes that run tests
+_tree_cpu: "_TreeCPU | None" = None
 
 
 def pytest_configure(config):
     """FASHION_RAY_TEST_TIMELINE=FILE appends a line per test to FILE: worker, start, end (set-up
     and tear-down included), test id, CPU seconds its worker's process tree used meanwhile; `python tests/timeline.py FILE` says how each worker's time
     went (docs/development.md). Written where the tests run: by the workers under xdist."""
-    global _timeline_file
+    global _timeline_file, _tree_cpu
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         _timeline_file = os.environ.get("FASHION_RAY_TEST_TIMELINE")
+        if _timeline_file:
+            _tree_cpu = _TreeCPU()
 
 
-def _process_tree() -> dict:
-    """This process and everything under it (the Rays, clusters, servers and CLI runs its tests
-    start): {(pid, start time): (parent pid, own CPU seconds, CPU seconds of its ended children)}."""
-    import psutil
+class _TreeCPU:
+    """CPU seconds used by this process and everything under it (the Rays, clusters, servers and
+    CLI runs its tests start), read by sampling each process's own CPU time once a second and at
+    each reading. Ray's raylet does not collect its ended workers' times, so a process's own time
+    is the only figure that holds; a process that lives under a second between samples is missed."""
 
-    tree = {}
-    for proc in (psutil.Process(), *psutil.Process().children(recursive=True)):
-        try:
-            with proc.oneshot():
-                t = proc.cpu_times()
-                tree[proc.pid, proc.create_time()] = (
-                    proc.ppid(),
-                    t.user + t.system,
-                    t.children_user + t.children_system,
-                )
-        except psutil.Error:  # ended while being read
-            pass
-    return tree
+    def __init__(self):
+        import threading
 
+        self._last_seen: dict[tuple[int, float], float] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._sample_forever, daemon=True).start()
 
-def _cpu_seconds_between(before: dict, after: dict) -> float:
-    """CPU seconds the tree used between two _process_tree() readings. A process that ended in
-    between reaches its parent's ended-children figure with its whole life: its part from before
-    the first reading is taken off (when no parent collected it, its last part is not counted)."""
-    used = sum(
-        own + ended - before.get(key, (0, 0.0, 0.0))[1] - before.get(key, (0, 0.0, 0.0))[2]
-        for key, (_, own, ended) in after.items()
-    )
-    alive_after = {pid for pid, _ in after}
-    for key, (parent, own, ended) in before.items():
-        if key not in after and parent in alive_after:
-            used -= own + ended
-    return used
+    def _sample_forever(self):
+        while True:
+            time.sleep(1.0)
+            self.seconds()
+
+    def seconds(self) -> float:
+        import psutil
+
+        me = psutil.Process()
+        with self._lock:
+            for proc in (me, *me.children(recursive=True)):
+                try:
+                    t = proc.cpu_times()
+                    self._last_seen[proc.pid, proc.create_time()] = t.user + t.system
+                except psutil.Error:  # ended while being read: its last sample stands
+                    pass
+            return sum(self._last_seen.values())
 
 
 def pytest_runtest_logstart(nodeid, location):
     if _timeline_file:
-        _test_started[nodeid] = (time.time(), _process_tree())
+        _test_started[nodeid] = (time.time(), _tree_cpu.seconds())
 
 
 def pytest_runtest_logfinish(nodeid, location):
     if _timeline_file:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        started, tree = _test_started.pop(nodeid)
-        cpu = _cpu_seconds_between(tree, _process_tree())
+        started, cpu = _test_started.pop(nodeid)
+        cpu = _tree_cpu.seconds() - cpu
         with open(_timeline_file, "a") as fh:
             fh.write(f"{worker}\t{started:.1f}\t{time.time():.1f}\t{nodeid}\t{cpu:.1f}\n")
 

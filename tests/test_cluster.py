@@ -45,7 +45,15 @@ def cluster():
     c = Cluster(
         initialize_head=True,
         connect=False,
-        head_node_args={"num_cpus": 0, "object_store_memory": 96 * 1024**2, "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": 96 * 1024**2,
+            "include_dashboard": False,
+            # a killed node is dead after 3 refused health checks a second apart (Ray's default:
+            # 5, 3 s apart): the node-loss tests wait for that. A node that is alive but slow
+            # still has each check's 10 s timeout.
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+        },
     )
     cpu_node = c.add_node(**NODE, resources={"cpu_node": 1})
     gpu_node = c.add_node(**NODE, num_gpus=1, resources={"gpu_node": 1})

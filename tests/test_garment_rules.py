@@ -107,14 +107,13 @@ def test_one_outfit_dress_or_skirt_and_a_dress_above_the_hips_is_a_top():
 
 def _network(presence: dict[str, float]):
     """A stand-in model (not ours): every view is top above trousers, at 0.9, with the given presences."""
-    import torch
 
     def run(views: np.ndarray):
         n, h, w = views.shape[:3]
-        prob = torch.full((n, len(taxonomy.GARMENT_PARSE), h, w), 0.1 / (len(taxonomy.GARMENT_PARSE) - 1))
+        prob = np.full((n, len(taxonomy.GARMENT_PARSE), h, w), 0.1 / (len(taxonomy.GARMENT_PARSE) - 1), np.float32)
         prob[:, V["top"], : h // 2] = 0.9
         prob[:, V["trousers"], h // 2 :] = 0.9
-        pres = torch.tensor([[presence.get(c, 0.0) for c in taxonomy.GARMENT_PARSE]] * n)
+        pres = np.array([[presence.get(c, 0.0) for c in taxonomy.GARMENT_PARSE]] * n, np.float32)
         return prob, pres
 
     return run

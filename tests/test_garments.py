@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -210,6 +212,14 @@ def test_the_onnx_parser_a_cpu_runs_parses_as_the_torch_one():
     ]
     onnx_parses, torch_parses = (parser.parse(crops) for parser in parsers)
     assert parsers[0].network.__qualname__.startswith("efficientnet_onnx_network")
+    # and a CPU clothing actor runs it without torch: loading and parsing leave torch unimported
+    alone = (
+        "import sys, numpy as np; from fashion_ray.config import Device; "
+        "from fashion_ray.models import build_stage_predictor, load_bundle; "
+        "p = build_stage_predictor(load_bundle('bootstrap'), 'clothing', Device()); "
+        "p.predict([np.zeros((160, 80, 3), np.uint8)]); print('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True, check=True).stdout == "False\n"
     for (onnx_map, onnx_conf, onnx_presence), (torch_map, torch_conf, torch_presence) in zip(onnx_parses, torch_parses):
         assert (onnx_map != 0).mean() > 0.1  # the person is parsed
         assert (onnx_map == torch_map).mean() > 0.999

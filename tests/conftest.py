@@ -137,8 +137,9 @@ _tree_cpu: "_TreeCPU | None" = None
 
 def pytest_configure(config):
     """FASHION_RAY_TEST_TIMELINE=FILE appends a line per test to FILE: worker, start, end (set-up
-    and tear-down included), test id, CPU seconds its worker's process tree used meanwhile; `python tests/timeline.py FILE` says how each worker's time
-    went (docs/development.md). Written where the tests run: by the workers under xdist."""
+    and tear-down included), test id, and the CPU seconds its worker's process tree used meanwhile
+    (_TreeCPU); `python tests/timeline.py FILE` says how each worker's time went
+    (docs/development.md). Written where the tests run: by the workers under xdist."""
     global _timeline_file, _tree_cpu
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         _timeline_file = os.environ.get("FASHION_RAY_TEST_TIMELINE")

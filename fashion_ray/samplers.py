@@ -1,5 +1,5 @@
-"""Samplers that watch a block of work from a thread: peak memory of a process tree, and GPU
-utilisation and memory from nvidia-smi. No dependency beyond numpy and psutil, so the GPU
+"""Samplers that watch a block of work from a thread: peak memory and CPU time of a process tree,
+and GPU utilisation and memory from nvidia-smi. No dependency beyond numpy and psutil, so the GPU
 check can use them on a bare machine before anything else is installed."""
 
 from __future__ import annotations
@@ -57,6 +57,33 @@ class PeakRSS(_Sampler):
             except Exception:  # a worker exiting between listing and reading
                 pass
         self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+
+
+class TreeCPU(_Sampler):
+    """The CPU seconds a process (this one by default) and all its descendants have used, from
+    each process's own times, sampled every `interval` s and at each seconds(). A parent's figure
+    for its ended children is no help: Ray's raylet does not collect its workers' times. A process
+    that lives less than an interval between two readings is missed."""
+
+    def __init__(self, pid: int | None = None, interval: float = 1.0):
+        import psutil
+
+        self.proc, self.interval = psutil.Process(pid), interval
+        self._last_seen: dict[tuple[int, float], float] = {}  # (pid, start time) -> own CPU seconds
+        self._lock = threading.Lock()  # the sampling thread and the caller's readings
+
+    def sample(self) -> None:
+        self.seconds()
+
+    def seconds(self) -> float:
+        with self._lock:
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    self._last_seen[p.pid, p.create_time()] = t.user + t.system
+                except Exception:  # ended while being read: its last sample stands
+                    pass
+            return sum(self._last_seen.values())
 
 
 class GpuUtilisation(_Sampler):

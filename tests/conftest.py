@@ -132,51 +132,21 @@ def pytest_collection_modifyitems(config, items):
 
 _test_started: dict[str, tuple[float, float]] = {}  # wall clock and CPU seconds at its start
 _timeline_file: str | None = None  # set in the processes that run tests
-_tree_cpu: "_TreeCPU | None" = None
+_tree_cpu = None  # a samplers.TreeCPU of this process, with a timeline file
 
 
 def pytest_configure(config):
     """FASHION_RAY_TEST_TIMELINE=FILE appends a line per test to FILE: worker, start, end (set-up
     and tear-down included), test id, and the CPU seconds its worker's process tree used meanwhile
-    (_TreeCPU); `python tests/timeline.py FILE` says how each worker's time went
+    (samplers.TreeCPU); `python tests/timeline.py FILE` says how each worker's time went
     (docs/development.md). Written where the tests run: by the workers under xdist."""
     global _timeline_file, _tree_cpu
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         _timeline_file = os.environ.get("FASHION_RAY_TEST_TIMELINE")
         if _timeline_file:
-            _tree_cpu = _TreeCPU()
+            from fashion_ray.samplers import TreeCPU
 
-
-class _TreeCPU:
-    """CPU seconds used by this process and everything under it (the Rays, clusters, servers and
-    CLI runs its tests start), read by sampling each process's own CPU time once a second and at
-    each reading. Ray's raylet does not collect its ended workers' times, so a process's own time
-    is the only figure that holds; a process that lives under a second between samples is missed."""
-
-    def __init__(self):
-        import threading
-
-        self._last_seen: dict[tuple[int, float], float] = {}
-        self._lock = threading.Lock()
-        threading.Thread(target=self._sample_forever, daemon=True).start()
-
-    def _sample_forever(self):
-        while True:
-            time.sleep(1.0)
-            self.seconds()
-
-    def seconds(self) -> float:
-        import psutil
-
-        me = psutil.Process()
-        with self._lock:
-            for proc in (me, *me.children(recursive=True)):
-                try:
-                    t = proc.cpu_times()
-                    self._last_seen[proc.pid, proc.create_time()] = t.user + t.system
-                except psutil.Error:  # ended while being read: its last sample stands
-                    pass
-            return sum(self._last_seen.values())
+            _tree_cpu = TreeCPU().__enter__()  # sampled until this process ends
 
 
 def pytest_runtest_logstart(nodeid, location):

@@ -18,6 +18,8 @@ says which classes the person wears at all, trained from pixel labels and image-
 
 from __future__ import annotations
 
+import numpy as np
+
 # (repeats, kernel, stride, expand ratio, in, out) per stage, EfficientNet-Lite0
 LITE0_STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -159,9 +161,7 @@ def build_parser(num_classes: int):
     return GarmentParserV2()
 
 
-def normalise(views):
-    """uint8 NHWC views (numpy or torch) -> float NCHW torch tensor, as the encoder was trained."""
-    import torch
-
-    t = torch.as_tensor(views)
-    return t.permute(0, 3, 1, 2).float().sub(PIXEL_MEAN).div(PIXEL_SCALE)
+def normalise(views: np.ndarray) -> np.ndarray:
+    """uint8 NHWC views -> float32 NCHW, as the encoder was trained (numpy: the ONNX parser of a CPU
+    runs it without torch; torch callers wrap it with torch.from_numpy)."""
+    return (views.transpose(0, 3, 1, 2).astype(np.float32) - PIXEL_MEAN) / PIXEL_SCALE

@@ -463,7 +463,7 @@ def efficientnet_network(model, device):
 
     def run(views: np.ndarray):
         with torch.inference_mode():
-            out = model(normalise(views).to(device))
+            out = model(torch.from_numpy(normalise(views)).to(device))
             return out["out"].float().softmax(1).cpu().numpy(), torch.sigmoid(out["presence"].float()).cpu().numpy()
 
     return run
@@ -472,11 +472,10 @@ def efficientnet_network(model, device):
 def efficientnet_onnx_network(session, max_batch: int):
     """Parser v2 exported to ONNX (on CPUs): the same outputs as efficientnet_network, and no torch
     in the process (a clothing actor starts 2.4 CPU-s cheaper and a few hundred MB smaller)."""
-    from fashion_ray.models.efficientnet_lite import PIXEL_MEAN, PIXEL_SCALE
+    from fashion_ray.models.efficientnet_lite import normalise
 
     def run(views: np.ndarray):
-        pixels = (views.transpose(0, 3, 1, 2).astype(np.float32) - PIXEL_MEAN) / PIXEL_SCALE
-        out = onnx.run_batched(session, pixels, max_batch)
+        out = onnx.run_batched(session, normalise(views), max_batch)
         logits = out["out"] - out["out"].max(1, keepdims=True)  # a softmax over classes that cannot overflow
         prob = np.exp(logits)
         prob /= prob.sum(1, keepdims=True)

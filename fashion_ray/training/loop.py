@@ -199,7 +199,8 @@ def _to_tensors(batch, cfg: TrainConfig, device):
 
         parse = torch.stack([torch.from_numpy(t["parse"]).long() for _, t in batch]).to(device)
         presence = torch.stack([torch.from_numpy(t["presence"]) for _, t in batch]).to(device)
-        return normalise(np.stack([view for view, _ in batch])).to(device), {"parse": parse, "presence": presence}
+        views = torch.from_numpy(normalise(np.stack([view for view, _ in batch])))
+        return views.to(device), {"parse": parse, "presence": presence}
     images = [torch.from_numpy(img).permute(2, 0, 1).float().div(255).to(device) for img, _ in batch]
     if task in SEMANTIC_TASKS:
         from fashion_ray.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD
